@@ -1,0 +1,327 @@
+"""Configuration: frozen dataclasses, loaded once from YAML, then ASYNCGATE_* variables, then flags.
+
+Every key is documented, with its default, in the top-level ``config.example.yaml``.
+Durations accept seconds (``30``) or a unit suffix (``500ms``, ``5s``, ``10m``, ``12h``, ``1d``);
+sizes accept bytes (``1024``) or a unit (``16MiB``, ``64KiB``, ``1GB``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from asyncgate.errors import ConfigError
+
+ENV_PREFIX = "ASYNCGATE_"
+
+# Kubernetes injects <SERVICE>_PORT* and <SERVICE>_SERVICE_* variables for a Service named
+# "asyncgate"; they are not configuration and must not be mistaken for typos.
+_SERVICE_LINK_ENV = re.compile(r"^ASYNCGATE_(PORT(_.*)?|SERVICE_.*)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Path prefix of the gateway's own API; everything else goes to the upstream.
+    prefix: str = "/_asyncgate"
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    #: redis:// or rediss:// URL; without one the embedded SQLite store is used.
+    redis_url: str | None = None
+    #: Where the embedded store keeps its database.
+    data_dir: str = "./asyncgate-data"
+    #: Prefix of every Redis key, so several gateways can share one Redis.
+    key_prefix: str = "asyncgate"
+    #: SQLite's synchronous pragma for the embedded store: "full" survives power loss.
+    sqlite_synchronous: str = "full"
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_result_bytes: int = 64 * 1024 * 1024
+    #: Runs executed at once by one gateway.
+    max_inflight: int = 64
+    #: Upstream connections the synchronous pass-through may hold at once.
+    max_connections: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    connect_timeout: float = 5.0
+    #: Longest silence from the upstream on a synchronous request before a 504.
+    read_timeout: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunsConfig:
+    #: Longest an upstream call of an async run may take.
+    timeout: float = 12 * 3600.0
+    #: How long finished runs and their results are kept.
+    retention: float = 24 * 3600.0
+    #: A run whose holder has not renewed its lease for this long is reclaimed.
+    lease: float = 30.0
+    lease_renewal: float = 5.0
+    #: How often a gateway looks for runs whose lease expired.
+    recovery_interval: float = 10.0
+    #: Attempts (first send plus re-sends after a lost holder) before a run fails.
+    max_attempts: int = 3
+    #: Upper bound on how long an idle executor waits before looking for work again.
+    poll_interval: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhooksConfig:
+    timeout: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    upstream: str = ""
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
+    limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
+    proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
+    runs: RunsConfig = dataclasses.field(default_factory=RunsConfig)
+    webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+    for f in dataclasses.fields(Config)
+    if f.name != "upstream"
+}
+
+# Keys whose values are durations or sizes, so strings with units are accepted.
+_DURATIONS = {
+    "proxy.connect_timeout",
+    "proxy.read_timeout",
+    "runs.timeout",
+    "runs.retention",
+    "runs.lease",
+    "runs.lease_renewal",
+    "runs.recovery_interval",
+    "runs.poll_interval",
+    "webhooks.timeout",
+}
+_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes"}
+_CHOICES = {
+    "server.log_format": {"text", "json"},
+    "server.log_level": {"critical", "error", "warning", "info", "debug"},
+    "store.sqlite_synchronous": {"full", "normal"},
+}
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """Seconds from ``30``, ``2.5`` or ``"500ms"``/``"5s"``/``"10m"``/``"12h"``/``"1d"``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, "expected a duration such as 30s, not a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if match is None:
+            raise ConfigError(key, f"expected a duration such as 30s or 12h, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
+        raise ConfigError(key, f"expected a duration, got {type(value).__name__}")
+    if seconds <= 0:
+        raise ConfigError(key, "must be greater than zero")
+    return seconds
+
+
+def parse_size(key: str, value: Any) -> int:
+    """Bytes from ``1024`` or ``"16MiB"``/``"64KiB"``/``"1GB"``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, "expected a size such as 16MiB, not a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise ConfigError(key, f"expected a size such as 16MiB, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    else:
+        raise ConfigError(key, f"expected a size, got {type(value).__name__}")
+    if size <= 0:
+        raise ConfigError(key, "must be greater than zero")
+    return size
+
+
+def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
+    if key in _DURATIONS:
+        return parse_duration(key, value)
+    if key in _SIZES:
+        return parse_size(key, value)
+    optional = "None" in field_type
+    if value is None or (from_text and optional and value == ""):
+        if optional:
+            return None
+        raise ConfigError(key, "must not be empty")
+    if field_type.startswith("int"):
+        if from_text and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        if value <= 0:
+            raise ConfigError(key, "must be greater than zero")
+        return value
+    if field_type.startswith("float"):
+        if from_text and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if field_type.startswith("bool"):
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(sorted(choices))}, got {value!r}")
+    return value
+
+
+def _field_types(section: type[Any]) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(section)}
+
+
+def _merge(raw: dict[str, Any], layer: Mapping[str, Any], *, from_text: bool) -> None:
+    """Merge a flat ``{"section.key": value}`` layer into ``raw``, coercing each value."""
+    for dotted, value in layer.items():
+        if dotted == "upstream":
+            raw["upstream"] = _coerce("upstream", "str", value, from_text)
+            continue
+        section_name, _, key = dotted.partition(".")
+        section = _SECTIONS.get(section_name)
+        if section is None or not key:
+            raise ConfigError(dotted, "unknown key")
+        types = _field_types(section)
+        if key not in types:
+            raise ConfigError(dotted, "unknown key")
+        raw.setdefault(section_name, {})[key] = _coerce(dotted, types[key], value, from_text)
+
+
+def _flatten_file(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("(file)", "the top level must be a mapping of keys")
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "upstream":
+            flat["upstream"] = value
+        elif name in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(str(name), "expected a mapping of keys")
+            for key, inner in value.items():
+                flat[f"{name}.{key}"] = inner
+        else:
+            raise ConfigError(str(name), "unknown key")
+    return flat
+
+
+def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest == "upstream":
+            flat["upstream"] = value
+            continue
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(name, "unknown environment variable")
+        flat[f"{section}.{rest[len(section) + 1 :]}"] = value
+    return flat
+
+
+def _validate(config: Config) -> None:
+    if not config.upstream:
+        raise ConfigError("upstream", "is required (the URL of the server asyncgate fronts)")
+    upstream = urlsplit(config.upstream)
+    if upstream.scheme not in {"http", "https"} or not upstream.hostname:
+        raise ConfigError("upstream", f"expected an http:// or https:// URL, got {config.upstream!r}")
+    if upstream.query or upstream.fragment:
+        raise ConfigError("upstream", "must not carry a query or fragment")
+    try:
+        upstream.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ConfigError("upstream", f"bad port in {config.upstream!r}") from exc
+    if config.store.redis_url is not None:
+        redis = urlsplit(config.store.redis_url)
+        if redis.scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError("store.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis.scheme!r}")
+    prefix = config.server.prefix
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
+        raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")
+    if not 0 < config.server.port < 65536:
+        raise ConfigError("server.port", "must be between 1 and 65535")
+    if config.runs.lease_renewal >= config.runs.lease:
+        raise ConfigError("runs.lease_renewal", "must be shorter than runs.lease")
+
+
+def load(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration: the YAML file, then ``ASYNCGATE_*`` variables, then ``overrides``.
+
+    ``overrides`` maps dotted keys (``"limits.max_inflight"``) to values, as the CLI's flags do.
+    Raises ``ConfigError`` naming the first offending key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the file: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML ({exc.__class__.__name__})") from exc
+        _merge(raw, _flatten_file(data), from_text=False)
+    _merge(raw, _flatten_environ(environ or {}), from_text=True)
+    _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None}, from_text=False)
+    sections = {name: _SECTIONS[name](**raw.get(name, {})) for name in _SECTIONS}
+    config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), **sections)
+    _validate(config)
+    return config

@@ -1,0 +1,208 @@
+"""Runs: their states, legal transitions, ids, and their one serialised form (orjson, versioned)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+#: Bumped whenever the stored JSON form of a run changes shape.
+SCHEMA_VERSION = 1
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class RunState(StrEnum):
+    """Where a run is in its life; the three last are final."""
+
+    #: Stored and waiting for an executor.
+    QUEUED = "queued"
+    #: An executor holds the upstream call.
+    RUNNING = "running"
+    #: The upstream answered 2xx.
+    SUCCEEDED = "succeeded"
+    #: The upstream answered otherwise, could not be reached, or the run could not complete.
+    FAILED = "failed"
+    #: A client cancelled the run.
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    # RUNNING -> QUEUED is a holder lost and its run handed back for another attempt.
+    RunState.RUNNING: frozenset({RunState.QUEUED, *FINAL_STATES}),
+    RunState.SUCCEEDED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: RunState, new: RunState) -> bool:
+    """Whether a run in ``current`` may move to ``new``."""
+    return new in _TRANSITIONS[current]
+
+
+class ErrorCode(StrEnum):
+    """Why a run failed; stable strings that clients may match on."""
+
+    #: The upstream answered with a status other than 2xx.
+    UPSTREAM_ERROR = "upstream_error"
+    #: The upstream could not be reached, or broke the connection.
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    #: The upstream did not answer within the run's timeout.
+    TIMEOUT = "timeout"
+    #: The upstream's body exceeded limits.max_result_bytes.
+    RESULT_TOO_LARGE = "result_too_large"
+    #: The holder was lost and the request was not safe to send again.
+    LOST = "lost"
+    #: The run was attempted runs.max_attempts times.
+    MAX_ATTEMPTS = "max_attempts"
+
+
+def new_run_id() -> str:
+    """A run id: 128 random bits, URL-safe base64, no timestamp and no counter."""
+    return secrets.token_urlsafe(16)
+
+
+def now() -> float:
+    return time.time()
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """``2026-11-23T10:03:00.123Z`` for a Unix timestamp, or None."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunError:
+    code: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """The request to replay against the upstream; its body is stored beside it."""
+
+    method: str
+    #: The path exactly as the client sent it (percent-encoding kept).
+    path: str
+    #: The query string as sent, less the gateway's own parameters.
+    query: str
+    #: End-to-end headers to send upstream, in order, repeated names kept.
+    headers: Headers
+    webhook_url: str | None
+    #: The longest the upstream call may take, in seconds.
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """The upstream's response, kept whatever the run's outcome."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lowered), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: the final state, and what the upstream said if it said anything."""
+
+    state: RunState
+    result: RunResult | None = None
+    error: RunError | None = None
+
+    @property
+    def upstream_status(self) -> int | None:
+        return self.result.status if self.result is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str
+    state: RunState
+    request: RunRequest
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempt: int = 0
+    upstream_status: int | None = None
+    error: RunError | None = None
+
+    def to_public(self) -> dict[str, Any]:
+        """The status resource: what a client may see (never headers, body or webhook secrets)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.state.value,
+            "created_at": rfc3339(self.created_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "method": self.request.method,
+            "path": self.request.path,
+            "upstream_status": self.upstream_status,
+            "error": dataclasses.asdict(self.error) if self.error else None,
+            "attempt": self.attempt,
+        }
+
+
+def dump_request(request: RunRequest) -> bytes:
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "webhook_url": request.webhook_url,
+            "timeout": request.timeout,
+        }
+    )
+
+
+def load_request(data: bytes | str) -> RunRequest:
+    raw = orjson.loads(data)
+    return RunRequest(
+        method=raw["method"],
+        path=raw["path"],
+        query=raw["query"],
+        headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
+        webhook_url=raw["webhook_url"],
+        timeout=float(raw["timeout"]),
+    )
+
+
+def dump_headers(headers: Headers) -> bytes:
+    return orjson.dumps(headers)
+
+
+def load_headers(data: bytes | str) -> Headers:
+    return tuple((str(k), str(v)) for k, v in orjson.loads(data))
+
+
+def dump_error(error: RunError | None) -> bytes:
+    return orjson.dumps(dataclasses.asdict(error) if error else None)
+
+
+def load_error(data: bytes | str | None) -> RunError | None:
+    if data is None:
+        return None
+    raw = orjson.loads(data)
+    return RunError(code=raw["code"], message=raw["message"]) if raw else None

@@ -1,0 +1,1 @@
+"""Run stores: Redis for replicas, embedded SQLite for one node."""
