@@ -87,6 +87,12 @@ class WebhooksConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShutdownConfig:
+    #: How long in-flight runs may go on after SIGTERM before they are handed back.
+    drain_timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     upstream: str = ""
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
@@ -95,6 +101,7 @@ class Config:
     proxy: ProxyConfig = dataclasses.field(default_factory=ProxyConfig)
     runs: RunsConfig = dataclasses.field(default_factory=RunsConfig)
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
+    shutdown: ShutdownConfig = dataclasses.field(default_factory=ShutdownConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -114,6 +121,7 @@ _DURATIONS = {
     "runs.recovery_interval",
     "runs.poll_interval",
     "webhooks.timeout",
+    "shutdown.drain_timeout",
 }
 _SIZES = {"limits.max_body_bytes", "limits.max_result_bytes"}
 _CHOICES = {
@@ -273,9 +281,11 @@ def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return flat
 
 
-def _validate(config: Config) -> None:
+def _validate_upstream(config: Config, required: bool) -> None:
     if not config.upstream:
-        raise ConfigError("upstream", "is required (the URL of the server asyncgate fronts)")
+        if required:
+            raise ConfigError("upstream", "is required (the URL of the server asyncgate fronts)")
+        return
     upstream = urlsplit(config.upstream)
     if upstream.scheme not in {"http", "https"} or not upstream.hostname:
         raise ConfigError("upstream", f"expected an http:// or https:// URL, got {config.upstream!r}")
@@ -285,6 +295,10 @@ def _validate(config: Config) -> None:
         upstream.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:
         raise ConfigError("upstream", f"bad port in {config.upstream!r}") from exc
+
+
+def _validate(config: Config, require_upstream: bool) -> None:
+    _validate_upstream(config, require_upstream)
     if config.store.redis_url is not None:
         redis = urlsplit(config.store.redis_url)
         if redis.scheme not in {"redis", "rediss", "unix"}:
@@ -302,11 +316,13 @@ def load(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    require_upstream: bool = True,
 ) -> Config:
     """Build the configuration: the YAML file, then ``ASYNCGATE_*`` variables, then ``overrides``.
 
     ``overrides`` maps dotted keys (``"limits.max_inflight"``) to values, as the CLI's flags do.
-    Raises ``ConfigError`` naming the first offending key.
+    Raises ``ConfigError`` naming the first offending key. ``require_upstream=False`` checks a
+    file that leaves the upstream to a flag or variable.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -323,5 +339,5 @@ def load(
     _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None}, from_text=False)
     sections = {name: _SECTIONS[name](**raw.get(name, {})) for name in _SECTIONS}
     config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), **sections)
-    _validate(config)
+    _validate(config, require_upstream)
     return config

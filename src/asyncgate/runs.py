@@ -129,10 +129,12 @@ class Outcome:
     state: RunState
     result: RunResult | None = None
     error: RunError | None = None
+    #: The upstream's status when its answer was not kept (a body over the result limit).
+    status: int | None = None
 
     @property
     def upstream_status(self) -> int | None:
-        return self.result.status if self.result is not None else None
+        return self.result.status if self.result is not None else self.status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,3 +208,28 @@ def load_error(data: bytes | str | None) -> RunError | None:
         return None
     raw = orjson.loads(data)
     return RunError(code=raw["code"], message=raw["message"]) if raw else None
+
+
+#: Methods RFC 9110 defines as idempotent: sending them twice has the effect of sending once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def safe_to_resend(request: RunRequest) -> bool:
+    """Whether a request whose first sending may have taken effect can be sent again."""
+    if request.method.upper() in IDEMPOTENT_METHODS:
+        return True
+    return any(name.lower() == "idempotency-key" for name, _ in request.headers)
+
+
+def recovery_outcome(run: Run, max_attempts: int) -> Outcome | None:
+    """What to do with a run whose holder is gone: None to queue it again, else how it ends."""
+    if run.attempt >= max_attempts:
+        message = f"the run was attempted {run.attempt} times and its holder was lost each time"
+        return Outcome(RunState.FAILED, error=RunError(ErrorCode.MAX_ATTEMPTS, message))
+    if not safe_to_resend(run.request):
+        message = (
+            f"the gateway holding the run was lost; the {run.request.method} request was not sent again "
+            "because it might already have taken effect"
+        )
+        return Outcome(RunState.FAILED, error=RunError(ErrorCode.LOST, message))
+    return None

@@ -1,0 +1,137 @@
+"""The app factory: one Gateway per Config, owning every resource it uses. Wiring only."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import Receive, Scope, Send
+
+from asyncgate import endpoints
+from asyncgate.config import Config
+from asyncgate.errors import ClientError
+from asyncgate.executor import Executor
+from asyncgate.intake import Intake, classify, looks_async
+from asyncgate.proxy import Proxy
+from asyncgate.responses import JSONResponse, error_response, send_error
+from asyncgate.services import Services
+from asyncgate.store.base import RunStore
+from asyncgate.store.factory import build_store
+from asyncgate.upstream import Upstream
+from asyncgate.webhooks import WebhookSender
+
+logger = logging.getLogger("asyncgate")
+
+
+async def _client_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": {"code": code, "message": exc.detail}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    body = {"error": {"code": "internal_error", "message": "the gateway failed to handle the request"}}
+    return JSONResponse(body, status_code=500)
+
+
+def control_app(config: Config, services: Services) -> Starlette:
+    """The gateway's own API, mounted under its prefix."""
+    app = Starlette(
+        routes=[Mount(config.server.prefix, routes=endpoints.routes())],
+        exception_handlers={ClientError: _client_error, HTTPException: _http_error, Exception: _internal_error},
+    )
+    app.state.services = services
+    return app
+
+
+class Gateway:
+    """The ASGI app: the gateway's API under its prefix, async intake, and the pass-through.
+
+    The pass-through is dispatched here, before any framework code, because it is the hot path.
+    """
+
+    def __init__(self, config: Config, store: RunStore | None = None) -> None:
+        self.config = config
+        store = store if store is not None else build_store(config.store)
+        upstream = Upstream(config)
+        webhooks = WebhookSender(config, store)
+        executor = Executor(config, store, upstream, webhooks.notify)
+        self.services = Services(config, store, upstream, webhooks, executor)
+        self.proxy = Proxy(upstream)
+        self.intake = Intake(config, store)
+        self.control = control_app(config, self.services)
+        self._prefix = config.server.prefix
+        self._prefix_slash = config.server.prefix + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == self._prefix or path.startswith(self._prefix_slash):
+                await self.control(scope, receive, send)
+            elif looks_async(scope):
+                await self._maybe_async(scope, receive, send)
+            else:
+                await self.proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            # WebSockets are not relayed (yet); refuse the handshake rather than hang.
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            intent = classify(scope)
+        except ClientError as error:
+            await send_error(send, error)
+            return
+        if intent is None:
+            await self.proxy(scope, receive, send)
+        else:
+            await self.intake(scope, receive, send, intent)
+
+    async def startup(self) -> None:
+        svc = self.services
+        await svc.store.open()
+        await svc.upstream.open()
+        svc.webhooks.start()
+        svc.executor.start()
+        logger.info("asyncgate ready: upstream %s, %s store", self.config.upstream, svc.store_kind)
+
+    async def shutdown(self) -> None:
+        svc = self.services
+        svc.draining = True
+        await svc.executor.stop(self.config.shutdown.drain_timeout)
+        await svc.webhooks.stop()
+        await svc.upstream.close()
+        await svc.store.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message: dict[str, Any] = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.startup()
+        except Exception as exc:
+            logger.error("startup failed: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(config: Config) -> Gateway:
+    """Build a gateway for ``config``; its lifespan opens and closes everything it owns."""
+    return Gateway(config)

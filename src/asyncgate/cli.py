@@ -1,0 +1,87 @@
+"""The command line: ``asyncgate serve`` and ``asyncgate check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from asyncgate import __version__, logs
+from asyncgate.config import Config, load
+from asyncgate.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncgate", description="An async mode for any synchronous HTTP endpoint.")
+    parser.add_argument("--version", action="version", version=f"asyncgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--upstream", help="URL of the server to front, e.g. http://127.0.0.1:8000")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--redis-url", help="Redis URL; without one the embedded store is used")
+    serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "upstream": args.upstream,
+        "server.host": args.host,
+        "server.port": args.port,
+        "store.redis_url": args.redis_url,
+        "store.data_dir": args.data_dir,
+        "server.log_format": args.log_format,
+        "server.log_level": args.log_level,
+    }
+
+
+def serve(config: Config) -> None:
+    import uvicorn
+
+    from asyncgate.app import create_app
+
+    logs.configure(config.server.log_format, config.server.log_level)
+    server_config = uvicorn.Config(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        # The upstream's own Server and Date headers pass through; uvicorn must not add a second.
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(config.shutdown.drain_timeout) + 1,
+    )
+    uvicorn.Server(server_config).run()
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        if args.command == "check-config":
+            load(args.file, environ={}, require_upstream=False)
+            print(f"{args.file}: ok")
+            return 0
+        config = load(args.config, environ=env, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    serve(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

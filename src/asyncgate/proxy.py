@@ -1,0 +1,140 @@
+"""Synchronous pass-through: stream the request to the upstream and its response back, untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from asyncgate.errors import ClientError
+from asyncgate.headers import HOP_BY_HOP, RawHeaders, connection_tokens, forwarded_for
+from asyncgate.responses import send_error
+from asyncgate.upstream import Upstream
+
+logger = logging.getLogger("asyncgate.proxy")
+
+# Set by the gateway from the request itself; a client's values are replaced, not believed.
+_FORWARDING = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"})
+
+
+class BadGateway(ClientError):
+    """The upstream could not be reached or broke the connection before answering."""
+
+    status_code = 502
+    code = "upstream_unreachable"
+
+
+class GatewayTimeout(ClientError):
+    """The upstream did not answer in time."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was still being read."""
+
+
+def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
+    """The client's end-to-end headers plus X-Forwarded-For, -Proto and -Host, as text."""
+    raw: RawHeaders = scope["headers"]
+    named = connection_tokens(raw)
+    host = None
+    xff = None
+    headers: list[tuple[str, str]] = []
+    for name, value in raw:
+        if name in _FORWARDING:
+            if name == b"host":
+                host = value
+            elif name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            continue
+        if name in HOP_BY_HOP or name in named:
+            continue
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    chain = forwarded_for(xff, scope.get("client"))
+    if chain is not None:
+        headers.append(("X-Forwarded-For", chain.decode("latin-1")))
+    headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+    if host is not None:
+        headers.append(("X-Forwarded-Host", host.decode("latin-1")))
+    return headers
+
+
+def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> RawHeaders:
+    """The upstream's response headers without hop-by-hop fields; repeated fields kept in order."""
+    named = connection_tokens(raw)
+    return [(name, value) for name, value in raw if (low := name.lower()) not in HOP_BY_HOP and low not in named]
+
+
+def has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+    """The client's body, chunk by chunk as it arrives: never held whole in memory."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def raw_path(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(scope["path"])
+
+
+class Proxy:
+    """An ASGI app relaying every request to the upstream."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        url = self.upstream.url(raw_path(scope), scope["query_string"].decode("latin-1"))
+        body = request_body(receive) if has_body(scope) else None
+        try:
+            response = await self.upstream.send(scope["method"], url, upstream_request_headers(scope), body)
+        except ClientDisconnected:
+            return
+        except TimeoutError:
+            await send_error(send, GatewayTimeout("the upstream did not answer in time"))
+            return
+        except aiohttp.ClientError as exc:
+            logger.warning("upstream unreachable: %s", exc.__class__.__name__)
+            await send_error(send, BadGateway("the upstream could not be reached"))
+            return
+        try:
+            await self._relay(response, send)
+        finally:
+            response.release()
+
+    async def _relay(self, response: aiohttp.ClientResponse, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": response_headers(response.raw_headers),
+            }
+        )
+        try:
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            # The status line is gone already: the only honest signal left is to cut the
+            # connection, which the ASGI server does when the response is left incomplete.
+            logger.warning("upstream broke off its response: %s", exc.__class__.__name__)
+            response.close()
+            return
+        await send({"type": "http.response.body", "body": b""})

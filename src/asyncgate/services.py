@@ -1,0 +1,26 @@
+"""The resources one gateway owns, built by the app factory and reached by handlers via app.state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from asyncgate.config import Config
+from asyncgate.executor import Executor
+from asyncgate.store.base import RunStore
+from asyncgate.upstream import Upstream
+from asyncgate.webhooks import WebhookSender
+
+
+@dataclasses.dataclass
+class Services:
+    config: Config
+    store: RunStore
+    upstream: Upstream
+    webhooks: WebhookSender
+    executor: Executor
+    #: Set when a shutdown began: readiness fails so no new traffic is routed here.
+    draining: bool = False
+
+    @property
+    def store_kind(self) -> str:
+        return "redis" if self.config.store.redis_url else "embedded"

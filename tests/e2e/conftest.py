@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from asyncgate.app import create_app
+from asyncgate.config import Config, load
+from tests.support.receiver import Deliveries, receiver_app
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerThread
+from tests.support.upstream import Calls, upstream_app
+from tests.support.wait import wait_until
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.calls = Calls()
+        self.server = ServerThread(upstream_app(self.calls)).start()
+        self.url = self.server.url
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.deliveries = Deliveries()
+        self.server = ServerThread(receiver_app(self.deliveries)).start()
+        self.url = self.server.url
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.server = ServerThread(self.app, server_header=False, date_header=False).start()
+        self.url = self.server.url
+        self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+
+    @property
+    def prefix(self) -> str:
+        return self.config.server.prefix
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        response = self.client.get(f"{self.prefix}/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    def stored_run_count(self) -> int:
+        """How many runs the store holds, read behind the gateway's back."""
+        store = self.config.store
+        if store.redis_url:
+            client = redis.Redis.from_url(store.redis_url)
+            try:
+                return sum(1 for _ in client.scan_iter(match=f"{store.key_prefix}:run:*", count=1000))
+            finally:
+                client.close()
+        with sqlite3.connect(Path(store.data_dir) / "asyncgate.db") as db:
+            return int(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def wait_final(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        return wait_until(lambda: (r := self.run(run_id))["status"] in FINAL and r, timeout, message=f"run {run_id}")
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def make_gateway(
+    store_kind: str, upstream: Upstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[GatewayFactory]:
+    """Start gateways over the parametrised store; settings as ``{"section.key": value}``."""
+    started: list[Gateway] = []
+    redis: RedisServer | None = request.getfixturevalue("redis_server") if store_kind == "redis" else None
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+
+    def factory(settings: dict[str, Any] | None = None, **kwargs: Any) -> Gateway:
+        overrides: dict[str, Any] = {"upstream": upstream.url, "runs.poll_interval": 0.2}
+        if redis is not None:
+            overrides["store.redis_url"] = redis.url
+            overrides["store.key_prefix"] = prefix
+        else:
+            overrides["store.data_dir"] = str(tmp_path / "data")
+        overrides.update(settings or {})
+        gateway = Gateway(load(None, environ={}, overrides=overrides))
+        started.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> Gateway:
+    return make_gateway()

@@ -1,0 +1,49 @@
+"""Real servers for tests: any ASGI app under uvicorn on a free port, in a background thread."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from tests.support.wait import wait_until
+
+
+class ServerThread:
+    """Runs ``app`` under uvicorn on 127.0.0.1 and a port read back from ``:0``."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        options.setdefault("log_level", "warning")
+        options.setdefault("access_log", False)
+        options.setdefault("lifespan", "on")
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 15.0) -> ServerThread:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout, message="server start")
+        if not self.server.started:
+            raise RuntimeError("the server failed to start")
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError("the server did not stop in time")
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,144 @@
+"""A fake upstream that records every call: echo, sleep, status codes, streams, uploads, hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB of every byte value, for binary-safety checks
+
+
+def pattern_bytes(size: int) -> bytes:
+    """The first ``size`` bytes of the repeating pattern /stream serves."""
+    whole, rest = divmod(size, len(PATTERN))
+    return PATTERN * whole + PATTERN[:rest]
+
+
+class Calls:
+    """A thread-safe log of the requests the upstream received."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[dict[str, Any]] = []
+
+    def add(self, item: dict[str, Any]) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def upstream_app(calls: Calls) -> Starlette:
+    def record(request: Request, **extra: Any) -> dict[str, Any]:
+        item = {
+            "method": request.method,
+            "path": request.url.path,
+            "raw_path": request.scope["raw_path"].decode("latin-1"),
+            "query": request.scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]],
+            **extra,
+        }
+        calls.add(item)
+        return item
+
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        item = record(request, body=body.decode("utf-8", "replace"), body_sha256=hashlib.sha256(body).hexdigest())
+        return JSONResponse(item)
+
+    async def mirror(request: Request) -> Response:
+        """The request body back, with the request's content type."""
+        body = await request.body()
+        record(request, body_len=len(body))
+        return Response(body, media_type=request.headers.get("content-type", "application/octet-stream"))
+
+    async def upload(request: Request) -> Response:
+        """Consume a body of any size without holding it; answer its length and digest."""
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.stream():
+            digest.update(chunk)
+            size += len(chunk)
+        record(request, body_len=size)
+        return JSONResponse({"size": size, "sha256": digest.hexdigest()})
+
+    async def sleep(request: Request) -> Response:
+        seconds = float(request.query_params.get("seconds", "1"))
+        item = record(request)
+        try:
+            await asyncio.sleep(seconds)  # the behaviour under test: a slow upstream
+        except asyncio.CancelledError:
+            calls.add({"event": "disconnected", "path": item["path"]})
+            raise
+        return JSONResponse({"slept": seconds, "query": item["query"]})
+
+    async def hang(request: Request) -> Response:
+        record(request)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def status(request: Request) -> Response:
+        code = int(request.path_params["code"])
+        record(request)
+        if code in (204, 304):
+            return Response(status_code=code)
+        return JSONResponse({"status": code}, status_code=code)
+
+    async def stream(request: Request) -> Response:
+        size = int(request.query_params.get("size", "1048576"))
+        chunk = int(request.query_params.get("chunk", "65536"))
+        record(request)
+
+        async def body() -> Any:
+            sent = 0
+            while sent < size:
+                n = min(chunk, size - sent)
+                offset = sent % len(PATTERN)
+                piece = (PATTERN[offset:] + PATTERN)[:n] if n <= len(PATTERN) else pattern_bytes(n)
+                yield piece
+                sent += n
+
+        return StreamingResponse(body(), media_type="application/octet-stream")
+
+    async def cookies(request: Request) -> Response:
+        record(request)
+        response = Response(b"ok", media_type="text/plain")
+        response.raw_headers.append((b"set-cookie", b"a=1; Path=/"))
+        response.raw_headers.append((b"set-cookie", b"b=2; Path=/"))
+        response.raw_headers.append((b"x-custom", b"kept"))
+        return response
+
+    async def hop(request: Request) -> Response:
+        """Answers with hop-by-hop fields the gateway must strip."""
+        record(request)
+        response = Response(b"hop", media_type="text/plain")
+        response.raw_headers.extend([(b"connection", b"x-secret-hop"), (b"x-secret-hop", b"1"), (b"keep-alive", b"5")])
+        return response
+
+    return Starlette(
+        routes=[
+            Route("/echo", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
+            Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/mirror", mirror, methods=["POST", "PUT"]),
+            Route("/upload", upload, methods=["POST", "PUT"]),
+            Route("/sleep", sleep, methods=["GET", "POST"]),
+            Route("/hang", hang, methods=["GET", "POST"]),
+            Route("/status/{code:int}", status, methods=["GET", "POST"]),
+            Route("/stream", stream, methods=["GET"]),
+            Route("/cookies", cookies, methods=["GET"]),
+            Route("/hop", hop, methods=["GET"]),
+        ]
+    )

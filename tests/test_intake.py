@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from asyncgate.errors import BadRequest
+from asyncgate.intake import classify, split_query, validate_webhook_url
+
+
+def scope(query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    return {"query_string": query, "headers": headers or []}
+
+
+def test_split_query_keeps_everything_else_byte_for_byte() -> None:
+    kept, ours = split_query("a=%20b&async=true&webhookEndpoint=http%3A%2F%2Fh%2Fx&c=d+e&&z")
+    assert kept == "a=%20b&c=d+e&&z"
+    assert ours == {"async": ["true"], "webhookEndpoint": ["http://h/x"]}
+    assert split_query("a=1&&b") == ("a=1&&b", {})
+
+
+@pytest.mark.parametrize("value", [b"true", b"1", b"yes", b"TRUE", b"Yes"])
+def test_async_values(value: bytes) -> None:
+    intent = classify(scope(b"async=" + value + b"&x=1"))
+    assert intent is not None
+    assert intent.query == "x=1"
+    assert intent.preferred is False
+
+
+def test_async_false_is_synchronous() -> None:
+    assert classify(scope(b"async=false")) is None
+    assert classify(scope(b"async=0", [(b"prefer", b"respond-async")])) is None
+
+
+def test_prefer_respond_async() -> None:
+    intent = classify(scope(headers=[(b"prefer", b"return=minimal"), (b"prefer", b"Respond-Async; x=1")]))
+    assert intent is not None
+    assert intent.preferred is True
+    assert intent.prefer == ("return=minimal",)
+
+
+def test_other_preferences_alone_stay_synchronous() -> None:
+    assert classify(scope(headers=[(b"prefer", b"return=minimal, respond-asyncx")])) is None
+
+
+def test_replay_marker_is_never_async() -> None:
+    assert classify(scope(b"async=true", [(b"asyncgate-run-id", b"abc")])) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        (b"async=perhaps", "invalid_parameter"),
+        (b"async=true&async=false", "invalid_parameter"),
+        (b"webhookEndpoint=http%3A%2F%2Fh%2F", "webhook_requires_async"),
+        (b"async=true&webhookEndpoint=a&webhookEndpoint=b", "invalid_webhook_url"),
+        (b"async=true&webhookEndpoint=gopher%3A%2F%2Fh", "invalid_webhook_url"),
+    ],
+)
+def test_malformed_requests(query: bytes, code: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        classify(scope(query))
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example.com/a?b=c", "http://10.0.0.1:8080/x", "http://[::1]:9/h"])
+def test_valid_webhook_urls(url: str) -> None:
+    assert validate_webhook_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["", "example.com/x", "http://", "http://h:0x/", "http://h/a b", "javascript:alert(1)"])
+def test_invalid_webhook_urls(url: str) -> None:
+    with pytest.raises(BadRequest):
+        validate_webhook_url(url)

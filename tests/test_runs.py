@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import re
+
+from asyncgate.runs import (
+    ErrorCode,
+    Run,
+    RunRequest,
+    RunState,
+    can_transition,
+    dump_request,
+    load_request,
+    new_run_id,
+    recovery_outcome,
+    rfc3339,
+)
+
+
+def request(method: str = "POST", headers: tuple[tuple[str, str], ...] = ()) -> RunRequest:
+    return RunRequest(method, "/a%20b", "x=1", headers, None, 60.0)
+
+
+def test_run_ids_are_128_bit_url_safe_and_unique() -> None:
+    ids = {new_run_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", run_id) for run_id in ids)
+
+
+def test_transitions() -> None:
+    assert can_transition(RunState.QUEUED, RunState.RUNNING)
+    assert can_transition(RunState.RUNNING, RunState.QUEUED)
+    assert not can_transition(RunState.SUCCEEDED, RunState.RUNNING)
+    assert not can_transition(RunState.QUEUED, RunState.SUCCEEDED)
+
+
+def test_request_round_trip_keeps_repeated_headers() -> None:
+    original = request(headers=(("X-A", "1"), ("X-A", "2")))
+    assert load_request(dump_request(original)) == original
+
+
+def test_rfc3339() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339(None) is None
+
+
+def test_recovery_resends_only_what_is_safe() -> None:
+    def run(method: str, attempt: int = 1, headers: tuple[tuple[str, str], ...] = ()) -> Run:
+        return Run("id", RunState.RUNNING, request(method, headers), 0.0, attempt=attempt)
+
+    assert recovery_outcome(run("GET"), 3) is None
+    assert recovery_outcome(run("PUT"), 3) is None
+    assert recovery_outcome(run("POST", headers=(("Idempotency-Key", "k"),)), 3) is None
+    lost = recovery_outcome(run("POST"), 3)
+    assert lost is not None and lost.error is not None and lost.error.code == ErrorCode.LOST
+    exhausted = recovery_outcome(run("GET", attempt=3), 3)
+    assert exhausted is not None and exhausted.error is not None and exhausted.error.code == ErrorCode.MAX_ATTEMPTS
