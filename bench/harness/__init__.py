@@ -1,0 +1,1 @@
+"""The asyncgate benchmark harness: peers, pinning, load generation and the report."""

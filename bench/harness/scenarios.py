@@ -1,0 +1,606 @@
+"""The scenarios S1-S5 and scale-out: which systems run, under which load, checked against what."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import services
+from .memory import RssSampler, hwm_mib
+from .procs import LOAD_CORE, SUT_CORE, BenchError, Supervisor, http_get, run_bounded
+from .report import Check, Section, at_least, at_most, ratio
+from .services import Server
+from .wrk import Load, WrkResult, run_wrk
+
+HARNESS_DIR = Path(__file__).resolve().parent.parent
+CONNECTIONS = 64
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and sizes: the full run, or `--quick` for a smoke check."""
+
+    measure_s: float
+    warm_s: float
+    capacity_runs: int
+    capacity_delay_s: float
+    rate_duration_s: float
+    transfer_bytes: int = GIB
+    celery_hold_runs: int = 200
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(measure_s=15, warm_s=3, capacity_runs=10_000, capacity_delay_s=60, rate_duration_s=30)
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(measure_s=3, warm_s=1, capacity_runs=1_000, capacity_delay_s=10, rate_duration_s=5,
+                   celery_hold_runs=50)  # fmt: skip
+
+
+@dataclass
+class Bench:
+    sup: Supervisor
+    workdir: Path
+    plan: Plan
+    durable_redis: bool
+    gateway_missing: str | None
+    sections: list[Section] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    #: Single-gateway figures the scale-out scenario compares against.
+    single: dict[str, float] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def serving(self, start: Callable[[], Server]) -> Iterator[Server]:
+        server = start()
+        try:
+            yield server
+        finally:
+            for child in (server.child, *server.companions):
+                self.sup.stop(child)
+
+    def measure(self, url: str, load: Load, core: int | None = LOAD_CORE) -> WrkResult:
+        run_wrk(url, Load(load.connections, self.plan.warm_s, load.method, load.body_bytes), core=core)
+        return run_wrk(url, load, core=core)
+
+    def redis(self) -> Server:
+        return services.start_redis(self.sup, self.workdir, durable=self.durable_redis)
+
+
+def brief(exc: BaseException) -> str:
+    """First and last line of an error: what failed, and the child's own last word on it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text[:200]
+
+
+def _throughput_row(system: str, result: WrkResult | None, error: str | None = None) -> dict[str, Any]:
+    if result is None:
+        return {"system": system, "note": error or "not run"}
+    row: dict[str, Any] = {"system": system, **result.as_dict()}
+    failures = result.errors + result.non_2xx
+    row["note"] = f"{failures} failed" if failures else ""
+    return row
+
+
+THROUGHPUT_COLUMNS = ["system", "rps", "vs floor", "p50_ms", "p99_ms", "max_ms", "requests", "note"]
+
+
+def _attempt(bench: Bench, system: str, fn: Callable[[], WrkResult]) -> tuple[WrkResult | None, str | None]:
+    """Run one measurement; a failing system is reported, not fatal to the rest of the bench."""
+    bench.log(f"  {system} ...")
+    try:
+        result = fn()
+    except Exception as exc:
+        bench.log(f"  {system} failed: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return None, f"error: {brief(exc)}"
+    bench.log(f"  {system}: {result.ok_rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms")
+    return result, None
+
+
+# --- S1 / S2: synchronous pass-through ----------------------------------------------------------------
+
+
+def pass_through(bench: Bench, scenario: str, path: str, load: Load, title: str) -> None:
+    bench.log(f"{scenario}: {title}")
+    upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
+    results: dict[str, tuple[WrkResult | None, str | None]] = {}
+    try:
+        results["direct (limit)"] = _attempt(bench, "direct", lambda: bench.measure(upstream.url + path, load))
+        starters: list[tuple[str, Callable[[], Server]]] = [
+            ("nginx proxy", lambda: services.start_nginx_proxy(bench.sup, bench.workdir, upstream)),
+            ("naive httpx proxy", lambda: services.start_peer(bench.sup, "naive", "naive_httpx_proxy", upstream)),
+            ("bare relay (floor)", lambda: services.start_peer(bench.sup, "bare-relay", "bare_relay", upstream)),
+        ]
+        if bench.gateway_missing is None:
+            starters.append(("asyncgate", lambda: services.start_gateway(bench.sup, upstream, redis=None)))
+        for system, start in starters:
+            results[system] = _attempt(bench, system, functools.partial(_served, bench, start, path, load))
+    finally:
+        bench.sup.stop(upstream.child)
+    floor = results["bare relay (floor)"][0]
+    rows = []
+    for system, (result, error) in results.items():
+        row = _throughput_row(system, result, error)
+        row["vs floor"] = ratio(result.ok_rps if result else None, floor.ok_rps if floor else None)
+        rows.append(row)
+    if bench.gateway_missing is not None:
+        rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
+    section = Section(f"{scenario} - {title}", THROUGHPUT_COLUMNS, rows)
+    bench.sections.append(section)
+    gateway = results.get("asyncgate", (None, None))[0]
+    naive = results["naive httpx proxy"][0]
+    if gateway is not None:
+        bench.single[scenario] = gateway.ok_rps
+    g_rps = gateway.ok_rps if gateway else None
+    bench.checks += [
+        at_least(scenario, "throughput vs bare relay", ratio(g_rps, floor.ok_rps if floor else None), 0.8),
+        at_least(scenario, "throughput vs naive httpx proxy", ratio(g_rps, naive.ok_rps if naive else None), 10),
+        at_most(
+            scenario,
+            "p99 vs bare relay",
+            ratio(gateway.p99_ms if gateway else None, floor.p99_ms if floor else None),
+            1.5,
+        ),  # fmt: skip
+    ]
+
+
+def _served(bench: Bench, start: Callable[[], Server], path: str, load: Load) -> WrkResult:
+    with bench.serving(start) as server:
+        return bench.measure(server.url + path, load)
+
+
+def s1(bench: Bench) -> None:
+    load = Load(CONNECTIONS, bench.plan.measure_s)
+    pass_through(bench, "S1", "/1k", load, "sync GET, 1 KiB response, 64 connections")
+
+
+def s2(bench: Bench) -> None:
+    load = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=64 * 1024)
+    pass_through(bench, "S2", "/echo", load, "sync POST, 64 KiB echoed back, 64 connections")
+    big_transfers(bench)
+
+
+def big_transfers(bench: Bench) -> None:
+    size = bench.plan.transfer_bytes
+    bench.log(f"S2: {size / GIB:g} GiB upload and download, RSS sampled")
+    rows: list[dict[str, Any]] = []
+    upstream = services.start_py_upstream(bench.sup, delay=0)
+    try:
+        systems: list[tuple[str, Callable[[], Server]]] = [
+            ("bare relay (floor)", lambda: services.start_peer(bench.sup, "bare-relay", "bare_relay", upstream)),
+        ]
+        if bench.gateway_missing is None:
+            systems.append(("asyncgate", lambda: services.start_gateway(bench.sup, upstream, redis=None)))
+        for system, start in systems:
+            with bench.serving(start) as server:
+                for direction in ("up", "down"):
+                    rows.append(_transfer(bench, system, server, direction, size))
+    finally:
+        bench.sup.stop(upstream.child)
+    bench.sections.append(
+        Section(
+            f"S2 - {size / GIB:g} GiB streamed through one process (RSS of its process group)",
+            [
+                "system",
+                "direction",
+                "ok",
+                "seconds",
+                "mib_per_s",
+                "rss_before_mib",
+                "rss_peak_mib",
+                "rss_growth_mib",
+                "note",
+            ],  # fmt: skip
+            rows,
+        )
+    )
+    for row in rows:
+        if row["system"] == "asyncgate":
+            growth = row.get("rss_growth_mib") if row.get("ok") else None
+            bench.checks.append(at_most("S2", f"RSS growth, 1 GiB {row['direction']}load", growth, 50, " MiB",
+                                        strict=True))  # fmt: skip
+
+
+def _transfer(bench: Bench, system: str, server: Server, direction: str, size: int) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "harness.loadgen", "transfer", "--url", server.url, "--direction", direction,
+            "--bytes", str(size), "--timeout", "300"]  # fmt: skip
+    row: dict[str, Any] = {"system": system, "direction": direction}
+    try:
+        with RssSampler(server.child.pid) as rss:
+            out = _loadgen(argv, timeout=330)
+    except BenchError as exc:
+        row["note"] = brief(exc)
+        return row
+    row.update(ok=out["ok"], seconds=out["seconds"], mib_per_s=out["mib_per_s"])
+    row.update(rss_before_mib=rss.baseline, rss_peak_mib=rss.peak, rss_growth_mib=rss.peak - rss.baseline)
+    if not out["ok"]:
+        row["note"] = f"HTTP {out['status']}, {out['bytes_seen']} of {size} bytes"
+    bench.log(f"  {system} {direction}: ok={out['ok']} growth {rss.peak - rss.baseline:.1f} MiB")
+    return row
+
+
+def _loadgen(argv: list[str], timeout: float) -> dict[str, Any]:
+    done = run_bounded(argv, core=LOAD_CORE, timeout=timeout, env={"PYTHONPATH": str(HARNESS_DIR)})
+    if done.returncode != 0:
+        raise BenchError(f"loadgen exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- S3: async intake --------------------------------------------------------------------------------
+
+
+ASYNC_PATH = "/anything?async=true"
+
+
+def s3(bench: Bench) -> None:
+    bench.log("S3: async intake, 1 KiB POST, 64 connections")
+    load = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024)
+    upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
+    redis = bench.redis()
+    results: dict[str, tuple[WrkResult | None, str | None]] = {}
+    try:
+        systems: list[tuple[str, Callable[[], Server]]] = [
+            ("bare intake (floor)",
+             lambda: services.start_peer(bench.sup, "bare-intake", "bare_intake", upstream, redis)),
+            ("fastapi+celery", lambda: services.start_celery_pattern(bench.sup, upstream, redis)),
+        ]  # fmt: skip
+        if bench.gateway_missing is None:
+            systems += [
+                ("asyncgate redis", lambda: services.start_gateway(bench.sup, upstream, redis=redis)),
+                ("asyncgate embedded", lambda: services.start_gateway(bench.sup, upstream, redis=None)),
+            ]
+        for system, start in systems:
+            services.flush_redis(redis)
+            results[system] = _attempt(bench, system, functools.partial(_served, bench, start, ASYNC_PATH, load))
+    finally:
+        bench.sup.stop(redis.child)
+        bench.sup.stop(upstream.child)
+    floor = results["bare intake (floor)"][0]
+    celery = results["fastapi+celery"][0]
+    rows = []
+    for system, (result, error) in results.items():
+        row = _throughput_row(system, result, error)
+        row["vs floor"] = ratio(result.ok_rps if result else None, floor.ok_rps if floor else None)
+        rows.append(row)
+    if bench.gateway_missing is not None:
+        rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
+    notes = [f"Redis: private redis-server on core {LOAD_CORE}, {_redis_mode(bench)}; FLUSHALL between systems."]
+    bench.sections.append(Section("S3 - async intake, 1 KiB POST ?async=true, 64 connections", THROUGHPUT_COLUMNS,
+                                  rows, notes))  # fmt: skip
+    gateway = results.get("asyncgate redis", (None, None))[0]
+    embedded = results.get("asyncgate embedded", (None, None))[0]
+    if gateway is not None:
+        bench.single["S3"] = gateway.ok_rps
+    g_rps = gateway.ok_rps if gateway else None
+    bench.checks += [
+        at_least("S3", "redis: throughput vs bare intake", ratio(g_rps, floor.ok_rps if floor else None), 0.8),
+        at_least("S3", "redis: throughput vs fastapi+celery", ratio(g_rps, celery.ok_rps if celery else None), 3),
+        at_most("S3", "redis: p99 of the 202", gateway.p99_ms if gateway else None, 30, " ms"),
+        at_most("S3", "embedded: p99 of the 202", embedded.p99_ms if embedded else None, 30, " ms"),
+    ]
+
+
+def _redis_mode(bench: Bench) -> str:
+    return "AOF, appendfsync everysec" if bench.durable_redis else 'no persistence (--save "" --appendonly no)'
+
+
+# --- S4: capacity -------------------------------------------------------------------------------------
+
+
+CAPACITY_COLUMNS = ["system", "runs", "held_at_once", "succeeded", "submit_s", "all_done_s", "rss_peak_mib",
+                    "vmhwm_mib", "healthz_p99_ms", "status_p99_ms", "note"]  # fmt: skip
+#: The Celery pattern is only watched this long: long enough to see how many runs it holds at once.
+CELERY_WATCH_S = 8.0
+
+
+def s4(bench: Bench) -> None:
+    plan = bench.plan
+    bench.log(f"S4: {plan.capacity_runs} runs held against a {plan.capacity_delay_s:g} s upstream")
+    rows = []
+    if bench.gateway_missing is None:
+        for store in ("redis", "embedded"):
+            rows.append(_capacity_gateway(bench, store))
+    else:
+        rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
+    rows.append(_capacity_celery(bench))
+    notes = [
+        f"Upstream: bench/peers/upstream_app.py on core {LOAD_CORE}, answering every run after "
+        f"{plan.capacity_delay_s:g} s; held_at_once is its own count of requests in flight at the peak.",
+        "healthz/status p99: probes every 50 ms (GET /_asyncgate/healthz) and every 20 ms (GET a random run's "
+        "status) while the runs are held; rss_peak_mib sums VmRSS over the server's process group, sampled "
+        "every 50 ms; vmhwm_mib is the main process's VmHWM.",
+    ]
+    bench.sections.append(Section(f"S4 - capacity: {plan.capacity_runs:,} runs held at once", CAPACITY_COLUMNS,
+                                  rows, notes))  # fmt: skip
+    for row in rows:
+        if not str(row["system"]).startswith("asyncgate "):
+            continue
+        label = row["system"].removeprefix("asyncgate ")
+        done = row.get("succeeded")
+        bench.checks += [
+            Check(
+                "S4",
+                f"{label}: runs succeeded",
+                done,
+                f"= {plan.capacity_runs:,}",
+                None if done is None else done == plan.capacity_runs,
+            ),  # fmt: skip
+            at_least("S4", f"{label}: held at once", row.get("held_at_once"), plan.capacity_runs, ""),
+            at_most("S4", f"{label}: peak RSS", row.get("rss_peak_mib"), 300, " MiB"),
+            at_most("S4", f"{label}: event-loop lag (healthz) p99", row.get("healthz_p99_ms"), 100, " ms"),
+            at_most("S4", f"{label}: status p99", row.get("status_p99_ms"), 50, " ms", strict=True),
+        ]
+
+
+def _capacity_gateway(bench: Bench, store: str) -> dict[str, Any]:
+    plan = bench.plan
+    system = f"asyncgate {store}"
+    row: dict[str, Any] = {"system": system, "runs": plan.capacity_runs}
+    upstream = services.start_py_upstream(bench.sup, delay=plan.capacity_delay_s)
+    redis = bench.redis() if store == "redis" else None
+    env = {"ASYNCGATE_LIMITS_MAX_INFLIGHT": str(plan.capacity_runs)}
+    deadline = plan.capacity_delay_s + 120 + plan.capacity_runs / 100
+    try:
+        with bench.serving(lambda: services.start_gateway(bench.sup, upstream, redis=redis, env=env)) as gateway:
+            argv = [sys.executable, "-m", "harness.loadgen", "capacity", "--url", gateway.url, "--mode", "gateway",
+                    "--n", str(plan.capacity_runs), "--hold", str(plan.capacity_delay_s),
+                    "--deadline", str(deadline)]  # fmt: skip
+            with RssSampler(gateway.child.pid) as rss:
+                out = _loadgen(argv, timeout=deadline + 60)
+            row["vmhwm_mib"] = hwm_mib(gateway.child.pid)
+            row["rss_peak_mib"] = rss.peak
+    except BenchError as exc:
+        bench.log(f"  {system} failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    finally:
+        _, stats = http_get(upstream.url + "/__stats")
+        bench.sup.stop(upstream.child)
+        if redis is not None:
+            bench.sup.stop(redis.child)
+    row.update(_capacity_figures(out, json.loads(stats)))
+    bench.log(f"  {system}: {row}")
+    return row
+
+
+def _capacity_figures(out: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    states = {k: v for k, v in out["states"].items() if k not in ("succeeded", "SUCCESS")}
+    note = f"accepted {out['accepted']}; other states {states}" if states or out["accepted"] != out["submitted"] else ""
+    if out["probe_failures"]:
+        note += f"; {out['probe_failures']} probes failed"
+    return {
+        "held_at_once": stats["peak"],
+        "succeeded": out["succeeded"],
+        "submit_s": out["submit_seconds"],
+        "all_done_s": out["all_done_seconds"],
+        "healthz_p99_ms": out["health_hold"]["p99_ms"],
+        "status_p99_ms": out["status_hold"]["p99_ms"],
+        "note": note.strip("; "),
+    }
+
+
+def _capacity_celery(bench: Bench) -> dict[str, Any]:
+    plan = bench.plan
+    runs = plan.celery_hold_runs
+    row: dict[str, Any] = {"system": "fastapi+celery", "runs": runs}
+    upstream = services.start_py_upstream(bench.sup, delay=plan.capacity_delay_s)
+    redis = bench.redis()
+    try:
+        with bench.serving(lambda: services.start_celery_pattern(bench.sup, upstream, redis)) as api:
+            argv = [sys.executable, "-m", "harness.loadgen", "capacity", "--url", api.url, "--mode", "celery",
+                    "--n", str(runs), "--hold", str(CELERY_WATCH_S), "--deadline", str(CELERY_WATCH_S)]  # fmt: skip
+            out = _loadgen(argv, timeout=CELERY_WATCH_S + 60)
+            _, stats = http_get(upstream.url + "/__stats")
+    except BenchError as exc:
+        bench.log(f"  fastapi+celery failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    finally:
+        bench.sup.stop(upstream.child)
+        bench.sup.stop(redis.child)
+    figures = _capacity_figures(out, json.loads(stats))
+    held = figures["held_at_once"]
+    figures["all_done_s"] = None
+    figures["healthz_p99_ms"] = None  # FastAPI has no health endpoint of its own
+    batches = -(-plan.capacity_runs // held) if held else None
+    delay = f"{plan.capacity_delay_s:g} s"
+    figures["note"] = (
+        f"watched {CELERY_WATCH_S:g} s only; default worker concurrency holds {held} at once, so "
+        f"{plan.capacity_runs:,} runs of {delay} would take ~{batches} x {delay}"
+        if batches
+        else "held none"
+    )
+    row.update(figures)
+    row["succeeded"] = None
+    bench.log(f"  fastapi+celery: held {held}")
+    return row
+
+
+# --- S5: end to end -----------------------------------------------------------------------------------
+
+
+RATE_COLUMNS = ["system", "offered", "completed", "submit_p50_ms", "submit_p99_ms", "e2e_p50_ms", "e2e_p90_ms",
+                "e2e_p99_ms", "e2e_max_ms", "note"]  # fmt: skip
+RATE = 100.0
+
+
+def s5(bench: Bench) -> None:
+    plan = bench.plan
+    bench.log(f"S5: end to end at {RATE:g} runs/s for {plan.rate_duration_s:g} s")
+    upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
+    redis = bench.redis()
+    rows: list[dict[str, Any]] = []
+    try:
+        systems: list[tuple[str, str, Callable[[], Server]]] = []
+        if bench.gateway_missing is None:
+            systems += [
+                ("asyncgate redis", "gateway", lambda: services.start_gateway(bench.sup, upstream, redis=redis)),
+                ("asyncgate embedded", "gateway", lambda: services.start_gateway(bench.sup, upstream, redis=None)),
+            ]
+        else:
+            rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
+        systems.append(("fastapi+celery", "celery", lambda: services.start_celery_pattern(bench.sup, upstream, redis)))
+        for system, mode, start in systems:
+            services.flush_redis(redis)
+            rows.append(_rate(bench, system, mode, start))
+    finally:
+        bench.sup.stop(redis.child)
+        bench.sup.stop(upstream.child)
+    notes = [
+        "asyncgate: submit with ?async=true&webhookEndpoint=<receiver>; e2e = submit sent -> webhook received, "
+        "both timed by one monotonic clock in the load process (receiver and sender share it).",
+        "fastapi+celery: no webhook in the pattern, so e2e = submit sent -> status endpoint first reports "
+        "SUCCESS, polled every 5 ms (so up to 5 ms of it is polling granularity).",
+    ]
+    bench.sections.append(Section(f"S5 - end to end, {RATE:g} runs/s, instant upstream", RATE_COLUMNS, rows, notes))
+    for row in rows:
+        if str(row["system"]).startswith("asyncgate "):
+            label = row["system"].removeprefix("asyncgate ")
+            complete = row.get("completed") == row.get("offered")
+            bench.checks += [
+                Check(
+                    "S5",
+                    f"{label}: every webhook delivered",
+                    row.get("completed"),
+                    f"= {row.get('offered')}",
+                    None if row.get("completed") is None else complete,
+                ),  # fmt: skip
+                at_most("S5", f"{label}: submit-to-webhook p50", row.get("e2e_p50_ms"), 5, " ms"),
+                at_most("S5", f"{label}: submit-to-webhook p99", row.get("e2e_p99_ms"), 25, " ms"),
+            ]
+
+
+def _rate(bench: Bench, system: str, mode: str, start: Callable[[], Server]) -> dict[str, Any]:
+    row: dict[str, Any] = {"system": system}
+    duration = bench.plan.rate_duration_s
+    bench.log(f"  {system} ...")
+    try:
+        with bench.serving(start) as server:
+            base = [sys.executable, "-m", "harness.loadgen", "rate", "--url", server.url, "--mode", mode,
+                    "--rate", str(RATE), "--wait", "15"]  # fmt: skip
+            _loadgen([*base, "--duration", "1"], timeout=60)  # warm-up
+            out = _loadgen([*base, "--duration", str(duration)], timeout=duration + 60)
+    except BenchError as exc:
+        bench.log(f"  {system} failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    e2e, sub = out["end_to_end"], out["submit_latency"]
+    row.update(offered=out["offered"], completed=out["completed"], submit_p50_ms=sub["p50_ms"],
+               submit_p99_ms=sub["p99_ms"], e2e_p50_ms=e2e["p50_ms"], e2e_p90_ms=e2e["p90_ms"],
+               e2e_p99_ms=e2e["p99_ms"], e2e_max_ms=e2e["max_ms"])  # fmt: skip
+    problems = []
+    if out["submit_failures"]:
+        problems.append(f"{out['submit_failures']} submits failed")
+    if out["duplicates"]:
+        problems.append(f"{out['duplicates']} duplicate webhooks")
+    row["note"] = "; ".join(problems)
+    bench.log(f"  {system}: e2e p50 {e2e['p50_ms']} ms p99 {e2e['p99_ms']} ms, {out['completed']}/{out['offered']}")
+    return row
+
+
+# --- scale-out ----------------------------------------------------------------------------------------
+
+
+SCALE_COLUMNS = ["scenario", "one_gateway_rps", "two_gateways_rps", "ratio", "rps_a", "rps_b", "p99_a_ms", "p99_b_ms",
+                 "note"]  # fmt: skip
+
+
+def scale_out(bench: Bench) -> None:
+    bench.log("Scale-out: two gateway processes, one per core, load split across them")
+    if bench.gateway_missing is not None:
+        bench.sections.append(
+            Section("Scale-out", SCALE_COLUMNS, [{"scenario": "S1/S3", "note": f"not run: {bench.gateway_missing}"}])
+        )
+        return
+    upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
+    redis = bench.redis()
+    rows = []
+    try:
+        get = Load(CONNECTIONS, bench.plan.measure_s)
+        post = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024)
+        rows.append(_scaled(bench, "S1", "/1k", get, upstream, None))
+        services.flush_redis(redis)
+        rows.append(_scaled(bench, "S3", ASYNC_PATH, post, upstream, redis))
+    finally:
+        bench.sup.stop(redis.child)
+        bench.sup.stop(upstream.child)
+    notes = [
+        "Two `asyncgate serve` processes on two ports, pinned to core 0 and core 1; two wrk processes "
+        "(32 connections each, 64 in all), unpinned, one per gateway; throughput is their sum.",
+        f"Caveat: the machine has 2 cores, so here wrk, the nginx upstream and Redis share the cores with the "
+        f"gateways, while one_gateway_rps (S1/S3 above) had core {LOAD_CORE} for them alone: the ratio is a "
+        "lower bound on what a second core gives.",
+    ]
+    bench.sections.append(Section("Scale-out - two gateway processes", SCALE_COLUMNS, rows, notes))
+    for row in rows:
+        bench.checks.append(at_least("scale-out", f"{row['scenario']}: two processes vs one", row.get("ratio"), 1.6))
+
+
+def _scaled(
+    bench: Bench, scenario: str, path: str, load: Load, upstream: Server, redis: Server | None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"scenario": scenario}
+    try:
+        if scenario not in bench.single:
+            bench.log(f"  {scenario}: measuring one gateway first")
+            result = _served(bench, lambda: services.start_gateway(bench.sup, upstream, redis=redis), path, load)
+            bench.single[scenario] = result.ok_rps
+        half = Load(load.connections // 2, load.duration, load.method, load.body_bytes)
+        with contextlib.ExitStack() as stack:
+            gateways = [
+                stack.enter_context(
+                    bench.serving(
+                        functools.partial(
+                            services.start_gateway,
+                            bench.sup,
+                            upstream,
+                            redis=redis,
+                            core=core,
+                            name=f"gateway-core{core}",
+                        )
+                    )
+                )  # fmt: skip
+                for core in (SUT_CORE, LOAD_CORE)
+            ]
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futures = [pool.submit(bench.measure, g.url + path, half, None) for g in gateways]
+                a, b = (f.result() for f in futures)
+    except Exception as exc:
+        bench.log(f"  scale-out {scenario} failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    one = bench.single[scenario]
+    total = a.ok_rps + b.ok_rps
+    row.update(one_gateway_rps=one, two_gateways_rps=total, ratio=ratio(total, one), rps_a=a.ok_rps, rps_b=b.ok_rps,
+               p99_a_ms=a.p99_ms, p99_b_ms=b.p99_ms)  # fmt: skip
+    failures = a.errors + a.non_2xx + b.errors + b.non_2xx
+    row["note"] = f"{failures} failed" if failures else ""
+    bench.log(f"  {scenario}: one {one:,.0f}, two {total:,.0f} req/s")
+    return row
+
+
+SCENARIOS: dict[str, Callable[[Bench], None]] = {
+    "S1": s1,
+    "S2": s2,
+    "S3": s3,
+    "S4": s4,
+    "S5": s5,
+    "SCALE": scale_out,
+}

@@ -1,0 +1,179 @@
+"""Starting each server of the bench, pinned, on a free port, and waiting until it answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import nginx
+from .procs import LOAD_CORE, SUT_CORE, BenchError, Child, Supervisor, free_port, wait_http
+
+PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
+GATEWAY_ENV = {"ASYNCGATE_SERVER_LOG_LEVEL": "warning"}
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    child: Child
+    #: Processes that live and die with this server (the Celery pattern's worker).
+    companions: tuple[Child, ...] = ()
+
+
+def _uvicorn(module: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", f"{module}:app",
+        "--app-dir", str(PEERS_DIR),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--log-level", "warning", "--no-access-log",
+        "--backlog", "16384", "--timeout-keep-alive", "120",
+    ]  # fmt: skip
+
+
+def start_redis(sup: Supervisor, workdir: Path, *, durable: bool) -> Server:
+    port = free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
+    argv = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--dir", str(workdir), "--maxclients", "20000", "--protected-mode", "no", *persistence,
+    ]  # fmt: skip
+    child = sup.spawn("redis", argv, core=LOAD_CORE)
+    _wait_tcp(port, child)
+    return Server("redis", f"redis://127.0.0.1:{port}/0", child)
+
+
+def flush_redis(redis: Server) -> None:
+    port = redis.url.rsplit(":", 1)[1].split("/")[0]
+    subprocess.run(["redis-cli", "-p", port, "FLUSHALL"], check=True, capture_output=True, timeout=30)
+
+
+def start_nginx_upstream(sup: Supervisor, workdir: Path) -> Server:
+    port = free_port()
+    conf = nginx.upstream_conf(workdir / "nginx-upstream", port)
+    child = sup.spawn("nginx-upstream", nginx.argv(conf), core=LOAD_CORE)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/1k", child, START_TIMEOUT_S)
+    return Server("nginx-upstream", url, child)
+
+
+def start_py_upstream(sup: Supervisor, delay: float) -> Server:
+    port = free_port()
+    child = sup.spawn("py-upstream", _uvicorn("upstream_app", port), core=LOAD_CORE, env={"BENCH_DELAY": str(delay)})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/__stats", child, START_TIMEOUT_S)
+    return Server("py-upstream", url, child)
+
+
+def start_nginx_proxy(sup: Supervisor, workdir: Path, upstream: Server) -> Server:
+    port = free_port()
+    upstream_port = int(upstream.url.rsplit(":", 1)[1])
+    conf = nginx.proxy_conf(workdir / "nginx-proxy", port, upstream_port)
+    child = sup.spawn("nginx-proxy", nginx.argv(conf), core=SUT_CORE)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/1k", child, START_TIMEOUT_S)
+    return Server("nginx", url, child)
+
+
+def start_peer(sup: Supervisor, name: str, module: str, upstream: Server, redis: Server | None = None) -> Server:
+    port = free_port()
+    env = {"BENCH_UPSTREAM": upstream.url, "BENCH_REDIS_URL": redis.url if redis else ""}
+    child = sup.spawn(name, _uvicorn(module, port), core=SUT_CORE, env=env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_tcp(port, child)
+    return Server(name, url, child)
+
+
+def start_celery_pattern(sup: Supervisor, upstream: Server, redis: Server) -> Server:
+    """The Celery pattern's API with its worker beside it, both on the SUT core."""
+    worker = start_celery_worker(sup, upstream, redis)
+    try:
+        api = start_peer(sup, "celery-api", "celery_pattern", upstream, redis)
+    except BaseException:
+        sup.stop(worker)
+        raise
+    return Server(api.name, api.url, api.child, companions=(worker,))
+
+
+def start_celery_worker(sup: Supervisor, upstream: Server, redis: Server) -> Child:
+    """The worker with Celery's defaults (prefork, one process per core), on the SUT core."""
+    env = {"BENCH_UPSTREAM": upstream.url, "BENCH_REDIS_URL": redis.url}
+    argv = [sys.executable, "-m", "celery", "-A", "celery_pattern:celery", "worker", "--loglevel=WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    child = sup.spawn("celery-worker", argv, core=SUT_CORE, env=env, cwd=PEERS_DIR)
+    _wait_celery(child, env)
+    return child
+
+
+def gateway_available() -> str | None:
+    """None when `asyncgate serve` can run here, else why not."""
+    exe = shutil.which("asyncgate")
+    if exe is None:
+        return "the asyncgate command is not installed (pip install -e .)"
+    try:
+        done = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"asyncgate serve --help failed: {exc}"
+    if done.returncode != 0:
+        return f"asyncgate serve --help exited {done.returncode}: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def start_gateway(
+    sup: Supervisor,
+    upstream: Server,
+    *,
+    redis: Server | None,
+    core: int = SUT_CORE,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
+) -> Server:
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="asyncgate-bench-"))
+    argv = ["asyncgate", "serve", "--upstream", upstream.url, "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir)]  # fmt: skip
+    if redis is not None:
+        argv += ["--redis-url", redis.url]
+    child = sup.spawn(name, argv, core=core, env={**GATEWAY_ENV, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/_asyncgate/healthz", child, START_TIMEOUT_S)
+    return Server(name, url, child)
+
+
+def _wait_tcp(port: int, child: Child) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child.popen.poll() is not None:
+            raise BenchError(f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{child.name} did not listen on {port} within {START_TIMEOUT_S:.0f} s\n{child.log_tail()}")
+
+
+def _wait_celery(child: Child, env: dict[str, str]) -> None:
+    argv = [sys.executable, "-m", "celery", "-A", "celery_pattern:celery", "inspect", "ping", "--timeout", "2"]
+    deadline = time.monotonic() + START_TIMEOUT_S * 2
+    while time.monotonic() < deadline:
+        if child.popen.poll() is not None:
+            raise BenchError(f"celery worker exited with {child.popen.returncode}:\n{child.log_tail()}")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=PEERS_DIR, env=_env(env))
+        if done.returncode == 0 and "pong" in done.stdout:
+            return
+        time.sleep(0.5)
+    raise BenchError(f"celery worker not ready within {START_TIMEOUT_S * 2:.0f} s\n{child.log_tail()}")
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **extra}

@@ -1,0 +1,113 @@
+"""Run asyncgate's benchmark: every scenario, every peer, one table of figures and ratios.
+
+    python bench/run.py                 # the full run (about 15 minutes)
+    python bench/run.py --quick         # a smoke check (about 4 minutes)
+    python bench/run.py --only S1,S3 --json out.json
+
+bench/README.md explains the scenarios, the peers and the pinning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import report, services, tools
+from harness.procs import LOAD_CORE, Supervisor, pin_self, raise_nofile_limit
+from harness.scenarios import SCENARIOS, Bench, Plan
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short durations and sizes: a smoke check")
+    parser.add_argument("--only", help=f"comma-separated scenarios among {','.join(SCENARIOS)}")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument("--no-install", action="store_true", help="check the peers' packages, install nothing")
+    parser.add_argument("--peers-only", action="store_true", help="leave the gateway out")
+    parser.add_argument("--redis-durable", action="store_true", help="Redis with AOF, appendfsync everysec")
+    args = parser.parse_args(argv)
+    names = [n.strip().upper() for n in args.only.split(",")] if args.only else list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose among {', '.join(SCENARIOS)}")
+    args.scenarios = names
+    return args
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so every `finally` stops its processes.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    raise_nofile_limit()
+    if (os.cpu_count() or 1) < 2:
+        _log("fewer than 2 cores: the pinning below assumes cores 0 and 1")
+    pin_self(LOAD_CORE)
+    tools.ensure(install=not args.no_install, log=_log)
+    missing = "left out (--peers-only)" if args.peers_only else services.gateway_available()
+    if missing:
+        _log(f"gateway not measured: {missing}")
+    OUT_DIR.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=OUT_DIR))
+    workdir.chmod(0o755)  # nginx's workers drop root and must read the static file under it
+    _log(f"logs and configs in {workdir}")
+    plan = Plan.quick() if args.quick else Plan.full()
+    sup = Supervisor(workdir / "logs")
+    bench = Bench(sup, workdir, plan, args.redis_durable, missing)
+    started = time.monotonic()
+    try:
+        for name in args.scenarios:
+            try:
+                SCENARIOS[name](bench)
+            except Exception:
+                _log(f"{name} aborted:\n{traceback.format_exc()}")
+            finally:
+                sup.close()
+    finally:
+        sup.close()
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable and "python", *sys.argv]),
+        "quick": args.quick,
+        "scenarios": args.scenarios,
+        "seconds": round(time.monotonic() - started),
+        "machine": tools.machine(),
+        "versions": tools.versions(),
+        "plan": vars(plan),
+        "pinning": {"system_under_test": 0, "load_upstream_redis": LOAD_CORE},
+        "gateway": missing or "measured",
+    }
+    text = report.render(bench.sections, bench.checks)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(report.as_json(bench.sections, bench.checks, meta), indent=2) + "\n")
+    _log(f"done in {meta['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
