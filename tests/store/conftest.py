@@ -1,0 +1,65 @@
+"""Fixtures for the run store tests: an event loop runner, and each store opened on a clean slate."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import pytest
+
+from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
+from asyncgate.store.base import RunStore
+from asyncgate.store.embedded import EmbeddedRunStore
+from asyncgate.store.redis import RedisRunStore
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
+
+
+class Queue(Protocol):
+    def __call__(self, method: str = "GET", *, headers: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> Run: ...
+
+
+@pytest.fixture
+def run() -> Iterator[Runner]:
+    """Runs a coroutine to completion; every call of one test shares one event loop."""
+    with asyncio.Runner() as runner:
+        yield runner.run
+
+
+def open_store(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> RunStore:
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        return RedisRunStore(server.url, key_prefix=f"test-{uuid.uuid4().hex}")
+    return EmbeddedRunStore(data_dir)
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def store(request: pytest.FixtureRequest, run: Runner, tmp_path: Path) -> Iterator[RunStore]:
+    store = open_store(request.param, request, tmp_path / "data")
+    run(store.open())
+    yield store
+    run(store.close())
+
+
+def new_run(method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> Run:
+    request = RunRequest(method=method, path="/jobs/a%2Fb", query="x=1", headers=headers, webhook_url=None, timeout=60)
+    return Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+
+@pytest.fixture
+def queue(store: RunStore, run: Runner) -> Queue:
+    """Stores a new queued run and returns it."""
+
+    def create(method: str = "GET", *, headers: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> Run:
+        queued = new_run(method, headers)
+        run(store.create(queued, body))
+        return queued
+
+    return create

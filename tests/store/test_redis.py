@@ -1,0 +1,209 @@
+"""Behaviour of the Redis store beyond the contract: its keys, TTLs, queue and failures."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from asyncgate.config import StoreConfig
+from asyncgate.errors import StoreUnavailable
+from asyncgate.runs import Outcome, RunResult, RunState
+from asyncgate.store.factory import build_store
+from asyncgate.store.redis import UNFINISHED_TTL, RedisRunStore
+from tests.store.conftest import Runner, new_run
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.wait import wait_until
+
+LEASE = 30.0
+DONE = Outcome(RunState.SUCCEEDED, result=RunResult(status=200, headers=(), body=b"done"))
+
+
+@pytest.fixture
+def redis_store(redis_server: RedisServer, run: Runner) -> Iterator[RedisRunStore]:
+    store = RedisRunStore(redis_server.url, key_prefix=f"test-{uuid.uuid4().hex}", stale_entry_idle=0.2)
+    run(store.open())
+    yield store
+    run(store.close())
+
+
+Command = Callable[[Awaitable[Any]], Any]
+
+
+@pytest.fixture
+def client(redis_server: RedisServer, run: Runner) -> Iterator[aioredis.Redis]:
+    """A plain client, to look at (and tamper with) what the store keeps."""
+    client = aioredis.Redis.from_url(redis_server.url, protocol=2)
+    yield client
+    run(client.aclose())
+
+
+@pytest.fixture
+def raw(client: aioredis.Redis, run: Runner) -> Command:
+    """Runs one command of ``client``: ``raw(client.xlen(key))``."""
+
+    async def wait(command: Awaitable[Any]) -> Any:
+        return await command
+
+    return lambda command: run(wait(command))
+
+
+def test_the_stream_entry_carries_only_the_run_id(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+
+    run(redis_store.create(queued, b"a body that stays in the hash"))
+
+    entries = raw(client.xrange(redis_store.queue))
+    assert [fields for _, fields in entries] == [{b"run_id": queued.run_id.encode()}]
+
+
+def test_a_run_is_one_hash_under_a_hash_tag(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run("PUT")
+
+    run(redis_store.create(queued, b"\x00body"))
+
+    key = f"{redis_store.prefix}:run:{{{queued.run_id}}}"
+    assert redis_store.run_key(queued.run_id) == key
+    stored = raw(client.hgetall(key))
+    assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body"}
+    assert (stored[b"state"], stored[b"attempt"], stored[b"body"]) == (b"queued", b"0", b"\x00body")
+
+
+def test_unfinished_runs_carry_the_safety_ttl_and_finished_ones_the_retention(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    key = redis_store.run_key(queued.run_id)
+    assert UNFINISHED_TTL - 60 < raw(client.ttl(key)) <= UNFINISHED_TTL
+
+    run(redis_store.claim("owner-a", 1, 0, LEASE))
+    assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is True
+
+    assert 110_000 < raw(client.pttl(key)) <= 120_000
+    assert raw(client.hget(key, "body")) is None
+    assert raw(client.hget(key, "owner")) is None
+
+
+def test_claimed_entries_are_acked_and_removed_from_the_stream(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    for _ in range(3):
+        run(redis_store.create(new_run(), b""))
+
+    assert len(run(redis_store.claim("owner-a", 10, 0, LEASE))) == 3
+
+    assert raw(client.xlen(redis_store.queue)) == 0
+    assert raw(client.xpending(redis_store.queue, redis_store.group))["pending"] == 0
+
+
+def test_a_duplicate_queue_entry_does_not_hand_out_the_run_twice(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    raw(client.xadd(redis_store.queue, {"run_id": queued.run_id}))
+
+    claimed = run(redis_store.claim("owner-a", 10, 0, LEASE))
+
+    assert [(c.run_id, c.attempt) for c in claimed] == [(queued.run_id, 1)]
+    assert raw(client.xlen(redis_store.queue)) == 0
+
+
+def test_an_entry_read_by_a_claimer_that_died_is_taken_over(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    # A claimer that read the entry, then died before running its claim script and acking.
+    raw(client.xreadgroup(redis_store.group, "dead-gateway", {redis_store.queue: ">"}, count=10))
+    assert run(redis_store.claim("owner-a", 10, 0, LEASE)) == []
+
+    claimed = wait_until(lambda: run(redis_store.claim("owner-a", 10, 0, LEASE)), timeout=5)
+
+    assert [(c.run_id, c.attempt) for c in claimed] == [(queued.run_id, 1)]
+
+
+def test_the_lease_index_follows_claim_renew_and_finish(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    assert raw(client.zscore(redis_store.leases, queued.run_id)) is None
+
+    run(redis_store.claim("owner-a", 1, 0, LEASE))
+    claimed_until = raw(client.zscore(redis_store.leases, queued.run_id))
+    assert claimed_until == float(raw(client.hget(redis_store.run_key(queued.run_id), "lease_until")))
+
+    run(redis_store.renew(queued.run_id, 1, 2 * LEASE))
+    assert raw(client.zscore(redis_store.leases, queued.run_id)) > claimed_until
+
+    run(redis_store.finish(queued.run_id, 1, DONE, 60.0))
+    assert raw(client.zscore(redis_store.leases, queued.run_id)) is None
+
+
+def test_expired_drops_index_entries_of_runs_that_are_gone(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    raw(client.zadd(redis_store.leases, {"vanished-run": 1.0}))
+
+    assert run(redis_store.expired(10)) == []
+
+    assert raw(client.zcard(redis_store.leases)) == 0
+
+
+def test_expired_reindexes_a_run_whose_lease_was_extended(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    run(redis_store.claim("owner-a", 1, 0, LEASE))
+    # As if the renewal had reached the run but not the index (the gateway died in between).
+    raw(client.zadd(redis_store.leases, {queued.run_id: 1.0}))
+
+    assert run(redis_store.expired(10)) == []
+
+    lease_until = float(raw(client.hget(redis_store.run_key(queued.run_id), "lease_until")))
+    assert raw(client.zscore(redis_store.leases, queued.run_id)) == lease_until
+
+
+def test_a_closed_port_raises_store_unavailable(run: Runner) -> None:
+    store = RedisRunStore(f"redis://127.0.0.1:{free_port()}/0", key_prefix="nowhere")
+    try:
+        with pytest.raises(StoreUnavailable):
+            run(store.ping())
+        with pytest.raises(StoreUnavailable):
+            run(store.create(new_run(), b""))
+        with pytest.raises(StoreUnavailable):
+            run(store.open())
+        with pytest.raises(StoreUnavailable):
+            run(store.claim("owner-a", 1, 0, LEASE))
+    finally:
+        run(store.close())
+
+
+def test_a_redis_url_selects_the_redis_store(redis_server: RedisServer, run: Runner) -> None:
+    store = build_store(StoreConfig(redis_url=redis_server.url, key_prefix="chosen"))
+
+    assert isinstance(store, RedisRunStore)
+    assert store.queue == "chosen:queue"
+    run(store.close())
+
+
+def test_claim_recreates_the_consumer_group_after_redis_lost_its_data(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    raw(client.delete(redis_store.queue))
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+
+    assert run(redis_store.claim("owner-a", 1, 0, LEASE)) == []
+
+    assert [c.run_id for c in run(redis_store.claim("owner-a", 1, 0, LEASE))] == [queued.run_id]
