@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -118,7 +117,7 @@ class Gateway:
         await svc.store.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        message: dict[str, Any] = await receive()
+        message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
             await self.startup()

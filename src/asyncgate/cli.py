@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from asyncgate import __version__, logs
@@ -64,7 +66,15 @@ def serve(config: Config) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=int(config.shutdown.drain_timeout) + 1,
     )
+    # uvicorn re-raises the signal that stopped it once it has shut down, so that the default
+    # handler kills the process; a drained gateway has done its job and should exit 0 instead.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_quietly)
     uvicorn.Server(server_config).run()
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    """The handler uvicorn's re-raised signal lands on after a graceful shutdown."""
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:

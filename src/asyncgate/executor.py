@@ -10,7 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
 from asyncgate.config import Config
 from asyncgate.errors import StoreUnavailable
@@ -126,7 +126,7 @@ class Executor:
         # trying until the store is back or the gateway shuts down (which cancels this).
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=stop_never,
             reraise=True,
         ):

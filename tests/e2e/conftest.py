@@ -39,7 +39,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.app = create_app(config)
-        self.server = ServerThread(self.app, server_header=False, date_header=False).start()
+        self.server = ServerThread(self.app, server_header=False, date_header=False, proxy_headers=False).start()
         self.url = self.server.url
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
 
@@ -105,7 +105,7 @@ def make_gateway(
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
     def factory(settings: dict[str, Any] | None = None, **kwargs: Any) -> Gateway:
-        overrides: dict[str, Any] = {"upstream": upstream.url, "runs.poll_interval": 0.2}
+        overrides: dict[str, Any] = {"upstream": upstream.url, "runs.poll_interval": 0.2, "shutdown.drain_timeout": 2}
         if redis is not None:
             overrides["store.redis_url"] = redis.url
             overrides["store.key_prefix"] = prefix

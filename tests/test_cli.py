@@ -1,0 +1,73 @@
+"""The command line, run as a user runs it: a real process, real signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support.redis_server import free_port
+from tests.support.wait import wait_until
+
+ASYNCGATE = [sys.executable, "-m", "asyncgate"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ASYNCGATE, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_serve_without_upstream_is_one_line_and_exit_2() -> None:
+    result = run_cli("serve", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "asyncgate: configuration error: upstream: is required (the URL of the server asyncgate fronts)"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_the_example_and_names_a_bad_key(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    good = run_cli("check-config", str(example))
+    assert good.returncode == 0, good.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstream: http://a:1\nlimits:\n  max_inflight: lots\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "asyncgate: configuration error: limits.max_inflight: expected an integer, got 'lots'"
+    )
+    missing = run_cli("check-config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2
+    assert "cannot read the file" in missing.stderr
+
+
+def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    upstream = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [*ASYNCGATE, "serve", "--upstream", upstream, "--port", str(port), "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/_asyncgate/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=20, message="gateway ready")
+        accepted = httpx.post(f"{base}/predict?async=true", content=b"{}", timeout=5)
+        assert accepted.status_code == 202
+        assert (tmp_path / "d" / "asyncgate.db").exists()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
