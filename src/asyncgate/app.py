@@ -22,7 +22,7 @@ from asyncgate.services import Services
 from asyncgate.store.base import RunStore
 from asyncgate.store.factory import build_store
 from asyncgate.upstream import Upstream
-from asyncgate.webhooks import WebhookSender
+from asyncgate.webhooks import WebhookDispatcher
 
 logger = logging.getLogger("asyncgate")
 
@@ -65,8 +65,8 @@ class Gateway:
         self.config = config
         store = store if store is not None else build_store(config.store)
         upstream = Upstream(config)
-        webhooks = WebhookSender(config, store)
-        executor = Executor(config, store, upstream, webhooks.notify)
+        webhooks = WebhookDispatcher(config, store)
+        executor = Executor(config, store, upstream, webhooks.run_finished)
         self.services = Services(config, store, upstream, webhooks, executor)
         self.proxy = Proxy(upstream)
         self.intake = Intake(config, store)
@@ -91,7 +91,7 @@ class Gateway:
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            intent = classify(scope)
+            intent = classify(scope, self.intake.limits)
         except ClientError as error:
             await send_error(send, error)
             return

@@ -15,8 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from starlette.datastructures import Secret
 
 from asyncgate.errors import ConfigError
+from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
 
@@ -55,6 +57,10 @@ class LimitsConfig:
     max_inflight: int = 64
     #: Upstream connections the synchronous pass-through may hold at once.
     max_connections: int = 1024
+    #: Runs accepted and not yet started, across every gateway sharing the store; past it, 429.
+    max_queued: int = 10_000
+    #: Longest a client may ask to wait (?wait=N, Prefer: wait=N), in seconds.
+    max_wait: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +87,26 @@ class RunsConfig:
     poll_interval: float = 1.0
 
 
+#: Delays before each webhook attempt: the first at once, the last past a day after the run.
+DEFAULT_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class WebhooksConfig:
+    #: One delivery attempt, connect to last byte.
     timeout: float = 15.0
+    #: Where to deliver when a request names no webhook; None delivers nothing.
+    default_url: str | None = None
+    #: "body": the upstream's body as it is; "envelope": a JSON envelope with the run's outcome.
+    format: str = "body"
+    #: Standard Webhooks signing secrets (whsec_...); several during a rotation.
+    signing_secrets: tuple[Secret, ...] = ()
+    #: Delay before each attempt, in seconds; the number of entries is the number of attempts.
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    #: Deliveries in flight at once per gateway; the rest wait their turn in the store.
+    max_concurrency: int = 16
+    #: Networks (CIDR) or host names webhooks may reach although they are private.
+    allow: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +145,16 @@ _DURATIONS = {
     "runs.poll_interval",
     "webhooks.timeout",
     "shutdown.drain_timeout",
+    "limits.max_wait",
 }
+_DURATION_LISTS = {"webhooks.schedule"}
+_SECRET_LISTS = {"webhooks.signing_secrets"}
 _SIZES = {"limits.max_body_bytes", "limits.max_result_bytes"}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},
     "store.sqlite_synchronous": {"full", "normal"},
+    "webhooks.format": {"body", "envelope"},
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -179,7 +206,31 @@ def parse_size(key: str, value: Any) -> int:
     return size
 
 
+def _coerce_list(key: str, value: Any, from_text: bool) -> tuple[Any, ...]:
+    if from_text and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, f"expected a list, got {type(value).__name__}")
+    if key in _DURATION_LISTS:
+        # Zero is a valid delay here: the first attempt goes at once.
+        if not value:
+            raise ConfigError(key, "must hold at least one delay")
+        return tuple(0.0 if item in (0, "0", "0s") else parse_duration(key, item) for item in value)
+    if not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(key, "expected a list of non-empty strings")
+    if key in _SECRET_LISTS:
+        for item in value:
+            try:
+                secret_key(item)
+            except InvalidSecret as exc:
+                raise ConfigError(key, str(exc)) from None
+        return tuple(Secret(item) for item in value)
+    return tuple(value)
+
+
 def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
+    if field_type.startswith("tuple"):
+        return _coerce_list(key, value, from_text)
     if key in _DURATIONS:
         return parse_duration(key, value)
     if key in _SIZES:
@@ -303,6 +354,10 @@ def _validate(config: Config, require_upstream: bool) -> None:
         redis = urlsplit(config.store.redis_url)
         if redis.scheme not in {"redis", "rediss", "unix"}:
             raise ConfigError("store.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis.scheme!r}")
+    if config.webhooks.default_url is not None:
+        hook = urlsplit(config.webhooks.default_url)
+        if hook.scheme not in {"http", "https"} or not hook.hostname:
+            raise ConfigError("webhooks.default_url", "expected an http:// or https:// URL")
     prefix = config.server.prefix
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
         raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")

@@ -1,21 +1,32 @@
-"""The gateway's own API under its prefix: run status, result, health. Thin handlers."""
+"""The gateway's own API under its prefix: runs (status, result, cancel, events, list), health.
+
+Thin handlers: parse, call the store or a service, answer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from asyncgate.errors import Conflict, NotFound, ServiceUnavailable, StoreUnavailable
-from asyncgate.headers import encode
-from asyncgate.responses import JSONResponse
-from asyncgate.runs import Run, RunResult
+from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.responses import JSONResponse, stored_response
+from asyncgate.runs import Run, RunState, rfc3339
 from asyncgate.services import Services
+from asyncgate.store.base import CancelResult, Event
+from asyncgate.waiting import wait_until_final
 
 #: Seconds a client polling an unfinished run should wait before asking again.
 POLL_RETRY_AFTER = 1
-#: Statuses that must not carry Content-Length (RFC 9110 §8.6).
-_BODYLESS = frozenset({204, 304})
+#: A comment line is sent on an idle event stream this often, so proxies keep it open.
+KEEPALIVE_SECONDS = 15.0
+#: How long DELETE waits for the holder of a running run to confirm its cancellation.
+CANCEL_CONFIRM_SECONDS = 5.0
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
 
 
 def services(request: Request) -> Services:
@@ -23,29 +34,55 @@ def services(request: Request) -> Services:
     return svc
 
 
+def _unavailable(exc: StoreError) -> ServiceUnavailable:
+    return ServiceUnavailable("the run store is unavailable", code="store_unavailable", retry_after=1)
+
+
 async def _run_or_404(request: Request) -> Run:
-    run_id = request.path_params["run_id"]
     try:
-        run = await services(request).store.get(run_id)
-    except StoreUnavailable as exc:
-        raise ServiceUnavailable("the run store is unavailable", code="store_unavailable", retry_after=1) from exc
+        run = await services(request).store.get(request.path_params["run_id"])
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
     if run is None:
         raise NotFound("no run with this id", code="run_not_found")
     return run
 
 
+def _status_response(run: Run, status_code: int = 200) -> Response:
+    headers = {} if run.state.is_final else {"Retry-After": str(POLL_RETRY_AFTER)}
+    return JSONResponse(run.to_public(), status_code=status_code, headers=headers)
+
+
+def _seconds(request: Request, name: str, maximum: float) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= maximum:
+        raise BadRequest(f"{name} must be a number of seconds from 0 to {maximum:g}", code="invalid_parameter")
+    return value
+
+
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
-    headers = {} if run.state.is_final else {"Retry-After": str(POLL_RETRY_AFTER)}
-    return JSONResponse(run.to_public(), headers=headers)
+    wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    if wait and not run.state.is_final:
+        try:
+            run = await wait_until_final(services(request).store, run.run_id, wait) or run
+        except StoreError as exc:
+            raise _unavailable(exc) from exc
+    return _status_response(run)
 
 
 async def run_result(request: Request) -> Response:
     run = await _run_or_404(request)
     try:
         result = await services(request).store.result(run.run_id)
-    except StoreUnavailable as exc:
-        raise ServiceUnavailable("the run store is unavailable", code="store_unavailable", retry_after=1) from exc
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
     if result is not None:
         return stored_response(result)
     if not run.state.is_final:
@@ -54,14 +91,99 @@ async def run_result(request: Request) -> Response:
     raise Conflict(f"the run has no upstream response: {reason}", code="no_upstream_response")
 
 
-def stored_response(result: RunResult) -> Response:
-    """Exactly the upstream's answer: status, end-to-end headers (repeats kept) and body bytes."""
-    response = Response(status_code=result.status)
-    response.body = result.body
-    response.raw_headers = encode(result.headers)
-    if result.status not in _BODYLESS:
-        response.raw_headers.append((b"content-length", str(len(result.body)).encode()))
-    return response
+async def cancel_run(request: Request) -> Response:
+    svc = services(request)
+    run_id = request.path_params["run_id"]
+    try:
+        outcome = await svc.store.cancel(run_id, svc.config.runs.retention)
+        if outcome is CancelResult.REQUESTED:
+            svc.executor.cancel_local(run_id)
+            run = await wait_until_final(svc.store, run_id, CANCEL_CONFIRM_SECONDS)
+        else:
+            run = await svc.store.get(run_id)
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    if outcome is CancelResult.MISSING or run is None:
+        raise NotFound("no run with this id", code="run_not_found")
+    if outcome is CancelResult.FINISHED:
+        raise Conflict(f"the run has already finished ({run.state})", code="run_finished")
+    if outcome is CancelResult.CANCELLED:
+        svc.webhooks.wake()
+    return _status_response(run, 200 if run.state.is_final else 202)
+
+
+async def redeliver_webhook(request: Request) -> Response:
+    svc = services(request)
+    run = await _run_or_404(request)
+    if run.request.webhook_url is None:
+        raise Conflict("the run has no webhook", code="no_webhook")
+    if not run.state.is_final:
+        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
+    try:
+        if not await svc.store.redeliver(run.run_id):
+            raise NotFound("no run with this id", code="run_not_found")
+        run = await svc.store.get(run.run_id) or run
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    svc.webhooks.wake()
+    return JSONResponse(run.to_public(), status_code=202)
+
+
+def _sse(run: Run, event: Event) -> bytes:
+    data = dict(event.data)
+    data["at"] = rfc3339(data.get("at"))
+    data["run_id"] = run.run_id
+    body = orjson.dumps(data).decode()
+    return f"id: {event.id}\nevent: {event.data.get('event', 'message')}\ndata: {body}\n\n".encode()
+
+
+async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
+    # Starlette cancels this generator when the client disconnects, which also cancels the
+    # pending read of the store: no task and no blocking read outlive the client.
+    yield b"retry: 1000\n\n"
+    while True:
+        events = await svc.store.events(run.run_id, after, KEEPALIVE_SECONDS)
+        for event in events:
+            yield _sse(run, event)
+            if event.is_final:
+                return
+        if events:
+            after = events[-1].id
+            continue
+        current = await svc.store.get(run.run_id)
+        if current is None:
+            return
+        yield b": keep-alive\n\n"
+
+
+async def run_events(request: Request) -> Response:
+    run = await _run_or_404(request)
+    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    stream = _event_stream(services(request), run, after)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+async def list_runs(request: Request) -> Response:
+    params = request.query_params
+    state = None
+    if "status" in params:
+        try:
+            state = RunState(params["status"])
+        except ValueError:
+            allowed = ", ".join(s.value for s in RunState)
+            raise BadRequest(f"status must be one of {allowed}", code="invalid_parameter") from None
+    try:
+        limit = int(params.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    try:
+        runs, cursor = await services(request).store.list_runs(None, state, limit, params.get("cursor"))
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})
 
 
 async def healthz(request: Request) -> Response:
@@ -74,7 +196,7 @@ async def readyz(request: Request) -> Response:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
         await svc.store.ping()
-    except StoreUnavailable:
+    except StoreError:
         return JSONResponse({"status": "unavailable", "store": svc.store_kind}, status_code=503)
     return JSONResponse({"status": "ready", "store": svc.store_kind})
 
@@ -83,6 +205,10 @@ def routes() -> list[Route]:
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/runs", list_runs, methods=["GET"]),
         Route("/runs/{run_id}", run_status, methods=["GET"]),
+        Route("/runs/{run_id}", cancel_run, methods=["DELETE"]),
         Route("/runs/{run_id}/result", run_result, methods=["GET"]),
+        Route("/runs/{run_id}/events", run_events, methods=["GET"]),
+        Route("/runs/{run_id}/webhook", redeliver_webhook, methods=["POST"]),
     ]

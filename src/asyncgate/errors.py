@@ -9,6 +9,7 @@
         ├── NotFound                404 (unknown run, or not the caller's)
         ├── Conflict                409 (the run is not in a state that allows this)
         ├── PayloadTooLarge         413
+        ├── UnprocessableContent    422
         ├── TooManyRequests         429 (with Retry-After)
         └── ServiceUnavailable      503 (with Retry-After)
 
@@ -90,6 +91,13 @@ class PayloadTooLarge(ClientError):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class UnprocessableContent(ClientError):
+    """Raised when a well-formed request contradicts what the gateway already holds."""
+
+    status_code = 422
+    code = "unprocessable"
 
 
 class TooManyRequests(ClientError):

@@ -13,10 +13,10 @@ from typing import ParamSpec, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
 from asyncgate.config import Config
-from asyncgate.errors import StoreUnavailable
+from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.replay import replay
-from asyncgate.runs import Outcome, Run, RunState, recovery_outcome
-from asyncgate.store.base import RunStore
+from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
+from asyncgate.store.base import Lease, RunStore
 from asyncgate.upstream import Upstream
 
 logger = logging.getLogger("asyncgate.executor")
@@ -48,6 +48,8 @@ class Executor:
         self.on_finished = on_finished
         self.owner = owner_id()
         self._held: dict[asyncio.Task[None], Run] = {}
+        #: Set for a held run when a client asks to cancel it.
+        self._cancels: dict[str, asyncio.Event] = {}
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -60,7 +62,16 @@ class Executor:
             asyncio.create_task(self._claim_loop(), name="asyncgate-claim"),
             asyncio.create_task(self._renew_loop(), name="asyncgate-renew"),
             asyncio.create_task(self._recovery_loop(), name="asyncgate-recover"),
+            asyncio.create_task(self._cancel_loop(), name="asyncgate-cancel"),
         ]
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Abort the upstream call of a run this gateway holds; False if it holds none."""
+        event = self._cancels.get(run_id)
+        if event is None:
+            return False
+        event.set()
+        return True
 
     async def stop(self, drain_timeout: float) -> None:
         """Take no new runs, let held ones finish for ``drain_timeout`` s, then hand the rest back."""
@@ -85,8 +96,8 @@ class Executor:
                 continue
             try:
                 runs = await self.store.claim(self.owner, room, self.config.runs.poll_interval, self.config.runs.lease)
-            except StoreUnavailable as exc:
-                logger.warning("cannot claim runs, the store is unavailable: %s", exc)
+            except StoreError as exc:
+                logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
             for run in runs:
@@ -105,8 +116,27 @@ class Executor:
         if body is None:
             return  # the run expired or was removed while queued
         logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
-        outcome = await replay(self.upstream, run, body, self.config.limits.max_result_bytes)
+        cancel = self._cancels.setdefault(run.run_id, asyncio.Event())
+        try:
+            outcome = await self._call_unless_cancelled(run, body, cancel)
+        finally:
+            self._cancels.pop(run.run_id, None)
         await self._record(run, outcome)
+
+    async def _call_unless_cancelled(self, run: Run, body: bytes, cancel: asyncio.Event) -> Outcome:
+        """The upstream call's outcome, or CANCELLED once ``cancel`` is set (the call aborted)."""
+        call = asyncio.create_task(replay(self.upstream, run, body, self.config.limits.max_result_bytes))
+        cancelled = asyncio.create_task(cancel.wait())
+        try:
+            await asyncio.wait({call, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Cancelling the call closes its connection: the upstream sees the client go away.
+            for task in (call, cancelled):
+                task.cancel()
+            await asyncio.gather(call, cancelled, return_exceptions=True)
+        if call.done() and not call.cancelled():
+            return call.result()
+        return Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client while running"))
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         recorded = await self._with_store_retries(
@@ -139,13 +169,26 @@ class Executor:
             await asyncio.sleep(self.config.runs.lease_renewal)
             for task, run in list(self._held.items()):
                 try:
-                    held = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
-                except StoreUnavailable:
+                    lease = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
+                except StoreError:
                     continue
-                if not held:
+                if lease is Lease.CANCEL:
+                    # The cancel message may have been missed (it is fire-and-forget); the flag is not.
+                    self.cancel_local(run.run_id)
+                elif lease is Lease.LOST:
                     # Another gateway reclaimed the run: this attempt's answer would be refused.
                     logger.warning("run %s: lease lost, abandoning attempt %d", run.run_id, run.attempt)
                     task.cancel()
+
+    async def _cancel_loop(self) -> None:
+        while True:
+            try:
+                async for run_id in self.store.cancellations():
+                    if self.cancel_local(run_id):
+                        logger.info("run %s: cancelling its upstream call", run_id)
+            except StoreError as exc:
+                logger.warning("cancel messages interrupted: %s", exc)
+            await asyncio.sleep(STORE_RETRY_DELAY)
 
     async def _recovery_loop(self) -> None:
         while True:
@@ -153,8 +196,9 @@ class Executor:
                 for run in await self.store.expired(RECOVERY_BATCH):
                     if run.state is RunState.RUNNING and not self._holds(run):
                         await self._recover(run)
-            except StoreUnavailable as exc:
-                logger.warning("cannot look for lost runs, the store is unavailable: %s", exc)
+                await self.store.purge()
+            except StoreError as exc:
+                logger.warning("cannot look for lost runs: %s", exc)
             await asyncio.sleep(self.config.runs.recovery_interval)
 
     def _holds(self, run: Run) -> bool:
@@ -173,6 +217,6 @@ class Executor:
     async def _hand_back(self, run: Run) -> None:
         try:
             await self._recover(run)
-        except StoreUnavailable:
+        except StoreError:
             # The lease will expire and another gateway will recover the run.
             logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id)

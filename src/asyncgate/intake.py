@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from urllib.parse import unquote_plus, urlsplit
 
@@ -11,17 +12,34 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import preferences
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, ClientError, PayloadTooLarge, ServiceUnavailable, StoreUnavailable
+from asyncgate.errors import (
+    BadRequest,
+    ClientError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    StoreError,
+    StoreUnavailable,
+    TooManyRequests,
+    UnprocessableContent,
+)
+from asyncgate.principal import caller_of
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
-from asyncgate.responses import send_error, send_json
-from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
-from asyncgate.store.base import RunStore
+from asyncgate.responses import send_error, send_json, stored_response
+from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
+from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.waiting import wait_until_final
 
 logger = logging.getLogger("asyncgate.intake")
 
 ASYNC_PARAM = "async"
 WEBHOOK_PARAM = "webhookEndpoint"
 RESPOND_ASYNC = "respond-async"
+WAIT_PREFERENCE = "wait"
+WEBHOOK_HEADER = b"asyncgate-webhook"
+TIMEOUT_HEADER = b"asyncgate-timeout"
+IDEMPOTENCY_HEADER = b"idempotency-key"
+REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
+MAX_IDEMPOTENCY_KEY = 255
 #: Present on every request the executor replays, so a replay can never become async again.
 RUN_ID_HEADER = "Asyncgate-Run-Id"
 ATTEMPT_HEADER = "Asyncgate-Attempt"
@@ -31,6 +49,8 @@ _FALSE = frozenset({"false", "0", "no"})
 _MAX_WEBHOOK_URL = 2048
 #: How long a client should wait before retrying when the store cannot take the run.
 STORE_RETRY_AFTER = 1
+#: How long a client refused for a full queue should wait before trying again.
+QUEUE_RETRY_AFTER = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +64,11 @@ class Intent:
     preferred: bool
     #: The Prefer header values to forward: what the client sent, less what the gateway honoured.
     prefer: tuple[str, ...]
+    #: Seconds the client prefers to wait for the result before a 202 (Prefer: wait=N).
+    wait: float | None = None
+    #: The run's own timeout when the client asked for a shorter one (Asyncgate-Timeout).
+    timeout: float | None = None
+    idempotency_key: str | None = None
 
 
 def _flag(value: str) -> bool:
@@ -85,32 +110,97 @@ def validate_webhook_url(url: str) -> str:
     return url
 
 
-def classify(scope: Scope) -> Intent | None:
+def _header(scope: Scope, name: bytes) -> str | None:
+    values = [value for key, value in scope["headers"] if key == name]
+    if len(values) > 1:
+        raise BadRequest(f"{name.decode()} is given more than once", code="invalid_header")
+    return values[0].decode("latin-1") if values else None
+
+
+def _timeout(value: str | None, maximum: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= maximum:
+        raise BadRequest(f"Asyncgate-Timeout must be a number of seconds in (0, {maximum:g}]", code="invalid_timeout")
+    return seconds
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(
+            f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key"
+        )
+    return value
+
+
+def _wait(prefs: list[preferences.Preference], maximum: float) -> float | None:
+    value = next((p.value for p in prefs if p.name == WAIT_PREFERENCE), None)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BadRequest("Prefer: wait must be a number of seconds", code="invalid_parameter") from None
+    # RFC 7240 leaves the server free to wait less than asked; it never waits past its cap.
+    return max(0.0, min(seconds, maximum))
+
+
+def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     """An Intent if the request is asynchronous, None if it passes through; BadRequest if malformed."""
     if any(name == b"asyncgate-run-id" for name, _ in scope["headers"]):
         return None  # a replay by an executor: never async, forwarded as it is
+    limits = limits or Limits()
     query, ours = split_query(scope["query_string"].decode("latin-1"))
     flags = {_flag(value) for value in ours.get(ASYNC_PARAM, [])}
     if len(flags) > 1:
         raise BadRequest(f"{ASYNC_PARAM} is given more than once with different values", code="invalid_parameter")
     prefer_values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"prefer"]
-    preferred = any(p.name == RESPOND_ASYNC for p in preferences.parse(prefer_values))
+    prefs = preferences.parse(prefer_values)
+    preferred = any(p.name == RESPOND_ASYNC for p in prefs)
     webhooks = ours.get(WEBHOOK_PARAM, [])
+    header_webhook = _header(scope, WEBHOOK_HEADER)
+    if header_webhook is not None:
+        webhooks.append(header_webhook)
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
+    timeout_header = _header(scope, TIMEOUT_HEADER)
     is_async = flags == {True} or (preferred and flags != {False})
     if not is_async:
-        if webhooks:
+        if webhooks or timeout_header is not None:
             raise BadRequest(
-                f"{WEBHOOK_PARAM} needs an asynchronous request (add {ASYNC_PARAM}=true)", code="webhook_requires_async"
+                f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need an asynchronous request "
+                f"(add {ASYNC_PARAM}=true)",
+                code="webhook_requires_async",
             )
         return None
+    wait = _wait(prefs, limits.max_wait) if preferred else None
+    honoured = frozenset({RESPOND_ASYNC, WAIT_PREFERENCE}) if wait is not None else frozenset({RESPOND_ASYNC})
     return Intent(
         query=query,
-        webhook_url=validate_webhook_url(webhooks[0]) if webhooks else None,
+        webhook_url=validate_webhook_url(webhooks[0]) if webhooks else limits.default_webhook,
         preferred=preferred,
-        prefer=tuple(preferences.without(prefer_values, frozenset({RESPOND_ASYNC}))),
+        prefer=tuple(preferences.without(prefer_values, honoured)),
+        wait=wait,
+        timeout=_timeout(timeout_header, limits.max_timeout),
+        idempotency_key=_idempotency_key(_header(scope, IDEMPOTENCY_HEADER)),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The settings classify() needs, taken from the Config once."""
+
+    max_wait: float = 60.0
+    max_timeout: float = 12 * 3600.0
+    default_webhook: str | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url)
 
 
 def looks_async(scope: Scope) -> bool:
@@ -118,7 +208,10 @@ def looks_async(scope: Scope) -> bool:
     query: bytes = scope["query_string"]
     if b"async" in query or b"webhookEndpoint" in query:
         return True
-    return any(name == b"prefer" for name, _ in scope["headers"])
+    return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
+
+
+_GATEWAY_HEADERS = frozenset({b"prefer", WEBHOOK_HEADER, TIMEOUT_HEADER})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -154,28 +247,52 @@ def replay_headers(scope: Scope, intent: Intent) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+def request_fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    """What makes two submissions "the same request" for an idempotency key."""
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode("latin-1"), query.encode("latin-1")):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def idempotency_key(caller: str, key: str) -> str:
+    """The store's name for a caller's key: hashed, so keys never sit in the store as sent."""
+    return hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
+
+
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
     def __init__(self, config: Config, store: RunStore) -> None:
         self.config = config
         self.store = store
+        self.limits = Limits.of(config)
         self.runs_url = f"{config.server.prefix}/runs/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
         try:
-            run = await self._accept(scope, receive, intent)
+            created, status = await self._accept(scope, receive, intent)
         except ClientDisconnected:
             return
         except ClientError as error:
             await send_error(send, error)
             return
-        headers = {"Location": self.runs_url + run.run_id}
+        headers = {"Location": self.runs_url + created.run_id}
+        if created.replayed:
+            headers[REPLAY_HEADER] = "true"
+        elif intent.wait:
+            result = await self._wait_for_result(created.run_id, intent.wait)
+            if result is not None:
+                response = stored_response(result)
+                response.raw_headers.append((RUN_ID_HEADER.lower().encode(), created.run_id.encode()))
+                await response(scope, receive, send)
+                return
         if intent.preferred:
             headers["Preference-Applied"] = RESPOND_ASYNC
-        await send_json(send, 202, orjson.dumps({"run_id": run.run_id, "status": run.state.value}), headers)
+        await send_json(send, 202, orjson.dumps({"run_id": created.run_id, "status": status}), headers)
 
-    async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> Run:
+    async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> tuple[Created, str]:
         body = await read_body(scope, receive, self.config.limits.max_body_bytes)
         request = RunRequest(
             method=scope["method"],
@@ -183,11 +300,24 @@ class Intake:
             query=intent.query,
             headers=replay_headers(scope, intent),
             webhook_url=intent.webhook_url,
-            timeout=self.config.runs.timeout,
+            timeout=intent.timeout or self.config.runs.timeout,
         )
-        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+        caller = caller_of(scope)
+        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
+        idempotency = None
+        if intent.idempotency_key is not None:
+            fingerprint = request_fingerprint(request.method, request.path, request.query, body)
+            idempotency = Idempotency(idempotency_key(caller, intent.idempotency_key), fingerprint)
         try:
-            await self.store.create(run, body)
+            created = await self.store.create(
+                run, body, idempotency=idempotency, max_queued=self.config.limits.max_queued
+            )
+        except QueueFull:
+            raise TooManyRequests(
+                f"the gateway holds {self.config.limits.max_queued} queued runs; retry later",
+                code="queue_full",
+                retry_after=QUEUE_RETRY_AFTER,
+            ) from None
         except StoreUnavailable as exc:
             logger.warning("run not accepted, the store is unavailable: %s", exc)
             raise ServiceUnavailable(
@@ -195,4 +325,19 @@ class Intake:
                 code="store_unavailable",
                 retry_after=STORE_RETRY_AFTER,
             ) from exc
-        return run
+        if not created.same_request:
+            raise UnprocessableContent(
+                "this Idempotency-Key was used for a different request", code="idempotency_key_reused"
+            )
+        if created.replayed:
+            existing = await self.store.get(created.run_id)
+            return created, existing.state.value if existing else RunState.QUEUED.value
+        return created, run.state.value
+
+    async def _wait_for_result(self, run_id: str, wait: float) -> RunResult | None:
+        """The run's upstream response if it finishes within ``wait`` s, else None (the 202 follows)."""
+        try:
+            run = await wait_until_final(self.store, run_id, wait)
+            return await self.store.result(run_id) if run is not None and run.state.is_final else None
+        except StoreError:
+            return None

@@ -10,6 +10,11 @@ from starlette.responses import Response
 from starlette.types import Send
 
 from asyncgate.errors import ClientError
+from asyncgate.headers import encode
+from asyncgate.runs import RunResult
+
+#: Statuses that must not carry Content-Length (RFC 9110 §8.6).
+_BODYLESS = frozenset({204, 304})
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -47,3 +52,13 @@ async def send_json(
 
 async def send_error(send: Send, error: ClientError) -> None:
     await send_json(send, error.status_code, error_body(error.code, error.message), error.headers)
+
+
+def stored_response(result: RunResult) -> Response:
+    """Exactly the upstream's answer: status, end-to-end headers (repeats kept) and body bytes."""
+    response = Response(status_code=result.status)
+    response.body = result.body
+    response.raw_headers = encode(result.headers)
+    if result.status not in _BODYLESS:
+        response.raw_headers.append((b"content-length", str(len(result.body)).encode()))
+    return response

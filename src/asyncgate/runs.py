@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -68,6 +69,38 @@ class ErrorCode(StrEnum):
     LOST = "lost"
     #: The run was attempted runs.max_attempts times.
     MAX_ATTEMPTS = "max_attempts"
+    #: A client cancelled the run.
+    CANCELLED = "cancelled"
+
+
+class DeliveryState(StrEnum):
+    """Where a run's webhook delivery is; the three last are final."""
+
+    #: Waiting for its next attempt (the first, or a retry after backoff).
+    PENDING = "pending"
+    #: A gateway is sending it now.
+    DELIVERING = "delivering"
+    #: The receiver answered 2xx.
+    DELIVERED = "delivered"
+    #: Every attempt of the schedule failed: a dead letter, kept visible, re-sendable.
+    FAILED = "failed"
+    #: The receiver answered 410 Gone: never tried again unless re-sent by hand.
+    GONE = "gone"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.GONE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """The state of a run's webhook delivery."""
+
+    state: DeliveryState
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float | None = None
 
 
 def new_run_id() -> str:
@@ -148,6 +181,16 @@ class Run:
     attempt: int = 0
     upstream_status: int | None = None
     error: RunError | None = None
+    #: Fingerprint of the caller's principal: scopes idempotency keys, listing and access.
+    caller: str = ""
+    #: A client asked to cancel the run while it was running.
+    cancel_requested: bool = False
+    delivery: Delivery | None = None
+
+    @property
+    def webhook_id(self) -> str:
+        """The Standard Webhooks message id: the same on every attempt, so receivers de-duplicate."""
+        return f"msg_{self.run_id}"
 
     def to_public(self) -> dict[str, Any]:
         """The status resource: what a client may see (never headers, body or webhook secrets)."""
@@ -162,7 +205,35 @@ class Run:
             "upstream_status": self.upstream_status,
             "error": dataclasses.asdict(self.error) if self.error else None,
             "attempt": self.attempt,
+            "webhook": self._public_delivery(),
         }
+
+    def _public_delivery(self) -> dict[str, Any] | None:
+        if self.request.webhook_url is None:
+            return None
+        delivery = self.delivery or Delivery(DeliveryState.PENDING)
+        return {
+            "url": mask_url(self.request.webhook_url),
+            "state": delivery.state.value,
+            "attempts": delivery.attempts,
+            "last_status": delivery.last_status,
+            "last_error": delivery.last_error,
+            "next_attempt_at": rfc3339(delivery.next_attempt_at) if not delivery.state.is_final else None,
+        }
+
+
+def mask_url(url: str) -> str:
+    """The URL with credentials and query values hidden: they are often tokens."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = f"***@{netloc}"
+    query = "&".join(f"{pair.partition('=')[0]}=***" for pair in parts.query.split("&") if pair) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def dump_request(request: RunRequest) -> bytes:
@@ -197,6 +268,23 @@ def dump_headers(headers: Headers) -> bytes:
 
 def load_headers(data: bytes | str) -> Headers:
     return tuple((str(k), str(v)) for k, v in orjson.loads(data))
+
+
+def dump_delivery(delivery: Delivery) -> bytes:
+    return orjson.dumps(dataclasses.asdict(delivery))
+
+
+def load_delivery(data: bytes | str | None) -> Delivery | None:
+    if not data:
+        return None
+    raw = orjson.loads(data)
+    return Delivery(
+        state=DeliveryState(raw["state"]),
+        attempts=int(raw["attempts"]),
+        last_status=raw["last_status"],
+        last_error=raw["last_error"],
+        next_attempt_at=raw["next_attempt_at"],
+    )
 
 
 def dump_error(error: RunError | None) -> bytes:

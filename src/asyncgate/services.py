@@ -8,7 +8,7 @@ from asyncgate.config import Config
 from asyncgate.executor import Executor
 from asyncgate.store.base import RunStore
 from asyncgate.upstream import Upstream
-from asyncgate.webhooks import WebhookSender
+from asyncgate.webhooks import WebhookDispatcher
 
 
 @dataclasses.dataclass
@@ -16,7 +16,7 @@ class Services:
     config: Config
     store: RunStore
     upstream: Upstream
-    webhooks: WebhookSender
+    webhooks: WebhookDispatcher
     executor: Executor
     #: Set when a shutdown began: readiness fails so no new traffic is routed here.
     draining: bool = False

@@ -1,82 +1,238 @@
-"""Webhook delivery: POST a finished run's upstream body to the URL its client named."""
+"""Durable webhook delivery: every finished run's delivery is in the store until it is final.
+
+A run that finishes gets a pending delivery in the same store write (see RunStore.finish), so
+no crash can lose it. Any gateway takes due deliveries from the store, sends them, and records
+each attempt; a gateway that dies mid-attempt leaves a lease that runs out, and the delivery
+is due again. Deliveries are at-least-once: receivers de-duplicate on ``webhook-id``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import logging
+import random
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
+import orjson
 
+from asyncgate import __version__
 from asyncgate.config import Config
-from asyncgate.runs import Outcome, Run
-from asyncgate.store.base import RunStore
+from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, now, rfc3339
+from asyncgate.signing import secret_key, signature_header
+from asyncgate.store.base import DueDelivery, RunStore
 
 logger = logging.getLogger("asyncgate.webhooks")
 
-#: Deliveries waiting for a free sender before new ones are refused into the log.
-QUEUE_SIZE = 10_000
-SENDERS = 16
+#: Extra time a taken delivery is leased beyond the attempt's own timeout.
+LEASE_MARGIN = 10.0
+#: Longest wait an idle dispatcher allows itself before looking for due deliveries again.
+IDLE_POLL = 1.0
+#: Jitter applied to every backoff delay, as a fraction of it, so retries do not stampede.
+JITTER = 0.1
+#: A Retry-After longer than this is not believed.
+MAX_RETRY_AFTER = 86400.0
 
 
-def delivery_headers(run: Run, outcome: Outcome, content_type: str | None) -> dict[str, str]:
-    headers = {
-        "Asyncgate-Run-Id": run.run_id,
-        "Asyncgate-Status": outcome.state.value,
-        "Asyncgate-Upstream-Status": "" if outcome.upstream_status is None else str(outcome.upstream_status),
-    }
-    if content_type:
-        headers["Content-Type"] = content_type
-    return headers
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """What one delivery attempt got: a status, or a transport error."""
+
+    status: int | None
+    error: str | None = None
+    retry_after: float | None = None
 
 
-class WebhookSender:
-    """Delivers webhooks from a bounded queue with a fixed number of sender tasks."""
+def retry_after_seconds(value: str | None, at: float) -> float | None:
+    """Seconds from a Retry-After value (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        moment = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, moment - at), MAX_RETRY_AFTER)
+
+
+def next_delivery(
+    attempts: int, attempt: Attempt, schedule: Sequence[float], at: float, rng: random.Random
+) -> Delivery:
+    """The delivery after its ``attempts``-th attempt ended as ``attempt``: done, or when next."""
+    if attempt.status is not None and 200 <= attempt.status < 300:
+        return Delivery(DeliveryState.DELIVERED, attempts, attempt.status, None, None)
+    if attempt.status == 410:
+        return Delivery(DeliveryState.GONE, attempts, 410, "the receiver answered 410 Gone", None)
+    error = attempt.error or f"the receiver answered {attempt.status}"
+    if attempt.status is not None and 300 <= attempt.status < 400:
+        error = f"the receiver answered {attempt.status}; redirects are not followed"
+    if attempts >= len(schedule):
+        return Delivery(DeliveryState.FAILED, attempts, attempt.status, error, None)
+    delay = schedule[attempts] * (1 + rng.uniform(-JITTER, JITTER))
+    if attempt.retry_after is not None and attempt.status in (429, 503):
+        delay = max(delay, attempt.retry_after)
+    return Delivery(DeliveryState.PENDING, attempts, attempt.status, error, at + delay)
+
+
+def envelope(run: Run, result: RunResult | None) -> bytes:
+    """The JSON envelope (``webhooks.format: envelope``): the outcome with the result inside."""
+    content_type = result.header("content-type") if result else None
+    payload: Any = None
+    if result is not None:
+        if content_type and "json" in content_type.lower():
+            try:
+                payload = orjson.loads(result.body)
+            except orjson.JSONDecodeError:
+                payload = None
+        if payload is None and result.body:
+            payload = {"base64": base64.b64encode(result.body).decode(), "content_type": content_type}
+    duration = run.finished_at - run.created_at if run.finished_at is not None else None
+    return orjson.dumps(
+        {
+            "run_id": run.run_id,
+            "status": run.state.value,
+            "upstream_status": run.upstream_status,
+            "result": payload,
+            "error": dataclasses.asdict(run.error) if run.error else None,
+            "created_at": rfc3339(run.created_at),
+            "finished_at": rfc3339(run.finished_at),
+            "duration_seconds": round(duration, 3) if duration is not None else None,
+        }
+    )
+
+
+class WebhookDispatcher:
+    """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
     def __init__(self, config: Config, store: RunStore) -> None:
         self.config = config
         self.store = store
-        self._queue: asyncio.Queue[tuple[Run, Outcome]] = asyncio.Queue(QUEUE_SIZE)
+        self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
+        self._rng = random.Random()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._workers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        timeout = httpx.Timeout(self.config.webhooks.timeout)
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
-        self._workers = [asyncio.create_task(self._work(), name=f"asyncgate-webhook-{i}") for i in range(SENDERS)]
+        limit = self.config.webhooks.max_concurrency
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.webhooks.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        )
+        self._loop = asyncio.create_task(self._dispatch(), name="asyncgate-webhooks")
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        # Attempts cut short here are leased in the store and will be due again.
+        tasks = [task for task in (self._loop, *self._sending) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
-    async def notify(self, run: Run, outcome: Outcome) -> None:
-        if run.request.webhook_url is None:
-            return
-        try:
-            self._queue.put_nowait((run, outcome))
-        except asyncio.QueueFull:
-            logger.error("run %s: webhook queue full, delivery dropped", run.run_id)
+    async def run_finished(self, run: Run, outcome: Outcome) -> None:
+        """A run ended here: look for its delivery now rather than at the next poll."""
+        if run.request.webhook_url is not None:
+            self._wake.set()
 
-    async def _work(self) -> None:
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _dispatch(self) -> None:
+        lease = self.config.webhooks.timeout + LEASE_MARGIN
         while True:
-            run, outcome = await self._queue.get()
+            room = self.config.webhooks.max_concurrency - len(self._sending)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            self._wake.clear()
             try:
-                await self._deliver(run, outcome)
-            except Exception:  # one bad delivery must not stop the sender
-                logger.exception("run %s: webhook delivery failed", run.run_id)
+                due = await self.store.due_deliveries(room, lease)
+            except StoreError as exc:
+                logger.warning("cannot take webhook deliveries: %s", exc)
+                due = []
+            for item in due:
+                task = asyncio.create_task(self._deliver(item), name=f"asyncgate-webhook-{item.run.run_id}")
+                self._sending.add(task)
+                task.add_done_callback(self._sent)
+            if len(due) < room:
+                try:
+                    async with asyncio.timeout(IDLE_POLL):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
 
-    async def _deliver(self, run: Run, outcome: Outcome) -> None:
-        assert self._client is not None and run.request.webhook_url is not None
-        result = await self.store.result(run.run_id)
-        body = result.body if result is not None else b""
-        content_type = result.header("content-type") if result is not None else None
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("webhook task failed", exc_info=task.exception())
+
+    async def _deliver(self, due: DueDelivery) -> None:
+        run = due.run
+        attempts = (run.delivery.attempts if run.delivery else 0) + 1
         try:
-            response = await self._client.post(
-                run.request.webhook_url, content=body, headers=delivery_headers(run, outcome, content_type)
-            )
-        except httpx.HTTPError as exc:
-            logger.warning("run %s: webhook not delivered: %s", run.run_id, exc.__class__.__name__)
+            result = await self.store.result(run.run_id)
+            attempt = await self._send(run, result)
+        except StoreUnavailable as exc:
+            # Not the receiver's fault: the lease runs out and the attempt is made again.
+            logger.warning("run %s: webhook postponed, the store is unavailable: %s", run.run_id, exc)
             return
-        logger.info("run %s: webhook answered %d", run.run_id, response.status_code)
+        delivery = next_delivery(attempts, attempt, self.config.webhooks.schedule, now(), self._rng)
+        try:
+            recorded = await self.store.record_delivery(run.run_id, due.token, delivery, self.config.runs.retention)
+        except StoreError as exc:
+            logger.warning("run %s: webhook attempt not recorded: %s", run.run_id, exc)
+            return
+        if recorded:
+            logger.info("run %s: webhook attempt %d %s (%s)", run.run_id, attempts, delivery.state, attempt.status)
+        if recorded and delivery.state is DeliveryState.PENDING and delivery.next_attempt_at is not None:
+            # An immediate retry should not wait for the next poll.
+            if delivery.next_attempt_at <= now():
+                self._wake.set()
+
+    def request_headers(self, run: Run, body: bytes, content_type: str | None) -> dict[str, str]:
+        timestamp = int(now())
+        headers = {
+            "webhook-id": run.webhook_id,
+            "webhook-timestamp": str(timestamp),
+            "Asyncgate-Run-Id": run.run_id,
+            "Asyncgate-Status": run.state.value,
+            "Asyncgate-Upstream-Status": "" if run.upstream_status is None else str(run.upstream_status),
+            "User-Agent": f"asyncgate/{__version__}",
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self._keys:
+            headers["webhook-signature"] = signature_header(self._keys, run.webhook_id, timestamp, body)
+        return headers
+
+    async def _send(self, run: Run, result: RunResult | None) -> Attempt:
+        assert self._client is not None and run.request.webhook_url is not None
+        content_type: str | None
+        if self.config.webhooks.format == "envelope":
+            body, content_type = envelope(run, result), "application/json"
+        else:
+            body = result.body if result is not None else b""
+            content_type = result.header("content-type") if result is not None else None
+        headers = self.request_headers(run, body, content_type)
+        try:
+            response = await self._client.post(run.request.webhook_url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Attempt(None, "the receiver did not answer in time")
+        except httpx.HTTPError as exc:
+            return Attempt(None, f"the receiver could not be reached ({exc.__class__.__name__})")
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), now())
+        return Attempt(response.status_code, retry_after=retry_after)

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunResult, RunState
-from asyncgate.store.base import RunStore
+from asyncgate.store.base import Lease, RunStore
 from tests.store.conftest import Queue, Runner, new_run
 from tests.support.wait import wait_until
 
@@ -180,15 +180,15 @@ def test_finish_of_an_unknown_run_is_refused(store: RunStore, run: Runner) -> No
 
 def test_renew_holds_only_for_the_current_attempt(store: RunStore, run: Runner, queue: Queue) -> None:
     queued = queue()
-    assert run(store.renew(queued.run_id, 0, LEASE)) is False
+    assert run(store.renew(queued.run_id, 0, LEASE)) is Lease.LOST
     claimed = claim_one(store, run)
 
-    assert run(store.renew(claimed.run_id, 1, LEASE)) is True
-    assert run(store.renew(claimed.run_id, 2, LEASE)) is False
-    assert run(store.renew("no-such-run", 1, LEASE)) is False
+    assert run(store.renew(claimed.run_id, 1, LEASE)) is Lease.HELD
+    assert run(store.renew(claimed.run_id, 2, LEASE)) is Lease.LOST
+    assert run(store.renew("no-such-run", 1, LEASE)) is Lease.LOST
 
     run(store.finish(claimed.run_id, 1, ok(), RETENTION))
-    assert run(store.renew(claimed.run_id, 1, LEASE)) is False
+    assert run(store.renew(claimed.run_id, 1, LEASE)) is Lease.LOST
 
 
 def test_requeue_then_claim_gives_attempt_2_and_fences_attempt_1(store: RunStore, run: Runner, queue: Queue) -> None:
@@ -206,7 +206,7 @@ def test_requeue_then_claim_gives_attempt_2_and_fences_attempt_1(store: RunStore
     assert (again.run_id, again.attempt, again.state) == (queued.run_id, 2, RunState.RUNNING)
     assert run(store.request_body(queued.run_id)) == b"payload"
     assert run(store.finish(queued.run_id, 1, ok(b"stale"), RETENTION)) is False
-    assert run(store.renew(queued.run_id, 1, LEASE)) is False
+    assert run(store.renew(queued.run_id, 1, LEASE)) is Lease.LOST
     assert run(store.finish(queued.run_id, 2, ok(b"fresh"), RETENTION)) is True
     assert run(store.result(queued.run_id)) == ok(b"fresh").result
 
@@ -224,7 +224,7 @@ def test_a_requeued_run_goes_to_the_back_of_the_queue(store: RunStore, run: Runn
 def test_expired_finds_a_lapsed_lease_but_not_a_renewed_one(store: RunStore, run: Runner, queue: Queue) -> None:
     lapsed, renewed = queue(), queue()
     run(store.claim("owner-a", 2, 0, 0.2))
-    assert run(store.renew(renewed.run_id, 1, LEASE)) is True
+    assert run(store.renew(renewed.run_id, 1, LEASE)) is Lease.HELD
 
     found = wait_until(lambda: run(store.expired(10)), timeout=5, message="the lapsed lease to show up")
 

@@ -11,9 +11,92 @@ it unless the run is still ``running`` under that very attempt. A holder that lo
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from enum import StrEnum
+from typing import Any, Protocol
 
-from asyncgate.runs import Outcome, Run, RunResult
+from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
+
+
+class QueueFull(Exception):
+    """The store holds limits.max_queued runs that have not started; nothing was stored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key, scoped to its caller, with the fingerprint of the request it names."""
+
+    #: The caller's fingerprint and the key, hashed: the store never sees the raw key.
+    key: str
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Created:
+    """What ``create`` did: stored the run, or found the run an idempotency key already names."""
+
+    run_id: str
+    replayed: bool = False
+    #: False when the key names a run made from a different request.
+    same_request: bool = True
+
+
+class CancelResult(StrEnum):
+    #: The run was queued and is now cancelled.
+    CANCELLED = "cancelled"
+    #: The run is running; its holder has been asked to abort the call.
+    REQUESTED = "requested"
+    #: The run had already finished; nothing changed.
+    FINISHED = "finished"
+    #: No such run.
+    MISSING = "missing"
+
+
+class Lease(StrEnum):
+    #: The attempt still holds the run.
+    HELD = "held"
+    #: Another attempt holds the run, or it ended: this attempt's answer would be refused.
+    LOST = "lost"
+    #: The attempt holds the run and a client asked to cancel it.
+    CANCEL = "cancel"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A change in a run's life, as kept in its event log. ``id`` orders events of one run."""
+
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def is_final(self) -> bool:
+        return self.data.get("event") in {state.value for state in RunState if state.is_final}
+
+
+def state_event(state: RunState, attempt: int, at: float, outcome: Outcome | None = None) -> dict[str, Any]:
+    """The event logged when a run enters ``state``."""
+    event: dict[str, Any] = {"event": state.value, "status": state.value, "attempt": attempt, "at": at}
+    if outcome is not None:
+        event["upstream_status"] = outcome.upstream_status
+        event["error"] = dataclasses.asdict(outcome.error) if outcome.error else None
+    return event
+
+
+def delivery_event(delivery: Delivery, at: float) -> dict[str, Any]:
+    """The event logged when a webhook delivery changes."""
+    return {"event": "webhook", "webhook": dataclasses.asdict(delivery), "at": at}
+
+
+def pending_delivery(at: float) -> Delivery:
+    return Delivery(DeliveryState.PENDING, next_attempt_at=at)
+
+
+@dataclasses.dataclass(frozen=True)
+class DueDelivery:
+    """A webhook delivery taken for one attempt; ``token`` fences the attempt's report."""
+
+    run: Run
+    token: int
 
 
 class RunStore(Protocol):
@@ -28,10 +111,14 @@ class RunStore(Protocol):
     async def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
 
-    async def create(self, run: Run, body: bytes) -> None:
+    async def create(
+        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+    ) -> Created:
         """Store a new ``queued`` run and its request body, and queue it, all or nothing.
 
-        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not.
+        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not, and
+        ``QueueFull`` when ``max_queued`` (> 0) runs are waiting already. With an idempotency
+        key that already names a live run, stores nothing and says which run it names.
         """
 
     async def get(self, run_id: str) -> Run | None:
@@ -47,14 +134,44 @@ class RunStore(Protocol):
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
         """
 
-    async def renew(self, run_id: str, attempt: int, lease: float) -> bool:
-        """Extend the lease of the attempt; False when that attempt no longer holds the run."""
+    async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
+        """Extend the lease of the attempt, and say whether it still holds the run."""
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
 
-        Returns False, changing nothing, unless the run is ``running`` under ``attempt``.
+        Returns False, changing nothing, unless the run is ``running`` under ``attempt``. A run
+        with a webhook gets a pending delivery in the same step, so no finished run can lose it.
         """
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+
+    def cancellations(self) -> Any:
+        """An async iterator of run ids whose cancellation was asked, from any replica."""
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+
+    async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        """Take up to ``limit`` webhook deliveries whose next attempt is due, for ``lease`` s."""
+
+    async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
+        """Record an attempt's outcome, fenced by ``token``; a final delivery starts retention."""
+
+    async def redeliver(self, run_id: str) -> bool:
+        """Make a finished run's delivery pending again (same webhook-id); False if it has none."""
+
+    async def queued_count(self) -> int:
+        """Runs accepted and not started, across every gateway."""
+
+    async def purge(self) -> None:
+        """Housekeeping: forget index entries and rows of runs past their retention."""
 
     async def result(self, run_id: str) -> RunResult | None:
         """The upstream's stored response, or None if the run has none (yet)."""

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import orjson
+
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import (
+    Delivery,
+    DeliveryState,
+    ErrorCode,
     Outcome,
     Run,
+    RunError,
     RunResult,
     RunState,
     dump_error,
@@ -26,6 +33,17 @@ from asyncgate.runs import (
     load_headers,
     load_request,
     now,
+)
+from asyncgate.store.base import (
+    CancelResult,
+    Created,
+    DueDelivery,
+    Event,
+    Idempotency,
+    Lease,
+    QueueFull,
+    delivery_event,
+    state_event,
 )
 
 P = ParamSpec("P")
@@ -59,21 +77,47 @@ CREATE TABLE IF NOT EXISTS runs (
     result_status INTEGER,
     result_headers BLOB,
     result_body BLOB,
-    expires_at REAL
+    expires_at REAL,
+    caller TEXT NOT NULL DEFAULT '',
+    webhook INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    dlv_state TEXT,
+    dlv_attempts INTEGER NOT NULL DEFAULT 0,
+    dlv_last_status INTEGER,
+    dlv_last_error TEXT,
+    dlv_next_at REAL,
+    dlv_seq INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
+CREATE INDEX IF NOT EXISTS runs_caller ON runs (caller, created_at);
+CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state IN ('pending', 'delivering');
 CREATE INDEX IF NOT EXISTS runs_queue ON runs (seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS runs_leases ON runs (lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
 """
 
-_COLUMNS = "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request"
+_COLUMNS = (
+    "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
+    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at"
+)
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
 _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
 _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
-INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body)
-VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body)
+INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook)
+VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim.
 _CLAIM = f"""
@@ -81,16 +125,48 @@ UPDATE runs SET state = 'running', attempt = attempt + 1, started_at = :now, own
 WHERE run_id IN (SELECT run_id FROM runs WHERE state = 'queued' ORDER BY seq LIMIT :limit)
 RETURNING seq, {_COLUMNS}
 """
-_RENEW = f"UPDATE runs SET lease_until = :lease_until WHERE {_FENCE}"
+_RENEW = f"UPDATE runs SET lease_until = :lease_until WHERE {_FENCE} RETURNING cancel_requested"
 _FINISH = f"""
 UPDATE runs SET state = :state, finished_at = :now, upstream_status = :upstream_status, error = :error,
     result_status = :result_status, result_headers = :result_headers, result_body = :result_body,
-    owner = NULL, lease_until = NULL, body = NULL, expires_at = :now + :retention
+    owner = NULL, lease_until = NULL, body = NULL, cancel_requested = 0
 WHERE {_FENCE}
 """
+# The end of a run: a webhook makes its delivery pending and keeps the run until the delivery
+# is final; without one, retention starts now.
+_CLOSE = """
+UPDATE runs SET
+    dlv_state = CASE webhook WHEN 1 THEN 'pending' END,
+    dlv_next_at = CASE webhook WHEN 1 THEN :now END,
+    expires_at = CASE webhook WHEN 1 THEN NULL ELSE :now + :retention END
+WHERE run_id = :run_id
+"""
+_CANCEL_QUEUED = """
+UPDATE runs SET state = 'cancelled', finished_at = :now, error = :error, body = NULL
+WHERE run_id = :run_id AND state = 'queued'
+"""
+_EVENT = "INSERT INTO events (run_id, data) VALUES (:run_id, :data)"
 _REQUEUE = f"""
 UPDATE runs SET state = 'queued', seq = {_NEXT_SEQ}, owner = NULL, lease_until = NULL, started_at = NULL
 WHERE {_FENCE}
+"""
+_TAKE_DELIVERIES = """
+UPDATE runs SET dlv_state = 'delivering', dlv_next_at = :lease_until, dlv_seq = dlv_seq + 1
+WHERE run_id IN (
+    SELECT run_id FROM runs WHERE dlv_state IN ('pending', 'delivering') AND dlv_next_at <= :now
+    ORDER BY dlv_next_at LIMIT :limit
+)
+RETURNING run_id, dlv_seq
+"""
+_RECORD_DELIVERY = """
+UPDATE runs SET dlv_state = :state, dlv_attempts = :attempts, dlv_last_status = :last_status,
+    dlv_last_error = :last_error, dlv_next_at = :next_at,
+    expires_at = CASE WHEN :final THEN :now + :retention END
+WHERE run_id = :run_id AND dlv_seq = :token
+"""
+_REDELIVER = f"""
+UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = NULL
+WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled') AND {_LIVE}
 """
 _EXPIRED = f"""
 SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER BY lease_until LIMIT :limit
@@ -98,7 +174,11 @@ SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER
 
 
 def _decode_run(row: tuple[Any, ...]) -> Run:
-    run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request = row
+    run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = row
+    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at = rest
+    delivery = None
+    if dlv_state is not None:
+        delivery = Delivery(DeliveryState(dlv_state), dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at)
     return Run(
         run_id=run_id,
         state=RunState(state),
@@ -109,6 +189,9 @@ def _decode_run(row: tuple[Any, ...]) -> Run:
         attempt=attempt,
         upstream_status=upstream_status,
         error=load_error(error),
+        caller=caller,
+        cancel_requested=bool(cancel_requested),
+        delivery=delivery,
     )
 
 
@@ -143,20 +226,174 @@ def _execute(db: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
     return db.execute(sql, params).rowcount
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """Several statements as one change (the connection is in autocommit mode otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _log(db: sqlite3.Connection, run_id: str, event: dict[str, Any]) -> None:
+    db.execute(_EVENT, {"run_id": run_id, "data": orjson.dumps(event)})
+
+
+def _close(db: sqlite3.Connection, run_id: str, event: dict[str, Any], retention: float) -> None:
+    _log(db, run_id, event)
+    db.execute(_CLOSE, {"run_id": run_id, "now": now(), "retention": retention})
+
+
+def _create(
+    db: sqlite3.Connection, params: dict[str, Any], idempotency: Idempotency | None, max_queued: int
+) -> Created:
+    run_id = params["run_id"]
+    with _transaction(db):
+        if idempotency is not None:
+            named = db.execute(
+                f"SELECT i.run_id, i.fingerprint FROM idempotency i JOIN runs r ON r.run_id = i.run_id "
+                f"WHERE i.key = :key AND {_LIVE.replace('expires_at', 'r.expires_at')}",
+                {"key": idempotency.key, "now": now()},
+            ).fetchone()
+            if named is not None:
+                return Created(named[0], replayed=True, same_request=named[1] == idempotency.fingerprint)
+        if max_queued > 0:
+            (queued,) = db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()
+            if queued >= max_queued:
+                raise QueueFull()
+        db.execute(_INSERT, params)
+        _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
+        if idempotency is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (key, run_id, fingerprint) VALUES (:key, :run_id, :fingerprint)",
+                {"key": idempotency.key, "run_id": run_id, "fingerprint": idempotency.fingerprint},
+            )
+    return Created(run_id)
+
+
 def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float) -> list[Run]:
     started = now()
     params = {"now": started, "owner": owner, "lease_until": started + lease, "limit": limit}
-    rows = db.execute(_CLAIM, params).fetchall()
-    return [_decode_run(row[1:]) for row in sorted(rows)]
+    with _transaction(db):
+        rows = db.execute(_CLAIM, params).fetchall()
+        runs = [_decode_run(row[1:]) for row in sorted(rows)]
+        for run in runs:
+            _log(db, run.run_id, state_event(RunState.RUNNING, run.attempt, started))
+    return runs
+
+
+def _renew(db: sqlite3.Connection, run_id: str, attempt: int, lease: float) -> Lease:
+    row = db.execute(_RENEW, {"run_id": run_id, "attempt": attempt, "lease_until": now() + lease}).fetchone()
+    if row is None:
+        return Lease.LOST
+    return Lease.CANCEL if row[0] else Lease.HELD
+
+
+def _requeue(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
+    with _transaction(db):
+        if db.execute(_REQUEUE, {"run_id": run_id, "attempt": attempt}).rowcount != 1:
+            return False
+        _log(db, run_id, state_event(RunState.QUEUED, attempt, now()))
+    return True
+
+
+def _cancel(db: sqlite3.Connection, run_id: str, retention: float) -> CancelResult:
+    with _transaction(db):
+        row = db.execute(f"SELECT state FROM runs WHERE run_id = :run_id AND {_LIVE}", {"run_id": run_id, "now": now()})
+        found = row.fetchone()
+        if found is None:
+            return CancelResult.MISSING
+        state = RunState(found[0])
+        if state is RunState.RUNNING:
+            db.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = :run_id", {"run_id": run_id})
+            return CancelResult.REQUESTED
+        if state is not RunState.QUEUED:
+            return CancelResult.FINISHED
+        at = now()
+        error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
+        db.execute(_CANCEL_QUEUED, {"run_id": run_id, "now": at, "error": error})
+        _close(db, run_id, state_event(RunState.CANCELLED, 0, at), retention)
+    return CancelResult.CANCELLED
+
+
+def _take_deliveries(db: sqlite3.Connection, limit: int, lease: float) -> list[DueDelivery]:
+    at = now()
+    with _transaction(db):
+        taken = db.execute(_TAKE_DELIVERIES, {"now": at, "lease_until": at + lease, "limit": limit}).fetchall()
+        due = []
+        for run_id, token in taken:
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = :run_id", {"run_id": run_id}).fetchone()
+            due.append(DueDelivery(_decode_run(row), token))
+    return due
+
+
+def _record_delivery(db: sqlite3.Connection, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
+    at = now()
+    params = {
+        "run_id": run_id,
+        "token": token,
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "next_at": None if delivery.state.is_final else delivery.next_attempt_at,
+        "final": delivery.state.is_final,
+        "now": at,
+        "retention": retention,
+    }
+    with _transaction(db):
+        if db.execute(_RECORD_DELIVERY, params).rowcount != 1:
+            return False
+        _log(db, run_id, delivery_event(delivery, at))
+    return True
+
+
+def _events(db: sqlite3.Connection, run_id: str, after: int) -> list[Event]:
+    rows = db.execute(
+        "SELECT seq, data FROM events WHERE run_id = :run_id AND seq > :after ORDER BY seq",
+        {"run_id": run_id, "after": after},
+    )
+    return [Event(str(seq), orjson.loads(data)) for seq, data in rows]
+
+
+def _list(
+    db: sqlite3.Connection, caller: str | None, state: RunState | None, limit: int, cursor: float | None
+) -> list[tuple[float, Run]]:
+    sql = f"SELECT created_at, {_COLUMNS} FROM runs WHERE {_LIVE} AND created_at < :cursor"
+    if caller is not None:
+        sql += " AND caller = :caller"
+    if state is not None:
+        sql += " AND state = :state"
+    sql += " ORDER BY created_at DESC LIMIT :limit"
+    params = {
+        "now": now(),
+        "cursor": float("inf") if cursor is None else cursor,
+        "caller": caller,
+        "state": state.value if state else None,
+        "limit": limit,
+    }
+    return [(row[0], _decode_run(row[1:])) for row in db.execute(sql, params)]
+
+
+def _purge(db: sqlite3.Connection) -> None:
+    with _transaction(db):
+        params = {"now": now()}
+        db.execute("DELETE FROM events WHERE run_id IN (SELECT run_id FROM runs WHERE expires_at <= :now)", params)
+        db.execute("DELETE FROM idempotency WHERE run_id IN (SELECT run_id FROM runs WHERE expires_at <= :now)", params)
+        db.execute("DELETE FROM runs WHERE expires_at <= :now", params)
 
 
 def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
     result = outcome.result
+    at = now()
     params = {
         "run_id": run_id,
         "attempt": attempt,
         "state": outcome.state.value,
-        "now": now(),
+        "now": at,
         "retention": retention,
         "upstream_status": outcome.upstream_status,
         "error": dump_error(outcome.error) if outcome.error else None,
@@ -164,7 +401,11 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
         "result_headers": dump_headers(result.headers) if result else None,
         "result_body": result.body if result else None,
     }
-    return db.execute(_FINISH, params).rowcount == 1
+    with _transaction(db):
+        if db.execute(_FINISH, params).rowcount != 1:
+            return False
+        _close(db, run_id, state_event(outcome.state, attempt, at, outcome), retention)
+    return True
 
 
 class EmbeddedRunStore:
@@ -181,6 +422,9 @@ class EmbeddedRunStore:
         self._lock_fd: int | None = None
         # Set whenever a run is queued, so a waiting claim wakes without polling.
         self._work = asyncio.Event()
+        # Replaced (after being set) whenever an event is logged, to wake readers of events.
+        self._changed = asyncio.Event()
+        self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._next_purge = 0.0
 
     async def open(self) -> None:
@@ -223,7 +467,13 @@ class EmbeddedRunStore:
     async def ping(self) -> None:
         await self._call(_execute, "SELECT 1", {})
 
-    async def create(self, run: Run, body: bytes) -> None:
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def create(
+        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+    ) -> Created:
         params = {
             "run_id": run.run_id,
             "state": run.state.value,
@@ -232,9 +482,14 @@ class EmbeddedRunStore:
             "started_at": run.started_at,
             "request": dump_request(run.request),
             "body": body,
+            "caller": run.caller,
+            "webhook": 1 if run.request.webhook_url else 0,
         }
-        await self._call(_execute, _INSERT, params)
-        self._work.set()
+        created = await self._call(_create, params, idempotency, max_queued)
+        if not created.replayed:
+            self._work.set()
+            self._notify()
+        return created
 
     async def get(self, run_id: str) -> Run | None:
         row = await self._fetch(f"SELECT {_COLUMNS} FROM runs WHERE run_id = :run_id AND {_LIVE}", run_id)
@@ -260,6 +515,12 @@ class EmbeddedRunStore:
         return await self._call(fetch)
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        runs = await self._claim_waiting(owner, limit, wait, lease)
+        if runs:
+            self._notify()
+        return runs
+
+    async def _claim_waiting(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         if limit <= 0:
             return []
         deadline = time.monotonic() + wait
@@ -276,20 +537,91 @@ class EmbeddedRunStore:
             except TimeoutError:
                 return []
 
-    async def renew(self, run_id: str, attempt: int, lease: float) -> bool:
-        params = {"run_id": run_id, "attempt": attempt, "lease_until": now() + lease}
-        return await self._call(_execute, _RENEW, params) == 1
+    async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
+        return await self._call(_renew, run_id, attempt, lease)
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
-        return await self._call(_finish, run_id, attempt, outcome, retention)
+        finished = await self._call(_finish, run_id, attempt, outcome, retention)
+        if finished:
+            self._notify()
+        return finished
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
-        requeued = await self._call(_execute, _REQUEUE, {"run_id": run_id, "attempt": attempt}) == 1
+        requeued = await self._call(_requeue, run_id, attempt)
         if requeued:
             self._work.set()
+            self._notify()
         return requeued
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        result = await self._call(_cancel, run_id, retention)
+        if result is CancelResult.CANCELLED:
+            self._notify()
+        elif result is CancelResult.REQUESTED:
+            for listener in self._cancel_listeners:
+                listener.put_nowait(run_id)
+        return result
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        listener: asyncio.Queue[str] = asyncio.Queue()
+        self._cancel_listeners.append(listener)
+        try:
+            while True:
+                yield await listener.get()
+        finally:
+            self._cancel_listeners.remove(listener)
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        try:
+            position = int(after) if after else 0
+        except ValueError:
+            position = 0  # an id from elsewhere: replay everything rather than miss anything
+        deadline = time.monotonic() + wait
+        while True:
+            changed = self._changed  # taken before reading, so no event slips between
+            found = await self._call(_events, run_id, position)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                return []
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        try:
+            position = float(cursor) if cursor else None
+        except ValueError:
+            position = None
+        rows = await self._call(_list, caller, state, limit, position)
+        next_cursor = repr(rows[-1][0]) if len(rows) == limit else None
+        return [run for _, run in rows], next_cursor
+
+    async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        return await self._call(_take_deliveries, limit, lease)
+
+    async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
+        recorded = await self._call(_record_delivery, run_id, token, delivery, retention)
+        if recorded:
+            self._notify()
+        return recorded
+
+    async def redeliver(self, run_id: str) -> bool:
+        return await self._call(_execute, _REDELIVER, {"run_id": run_id, "now": now()}) == 1
+
+    async def queued_count(self) -> int:
+        def count(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()[0])
+
+        return await self._call(count)
+
+    async def purge(self) -> None:
+        await self._call(_purge)
 
     async def expired(self, limit: int) -> list[Run]:
         await self._purge_if_due()
@@ -306,4 +638,4 @@ class EmbeddedRunStore:
         if time.monotonic() < self._next_purge:
             return
         self._next_purge = time.monotonic() + PURGE_INTERVAL
-        await self._call(_execute, "DELETE FROM runs WHERE expires_at <= :now", {"now": now()})
+        await self.purge()

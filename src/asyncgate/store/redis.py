@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
@@ -14,17 +15,34 @@ from redis.backoff import NoBackoff
 
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import (
+    Delivery,
+    ErrorCode,
     Outcome,
     Run,
+    RunError,
     RunResult,
     RunState,
+    dump_delivery,
     dump_error,
     dump_headers,
     dump_request,
+    load_delivery,
     load_error,
     load_headers,
     load_request,
     now,
+)
+from asyncgate.store.base import (
+    CancelResult,
+    Created,
+    DueDelivery,
+    Event,
+    Idempotency,
+    Lease,
+    QueueFull,
+    delivery_event,
+    pending_delivery,
+    state_event,
 )
 
 # Key schema. ``P`` is the configured key prefix (it must not contain "{").
@@ -40,11 +58,25 @@ from asyncgate.runs import (
 #                             deleted, so the stream holds only work not yet taken.
 #   P:leases          zset    Index of running runs: member run id, score lease_until, so that
 #                             expired() need not scan. A hint only; the run hash is the truth.
+#   P:events:{<id>}   stream  The run's event log (state changes, webhook changes), same slot
+#                             as the run, written by the same script as the change; same TTL.
+#   P:index           zset    Every run, score created_at, for listing; P:index:<caller> the
+#                             same per caller. Entries of expired runs are dropped by purge().
+#   P:deliveries      zset    Webhook deliveries not yet final: member run id, score the time
+#                             the next attempt is due (or a taken attempt's lease runs out).
+#   P:idem:<hash>     string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
+#   P:cancel          channel Run ids whose cancellation was asked, for the replica holding them.
+#
+# Run hash fields besides the above: caller, webhook ("1" when the run has one), cancel ("1"
+# once asked while running), delivery (JSON of runs.Delivery), dlv_seq (fences delivery
+# attempts), idem_key (the P:idem key naming the run).
 #
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
 #
 # Atomicity: each run change is one Lua script on the run's key (check and write in one step).
+# Scripts that also touch a global key (the queue, an index, the deliveries) declare it and
+# so need a standalone or Sentinel-managed Redis; on Redis Cluster they would cross slots.
 # The queue and the lease index live in other slots, so the steps that touch them are ordered
 # so that a crash between two of them leaves extra work that is harmless (a stream entry for a
 # run that is no longer queued, which claim skips; an index entry for a run that is no longer
@@ -60,6 +92,10 @@ SOCKET_TIMEOUT = 5.0
 MAX_CLAIM_WAIT = 60.0
 #: A queue entry read but never acked (its reader died in between) is taken over after this.
 STALE_ENTRY_IDLE = 60.0
+#: Index entries examined per listing page before it returns what it found (and a cursor).
+LIST_SCAN_BUDGET = 1000
+#: Oldest index entries checked per purge() call.
+PURGE_BATCH = 500
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
 # so per-replica names would only pile up dead consumers in the group after each restart.
@@ -75,17 +111,65 @@ _RUN_FIELDS = (
     "upstream_status",
     "error",
     "request",
+    "caller",
+    "cancel",
+    "delivery",
     "lease_until",
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
+# Store a new run unless its idempotency key names one already or the queue is full.
+# KEYS run, events, queue, index, caller index, [idem]; ARGV run_id, created_at, ttl (s),
+# max_queued, event JSON, idem value, then the run's field/value pairs.
+_CREATE = """
+if #KEYS == 6 then
+  local existing = redis.call('GET', KEYS[6])
+  if existing then return {'replay', existing} end
+end
+if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+if #KEYS == 6 then
+  redis.call('SET', KEYS[6], ARGV[6], 'EX', ARGV[3])
+  redis.call('HSET', KEYS[1], 'idem_key', KEYS[6])
+end
+return {'created'}
+"""
+
 # Take a queued run: the check and the write are one step, so no two claimers get one run.
-# KEYS[1] run; ARGV now, owner, lease_until, then the fields to return.
+# KEYS run, events; ARGV now, owner, lease_until, then the fields to return.
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
-redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'owner', ARGV[2], 'lease_until', ARGV[3])
+local event = {event='running', status='running', attempt=attempt, at=tonumber(ARGV[1])}
+redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
+"""
+
+# The end of a run (finished or cancelled): its event, its delivery if it has a webhook, and
+# its retention. KEYS run, events, deliveries; ARGV[1..5] event JSON, pending delivery JSON,
+# now, retention (ms), run id. A pending delivery keeps the run until it is final.
+_CLOSE = """
+local function close_run()
+  redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
+  local ttl = ARGV[4]
+  if redis.call('HGET', KEYS[1], 'webhook') == '1' then
+    redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+    ttl = redis.call('PTTL', KEYS[1])
+  end
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  local idem = redis.call('HGET', KEYS[1], 'idem_key')
+  -- Not declared in KEYS, so standalone Redis only: the key a run names lives as long as it.
+  if idem then redis.call('PEXPIRE', idem, ttl) end
+end
 """
 
 # The fence of every write made for an attempt (see store/base.py). ARGV[1] is the attempt.
@@ -94,35 +178,103 @@ local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
 if state ~= 'running' or attempt ~= ARGV[1] then return 0 end
 """
 
-# ARGV attempt, lease_until.
+# ARGV attempt, lease_until. 2 when a client asked to cancel the run.
 _RENEW = (
     _HOLDS
     + """
 redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 2 end
 return 1
 """
 )
 
-# ARGV attempt, retention in ms, then field/value pairs of the outcome.
+# KEYS run, events, deliveries; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
-    _HOLDS
+    _CLOSE
     + """
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body')
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
+if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel')
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+close_run()
 return 1
 """
 )
 
-# ARGV attempt.
+# KEYS run, events, deliveries; ARGV as _CLOSE, then the cancelled run's field pairs.
+_CANCEL = (
+    _CLOSE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'requested'
+end
+if state ~= 'queued' then return 'finished' end
+redis.call('HDEL', KEYS[1], 'body')
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+close_run()
+return 'cancelled'
+"""
+)
+
+# KEYS run, events; ARGV attempt, event JSON.
 _REQUEUE = (
     _HOLDS
     + """
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 return 1
 """
 )
+
+# Take a due delivery for one attempt. KEYS run, deliveries; ARGV now, lease_until, run id.
+_TAKE_DELIVERY = """
+local raw = redis.call('HGET', KEYS[1], 'delivery')
+if not raw then redis.call('ZREM', KEYS[2], ARGV[3]) return false end
+local delivery = cjson.decode(raw)
+if delivery.state ~= 'pending' and delivery.state ~= 'delivering' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return false
+end
+if type(delivery.next_attempt_at) == 'number' and delivery.next_attempt_at > tonumber(ARGV[1]) then return false end
+delivery.state = 'delivering'
+delivery.next_attempt_at = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'delivery', cjson.encode(delivery))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
+"""
+
+# Report an attempt. KEYS run, events, deliveries; ARGV token, delivery JSON, final ("1"/"0"),
+# next attempt time, run id, retention (ms), event JSON.
+_RECORD_DELIVERY = """
+if redis.call('HGET', KEYS[1], 'dlv_seq') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[7])
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  local idem = redis.call('HGET', KEYS[1], 'idem_key')
+  if idem then redis.call('PEXPIRE', idem, ARGV[6]) end
+else
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+end
+return 1
+"""
+
+# KEYS run, deliveries; ARGV now, pending delivery JSON, run id, ttl (s).
+_REDELIVER = """
+local state, webhook = unpack(redis.call('HMGET', KEYS[1], 'state', 'webhook'))
+if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled') then return 0 end
+redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
 
 # Drop index entries of runs found not running, unless a claim re-indexed them meanwhile
 # (a claim writes a score past the cutoff). KEYS[1] leases; ARGV cutoff, then run ids.
@@ -161,7 +313,8 @@ def _float(value: bytes | None) -> float | None:
 
 
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
-    state, attempt, created_at, started_at, finished_at, upstream_status, error, request, _ = fields
+    state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
+    caller, cancel, delivery, _ = rest
     if state is None or request is None or created_at is None:
         return None
     return Run(
@@ -174,6 +327,9 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
         attempt=int(attempt or 0),
         upstream_status=None if upstream_status is None else int(upstream_status),
         error=load_error(error),
+        caller=caller.decode() if caller else "",
+        cancel_requested=cancel == b"1",
+        delivery=load_delivery(delivery),
     )
 
 
@@ -203,6 +359,9 @@ class RedisRunStore:
         self.queue = f"{key_prefix}:queue"
         self.leases = f"{key_prefix}:leases"
         self.group = f"{key_prefix}:executors"
+        self.index = f"{key_prefix}:index"
+        self.deliveries = f"{key_prefix}:deliveries"
+        self.cancel_channel = f"{key_prefix}:cancel"
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
@@ -219,6 +378,16 @@ class RedisRunStore:
 
     def run_key(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}"
+
+    def events_key(self, run_id: str) -> str:
+        return f"{self.prefix}:events:{{{run_id}}}"
+
+    def caller_index(self, caller: str) -> str:
+        return f"{self.index}:{caller}" if caller else self.index
+
+    def _close_args(self, run_id: str, event: dict[str, Any], retention: float) -> list[Any]:
+        at = now()
+        return [orjson.dumps(event), dump_delivery(pending_delivery(at)), at, max(1, int(retention * 1000)), run_id]
 
     async def open(self) -> None:
         with _store_errors():
@@ -240,7 +409,9 @@ class RedisRunStore:
         with _store_errors():
             await self._redis.ping()
 
-    async def create(self, run: Run, body: bytes) -> None:
+    async def create(
+        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+    ) -> Created:
         fields = {
             "state": run.state.value,
             "attempt": run.attempt,
@@ -248,14 +419,30 @@ class RedisRunStore:
             "started_at": run.started_at,
             "request": dump_request(run.request),
             "body": body,
+            "caller": run.caller or None,
+            "webhook": "1" if run.request.webhook_url else None,
         }
-        key = self.run_key(run.run_id)
+        keys = [
+            self.run_key(run.run_id),
+            self.events_key(run.run_id),
+            self.queue,
+            self.index,
+            self.caller_index(run.caller),
+        ]
+        idem_value = b""
+        if idempotency is not None:
+            keys.append(f"{self.prefix}:idem:{idempotency.key}")
+            idem_value = f"{run.run_id} {idempotency.fingerprint}".encode()
+        event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
+        args = [run.run_id, run.created_at, UNFINISHED_TTL, max_queued, event, idem_value, *_pairs(fields)]
         with _store_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
-                pipe.expire(key, UNFINISHED_TTL)
-                pipe.xadd(self.queue, {"run_id": run.run_id})
-                await pipe.execute()
+            reply = cast(list[bytes], await self._redis.eval(_CREATE, len(keys), *keys, *args))
+        if reply[0] == b"full":
+            raise QueueFull()
+        if reply[0] == b"replay" and idempotency is not None:
+            run_id, _, fingerprint = reply[1].decode().partition(" ")
+            return Created(run_id, replayed=True, same_request=fingerprint == idempotency.fingerprint)
+        return Created(run.run_id)
 
     async def get(self, run_id: str) -> Run | None:
         with _store_errors():
@@ -314,7 +501,8 @@ class RedisRunStore:
             if run_ids:
                 pipe.zadd(self.leases, dict.fromkeys(run_ids, lease_until))
             for run_id in run_ids:
-                pipe.eval(_CLAIM, 1, self.run_key(run_id), started, owner, lease_until, *_RUN_FIELDS)
+                keys = (self.run_key(run_id), self.events_key(run_id))
+                pipe.eval(_CLAIM, 2, *keys, started, owner, lease_until, *_RUN_FIELDS)
             # Skipped entries (cancelled, expired or duplicate runs) are acked too.
             ids = [entry_id for entry_id, _ in entries]
             pipe.xack(self.queue, self.group, *ids)
@@ -324,7 +512,7 @@ class RedisRunStore:
         runs = (_decode_run(run_id, fields) for run_id, fields in zip(run_ids, claimed, strict=True) if fields)
         return [run for run in runs if run is not None]
 
-    async def renew(self, run_id: str, attempt: int, lease: float) -> bool:
+    async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease
         with _store_errors():
             renewed = await self._redis.eval(_RENEW, 1, self.run_key(run_id), attempt, lease_until)
@@ -332,15 +520,16 @@ class RedisRunStore:
                 # Only after the fence held: a refused, stale attempt must not move the index
                 # entry of the attempt that now holds the run.
                 await self._redis.zadd(self.leases, {run_id: lease_until})
-        return bool(renewed)
+        return {0: Lease.LOST, 1: Lease.HELD, 2: Lease.CANCEL}[int(renewed)]
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
-        retention_ms = max(1, int(retention * 1000))
-        args = [attempt, retention_ms, *_pairs(_outcome_fields(outcome))]
+        event = state_event(outcome.state, attempt, now(), outcome)
+        args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
         with _store_errors():
-            finished = await self._redis.eval(_FINISH, 1, self.run_key(run_id), *args)
+            finished = await self._redis.eval(_FINISH, 3, *keys, *args)
             if finished:
                 # A finished run is never claimed again, so its entry can go unconditionally.
                 await self._redis.zrem(self.leases, run_id)
@@ -351,7 +540,8 @@ class RedisRunStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 # The entry is added even when the fence refuses; claim skips it. Its index
                 # entry stays: expired() drops it unless a new claim re-indexed it.
-                pipe.eval(_REQUEUE, 1, self.run_key(run_id), attempt)
+                event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
+                pipe.eval(_REQUEUE, 2, self.run_key(run_id), self.events_key(run_id), attempt, event)
                 pipe.xadd(self.queue, {"run_id": run_id})
                 requeued, _ = await pipe.execute()
         return bool(requeued)
@@ -391,3 +581,132 @@ class RedisRunStore:
                     pipe.zadd(self.leases, renewed, xx=True)
                 await pipe.execute()
         return expired
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        at = now()
+        event = state_event(RunState.CANCELLED, 0, at)
+        error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
+        fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
+        args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
+        with _store_errors():
+            result = CancelResult((await self._redis.eval(_CANCEL, 3, *keys, *args)).decode())
+            if result is CancelResult.REQUESTED:
+                await self._redis.publish(self.cancel_channel, run_id)
+        return result
+
+    async def cancellations(self) -> AsyncIterator[str]:
+        # A dedicated connection without a read timeout: a quiet channel is not a dead one.
+        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _store_errors():
+                await pubsub.subscribe(self.cancel_channel)
+            while True:
+                with _store_errors():
+                    message = await pubsub.get_message(timeout=SOCKET_TIMEOUT)
+                if message is not None and message["type"] == "message":
+                    yield message["data"].decode()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        with _store_errors():
+            reply = await self._blocking.xread({self.events_key(run_id): after or "0-0"}, block=block)
+        streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
+        return [
+            Event(entry_id.decode(), orjson.loads(fields[b"data"]))
+            for _, entries in streams
+            for entry_id, fields in entries
+            if fields
+        ]
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        index = self.caller_index(caller or "")
+        found: list[Run] = []
+        top = f"({cursor}" if cursor else "+inf"
+        examined = 0
+        with _store_errors():
+            while len(found) < limit and examined < LIST_SCAN_BUDGET:
+                batch = min(LIST_SCAN_BUDGET - examined, max(limit * 2, 20))
+                reply = await self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
+                members = cast(list[tuple[bytes, float]], reply)
+                if not members:
+                    return found, None
+                examined += len(members)
+                runs = await self._runs([member.decode() for member, _ in members])
+                gone = [member for (member, _), run in zip(members, runs, strict=True) if run is None]
+                if gone:
+                    await self._redis.zrem(index, *gone)
+                for (_, score), run in zip(members, runs, strict=True):
+                    top = f"({score!r}"
+                    if run is not None and (state is None or run.state is state):
+                        found.append(run)
+                        if len(found) == limit:
+                            return found, repr(score)
+                if len(members) < batch:
+                    return found, None
+        return found, top[1:]
+
+    async def _runs(self, run_ids: list[str]) -> list[Run | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+            replies = await pipe.execute()
+        return [_decode_run(run_id, fields) for run_id, fields in zip(run_ids, replies, strict=True)]
+
+    async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        at = now()
+        with _store_errors():
+            members = await self._redis.zrangebyscore(self.deliveries, "-inf", at, start=0, num=limit)
+            run_ids = [member.decode() for member in cast(list[bytes], members)]
+            taken: list[tuple[str, int]] = []
+            for run_id in run_ids:
+                keys = (self.run_key(run_id), self.deliveries)
+                token = await self._redis.eval(_TAKE_DELIVERY, 2, *keys, at, at + lease, run_id)
+                if token:
+                    taken.append((run_id, int(token)))
+            runs = await self._runs([run_id for run_id, _ in taken])
+        return [DueDelivery(run, token) for (_, token), run in zip(taken, runs, strict=True) if run is not None]
+
+    async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
+        final = delivery.state.is_final
+        args: list[Any] = [
+            token,
+            dump_delivery(delivery),
+            "1" if final else "0",
+            delivery.next_attempt_at or 0,
+            run_id,
+            max(1, int(retention * 1000)),
+            orjson.dumps(delivery_event(delivery, now())),
+        ]
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
+        with _store_errors():
+            return bool(await self._redis.eval(_RECORD_DELIVERY, 3, *keys, *args))
+
+    async def redeliver(self, run_id: str) -> bool:
+        at = now()
+        args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL]
+        with _store_errors():
+            return bool(await self._redis.eval(_REDELIVER, 2, self.run_key(run_id), self.deliveries, *args))
+
+    async def queued_count(self) -> int:
+        # Entries of runs cancelled while queued stay until an executor reads them: an
+        # overcount for a moment, which errs on the side of refusing work.
+        with _store_errors():
+            return int(await self._redis.xlen(self.queue))
+
+    async def purge(self) -> None:
+        with _store_errors():
+            members = cast(list[bytes], await self._redis.zrange(self.index, 0, PURGE_BATCH - 1))
+            if not members:
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    pipe.exists(self.run_key(member.decode()))
+                exists = await pipe.execute()
+            gone = [member for member, alive in zip(members, exists, strict=True) if not alive]
+            if gone:
+                await self._redis.zrem(self.index, *gone)
