@@ -15,12 +15,14 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -29,6 +31,7 @@ from harness.procs import LOAD_CORE, Supervisor, pin_self, raise_nofile_limit
 from harness.scenarios import SCENARIOS, Bench, Plan
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +42,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
     parser.add_argument("--no-install", action="store_true", help="check the peers' packages, install nothing")
     parser.add_argument("--peers-only", action="store_true", help="leave the gateway out")
+    parser.add_argument(
+        "--gateway",
+        choices=["snapshot", "installed"],
+        default="snapshot",
+        help="snapshot (default): a copy of src/ taken at start, so edits during the run do not reach it; "
+        "installed: the `asyncgate` command on PATH",
+    )
     parser.add_argument("--redis-durable", action="store_true", help="Redis with AOF, appendfsync everysec")
     args = parser.parse_args(argv)
     names = [n.strip().upper() for n in args.only.split(",")] if args.only else list(SCENARIOS)
@@ -58,6 +68,34 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _gateway(args: argparse.Namespace, workdir: Path) -> tuple[services.GatewayCommand | None, str]:
+    if args.peers_only:
+        return None, "left out (--peers-only)"
+    if args.gateway == "installed":
+        return services.installed_gateway()
+    return services.snapshot_gateway(REPO / "src", workdir)
+
+
+def _git_state() -> str:
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, timeout=30)
+        return done.stdout.strip()
+
+    changed = len(git("status", "--porcelain", "--", "src").splitlines())
+    return f"{git('rev-parse', '--short', 'HEAD')}" + (f" + {changed} uncommitted path(s) in src/" if changed else "")
+
+
+def _header(meta: dict[str, Any]) -> str:
+    machine = meta["machine"]
+    return (
+        f"## asyncgate bench, {meta['date']}\n\n"
+        f"`{meta['command']}`: {machine['nproc']} cores ({machine['cpu']}), {machine['memory']}, "
+        f"kernel {machine['kernel']}; {meta['seconds']} s; "
+        f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}; "
+        f"gateway: {meta['gateway']} at {meta['git']}\n\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -66,17 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         _log("fewer than 2 cores: the pinning below assumes cores 0 and 1")
     pin_self(LOAD_CORE)
     tools.ensure(install=not args.no_install, log=_log)
-    missing = "left out (--peers-only)" if args.peers_only else services.gateway_available()
-    if missing:
-        _log(f"gateway not measured: {missing}")
     OUT_DIR.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=OUT_DIR))
     workdir.chmod(0o755)  # nginx's workers drop root and must read the static file under it
     _log(f"logs and configs in {workdir}")
+    gateway, origin = _gateway(args, workdir)
+    missing = None if gateway else origin
+    _log(f"gateway: {origin}" if gateway else f"gateway not measured: {origin}")
     plan = Plan.quick() if args.quick else Plan.full()
     sup = Supervisor(workdir / "logs")
-    bench = Bench(sup, workdir, plan, args.redis_durable, missing)
+    bench = Bench(sup, workdir, plan, args.redis_durable, gateway, missing)
     started = time.monotonic()
+    load_before = os.getloadavg()
     try:
         for name in args.scenarios:
             try:
@@ -89,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         sup.close()
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable and "python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "quick": args.quick,
         "scenarios": args.scenarios,
         "seconds": round(time.monotonic() - started),
@@ -97,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         "versions": tools.versions(),
         "plan": vars(plan),
         "pinning": {"system_under_test": 0, "load_upstream_redis": LOAD_CORE},
-        "gateway": missing or "measured",
+        "gateway": origin,
+        "git": _git_state(),
+        # Other work on the machine skews the figures: a high load average here says so.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
-    text = report.render(bench.sections, bench.checks)
+    text = _header(meta) + report.render(bench.sections, bench.checks)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

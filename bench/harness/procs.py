@@ -91,6 +91,7 @@ class Supervisor:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.children: list[Child] = []
+        self.spawned = 0
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def spawn(
@@ -102,7 +103,8 @@ class Supervisor:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> Child:
-        log = self.log_dir / f"{name}.log"
+        self.spawned += 1
+        log = self.log_dir / f"{self.spawned:03d}-{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 pinned(core, argv),

@@ -53,6 +53,8 @@ class Bench:
     workdir: Path
     plan: Plan
     durable_redis: bool
+    gateway: services.GatewayCommand | None
+    #: Why the gateway is not measured, when it is not.
     gateway_missing: str | None
     sections: list[Section] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
@@ -74,6 +76,19 @@ class Bench:
     def measure(self, url: str, load: Load, core: int | None = LOAD_CORE) -> WrkResult:
         run_wrk(url, Load(load.connections, self.plan.warm_s, load.method, load.body_bytes), core=core)
         return run_wrk(url, load, core=core)
+
+    def start_gateway(
+        self,
+        upstream: Server,
+        *,
+        redis: Server | None,
+        core: int = SUT_CORE,
+        env: dict[str, str] | None = None,
+        name: str = "gateway",
+    ) -> Server:
+        if self.gateway is None:
+            raise BenchError(f"no gateway: {self.gateway_missing}")
+        return services.start_gateway(self.sup, self.gateway, upstream, redis=redis, core=core, env=env, name=name)
 
     def redis(self) -> Server:
         return services.start_redis(self.sup, self.workdir, durable=self.durable_redis)
@@ -128,7 +143,7 @@ def pass_through(bench: Bench, scenario: str, path: str, load: Load, title: str)
             ("bare relay (floor)", lambda: services.start_peer(bench.sup, "bare-relay", "bare_relay", upstream)),
         ]
         if bench.gateway_missing is None:
-            starters.append(("asyncgate", lambda: services.start_gateway(bench.sup, upstream, redis=None)))
+            starters.append(("asyncgate", lambda: bench.start_gateway(upstream, redis=None)))
         for system, start in starters:
             results[system] = _attempt(bench, system, functools.partial(_served, bench, start, path, load))
     finally:
@@ -186,7 +201,7 @@ def big_transfers(bench: Bench) -> None:
             ("bare relay (floor)", lambda: services.start_peer(bench.sup, "bare-relay", "bare_relay", upstream)),
         ]
         if bench.gateway_missing is None:
-            systems.append(("asyncgate", lambda: services.start_gateway(bench.sup, upstream, redis=None)))
+            systems.append(("asyncgate", lambda: bench.start_gateway(upstream, redis=None)))
         for system, start in systems:
             with bench.serving(start) as server:
                 for direction in ("up", "down"):
@@ -263,8 +278,8 @@ def s3(bench: Bench) -> None:
         ]  # fmt: skip
         if bench.gateway_missing is None:
             systems += [
-                ("asyncgate redis", lambda: services.start_gateway(bench.sup, upstream, redis=redis)),
-                ("asyncgate embedded", lambda: services.start_gateway(bench.sup, upstream, redis=None)),
+                ("asyncgate redis", lambda: bench.start_gateway(upstream, redis=redis)),
+                ("asyncgate embedded", lambda: bench.start_gateway(upstream, redis=None)),
             ]
         for system, start in systems:
             services.flush_redis(redis)
@@ -358,7 +373,7 @@ def _capacity_gateway(bench: Bench, store: str) -> dict[str, Any]:
     env = {"ASYNCGATE_LIMITS_MAX_INFLIGHT": str(plan.capacity_runs)}
     deadline = plan.capacity_delay_s + 120 + plan.capacity_runs / 100
     try:
-        with bench.serving(lambda: services.start_gateway(bench.sup, upstream, redis=redis, env=env)) as gateway:
+        with bench.serving(lambda: bench.start_gateway(upstream, redis=redis, env=env)) as gateway:
             argv = [sys.executable, "-m", "harness.loadgen", "capacity", "--url", gateway.url, "--mode", "gateway",
                     "--n", str(plan.capacity_runs), "--hold", str(plan.capacity_delay_s),
                     "--deadline", str(deadline)]  # fmt: skip
@@ -382,7 +397,12 @@ def _capacity_gateway(bench: Bench, store: str) -> dict[str, Any]:
 
 def _capacity_figures(out: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     states = {k: v for k, v in out["states"].items() if k not in ("succeeded", "SUCCESS")}
-    note = f"accepted {out['accepted']}; other states {states}" if states or out["accepted"] != out["submitted"] else ""
+    problems = []
+    if out["accepted"] != out["submitted"]:
+        problems.append(f"{out['submitted'] - out['accepted']} submits refused")
+    if states:
+        problems.append(f"not succeeded: {states}")
+    note = "; ".join(problems)
     if out["probe_failures"]:
         note += f"; {out['probe_failures']} probes failed"
     return {
@@ -451,8 +471,8 @@ def s5(bench: Bench) -> None:
         systems: list[tuple[str, str, Callable[[], Server]]] = []
         if bench.gateway_missing is None:
             systems += [
-                ("asyncgate redis", "gateway", lambda: services.start_gateway(bench.sup, upstream, redis=redis)),
-                ("asyncgate embedded", "gateway", lambda: services.start_gateway(bench.sup, upstream, redis=None)),
+                ("asyncgate redis", "gateway", lambda: bench.start_gateway(upstream, redis=redis)),
+                ("asyncgate embedded", "gateway", lambda: bench.start_gateway(upstream, redis=None)),
             ]
         else:
             rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
@@ -560,7 +580,7 @@ def _scaled(
     try:
         if scenario not in bench.single:
             bench.log(f"  {scenario}: measuring one gateway first")
-            result = _served(bench, lambda: services.start_gateway(bench.sup, upstream, redis=redis), path, load)
+            result = _served(bench, lambda: bench.start_gateway(upstream, redis=redis), path, load)
             bench.single[scenario] = result.ok_rps
         half = Load(load.connections // 2, load.duration, load.method, load.body_bytes)
         with contextlib.ExitStack() as stack:
@@ -568,8 +588,7 @@ def _scaled(
                 stack.enter_context(
                     bench.serving(
                         functools.partial(
-                            services.start_gateway,
-                            bench.sup,
+                            bench.start_gateway,
                             upstream,
                             redis=redis,
                             core=core,

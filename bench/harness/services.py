@@ -18,6 +18,8 @@ from .procs import LOAD_CORE, SUT_CORE, BenchError, Child, Supervisor, free_port
 PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
 GATEWAY_ENV = {"ASYNCGATE_SERVER_LOG_LEVEL": "warning"}
 START_TIMEOUT_S = 30.0
+SNAPSHOT_TRIES = 6
+SNAPSHOT_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,22 +116,68 @@ def start_celery_worker(sup: Supervisor, upstream: Server, redis: Server) -> Chi
     return child
 
 
-def gateway_available() -> str | None:
-    """None when `asyncgate serve` can run here, else why not."""
+@dataclass(frozen=True)
+class GatewayCommand:
+    """How to start `asyncgate serve`: the command and the environment it needs."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    origin: str
+
+
+def installed_gateway() -> tuple[GatewayCommand | None, str]:
+    """The `asyncgate` command on PATH, as installed (an editable install follows the live tree)."""
     exe = shutil.which("asyncgate")
     if exe is None:
-        return "the asyncgate command is not installed (pip install -e .)"
+        return None, "the asyncgate command is not installed (pip install -e .)"
+    command = GatewayCommand((exe,), (), f"installed: {exe}")
+    problem = _check(command)
+    return (None, problem) if problem else (command, command.origin)
+
+
+def snapshot_gateway(src: Path, workdir: Path) -> tuple[GatewayCommand | None, str]:
+    """A copy of the source tree taken now, so edits made while the bench runs do not reach it.
+
+    The copy is retried a few times: a tree caught in the middle of an edit may not import.
+    """
+    problem = f"no package at {src}"
+    for _ in range(SNAPSHOT_TRIES):
+        if not (src / "asyncgate").is_dir():
+            break
+        dest = workdir / "gateway-src"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src / "asyncgate", dest / "asyncgate", ignore=shutil.ignore_patterns("__pycache__"))
+        command = GatewayCommand(
+            (sys.executable, "-m", "asyncgate"), (("PYTHONPATH", str(dest)),), f"snapshot of {src}"
+        )
+        failure = _check(command, must_import_from=dest)
+        if failure is None:
+            return command, command.origin
+        problem = failure
+        time.sleep(SNAPSHOT_RETRY_S)
+    return None, problem
+
+
+def _check(command: GatewayCommand, must_import_from: Path | None = None) -> str | None:
+    env = _env(dict(command.env))
+    probe = [sys.executable, "-c", "import asyncgate.app, asyncgate.cli; print(asyncgate.__file__)"]
     try:
-        done = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=30)
+        where = subprocess.run(probe, capture_output=True, text=True, timeout=60, env=env)
+        helped = subprocess.run([*command.argv, "serve", "--help"], capture_output=True, text=True, timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"asyncgate serve --help failed: {exc}"
-    if done.returncode != 0:
-        return f"asyncgate serve --help exited {done.returncode}: {done.stderr.strip()[-300:]}"
+        return f"asyncgate could not be started: {exc}"
+    if where.returncode != 0:
+        return f"asyncgate does not import: {where.stderr.strip().splitlines()[-1:]}"
+    if must_import_from is not None and not where.stdout.strip().startswith(str(must_import_from)):
+        return f"asyncgate imported from {where.stdout.strip()}, not from the snapshot"
+    if helped.returncode != 0:
+        return f"asyncgate serve --help exited {helped.returncode}: {helped.stderr.strip()[-300:]}"
     return None
 
 
 def start_gateway(
     sup: Supervisor,
+    command: GatewayCommand,
     upstream: Server,
     *,
     redis: Server | None,
@@ -139,11 +187,11 @@ def start_gateway(
 ) -> Server:
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="asyncgate-bench-"))
-    argv = ["asyncgate", "serve", "--upstream", upstream.url, "--host", "127.0.0.1", "--port", str(port),
+    argv = [*command.argv, "serve", "--upstream", upstream.url, "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir)]  # fmt: skip
     if redis is not None:
         argv += ["--redis-url", redis.url]
-    child = sup.spawn(name, argv, core=core, env={**GATEWAY_ENV, **(env or {})})
+    child = sup.spawn(name, argv, core=core, env={**dict(command.env), **GATEWAY_ENV, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/_asyncgate/healthz", child, START_TIMEOUT_S)
     return Server(name, url, child)
