@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import services
 from harness.procs import LOAD_CORE, BenchError, Supervisor, pin_self, raise_nofile_limit, run_bounded
-from harness.scenarios import ASYNC_PATH, CONNECTIONS
+from harness.scenarios import ASYNC_PATH, CONNECTIONS, INTAKE_ENV
 from harness.wrk import Load, run_wrk
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -57,7 +57,8 @@ def _profile(sup: Supervisor, workdir: Path, scenario: str, seconds: float) -> P
     command, origin = services.snapshot_gateway(REPO / "src", workdir)
     if command is None:
         raise BenchError(origin)
-    gateway = services.start_gateway(sup, command, upstream, redis=redis)
+    env = INTAKE_ENV if scenario == "S3" else {}
+    gateway = services.start_gateway(sup, command, upstream, redis=redis, env=env)
     if scenario == "S1":
         path, load = "/1k", Load(CONNECTIONS, seconds + 4)
     else:
