@@ -141,17 +141,18 @@ async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIter
     # Starlette cancels this generator when the client disconnects, which also cancels the
     # pending read of the store: no task and no blocking read outlive the client.
     yield b"retry: 1000\n\n"
+    finished = False
     while True:
-        events = await svc.store.events(run.run_id, after, KEEPALIVE_SECONDS)
+        # Once the final state is sent, what the log already holds (webhook changes) follows,
+        # and then the stream ends rather than wait for more.
+        events = await svc.store.events(run.run_id, after, 0 if finished else KEEPALIVE_SECONDS)
         for event in events:
             yield _sse(run, event)
-            if event.is_final:
-                return
+            finished = finished or event.is_final
         if events:
             after = events[-1].id
             continue
-        current = await svc.store.get(run.run_id)
-        if current is None:
+        if finished or await svc.store.get(run.run_id) is None:
             return
         yield b": keep-alive\n\n"
 

@@ -36,10 +36,11 @@ class Receiver:
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, **server_options: Any) -> None:
         self.config = config
         self.app = create_app(config)
-        self.server = ServerThread(self.app, server_header=False, date_header=False, proxy_headers=False).start()
+        options = {"server_header": False, "date_header": False, "proxy_headers": False, **server_options}
+        self.server = ServerThread(self.app, **options).start()
         self.url = self.server.url
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
 
@@ -64,6 +65,16 @@ class Gateway:
                 client.close()
         with sqlite3.connect(Path(store.data_dir) / "asyncgate.db") as db:
             return int(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def redis_keys(self) -> set[str]:
+        """The kinds of Redis keys under the gateway's prefix (run, events, idem, index...)."""
+        store = self.config.store
+        client = redis.Redis.from_url(str(store.redis_url))
+        try:
+            keys = client.scan_iter(match=f"{store.key_prefix}:*", count=1000)
+            return {key.decode()[len(store.key_prefix) + 1 :].split(":")[0] for key in keys}
+        finally:
+            client.close()
 
     def wait_final(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
         return wait_until(lambda: (r := self.run(run_id))["status"] in FINAL and r, timeout, message=f"run {run_id}")
@@ -104,7 +115,7 @@ def make_gateway(
     redis: RedisServer | None = request.getfixturevalue("redis_server") if store_kind == "redis" else None
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
-    def factory(settings: dict[str, Any] | None = None, **kwargs: Any) -> Gateway:
+    def factory(settings: dict[str, Any] | None = None, **server_options: Any) -> Gateway:
         overrides: dict[str, Any] = {"upstream": upstream.url, "runs.poll_interval": 0.2, "shutdown.drain_timeout": 2}
         if redis is not None:
             overrides["store.redis_url"] = redis.url
@@ -112,7 +123,7 @@ def make_gateway(
         else:
             overrides["store.data_dir"] = str(tmp_path / "data")
         overrides.update(settings or {})
-        gateway = Gateway(load(None, environ={}, overrides=overrides))
+        gateway = Gateway(load(None, environ={}, overrides=overrides), **server_options)
         started.append(gateway)
         return gateway
 

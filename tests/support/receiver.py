@@ -15,13 +15,14 @@ class Deliveries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
-        #: Statuses to answer, in order, before answering 200.
-        self.script: list[int] = []
+        #: Answers to give, in order, before answering 200: a status, or (status, headers).
+        self.script: list[int | tuple[int, dict[str, str]]] = []
 
-    def add(self, item: dict[str, Any]) -> int:
+    def add(self, item: dict[str, Any]) -> tuple[int, dict[str, str]]:
         with self._lock:
             self._items.append(item)
-            return self.script.pop(0) if self.script else 200
+            answer = self.script.pop(0) if self.script else 200
+        return answer if isinstance(answer, tuple) else (answer, {})
 
     def all(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -35,7 +36,7 @@ def receiver_app(deliveries: Deliveries) -> Starlette:
     async def hook(request: Request) -> Response:
         body = await request.body()
         item = {"path": request.url.path, "headers": dict(request.headers), "body": body}
-        status = deliveries.add(item)
-        return Response(b"", status_code=status)
+        status, headers = deliveries.add(item)
+        return Response(b"", status_code=status, headers=headers)
 
     return Starlette(routes=[Route("/{name:path}", hook, methods=["POST"])])

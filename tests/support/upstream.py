@@ -78,12 +78,23 @@ def upstream_app(calls: Calls) -> Starlette:
     async def sleep(request: Request) -> Response:
         seconds = float(request.query_params.get("seconds", "1"))
         item = record(request)
+
+        async def disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        # The behaviour under test: a slow upstream, which notices when its client goes away.
+        sleeper = asyncio.create_task(asyncio.sleep(seconds))
+        watcher = asyncio.create_task(disconnect())
         try:
-            await asyncio.sleep(seconds)  # the behaviour under test: a slow upstream
-        except asyncio.CancelledError:
-            calls.add({"event": "disconnected", "path": item["path"]})
-            raise
-        return JSONResponse({"slept": seconds, "query": item["query"]})
+            await asyncio.wait({sleeper, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            watcher.cancel()
+        if not sleeper.cancelled() and sleeper.done():
+            return JSONResponse({"slept": seconds, "query": item["query"]})
+        calls.add({"event": "disconnected", "path": item["path"], "query": item["query"]})
+        return Response(status_code=499)
 
     async def hang(request: Request) -> Response:
         record(request)
