@@ -108,6 +108,12 @@ class Gateway:
         svc.executor.start()
         logger.info("asyncgate ready: upstream %s, %s store", self.config.upstream, svc.store_kind)
 
+    def begin_drain(self) -> None:
+        """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""
+        self.services.draining = True
+        self.services.executor.stop_claiming()
+        logger.info("draining: no new runs; in-flight runs have %ss", self.config.shutdown.drain_timeout)
+
     async def shutdown(self) -> None:
         svc = self.services
         svc.draining = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -10,7 +11,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+import uvicorn
+
 from asyncgate import __version__, logs
+from asyncgate.app import Gateway, create_app
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
 
@@ -48,13 +52,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(config: Config) -> None:
-    import uvicorn
-
-    from asyncgate.app import create_app
-
     logs.configure(config.server.log_format, config.server.log_level)
+    gateway = create_app(config)
     server_config = uvicorn.Config(
-        create_app(config),
+        gateway,
         host=config.server.host,
         port=config.server.port,
         lifespan="on",
@@ -70,7 +71,24 @@ def serve(config: Config) -> None:
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    uvicorn.Server(server_config).run()
+    DrainingServer(server_config, gateway).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also starts the gateway's drain the moment a signal arrives.
+
+    uvicorn alone would first wait for open connections to close and only then run the
+    lifespan shutdown, so runs would drain after synchronous requests instead of alongside.
+    """
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Signal handlers run on the main thread, between the event loop's steps.
+        asyncio.get_event_loop().call_soon(self.gateway.begin_drain)
+        super().handle_exit(sig, frame)
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -52,6 +53,7 @@ class Executor:
         self._cancels: dict[str, asyncio.Event] = {}
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._drain_started: float | None = None
 
     @property
     def inflight(self) -> int:
@@ -73,13 +75,24 @@ class Executor:
         event.set()
         return True
 
+    def stop_claiming(self) -> None:
+        """Take no new runs (a drain began); held runs go on."""
+        if self._loops:
+            self._loops[0].cancel()
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+
     async def stop(self, drain_timeout: float) -> None:
-        """Take no new runs, let held ones finish for ``drain_timeout`` s, then hand the rest back."""
+        """Take no new runs, let held ones finish within ``drain_timeout`` s of the drain's start,
+        then hand the rest back: re-queued at once when safe to send again, else failed as lost."""
+        self.stop_claiming()
+        assert self._drain_started is not None
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        if self._held:
-            await asyncio.wait(list(self._held), timeout=drain_timeout)
+        left = drain_timeout - (time.monotonic() - self._drain_started)
+        if self._held and left > 0:
+            await asyncio.wait(list(self._held), timeout=left)
         remaining = dict(self._held)
         for task in remaining:
             task.cancel()

@@ -56,6 +56,10 @@ def upstream_app(calls: Calls) -> Starlette:
 
     async def echo(request: Request) -> Response:
         body = await request.body()
+        if "delay" in request.query_params:
+            attempt = request.headers.get("asyncgate-attempt")
+            calls.add({"event": "arrived", "query": request.url.query, "attempt": attempt})
+            await asyncio.sleep(float(request.query_params["delay"]))  # a slow upstream, on purpose
         item = record(request, body=body.decode("utf-8", "replace"), body_sha256=hashlib.sha256(body).hexdigest())
         return JSONResponse(item)
 
