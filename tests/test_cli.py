@@ -62,7 +62,11 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
                 return False
 
         wait_until(ready, timeout=20, message="gateway ready")
-        accepted = httpx.post(f"{base}/predict?async=true", content=b"{}", timeout=5)
+        anonymous = httpx.post(f"{base}/predict?async=true", content=b"{}", timeout=5)
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["code"] == "credentials_required"
+        headers = {"Authorization": "Bearer t0ken"}
+        accepted = httpx.post(f"{base}/predict?async=true", content=b"{}", headers=headers, timeout=5)
         assert accepted.status_code == 202
         assert (tmp_path / "d" / "asyncgate.db").exists()
         process.send_signal(signal.SIGTERM)

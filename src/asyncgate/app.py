@@ -16,6 +16,7 @@ from asyncgate.config import Config
 from asyncgate.errors import ClientError
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
+from asyncgate.principal import Access
 from asyncgate.proxy import Proxy
 from asyncgate.responses import JSONResponse, error_response, send_error
 from asyncgate.services import Services
@@ -63,13 +64,14 @@ class Gateway:
 
     def __init__(self, config: Config, store: RunStore | None = None) -> None:
         self.config = config
-        store = store if store is not None else build_store(config.store)
+        store = store if store is not None else build_store(config)
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store)
         executor = Executor(config, store, upstream, webhooks.run_finished)
-        self.services = Services(config, store, upstream, webhooks, executor)
+        access = Access(config.access)
+        self.services = Services(config, store, upstream, webhooks, executor, access)
         self.proxy = Proxy(upstream)
-        self.intake = Intake(config, store)
+        self.intake = Intake(config, store, access)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"

@@ -7,6 +7,8 @@ sizes accept bytes (``1024``) or a unit (``16MiB``, ``64KiB``, ``1GB``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -47,6 +49,8 @@ class StoreConfig:
     key_prefix: str = "asyncgate"
     #: SQLite's synchronous pragma for the embedded store: "full" survives power loss.
     sqlite_synchronous: str = "full"
+    #: Fernet keys sealing stored credentials; the first seals, all open (for rotation).
+    encryption_key: tuple[Secret, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +114,22 @@ class WebhooksConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AccessConfig:
+    #: "header": runs belong to the caller named by ``header``; "open": anyone may see any run.
+    mode: str = "header"
+    #: The request header naming the caller (its value is fingerprinted, never stored).
+    header: str = "Authorization"
+    #: Key of the HMAC that fingerprints callers; without one, a plain SHA-256 is used.
+    key: Secret | None = None
+    #: A bearer token that sees and controls every run (operators, dashboards).
+    admin_token: Secret | None = None
+    #: Lookups of unknown run ids one caller may make per minute before 429.
+    unknown_run_limit: int = 60
+    #: Headers whose values are credentials besides Authorization, Cookie and X-Api-Key.
+    secret_headers: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ShutdownConfig:
     #: How long in-flight runs may go on after SIGTERM before they are handed back.
     drain_timeout: float = 30.0
@@ -125,6 +145,7 @@ class Config:
     runs: RunsConfig = dataclasses.field(default_factory=RunsConfig)
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
     shutdown: ShutdownConfig = dataclasses.field(default_factory=ShutdownConfig)
+    access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -148,13 +169,15 @@ _DURATIONS = {
     "limits.max_wait",
 }
 _DURATION_LISTS = {"webhooks.schedule"}
-_SECRET_LISTS = {"webhooks.signing_secrets"}
+_SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
+_SECRETS = {"access.key", "access.admin_token"}
 _SIZES = {"limits.max_body_bytes", "limits.max_result_bytes"}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},
     "store.sqlite_synchronous": {"full", "normal"},
     "webhooks.format": {"body", "envelope"},
+    "access.mode": {"header", "open"},
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -207,7 +230,7 @@ def parse_size(key: str, value: Any) -> int:
 
 
 def _coerce_list(key: str, value: Any, from_text: bool) -> tuple[Any, ...]:
-    if from_text and isinstance(value, str):
+    if (from_text or key in _SECRET_LISTS) and isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
     if not isinstance(value, list | tuple):
         raise ConfigError(key, f"expected a list, got {type(value).__name__}")
@@ -219,16 +242,30 @@ def _coerce_list(key: str, value: Any, from_text: bool) -> tuple[Any, ...]:
     if not all(isinstance(item, str) and item for item in value):
         raise ConfigError(key, "expected a list of non-empty strings")
     if key in _SECRET_LISTS:
+        check = _check_fernet_key if key == "store.encryption_key" else secret_key
         for item in value:
             try:
-                secret_key(item)
-            except InvalidSecret as exc:
+                check(item)
+            except (InvalidSecret, ValueError) as exc:
                 raise ConfigError(key, str(exc)) from None
         return tuple(Secret(item) for item in value)
     return tuple(value)
 
 
+def _check_fernet_key(value: str) -> None:
+    try:
+        key = base64.urlsafe_b64decode(value.encode())
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise ValueError("an encryption key must be 32 url-safe base64 bytes (Fernet.generate_key())")
+
+
 def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
+    if key in _SECRETS and value not in (None, ""):
+        if not isinstance(value, str) or len(value) < 16:
+            raise ConfigError(key, "expected a secret string of at least 16 characters")
+        return Secret(value)
     if field_type.startswith("tuple"):
         return _coerce_list(key, value, from_text)
     if key in _DURATIONS:

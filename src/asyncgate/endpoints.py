@@ -38,13 +38,21 @@ def _unavailable(exc: StoreError) -> ServiceUnavailable:
     return ServiceUnavailable("the run store is unavailable", code="store_unavailable", retry_after=1)
 
 
+def _not_found() -> NotFound:
+    # One answer for "no such run" and "not yours", so that existence does not leak.
+    return NotFound("no run with this id", code="run_not_found")
+
+
 async def _run_or_404(request: Request) -> Run:
+    svc = services(request)
+    principal = svc.access.principal(request.scope)
     try:
-        run = await services(request).store.get(request.path_params["run_id"])
+        run = await svc.store.get(request.path_params["run_id"])
     except StoreError as exc:
         raise _unavailable(exc) from exc
-    if run is None:
-        raise NotFound("no run with this id", code="run_not_found")
+    if run is None or not principal.can_see(run):
+        svc.access.missed(principal)
+        raise _not_found()
     return run
 
 
@@ -93,7 +101,7 @@ async def run_result(request: Request) -> Response:
 
 async def cancel_run(request: Request) -> Response:
     svc = services(request)
-    run_id = request.path_params["run_id"]
+    run_id = (await _run_or_404(request)).run_id
     try:
         outcome = await svc.store.cancel(run_id, svc.config.runs.retention)
         if outcome is CancelResult.REQUESTED:
@@ -104,7 +112,7 @@ async def cancel_run(request: Request) -> Response:
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if outcome is CancelResult.MISSING or run is None:
-        raise NotFound("no run with this id", code="run_not_found")
+        raise _not_found()
     if outcome is CancelResult.FINISHED:
         raise Conflict(f"the run has already finished ({run.state})", code="run_finished")
     if outcome is CancelResult.CANCELLED:
@@ -121,7 +129,7 @@ async def redeliver_webhook(request: Request) -> Response:
         raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
     try:
         if not await svc.store.redeliver(run.run_id):
-            raise NotFound("no run with this id", code="run_not_found")
+            raise _not_found()
         run = await svc.store.get(run.run_id) or run
     except StoreError as exc:
         raise _unavailable(exc) from exc
@@ -180,8 +188,11 @@ async def list_runs(request: Request) -> Response:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    svc = services(request)
+    principal = svc.access.principal(request.scope)
+    caller = None if principal.sees_all else principal.caller
     try:
-        runs, cursor = await services(request).store.list_runs(None, state, limit, params.get("cursor"))
+        runs, cursor = await svc.store.list_runs(caller, state, limit, params.get("cursor"))
     except StoreError as exc:
         raise _unavailable(exc) from exc
     return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})

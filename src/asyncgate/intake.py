@@ -22,7 +22,7 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
-from asyncgate.principal import caller_of
+from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
@@ -264,9 +264,10 @@ def idempotency_key(caller: str, key: str) -> str:
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
-    def __init__(self, config: Config, store: RunStore) -> None:
+    def __init__(self, config: Config, store: RunStore, access: Access) -> None:
         self.config = config
         self.store = store
+        self.access = access
         self.limits = Limits.of(config)
         self.runs_url = f"{config.server.prefix}/runs/"
 
@@ -293,6 +294,7 @@ class Intake:
         await send_json(send, 202, orjson.dumps({"run_id": created.run_id, "status": status}), headers)
 
     async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> tuple[Created, str]:
+        caller = self.access.principal(scope).caller
         body = await read_body(scope, receive, self.config.limits.max_body_bytes)
         request = RunRequest(
             method=scope["method"],
@@ -302,7 +304,6 @@ class Intake:
             webhook_url=intent.webhook_url,
             timeout=intent.timeout or self.config.runs.timeout,
         )
-        caller = caller_of(scope)
         run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
         idempotency = None
         if intent.idempotency_key is not None:

@@ -8,6 +8,10 @@ import time
 
 import orjson
 
+#: Libraries whose own lines would repeat URLs (with their query strings) and addresses: only
+#: their warnings are kept. asyncgate's own lines say what happened, without the secrets.
+QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "redis", "hpack")
+
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, with the fields a log pipeline indexes."""
@@ -35,3 +39,5 @@ def configure(log_format: str, level: str) -> None:
     root.setLevel(level.upper())
     # Access lines come from the gateway's own log, not uvicorn's second copy.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

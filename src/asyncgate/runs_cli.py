@@ -232,7 +232,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
 
 
 class Progress:
-    """The live line of ``runs wait`` on a terminal (spinner, state, elapsed), or a line per change elsewhere."""
+    """The live line of ``runs wait`` on a terminal (spinner, state, elapsed), or a line per change elsewhere.
+
+    Times count from the run's creation, the moment of its first event, on the wall clock.
+    """
 
     def __init__(
         self,
@@ -241,8 +244,7 @@ class Progress:
         *,
         tty: bool,
         quiet: bool = False,
-        age: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream = stream
         self.run_id = run_id
@@ -250,16 +252,20 @@ class Progress:
         self.quiet = quiet
         self.state: RunState | None = None
         self._clock = clock
-        self._start = clock() - age
+        self._origin: float | None = None
         self._frame = 0
         encoding = (getattr(stream, "encoding", None) or "ascii").lower().replace("-", "")
         self._spinner = SPINNER if encoding == "utf8" else ASCII_SPINNER
 
-    @property
-    def elapsed(self) -> float:
-        return self._clock() - self._start
+    def elapsed(self, at: float | None = None) -> float:
+        """Seconds from the run's creation to ``at`` (default now)."""
+        moment = self._clock() if at is None else at
+        return max(0.0, moment - (moment if self._origin is None else self._origin))
 
-    def update(self, state: RunState) -> None:
+    def update(self, state: RunState, at: float | None = None) -> None:
+        """The run entered ``state`` at ``at`` (epoch seconds, default now)."""
+        if self._origin is None:
+            self._origin = self._clock() if at is None else at
         if state == self.state:
             return
         self.state = state
@@ -268,7 +274,7 @@ class Progress:
         if self.tty:
             self._draw()
         else:
-            self.stream.write(f"{self.run_id} {state} after {self.elapsed:.1f}s\n")
+            self.stream.write(f"{self.run_id} {state} after {self.elapsed(at):.1f}s\n")
             self.stream.flush()
 
     def tick(self) -> None:
@@ -278,7 +284,7 @@ class Progress:
 
     def _draw(self) -> None:
         spin = self._spinner[self._frame % len(self._spinner)]
-        self.stream.write(f"\r\x1b[2K{spin} {self.run_id} {self.state} {self.elapsed:.1f}s")
+        self.stream.write(f"\r\x1b[2K{spin} {self.run_id} {self.state} {self.elapsed():.1f}s")
         self.stream.flush()
 
     def close(self) -> None:
@@ -288,23 +294,13 @@ class Progress:
             self.stream.flush()
 
 
-def _age(status: RunStatus) -> float:
-    if status.created_at is None:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - status.created_at).total_seconds())
-
-
 async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async with AsyncClient(args.gateway, prefix=args.prefix) as client:
         run = client.attach(args.run_id)
-        status = await run.status()
-        progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json, age=_age(status))
-        progress.update(status.state)
+        progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json)
         try:
-            if not status.is_final:
-                async with asyncio.timeout(args.timeout):
-                    await _watch(run, progress)
-                status = await run.status()
+            async with asyncio.timeout(args.timeout):
+                await _watch(run, progress)
         except TimeoutError:
             progress.close()
             last = await run.status()
@@ -314,16 +310,18 @@ async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_TIMEOUT
         finally:
             progress.close()
-    return _report(status, progress.elapsed, args.json, out, err)
+        status = await run.status()
+    return _report(status, progress.elapsed(), args.json, out, err)
 
 
 async def _watch(run: AsyncRun, progress: Progress) -> None:
     """Follow the run's events, showing each change, until it is final."""
 
     async def follow() -> None:
+        # The stream starts with the run's history, so a run already final is shown whole.
         async for event in run.events():
             if event.state is not None:
-                progress.update(event.state)
+                progress.update(event.state, event.at.timestamp() if event.at else None)
 
     task = asyncio.create_task(follow())
     try:
@@ -340,6 +338,8 @@ async def _watch(run: AsyncRun, progress: Progress) -> None:
 
 
 def _report(status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: TextIO) -> int:
+    if status.created_at is not None and status.finished_at is not None:
+        elapsed = (status.finished_at - status.created_at).total_seconds()
     if as_json:
         _print_json(out, dict(status.raw))
     else:

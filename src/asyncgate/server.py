@@ -3,7 +3,7 @@
 uvicorn bounds neither the time a client may take to send a request head (its keep-alive timer
 only runs between requests, and a fresh connection has none) nor, under httptools, the head's
 size. A client trickling a request byte by byte would hold its connection, and on the
-pass-through an upstream connection too, for as long as it likes. ``RequestDeadlines`` closes:
+pass-through an upstream connection too, for as long as it likes. ``GuardedProtocol`` closes:
 
 * a connection whose request head is not complete ``request_timeout`` seconds after the
   connection opened or the previous response ended (408 if some of the head arrived);
@@ -11,6 +11,13 @@ pass-through an upstream connection too, for as long as it likes. ``RequestDeadl
 * a connection whose body does not arrive at ``MIN_BODY_RATE`` after a ``request_timeout``
   allowance, counting only the time the gateway is ready to read it (Apache's mod_reqtimeout
   has the same rule), so a slow upstream never costs the client its connection.
+
+The two parsers also disagree on what a request is (h11 accepts a Content-Length beside a
+Transfer-Encoding, obsolete line folding and bare LF line ends; httptools accepts two Host
+headers, ``Transfer-Encoding: identity, chunked``, and none at all), and a front proxy that reads
+a request differently from the gateway is how requests are smuggled. ``StrictRequests`` and
+``StrictH11Heads`` refuse every such request with 400 and close the connection, whichever
+parser runs, and keep absolute-form and CONNECT targets from naming another host.
 
 Usage::
 
@@ -22,11 +29,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import re
 from typing import Any, ClassVar, Literal, cast
+from urllib.parse import unquote
 
+import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from asyncgate.config import Config
+from asyncgate.responses import error_body, send_json
 
 logger = logging.getLogger("asyncgate.server")
 
@@ -37,6 +49,11 @@ MIN_BODY_RATE = 500
 
 HttpParser = Literal["auto", "h11", "httptools"]
 _Phase = Literal["head", "body", "app"]
+
+_ABSOLUTE_FORM = re.compile(rb"https?://[^/?#]*", re.IGNORECASE)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+# A continuation line (obs-fold) or a line ended by LF alone.
+_LOOSE_LINE = re.compile(rb"\n[ \t]|(?<!\r)\n")
 
 
 def _response(status: bytes) -> bytes:
@@ -51,8 +68,9 @@ _TIMEOUT_408 = _response(b"408 Request Timeout")
 _TOO_LARGE_431 = _response(b"431 Request Header Fields Too Large")
 
 
-class RequestDeadlines(asyncio.Protocol):
-    """A mixin over uvicorn's HTTP/1.1 protocols (h11 and httptools); see the module docstring.
+class GuardedProtocol(asyncio.Protocol):
+    """A mixin over uvicorn's HTTP/1.1 protocols (h11 and httptools): request heads and bodies
+    bounded in size and time, and every request passed through StrictRequests first.
 
     It relies on what both protocols share: ``transport``, ``loop``, ``flow``, and ``cycle``, the
     request being handled, with its ``more_body`` and ``response_complete`` flags.
@@ -66,6 +84,7 @@ class RequestDeadlines(asyncio.Protocol):
     loop: asyncio.AbstractEventLoop
     flow: FlowControl
     cycle: Any
+    app: ASGIApp
 
     _deadline: float
     _head_bytes: int
@@ -73,6 +92,9 @@ class RequestDeadlines(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Both protocols read self.app for each request; wrapping it here puts the framing rules
+        # beside the parser they compensate for, whichever app the server was given.
+        self.app = StrictRequests(self.app, self.max_header_bytes)
         self._timer = None
         self._expect_head()
 
@@ -157,6 +179,141 @@ class RequestDeadlines(asyncio.Protocol):
         self.transport.close()
 
 
+def request_problem(scope: Scope) -> str | None:
+    """Why two HTTP/1.1 parsers could read this request differently, or None if they could not."""
+    if scope["method"] == "CONNECT":
+        return "CONNECT is not supported: the gateway is not a forward proxy"
+    version = scope["http_version"]
+    if version not in ("1.0", "1.1"):
+        return f"HTTP/{version} is not supported"
+    target: bytes = scope.get("raw_path") or b""
+    if not target.startswith(b"/") and _ABSOLUTE_FORM.match(target) is None:
+        return "the request target must be a path or an absolute http(s) URL"
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    hosts = 0
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        elif name == b"host":
+            hosts += 1
+    if len(lengths) > 1:
+        return "more than one Content-Length"
+    if lengths and not lengths[0].strip().isdigit():
+        return "Content-Length is not a number"
+    if codings:
+        if lengths:
+            return "both Content-Length and Transfer-Encoding"
+        if version == "1.0":
+            return "Transfer-Encoding in an HTTP/1.0 request"
+        if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
+            return "the only Transfer-Encoding accepted is chunked"
+    if version == "1.1" and hosts != 1:
+        return "an HTTP/1.1 request needs exactly one Host header"
+    return None
+
+
+def origin_form(scope: Scope) -> Scope:
+    """``scope`` with an absolute-form target (``http://host/path``) reduced to its path.
+
+    The host it names is ignored: the gateway only ever talks to its configured upstream.
+    """
+    target: bytes = scope["raw_path"]
+    match = _ABSOLUTE_FORM.match(target)
+    if match is None:
+        return scope
+    path = target[match.end() :] or b"/"
+    return {**scope, "raw_path": path, "path": unquote(path.decode("latin-1"))}
+
+
+def head_size(scope: Scope) -> int:
+    """The size of the request head as it was sent, give or take the spaces around colons."""
+    line = len(scope["method"]) + len(scope["raw_path"]) + len(scope["query_string"]) + 13
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2
+
+
+class StrictRequests:
+    """ASGI middleware: 400 for requests ``request_problem`` refuses, 431 for heads over the limit,
+    both with the connection closed; absolute-form targets reduced to their path."""
+
+    def __init__(self, app: ASGIApp, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # A head that arrived in one read was never counted by GuardedProtocol: bound it here.
+            if head_size(scope) > self.max_header_bytes:
+                message = f"the request head is larger than {self.max_header_bytes} bytes"
+                await _refuse(send, 431, "request_header_too_large", message)
+                return
+            problem = request_problem(scope)
+            if problem is not None:
+                await _refuse(send, 400, "malformed_request", problem)
+                return
+            if not scope["raw_path"].startswith(b"/"):
+                scope = origin_form(scope)
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    # Closing matters as much as the status: the bytes after an ambiguous request may be a
+    # second, smuggled request that must never be parsed.
+    await send_json(send, status, error_body(code, message), {"Connection": "close"})
+
+
+def head_problem(context: bytes, data: bytes) -> tuple[str | None, bytes]:
+    """Scan the next bytes of a request head for obs-fold and bare LF; also the context to carry on.
+
+    ``context`` is the tail of what was scanned before, so a pattern split across reads is seen.
+    """
+    text = context + data
+    end = _HEAD_END.search(text)
+    head = text if end is None else text[: end.end()]
+    match = _LOOSE_LINE.search(head)
+    if match is not None:
+        found = "obsolete line folding" if len(match.group()) == 2 else "a line ended by a bare LF"
+        return f"{found} in the request head", b""
+    return None, text[-3:]
+
+
+class StrictH11Heads(asyncio.Protocol):
+    """Mixin over uvicorn's h11 protocol: refuses heads with obs-fold or bare LF line ends.
+
+    h11 unfolds continuation lines and accepts bare LF, as RFC 9112 permits; httptools refuses
+    both, and so must the gateway whichever parser runs. h11 parses a head only while the client
+    is IDLE, so every head is scanned before h11 reads it: incrementally as it arrives, or whole
+    (``trailing_data``) when a pipelined head was already buffered.
+    """
+
+    conn: h11.Connection
+    transport: asyncio.Transport
+    _head_context: bytes | None = None
+    _fresh: bytes = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._fresh = data
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        if self.conn.their_state is h11.IDLE:
+            if self._head_context is None:  # what h11 holds has not been scanned: scan it all
+                problem, self._head_context = head_problem(b"", self.conn.trailing_data[0])
+            else:
+                problem, self._head_context = head_problem(self._head_context, self._fresh)
+            self._fresh = b""
+            if problem is not None:
+                logger.info("refusing a request from %s: %s", _peer(self.transport), problem)
+                self.transport.write(_response(b"400 Bad Request"))
+                self.transport.close()
+                return
+        super().handle_events()  # type: ignore[misc]
+        if self.conn.their_state is not h11.IDLE:
+            self._head_context = None
+
+
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
@@ -182,10 +339,19 @@ def protocol_class(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> type[asyncio.Protocol]:
-    """uvicorn's protocol for ``http`` with RequestDeadlines' limits, for ``uvicorn.Config(http=...)``."""
+    """uvicorn's protocol for ``http`` with GuardedProtocol' limits, for ``uvicorn.Config(http=...)``."""
     base = _base_protocol(http)
+    mixins: tuple[type[asyncio.Protocol], ...] = (GuardedProtocol,)
+    if issubclass(base, _h11_protocol()):
+        mixins = (StrictH11Heads, *mixins)
     limits = {"request_timeout": request_timeout, "max_header_bytes": max_header_bytes}
-    return cast(type[asyncio.Protocol], type(f"Guarded{base.__name__}", (RequestDeadlines, base), limits))
+    return cast(type[asyncio.Protocol], type(f"Guarded{base.__name__}", (*mixins, base), limits))
+
+
+def _h11_protocol() -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return H11Protocol
 
 
 def uvicorn_options(config: Config, http: HttpParser = "auto") -> dict[str, Any]:

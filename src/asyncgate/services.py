@@ -6,6 +6,7 @@ import dataclasses
 
 from asyncgate.config import Config
 from asyncgate.executor import Executor
+from asyncgate.principal import Access
 from asyncgate.store.base import RunStore
 from asyncgate.upstream import Upstream
 from asyncgate.webhooks import WebhookDispatcher
@@ -18,6 +19,7 @@ class Services:
     upstream: Upstream
     webhooks: WebhookDispatcher
     executor: Executor
+    access: Access
     #: Set when a shutdown began: readiness fails so no new traffic is routed here.
     draining: bool = False
 

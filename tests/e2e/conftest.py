@@ -116,7 +116,13 @@ def make_gateway(
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
     def factory(settings: dict[str, Any] | None = None, **server_options: Any) -> Gateway:
-        overrides: dict[str, Any] = {"upstream": upstream.url, "runs.poll_interval": 0.2, "shutdown.drain_timeout": 2}
+        # Flows run as one trusted caller; tests/e2e/test_access.py covers per-caller access.
+        overrides: dict[str, Any] = {
+            "upstream": upstream.url,
+            "runs.poll_interval": 0.2,
+            "shutdown.drain_timeout": 2,
+            "access.mode": "open",
+        }
         if redis is not None:
             overrides["store.redis_url"] = redis.url
             overrides["store.key_prefix"] = prefix

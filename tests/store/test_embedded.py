@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncgate.config import StoreConfig
+from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreError
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
@@ -125,7 +125,7 @@ def test_an_unknown_synchronous_mode_is_rejected(data_dir: Path) -> None:
 
 
 def test_no_redis_url_selects_the_embedded_store(data_dir: Path) -> None:
-    store = build_store(StoreConfig(data_dir=str(data_dir), sqlite_synchronous="normal"))
+    store = build_store(Config(store=StoreConfig(data_dir=str(data_dir), sqlite_synchronous="normal")))
 
     assert isinstance(store, EmbeddedRunStore)
     assert (store.data_dir, store.synchronous) == (data_dir, "normal")

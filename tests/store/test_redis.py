@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from asyncgate.config import StoreConfig
+from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store.factory import build_store
@@ -190,7 +190,7 @@ def test_a_closed_port_raises_store_unavailable(run: Runner) -> None:
 
 
 def test_a_redis_url_selects_the_redis_store(redis_server: RedisServer, run: Runner) -> None:
-    store = build_store(StoreConfig(redis_url=redis_server.url, key_prefix="chosen"))
+    store = build_store(Config(store=StoreConfig(redis_url=redis_server.url, key_prefix="chosen")))
 
     assert isinstance(store, RedisRunStore)
     assert store.queue == "chosen:queue"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import os
@@ -45,6 +46,7 @@ from asyncgate.store.base import (
     delivery_event,
     state_event,
 )
+from asyncgate.store.sealing import Sealer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -86,7 +88,8 @@ CREATE TABLE IF NOT EXISTS runs (
     dlv_last_status INTEGER,
     dlv_last_error TEXT,
     dlv_next_at REAL,
-    dlv_seq INTEGER NOT NULL DEFAULT 0
+    dlv_seq INTEGER NOT NULL DEFAULT 0,
+    secrets BLOB
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -116,20 +119,21 @@ _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
 _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
-INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook)
-VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook)
+INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets)
+VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook,
+    :secrets)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim.
 _CLAIM = f"""
 UPDATE runs SET state = 'running', attempt = attempt + 1, started_at = :now, owner = :owner, lease_until = :lease_until
 WHERE run_id IN (SELECT run_id FROM runs WHERE state = 'queued' ORDER BY seq LIMIT :limit)
-RETURNING seq, {_COLUMNS}
+RETURNING seq, {_COLUMNS}, secrets
 """
 _RENEW = f"UPDATE runs SET lease_until = :lease_until WHERE {_FENCE} RETURNING cancel_requested"
 _FINISH = f"""
 UPDATE runs SET state = :state, finished_at = :now, upstream_status = :upstream_status, error = :error,
     result_status = :result_status, result_headers = :result_headers, result_body = :result_body,
-    owner = NULL, lease_until = NULL, body = NULL, cancel_requested = 0
+    owner = NULL, lease_until = NULL, body = NULL, cancel_requested = 0, secrets = NULL
 WHERE {_FENCE}
 """
 # The end of a run: a webhook makes its delivery pending and keeps the run until the delivery
@@ -142,7 +146,7 @@ UPDATE runs SET
 WHERE run_id = :run_id
 """
 _CANCEL_QUEUED = """
-UPDATE runs SET state = 'cancelled', finished_at = :now, error = :error, body = NULL
+UPDATE runs SET state = 'cancelled', finished_at = :now, error = :error, body = NULL, secrets = NULL
 WHERE run_id = :run_id AND state = 'queued'
 """
 _EVENT = "INSERT INTO events (run_id, data) VALUES (:run_id, :data)"
@@ -274,12 +278,16 @@ def _create(
     return Created(run_id)
 
 
-def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float) -> list[Run]:
+def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer) -> list[Run]:
     started = now()
     params = {"now": started, "owner": owner, "lease_until": started + lease, "limit": limit}
     with _transaction(db):
         rows = db.execute(_CLAIM, params).fetchall()
-        runs = [_decode_run(row[1:]) for row in sorted(rows)]
+        runs = []
+        for row in sorted(rows):
+            run = _decode_run(row[1:-1])
+            # Only the holder of a run ever sees its credentials, to replay them.
+            runs.append(dataclasses.replace(run, request=sealer.join(run.request, row[-1])))
         for run in runs:
             _log(db, run.run_id, state_event(RunState.RUNNING, run.attempt, started))
     return runs
@@ -411,11 +419,12 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
 class EmbeddedRunStore:
     """Runs in one SQLite file, used from one worker thread, by one process at a time."""
 
-    def __init__(self, data_dir: str | Path, synchronous: str = "full") -> None:
+    def __init__(self, data_dir: str | Path, synchronous: str = "full", sealer: Sealer | None = None) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, not {synchronous!r}")
         self.data_dir = Path(data_dir)
         self.synchronous = synchronous
+        self.sealer = sealer or Sealer()
         # sqlite3 connections belong to the thread that made them, and its calls block.
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
@@ -474,13 +483,15 @@ class EmbeddedRunStore:
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
     ) -> Created:
+        request, secrets = self.sealer.split(run.request)
         params = {
             "run_id": run.run_id,
             "state": run.state.value,
             "attempt": run.attempt,
             "created_at": run.created_at,
             "started_at": run.started_at,
-            "request": dump_request(run.request),
+            "request": dump_request(request),
+            "secrets": secrets,
             "body": body,
             "caller": run.caller,
             "webhook": 1 if run.request.webhook_url else 0,
@@ -527,7 +538,7 @@ class EmbeddedRunStore:
         while True:
             # Cleared before looking, so a run queued after the look sets it again.
             self._work.clear()
-            runs = await self._call(_claim, owner, limit, lease)
+            runs = await self._call(_claim, owner, limit, lease, self.sealer)
             remaining = deadline - time.monotonic()
             if runs or remaining <= 0:
                 return runs

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from asyncgate.config import StoreConfig
+from asyncgate.config import Config
 from asyncgate.store.base import RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
+from asyncgate.store.sealing import Sealer
 
 
-def build_store(config: StoreConfig) -> RunStore:
-    """Redis when ``redis_url`` is set (replicas share it), else the embedded SQLite store."""
-    if config.redis_url:
-        return RedisRunStore(config.redis_url, config.key_prefix)
-    return EmbeddedRunStore(config.data_dir, config.sqlite_synchronous)
+def build_store(config: Config) -> RunStore:
+    """Redis when ``store.redis_url`` is set (replicas share it), else the embedded SQLite store."""
+    secret_headers = {*config.access.secret_headers, config.access.header}
+    sealer = Sealer(config.store.encryption_key, secret_headers)
+    if config.store.redis_url:
+        return RedisRunStore(config.store.redis_url, config.store.key_prefix, sealer=sealer)
+    return EmbeddedRunStore(config.store.data_dir, config.store.sqlite_synchronous, sealer=sealer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
@@ -44,13 +45,15 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
+from asyncgate.store.sealing import Sealer
 
 # Key schema. ``P`` is the configured key prefix (it must not contain "{").
 #
 #   P:run:{<run_id>}  hash    One run, and all of it: state, attempt, created_at, started_at,
 #                             finished_at, upstream_status, error (JSON), request (JSON), body
 #                             (request bytes, dropped at finish), owner, lease_until,
-#                             result_status, result_headers (JSON), result_body.
+#                             result_status, result_headers (JSON), result_body, secrets
+#                             (the request's credentials, sealed; deleted when the run ends).
 #                             The braces are a Cluster hash tag, so a run lives in one slot.
 #                             TTL: UNFINISHED_TTL from create, then the retention from finish.
 #   P:queue           stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
@@ -194,7 +197,7 @@ _FINISH = (
     + """
 local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel')
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel', 'secrets')
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 close_run()
 return 1
@@ -212,7 +215,7 @@ if state == 'running' then
   return 'requested'
 end
 if state ~= 'queued' then return 'finished' end
-redis.call('HDEL', KEYS[1], 'body')
+redis.call('HDEL', KEYS[1], 'body', 'secrets')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 close_run()
 return 'cancelled'
@@ -354,8 +357,11 @@ def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
 class RedisRunStore:
     """Runs in Redis hashes, the queue in a stream, leases indexed in a sorted set."""
 
-    def __init__(self, url: str, key_prefix: str, *, stale_entry_idle: float = STALE_ENTRY_IDLE) -> None:
+    def __init__(
+        self, url: str, key_prefix: str, *, stale_entry_idle: float = STALE_ENTRY_IDLE, sealer: Sealer | None = None
+    ) -> None:
         self.prefix = key_prefix
+        self.sealer = sealer or Sealer()
         self.queue = f"{key_prefix}:queue"
         self.leases = f"{key_prefix}:leases"
         self.group = f"{key_prefix}:executors"
@@ -412,12 +418,14 @@ class RedisRunStore:
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
     ) -> Created:
+        request, secrets = self.sealer.split(run.request)
         fields = {
             "state": run.state.value,
             "attempt": run.attempt,
             "created_at": run.created_at,
             "started_at": run.started_at,
-            "request": dump_request(run.request),
+            "request": dump_request(request),
+            "secrets": secrets,
             "body": body,
             "caller": run.caller or None,
             "webhook": "1" if run.request.webhook_url else None,
@@ -502,15 +510,20 @@ class RedisRunStore:
                 pipe.zadd(self.leases, dict.fromkeys(run_ids, lease_until))
             for run_id in run_ids:
                 keys = (self.run_key(run_id), self.events_key(run_id))
-                pipe.eval(_CLAIM, 2, *keys, started, owner, lease_until, *_RUN_FIELDS)
+                pipe.eval(_CLAIM, 2, *keys, started, owner, lease_until, *_RUN_FIELDS, "secrets")
             # Skipped entries (cancelled, expired or duplicate runs) are acked too.
             ids = [entry_id for entry_id, _ in entries]
             pipe.xack(self.queue, self.group, *ids)
             pipe.xdel(self.queue, *ids)
             replies = await pipe.execute()
         claimed = replies[1 : 1 + len(run_ids)] if run_ids else []
-        runs = (_decode_run(run_id, fields) for run_id, fields in zip(run_ids, claimed, strict=True) if fields)
-        return [run for run in runs if run is not None]
+        runs = []
+        for run_id, fields in zip(run_ids, claimed, strict=True):
+            run = _decode_run(run_id, fields[:-1]) if fields else None
+            if run is not None:
+                # Only the holder of a run ever sees its credentials, to replay them.
+                runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, fields[-1])))
+        return runs
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease

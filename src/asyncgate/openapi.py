@@ -1,0 +1,850 @@
+"""The OpenAPI 3.1 document of the gateway's own API, built from the configuration it serves.
+
+The document describes the asynchronous workflow (submit, 202, follow, fetch the result, or be
+called back) and every answer the control API can give; ``tests/test_openapi.py`` holds it to
+the live routes and runs schemathesis against a real gateway, so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asyncgate import __version__
+from asyncgate.config import Config
+from asyncgate.intake import (
+    ASYNC_PARAM,
+    MAX_IDEMPOTENCY_KEY,
+    QUEUE_RETRY_AFTER,
+    REPLAY_HEADER,
+    RUN_ID_HEADER,
+    STORE_RETRY_AFTER,
+    WEBHOOK_PARAM,
+)
+from asyncgate.responses import JSONResponse
+from asyncgate.runs import DeliveryState, ErrorCode, RunState
+
+Schema = dict[str, Any]
+
+OPENAPI_VERSION = "3.1.0"
+#: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+#: Seconds an unfinished run's status and result ask a poller to wait (``endpoints.POLL_RETRY_AFTER``).
+POLL_RETRY_AFTER = 1
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+
+_INTRO = """\
+asyncgate sits in front of a synchronous HTTP server and gives every endpoint an asynchronous mode.
+
+**Ordinary requests** pass straight through to the upstream, streamed both ways.
+
+**An asynchronous request** is any request (any method, any path outside `{prefix}`) with
+`?async=true` or a `Prefer: respond-async` header. The gateway stores it durably and answers at
+once with `202 Accepted`, a `run_id` and a `Location` header naming the run's status resource;
+it then makes the upstream call itself (up to `runs.timeout`) and keeps the upstream's whole
+response, whatever its status.
+
+The workflow:
+
+1. **Submit**: `POST /predict?async=true` → `202`, `Location: {prefix}/runs/{{run_id}}`,
+   `{{"run_id": "...", "status": "queued"}}`.
+2. **Follow**: poll `GET {prefix}/runs/{{run_id}}` (`Retry-After` says when to ask again), long-poll
+   it with `?wait=N`, or stream its state changes from `GET {prefix}/runs/{{run_id}}/events`.
+   A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`
+   or `cancelled`.
+3. **Fetch the result**: `GET {prefix}/runs/{{run_id}}/result` answers exactly what the upstream
+   answered (status, headers, body).
+4. **Or be called back**: with `webhookEndpoint=<url>` (or an `Asyncgate-Webhook` header) the
+   upstream's body is POSTed to that URL when the run ends (see `webhooks` below), signed per
+   Standard Webhooks, retried until delivered.
+
+Errors are JSON, `{{"error": {{"code": "...", "message": "..."}}}}`; the `code` is stable and
+meant to be matched on. Beyond the answers listed on each operation, any path under `{prefix}`
+may answer `404` (`not_found`, an unknown path), `405` (`method_not_allowed`, with `Allow`) and,
+on a bug, `500` (`internal_error`), all in that form.
+{access}"""
+
+_ACCESS_HEADER = """
+**Access.** Runs belong to the caller who submitted them, named by the `{header}` header (its
+value is fingerprinted, never stored). Any other caller gets the very `404 run_not_found` an
+unknown id gets; a request without the header gets `401 credentials_required`. A bearer token
+equal to `access.admin_token` sees and controls every run.
+"""
+
+_ACCESS_OPEN = """
+**Access.** `access.mode` is `open`: any caller may see and control any run.
+"""
+
+_SUBMIT = """\
+Any request to the gateway outside `{prefix}` is forwarded to the upstream. It becomes an
+asynchronous **run** when it carries `?{async_param}=true` (also `1` or `yes`, any case) or a
+`Prefer: respond-async` header (RFC 7240); `?{async_param}=false` keeps it synchronous even then.
+`/{{path}}` stands for any path: the whole path (slashes included) and the query string are
+replayed to the upstream, less the gateway's own parameters (`{async_param}`, `{webhook_param}`)
+and headers (`Prefer: respond-async`/`wait`, `Asyncgate-*`).
+
+The run is stored durably before the `202` is sent: a `202` is never given for a run that could
+be lost. The body must not exceed `limits.max_body_bytes` ({max_body} bytes).
+
+`Prefer: respond-async, wait=N` waits up to N seconds (at most `limits.max_wait`, {max_wait:g} s)
+and answers the upstream's own response, with an `{run_id_header}` header, if the run ends in
+time; otherwise the `202`.
+
+A request that is not asynchronous is the pass-through: the upstream's response, or `502`
+(`upstream_unreachable`) / `504` (`upstream_timeout`) when it cannot be reached or is too slow.
+"""
+
+_EVENTS = """\
+A Server-Sent Events stream of the run's life, from its first event. Each event has an `id`,
+an `event` name and a JSON `data` line:
+
+* `queued`, `running`: the run entered that state (`data` is a `StateEvent`); a run whose holder
+  was lost goes back to `queued` and then `running` again with the next `attempt`;
+* `succeeded`, `failed`, `cancelled`: the final state, with `upstream_status` and `error`;
+* `webhook`: the webhook delivery changed (`data` is a `WebhookEvent`).
+
+The stream starts with `retry: 1000`, sends a `: keep-alive` comment every 15 s while idle, and
+ends once the final state and the webhook events logged by then are sent. To resume after a
+broken connection, send the last `id` received as `Last-Event-ID` (browsers' `EventSource` does
+so by itself) or as `?after=`: the stream goes on after that event. Ids are opaque strings.
+"""
+
+_WEBHOOK = """\
+When a run with a webhook ends (`succeeded`, `failed` or `cancelled`), the gateway POSTs to the
+webhook URL {body}
+
+The delivery is signed per Standard Webhooks v1 when `webhooks.signing_secrets` is set
+(`webhook-signature` holds one `v1,<base64 HMAC-SHA256>` per secret, over
+`{{webhook-id}}.{{webhook-timestamp}}.{{body}}`). `webhook-id` is `msg_<run_id>` on every attempt:
+deliveries are at-least-once, so receivers de-duplicate on it.
+
+Any 2xx answer delivers it. `410 Gone` stops at once (state `gone`). Anything else, a redirect
+(never followed), a timeout (`webhooks.timeout`) or a connection error is retried on the
+`webhooks.schedule` ({attempts} attempts in all), honouring `Retry-After` on 429 and 503; past the
+last attempt the delivery is `failed`, stays visible in the run's status, and can be sent again
+with `POST {prefix}/runs/{{run_id}}/webhook`.
+"""
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the control API served with ``config``."""
+    prefix = config.server.prefix
+    document: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "asyncgate",
+            "version": __version__,
+            "summary": "An asynchronous mode for any synchronous HTTP endpoint.",
+            "description": _INTRO.format(prefix=prefix, access=_access_text(config)),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [
+            {"name": "submission", "description": "Making any request asynchronous."},
+            {"name": "runs", "description": "Following, controlling and reading runs."},
+            {"name": "operations", "description": "Health, readiness, metrics and this document."},
+        ],
+        "paths": {
+            "/{path}": _submission_path(config),
+            **_run_paths(config),
+            **_operations_paths(prefix),
+        },
+        "webhooks": {"runFinished": {"post": _webhook_operation(config)}},
+        "components": _components(config),
+    }
+    if _access_required(config):
+        document["security"] = [{"caller": []}]
+    return document
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    """``GET {prefix}/openapi.json``."""
+    config: Config = request.app.state.services.config
+    return JSONResponse(openapi_document(config))
+
+
+# Small builders ---------------------------------------------------------------------------------
+
+
+def _ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: Schema, **examples: Any) -> Schema:
+    content: Schema = {"application/json": {"schema": schema}}
+    if examples:
+        content["application/json"]["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return content
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _error_response(description: str, *codes: tuple[str, str], retry_after: bool = False) -> Schema:
+    """A JSON error response; ``codes`` are the (code, example message) pairs it may carry."""
+    response: Schema = {
+        "description": description,
+        "content": _json(_ref("schemas", "Error"), **{code: _error(code, message) for code, message in codes}),
+    }
+    if retry_after:
+        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
+    return response
+
+
+def _header_param(name: str, description: str, schema: Schema, required: bool = False) -> Schema:
+    return {"name": name, "in": "header", "required": required, "description": description, "schema": schema}
+
+
+def _query_param(name: str, description: str, schema: Schema) -> Schema:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _access_required(config: Config) -> bool:
+    return config.access.mode == "header"
+
+
+def _access_text(config: Config) -> str:
+    if _access_required(config):
+        return _ACCESS_HEADER.format(header=config.access.header)
+    return _ACCESS_OPEN
+
+
+def _run_errors(config: Config) -> dict[str, Schema]:
+    """The answers every operation on one run may give besides its own."""
+    errors = {"404": _ref("responses", "RunNotFound"), "429": _ref("responses", "TooManyUnknownRuns")}
+    if _access_required(config):
+        errors["401"] = _ref("responses", "CredentialsRequired")
+    errors["503"] = _ref("responses", "StoreUnavailable")
+    return errors
+
+
+def _operation(operation_id: str, tag: str, summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
+    return {"operationId": operation_id, "tags": [tag], "summary": summary, **extra, "responses": responses}
+
+
+# The submission ---------------------------------------------------------------------------------
+
+
+def _submission_path(config: Config) -> Schema:
+    description = _SUBMIT.format(
+        prefix=config.server.prefix,
+        async_param=ASYNC_PARAM,
+        webhook_param=WEBHOOK_PARAM,
+        max_body=config.limits.max_body_bytes,
+        max_wait=config.limits.max_wait,
+        run_id_header=RUN_ID_HEADER,
+    )
+    path_item: Schema = {
+        "summary": "Any upstream path: submit a request asynchronously",
+        "description": description,
+        "parameters": [
+            {
+                "name": "path",
+                "in": "path",
+                "required": True,
+                "description": "Any path outside the gateway's prefix, slashes included, as the upstream knows it.",
+                "schema": {"type": "string"},
+                "example": "predict",
+            },
+            *_submission_params(config),
+        ],
+    }
+    for method in ("post", "put", "patch", "get", "delete"):
+        path_item[method] = _submission_operation(config, method)
+    return path_item
+
+
+def _submission_params(config: Config) -> list[Schema]:
+    return [
+        _query_param(
+            ASYNC_PARAM,
+            "`true` (or `1`, `yes`) makes the request asynchronous; `false` (`0`, `no`) keeps it synchronous "
+            "even with `Prefer: respond-async`.",
+            {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+        ),
+        _query_param(
+            WEBHOOK_PARAM,
+            "An absolute http(s) URL (percent-encoded) to POST the upstream's response body to when the run "
+            "ends. Needs an asynchronous request.",
+            {"type": "string", "format": "uri", "maxLength": 2048},
+        ),
+        _header_param(
+            "Prefer",
+            "`respond-async` makes the request asynchronous (RFC 7240); `wait=N` waits up to N seconds "
+            f"(at most {config.limits.max_wait:g}) for the upstream's response before answering 202. "
+            "Other preferences are forwarded to the upstream.",
+            {"type": "string", "examples": ["respond-async", "respond-async, wait=10"]},
+        ),
+        _header_param(
+            "Asyncgate-Webhook",
+            f"The webhook URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
+            {"type": "string", "format": "uri"},
+        ),
+        _header_param(
+            "Asyncgate-Timeout",
+            f"The run's own time limit in seconds, shorter than `runs.timeout` ({config.runs.timeout:g}).",
+            {"type": "number", "exclusiveMinimum": 0, "maximum": config.runs.timeout},
+        ),
+        _header_param(
+            "Idempotency-Key",
+            "Submitting the same request again with the same key (per caller) returns the run it made "
+            "instead of a new one, with `Asyncgate-Idempotent-Replay: true`; a different request with that "
+            "key is refused (422). A keyed POST may also be re-sent safely after a gateway crash.",
+            {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+        ),
+    ]
+
+
+def _submission_operation(config: Config, method: str) -> Schema:
+    accepted: Schema = {
+        "description": "The run is stored and queued; follow it at `Location`.",
+        "headers": {
+            "Location": _ref("headers", "Location"),
+            "Preference-Applied": {
+                "description": "`respond-async`, when the request asked with `Prefer`.",
+                "schema": {"type": "string", "const": "respond-async"},
+            },
+            REPLAY_HEADER: {
+                "description": "`true` when an `Idempotency-Key` named an existing run: this is that run.",
+                "schema": {"type": "string", "const": "true"},
+            },
+        },
+        "content": _json(_ref("schemas", "Accepted"), queued={"run_id": "q3Jx0V2kS1uVw2yWb7m1bA", "status": "queued"}),
+    }
+    responses: dict[str, Schema] = {
+        "202": accepted,
+        "400": _error_response(
+            "The gateway's parameters or headers are malformed; nothing was stored.",
+            ("invalid_parameter", f"{ASYNC_PARAM} must be true or false, got 'maybe'"),
+            ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
+            ("invalid_header", "asyncgate-webhook is given more than once"),
+            ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
+            ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
+        ),
+        "413": _error_response(
+            f"The body is larger than `limits.max_body_bytes` ({config.limits.max_body_bytes}); nothing was stored.",
+            ("payload_too_large", f"the request body is larger than {config.limits.max_body_bytes} bytes"),
+        ),
+        "422": _error_response(
+            "The `Idempotency-Key` was used for a different request.",
+            ("idempotency_key_reused", "this Idempotency-Key was used for a different request"),
+        ),
+        "429": _error_response(
+            f"`limits.max_queued` ({config.limits.max_queued}) runs are waiting already; retry after "
+            f"`Retry-After` ({QUEUE_RETRY_AFTER} s). Nothing was stored.",
+            ("queue_full", f"the gateway holds {config.limits.max_queued} queued runs; retry later"),
+            retry_after=True,
+        ),
+        "503": _error_response(
+            f"The store cannot take the run now; retry after `Retry-After` ({STORE_RETRY_AFTER} s). No run exists.",
+            ("store_unavailable", "the gateway cannot store the run right now; retry later"),
+            retry_after=True,
+        ),
+        "default": {
+            "description": "The upstream's own response: a synchronous request passed through, or the result "
+            f"of a run that ended within `Prefer: wait` (then with `{RUN_ID_HEADER}`). `502` "
+            "(`upstream_unreachable`) and `504` (`upstream_timeout`) are the gateway's, for synchronous requests.",
+            "headers": {RUN_ID_HEADER: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
+            "content": {"*/*": {"schema": {}}},
+        },
+    }
+    if _access_required(config):
+        responses["401"] = _ref("responses", "CredentialsRequired")
+    extra: Schema = {"description": "See the path's description."}
+    if method in ("post", "put", "patch"):
+        extra["requestBody"] = {
+            "required": False,
+            "description": "Any body, forwarded to the upstream byte for byte.",
+            "content": {"*/*": {"schema": {}}, "application/json": {"example": {"param": "hello world"}}},
+        }
+    summary = f"Submit a {method.upper()} request asynchronously (any path)"
+    return _operation(f"submit{method.capitalize()}", "submission", summary, responses, **extra)
+
+
+# Runs -------------------------------------------------------------------------------------------
+
+
+def _run_paths(config: Config) -> dict[str, Schema]:
+    runs = f"{config.server.prefix}/runs"
+    run_id = {"parameters": [_ref("parameters", "RunId")]}
+    return {
+        runs: {"get": _list_operation(config)},
+        f"{runs}/{{run_id}}": {**run_id, "get": _status_operation(config), "delete": _cancel_operation(config)},
+        f"{runs}/{{run_id}}/result": {**run_id, "get": _result_operation(config)},
+        f"{runs}/{{run_id}}/events": {**run_id, "get": _events_operation(config)},
+        f"{runs}/{{run_id}}/webhook": {**run_id, "post": _redeliver_operation(config)},
+    }
+
+
+def _list_operation(config: Config) -> Schema:
+    statuses = [state.value for state in RunState]
+    params = [
+        _query_param("status", "Only runs in this state.", {"type": "string", "enum": statuses}),
+        _query_param(
+            "limit",
+            f"Runs per page, 1 to {MAX_PAGE}.",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+        ),
+        _query_param("cursor", "The `next_cursor` of the previous page.", {"type": "string"}),
+    ]
+    responses = {
+        "200": {"description": "One page of runs, newest first.", "content": _json(_ref("schemas", "RunList"))},
+        "400": _ref("responses", "InvalidParameter"),
+        **{code: response for code, response in _run_errors(config).items() if code in ("401", "503")},
+    }
+    summary = "List runs, newest first (only the caller's, unless access is open or the caller is the admin)"
+    return _operation("listRuns", "runs", summary, responses, parameters=params)
+
+
+def _status_response(description: str) -> Schema:
+    return {
+        "description": description,
+        "headers": {
+            "Retry-After": {
+                "description": f"While the run is not final: poll again after this many seconds ({POLL_RETRY_AFTER}).",
+                "schema": {"type": "integer"},
+            }
+        },
+        "content": _json(_ref("schemas", "RunStatus")),
+    }
+
+
+def _status_operation(config: Config) -> Schema:
+    wait = _query_param(
+        "wait",
+        "Long-poll: answer as soon as the run is final, or after this many seconds "
+        f"(0 to `limits.max_wait`, {config.limits.max_wait:g}).",
+        {"type": "number", "minimum": 0, "maximum": config.limits.max_wait},
+    )
+    responses = {
+        "200": _status_response("The run's status, with its timing fields and webhook delivery."),
+        "400": _ref("responses", "InvalidParameter"),
+        **_run_errors(config),
+    }
+    return _operation("getRun", "runs", "The run's status", responses, parameters=[wait])
+
+
+def _cancel_operation(config: Config) -> Schema:
+    responses = {
+        "200": _status_response("The run is cancelled (a queued run at once, a running one once its call is aborted)."),
+        "202": _status_response(
+            "Cancellation was asked of the gateway holding the run, which has not confirmed it within 5 s; "
+            "the run is still `running`."
+        ),
+        "409": _error_response(
+            "The run has already finished; nothing changed.",
+            ("run_finished", "the run has already finished (succeeded)"),
+        ),
+        **_run_errors(config),
+    }
+    description = (
+        "A queued run never reaches the upstream. A running run's upstream call is aborted (the "
+        "connection is closed). The run ends `cancelled` with error code `cancelled`, and its webhook, "
+        "if any, is delivered."
+    )
+    return _operation("cancelRun", "runs", "Cancel the run", responses, description=description)
+
+
+def _result_operation(config: Config) -> Schema:
+    responses = {
+        "default": {
+            "description": "Exactly the upstream's response to the run: its status (any, including 4xx and 5xx "
+            "for a failed run), its end-to-end headers and its body, byte for byte.",
+            "content": {"*/*": {"schema": {}}},
+        },
+        "409": _error_response(
+            "There is no upstream response to give (yet).",
+            ("run_not_finished", "the run has not finished yet"),
+            ("no_upstream_response", "the run has no upstream response: the upstream could not be reached"),
+            retry_after=True,
+        ),
+        **_run_errors(config),
+    }
+    description = (
+        "`409 run_not_finished` (with `Retry-After`) while the run is queued or running; "
+        "`409 no_upstream_response` when it ended without one (cancelled while queued, upstream "
+        "unreachable, timed out, result too large)."
+    )
+    return _operation("getRunResult", "runs", "The upstream's response", responses, description=description)
+
+
+def _events_operation(config: Config) -> Schema:
+    params = [
+        _header_param("Last-Event-ID", "Resume after this event id.", {"type": "string"}),
+        _query_param("after", "Resume after this event id (when the header cannot be sent).", {"type": "string"}),
+    ]
+    stream = {
+        "description": "The event stream; it ends after the run's final state.",
+        "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": _ref("schemas", "ServerSentEvent"),
+                "example": 'id: 1\nevent: queued\ndata: {"event":"queued","status":"queued","attempt":0,...}\n\n',
+            }
+        },
+    }
+    responses = {"200": stream, **_run_errors(config)}
+    return _operation("streamRunEvents", "runs", "The run's events", responses, parameters=params, description=_EVENTS)
+
+
+def _redeliver_operation(config: Config) -> Schema:
+    responses = {
+        "202": {
+            "description": "The delivery is pending again, with the same `webhook-id`.",
+            "content": _json(_ref("schemas", "RunStatus")),
+        },
+        "409": _error_response(
+            "The run has no webhook, or has not finished.",
+            ("no_webhook", "the run has no webhook"),
+            ("run_not_finished", "the run has not finished yet"),
+            retry_after=True,
+        ),
+        **_run_errors(config),
+    }
+    description = "Whatever the delivery's state (delivered, failed, gone), it is made again from the first attempt."
+    return _operation("redeliverWebhook", "runs", "Send the run's webhook again", responses, description=description)
+
+
+# Operations -------------------------------------------------------------------------------------
+
+
+def _operations_paths(prefix: str) -> dict[str, Schema]:
+    public: list[dict[str, list[str]]] = []  # no credentials needed, whatever access.mode is
+    health = _operation(
+        "healthz",
+        "operations",
+        "Liveness: the process answers",
+        {"200": {"description": "Alive.", "content": _json(_ref("schemas", "Health"))}},
+        security=public,
+    )
+    readiness = {"description": "", "content": _json(_ref("schemas", "Readiness"))}
+    ready = _operation(
+        "readyz",
+        "operations",
+        "Readiness: the store answers and the gateway is not draining",
+        {
+            "200": {**readiness, "description": "Ready to take traffic."},
+            "503": {**readiness, "description": "Draining after SIGTERM, or the store does not answer."},
+        },
+        security=public,
+    )
+    metrics = _operation(
+        "metrics",
+        "operations",
+        "Prometheus metrics",
+        {"200": {"description": "The text exposition format.", "content": {PROMETHEUS_TEXT: {"schema": {}}}}},
+        security=public,
+    )
+    document = _operation(
+        "openapi",
+        "operations",
+        "This document",
+        {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
+        security=public,
+    )
+    return {
+        f"{prefix}/healthz": {"get": health},
+        f"{prefix}/readyz": {"get": ready},
+        f"{prefix}/metrics": {"get": metrics},
+        f"{prefix}/openapi.json": {"get": document},
+    }
+
+
+# The webhook ------------------------------------------------------------------------------------
+
+
+def _webhook_operation(config: Config) -> Schema:
+    signed = bool(config.webhooks.signing_secrets)
+    if config.webhooks.format == "envelope":
+        body_text = "a JSON envelope (`webhooks.format: envelope`): the run's outcome with the upstream's body inside."
+        content: Schema = {"application/json": {"schema": _ref("schemas", "WebhookEnvelope")}}
+    else:
+        body_text = (
+            "the upstream's response body as it is, with the upstream's `Content-Type` "
+            "(`webhooks.format: body`; an empty body for a run without one)."
+        )
+        content = {"*/*": {"schema": {}}}
+    signature = "One `v1,<base64>` per signing secret, space-separated."
+    params = [
+        _header_param("webhook-id", "`msg_<run_id>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param("webhook-timestamp", "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param("webhook-signature", signature, {"type": "string"}, signed),
+        _header_param("Asyncgate-Run-Id", "The run.", {"type": "string"}, True),
+        _header_param("Asyncgate-Status", "The run's final state.", _final_states(), True),
+        _header_param(
+            "Asyncgate-Upstream-Status",
+            "The upstream's status, empty when there was no upstream response.",
+            {"type": "string", "pattern": "^([1-5][0-9][0-9])?$"},
+            True,
+        ),
+    ]
+    retried = "Not delivered: retried on the schedule (a 3xx is not followed; Retry-After is honoured on 429 and 503)."
+    responses = {
+        "2XX": {"description": "Delivered."},
+        "410": {"description": "Gone: never retried (state `gone`) unless sent again by hand."},
+        "default": {"description": retried},
+    }
+    return {
+        "operationId": "runFinished",
+        "summary": "A run ended: the gateway POSTs its outcome to the run's webhook URL",
+        "description": _WEBHOOK.format(
+            body=body_text, prefix=config.server.prefix, attempts=len(config.webhooks.schedule)
+        ),
+        "parameters": params,
+        "requestBody": {"required": False, "content": content},
+        "responses": responses,
+    }
+
+
+def _final_states() -> Schema:
+    return {"type": "string", "enum": [state.value for state in RunState if state.is_final]}
+
+
+# Components -------------------------------------------------------------------------------------
+
+
+def _components(config: Config) -> Schema:
+    components: Schema = {
+        "schemas": _schemas(),
+        "parameters": {
+            "RunId": {
+                "name": "run_id",
+                "in": "path",
+                "required": True,
+                "description": "The `run_id` of the 202 (22 URL-safe base64 characters).",
+                "schema": {"type": "string"},
+                "example": "q3Jx0V2kS1uVw2yWb7m1bA",
+            }
+        },
+        "headers": {
+            "Location": {
+                "description": f"The run's status resource, `{config.server.prefix}/runs/{{run_id}}`.",
+                "schema": {"type": "string"},
+                "required": True,
+            },
+            "RetryAfter": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
+        },
+        "responses": _shared_responses(config),
+    }
+    if _access_required(config):
+        components["securitySchemes"] = {
+            "caller": {
+                "type": "apiKey",
+                "in": "header",
+                "name": config.access.header,
+                "description": "Names the caller; runs belong to the caller who submitted them.",
+            }
+        }
+    return components
+
+
+def _shared_responses(config: Config) -> dict[str, Schema]:
+    return {
+        "RunNotFound": _error_response(
+            "No such run: unknown, expired after `runs.retention`, or another caller's.",
+            ("run_not_found", "no run with this id"),
+        ),
+        "TooManyUnknownRuns": _error_response(
+            f"More than `access.unknown_run_limit` ({config.access.unknown_run_limit}) lookups of unknown run "
+            "ids in a minute by this caller.",
+            ("too_many_unknown_runs", "too many lookups of unknown runs; slow down"),
+            retry_after=True,
+        ),
+        "InvalidParameter": _error_response(
+            "A query parameter is out of range.",
+            ("invalid_parameter", f"limit must be a whole number from 1 to {MAX_PAGE}"),
+        ),
+        "CredentialsRequired": _error_response(
+            f"The request has no `{config.access.header}` header, and runs must belong to a caller.",
+            ("credentials_required", f"send a {config.access.header} header: runs belong to the caller ..."),
+        ),
+        "StoreUnavailable": _error_response(
+            "The run store does not answer; retry after `Retry-After`.",
+            ("store_unavailable", "the run store is unavailable"),
+            retry_after=True,
+        ),
+    }
+
+
+def _schemas() -> dict[str, Schema]:
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "RunState": {
+            "type": "string",
+            "enum": [state.value for state in RunState],
+            "description": "`queued` → `running` → `succeeded` | `failed` | `cancelled` (the last three are final).",
+        },
+        "RunError": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+                "message": {"type": "string"},
+            },
+        },
+        "RunStatus": _run_status_schema(timestamp),
+        "WebhookStatus": _webhook_status_schema(timestamp),
+        "RunList": {
+            "type": "object",
+            "required": ["runs", "next_cursor"],
+            "properties": {
+                "runs": {"type": "array", "items": _ref("schemas", "RunStatus")},
+                "next_cursor": {"type": ["string", "null"], "description": "null on the last page."},
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["run_id", "status"],
+            "properties": {"run_id": {"type": "string"}, "status": _ref("schemas", "RunState")},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "description": "Stable, machine-readable."},
+                        "message": {"type": "string", "description": "For people."},
+                    },
+                }
+            },
+        },
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+        "Readiness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "draining", "unavailable"]},
+                "store": {"type": "string", "enum": ["redis", "embedded"]},
+            },
+        },
+        **_event_schemas(timestamp),
+    }
+
+
+def _run_status_schema(timestamp: Schema) -> Schema:
+    properties: Schema = {
+        "run_id": {"type": "string"},
+        "status": _ref("schemas", "RunState"),
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {**timestamp, "description": "When the current attempt started; null while queued."},
+        "finished_at": {**timestamp, "description": "null until the run is final."},
+        "method": {"type": "string"},
+        "path": {"type": "string", "description": "As the client sent it, without the query."},
+        "upstream_status": {"type": ["integer", "null"]},
+        "error": {**_nullable(_ref("schemas", "RunError")), "description": "Why the run failed or was cancelled."},
+        "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
+        "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
+    }
+    example = {
+        "run_id": "q3Jx0V2kS1uVw2yWb7m1bA",
+        "status": "succeeded",
+        "created_at": "2026-11-23T10:03:00.120Z",
+        "started_at": "2026-11-23T10:03:00.125Z",
+        "finished_at": "2026-11-23T10:05:41.002Z",
+        "method": "POST",
+        "path": "/predict",
+        "upstream_status": 200,
+        "error": None,
+        "attempt": 1,
+        "webhook": None,
+    }
+    return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
+
+
+def _webhook_status_schema(timestamp: Schema) -> Schema:
+    return {
+        "type": "object",
+        "required": ["url", "state", "attempts", "last_status", "last_error", "next_attempt_at"],
+        "properties": {
+            "url": {"type": "string", "description": "The webhook URL, credentials and query values masked."},
+            "state": {"type": "string", "enum": [state.value for state in DeliveryState]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {**timestamp, "description": "When the next attempt is due; null once final."},
+        },
+    }
+
+
+def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
+    delivery = {
+        "type": "object",
+        "properties": {
+            "state": {"type": "string", "enum": [state.value for state in DeliveryState]},
+            "attempts": {"type": "integer"},
+            "last_status": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "next_attempt_at": {"type": ["number", "null"], "description": "Unix seconds."},
+        },
+    }
+    names = [*(state.value for state in RunState), "webhook"]
+    return {
+        "ServerSentEvent": {
+            "type": "object",
+            "description": "One event of the stream (OpenAPI 3.1 describes each event with the schema).",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": {"type": "string", "description": "Opaque; send it back as Last-Event-ID to resume."},
+                "event": {"type": "string", "enum": names},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"oneOf": [_ref("schemas", "StateEvent"), _ref("schemas", "WebhookEvent")]},
+                },
+            },
+        },
+        "StateEvent": {
+            "type": "object",
+            "description": "The `data` of a `queued`, `running`, `succeeded`, `failed` or `cancelled` event.",
+            "required": ["event", "status", "attempt", "at", "run_id"],
+            "properties": {
+                "event": _ref("schemas", "RunState"),
+                "status": _ref("schemas", "RunState"),
+                "attempt": {"type": "integer"},
+                "at": {"type": "string", "format": "date-time"},
+                "run_id": {"type": "string"},
+                "upstream_status": {"type": ["integer", "null"], "description": "Final events only."},
+                "error": {**_nullable(_ref("schemas", "RunError")), "description": "Final events only."},
+            },
+        },
+        "WebhookEvent": {
+            "type": "object",
+            "description": "The `data` of a `webhook` event.",
+            "required": ["event", "webhook", "at", "run_id"],
+            "properties": {
+                "event": {"const": "webhook"},
+                "webhook": delivery,
+                "at": {"type": "string", "format": "date-time"},
+                "run_id": {"type": "string"},
+            },
+        },
+        "WebhookEnvelope": {
+            "type": "object",
+            "description": "The webhook body with `webhooks.format: envelope`.",
+            "required": ["run_id", "status", "upstream_status", "result", "error", "created_at", "finished_at"],
+            "properties": {
+                "run_id": {"type": "string"},
+                "status": _final_states(),
+                "upstream_status": {"type": ["integer", "null"]},
+                "result": {
+                    "description": "The upstream's JSON body parsed; any other body as "
+                    "`{base64, content_type}`; null without a body.",
+                },
+                "error": _nullable(_ref("schemas", "RunError")),
+                "created_at": {"type": "string", "format": "date-time"},
+                "finished_at": timestamp,
+                "duration_seconds": {"type": ["number", "null"]},
+            },
+        },
+    }
