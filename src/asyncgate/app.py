@@ -16,6 +16,7 @@ from asyncgate.config import Config
 from asyncgate.errors import ClientError
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
+from asyncgate.metrics import Metrics
 from asyncgate.principal import Access
 from asyncgate.proxy import Proxy
 from asyncgate.responses import JSONResponse, error_response, send_error
@@ -65,13 +66,14 @@ class Gateway:
     def __init__(self, config: Config, store: RunStore | None = None) -> None:
         self.config = config
         store = store if store is not None else build_store(config)
+        metrics = Metrics()
         upstream = Upstream(config)
-        webhooks = WebhookDispatcher(config, store)
-        executor = Executor(config, store, upstream, webhooks.run_finished)
+        webhooks = WebhookDispatcher(config, store, metrics)
+        executor = Executor(config, store, upstream, webhooks.run_finished, metrics)
         access = Access(config.access)
-        self.services = Services(config, store, upstream, webhooks, executor, access)
-        self.proxy = Proxy(upstream)
-        self.intake = Intake(config, store, access)
+        self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
+        self.proxy = Proxy(upstream, metrics)
+        self.intake = Intake(config, store, access, metrics)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
@@ -95,6 +97,7 @@ class Gateway:
         try:
             intent = classify(scope, self.intake.limits)
         except ClientError as error:
+            self.services.metrics.runs_refused.labels(error.code).inc()
             await send_error(send, error)
             return
         if intent is None:

@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import Run, RunState, rfc3339
 from asyncgate.services import Services
@@ -198,6 +199,10 @@ async def list_runs(request: Request) -> Response:
     return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})
 
 
+async def metrics(request: Request) -> Response:
+    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -217,6 +222,7 @@ def routes() -> list[Route]:
     return [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         Route("/runs/{run_id}", run_status, methods=["GET"]),
         Route("/runs/{run_id}", cancel_run, methods=["DELETE"]),

@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ra
 
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
@@ -42,8 +43,11 @@ def owner_id() -> str:
 class Executor:
     """Runs queued work with at most ``limits.max_inflight`` upstream calls at once."""
 
-    def __init__(self, config: Config, store: RunStore, upstream: Upstream, on_finished: FinishedCallback) -> None:
+    def __init__(
+        self, config: Config, store: RunStore, upstream: Upstream, on_finished: FinishedCallback, metrics: Metrics
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.upstream = upstream
         self.on_finished = on_finished
@@ -110,6 +114,7 @@ class Executor:
             try:
                 runs = await self.store.claim(self.owner, room, self.config.runs.poll_interval, self.config.runs.lease)
             except StoreError as exc:
+                self.metrics.store_errors.inc()
                 logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
@@ -117,9 +122,13 @@ class Executor:
                 task = asyncio.create_task(self._execute(run), name=f"asyncgate-run-{run.run_id}")
                 self._held[task] = run
                 task.add_done_callback(self._release)
+                self.metrics.runs_inflight.set(len(self._held))
+                if run.attempt == 1 and run.started_at is not None:
+                    self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
 
     def _release(self, task: asyncio.Task[None]) -> None:
         self._held.pop(task, None)
+        self.metrics.runs_inflight.set(len(self._held))
         self._room.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("run task failed", exc_info=task.exception())
@@ -130,10 +139,12 @@ class Executor:
             return  # the run expired or was removed while queued
         logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
         cancel = self._cancels.setdefault(run.run_id, asyncio.Event())
+        started = time.perf_counter()
         try:
             outcome = await self._call_unless_cancelled(run, body, cancel)
         finally:
             self._cancels.pop(run.run_id, None)
+            self.metrics.upstream_duration.observe(time.perf_counter() - started)
         await self._record(run, outcome)
 
     async def _call_unless_cancelled(self, run: Run, body: bytes, cancel: asyncio.Event) -> Outcome:
@@ -160,8 +171,13 @@ class Executor:
                 "run %s: attempt %d no longer holds the run; its outcome is discarded", run.run_id, run.attempt
             )
             return
-        code = outcome.error.code if outcome.error else "-"
-        logger.info("run %s %s (upstream %s, %s)", run.run_id, outcome.state, outcome.upstream_status, code)
+        await self._finished(run, outcome)
+
+    async def _finished(self, run: Run, outcome: Outcome) -> None:
+        code = outcome.error.code if outcome.error else ""
+        self.metrics.runs_finished.labels(outcome.state.value, code).inc()
+        extra = {"run_id": run.run_id, "status": outcome.state.value, "upstream_status": outcome.upstream_status}
+        logger.info("run %s %s (upstream %s) %s", run.run_id, outcome.state, outcome.upstream_status, code, extra=extra)
         await self.on_finished(run, outcome)
 
     async def _with_store_retries(self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -184,7 +200,9 @@ class Executor:
                 try:
                     lease = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
                 except StoreError:
+                    self.metrics.store_errors.inc()
                     continue
+                self.metrics.lease_renewals.labels(lease.value).inc()
                 if lease is Lease.CANCEL:
                     # The cancel message may have been missed (it is fire-and-forget); the flag is not.
                     self.cancel_local(run.run_id)
@@ -210,7 +228,9 @@ class Executor:
                     if run.state is RunState.RUNNING and not self._holds(run):
                         await self._recover(run)
                 await self.store.purge()
+                self.metrics.runs_queued.set(await self.store.queued_count())
             except StoreError as exc:
+                self.metrics.store_errors.inc()
                 logger.warning("cannot look for lost runs: %s", exc)
             await asyncio.sleep(self.config.runs.recovery_interval)
 
@@ -221,11 +241,12 @@ class Executor:
         outcome = recovery_outcome(run, self.config.runs.max_attempts)
         if outcome is None:
             if await self.store.requeue(run.run_id, run.attempt):
+                self.metrics.runs_reclaimed.labels("requeued").inc()
                 logger.warning("run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt)
             return
         if await self.store.finish(run.run_id, run.attempt, outcome, self.config.runs.retention):
-            logger.warning("run %s: holder lost, %s", run.run_id, outcome.error.code if outcome.error else "failed")
-            await self.on_finished(run, outcome)
+            self.metrics.runs_reclaimed.labels("failed").inc()
+            await self._finished(run, outcome)
 
     async def _hand_back(self, run: Run) -> None:
         try:

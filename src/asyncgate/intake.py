@@ -22,6 +22,7 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
+from asyncgate.metrics import Metrics
 from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
@@ -264,10 +265,11 @@ def idempotency_key(caller: str, key: str) -> str:
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
-    def __init__(self, config: Config, store: RunStore, access: Access) -> None:
+    def __init__(self, config: Config, store: RunStore, access: Access, metrics: Metrics) -> None:
         self.config = config
         self.store = store
         self.access = access
+        self.metrics = metrics
         self.limits = Limits.of(config)
         self.runs_url = f"{config.server.prefix}/runs/"
 
@@ -277,8 +279,13 @@ class Intake:
         except ClientDisconnected:
             return
         except ClientError as error:
+            self.metrics.runs_refused.labels(error.code).inc()
             await send_error(send, error)
             return
+        if not created.replayed:
+            self.metrics.runs_accepted.inc()
+            extra = {"run_id": created.run_id, "method": scope["method"], "path": scope["path"], "status": status}
+            logger.info("run %s accepted: %s %s", created.run_id, scope["method"], scope["path"], extra=extra)
         headers = {"Location": self.runs_url + created.run_id}
         if created.replayed:
             headers[REPLAY_HEADER] = "true"

@@ -13,6 +13,10 @@ import orjson
 QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "redis", "hpack")
 
 
+#: Structured fields a log call may pass in ``extra``; JSON lines carry them as keys.
+_FIELDS = ("run_id", "method", "path", "status", "upstream_status", "duration_ms")
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, with the fields a log pipeline indexes."""
 
@@ -23,6 +27,9 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for field in _FIELDS:
+            if field in record.__dict__:
+                entry[field] = record.__dict__[field]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

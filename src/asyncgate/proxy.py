@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,10 +12,13 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate.errors import ClientError
 from asyncgate.headers import HOP_BY_HOP, RawHeaders, connection_tokens, forwarded_for
+from asyncgate.metrics import Metrics
 from asyncgate.responses import send_error
 from asyncgate.upstream import Upstream
 
 logger = logging.getLogger("asyncgate.proxy")
+#: One line per synchronous request: method, path (never the query), status, time to headers.
+access_log = logging.getLogger("asyncgate.access")
 
 # Set by the gateway from the request itself; a client's values are replaced, not believed.
 _FORWARDING = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"})
@@ -98,10 +102,12 @@ def raw_path(scope: Scope) -> str:
 class Proxy:
     """An ASGI app relaying every request to the upstream."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, metrics: Metrics) -> None:
         self.upstream = upstream
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         url = self.upstream.url(raw_path(scope), scope["query_string"].decode("latin-1"))
         body = request_body(receive) if has_body(scope) else None
         try:
@@ -109,16 +115,28 @@ class Proxy:
         except ClientDisconnected:
             return
         except TimeoutError:
-            await send_error(send, GatewayTimeout("the upstream did not answer in time"))
+            await self._fail(scope, send, GatewayTimeout("the upstream did not answer in time"), started)
             return
         except aiohttp.ClientError as exc:
             logger.warning("upstream unreachable: %s", exc.__class__.__name__)
-            await send_error(send, BadGateway("the upstream could not be reached"))
+            await self._fail(scope, send, BadGateway("the upstream could not be reached"), started)
             return
+        self._done(scope, response.status, started)
         try:
             await self._relay(response, send)
         finally:
             response.release()
+
+    def _done(self, scope: Scope, status: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.metrics.sync_request(status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": seconds * 1000}
+            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, seconds * 1000, extra=fields)
+
+    async def _fail(self, scope: Scope, send: Send, error: ClientError, started: float) -> None:
+        self._done(scope, error.status_code, started)
+        await send_error(send, error)
 
     async def _relay(self, response: aiohttp.ClientResponse, send: Send) -> None:
         await send(

@@ -6,6 +6,7 @@ import dataclasses
 
 from asyncgate.config import Config
 from asyncgate.executor import Executor
+from asyncgate.metrics import Metrics
 from asyncgate.principal import Access
 from asyncgate.store.base import RunStore
 from asyncgate.upstream import Upstream
@@ -20,6 +21,7 @@ class Services:
     webhooks: WebhookDispatcher
     executor: Executor
     access: Access
+    metrics: Metrics
     #: Set when a shutdown began: readiness fails so no new traffic is routed here.
     draining: bool = False
 

@@ -23,6 +23,7 @@ import orjson
 from asyncgate import __version__
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.metrics import Metrics
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
@@ -111,8 +112,9 @@ def envelope(run: Run, result: RunResult | None) -> bytes:
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
-    def __init__(self, config: Config, store: RunStore) -> None:
+    def __init__(self, config: Config, store: RunStore, metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
@@ -167,6 +169,7 @@ class WebhookDispatcher:
                 task = asyncio.create_task(self._deliver(item), name=f"asyncgate-webhook-{item.run.run_id}")
                 self._sending.add(task)
                 task.add_done_callback(self._sent)
+            self.metrics.webhooks_sending.set(len(self._sending))
             if len(due) < room:
                 try:
                     async with asyncio.timeout(IDLE_POLL):
@@ -176,6 +179,7 @@ class WebhookDispatcher:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
+        self.metrics.webhooks_sending.set(len(self._sending))
         self._room.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("webhook task failed", exc_info=task.exception())
@@ -197,6 +201,8 @@ class WebhookDispatcher:
             logger.warning("run %s: webhook attempt not recorded: %s", run.run_id, exc)
             return
         if recorded:
+            outcome = "retry" if delivery.state is DeliveryState.PENDING else delivery.state.value
+            self.metrics.webhook_attempts.labels(outcome).inc()
             logger.info("run %s: webhook attempt %d %s (%s)", run.run_id, attempts, delivery.state, attempt.status)
         if recorded and delivery.state is DeliveryState.PENDING and delivery.next_attempt_at is not None:
             # An immediate retry should not wait for the next poll.

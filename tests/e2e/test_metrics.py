@@ -1,0 +1,66 @@
+"""Metrics scraped from a real gateway: names, types, units, and bounded labels."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Gateway, Receiver
+from tests.e2e.test_async import submit
+from tests.support.wait import wait_until
+
+
+def scrape(gateway: Gateway) -> dict[str, object]:
+    response = gateway.client.get(f"{gateway.prefix}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def sample(families: dict[str, object], name: str, **labels: str) -> float:
+    family = families[name]
+    for s in family.samples:  # type: ignore[attr-defined]
+        if s.name.endswith(("_total", "_count")) or s.name == name:
+            if all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def test_metrics_count_what_happened(gateway: Gateway, receiver: Receiver) -> None:
+    assert gateway.client.get("/echo").status_code == 200
+    assert gateway.client.get("/status/503").status_code == 503
+    ok = submit(gateway, f"/echo?async=true&webhookEndpoint={receiver.url}/h")
+    failed = submit(gateway, "/status/500?async=true")
+    gateway.wait_final(ok)
+    gateway.wait_final(failed)
+    wait_until(lambda: receiver.deliveries.for_run(ok))
+    wait_until(lambda: sample(scrape(gateway), "asyncgate_webhook_attempts", outcome="delivered") == 1)
+    families = scrape(gateway)
+
+    assert families["asyncgate_runs_accepted"].type == "counter"  # type: ignore[attr-defined]
+    assert sample(families, "asyncgate_runs_accepted") == 2
+    assert sample(families, "asyncgate_runs_finished", status="succeeded", error_code="") == 1
+    assert sample(families, "asyncgate_runs_finished", status="failed", error_code="upstream_error") == 1
+    assert sample(families, "asyncgate_sync_requests", status_class="2xx") == 1
+    assert sample(families, "asyncgate_sync_requests", status_class="5xx") == 1
+    assert families["asyncgate_upstream_call_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
+    assert sample(families, "asyncgate_upstream_call_duration_seconds") == 2
+    assert families["asyncgate_sync_request_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
+    assert families["asyncgate_runs_inflight"].type == "gauge"  # type: ignore[attr-defined]
+    assert families["asyncgate_runs_queued"].type == "gauge"  # type: ignore[attr-defined]
+
+    for name, family in families.items():
+        assert name.startswith("asyncgate_"), name
+        for s in family.samples:  # type: ignore[attr-defined]
+            for value in s.labels.values():
+                assert ok not in value and failed not in value and "/" not in value, (name, s.labels)
+
+
+def test_refusals_are_counted_by_reason(gateway: Gateway) -> None:
+    gateway.client.post("/echo?async=true&webhookEndpoint=nope", content=b"x")
+    gateway.client.post("/echo?async=true", content=b"x", headers={"Idempotency-Key": ""})
+    gateway.client.post("/echo?async=true", content=b"x" * (17 * 1024 * 1024))
+    families = scrape(gateway)
+    assert sample(families, "asyncgate_runs_refused", reason="invalid_webhook_url") == 1
+    assert sample(families, "asyncgate_runs_refused", reason="invalid_idempotency_key") == 1
+    assert sample(families, "asyncgate_runs_refused", reason="payload_too_large") == 1
+    assert sample(families, "asyncgate_runs_accepted") == 0
