@@ -121,6 +121,10 @@ The delivery is signed per Standard Webhooks v1 when `webhooks.signing_secrets` 
 `{{webhook-id}}.{{webhook-timestamp}}.{{body}}`). `webhook-id` is `msg_<run_id>` on every attempt:
 deliveries are at-least-once, so receivers de-duplicate on it.
 
+The gateway calls only public addresses: a URL naming a loopback, private, link-local or cloud
+metadata address is refused at submission (`400 blocked_destination`), a host name is resolved at
+each attempt and every address it answers is checked, unless `webhooks.allow` lists it.
+
 Any 2xx answer delivers it. `410 Gone` stops at once (state `gone`). Anything else, a redirect
 (never followed), a timeout (`webhooks.timeout`) or a connection error is retried on the
 `webhooks.schedule` ({attempts} attempts in all), honouring `Retry-After` on 429 and 503; past the
@@ -324,6 +328,7 @@ def _submission_operation(config: Config, method: str) -> Schema:
             "The gateway's parameters or headers are malformed; nothing was stored.",
             ("invalid_parameter", f"{ASYNC_PARAM} must be true or false, got 'maybe'"),
             ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
+            ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
             ("invalid_header", "asyncgate-webhook is given more than once"),
             ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
             ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
@@ -726,6 +731,16 @@ def _schemas() -> dict[str, Schema]:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "draining", "unavailable"]},
                 "store": {"type": "string", "enum": ["redis", "embedded"]},
+                "durability": {
+                    "type": "string",
+                    "description": "What the store promises about accepted runs, e.g. "
+                    "`appendfsync everysec: up to one second of accepted runs can be lost if Redis itself crashes`.",
+                },
+                "warnings": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`).",
+                },
             },
         },
         **_event_schemas(timestamp),
