@@ -74,7 +74,12 @@ def add_runs_commands(subparsers: Any) -> None:
     common.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"the gateway's API prefix (default {DEFAULT_PREFIX})")
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
-    runs = subparsers.add_parser("runs", help="submit, follow and inspect runs")
+    runs = subparsers.add_parser(
+        "runs",
+        help="submit, follow and inspect runs",
+        description="Submit, follow and inspect runs. A run id that starts with - goes after --, "
+        "as in: asyncgate runs wait -- -Xb3...",
+    )
     commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser("submit", parents=[common], help="submit a request as a run; print its id")

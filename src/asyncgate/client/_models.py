@@ -1,0 +1,119 @@
+"""What the gateway's API speaks of: run statuses, results, pages of runs, events, as frozen records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json as jsonlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from asyncgate.runs import RunState
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorDetail:
+    """Why a run failed: a stable ``code`` (``upstream_error``, ``timeout``, ...) and a message."""
+
+    code: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookStatus:
+    """Where the run's webhook delivery is (``pending``, ``delivering``, ``delivered``, ``failed``, ``gone``)."""
+
+    url: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """A run's status resource. ``state`` is the JSON's ``status``; ``raw`` is the JSON as sent."""
+
+    run_id: str
+    state: RunState
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    method: str
+    path: str
+    upstream_status: int | None
+    error: ErrorDetail | None
+    attempt: int
+    webhook: WebhookStatus | None
+    raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """The gateway's 202: the new run (or, on an idempotent replay, the run the key already names)."""
+
+    run_id: str
+    state: RunState
+    location: str | None
+    replayed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The upstream's response to the run's request, exactly as the gateway kept it."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return httpx.Response(self.status_code, headers=self.headers, content=self.content).text
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPage:
+    """One page of ``GET /runs``, newest first; pass ``next_cursor`` back for the next page."""
+
+    runs: list[RunStatus]
+    next_cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEvent:
+    """A change in a run's life, from its events stream: the state it entered, or ``webhook``.
+
+    State events carry the attempt, and final ones the upstream status and error; ``data`` is
+    the event's JSON as sent.
+    """
+
+    id: str | None
+    event: str
+    at: datetime | None
+    attempt: int | None
+    upstream_status: int | None
+    error: ErrorDetail | None
+    data: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def state(self) -> RunState | None:
+        """The state the run entered, or None for an event that is not a state change."""
+        try:
+            return RunState(self.event)
+        except ValueError:
+            return None
+
+    @property
+    def is_final(self) -> bool:
+        state = self.state
+        return state is not None and state.is_final

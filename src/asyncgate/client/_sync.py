@@ -1,0 +1,223 @@
+"""The blocking client: ``Client`` and the ``Run`` handles it returns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from asyncgate.client import _protocol as protocol
+from asyncgate.client._models import Result, RunEvent, RunPage, RunStatus
+from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_TIMEOUT, Call, HeaderInput, ParamInput
+from asyncgate.client.errors import TransportError, WaitTimeout
+
+logger = logging.getLogger("asyncgate.client")
+
+
+class Client:
+    """A connection pool to one gateway. Use it as a context manager, or call ``close()``.
+
+    ``base_url`` is the gateway's address (requests go where they would go without asyncgate);
+    ``headers`` are sent with every call (credentials, say); ``prefix`` is the gateway's
+    ``server.prefix``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: HeaderInput = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        prefix: str = DEFAULT_PREFIX,
+        transport: httpx.BaseTransport | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self.endpoints = protocol.Endpoints(prefix)
+        self._http = httpx.Client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=trust_env
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: ParamInput = None,
+        headers: HeaderInput = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Run:
+        """Submit ``method path`` as a run; ``timeout`` shortens the run's own time limit on the gateway."""
+        call = protocol.submit_call(
+            method,
+            path,
+            json=json,
+            content=content,
+            params=params,
+            headers=headers,
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+        submitted = protocol.parse_submitted(self._send(call))
+        return Run(self, submitted.run_id, location=submitted.location, replayed=submitted.replayed)
+
+    def run(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        params: ParamInput = None,
+        headers: HeaderInput = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        wait_timeout: float | None = None,
+    ) -> Result:
+        """Submit, wait for the run to succeed (at most ``wait_timeout`` s) and return its result."""
+        run = self.submit(
+            method,
+            path,
+            json=json,
+            content=content,
+            params=params,
+            headers=headers,
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+        run.wait(wait_timeout)
+        return run.result()
+
+    def attach(self, run_id: str) -> Run:
+        """A handle on an existing run (no call is made)."""
+        return Run(self, run_id)
+
+    def list_runs(self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> RunPage:
+        """One page of runs, newest first."""
+        return protocol.parse_page(self._send(protocol.list_call(self.endpoints, status, limit, cursor)))
+
+    def iter_runs(self, *, status: str | None = None, page_size: int | None = None) -> Iterator[RunStatus]:
+        """Every run, newest first, page after page."""
+        cursor = None
+        while True:
+            page = self.list_runs(status=status, limit=page_size, cursor=cursor)
+            yield from page.runs
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _request(self, call: Call) -> httpx.Request:
+        return self._http.build_request(
+            call.method,
+            call.url,
+            params=call.params or None,
+            headers=call.headers,
+            content=call.content,
+            timeout=protocol.timeout_for(self._http.timeout, call),
+        )
+
+    def _send(self, call: Call) -> httpx.Response:
+        try:
+            return self._http.send(self._request(call))
+        except protocol.RESUMABLE_ERRORS as exc:
+            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+
+    @contextlib.contextmanager
+    def _stream(self, call: Call) -> Iterator[httpx.Response]:
+        try:
+            response = self._http.send(self._request(call), stream=True)
+        except protocol.RESUMABLE_ERRORS as exc:
+            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+        try:
+            if response.status_code != 200:
+                response.read()  # an error body, for the error
+            yield response
+        finally:
+            response.close()
+
+
+class Run:
+    """A handle on one run: its status, its end, its result, its events; cancel it."""
+
+    def __init__(self, client: Client, run_id: str, *, location: str | None = None, replayed: bool = False) -> None:
+        self.client = client
+        self.run_id = run_id
+        #: The status URL path the gateway answered the submission with.
+        self.location = location
+        #: True when the submission replayed an Idempotency-Key: this run was created earlier.
+        self.replayed = replayed
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id}>"
+
+    def status(self, wait: int | None = None) -> RunStatus:
+        """The run's status now; with ``wait``, once it is final or after ``wait`` s (the gateway's limit is 60 s)."""
+        return protocol.parse_status(self.client._send(protocol.status_call(self.client.endpoints, self.run_id, wait)))
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        """Block until the run is final: its status if it succeeded; RunFailed, RunCancelled or WaitTimeout.
+
+        It long-polls the gateway, and a lost connection is resumed with capped backoff, not raised.
+        """
+        plan = protocol.WaitPlan(self.client.endpoints, self.run_id, timeout, time.monotonic())
+        while (call := plan.next_call(time.monotonic())) is not None:
+            try:
+                response = self.client._send(call)
+            except TransportError as exc:
+                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc)
+                plan.failed()
+            else:
+                if (status := plan.received(response, time.monotonic())) is not None:
+                    return protocol.settle(self, status)
+            time.sleep(plan.pause(time.monotonic()))
+        raise WaitTimeout(self, plan.last, timeout or 0.0)
+
+    def result(self) -> Result:
+        """The upstream's response (status, headers, body); APIError ``run_not_finished`` before there is one."""
+        return protocol.parse_result(self.client._send(protocol.result_call(self.client.endpoints, self.run_id)))
+
+    def cancel(self) -> RunStatus:
+        """Cancel the run: its status (``cancelled``, or still ``running`` while the call is being aborted)."""
+        return protocol.parse_status(self.client._send(protocol.cancel_call(self.client.endpoints, self.run_id)))
+
+    def resend_webhook(self) -> RunStatus:
+        """Deliver the run's webhook again (once it is final); its status, with the delivery pending."""
+        call = protocol.resend_webhook_call(self.client.endpoints, self.run_id)
+        return protocol.parse_status(self.client._send(call))
+
+    def events(self) -> Iterator[RunEvent]:
+        """The run's state changes as they happen, ending with its final state; reconnects on its own."""
+        plan = protocol.EventsPlan(self.client.endpoints, self.run_id)
+        while not plan.done:
+            try:
+                with self.client._stream(plan.next_call()) as response:
+                    if plan.opened(response):
+                        for text in response.iter_text():
+                            yield from plan.feed(text)
+                            if plan.done:
+                                return
+            except protocol.STREAM_ERRORS as exc:
+                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc)
+            time.sleep(plan.pause())

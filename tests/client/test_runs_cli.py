@@ -1,0 +1,304 @@
+"""``asyncgate runs ...`` against a real gateway: output, --json and exit codes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asyncgate import runs_cli
+from asyncgate.client import RunState
+from asyncgate.runs_cli import Progress, main
+from tests.e2e.conftest import Gateway
+from tests.support.redis_server import free_port
+from tests.support.wait import wait_until
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+
+#: Commands whose first argument is a run id.
+ON_A_RUN = frozenset({"status", "wait", "result", "cancel"})
+
+
+class Shell:
+    """Runs ``asyncgate runs COMMAND --gateway <gateway> ...`` in-process; answers (exit code, stdout, stderr).
+
+    A run id goes last, after ``--``: one in 64 starts with "-" and would otherwise read as an option.
+    """
+
+    def __init__(self, gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+        self.gateway = gateway
+        self.capsys = capsys
+
+    def __call__(self, command: str, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        if command in ON_A_RUN:
+            args = (*args[1:], "--", args[0])
+        code = main(["runs", command, "--gateway", self.gateway.url, "--prefix", self.gateway.prefix, *args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, command: str, *args: str) -> tuple[int, Any]:
+        code, out, _ = self(command, *args, "--json")
+        return code, json.loads(out)
+
+    def submit(self, *args: str) -> str:
+        code, out, err = self("submit", *args)
+        assert (code, err) == (0, ""), err
+        run_id = out.strip()
+        assert RUN_ID.match(run_id), out
+        return run_id
+
+
+@pytest.fixture
+def shell(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> Shell:
+    return Shell(gateway, capsys)
+
+
+def test_submit_wait_and_result(shell: Shell, gateway: Gateway, tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"param": "hello world"}')
+    run_id = shell.submit(
+        "POST", "/echo?x=1", "--data", f"@{body}", "-H", "Content-Type: application/json", "-H", "X-Trace:t1"
+    )
+
+    code, out, err = shell("wait", run_id, "--timeout", "15")
+    assert code == 0
+    assert re.fullmatch(rf"{run_id} succeeded \(upstream 200\) after \d+\.\ds\n", out), out
+    # Not a terminal: a plain line per state seen, no spinner, no carriage returns.
+    assert err.splitlines()[-1].startswith(f"{run_id} succeeded after ") and "\r" not in err
+
+    code, out, err = shell("result", run_id)
+    assert (code, err) == (0, "")
+    call = json.loads(out)
+    assert (call["method"], call["path"], call["query"], call["body"]) == (
+        "POST",
+        "/echo",
+        "x=1",
+        '{"param": "hello world"}',
+    )
+    headers = dict(call["headers"])
+    assert (headers["x-trace"], headers["content-type"]) == ("t1", "application/json")
+
+    code, out, _ = shell("result", run_id, "--include")
+    head, _, rest = out.partition("\n\n")
+    assert head.splitlines()[0] == "HTTP 200" and "content-type: application/json" in head.splitlines()
+    assert json.loads(rest) == call
+
+
+def test_submit_reads_the_body_from_stdin_and_text(
+    shell: Shell, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\x00from stdin")))
+    piped = shell.submit("PUT", "/echo", "--data", "-")
+    text = shell.submit("POST", "/echo", "-d", "plain text")
+    assert gateway.wait_final(piped)["status"] == gateway.wait_final(text)["status"] == "succeeded"
+    assert gateway.client.get(f"{gateway.prefix}/runs/{piped}/result").json()["body"] == "\x00from stdin"
+    assert gateway.client.get(f"{gateway.prefix}/runs/{text}/result").json()["body"] == "plain text"
+
+
+def test_wait_shows_each_state_change(shell: Shell) -> None:
+    run_id = shell.submit("GET", "/sleep?seconds=1")
+    code, _, err = shell("wait", run_id)
+    assert code == 0
+    assert [line.split()[1] for line in err.splitlines()] == ["queued", "running", "succeeded"]
+    seconds = [float(line.split()[-1].rstrip("s")) for line in err.splitlines()]
+    assert seconds[0] == 0.0 and 1.0 <= seconds[2] - seconds[1] < 2.0, seconds
+
+
+def test_every_command_speaks_json(shell: Shell, gateway: Gateway) -> None:
+    code, submitted = shell.json("submit", "POST", "/echo", "-d", "x", "--idempotency-key", "k1")
+    assert code == 0
+    run_id = submitted["run_id"]
+    assert submitted == {"run_id": run_id, "location": f"{gateway.prefix}/runs/{run_id}", "replayed": False}
+    assert shell.json("submit", "POST", "/echo", "-d", "x", "--idempotency-key", "k1")[1]["replayed"] is True
+
+    code, waited = shell.json("wait", run_id)
+    assert code == 0 and waited == gateway.run(run_id) and waited["status"] == "succeeded"
+    assert shell.json("status", run_id) == (0, gateway.run(run_id))
+
+    code, result = shell.json("result", run_id)
+    assert code == 0 and result["status_code"] == 200
+    assert ["content-type", "application/json"] in result["headers"]
+    assert json.loads(result["body"])["body"] == "x"
+
+    code, listed = shell.json("list", "--limit", "5")
+    assert code == 0 and [run["run_id"] for run in listed["runs"]] == [run_id]
+    assert listed["next_cursor"] is None
+
+
+def test_binary_results_in_json_are_base64(shell: Shell) -> None:
+    run_id = shell.submit("GET", "/stream?size=300")
+    assert shell("wait", run_id)[0] == 0
+    code, result = shell.json("result", run_id)
+    assert code == 0 and "body" not in result
+    assert base64.b64decode(result["body_base64"]) == bytes(range(256)) + bytes(range(44))
+
+
+def test_result_to_a_file(shell: Shell, tmp_path: Path) -> None:
+    run_id = shell.submit("GET", "/stream?size=300")
+    shell("wait", run_id)
+    target = tmp_path / "out.bin"
+    assert shell("result", run_id, "-o", str(target)) == (0, "", "")
+    assert target.read_bytes() == bytes(range(256)) + bytes(range(44))
+
+
+def test_a_failed_run_exits_1(shell: Shell) -> None:
+    run_id = shell.submit("GET", "/status/500")
+    code, out, err = shell("wait", run_id)
+    assert code == 1
+    assert out == f"{run_id} failed (upstream 500) after {out.split()[-1]}\n"
+    assert f"run {run_id} failed: upstream_error:" in err
+    code, out, _ = shell("result", run_id)
+    assert (code, json.loads(out)) == (1, {"status": 500})
+    code, failed = shell.json("wait", run_id)
+    assert code == 1 and failed["error"]["code"] == "upstream_error"
+
+
+def test_wait_timeout_exits_3(shell: Shell) -> None:
+    run_id = shell.submit("GET", "/sleep?seconds=3")
+    code, out, err = shell("wait", run_id, "--timeout", "0.5")
+    assert code == 3 and out == ""
+    assert re.search(rf"run {run_id} is still (queued|running) after 0.5s", err), err
+    code, out, _ = shell("wait", run_id, "--timeout", "0.3", "--json")
+    assert code == 3 and json.loads(out)["status"] in ("queued", "running")
+
+
+def test_cancel(shell: Shell, gateway: Gateway) -> None:
+    run_id = shell.submit("GET", "/sleep?seconds=60")
+    wait_until(lambda: gateway.run(run_id)["status"] == "running", message="running")
+    assert shell("cancel", run_id) == (0, f"{run_id} cancelled\n", "")
+    code, out, _ = shell("wait", run_id)
+    assert code == 1 and out.startswith(f"{run_id} cancelled")
+    code, _, err = shell("cancel", run_id)
+    assert code == 4 and "run_finished" in err and "HTTP 409" in err
+
+
+def test_list_prints_a_table(shell: Shell, gateway: Gateway) -> None:
+    ids = [shell.submit("GET", f"/echo?n={n}") for n in range(3)]
+    for run_id in ids:
+        gateway.wait_final(run_id)
+    code, out, err = shell("list", "--limit", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["RUN", "ID", "STATUS", "UPSTREAM", "METHOD", "PATH", "CREATED"]
+    assert [line.split()[:5] for line in lines[1:]] == [
+        [ids[2], "succeeded", "200", "GET", "/echo"],
+        [ids[1], "succeeded", "200", "GET", "/echo"],
+    ]
+    assert err.startswith("more runs: --cursor ")
+    code, out, _ = shell("list", "--status", "running")
+    assert (code, out.splitlines()[1:]) == (0, [])
+
+
+def test_status_describes_the_run(shell: Shell, gateway: Gateway) -> None:
+    run_id = shell.submit("POST", "/status/404")
+    gateway.wait_final(run_id)
+    code, out, _ = shell("status", run_id)
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert fields["run_id"] == run_id
+    assert (fields["status"], fields["request"], fields["upstream"]) == ("failed", "POST /status/404", "404")
+    assert fields["error"].startswith("upstream_error: ")
+
+
+def test_gateway_errors_exit_4(shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = shell("status", "doesnotexist")
+    assert code == 4 and "run_not_found" in err and "HTTP 404" in err
+    code = main(["runs", "status", "r1", "--gateway", f"http://127.0.0.1:{free_port()}"])
+    assert code == 4 and "cannot reach the gateway" in capsys.readouterr().err
+
+
+def test_a_run_id_that_starts_with_a_dash_goes_after_a_double_dash(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert main(["runs", "status", "-AbCdEfGhIjKlMnOpQrStUv", "--gateway", f"http://127.0.0.1:{port}"]) == 2
+    assert main(["runs", "status", "--gateway", f"http://127.0.0.1:{port}", "--", "-AbCdEfGhIjKlMnOpQrStUv"]) == 4
+    assert "cannot reach the gateway" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["runs"],
+        ["runs", "submit", "GET"],
+        ["runs", "submit", "GET", "/x", "-H", "no-colon"],
+        ["runs", "submit", "GET", "/x", "--data", "@/nonexistent/file"],
+        ["runs", "wait", "r1", "--timeout", "0"],
+        ["runs", "list", "--status", "paused"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_as_a_process(gateway: Gateway) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    base = [sys.executable, "-m", "asyncgate.runs_cli", "runs"]
+    where = ["--gateway", gateway.url, "--prefix", gateway.prefix]
+
+    def run(command: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*base, command, *where, *args], capture_output=True, env=env, timeout=60)
+
+    submitted = run("submit", "GET", "/status/502")
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.decode().strip()
+    waited = run("wait", "--json", "--", run_id)
+    assert waited.returncode == 1
+    assert json.loads(waited.stdout)["upstream_status"] == 502
+
+
+# The progress line ------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    encoding = "utf-8"
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_redraws_one_line_with_a_spinner() -> None:
+    now = [100.0]
+    screen = Terminal()
+    progress = Progress(screen, "r1", tty=True, clock=lambda: now[0])
+    progress.update(RunState.QUEUED, at=98.0)
+    now[0] += 0.5
+    progress.tick()
+    progress.update(RunState.RUNNING, at=100.4)
+    progress.update(RunState.RUNNING)
+    progress.close()
+    frames = screen.getvalue().split("\r\x1b[2K")
+    assert frames == ["", "⠋ r1 queued 2.0s", "⠙ r1 queued 2.5s", "⠙ r1 running 2.5s", ""]
+
+
+def test_progress_elsewhere_prints_a_line_per_change_and_json_mode_prints_nothing() -> None:
+    log = io.StringIO()
+    progress = Progress(log, "r1", tty=False, clock=lambda: 50.0)
+    changes = [(RunState.QUEUED, 10.0), (RunState.QUEUED, 10.5), (RunState.RUNNING, 11.25), (RunState.QUEUED, None)]
+    for state, at in changes:
+        progress.update(state, at)
+        progress.tick()
+    progress.close()
+    assert log.getvalue() == "r1 queued after 0.0s\nr1 running after 1.2s\nr1 queued after 40.0s\n"
+    quiet = Terminal()
+    silent = Progress(quiet, "r1", tty=True, quiet=True)
+    silent.update(RunState.RUNNING)
+    silent.tick()
+    silent.close()
+    assert quiet.getvalue() == "" and silent.state is RunState.RUNNING
+
+
+def test_the_ascii_spinner_where_the_stream_is_not_utf8() -> None:
+    screen = Terminal()
+    screen.encoding = "ascii"
+    Progress(screen, "r1", tty=True, clock=lambda: 0.0).update(RunState.QUEUED)
+    assert screen.getvalue() == f"\r\x1b[2K{runs_cli.ASCII_SPINNER[0]} r1 queued 0.0s"
