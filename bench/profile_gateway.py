@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import re
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import services
+from harness.loadgen import CLIENT_AUTH
 from harness.procs import LOAD_CORE, BenchError, Supervisor, pin_self, raise_nofile_limit, run_bounded
 from harness.scenarios import ASYNC_PATH, CONNECTIONS, INTAKE_ENV
 from harness.wrk import Load, run_wrk
@@ -62,8 +64,8 @@ def _profile(sup: Supervisor, workdir: Path, scenario: str, seconds: float) -> P
     if scenario == "S1":
         path, load = "/1k", Load(CONNECTIONS, seconds + 4)
     else:
-        path, load = ASYNC_PATH, Load(CONNECTIONS, seconds + 4, method="POST", body_bytes=1024)
-    run_wrk(gateway.url + path, Load(load.connections, 3, load.method, load.body_bytes))  # warm-up
+        path, load = ASYNC_PATH, Load(CONNECTIONS, seconds + 4, method="POST", body_bytes=1024, auth=CLIENT_AUTH)
+    run_wrk(gateway.url + path, dataclasses.replace(load, duration=3))  # warm-up
     result: dict[str, object] = {}
     driver = threading.Thread(target=lambda: result.update(wrk=run_wrk(gateway.url + path, load)))
     driver.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import json
 import random
@@ -24,6 +25,9 @@ import aiohttp
 from aiohttp import web
 
 BODY_1K = b"a" * 1024
+#: Every async request names its caller: the gateway ties runs to it (the peers ignore it).
+CLIENT_AUTH = "Bearer asyncgate-bench-client"
+HEADERS = {"Authorization": CLIENT_AUTH}
 TERMINAL = {"succeeded", "failed", "cancelled", "SUCCESS", "FAILURE", "REVOKED"}
 OK_STATES = {"succeeded", "SUCCESS"}
 CHUNK = bytes(1024 * 1024)
@@ -168,7 +172,7 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
     api = Api(args.url, args.mode)
     timeout = aiohttp.ClientTimeout(total=30)
     connector = aiohttp.TCPConnector(limit=args.concurrency + 8)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=HEADERS) as session:
         t0 = time.monotonic()
         results = await bounded_gather(
             args.concurrency, [lambda: submit(session, api.submit_url("/anything")) for _ in range(args.n)]
@@ -190,6 +194,7 @@ async def capacity(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "submitted": args.n,
         "accepted": len(ids),
+        "refused": dict(collections.Counter(str(r[2] or "no answer") for r in results if not r[0])),
         "submit_seconds": round(submit_s, 3),
         "submit_latency": summary([r[1] for r in results]),
         "all_done_seconds": round(time.monotonic() - t0, 3),
@@ -247,7 +252,7 @@ async def rate(args: argparse.Namespace) -> dict[str, Any]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     webhook = f"http://127.0.0.1:{port}/hook" if api.mode == "gateway" else None
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=HEADERS) as session:
             return await _drive_rate(args, api, session, webhook, arrivals, arrived, lambda: duplicates)
     finally:
         await runner.cleanup()
@@ -261,6 +266,7 @@ async def _drive_rate(args: argparse.Namespace, api: Api, session: aiohttp.Clien
     submit_lat: list[float] = []
     done_at: dict[str, float] = {}
     failed = 0
+    refused: collections.Counter[str] = collections.Counter()
 
     async def one(at: float) -> None:
         nonlocal failed
@@ -270,6 +276,7 @@ async def _drive_rate(args: argparse.Namespace, api: Api, session: aiohttp.Clien
         submit_lat.append(took)
         if run_id is None:
             failed += 1
+            refused[str(status or "no answer")] += 1
             return
         started[run_id] = start
         if api.mode == "celery":
@@ -289,6 +296,7 @@ async def _drive_rate(args: argparse.Namespace, api: Api, session: aiohttp.Clien
         "rate": args.rate,
         "accepted": len(started),
         "submit_failures": failed,
+        "refused": dict(refused),
         "completed": len(end_to_end),
         "duplicates": duplicates(),
         "submit_latency": summary(submit_lat),

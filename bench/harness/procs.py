@@ -22,6 +22,10 @@ LOAD_CORE = 1
 STOP_GRACE_S = 5.0
 POLL_S = 0.05
 
+#: Session ids of every process this harness started (each child leads its own session): the
+#: processes that are the bench's, as opposed to other work on a shared machine.
+OUR_SESSIONS: set[int] = set()
+
 # urllib would otherwise honour *_proxy variables; the bench only ever talks to loopback.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -115,6 +119,7 @@ class Supervisor:
                 cwd=cwd,
                 start_new_session=True,
             )
+        OUR_SESSIONS.add(popen.pid)
         child = Child(name, popen, log)
         self.children.append(child)
         return child
@@ -165,6 +170,7 @@ def run_bounded(
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
+    OUR_SESSIONS.add(popen.pid)
     try:
         stdout, stderr = popen.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import services
+from .cpu import QUIET_PCT, OtherLoad, wait_quiet
+from .loadgen import CLIENT_AUTH
 from .memory import RssSampler, hwm_mib
 from .procs import LOAD_CORE, SUT_CORE, BenchError, Supervisor, http_get, run_bounded
 from .report import Check, Section, at_least, at_most, ratio
@@ -36,6 +39,8 @@ class Plan:
     rate_duration_s: float
     transfer_bytes: int = GIB
     celery_hold_runs: int = 200
+    #: Longest wait for other processes on the machine to go quiet before a measurement.
+    quiet_wait_s: float = 60
 
     @classmethod
     def full(cls) -> Plan:
@@ -44,7 +49,7 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(measure_s=3, warm_s=1, capacity_runs=1_000, capacity_delay_s=10, rate_duration_s=5,
-                   celery_hold_runs=50)  # fmt: skip
+                   celery_hold_runs=50, quiet_wait_s=5)  # fmt: skip
 
 
 @dataclass
@@ -74,8 +79,17 @@ class Bench:
                 self.sup.stop(child)
 
     def measure(self, url: str, load: Load, core: int | None = LOAD_CORE) -> WrkResult:
-        run_wrk(url, Load(load.connections, self.plan.warm_s, load.method, load.body_bytes), core=core)
-        return run_wrk(url, load, core=core)
+        self.wait_quiet()
+        run_wrk(url, dataclasses.replace(load, duration=self.plan.warm_s), core=core)
+        with OtherLoad() as other:
+            result = run_wrk(url, load, core=core)
+        return dataclasses.replace(result, other_cpu_pct=other.mean_pct)
+
+    def wait_quiet(self) -> None:
+        """The machine is shared: give other work a bounded chance to finish before measuring."""
+        share = wait_quiet(self.plan.quiet_wait_s)
+        if share >= QUIET_PCT:
+            self.log(f"  other processes use {share:.0f}% of a core; measuring anyway")
 
     def start_gateway(
         self,
@@ -112,7 +126,8 @@ def _throughput_row(system: str, result: WrkResult | None, error: str | None = N
     return row
 
 
-THROUGHPUT_COLUMNS = ["system", "rps", "vs floor", "p50_ms", "p99_ms", "max_ms", "requests", "note"]
+THROUGHPUT_COLUMNS = ["system", "rps", "vs floor", "p50_ms", "p99_ms", "max_ms", "requests", "other_cpu_pct",
+                      "note"]  # fmt: skip
 
 
 def _attempt(bench: Bench, system: str, fn: Callable[[], WrkResult]) -> tuple[WrkResult | None, str | None]:
@@ -265,11 +280,14 @@ ASYNC_PATH = "/anything?async=true"
 #: S3 measures intake, and the floor queues without bound: lift the gateway's backlog limit
 #: (limits.max_queued, 10,000 by default, past which it answers 429) out of the way.
 INTAKE_ENV = {"ASYNCGATE_LIMITS_MAX_QUEUED": "10000000"}
+#: The gateway refuses webhook URLs that reach private or loopback addresses (SSRF guard) unless
+#: allowed; the bench's receiver is on loopback.
+WEBHOOK_ENV = {"ASYNCGATE_WEBHOOKS_ALLOW": "127.0.0.0/8"}
 
 
 def s3(bench: Bench) -> None:
     bench.log("S3: async intake, 1 KiB POST, 64 connections")
-    load = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024)
+    load = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024, auth=CLIENT_AUTH)
     upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
     redis = bench.redis()
     results: dict[str, tuple[WrkResult | None, str | None]] = {}
@@ -327,8 +345,9 @@ def _redis_mode(bench: Bench) -> str:
 # --- S4: capacity -------------------------------------------------------------------------------------
 
 
-CAPACITY_COLUMNS = ["system", "runs", "held_at_once", "succeeded", "submit_s", "all_done_s", "rss_peak_mib",
-                    "vmhwm_mib", "healthz_p99_ms", "status_p99_ms", "note"]  # fmt: skip
+CAPACITY_COLUMNS = ["system", "runs", "held_at_once", "upstream_calls", "succeeded", "submit_s", "all_done_s",
+                    "rss_peak_mib", "vmhwm_mib", "healthz_p99_ms", "status_p99_ms", "other_cpu_pct",
+                    "note"]  # fmt: skip
 #: The Celery pattern is only watched this long: long enough to see how many runs it holds at once.
 CELERY_WATCH_S = 8.0
 
@@ -345,7 +364,8 @@ def s4(bench: Bench) -> None:
     rows.append(_capacity_celery(bench))
     notes = [
         f"Upstream: bench/peers/upstream_app.py on core {LOAD_CORE}, answering every run after "
-        f"{plan.capacity_delay_s:g} s; held_at_once is its own count of requests in flight at the peak.",
+        f"{plan.capacity_delay_s:g} s; held_at_once is its own count of requests in flight at "
+        "the peak, upstream_calls its count of requests received (more than the runs: some ran again).",
         "healthz/status p99: probes every 50 ms (GET /_asyncgate/healthz) and every 20 ms (GET a random run's "
         "status) while the runs are held; rss_peak_mib sums VmRSS over the server's process group, sampled "
         "every 50 ms; vmhwm_mib is the main process's VmHWM.",
@@ -372,6 +392,10 @@ def s4(bench: Bench) -> None:
         ]
 
 
+def _statuses(refused: dict[str, int]) -> str:
+    return "(" + ", ".join(f"HTTP {status} x{n}" for status, n in sorted(refused.items())) + ")"
+
+
 def _capacity_gateway(bench: Bench, store: str) -> dict[str, Any]:
     plan = bench.plan
     system = f"asyncgate {store}"
@@ -388,8 +412,10 @@ def _capacity_gateway(bench: Bench, store: str) -> dict[str, Any]:
             argv = [sys.executable, "-m", "harness.loadgen", "capacity", "--url", gateway.url, "--mode", "gateway",
                     "--n", str(plan.capacity_runs), "--hold", str(plan.capacity_delay_s),
                     "--deadline", str(deadline)]  # fmt: skip
-            with RssSampler(gateway.child.pid) as rss:
+            bench.wait_quiet()
+            with RssSampler(gateway.child.pid) as rss, OtherLoad() as other:
                 out = _loadgen(argv, timeout=deadline + 60)
+            row["other_cpu_pct"] = other.mean_pct
             row["vmhwm_mib"] = hwm_mib(gateway.child.pid)
             row["rss_peak_mib"] = rss.peak
     except BenchError as exc:
@@ -410,7 +436,7 @@ def _capacity_figures(out: dict[str, Any], stats: dict[str, Any]) -> dict[str, A
     states = {k: v for k, v in out["states"].items() if k not in ("succeeded", "SUCCESS")}
     problems = []
     if out["accepted"] != out["submitted"]:
-        problems.append(f"{out['submitted'] - out['accepted']} submits refused")
+        problems.append(f"{out['submitted'] - out['accepted']} submits refused {_statuses(out['refused'])}")
     if states:
         problems.append(f"not succeeded: {states}")
     note = "; ".join(problems)
@@ -418,6 +444,7 @@ def _capacity_figures(out: dict[str, Any], stats: dict[str, Any]) -> dict[str, A
         note += f"; {out['probe_failures']} probes failed"
     return {
         "held_at_once": stats["peak"],
+        "upstream_calls": stats["total"],
         "succeeded": out["succeeded"],
         "submit_s": out["submit_seconds"],
         "all_done_s": out["all_done_seconds"],
@@ -468,7 +495,7 @@ def _capacity_celery(bench: Bench) -> dict[str, Any]:
 
 
 RATE_COLUMNS = ["system", "offered", "completed", "submit_p50_ms", "submit_p99_ms", "e2e_p50_ms", "e2e_p90_ms",
-                "e2e_p99_ms", "e2e_max_ms", "note"]  # fmt: skip
+                "e2e_p99_ms", "e2e_max_ms", "other_cpu_pct", "note"]  # fmt: skip
 RATE = 100.0
 
 
@@ -482,8 +509,8 @@ def s5(bench: Bench) -> None:
         systems: list[tuple[str, str, Callable[[], Server]]] = []
         if bench.gateway_missing is None:
             systems += [
-                ("asyncgate redis", "gateway", lambda: bench.start_gateway(upstream, redis=redis)),
-                ("asyncgate embedded", "gateway", lambda: bench.start_gateway(upstream, redis=None)),
+                ("asyncgate redis", "gateway", lambda: bench.start_gateway(upstream, redis=redis, env=WEBHOOK_ENV)),
+                ("asyncgate embedded", "gateway", lambda: bench.start_gateway(upstream, redis=None, env=WEBHOOK_ENV)),
             ]
         else:
             rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
@@ -495,7 +522,8 @@ def s5(bench: Bench) -> None:
         bench.sup.stop(redis.child)
         bench.sup.stop(upstream.child)
     notes = [
-        "asyncgate: submit with ?async=true&webhookEndpoint=<receiver>; e2e = submit sent -> webhook received, "
+        "asyncgate (ASYNCGATE_WEBHOOKS_ALLOW=127.0.0.0/8, since its SSRF guard refuses loopback receivers by "
+        "default): submit with ?async=true&webhookEndpoint=<receiver>; e2e = submit sent -> webhook received, "
         "both timed by one monotonic clock in the load process (receiver and sender share it).",
         "fastapi+celery: no webhook in the pattern, so e2e = submit sent -> status endpoint first reports "
         "SUCCESS, polled every 5 ms (so up to 5 ms of it is polling granularity).",
@@ -527,7 +555,10 @@ def _rate(bench: Bench, system: str, mode: str, start: Callable[[], Server]) -> 
             base = [sys.executable, "-m", "harness.loadgen", "rate", "--url", server.url, "--mode", mode,
                     "--rate", str(RATE), "--wait", "15"]  # fmt: skip
             _loadgen([*base, "--duration", "1"], timeout=60)  # warm-up
-            out = _loadgen([*base, "--duration", str(duration)], timeout=duration + 60)
+            bench.wait_quiet()
+            with OtherLoad() as other:
+                out = _loadgen([*base, "--duration", str(duration)], timeout=duration + 60)
+            row["other_cpu_pct"] = other.mean_pct
     except BenchError as exc:
         bench.log(f"  {system} failed: {exc}")
         row["note"] = f"error: {brief(exc)}"
@@ -538,7 +569,7 @@ def _rate(bench: Bench, system: str, mode: str, start: Callable[[], Server]) -> 
                e2e_p99_ms=e2e["p99_ms"], e2e_max_ms=e2e["max_ms"])  # fmt: skip
     problems = []
     if out["submit_failures"]:
-        problems.append(f"{out['submit_failures']} submits failed")
+        problems.append(f"{out['submit_failures']} submits failed {_statuses(out['refused'])}")
     if out["duplicates"]:
         problems.append(f"{out['duplicates']} duplicate webhooks")
     row["note"] = "; ".join(problems)
@@ -565,7 +596,7 @@ def scale_out(bench: Bench) -> None:
     rows = []
     try:
         get = Load(CONNECTIONS, bench.plan.measure_s)
-        post = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024)
+        post = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024, auth=CLIENT_AUTH)
         rows.append(_scaled(bench, "S1", "/1k", get, upstream, None, {}))
         services.flush_redis(redis)
         rows.append(_scaled(bench, "S3", ASYNC_PATH, post, upstream, redis, INTAKE_ENV))
@@ -593,7 +624,7 @@ def _scaled(
             bench.log(f"  {scenario}: measuring one gateway first")
             result = _served(bench, lambda: bench.start_gateway(upstream, redis=redis, env=env), path, load)
             bench.single[scenario] = result.ok_rps
-        half = Load(load.connections // 2, load.duration, load.method, load.body_bytes)
+        half = dataclasses.replace(load, connections=load.connections // 2)
         with contextlib.ExitStack() as stack:
             gateways = [
                 stack.enter_context(

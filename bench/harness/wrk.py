@@ -22,6 +22,8 @@ class Load:
     method: str = "GET"
     body_bytes: int = 0
     threads: int = 1
+    #: Authorization header value; the gateway's run endpoints want a caller.
+    auth: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class WrkResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    #: Share of one core that processes outside the bench used meanwhile (see cpu.py).
+    other_cpu_pct: float | None = None
 
     @property
     def ok_rps(self) -> float:
@@ -41,7 +45,7 @@ class WrkResult:
         ok = max(self.requests - self.non_2xx - self.errors, 0)
         return ok / self.seconds if self.seconds else 0.0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | None]:
         return {
             "rps": round(self.ok_rps, 1),
             "p50_ms": round(self.p50_ms, 3),
@@ -51,6 +55,7 @@ class WrkResult:
             "requests": self.requests,
             "errors": self.errors,
             "non_2xx": self.non_2xx,
+            "other_cpu_pct": None if self.other_cpu_pct is None else round(self.other_cpu_pct, 1),
         }
 
 
@@ -65,7 +70,7 @@ def run_wrk(url: str, load: Load, *, core: int | None = LOAD_CORE) -> WrkResult:
         str(SCRIPT),
         url,
     ]
-    env = {"BENCH_METHOD": load.method, "BENCH_BODY_BYTES": str(load.body_bytes)}
+    env = {"BENCH_METHOD": load.method, "BENCH_BODY_BYTES": str(load.body_bytes), "BENCH_AUTH": load.auth}
     done = run_bounded(argv, core=core, timeout=load.duration + OVERRUN_S, env=env)
     return parse(done.stdout, done.stderr)
 

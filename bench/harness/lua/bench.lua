@@ -1,13 +1,18 @@
 -- wrk script of the asyncgate bench: an optional body from the environment, and a JSON summary.
 --   BENCH_METHOD      GET (default) or POST
 --   BENCH_BODY_BYTES  size of the request body, filled with "a"
+--   BENCH_AUTH        an Authorization header value, if any
 local method = os.getenv("BENCH_METHOD") or "GET"
 local size = tonumber(os.getenv("BENCH_BODY_BYTES") or "0")
+local auth = os.getenv("BENCH_AUTH") or ""
 
 wrk.method = method
 if size > 0 then
   wrk.body = string.rep("a", size)
   wrk.headers["Content-Type"] = "application/octet-stream"
+end
+if auth ~= "" then
+  wrk.headers["Authorization"] = auth
 end
 
 done = function(summary, latency, requests)
