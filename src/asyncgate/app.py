@@ -13,10 +13,11 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import endpoints
 from asyncgate.config import Config
-from asyncgate.errors import ClientError
+from asyncgate.errors import ClientError, StoreUnavailable
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
 from asyncgate.metrics import Metrics
+from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
 from asyncgate.proxy import Proxy
 from asyncgate.responses import JSONResponse, error_response, send_error
@@ -63,12 +64,12 @@ class Gateway:
     The pass-through is dispatched here, before any framework code, because it is the hot path.
     """
 
-    def __init__(self, config: Config, store: RunStore | None = None) -> None:
+    def __init__(self, config: Config, store: RunStore | None = None, resolver: Resolver | None = None) -> None:
         self.config = config
         store = store if store is not None else build_store(config)
         metrics = Metrics()
         upstream = Upstream(config)
-        webhooks = WebhookDispatcher(config, store, metrics)
+        webhooks = WebhookDispatcher(config, store, metrics, resolver)
         executor = Executor(config, store, upstream, webhooks.run_finished, metrics)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
@@ -107,7 +108,12 @@ class Gateway:
 
     async def startup(self) -> None:
         svc = self.services
-        await svc.store.open()
+        try:
+            await svc.store.open()
+        except StoreUnavailable as exc:
+            # Redis down at start: serve anyway (not ready, submissions get 503) and let the
+            # executor retry, rather than crash-loop until Redis is back.
+            logger.warning("the store is unavailable at startup, retrying in the background: %s", exc)
         await svc.upstream.open()
         svc.webhooks.start()
         svc.executor.start()

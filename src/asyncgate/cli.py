@@ -17,6 +17,7 @@ from asyncgate import __version__, logs
 from asyncgate.app import Gateway, create_app
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
+from asyncgate.server import uvicorn_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,11 +62,9 @@ def serve(config: Config) -> None:
         lifespan="on",
         access_log=False,
         log_config=None,
-        # The upstream's own Server and Date headers pass through; uvicorn must not add a second.
-        server_header=False,
-        date_header=False,
-        proxy_headers=False,
         timeout_graceful_shutdown=int(config.shutdown.drain_timeout) + 1,
+        # Bounded heads and bodies, strict framing, no trusted forwarding headers.
+        **uvicorn_options(config),
     )
     # uvicorn re-raises the signal that stopped it once it has shut down, so that the default
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.

@@ -20,6 +20,7 @@ import yaml
 from starlette.datastructures import Secret
 
 from asyncgate.errors import ConfigError
+from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
@@ -49,6 +50,8 @@ class StoreConfig:
     key_prefix: str = "asyncgate"
     #: SQLite's synchronous pragma for the embedded store: "full" survives power loss.
     sqlite_synchronous: str = "full"
+    #: "strict": with Redis, a run must reach a replica (WAIT 1) before its 202.
+    durability: str = "default"
     #: Fernet keys sealing stored credentials; the first seals, all open (for rotation).
     encryption_key: tuple[Secret, ...] = ()
 
@@ -65,6 +68,10 @@ class LimitsConfig:
     max_queued: int = 10_000
     #: Longest a client may ask to wait (?wait=N, Prefer: wait=N), in seconds.
     max_wait: float = 60.0
+    #: A request head must arrive within this; a body must keep a minimum rate after it.
+    request_timeout: float = 30.0
+    #: Largest request head (request line and headers); past it, 431.
+    max_header_bytes: int = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,17 +174,19 @@ _DURATIONS = {
     "webhooks.timeout",
     "shutdown.drain_timeout",
     "limits.max_wait",
+    "limits.request_timeout",
 }
 _DURATION_LISTS = {"webhooks.schedule"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
-_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes"}
+_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes"}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},
     "store.sqlite_synchronous": {"full", "normal"},
     "webhooks.format": {"body", "envelope"},
     "access.mode": {"header", "open"},
+    "store.durability": {"default", "strict"},
 }
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -391,10 +400,18 @@ def _validate(config: Config, require_upstream: bool) -> None:
         redis = urlsplit(config.store.redis_url)
         if redis.scheme not in {"redis", "rediss", "unix"}:
             raise ConfigError("store.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis.scheme!r}")
+    try:
+        allow = Allowlist.parse(config.webhooks.allow)
+    except ValueError as exc:
+        raise ConfigError("webhooks.allow", str(exc)) from None
     if config.webhooks.default_url is not None:
         hook = urlsplit(config.webhooks.default_url)
         if hook.scheme not in {"http", "https"} or not hook.hostname:
             raise ConfigError("webhooks.default_url", "expected an http:// or https:// URL")
+        try:
+            check_url_literal(config.webhooks.default_url, allow)
+        except BlockedDestination as exc:
+            raise ConfigError("webhooks.default_url", f"refused destination ({exc}); see webhooks.allow") from None
     prefix = config.server.prefix
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
         raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")

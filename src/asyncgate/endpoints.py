@@ -213,9 +213,10 @@ async def readyz(request: Request) -> Response:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
         await svc.store.ping()
+        report = await svc.store.durability()
     except StoreError:
         return JSONResponse({"status": "unavailable", "store": svc.store_kind}, status_code=503)
-    return JSONResponse({"status": "ready", "store": svc.store_kind})
+    return JSONResponse({"status": "ready", "store": svc.store_kind, **report})
 
 
 def routes() -> list[Route]:

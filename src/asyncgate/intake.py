@@ -23,6 +23,7 @@ from asyncgate.errors import (
     UnprocessableContent,
 )
 from asyncgate.metrics import Metrics
+from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
@@ -95,8 +96,11 @@ def split_query(query: str) -> tuple[str, dict[str, list[str]]]:
     return ("&".join(kept) if ours else query), ours
 
 
-def validate_webhook_url(url: str) -> str:
-    """The URL if it is an absolute http(s) URL with a host; BadRequest otherwise."""
+def validate_webhook_url(url: str, allow: Allowlist | None = None) -> str:
+    """The URL if it is an absolute http(s) URL whose host is not a refused address; else BadRequest.
+
+    A host name is resolved and checked only at delivery: its addresses may change meanwhile.
+    """
     if len(url) > _MAX_WEBHOOK_URL:
         raise BadRequest(f"{WEBHOOK_PARAM} is longer than {_MAX_WEBHOOK_URL} characters", code="invalid_webhook_url")
     try:
@@ -108,6 +112,13 @@ def validate_webhook_url(url: str) -> str:
         raise BadRequest(f"{WEBHOOK_PARAM} must be an absolute http or https URL", code="invalid_webhook_url")
     if any(ch in url for ch in " \t\r\n"):
         raise BadRequest(f"{WEBHOOK_PARAM} must not contain whitespace", code="invalid_webhook_url")
+    try:
+        check_url_literal(url, allow or Allowlist())
+    except BlockedDestination as exc:
+        raise BadRequest(
+            f"{WEBHOOK_PARAM} names a destination the gateway will not call ({exc.reason})",
+            code="blocked_destination",
+        ) from None
     return url
 
 
@@ -182,7 +193,7 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     honoured = frozenset({RESPOND_ASYNC, WAIT_PREFERENCE}) if wait is not None else frozenset({RESPOND_ASYNC})
     return Intent(
         query=query,
-        webhook_url=validate_webhook_url(webhooks[0]) if webhooks else limits.default_webhook,
+        webhook_url=validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook,
         preferred=preferred,
         prefer=tuple(preferences.without(prefer_values, honoured)),
         wait=wait,
@@ -198,10 +209,12 @@ class Limits:
     max_wait: float = 60.0
     max_timeout: float = 12 * 3600.0
     default_webhook: str | None = None
+    allow: Allowlist = Allowlist()
 
     @classmethod
     def of(cls, config: Config) -> Limits:
-        return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url)
+        allow = Allowlist.parse(config.webhooks.allow)
+        return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
 
 
 def looks_async(scope: Scope) -> bool:

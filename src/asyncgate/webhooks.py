@@ -24,6 +24,7 @@ from asyncgate import __version__
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
+from asyncgate.netguard import Allowlist, BlockedDestination, Resolver, request_checked
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
@@ -47,6 +48,8 @@ class Attempt:
     status: int | None
     error: str | None = None
     retry_after: float | None = None
+    #: No later attempt could fare better (a refused destination): the delivery fails now.
+    final: bool = False
 
 
 def retry_after_seconds(value: str | None, at: float) -> float | None:
@@ -74,7 +77,7 @@ def next_delivery(
     error = attempt.error or f"the receiver answered {attempt.status}"
     if attempt.status is not None and 300 <= attempt.status < 400:
         error = f"the receiver answered {attempt.status}; redirects are not followed"
-    if attempts >= len(schedule):
+    if attempts >= len(schedule) or attempt.final:
         return Delivery(DeliveryState.FAILED, attempts, attempt.status, error, None)
     delay = schedule[attempts] * (1 + rng.uniform(-JITTER, JITTER))
     if attempt.retry_after is not None and attempt.status in (429, 503):
@@ -112,9 +115,12 @@ def envelope(run: Run, result: RunResult | None) -> bytes:
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
-    def __init__(self, config: Config, store: RunStore, metrics: Metrics) -> None:
+    def __init__(self, config: Config, store: RunStore, metrics: Metrics, resolver: Resolver | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.allow = Allowlist.parse(config.webhooks.allow)
+        #: Name resolution, injectable so tests can make a name answer any address.
+        self.resolver = resolver
         self.store = store
         self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
@@ -235,9 +241,23 @@ class WebhookDispatcher:
             content_type = result.header("content-type") if result is not None else None
         headers = self.request_headers(run, body, content_type)
         try:
-            response = await self._client.post(run.request.webhook_url, content=body, headers=headers)
-        except httpx.TimeoutException:
+            # Resolved once, every address checked, and the connection made to the checked
+            # address: a name cannot rebind to an internal one between check and use.
+            response = await request_checked(
+                self._client,
+                "POST",
+                run.request.webhook_url,
+                self.allow,
+                resolver=self.resolver,
+                content=body,
+                headers=headers,
+            )
+        except BlockedDestination as exc:
+            return Attempt(None, f"blocked_destination: {exc}", final=True)
+        except (TimeoutError, httpx.TimeoutException):
             return Attempt(None, "the receiver did not answer in time")
+        except OSError as exc:  # the name did not resolve (socket.gaierror)
+            return Attempt(None, f"the receiver's name did not resolve ({exc.__class__.__name__})")
         except httpx.HTTPError as exc:
             return Attempt(None, f"the receiver could not be reached ({exc.__class__.__name__})")
         retry_after = retry_after_seconds(response.headers.get("retry-after"), now())

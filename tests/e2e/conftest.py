@@ -10,8 +10,10 @@ import httpx
 import pytest
 import redis
 
-from asyncgate.app import create_app
+from asyncgate.app import Gateway as GatewayApp
 from asyncgate.config import Config, load
+from asyncgate.netguard import Resolver
+from asyncgate.server import uvicorn_options
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerThread
@@ -36,10 +38,11 @@ class Receiver:
 
 
 class Gateway:
-    def __init__(self, config: Config, **server_options: Any) -> None:
+    def __init__(self, config: Config, resolver: Resolver | None = None, **server_options: Any) -> None:
         self.config = config
-        self.app = create_app(config)
-        options = {"server_header": False, "date_header": False, "proxy_headers": False, **server_options}
+        self.app = GatewayApp(config, resolver=resolver)
+        # The server options `asyncgate serve` uses, unless a test asks for others.
+        options = {**uvicorn_options(config), "timeout_graceful_shutdown": 5, **server_options}
         self.server = ServerThread(self.app, **options).start()
         self.url = self.server.url
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
@@ -115,13 +118,17 @@ def make_gateway(
     redis: RedisServer | None = request.getfixturevalue("redis_server") if store_kind == "redis" else None
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
-    def factory(settings: dict[str, Any] | None = None, **server_options: Any) -> Gateway:
+    def factory(
+        settings: dict[str, Any] | None = None, resolver: Resolver | None = None, **server_options: Any
+    ) -> Gateway:
         # Flows run as one trusted caller; tests/e2e/test_access.py covers per-caller access.
         overrides: dict[str, Any] = {
             "upstream": upstream.url,
             "runs.poll_interval": 0.2,
             "shutdown.drain_timeout": 2,
             "access.mode": "open",
+            # The test receivers listen on loopback, which the address guard refuses otherwise.
+            "webhooks.allow": ["127.0.0.0/8"],
         }
         if redis is not None:
             overrides["store.redis_url"] = redis.url
@@ -129,7 +136,7 @@ def make_gateway(
         else:
             overrides["store.data_dir"] = str(tmp_path / "data")
         overrides.update(settings or {})
-        gateway = Gateway(load(None, environ={}, overrides=overrides), **server_options)
+        gateway = Gateway(load(None, environ={}, overrides=overrides), resolver, **server_options)
         started.append(gateway)
         return gateway
 

@@ -211,4 +211,12 @@ def test_queued_runs_survive_a_restart(make_gateway: GatewayFactory, upstream: U
 
 def test_health_and_readiness(gateway: Gateway, store_kind: str) -> None:
     assert gateway.client.get(f"{gateway.prefix}/healthz").json() == {"status": "ok"}
-    assert gateway.client.get(f"{gateway.prefix}/readyz").json() == {"status": "ready", "store": store_kind}
+    ready = gateway.client.get(f"{gateway.prefix}/readyz").json()
+    assert (ready["status"], ready["store"]) == ("ready", store_kind)
+    assert ready["durability"]
+    if store_kind == "embedded":
+        assert ready["durability"].startswith("sqlite synchronous=full")
+    else:
+        # The suite's Redis keeps nothing on disk, and readiness says so.
+        assert ready["warnings"] == ["appendonly is off"]
+        assert "lost if Redis restarts" in ready["durability"]

@@ -148,7 +148,10 @@ def test_prefer_wait_falls_back_to_202_when_slow(gateway: Gateway) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_idempotency_key_replays_the_same_run(gateway: Gateway, upstream: Upstream) -> None:
+def test_idempotency_key_replays_the_same_run(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    # Keys are scoped to the caller, so this needs callers: access.mode header.
+    gateway = make_gateway({"access.mode": "header"})
+    gateway.client.headers["Authorization"] = "Bearer first-caller"
     key = {"Idempotency-Key": f"order-{marker()}"}
     first = gateway.client.post("/echo?async=true", content=b"same", headers=key)
     second = gateway.client.post("/echo?async=true", content=b"same", headers=key)
@@ -166,6 +169,7 @@ def test_idempotency_key_replays_the_same_run(gateway: Gateway, upstream: Upstre
     assert other_caller.json()["run_id"] != first.json()["run_id"]
     gateway.wait_final(first.json()["run_id"])
     result = gateway.client.get(f"{gateway.prefix}/runs/{first.json()['run_id']}/result").json()
+    assert dict(result["headers"])["authorization"] == "Bearer first-caller"
     assert dict(result["headers"])["idempotency-key"] == key["Idempotency-Key"]
 
 

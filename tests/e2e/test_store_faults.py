@@ -7,6 +7,7 @@ import pytest
 from tests.e2e.conftest import GatewayFactory
 from tests.e2e.test_async import submit
 from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -27,5 +28,70 @@ def test_store_down_answers_503_not_202(make_gateway: GatewayFactory) -> None:
         assert response.json()["error"]["code"] == "store_unavailable"
         assert gateway.client.get(f"{gateway.prefix}/readyz").status_code == 503
         assert gateway.client.get(f"{gateway.prefix}/healthz").status_code == 200
+    finally:
+        private.cleanup()
+
+
+def test_readiness_reports_durability_and_evicting_policies(make_gateway: GatewayFactory) -> None:
+    private = RedisServer(appendonly=True)
+    private.start()
+    try:
+        gateway = make_gateway({"store.redis_url": private.url})
+        ready = gateway.client.get(f"{gateway.prefix}/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["durability"].startswith("appendfsync always")
+        assert ready["warnings"] == []
+        private.command(b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru")
+        ready = gateway.client.get(f"{gateway.prefix}/readyz").json()
+        assert ready["warnings"] == ["maxmemory-policy allkeys-lru can evict run data; use noeviction"]
+    finally:
+        private.cleanup()
+
+
+def test_redis_restarted_from_its_aof_loses_no_accepted_run(make_gateway: GatewayFactory) -> None:
+    private = RedisServer(appendonly=True)
+    private.start()
+    try:
+        gateway = make_gateway({"store.redis_url": private.url, "limits.max_inflight": 1})
+        blocker = submit(gateway, "/sleep?seconds=1&async=true")
+        queued = [submit(gateway, f"/echo?n={n}&async=true", b"keep") for n in range(3)]
+        private.stop()
+        down = gateway.client.post("/echo?async=true", content=b"x")
+        assert down.status_code == 503
+        private.start()
+        for run_id in [blocker, *queued]:
+            assert gateway.wait_final(run_id, timeout=30)["status"] == "succeeded", run_id
+        assert gateway.client.get(f"{gateway.prefix}/readyz").status_code == 200
+    finally:
+        private.cleanup()
+
+
+def test_redis_restarted_empty_is_used_again(make_gateway: GatewayFactory) -> None:
+    private = RedisServer()
+    private.start()
+    try:
+        gateway = make_gateway({"store.redis_url": private.url})
+        old = submit(gateway, "/echo?async=true")
+        gateway.wait_final(old)
+        private.stop()
+        private.start()  # no persistence: an empty Redis
+        assert gateway.client.get(f"{gateway.prefix}/runs/{old}").status_code == 404
+        new = wait_until(lambda: gateway.client.post("/echo?async=true", content=b"x"), timeout=10)
+        assert new.status_code == 202
+        assert gateway.wait_final(new.json()["run_id"], timeout=20)["status"] == "succeeded"
+    finally:
+        private.cleanup()
+
+
+def test_gateway_starts_while_redis_is_down_and_serves_once_it_is_up(make_gateway: GatewayFactory) -> None:
+    private = RedisServer()
+    try:
+        gateway = make_gateway({"store.redis_url": private.url})
+        assert gateway.client.get(f"{gateway.prefix}/readyz").status_code == 503
+        assert gateway.client.post("/echo?async=true", content=b"x").status_code == 503
+        private.start()
+        wait_until(lambda: gateway.client.get(f"{gateway.prefix}/readyz").status_code == 200)
+        run_id = submit(gateway, "/echo?async=true")
+        assert gateway.wait_final(run_id, timeout=20)["status"] == "succeeded"
     finally:
         private.cleanup()

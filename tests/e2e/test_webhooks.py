@@ -191,3 +191,53 @@ def test_webhook_events_appear_in_the_log(make_gateway: GatewayFactory, receiver
     events = [line.removeprefix("event: ") for line in text.splitlines() if line.startswith("event: ")]
     assert events == ["queued", "running", "succeeded", "webhook"]
     assert '"state":"delivered"' in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://10.0.0.1/",
+        "http://100.64.0.1/",
+        "gopher://example.com/",
+    ],
+)
+def test_forbidden_webhook_addresses_are_refused_at_submission(make_gateway: GatewayFactory, url: str) -> None:
+    gateway = make_gateway({"webhooks.allow": []})
+    response = gateway.client.post(f"/echo?async=true&webhookEndpoint={quote(url, safe='')}", content=b"x")
+    assert response.status_code == 400, url
+    assert response.json()["error"]["code"] in ("blocked_destination", "invalid_webhook_url")
+    assert gateway.stored_run_count() == 0
+
+
+def test_a_name_resolving_to_a_forbidden_address_fails_the_delivery(make_gateway: GatewayFactory) -> None:
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["10.1.2.3"]
+
+    gateway = make_gateway({"webhooks.allow": []}, resolver=resolver)
+    run_id = submit(gateway, "/echo?async=true&webhookEndpoint=http%3A%2F%2Fhooks.internal.example%2Fh")
+    webhook = wait_until(lambda: delivery_state(gateway, run_id, "failed"))
+    assert webhook["attempts"] == 1
+    assert webhook["last_error"].startswith("blocked_destination")
+    assert lookups == ["hooks.internal.example"]
+    assert gateway.run(run_id)["status"] == "succeeded"
+
+
+def test_an_allowed_name_is_delivered_to_the_address_it_resolved_to(
+    make_gateway: GatewayFactory, receiver: Receiver
+) -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    gateway = make_gateway({"webhooks.allow": ["hooks.cluster.local"]}, resolver=resolver)
+    url = f"http://hooks.cluster.local:{receiver.server.port}/in-cluster"
+    run_id = submit(gateway, f"/echo?async=true&webhookEndpoint={quote(url, safe='')}")
+    delivery = wait_until(lambda: receiver.deliveries.for_run(run_id))[0]
+    assert delivery["path"] == "/in-cluster"
+    assert delivery["headers"]["host"] == f"hooks.cluster.local:{receiver.server.port}"

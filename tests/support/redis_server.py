@@ -76,10 +76,12 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
-    def flushall(self) -> None:
+    def command(self, *args: bytes) -> bytes:
+        """Send one command in RESP and return the raw reply."""
+        request = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(16)
+            sock.sendall(request)
+            return sock.recv(65536)
 
     def cleanup(self) -> None:
         self.stop()

@@ -170,6 +170,9 @@ class RunStore(Protocol):
     async def queued_count(self) -> int:
         """Runs accepted and not started, across every gateway."""
 
+    async def durability(self) -> dict[str, Any]:
+        """What the store promises about accepted runs, and any setting that breaks the promise."""
+
     async def purge(self) -> None:
         """Housekeeping: forget index entries and rows of runs past their retention."""
 

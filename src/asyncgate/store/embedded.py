@@ -631,6 +631,13 @@ class EmbeddedRunStore:
 
         return await self._call(count)
 
+    async def durability(self) -> dict[str, Any]:
+        if self.synchronous in ("full", "extra"):
+            promise = f"sqlite synchronous={self.synchronous}: every accepted run is on disk before its 202"
+        else:
+            promise = f"sqlite synchronous={self.synchronous}: runs survive a process crash, not a power loss"
+        return {"durability": promise, "warnings": []}
+
     async def purge(self) -> None:
         await self._call(_purge)
 

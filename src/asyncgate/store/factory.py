@@ -14,5 +14,6 @@ def build_store(config: Config) -> RunStore:
     secret_headers = {*config.access.secret_headers, config.access.header}
     sealer = Sealer(config.store.encryption_key, secret_headers)
     if config.store.redis_url:
-        return RedisRunStore(config.store.redis_url, config.store.key_prefix, sealer=sealer)
+        strict = config.store.durability == "strict"
+        return RedisRunStore(config.store.redis_url, config.store.key_prefix, sealer=sealer, strict=strict)
     return EmbeddedRunStore(config.store.data_dir, config.store.sqlite_synchronous, sealer=sealer)

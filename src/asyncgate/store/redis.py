@@ -95,6 +95,8 @@ SOCKET_TIMEOUT = 5.0
 MAX_CLAIM_WAIT = 60.0
 #: A queue entry read but never acked (its reader died in between) is taken over after this.
 STALE_ENTRY_IDLE = 60.0
+#: How long create() waits for a replica's confirmation under store.durability: strict.
+STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
 LIST_SCAN_BUDGET = 1000
 #: Oldest index entries checked per purge() call.
@@ -311,6 +313,10 @@ def _error_code(exc: redis_errors.ResponseError) -> str:
     return str(exc).split(" ", 1)[0]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
@@ -358,9 +364,17 @@ class RedisRunStore:
     """Runs in Redis hashes, the queue in a stream, leases indexed in a sorted set."""
 
     def __init__(
-        self, url: str, key_prefix: str, *, stale_entry_idle: float = STALE_ENTRY_IDLE, sealer: Sealer | None = None
+        self,
+        url: str,
+        key_prefix: str,
+        *,
+        stale_entry_idle: float = STALE_ENTRY_IDLE,
+        sealer: Sealer | None = None,
+        strict: bool = False,
     ) -> None:
         self.prefix = key_prefix
+        #: Wait for a replica to have each new run before create() returns (WAIT 1).
+        self.strict = strict
         self.sealer = sealer or Sealer()
         self.queue = f"{key_prefix}:queue"
         self.leases = f"{key_prefix}:leases"
@@ -445,6 +459,10 @@ class RedisRunStore:
         args = [run.run_id, run.created_at, UNFINISHED_TTL, max_queued, event, idem_value, *_pairs(fields)]
         with _store_errors():
             reply = cast(list[bytes], await self._redis.eval(_CREATE, len(keys), *keys, *args))
+            if self.strict and reply[0] == b"created" and await self._redis.wait(1, STRICT_WAIT_MS) < 1:
+                # The run is on the primary but no replica confirmed it: not the promised
+                # durability, so no 202. A client retrying with its Idempotency-Key is safe.
+                raise StoreUnavailable("no replica confirmed the run in time (store.durability: strict)")
         if reply[0] == b"full":
             raise QueueFull()
         if reply[0] == b"replay" and idempotency is not None:
@@ -710,6 +728,34 @@ class RedisRunStore:
         # overcount for a moment, which errs on the side of refusing work.
         with _store_errors():
             return int(await self._redis.xlen(self.queue))
+
+    async def durability(self) -> dict[str, Any]:
+        with _store_errors():
+            try:
+                settings = await self._redis.config_get("appendonly")
+                settings |= await self._redis.config_get("appendfsync")
+                settings |= await self._redis.config_get("maxmemory-policy")
+                settings |= await self._redis.config_get("save")
+            except redis_errors.ResponseError:
+                # Managed Redis services often disable CONFIG: say so rather than guess.
+                return {"durability": "unknown (CONFIG GET is not allowed on this Redis)", "warnings": []}
+        config = {_text(k): _text(v or "") for k, v in cast(dict[Any, Any], settings).items()}
+        warnings = []
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            warnings.append(f"maxmemory-policy {policy} can evict run data; use noeviction")
+        if config.get("appendonly") != "yes":
+            snapshot = "periodic snapshots only" if config.get("save") else "nothing on disk"
+            promise = f"appendonly no ({snapshot}): accepted runs are lost if Redis restarts"
+            warnings.append("appendonly is off")
+        elif config.get("appendfsync") == "always":
+            promise = "appendfsync always: every accepted run is on disk before its 202"
+        else:
+            fsync = config.get("appendfsync", "everysec")
+            promise = f"appendfsync {fsync}: up to one second of accepted runs can be lost if Redis itself crashes"
+        if self.strict:
+            promise += "; strict: each run reached a replica before its 202"
+        return {"durability": promise, "warnings": warnings}
 
     async def purge(self) -> None:
         with _store_errors():
