@@ -64,7 +64,9 @@ The workflow:
 Errors are JSON, `{{"error": {{"code": "...", "message": "..."}}}}`; the `code` is stable and
 meant to be matched on. Beyond the answers listed on each operation, any path under `{prefix}`
 may answer `404` (`not_found`, an unknown path), `405` (`method_not_allowed`, with `Allow`) and,
-on a bug, `500` (`internal_error`), all in that form.
+on a bug, `500` (`internal_error`), all in that form. Before any of this, the HTTP server closes
+a connection whose request is malformed or ambiguous (`400`), whose head is too slow to arrive
+(`408`, `limits.request_timeout`) or too large (`431`, `limits.max_header_bytes`).
 {access}"""
 
 _ACCESS_HEADER = """
