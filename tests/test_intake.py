@@ -6,6 +6,7 @@ import pytest
 
 from asyncgate.errors import BadRequest
 from asyncgate.intake import classify, split_query, validate_webhook_url
+from asyncgate.netguard import Allowlist
 
 
 def scope(query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -63,9 +64,23 @@ def test_malformed_requests(query: bytes, code: str) -> None:
     assert info.value.code == code
 
 
-@pytest.mark.parametrize("url", ["https://hooks.example.com/a?b=c", "http://10.0.0.1:8080/x", "http://[::1]:9/h"])
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example.com/a?b=c", "http://93.184.215.14:8080/x", "http://[2606:4700::1]/h"]
+)
 def test_valid_webhook_urls(url: str) -> None:
     assert validate_webhook_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1:8080/x", "http://[::1]:9/h", "http://169.254.169.254/", "http://0x7f.1/"]
+)
+def test_internal_webhook_addresses_are_refused_unless_allowed(url: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        validate_webhook_url(url)
+    assert info.value.code == "blocked_destination"
+    allow = Allowlist.parse(["10.0.0.0/8", "::1", "169.254.169.254"])
+    if "0x7f" not in url:  # an odd spelling of an address is refused whatever the allowlist says
+        assert validate_webhook_url(url, allow) == url
 
 
 @pytest.mark.parametrize("url", ["", "example.com/x", "http://", "http://h:0x/", "http://h/a b", "javascript:alert(1)"])

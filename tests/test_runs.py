@@ -20,10 +20,12 @@ def request(method: str = "POST", headers: tuple[tuple[str, str], ...] = ()) -> 
     return RunRequest(method, "/a%20b", "x=1", headers, None, 60.0)
 
 
-def test_run_ids_are_128_bit_url_safe_and_unique() -> None:
-    ids = {new_run_id() for _ in range(10_000)}
-    assert len(ids) == 10_000
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", run_id) for run_id in ids)
+def test_run_ids_are_over_128_bit_url_safe_unique_and_never_look_like_options() -> None:
+    ids = {new_run_id() for _ in range(20_000)}
+    assert len(ids) == 20_000
+    # 23 base64 characters carry 138 bits, 136 of them random; a leading "-" is refused.
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{22}", run_id) for run_id in ids)
+    assert len({run_id[0] for run_id in ids}) == 63
 
 
 def test_transitions() -> None:

@@ -17,6 +17,7 @@ from asyncgate import __version__, logs
 from asyncgate.app import Gateway, create_app
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
+from asyncgate.runs_cli import add_runs_commands, run_runs_command
 from asyncgate.server import uvicorn_options
 
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
+    add_runs_commands(commands)
     return parser
 
 
@@ -96,6 +98,8 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "runs":
+        return run_runs_command(args)
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":

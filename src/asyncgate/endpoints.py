@@ -5,6 +5,8 @@ Thin handlers: parse, call the store or a service, answer.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import AsyncIterator
 
 import orjson
@@ -14,6 +16,7 @@ from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
 from asyncgate.metrics import CONTENT_TYPE
+from asyncgate.openapi import openapi_endpoint
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import Run, RunState, rfc3339
 from asyncgate.services import Services
@@ -70,9 +73,12 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
         value = float(raw)
     except ValueError:
         value = -1
-    if not 0 <= value <= maximum:
-        raise BadRequest(f"{name} must be a number of seconds from 0 to {maximum:g}", code="invalid_parameter")
-    return value
+    if not value >= 0:
+        raise BadRequest(
+            f"{name} must be a number of seconds (at most {maximum:g} is honoured)", code="invalid_parameter"
+        )
+    # Like Prefer: wait (RFC 7240), a longer wait than the gateway allows is cut, not refused.
+    return min(value, maximum)
 
 
 async def run_status(request: Request) -> Response:
@@ -166,9 +172,22 @@ async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIter
         yield b": keep-alive\n\n"
 
 
+def _is_cursor(value: str) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+#: Event ids as the stores write them: a Redis stream id, or an SQLite row number.
+_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
 async def run_events(request: Request) -> Response:
     run = await _run_or_404(request)
     after = request.headers.get("last-event-id") or request.query_params.get("after")
+    if after is not None and not _EVENT_ID.fullmatch(after):
+        raise BadRequest("Last-Event-ID must be the id of an event of this stream", code="invalid_parameter")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     stream = _event_stream(services(request), run, after)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -189,11 +208,14 @@ async def list_runs(request: Request) -> Response:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    cursor = params.get("cursor")
+    if cursor is not None and not _is_cursor(cursor):
+        raise BadRequest("cursor must be the next_cursor of a previous page", code="invalid_parameter")
     svc = services(request)
     principal = svc.access.principal(request.scope)
     caller = None if principal.sees_all else principal.caller
     try:
-        runs, cursor = await svc.store.list_runs(caller, state, limit, params.get("cursor"))
+        runs, cursor = await svc.store.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})
@@ -224,6 +246,7 @@ def routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         Route("/runs/{run_id}", run_status, methods=["GET"]),
         Route("/runs/{run_id}", cancel_run, methods=["DELETE"]),

@@ -498,7 +498,7 @@ def _events_operation(config: Config) -> Schema:
             }
         },
     }
-    responses = {"200": stream, **_run_errors(config)}
+    responses = {"200": stream, "400": _ref("responses", "InvalidParameter"), **_run_errors(config)}
     return _operation("streamRunEvents", "runs", "The run's events", responses, parameters=params, description=_EVENTS)
 
 
@@ -666,7 +666,7 @@ def _shared_responses(config: Config) -> dict[str, Schema]:
             retry_after=True,
         ),
         "InvalidParameter": _error_response(
-            "A query parameter is out of range.",
+            "A parameter is out of range or malformed (a limit, a cursor, an event id).",
             ("invalid_parameter", f"limit must be a whole number from 1 to {MAX_PAGE}"),
         ),
         "CredentialsRequired": _error_response(

@@ -104,8 +104,14 @@ class Delivery:
 
 
 def new_run_id() -> str:
-    """A run id: 128 random bits, URL-safe base64, no timestamp and no counter."""
-    return secrets.token_urlsafe(16)
+    """A run id: 136 random bits, URL-safe base64, no timestamp and no counter.
+
+    Never with a leading "-", which command lines would take for an option; refusing those
+    (1 in 64) still leaves more than 135 random bits.
+    """
+    while (run_id := secrets.token_urlsafe(17)).startswith("-"):
+        pass
+    return run_id
 
 
 def now() -> float:

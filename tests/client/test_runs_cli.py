@@ -21,7 +21,7 @@ from tests.e2e.conftest import Gateway
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{22}$")
 
 
 #: Commands whose first argument is a run id.
@@ -242,7 +242,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 def test_as_a_process(gateway: Gateway) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    base = [sys.executable, "-m", "asyncgate.runs_cli", "runs"]
+    base = [sys.executable, "-m", "asyncgate", "runs"]
     where = ["--gateway", gateway.url, "--prefix", gateway.prefix]
 
     def run(command: str, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -33,7 +33,7 @@ def test_async_query_flag_returns_202_and_runs_the_call(gateway: Gateway, upstre
     )
     assert response.status_code == 202
     run_id = response.json()["run_id"]
-    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", run_id)
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{22}", run_id)
     assert response.headers["location"] == f"{gateway.prefix}/runs/{run_id}"
     assert "preference-applied" not in response.headers
 

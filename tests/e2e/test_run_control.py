@@ -99,6 +99,14 @@ def test_events_stream_every_state_change_and_end(gateway: Gateway) -> None:
     assert [e["event"] for e in replay] == ["running", "succeeded"]
 
 
+def test_events_with_a_malformed_last_event_id_is_400(gateway: Gateway) -> None:
+    run_id = submit(gateway, "/echo?async=true")
+    for headers, query in (({"Last-Event-ID": "q"}, ""), ({}, "?after=%C3%A4")):
+        response = gateway.client.get(f"{gateway.prefix}/runs/{run_id}/events{query}", headers=headers)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_parameter"
+
+
 def test_events_of_unknown_run_is_404(gateway: Gateway) -> None:
     response = gateway.client.get(f"{gateway.prefix}/runs/nope/events")
     assert response.status_code == 404
@@ -121,7 +129,10 @@ def test_long_poll_gives_up_after_its_wait(gateway: Gateway) -> None:
     assert response.json()["status"] in ("queued", "running")
     assert 0.4 < time.monotonic() - started < 5
     assert response.headers["retry-after"] == "1"
-    for bad in ("abc", "-1", "61"):
+    done = submit(gateway, "/echo?async=true")
+    gateway.wait_final(done)
+    assert gateway.client.get(f"{gateway.prefix}/runs/{done}?wait=3600").status_code == 200  # cut, not refused
+    for bad in ("abc", "-1", "nan"):
         refused = gateway.client.get(f"{gateway.prefix}/runs/{run_id}?wait={bad}")
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "invalid_parameter"
@@ -223,7 +234,7 @@ def test_listing_pages_newest_first_and_filters(gateway: Gateway) -> None:
     succeeded = gateway.client.get(f"{gateway.prefix}/runs?status=succeeded").json()["runs"]
     assert {r["run_id"] for r in succeeded} == set(run_ids)
     assert gateway.client.get(f"{gateway.prefix}/runs?status=running").json()["runs"] == []
-    for bad in ("status=done", "limit=0", "limit=1000", "limit=x"):
+    for bad in ("status=done", "limit=0", "limit=1000", "limit=x", "cursor=x", "cursor=nan"):
         response = gateway.client.get(f"{gateway.prefix}/runs?{bad}")
         assert response.status_code == 400, bad
         assert response.json()["error"]["code"] == "invalid_parameter"

@@ -101,9 +101,12 @@ def upstream_app(calls: Calls) -> Starlette:
         return Response(status_code=499)
 
     async def hang(request: Request) -> Response:
-        record(request)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        """Never answers; notices (and records) when its client goes away."""
+        item = record(request)
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        calls.add({"event": "disconnected", "path": item["path"], "query": item["query"]})
+        return Response(status_code=499)
 
     async def status(request: Request) -> Response:
         code = int(request.path_params["code"])
