@@ -73,6 +73,15 @@ def add_runs_commands(subparsers: Any) -> None:
     common.add_argument("--gateway", default=DEFAULT_GATEWAY, metavar="URL", help=f"default {DEFAULT_GATEWAY}")
     common.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"the gateway's API prefix (default {DEFAULT_PREFIX})")
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    common.add_argument(
+        "-H",
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a header for every request, e.g. -H 'Authorization: Bearer TOKEN' (runs belong to their caller)",
+    )
 
     runs = subparsers.add_parser(
         "runs",
@@ -86,7 +95,6 @@ def add_runs_commands(subparsers: Any) -> None:
     submit.add_argument("method")
     submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
     submit.add_argument("-d", "--data", type=_data, help="the request body: TEXT, @FILE, or - for stdin")
-    submit.add_argument("-H", "--header", type=_header, action="append", default=[], metavar="NAME:VALUE")
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
     submit.add_argument("--idempotency-key", metavar="KEY")
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
@@ -128,7 +136,7 @@ def run_runs_command(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.gateway, prefix=args.prefix)
+    return Client(args.gateway, prefix=args.prefix, headers=dict(args.header))
 
 
 def _print_json(out: TextIO, data: Any) -> None:
@@ -300,7 +308,7 @@ class Progress:
 
 
 async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with AsyncClient(args.gateway, prefix=args.prefix) as client:
+    async with AsyncClient(args.gateway, prefix=args.prefix, headers=dict(args.header)) as client:
         run = client.attach(args.run_id)
         progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json)
         try:

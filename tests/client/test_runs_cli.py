@@ -302,3 +302,20 @@ def test_the_ascii_spinner_where_the_stream_is_not_utf8() -> None:
     screen.encoding = "ascii"
     Progress(screen, "r1", tty=True, clock=lambda: 0.0).update(RunState.QUEUED)
     assert screen.getvalue() == f"\r\x1b[2K{runs_cli.ASCII_SPINNER[0]} r1 queued 0.0s"
+
+
+def test_every_command_can_name_its_caller(make_gateway: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    gateway = make_gateway({"access.mode": "header"})
+    shell = Shell(gateway, capsys)
+    auth = ("-H", "Authorization: Bearer cli-user")
+    run_id = shell.submit("POST", "/echo", "-d", "x", *auth)
+    code, status = shell.json("wait", run_id, *auth)
+    assert (code, status["status"]) == (0, "succeeded")
+    code, listed = shell.json("list", *auth)
+    assert [r["run_id"] for r in listed["runs"]] == [run_id]
+    code, _, err = shell("status", run_id)
+    assert code == 4
+    assert "credentials_required" in err
+    code, _, err = shell("status", run_id, "-H", "Authorization: Bearer someone-else")
+    assert code == 4
+    assert "run_not_found" in err
