@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+import httpx
 import orjson
+import pytest
 
 from tests.e2e.conftest import Gateway, GatewayFactory, Receiver, Upstream
 from tests.support.redis_server import free_port
@@ -99,6 +101,16 @@ def test_unreachable_upstream_fails_the_run(make_gateway: GatewayFactory) -> Non
     result = gateway.client.get(f"{gateway.prefix}/runs/{run_id}/result")
     assert result.status_code == 409
     assert result.json()["error"]["code"] == "no_upstream_response"
+
+
+def test_an_upstream_that_resets_fails_the_run_and_not_the_gateway(gateway: Gateway) -> None:
+    run_id = submit(gateway, "/reset?async=true")
+    status = gateway.wait_final(run_id)
+    assert status["status"] == "failed"
+    assert status["error"]["code"] == "upstream_unreachable"
+    with pytest.raises(httpx.RemoteProtocolError):
+        gateway.client.get("/reset")
+    assert gateway.client.get("/echo").status_code == 200
 
 
 def test_run_timeout_fails_the_run(make_gateway: GatewayFactory, upstream: Upstream) -> None:

@@ -6,6 +6,7 @@ request is safe to repeat; the stored result belongs to the run's last attempt.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -146,7 +147,12 @@ def test_sigterm_drains_and_hands_back_at_once(replicas: Callable[..., Replica],
     quick = first.client.get(f"/echo?delay=0.2&tag={tag}q&async=true").json()["run_id"]
     slow = first.client.get(f"/echo?delay=30&tag={tag}s&async=true").json()["run_id"]
     wait_until(lambda: arrivals(upstream, f"{tag}s") and arrivals(upstream, f"{tag}q"))
-    first.process.send_signal(signal.SIGTERM)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # A synchronous request in flight when the signal comes is answered, not cut.
+        sync = pool.submit(first.client.get, f"/echo?delay=1&tag={tag}y")
+        wait_until(lambda: arrivals(upstream, f"{tag}y"))
+        first.process.send_signal(signal.SIGTERM)
+        assert sync.result(timeout=15).status_code == 200
     assert first.process.wait(timeout=15) == 0
     assert final(second, quick)["status"] == "succeeded"
     handed_back = wait_until(lambda: (r := second.run(slow))["attempt"] == 2 and r, timeout=10)

@@ -18,6 +18,8 @@ class ServerThread:
         options.setdefault("log_level", "warning")
         options.setdefault("access_log", False)
         options.setdefault("lifespan", "on")
+        # A test server must stop even while a slow handler (the behaviour under test) runs on.
+        options.setdefault("timeout_graceful_shutdown", 3)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

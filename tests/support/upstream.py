@@ -131,6 +131,16 @@ def upstream_app(calls: Calls) -> Starlette:
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
+    async def reset(request: Request) -> Response:
+        """Starts an answer, then breaks the connection: an upstream that resets mid-response."""
+        record(request)
+
+        async def body() -> Any:
+            yield b"partial"
+            raise ConnectionResetError("the fake upstream resets the connection")
+
+        return StreamingResponse(body(), media_type="text/plain")
+
     async def cookies(request: Request) -> Response:
         record(request)
         response = Response(b"ok", media_type="text/plain")
@@ -157,6 +167,7 @@ def upstream_app(calls: Calls) -> Starlette:
             Route("/status/{code:int}", status, methods=["GET", "POST"]),
             Route("/stream", stream, methods=["GET"]),
             Route("/cookies", cookies, methods=["GET"]),
+            Route("/reset", reset, methods=["GET", "POST"]),
             Route("/hop", hop, methods=["GET"]),
         ]
     )
