@@ -1,6 +1,6 @@
 """Run asyncgate's benchmark: every scenario, every peer, one table of figures and ratios.
 
-    python bench/run.py                 # the full run (about 15 minutes)
+    python bench/run.py                 # the full run (about 20 minutes)
     python bench/run.py --quick         # a smoke check (about 4 minutes)
     python bench/run.py --only S1,S3 --json out.json
 
