@@ -24,6 +24,8 @@ from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
+#: Redis URL schemes: one server, Redis Cluster, a Sentinel-managed primary (store/connect.py).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel"})
 
 # Kubernetes injects <SERVICE>_PORT* and <SERVICE>_SERVICE_* variables for a Service named
 # "asyncgate"; they are not configuration and must not be mistaken for typos.
@@ -398,8 +400,11 @@ def _validate(config: Config, require_upstream: bool) -> None:
     _validate_upstream(config, require_upstream)
     if config.store.redis_url is not None:
         redis = urlsplit(config.store.redis_url)
-        if redis.scheme not in {"redis", "rediss", "unix"}:
-            raise ConfigError("store.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {redis.scheme!r}")
+        if redis.scheme not in REDIS_SCHEMES:
+            expected = ", ".join(f"{scheme}://" for scheme in sorted(REDIS_SCHEMES))
+            raise ConfigError("store.redis_url", f"expected one of {expected}, got {redis.scheme!r}")
+    if "{" in config.store.key_prefix or "}" in config.store.key_prefix:
+        raise ConfigError("store.key_prefix", "must not contain { or } (it becomes a Redis Cluster hash tag)")
     try:
         allow = Allowlist.parse(config.webhooks.allow)
     except ValueError as exc:

@@ -15,7 +15,7 @@ from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
 from tests.support.receiver import Deliveries, receiver_app
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisCluster, RedisSentinel
 from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
 from tests.support.wait import wait_until
@@ -63,7 +63,7 @@ class Gateway:
         if store.redis_url:
             client = redis.Redis.from_url(store.redis_url)
             try:
-                return sum(1 for _ in client.scan_iter(match=f"{store.key_prefix}:run:*", count=1000))
+                return sum(1 for _ in client.scan_iter(match=f"{{{store.key_prefix}}}:run:*", count=1000))
             finally:
                 client.close()
         with sqlite3.connect(Path(store.data_dir) / "asyncgate.db") as db:
@@ -74,8 +74,8 @@ class Gateway:
         store = self.config.store
         client = redis.Redis.from_url(str(store.redis_url))
         try:
-            keys = client.scan_iter(match=f"{store.key_prefix}:*", count=1000)
-            return {key.decode()[len(store.key_prefix) + 1 :].split(":")[0] for key in keys}
+            keys = client.scan_iter(match=f"{{{store.key_prefix}}}:*", count=1000)
+            return {key.decode()[len(store.key_prefix) + 3 :].split(":")[0] for key in keys}
         finally:
             client.close()
 
@@ -101,6 +101,24 @@ def receiver() -> Iterator[Receiver]:
     server.server.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_server() -> Iterator[RedisCluster]:
+    """A real three-node Redis Cluster, for the tests that ask for store_kind "cluster"."""
+    cluster = RedisCluster()
+    cluster.start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sentinel_server() -> Iterator[RedisSentinel]:
+    """A primary and a Sentinel, for the tests that ask for store_kind "sentinel"."""
+    sentinel = RedisSentinel()
+    sentinel.start()
+    yield sentinel
+    sentinel.cleanup()
+
+
 @pytest.fixture(params=["redis", "embedded"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -115,7 +133,7 @@ def make_gateway(
 ) -> Iterator[GatewayFactory]:
     """Start gateways over the parametrised store; settings as ``{"section.key": value}``."""
     started: list[Gateway] = []
-    redis: RedisServer | None = request.getfixturevalue("redis_server") if store_kind == "redis" else None
+    redis = request.getfixturevalue(f"{store_kind}_server") if store_kind != "embedded" else None
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
     def factory(

@@ -111,7 +111,7 @@ def store_dump(gateway: Gateway) -> bytes:
     if store.redis_url:
         client = redis.Redis.from_url(store.redis_url)
         try:
-            chunks = [client.dump(key) or b"" for key in client.scan_iter(match=f"{store.key_prefix}:*")]
+            chunks = [client.dump(key) or b"" for key in client.scan_iter(match=f"{{{store.key_prefix}}}:*")]
             return b"".join(chunks)
         finally:
             client.close()

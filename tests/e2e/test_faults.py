@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Upstream
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisCluster, RedisServer, free_port
 from tests.support.wait import wait_until
 
 FAST_LEASES = {
@@ -67,8 +67,11 @@ class Replica:
 
 
 @pytest.fixture
-def replicas(upstream: Upstream) -> Iterator[Callable[..., Replica]]:
-    redis = RedisServer(appendonly=True)
+def replicas(upstream: Upstream, request: pytest.FixtureRequest) -> Iterator[Callable[..., Replica]]:
+    """Replica processes sharing one Redis: a single server with AOF, or (param "cluster") a Cluster."""
+    redis: RedisServer | RedisCluster = (
+        RedisCluster() if getattr(request, "param", "") == "cluster" else (RedisServer(appendonly=True))
+    )
     redis.start()
     prefix = f"f{uuid.uuid4().hex[:10]}"
     started: list[Replica] = []
@@ -96,6 +99,7 @@ def final(replica: Replica, run_id: str, timeout: float = 20) -> dict[str, Any]:
     )
 
 
+@pytest.mark.parametrize("replicas", ["standalone", "cluster"], indirect=True)
 def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Callable[..., Replica], upstream: Upstream) -> None:
     first = replicas()
     tag = uuid.uuid4().hex[:8]

@@ -69,7 +69,7 @@ def test_a_run_is_one_hash_under_a_hash_tag(
 
     run(redis_store.create(queued, b"\x00body"))
 
-    key = f"{redis_store.prefix}:run:{{{queued.run_id}}}"
+    key = redis_store.run_key(queued.run_id)
     assert redis_store.run_key(queued.run_id) == key
     stored = raw(client.hgetall(key))
     assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body"}
@@ -193,7 +193,7 @@ def test_a_redis_url_selects_the_redis_store(redis_server: RedisServer, run: Run
     store = build_store(Config(store=StoreConfig(redis_url=redis_server.url, key_prefix="chosen")))
 
     assert isinstance(store, RedisRunStore)
-    assert store.queue == "chosen:queue"
+    assert store.queue == "{chosen}:queue"
     run(store.close())
 
 

@@ -6,8 +6,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.support.wait import wait_until
 
 
 def free_port() -> int:
@@ -28,43 +29,36 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="asyncgate-redis-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        #: More arguments (cluster mode), and a config file to start from (Sentinel).
+        self.extra: list[str] = []
+        self.config_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(self.dir),
-            "--loglevel",
-            "warning",
-        ]
+        if self.config_file is not None:
+            # Sentinel takes its settings from a config file it may rewrite.
+            args = [self.binary, str(self.config_file), "--sentinel"]
+        else:
+            args = [
+                self.binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir)),
+                *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"),
+                *("--loglevel", "warning", *self.extra),
+            ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start within 10 s")
+        wait_until(self._answers, timeout=10, message="redis-server answers PING")
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            return self.command(b"PING").startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -86,3 +80,88 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cluster_port(taken: set[int]) -> int:
+    """A free port, not in ``taken``, whose cluster bus port (port + 10000) is free and valid too."""
+    for candidate in range(20000, 45000, 37):
+        if candidate in taken:
+            continue
+        try:
+            for port in (candidate, candidate + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return candidate
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    """A real three-node Redis Cluster (no replicas), made with redis-cli --cluster create."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.nodes = [RedisServer() for _ in range(nodes)]
+        taken: set[int] = set()
+        for node in self.nodes:
+            node.port = cluster_port(taken)
+            taken.add(node.port)
+            node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf")]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(
+            lambda: all(b"cluster_state:ok" in node.command(b"CLUSTER", b"INFO") for node in self.nodes),
+            timeout=30,
+            message="cluster state ok",
+        )
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+class RedisSentinel:
+    """A primary watched by one real Sentinel, reached as redis+sentinel://."""
+
+    def __init__(self) -> None:
+        self.primary = RedisServer()
+        self.sentinel = RedisServer()
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/asyncgate-primary/0"
+
+    def start(self) -> None:
+        self.primary.start()
+        config = self.sentinel.dir / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor asyncgate-primary 127.0.0.1 {self.primary.port} 1\n"
+        )
+        self.sentinel.config_file = config
+        self.sentinel.start()
+        wait_until(
+            lambda: (
+                str(self.primary.port).encode()
+                in self.sentinel.command(b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", b"asyncgate-primary")
+            ),
+            timeout=30,
+            message="sentinel knows the primary",
+        )
+
+    def cleanup(self) -> None:
+        self.sentinel.cleanup()
+        self.primary.cleanup()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import threading
 from types import TracebackType
 from typing import Any
@@ -21,7 +23,15 @@ class ServerThread:
         # A test server must stop even while a slow handler (the behaviour under test) runs on.
         options.setdefault("timeout_graceful_shutdown", 3)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        # As uvicorn.Server.run does (uvloop when installed), keeping the loop to inspect a hang.
+        factory = self.server.config.get_loop_factory() or asyncio.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            self.loop = runner.get_loop()
+            runner.run(self.server.serve())
 
     def start(self, timeout: float = 15.0) -> ServerThread:
         self.thread.start()
@@ -42,7 +52,16 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
         if self.thread.is_alive():
-            raise RuntimeError("the server did not stop in time")
+            raise RuntimeError(f"the server did not stop in time; its tasks:\n{self._tasks()}")
+
+    def _tasks(self) -> str:
+        """What the server's loop is still doing: the stack of every task, to explain a hang."""
+        if self.loop is None:
+            return "(no loop)"
+        out = io.StringIO()
+        for task in asyncio.all_tasks(self.loop):
+            task.print_stack(limit=8, file=out)
+        return out.getvalue()
 
     def __enter__(self) -> ServerThread:
         return self.start()

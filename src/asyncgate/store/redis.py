@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -45,47 +44,43 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
+from asyncgate.store.connect import connect
 from asyncgate.store.sealing import Sealer
 
-# Key schema. ``P`` is the configured key prefix (it must not contain "{").
+# Key schema. ``P`` is the configured key prefix (it must not contain "{" or "}"); every key
+# starts with the hash tag ``{P}``, so all of one deployment's keys live in one Cluster slot.
 #
-#   P:run:{<run_id>}  hash    One run, and all of it: state, attempt, created_at, started_at,
+#   {P}:run:<id>      hash    One run, and all of it: state, attempt, created_at, started_at,
 #                             finished_at, upstream_status, error (JSON), request (JSON), body
 #                             (request bytes, dropped at finish), owner, lease_until,
 #                             result_status, result_headers (JSON), result_body, secrets
-#                             (the request's credentials, sealed; deleted when the run ends).
-#                             The braces are a Cluster hash tag, so a run lives in one slot.
-#                             TTL: UNFINISHED_TTL from create, then the retention from finish.
-#   P:queue           stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
+#                             (the request's credentials, sealed; deleted when the run ends),
+#                             caller, webhook ("1" when the run has one), cancel ("1" once asked
+#                             while running), delivery (JSON of runs.Delivery), dlv_seq (fences
+#                             delivery attempts), idem_key (the idempotency key naming the run).
+#                             TTL: UNFINISHED_TTL from create, then the retention from the end
+#                             (from the webhook delivery's end, when there is one).
+#   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
+#                             the same script as the change; same TTL as the run.
+#   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
-#   P:leases          zset    Index of running runs: member run id, score lease_until, so that
+#   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
 #                             expired() need not scan. A hint only; the run hash is the truth.
-#   P:events:{<id>}   stream  The run's event log (state changes, webhook changes), same slot
-#                             as the run, written by the same script as the change; same TTL.
-#   P:index           zset    Every run, score created_at, for listing; P:index:<caller> the
+#   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
 #                             same per caller. Entries of expired runs are dropped by purge().
-#   P:deliveries      zset    Webhook deliveries not yet final: member run id, score the time
+#   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
-#   P:idem:<hash>     string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
+#   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
 #   P:cancel          channel Run ids whose cancellation was asked, for the replica holding them.
 #
-# Run hash fields besides the above: caller, webhook ("1" when the run has one), cancel ("1"
-# once asked while running), delivery (JSON of runs.Delivery), dlv_seq (fences delivery
-# attempts), idem_key (the P:idem key naming the run).
+# Why one slot: every change is one Lua script that checks and writes in one step, and many
+# touch a run and a shared key at once (the queue, an index, the deliveries), which Redis
+# Cluster allows only within a slot. On a Cluster, a deployment therefore lives on one shard
+# (it gets the Cluster's failover, not its sharding); deployments with other prefixes spread.
 #
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
-#
-# Atomicity: each run change is one Lua script on the run's key (check and write in one step).
-# Scripts that also touch a global key (the queue, an index, the deliveries) declare it and
-# so need a standalone or Sentinel-managed Redis; on Redis Cluster they would cross slots.
-# The queue and the lease index live in other slots, so the steps that touch them are ordered
-# so that a crash between two of them leaves extra work that is harmless (a stream entry for a
-# run that is no longer queued, which claim skips; an index entry for a run that is no longer
-# running, which expired() drops), never a lost run. create and requeue use MULTI/EXEC across
-# slots, which standalone Redis allows; on Redis Cluster they would become two steps, the
-# run's hash first.
 
 #: A run never finished (its gateways all gone, a bug) still disappears after this long.
 UNFINISHED_TTL = 7 * 24 * 3600
@@ -224,13 +219,14 @@ return 'cancelled'
 """
 )
 
-# KEYS run, events; ARGV attempt, event JSON.
+# KEYS run, events, queue; ARGV attempt, event JSON, run id.
 _REQUEUE = (
     _HOLDS
     + """
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3])
 return 1
 """
 )
@@ -376,11 +372,13 @@ class RedisRunStore:
         #: Wait for a replica to have each new run before create() returns (WAIT 1).
         self.strict = strict
         self.sealer = sealer or Sealer()
-        self.queue = f"{key_prefix}:queue"
-        self.leases = f"{key_prefix}:leases"
+        #: Every key starts with this hash tag: one slot, so every script may touch any key.
+        self.tag = tag = f"{{{key_prefix}}}"
+        self.queue = f"{tag}:queue"
+        self.leases = f"{tag}:leases"
         self.group = f"{key_prefix}:executors"
-        self.index = f"{key_prefix}:index"
-        self.deliveries = f"{key_prefix}:deliveries"
+        self.index = f"{tag}:index"
+        self.deliveries = f"{tag}:deliveries"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
@@ -392,15 +390,15 @@ class RedisRunStore:
             "socket_connect_timeout": SOCKET_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, **options)
+        self._redis = connect(url, socket_timeout=SOCKET_TIMEOUT, **options)
         # XREADGROUP BLOCK must not outlive the socket timeout, so it gets its own pool.
-        self._blocking = aioredis.Redis.from_url(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
+        self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
 
     def run_key(self, run_id: str) -> str:
-        return f"{self.prefix}:run:{{{run_id}}}"
+        return f"{self.tag}:run:{run_id}"
 
     def events_key(self, run_id: str) -> str:
-        return f"{self.prefix}:events:{{{run_id}}}"
+        return f"{self.tag}:events:{run_id}"
 
     def caller_index(self, caller: str) -> str:
         return f"{self.index}:{caller}" if caller else self.index
@@ -422,8 +420,12 @@ class RedisRunStore:
                 raise
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._blocking.aclose()
+        for client in (self._redis, self._blocking):
+            await client.aclose()
+            # A Sentinel-managed client does not close its connections to the Sentinels.
+            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
     async def ping(self) -> None:
         with _store_errors():
@@ -453,7 +455,7 @@ class RedisRunStore:
         ]
         idem_value = b""
         if idempotency is not None:
-            keys.append(f"{self.prefix}:idem:{idempotency.key}")
+            keys.append(f"{self.tag}:idem:{idempotency.key}")
             idem_value = f"{run.run_id} {idempotency.fingerprint}".encode()
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
         args = [run.run_id, run.created_at, UNFINISHED_TTL, max_queued, event, idem_value, *_pairs(fields)]
@@ -568,13 +570,10 @@ class RedisRunStore:
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _store_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                # The entry is added even when the fence refuses; claim skips it. Its index
-                # entry stays: expired() drops it unless a new claim re-indexed it.
-                event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
-                pipe.eval(_REQUEUE, 2, self.run_key(run_id), self.events_key(run_id), attempt, event)
-                pipe.xadd(self.queue, {"run_id": run_id})
-                requeued, _ = await pipe.execute()
+            # Its index entry stays: expired() drops it unless a new claim re-indexed it.
+            event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
+            keys = (self.run_key(run_id), self.events_key(run_id), self.queue)
+            requeued = await self._redis.eval(_REQUEUE, 3, *keys, attempt, event, run_id)
         return bool(requeued)
 
     async def expired(self, limit: int) -> list[Run]:
