@@ -9,7 +9,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
@@ -53,8 +53,11 @@ class Executor:
         self.on_finished = on_finished
         self.owner = owner_id()
         self._held: dict[asyncio.Task[None], Run] = {}
-        #: Set for a held run when a client asks to cancel it.
-        self._cancels: dict[str, asyncio.Event] = {}
+        #: Resolved for a held run when a client asks to cancel it.
+        self._cancels: dict[str, asyncio.Future[None]] = {}
+        #: Runs whose upstream call is over and whose outcome is being recorded: not renewed,
+        #: since the recording itself ends the lease (renewing then would look like a lost lease).
+        self._recording: set[str] = set()
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._drain_started: float | None = None
@@ -73,10 +76,11 @@ class Executor:
 
     def cancel_local(self, run_id: str) -> bool:
         """Abort the upstream call of a run this gateway holds; False if it holds none."""
-        event = self._cancels.get(run_id)
-        if event is None:
+        cancel = self._cancels.get(run_id)
+        if cancel is None:
             return False
-        event.set()
+        if not cancel.done():
+            cancel.set_result(None)
         return True
 
     def stop_claiming(self) -> None:
@@ -138,26 +142,30 @@ class Executor:
         if body is None:
             return  # the run expired or was removed while queued
         logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
-        cancel = self._cancels.setdefault(run.run_id, asyncio.Event())
+        cancel = self._cancels.setdefault(run.run_id, asyncio.get_running_loop().create_future())
         started = time.perf_counter()
         try:
             outcome = await self._call_unless_cancelled(run, body, cancel)
         finally:
             self._cancels.pop(run.run_id, None)
             self.metrics.upstream_duration.observe(time.perf_counter() - started)
-        await self._record(run, outcome)
-
-    async def _call_unless_cancelled(self, run: Run, body: bytes, cancel: asyncio.Event) -> Outcome:
-        """The upstream call's outcome, or CANCELLED once ``cancel`` is set (the call aborted)."""
-        call = asyncio.create_task(replay(self.upstream, run, body, self.config.limits.max_result_bytes))
-        cancelled = asyncio.create_task(cancel.wait())
+        self._recording.add(run.run_id)
         try:
-            await asyncio.wait({call, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            await self._record(run, outcome)
+        finally:
+            self._recording.discard(run.run_id)
+
+    async def _call_unless_cancelled(self, run: Run, body: bytes, cancel: asyncio.Future[None]) -> Outcome:
+        """The upstream call's outcome, or CANCELLED once ``cancel`` resolves (the call aborted)."""
+        call = asyncio.create_task(replay(self.upstream, run, body, self.config.limits.max_result_bytes))
+        try:
+            # A future, not a second task per run: 10,000 held runs must stay cheap.
+            waiters: set[asyncio.Future[Any]] = {call, cancel}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Cancelling the call closes its connection: the upstream sees the client go away.
-            for task in (call, cancelled):
-                task.cancel()
-            await asyncio.gather(call, cancelled, return_exceptions=True)
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
         if call.done() and not call.cancelled():
             return call.result()
         return Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client while running"))
@@ -197,6 +205,8 @@ class Executor:
         while True:
             await asyncio.sleep(self.config.runs.lease_renewal)
             for task, run in list(self._held.items()):
+                if run.run_id in self._recording:
+                    continue
                 try:
                     lease = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
                 except StoreError:

@@ -25,8 +25,13 @@ def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
     return hosts
 
 
-def connect(url: str, **options: Any) -> RedisClient:
-    """A client for ``url`` with redis-py ``options`` (timeouts, retry, protocol)."""
+def connect(url: str, *, pool_size: int | None = None, **options: Any) -> RedisClient:
+    """A client for ``url`` with redis-py ``options`` (timeouts, retry, protocol).
+
+    With ``pool_size``, a single server is reached through a pool of that many connections
+    that makes a caller wait (up to the socket timeout) for a free one, rather than failing
+    at once as redis-py's default pool does when it is exhausted.
+    """
     parts = urlsplit(url)
     if parts.scheme.endswith("+cluster"):
         nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, 6379)]
@@ -38,4 +43,8 @@ def connect(url: str, **options: Any) -> RedisClient:
         sentinel = Sentinel(hosts, sentinel_kwargs={"password": parts.password}, **options)  # type: ignore[no-untyped-call]
         primary: aioredis.Redis = sentinel.master_for(name or "mymaster", db=int(db or 0), password=parts.password)
         return primary
+    if pool_size is not None:
+        timeout = options.get("socket_timeout")
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=timeout, **options)
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return aioredis.Redis.from_url(url, **options)

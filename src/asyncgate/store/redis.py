@@ -90,6 +90,9 @@ SOCKET_TIMEOUT = 5.0
 MAX_CLAIM_WAIT = 60.0
 #: A queue entry read but never acked (its reader died in between) is taken over after this.
 STALE_ENTRY_IDLE = 60.0
+#: Connections for ordinary commands. Commands are short, so a bounded pool that makes callers
+#: wait serves thousands of requests a second; an unbounded one would open a socket per burst.
+POOL_SIZE = 64
 #: How long create() waits for a replica's confirmation under store.durability: strict.
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
@@ -390,8 +393,9 @@ class RedisRunStore:
             "socket_connect_timeout": SOCKET_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis = connect(url, socket_timeout=SOCKET_TIMEOUT, **options)
-        # XREADGROUP BLOCK must not outlive the socket timeout, so it gets its own pool.
+        self._redis = connect(url, pool_size=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT, **options)
+        # Blocking reads (the queue, event logs followed by SSE clients and long-polls) hold a
+        # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
 
     def run_key(self, run_id: str) -> str:
