@@ -162,3 +162,31 @@ def test_sigterm_drains_and_hands_back_at_once(replicas: Callable[..., Replica],
     handed_back = wait_until(lambda: (r := second.run(slow))["attempt"] == 2 and r, timeout=10)
     assert handed_back["status"] == "running"
     assert final(second, busy)["status"] == "succeeded"
+
+
+def test_a_rolling_restart_under_steady_load_loses_nothing(
+    replicas: Callable[..., Replica], upstream: Upstream
+) -> None:
+    settings = {"ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT": "0.5"}
+    pool = [replicas(**settings) for _ in range(3)]
+    tag = uuid.uuid4().hex[:8]
+    accepted: list[str] = []
+
+    def submit_round() -> None:
+        for replica in pool:
+            response = replica.client.get(f"/echo?delay=0.3&tag={tag}-{len(accepted)}&async=true")
+            assert response.status_code == 202
+            accepted.append(response.json()["run_id"])
+
+    for position in range(3):
+        submit_round()
+        leaving = pool[position]
+        leaving.process.send_signal(signal.SIGTERM)
+        assert leaving.process.wait(timeout=15) == 0
+        pool[position] = replicas(**settings)
+        submit_round()
+    # The ledger: every accepted run ends, and succeeds (GETs are safe to re-send after a hand-back).
+    for run_id in accepted:
+        status = final(pool[0], run_id, timeout=30)
+        assert status["status"] == "succeeded", status
+    assert len(accepted) == 18

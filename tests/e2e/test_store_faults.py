@@ -95,3 +95,23 @@ def test_gateway_starts_while_redis_is_down_and_serves_once_it_is_up(make_gatewa
         assert gateway.wait_final(run_id, timeout=20)["status"] == "succeeded"
     finally:
         private.cleanup()
+
+
+def test_strict_durability_waits_for_a_replica(make_gateway: GatewayFactory) -> None:
+    primary, replica = RedisServer(), RedisServer()
+    primary.start()
+    replica.extra = ["--replicaof", "127.0.0.1", str(primary.port)]
+    try:
+        gateway = make_gateway({"store.redis_url": primary.url, "store.durability": "strict"})
+        # No replica yet: the run may be on the primary, but no 202 is promised.
+        refused = gateway.client.post("/echo?async=true", content=b"x")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "store_unavailable"
+        replica.start()
+        wait_until(lambda: b"master_link_status:up" in replica.command(b"INFO", b"replication"), timeout=20)
+        accepted = submit(gateway, "/echo?async=true")
+        assert gateway.wait_final(accepted)["status"] == "succeeded"
+        assert "strict" in gateway.client.get(f"{gateway.prefix}/readyz").json()["durability"]
+    finally:
+        replica.cleanup()
+        primary.cleanup()
