@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import endpoints
 from asyncgate.config import Config
-from asyncgate.errors import ClientError, StoreUnavailable
+from asyncgate.errors import BadRequest, ClientError, StoreUnavailable
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
 from asyncgate.metrics import Metrics
@@ -82,7 +82,12 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path == self._prefix or path.startswith(self._prefix_slash):
+            raw: bytes | None = scope.get("raw_path")
+            if raw is not None and not raw.startswith(b"/"):
+                # An absolute-form, authority-form (CONNECT) or "*" target: the upstream is fixed
+                # by configuration, so such a target names nothing this gateway serves.
+                await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
+            elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
             elif looks_async(scope):
                 await self._maybe_async(scope, receive, send)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -208,3 +209,21 @@ def test_client_with_httpx_sees_no_transfer_encoding_artifacts(make_gateway: Gat
     with httpx.Client(base_url=gateway.url, trust_env=False) as client:
         response = client.get("/stream?size=1000&chunk=100")
     assert response.content == pattern_bytes(1000)
+
+
+@pytest.mark.parametrize("target", [b"http://evil.example/x", b"evil.example:443", b"*"])
+def test_targets_that_are_not_paths_are_400_even_on_a_plain_server(
+    make_gateway: GatewayFactory, upstream: Upstream, target: bytes
+) -> None:
+    # Plain uvicorn (h11), without asyncgate's hardened protocol: the app refuses on its own.
+    gateway = make_gateway(http="h11")
+    before = len(upstream.calls.all())
+    method = b"CONNECT" if target == b"evil.example:443" else b"OPTIONS" if target == b"*" else b"GET"
+    with socket.create_connection(("127.0.0.1", gateway.server.port), timeout=5) as sock:
+        sock.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+    assert b'"invalid_target"' in reply
+    assert len(upstream.calls.all()) == before
