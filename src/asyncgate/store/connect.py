@@ -28,9 +28,9 @@ def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
 def connect(url: str, *, pool_size: int | None = None, **options: Any) -> RedisClient:
     """A client for ``url`` with redis-py ``options`` (timeouts, retry, protocol).
 
-    With ``pool_size``, a single server is reached through a pool of that many connections
-    that makes a caller wait (up to the socket timeout) for a free one, rather than failing
-    at once as redis-py's default pool does when it is exhausted.
+    With ``pool_size``, a single server is reached through a pool of up to that many
+    connections (redis-py's default is too small for a busy gateway and fails at once when
+    it runs out).
     """
     parts = urlsplit(url)
     if parts.scheme.endswith("+cluster"):
@@ -44,7 +44,8 @@ def connect(url: str, *, pool_size: int | None = None, **options: Any) -> RedisC
         primary: aioredis.Redis = sentinel.master_for(name or "mymaster", db=int(db or 0), password=parts.password)
         return primary
     if pool_size is not None:
-        timeout = options.get("socket_timeout")
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=timeout, **options)
+        # Not a BlockingConnectionPool: a task cancelled while waiting for one of its connections
+        # was seen to stay "cancelling" for good, which hangs a gateway's shutdown.
+        pool = aioredis.ConnectionPool.from_url(url, max_connections=pool_size, **options)
         return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     return aioredis.Redis.from_url(url, **options)

@@ -90,9 +90,9 @@ SOCKET_TIMEOUT = 5.0
 MAX_CLAIM_WAIT = 60.0
 #: A queue entry read but never acked (its reader died in between) is taken over after this.
 STALE_ENTRY_IDLE = 60.0
-#: Connections for ordinary commands. Commands are short, so a bounded pool that makes callers
-#: wait serves thousands of requests a second; an unbounded one would open a socket per burst.
-POOL_SIZE = 64
+#: Connections for ordinary commands, at most. Each request or run in flight may hold one for
+#: a round trip; redis-py's default cap was exhausted under load (bench S3: 503s).
+POOL_SIZE = 2048
 #: How long create() waits for a replica's confirmation under store.durability: strict.
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
