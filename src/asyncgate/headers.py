@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from asyncgate.runs import Headers
-
 RawHeaders = list[tuple[bytes, bytes]]
 
 #: RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
@@ -23,10 +21,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-#: Headers whose values are credentials: never logged, never shown in a status or event.
+#: Headers whose values are credentials: sealed at rest (store/sealing.py), never logged or shown.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-
-REDACTED = "[redacted]"
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -57,14 +53,5 @@ def forwarded_for(existing: bytes | None, client: tuple[str, int] | None) -> byt
     return existing + b", " + peer if existing else peer
 
 
-def decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)
-
-
 def encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-
-
-def redact(headers: Iterable[tuple[str, str]]) -> Headers:
-    """A copy safe to log: secret values replaced by a marker."""
-    return tuple((name, REDACTED if name.lower() in SECRET_HEADERS else value) for name, value in headers)
