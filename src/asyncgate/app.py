@@ -121,8 +121,10 @@ class Gateway:
             logger.warning("the store is unavailable at startup, retrying in the background: %s", exc)
         await svc.upstream.open()
         svc.webhooks.start()
-        svc.executor.start()
-        logger.info("asyncgate ready: upstream %s, %s store", self.config.upstream, svc.store_kind)
+        if self.config.runs.execute:
+            svc.executor.start()
+        role = "" if self.config.runs.execute else " (runs.execute false: other replicas execute the runs)"
+        logger.info("asyncgate ready: upstream %s, %s store%s", self.config.upstream, svc.store_kind, role)
 
     def begin_drain(self) -> None:
         """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""

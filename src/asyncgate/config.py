@@ -98,6 +98,9 @@ class RunsConfig:
     max_attempts: int = 3
     #: Upper bound on how long an idle executor waits before looking for work again.
     poll_interval: float = 1.0
+    #: False: this gateway accepts runs, answers for them and delivers their webhooks, but
+    #: executes none; other replicas sharing its Redis do (an intake-only replica).
+    execute: bool = True
 
 
 #: Delays before each webhook attempt: the first at once, the last past a day after the run.
@@ -396,8 +399,12 @@ def _validate_upstream(config: Config, required: bool) -> None:
         raise ConfigError("upstream", f"bad port in {config.upstream!r}") from exc
 
 
-def _validate(config: Config, require_upstream: bool) -> None:
-    _validate_upstream(config, require_upstream)
+def _validate(config: Config, complete: bool) -> None:
+    _validate_upstream(config, complete)
+    if complete and not config.runs.execute and config.store.redis_url is None:
+        # Only once complete: a file checked on its own may leave the Redis URL to a variable.
+        message = "false needs store.redis_url: the embedded store serves one process, so no run would execute"
+        raise ConfigError("runs.execute", message)
     if config.store.redis_url is not None:
         redis = urlsplit(config.store.redis_url)
         if redis.scheme not in REDIS_SCHEMES:
@@ -436,7 +443,7 @@ def load(
 
     ``overrides`` maps dotted keys (``"limits.max_inflight"``) to values, as the CLI's flags do.
     Raises ``ConfigError`` naming the first offending key. ``require_upstream=False`` checks a
-    file that leaves the upstream to a flag or variable.
+    file that leaves the upstream (and the Redis URL) to a flag or variable.
     """
     raw: dict[str, Any] = {}
     if path is not None:

@@ -222,7 +222,15 @@ async def list_runs(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE)
+    svc = services(request)
+    if not svc.config.runs.execute:
+        # The executor's recovery loop keeps this gauge current; a replica without one reads it
+        # at scrape time, so that queue-depth dashboards and autoscalers see it on every replica.
+        try:
+            svc.metrics.runs_queued.set(await svc.store.queued_count())
+        except StoreError:
+            svc.metrics.store_errors.inc()
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def healthz(request: Request) -> Response:

@@ -215,6 +215,10 @@ Included by each template that depends on them, so `helm template -s` fails the 
 {{- if .Values.autoscaling.enabled }}
 {{- fail "autoscaling.enabled needs Redis: the embedded store allows one replica. Set redis.url, redis.existingSecret or redis.bundled.enabled" }}
 {{- end }}
+{{- $runs := get (.Values.config | default dict) "runs" | default dict }}
+{{- if and (hasKey $runs "execute") (not $runs.execute) }}
+{{- fail "config.runs.execute is false but no Redis is configured: with the embedded store no replica would execute the runs. Set redis.url, redis.existingSecret or redis.bundled.enabled" }}
+{{- end }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
