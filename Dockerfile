@@ -41,7 +41,7 @@ ENV PATH=/opt/asyncgate/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# A regular (not editable) install; the speed extra brings uvloop and httptools, which uvicorn
+# A regular (not editable) install; the speed extra brings uvloop, which uvicorn
 # picks up by itself. The cache mount keeps downloads between builds without storing them in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ".[speed]" \

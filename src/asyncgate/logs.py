@@ -10,7 +10,7 @@ import orjson
 
 #: Libraries whose own lines would repeat URLs (with their query strings) and addresses: only
 #: their warnings are kept. asyncgate's own lines say what happened, without the secrets.
-QUIET_LOGGERS = ("httpx", "httpcore", "aiohttp", "redis", "hpack")
+QUIET_LOGGERS = ("httpx", "httpcore", "redis", "hpack")
 
 
 #: Structured fields a log call may pass in ``extra``; JSON lines carry them as keys.

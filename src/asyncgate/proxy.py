@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from asyncgate.errors import ClientError
 from asyncgate.headers import HOP_BY_HOP, RawHeaders, connection_tokens, forwarded_for
 from asyncgate.metrics import Metrics
 from asyncgate.responses import send_error
-from asyncgate.upstream import Upstream
+from asyncgate.upstream import Body, Response, Upstream, UpstreamError
 
 logger = logging.getLogger("asyncgate.proxy")
 #: One line per synchronous request: method, path (never the query), status, time to headers.
@@ -42,13 +40,13 @@ class ClientDisconnected(Exception):
     """The client went away while its request body was still being read."""
 
 
-def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
-    """The client's end-to-end headers plus X-Forwarded-For, -Proto and -Host, as text."""
+def forwarded_headers(scope: Scope) -> RawHeaders:
+    """The client's end-to-end headers plus X-Forwarded-For, -Proto and -Host."""
     raw: RawHeaders = scope["headers"]
     named = connection_tokens(raw)
     host = None
     xff = None
-    headers: list[tuple[str, str]] = []
+    headers: RawHeaders = []
     for name, value in raw:
         if name in _FORWARDING:
             if name == b"host":
@@ -58,31 +56,43 @@ def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
             continue
         if name in HOP_BY_HOP or name in named:
             continue
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.append((name, value))
     chain = forwarded_for(xff, scope.get("client"))
     if chain is not None:
-        headers.append(("X-Forwarded-For", chain.decode("latin-1")))
-    headers.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+        headers.append((b"X-Forwarded-For", chain))
+    headers.append((b"X-Forwarded-Proto", b"https" if scope.get("scheme") == "https" else b"http"))
     if host is not None:
-        headers.append(("X-Forwarded-Host", host.decode("latin-1")))
+        headers.append((b"X-Forwarded-Host", host))
     return headers
 
 
-def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> RawHeaders:
+def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
+    """``forwarded_headers`` as text, as a run stores them."""
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in forwarded_headers(scope)]
+
+
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
     """The upstream's response headers without hop-by-hop fields; repeated fields kept in order."""
     named = connection_tokens(raw)
     return [(name, value) for name, value in raw if (low := name.lower()) not in HOP_BY_HOP and low not in named]
 
 
-def has_body(scope: Scope) -> bool:
+def body_framing(scope: Scope) -> tuple[bool, int | None]:
+    """Whether the request has a body, and its Content-Length when it gives one."""
+    chunked = False
     for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+        if name == b"content-length":
+            length = int(value)  # the server parsed it already: one valid value
+            return length > 0, length
+        if name == b"transfer-encoding":
+            chunked = True
+    return chunked, None
 
 
-async def request_body(receive: Receive) -> AsyncIterator[bytes]:
+async def request_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
     """The client's body, chunk by chunk as it arrives: never held whole in memory."""
+    if first:
+        yield first
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -99,6 +109,12 @@ def raw_path(scope: Scope) -> str:
     return raw.decode("latin-1") if raw else str(scope["path"])
 
 
+def raw_target(scope: Scope) -> tuple[bytes, bytes]:
+    """The path and query exactly as the client encoded them."""
+    raw = scope.get("raw_path")
+    return (raw if raw else scope["path"].encode("latin-1")), scope["query_string"]
+
+
 class Proxy:
     """An ASGI app relaying every request to the upstream."""
 
@@ -108,17 +124,33 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        url = self.upstream.url(raw_path(scope), scope["query_string"].decode("latin-1"))
-        body = request_body(receive) if has_body(scope) else None
+        upstream = self.upstream
+        target = upstream.target(*raw_target(scope))
+        body: Body = None
+        has_body, length = body_framing(scope)
+        if has_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            # A body that came whole in one message (most do) goes out in the request's one write.
+            body = request_body(chunk, receive) if message.get("more_body", False) else chunk
         try:
-            response = await self.upstream.send(scope["method"], url, upstream_request_headers(scope), body)
+            response = await upstream.request(
+                scope["method"].encode("ascii"),
+                target,
+                forwarded_headers(scope),
+                body,
+                content_length=length,
+                read_timeout=upstream.read_timeout,
+            )
         except ClientDisconnected:
             return
         except TimeoutError:
             await self._fail(scope, send, GatewayTimeout("the upstream did not answer in time"), started)
             return
-        except aiohttp.ClientError as exc:
-            logger.warning("upstream unreachable: %s", exc.__class__.__name__)
+        except UpstreamError as exc:
+            logger.warning("upstream unreachable: %s", exc)
             await self._fail(scope, send, BadGateway("the upstream could not be reached"), started)
             return
         self._done(scope, response.status, started)
@@ -138,7 +170,7 @@ class Proxy:
         self._done(scope, error.status_code, started)
         await send_error(send, error)
 
-    async def _relay(self, response: aiohttp.ClientResponse, send: Send) -> None:
+    async def _relay(self, response: Response, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -146,10 +178,14 @@ class Proxy:
                 "headers": response_headers(response.raw_headers),
             }
         )
+        if response.complete:
+            # The whole answer is in already (most small ones are): one message, no waiting.
+            await send({"type": "http.response.body", "body": response.buffered()})
+            return
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, UpstreamError, ClientDisconnected) as exc:
             # The status line is gone already: the only honest signal left is to cut the
             # connection, which the ASGI server does when the response is left incomplete.
             logger.warning("upstream broke off its response: %s", exc.__class__.__name__)

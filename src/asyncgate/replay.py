@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
 
 from asyncgate.headers import end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunResult, RunState
-from asyncgate.upstream import Upstream
+from asyncgate.upstream import Response, Upstream, UpstreamError
+
+RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
+ATTEMPT_HEADER_RAW = ATTEMPT_HEADER.encode("ascii")
 
 
 class ResultTooLarge(Exception):
@@ -22,10 +25,10 @@ def outcome_of(result: RunResult) -> Outcome:
     return Outcome(RunState.FAILED, result=result, error=error)
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_limited(response: Response, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_any():
+    async for chunk in response.chunks():
         size += len(chunk)
         if size > limit:
             raise ResultTooLarge()
@@ -33,7 +36,7 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _result_headers(response: aiohttp.ClientResponse) -> tuple[tuple[str, str], ...]:
+def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
     # Content-Length is recomputed when the result is served; framing belongs to each hop.
     kept = end_to_end(response.raw_headers, drop=frozenset({b"content-length"}))
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in kept)
@@ -42,27 +45,34 @@ def _result_headers(response: aiohttp.ClientResponse) -> tuple[tuple[str, str], 
 async def replay(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int) -> Outcome:
     """Send the run's request (marked with its id and attempt) and wait for the whole answer."""
     request = run.request
-    headers = [*request.headers, (RUN_ID_HEADER, run.run_id), (ATTEMPT_HEADER, str(run.attempt))]
-    url = upstream.url(request.path, request.query)
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
+    headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
+    target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:
-        response = await upstream.send(
-            request.method, url, headers, body or None, deadline=upstream.run_timeout(request.timeout)
-        )
-        try:
-            status, result_headers = response.status, _result_headers(response)
+        # The run's own timeout bounds the whole exchange, connect to last byte.
+        async with asyncio.timeout(request.timeout):
+            response = await upstream.request(
+                request.method.encode("ascii"),
+                target,
+                headers,
+                body or None,
+                connect_timeout=min(upstream.connect_timeout, request.timeout),
+            )
             try:
-                content = await _read_limited(response, max_result_bytes)
-            except ResultTooLarge:
-                error = RunError(ErrorCode.RESULT_TOO_LARGE, f"the upstream's body exceeds {max_result_bytes} bytes")
-                return Outcome(RunState.FAILED, error=error, status=status)
-        finally:
-            response.release()
+                status, result_headers = response.status, _result_headers(response)
+                try:
+                    content = await _read_limited(response, max_result_bytes)
+                except ResultTooLarge:
+                    error = RunError(
+                        ErrorCode.RESULT_TOO_LARGE, f"the upstream's body exceeds {max_result_bytes} bytes"
+                    )
+                    return Outcome(RunState.FAILED, error=error, status=status)
+            finally:
+                response.release()
     except TimeoutError:
         error = RunError(ErrorCode.TIMEOUT, f"the upstream did not answer within {request.timeout:g} s")
         return Outcome(RunState.FAILED, error=error)
-    except aiohttp.ClientError as exc:
-        error = RunError(
-            ErrorCode.UPSTREAM_UNREACHABLE, f"the upstream could not be reached ({exc.__class__.__name__})"
-        )
+    except UpstreamError as exc:
+        error = RunError(ErrorCode.UPSTREAM_UNREACHABLE, f"the upstream could not be reached ({exc})")
         return Outcome(RunState.FAILED, error=error)
     return outcome_of(RunResult(status, result_headers, content))

@@ -1,72 +1,39 @@
 """The one pooled HTTP client a gateway uses to reach its upstream.
 
-It is aiohttp's client, not httpx: under concurrency httpx's native transport (httpcore)
-collapses to a fraction of aiohttp's throughput and its p99 grows past a second
-(bench/RESULTS.md). httpx stays where its API serves and load is light: webhooks and the SDK.
+It is asyncgate's own HTTP/1.1 client (http1.py), not httpx or aiohttp: under concurrency
+httpx's native transport collapses to a fraction of aiohttp's throughput, and aiohttp's client
+costs more than the rest of a relay together (bench/RESULTS.md). httpx stays where its API
+serves and load is light: webhooks and the SDK.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Sequence
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit
 
 from asyncgate.config import Config
+from asyncgate.http1 import Body, ConnectionPool, Response, UpstreamError, UpstreamTimeout
 
-#: Headers aiohttp would add on its own; a proxy forwards only what the client sent.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-
-UpstreamError = aiohttp.ClientError
+__all__ = ["Body", "Response", "Upstream", "UpstreamError", "UpstreamTimeout"]
 
 
-class Upstream:
-    """The upstream's base URL and a connection pool sized to the configured concurrency."""
+class Upstream(ConnectionPool):
+    """The configured upstream: its connection pool, sized to the configured concurrency, and its base path."""
 
     def __init__(self, config: Config) -> None:
-        self.base = config.upstream.rstrip("/")
-        self._connect_timeout = config.proxy.connect_timeout
-        self._read_timeout = config.proxy.read_timeout
+        parts = urlsplit(config.upstream)
         # Every synchronous request and every run in flight may hold a connection at once.
-        self._pool_size = config.limits.max_connections + config.limits.max_inflight
-        self._session: aiohttp.ClientSession | None = None
+        limit = config.limits.max_connections + config.limits.max_inflight
+        super().__init__(f"{parts.scheme}://{parts.netloc}", limit=limit, connect_timeout=config.proxy.connect_timeout)
+        #: A base path the upstream is mounted under (``http://model:8080/v1``), prefixed to every target.
+        self.base_path = parts.path.rstrip("/").encode("latin-1")
+        #: Longest silence allowed on a synchronous request (runs are bounded by their own timeout).
+        self.read_timeout = config.proxy.read_timeout
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0, ttl_dns_cache=10)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # Bytes pass through exactly as sent: no decompression, no cookie jar, no redirects.
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_NO_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=self._read_timeout),
-        )
+        """Connections are made on demand; opening (again) only lifts a previous close."""
+        self._closing = False
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def url(self, raw_path: str, query: str) -> URL:
-        """The upstream URL for a path and query exactly as the client encoded them."""
-        return URL(f"{self.base}{raw_path}?{query}" if query else f"{self.base}{raw_path}", encoded=True)
-
-    async def send(
-        self,
-        method: str,
-        url: URL,
-        headers: Sequence[tuple[str, str]],
-        body: bytes | AsyncIterable[bytes] | None,
-        deadline: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
-        """Send a request; the caller reads the response and must release it."""
-        assert self._session is not None, "Upstream.open() was not called"
-        kwargs: dict[str, Any] = {"allow_redirects": False, "compress": None}
-        if deadline is not None:
-            kwargs["timeout"] = deadline
-        return await self._session.request(method, url, headers=list(headers), data=body, **kwargs)
-
-    def run_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        """A timeout for an async run: the whole call bounded by the run's own limit."""
-        return aiohttp.ClientTimeout(total=seconds, connect=min(self._connect_timeout, seconds), sock_read=None)
+    def target(self, raw_path: bytes, query: bytes) -> bytes:
+        """The request target for a path and query exactly as the client encoded them."""
+        path = self.base_path + raw_path
+        return path + b"?" + query if query else path
