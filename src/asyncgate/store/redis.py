@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 from typing import Any, cast
 
 import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import (
@@ -44,7 +45,7 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
-from asyncgate.store.connect import connect
+from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
 
 # Key schema. ``P`` is the configured key prefix (it must not contain "{" or "}"); every key
@@ -123,24 +124,36 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
 # Store a new run unless its idempotency key names one already or the queue is full.
 # KEYS run, events, queue, index, caller index, [idem]; ARGV run_id, created_at, ttl (s),
-# max_queued, event JSON, idem value, then the run's field/value pairs.
+# max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, request JSON,
+# body, [idem value]. The hash's field names are written here rather than sent with each run;
+# an empty started_at, caller, webhook or secrets means the run has none, and is not stored.
 _CREATE = """
-if #KEYS == 6 then
-  local existing = redis.call('GET', KEYS[6])
+local idem = KEYS[6]
+if idem then
+  local existing = redis.call('GET', idem)
   if existing then return {'replay', existing} end
 end
 if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[12], 'body', ARGV[13]}
+for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets'}) do
+  local value = ARGV[7 + i]
+  if value ~= '' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+if idem then
+  fields[#fields + 1] = 'idem_key'
+  fields[#fields + 1] = idem
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-if #KEYS == 6 then
-  redis.call('SET', KEYS[6], ARGV[6], 'EX', ARGV[3])
-  redis.call('HSET', KEYS[1], 'idem_key', KEYS[6])
-end
+if idem then redis.call('SET', idem, ARGV[14], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -295,15 +308,25 @@ Fields = Sequence[bytes | None]
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
-@contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    try:
-        yield
-    # BusyLoadingError (Redis still loading its data) is a ConnectionError.
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise StoreError(f"redis command failed: {exc}") from exc
+class _StoreErrors:
+    """Redis's errors as the store's: StoreUnavailable when it cannot be reached, else StoreError.
+
+    A class rather than a @contextmanager: it wraps every command, and a generator costs more.
+    """
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        # BusyLoadingError (Redis still loading its data) is a ConnectionError.
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+            raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
+        if isinstance(exc, redis_errors.RedisError):
+            raise StoreError(f"redis command failed: {exc}") from exc
+
+
+#: Stateless, so one instance serves every ``with``.
+_STORE_ERRORS = _StoreErrors()
 
 
 def _error_code(exc: redis_errors.ResponseError) -> str:
@@ -359,6 +382,39 @@ def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scripts:
+    """The scripts called once per run or more, each by its SHA1 (EVALSHA).
+
+    redis-py sends a script's text only when the server answers NOSCRIPT (its first use, after a
+    restart or a failover), not with every call as EVAL does. On a Cluster the script is loaded
+    on every primary, and the call goes to the slot of its keys.
+    """
+
+    create: AsyncScript
+    renew: AsyncScript
+    finish: AsyncScript
+    requeue: AsyncScript
+    cancel: AsyncScript
+    take_delivery: AsyncScript
+    record_delivery: AsyncScript
+    redeliver: AsyncScript
+
+    @classmethod
+    def register(cls, client: RedisClient) -> _Scripts:
+        script = client.register_script
+        return cls(
+            create=script(_CREATE),
+            renew=script(_RENEW),
+            finish=script(_FINISH),
+            requeue=script(_REQUEUE),
+            cancel=script(_CANCEL),
+            take_delivery=script(_TAKE_DELIVERY),
+            record_delivery=script(_RECORD_DELIVERY),
+            redeliver=script(_REDELIVER),
+        )
+
+
 class RedisRunStore:
     """Runs in Redis hashes, the queue in a stream, leases indexed in a sorted set."""
 
@@ -397,6 +453,7 @@ class RedisRunStore:
         # Blocking reads (the queue, event logs followed by SSE clients and long-polls) hold a
         # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
+        self._scripts = _Scripts.register(self._redis)
 
     def run_key(self, run_id: str) -> str:
         return f"{self.tag}:run:{run_id}"
@@ -412,7 +469,7 @@ class RedisRunStore:
         return [orjson.dumps(event), dump_delivery(pending_delivery(at)), at, max(1, int(retention * 1000)), run_id]
 
     async def open(self) -> None:
-        with _store_errors():
+        with _STORE_ERRORS:
             await self._create_group()
 
     async def _create_group(self) -> None:
@@ -432,24 +489,13 @@ class RedisRunStore:
                 await sentinel.aclose()
 
     async def ping(self) -> None:
-        with _store_errors():
+        with _STORE_ERRORS:
             await self._redis.ping()
 
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
     ) -> Created:
         request, secrets = self.sealer.split(run.request)
-        fields = {
-            "state": run.state.value,
-            "attempt": run.attempt,
-            "created_at": run.created_at,
-            "started_at": run.started_at,
-            "request": dump_request(request),
-            "secrets": secrets,
-            "body": body,
-            "caller": run.caller or None,
-            "webhook": "1" if run.request.webhook_url else None,
-        }
         keys = [
             self.run_key(run.run_id),
             self.events_key(run.run_id),
@@ -457,14 +503,27 @@ class RedisRunStore:
             self.index,
             self.caller_index(run.caller),
         ]
-        idem_value = b""
+        event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
+        args: list[Any] = [
+            run.run_id,
+            run.created_at,
+            UNFINISHED_TTL,
+            max_queued,
+            event,
+            run.state.value,
+            run.attempt,
+            "" if run.started_at is None else run.started_at,
+            run.caller,
+            "1" if run.request.webhook_url else "",
+            secrets or b"",
+            dump_request(request),
+            body,
+        ]
         if idempotency is not None:
             keys.append(f"{self.tag}:idem:{idempotency.key}")
-            idem_value = f"{run.run_id} {idempotency.fingerprint}".encode()
-        event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
-        args = [run.run_id, run.created_at, UNFINISHED_TTL, max_queued, event, idem_value, *_pairs(fields)]
-        with _store_errors():
-            reply = cast(list[bytes], await self._redis.eval(_CREATE, len(keys), *keys, *args))
+            args.append(f"{run.run_id} {idempotency.fingerprint}".encode())
+        with _STORE_ERRORS:
+            reply = cast(list[bytes], await self._scripts.create(keys, args))
             if self.strict and reply[0] == b"created" and await self._redis.wait(1, STRICT_WAIT_MS) < 1:
                 # The run is on the primary but no replica confirmed it: not the promised
                 # durability, so no 202. A client retrying with its Idempotency-Key is safe.
@@ -477,16 +536,16 @@ class RedisRunStore:
         return Created(run.run_id)
 
     async def get(self, run_id: str) -> Run | None:
-        with _store_errors():
+        with _STORE_ERRORS:
             fields = cast(Fields, await self._redis.hmget(self.run_key(run_id), _RUN_FIELDS))
         return _decode_run(run_id, fields)
 
     async def request_body(self, run_id: str) -> bytes | None:
-        with _store_errors():
+        with _STORE_ERRORS:
             return cast(bytes | None, await self._redis.hget(self.run_key(run_id), "body"))
 
     async def result(self, run_id: str) -> RunResult | None:
-        with _store_errors():
+        with _STORE_ERRORS:
             status, headers, body = cast(Fields, await self._redis.hmget(self.run_key(run_id), _RESULT_FIELDS))
         if status is None or headers is None:
             return None
@@ -495,7 +554,7 @@ class RedisRunStore:
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         if limit <= 0:
             return []
-        with _store_errors():
+        with _STORE_ERRORS:
             try:
                 entries = await self._stale_entries(limit) or await self._read_queue(limit, wait)
             except redis_errors.ResponseError as exc:
@@ -534,6 +593,8 @@ class RedisRunStore:
                 pipe.zadd(self.leases, dict.fromkeys(run_ids, lease_until))
             for run_id in run_ids:
                 keys = (self.run_key(run_id), self.events_key(run_id))
+                # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline, and elsewhere
+                # a NOSCRIPT here would come back after the entries below were acked and deleted.
                 pipe.eval(_CLAIM, 2, *keys, started, owner, lease_until, *_RUN_FIELDS, "secrets")
             # Skipped entries (cancelled, expired or duplicate runs) are acked too.
             ids = [entry_id for entry_id, _ in entries]
@@ -551,8 +612,8 @@ class RedisRunStore:
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease
-        with _store_errors():
-            renewed = await self._redis.eval(_RENEW, 1, self.run_key(run_id), attempt, lease_until)
+        with _STORE_ERRORS:
+            renewed = await self._scripts.renew([self.run_key(run_id)], [attempt, lease_until])
             if renewed:
                 # Only after the fence held: a refused, stale attempt must not move the index
                 # entry of the attempt that now holds the run.
@@ -565,26 +626,26 @@ class RedisRunStore:
         event = state_event(outcome.state, attempt, now(), outcome)
         args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
         keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
-        with _store_errors():
-            finished = await self._redis.eval(_FINISH, 3, *keys, *args)
+        with _STORE_ERRORS:
+            finished = await self._scripts.finish(keys, args)
             if finished:
                 # A finished run is never claimed again, so its entry can go unconditionally.
                 await self._redis.zrem(self.leases, run_id)
         return bool(finished)
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
-        with _store_errors():
+        with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
             keys = (self.run_key(run_id), self.events_key(run_id), self.queue)
-            requeued = await self._redis.eval(_REQUEUE, 3, *keys, attempt, event, run_id)
+            requeued = await self._scripts.requeue(keys, [attempt, event, run_id])
         return bool(requeued)
 
     async def expired(self, limit: int) -> list[Run]:
         if limit <= 0:
             return []
         cutoff = now()
-        with _store_errors():
+        with _STORE_ERRORS:
             members = await self._redis.zrangebyscore(self.leases, "-inf", cutoff, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -623,8 +684,8 @@ class RedisRunStore:
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
         keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
-        with _store_errors():
-            result = CancelResult((await self._redis.eval(_CANCEL, 3, *keys, *args)).decode())
+        with _STORE_ERRORS:
+            result = CancelResult((await self._scripts.cancel(keys, args)).decode())
             if result is CancelResult.REQUESTED:
                 await self._redis.publish(self.cancel_channel, run_id)
         return result
@@ -633,10 +694,10 @@ class RedisRunStore:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
         pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
         try:
-            with _store_errors():
+            with _STORE_ERRORS:
                 await pubsub.subscribe(self.cancel_channel)
             while True:
-                with _store_errors():
+                with _STORE_ERRORS:
                     message = await pubsub.get_message(timeout=SOCKET_TIMEOUT)
                 if message is not None and message["type"] == "message":
                     yield message["data"].decode()
@@ -645,7 +706,7 @@ class RedisRunStore:
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
-        with _store_errors():
+        with _STORE_ERRORS:
             reply = await self._blocking.xread({self.events_key(run_id): after or "0-0"}, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [
@@ -662,7 +723,7 @@ class RedisRunStore:
         found: list[Run] = []
         top = f"({cursor}" if cursor else "+inf"
         examined = 0
-        with _store_errors():
+        with _STORE_ERRORS:
             while len(found) < limit and examined < LIST_SCAN_BUDGET:
                 batch = min(LIST_SCAN_BUDGET - examined, max(limit * 2, 20))
                 reply = await self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
@@ -693,13 +754,13 @@ class RedisRunStore:
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
         at = now()
-        with _store_errors():
+        with _STORE_ERRORS:
             members = await self._redis.zrangebyscore(self.deliveries, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
             taken: list[tuple[str, int]] = []
             for run_id in run_ids:
                 keys = (self.run_key(run_id), self.deliveries)
-                token = await self._redis.eval(_TAKE_DELIVERY, 2, *keys, at, at + lease, run_id)
+                token = await self._scripts.take_delivery(keys, [at, at + lease, run_id])
                 if token:
                     taken.append((run_id, int(token)))
             runs = await self._runs([run_id for run_id, _ in taken])
@@ -717,23 +778,23 @@ class RedisRunStore:
             orjson.dumps(delivery_event(delivery, now())),
         ]
         keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
-        with _store_errors():
-            return bool(await self._redis.eval(_RECORD_DELIVERY, 3, *keys, *args))
+        with _STORE_ERRORS:
+            return bool(await self._scripts.record_delivery(keys, args))
 
     async def redeliver(self, run_id: str) -> bool:
         at = now()
         args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL]
-        with _store_errors():
-            return bool(await self._redis.eval(_REDELIVER, 2, self.run_key(run_id), self.deliveries, *args))
+        with _STORE_ERRORS:
+            return bool(await self._scripts.redeliver([self.run_key(run_id), self.deliveries], args))
 
     async def queued_count(self) -> int:
         # Entries of runs cancelled while queued stay until an executor reads them: an
         # overcount for a moment, which errs on the side of refusing work.
-        with _store_errors():
+        with _STORE_ERRORS:
             return int(await self._redis.xlen(self.queue))
 
     async def durability(self) -> dict[str, Any]:
-        with _store_errors():
+        with _STORE_ERRORS:
             try:
                 settings = await self._redis.config_get("appendonly")
                 settings |= await self._redis.config_get("appendfsync")
@@ -761,7 +822,7 @@ class RedisRunStore:
         return {"durability": promise, "warnings": warnings}
 
     async def purge(self) -> None:
-        with _store_errors():
+        with _STORE_ERRORS:
             members = cast(list[bytes], await self._redis.zrange(self.index, 0, PURGE_BATCH - 1))
             if not members:
                 return
