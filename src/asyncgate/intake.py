@@ -40,6 +40,9 @@ WAIT_PREFERENCE = "wait"
 WEBHOOK_HEADER = b"asyncgate-webhook"
 TIMEOUT_HEADER = b"asyncgate-timeout"
 IDEMPOTENCY_HEADER = b"idempotency-key"
+PREFER_HEADER = b"prefer"
+#: A request carrying it is an executor's replay of a run.
+REPLAY_MARKER = b"asyncgate-run-id"
 REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
 MAX_IDEMPOTENCY_KEY = 255
 #: Present on every request the executor replays, so a replay can never become async again.
@@ -122,11 +125,24 @@ def validate_webhook_url(url: str, allow: Allowlist | None = None) -> str:
     return url
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    values = [value for key, value in scope["headers"] if key == name]
+def _gateway_headers(scope: Scope) -> dict[bytes, list[str]] | None:
+    """The request headers classify() reads, gathered in one pass; None for an executor's replay."""
+    found: dict[bytes, list[str]] = {}
+    for name, value in scope["headers"]:
+        if name in _CLASSIFIED:
+            if name == REPLAY_MARKER:
+                return None
+            found.setdefault(name, []).append(value.decode("latin-1"))
+    return found
+
+
+def _single(headers: dict[bytes, list[str]], name: bytes) -> str | None:
+    values = headers.get(name)
+    if values is None:
+        return None
     if len(values) > 1:
         raise BadRequest(f"{name.decode()} is given more than once", code="invalid_header")
-    return values[0].decode("latin-1") if values else None
+    return values[0]
 
 
 def _timeout(value: str | None, maximum: float) -> float | None:
@@ -163,23 +179,24 @@ def _wait(prefs: list[preferences.Preference], maximum: float) -> float | None:
 
 def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     """An Intent if the request is asynchronous, None if it passes through; BadRequest if malformed."""
-    if any(name == b"asyncgate-run-id" for name, _ in scope["headers"]):
+    headers = _gateway_headers(scope)
+    if headers is None:
         return None  # a replay by an executor: never async, forwarded as it is
     limits = limits or Limits()
     query, ours = split_query(scope["query_string"].decode("latin-1"))
     flags = {_flag(value) for value in ours.get(ASYNC_PARAM, [])}
     if len(flags) > 1:
         raise BadRequest(f"{ASYNC_PARAM} is given more than once with different values", code="invalid_parameter")
-    prefer_values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"prefer"]
+    prefer_values = headers.get(PREFER_HEADER, [])
     prefs = preferences.parse(prefer_values)
     preferred = any(p.name == RESPOND_ASYNC for p in prefs)
     webhooks = ours.get(WEBHOOK_PARAM, [])
-    header_webhook = _header(scope, WEBHOOK_HEADER)
+    header_webhook = _single(headers, WEBHOOK_HEADER)
     if header_webhook is not None:
         webhooks.append(header_webhook)
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
-    timeout_header = _header(scope, TIMEOUT_HEADER)
+    timeout_header = _single(headers, TIMEOUT_HEADER)
     is_async = flags == {True} or (preferred and flags != {False})
     if not is_async:
         if webhooks or timeout_header is not None:
@@ -198,7 +215,7 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         prefer=tuple(preferences.without(prefer_values, honoured)),
         wait=wait,
         timeout=_timeout(timeout_header, limits.max_timeout),
-        idempotency_key=_idempotency_key(_header(scope, IDEMPOTENCY_HEADER)),
+        idempotency_key=_idempotency_key(_single(headers, IDEMPOTENCY_HEADER)),
     )
 
 
@@ -225,7 +242,8 @@ def looks_async(scope: Scope) -> bool:
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
-_GATEWAY_HEADERS = frozenset({b"prefer", WEBHOOK_HEADER, TIMEOUT_HEADER})
+_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER})
+_CLASSIFIED = frozenset({REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -297,8 +315,9 @@ class Intake:
             return
         if not created.replayed:
             self.metrics.runs_accepted.inc()
-            extra = {"run_id": created.run_id, "method": scope["method"], "path": scope["path"], "status": status}
-            logger.info("run %s accepted: %s %s", created.run_id, scope["method"], scope["path"], extra=extra)
+            if logger.isEnabledFor(logging.INFO):
+                extra = {"run_id": created.run_id, "method": scope["method"], "path": scope["path"], "status": status}
+                logger.info("run %s accepted: %s %s", created.run_id, scope["method"], scope["path"], extra=extra)
         headers = {"Location": self.runs_url + created.run_id}
         if created.replayed:
             headers[REPLAY_HEADER] = "true"

@@ -52,11 +52,17 @@ class Access:
         self._key = str(config.key).encode() if config.key is not None else None
         self._admin = str(config.admin_token).encode() if config.admin_token is not None else None
         self._misses: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        #: In access.mode open, everyone is the same principal.
+        self._everyone = Principal("", sees_all=True) if config.mode == "open" else None
 
     def principal(self, scope: Scope) -> Principal:
-        if self.config.mode == "open":
-            return Principal("", sees_all=True)
-        value = next((v for n, v in scope["headers"] if n == self._header), None)
+        if self._everyone is not None:
+            return self._everyone
+        value = None
+        for name, candidate in scope["headers"]:
+            if name == self._header:
+                value = candidate
+                break
         if not value:
             raise Unauthenticated(f"send a {self.config.header} header: runs belong to the caller that submits them")
         if self._admin is not None and hmac.compare_digest(value.removeprefix(b"Bearer "), self._admin):
