@@ -9,7 +9,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
@@ -53,8 +53,10 @@ class Executor:
         self.on_finished = on_finished
         self.owner = owner_id()
         self._held: dict[asyncio.Task[None], Run] = {}
-        #: Resolved for a held run when a client asks to cancel it.
-        self._cancels: dict[str, asyncio.Future[None]] = {}
+        #: The task of each held run while its upstream call is in progress (what a cancel stops).
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        #: Runs a client asked to cancel: their task's CancelledError is a cancel, not a shutdown.
+        self._cancelling: set[str] = set()
         #: Runs whose upstream call is over and whose outcome is being recorded: not renewed,
         #: since the recording itself ends the lease (renewing then would look like a lost lease).
         self._recording: set[str] = set()
@@ -76,11 +78,12 @@ class Executor:
 
     def cancel_local(self, run_id: str) -> bool:
         """Abort the upstream call of a run this gateway holds; False if it holds none."""
-        cancel = self._cancels.get(run_id)
-        if cancel is None:
+        task = self._calls.get(run_id)
+        if task is None:
             return False
-        if not cancel.done():
-            cancel.set_result(None)
+        if run_id not in self._cancelling:
+            self._cancelling.add(run_id)
+            task.cancel()
         return True
 
     def stop_claiming(self) -> None:
@@ -142,12 +145,10 @@ class Executor:
         if body is None:
             return  # the run expired or was removed while queued
         logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
-        cancel = self._cancels.setdefault(run.run_id, asyncio.get_running_loop().create_future())
         started = time.perf_counter()
         try:
-            outcome = await self._call_unless_cancelled(run, body, cancel)
+            outcome = await self._call(run, body)
         finally:
-            self._cancels.pop(run.run_id, None)
             self.metrics.upstream_duration.observe(time.perf_counter() - started)
         self._recording.add(run.run_id)
         try:
@@ -155,20 +156,25 @@ class Executor:
         finally:
             self._recording.discard(run.run_id)
 
-    async def _call_unless_cancelled(self, run: Run, body: bytes, cancel: asyncio.Future[None]) -> Outcome:
-        """The upstream call's outcome, or CANCELLED once ``cancel`` resolves (the call aborted)."""
-        call = asyncio.create_task(replay(self.upstream, run, body, self.config.limits.max_result_bytes))
+    async def _call(self, run: Run, body: bytes) -> Outcome:
+        """The upstream call's outcome, or CANCELLED when a client cancels the run meanwhile.
+
+        A cancel cancels this very task (no second task per run: 10,000 held runs must stay
+        cheap); cancelling it closes the upstream connection, so the upstream sees the client go.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls[run.run_id] = task
         try:
-            # A future, not a second task per run: 10,000 held runs must stay cheap.
-            waiters: set[asyncio.Future[Any]] = {call, cancel}
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes)
+        except asyncio.CancelledError:
+            if run.run_id not in self._cancelling or task.uncancel() > 0:
+                raise  # a shutdown or a lost lease, not (only) a client's cancel
+            error = RunError(ErrorCode.CANCELLED, "cancelled by a client while running")
+            return Outcome(RunState.CANCELLED, error=error)
         finally:
-            # Cancelling the call closes its connection: the upstream sees the client go away.
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-        if call.done() and not call.cancelled():
-            return call.result()
-        return Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client while running"))
+            del self._calls[run.run_id]
+            self._cancelling.discard(run.run_id)
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         recorded = await self._with_store_retries(
@@ -191,6 +197,10 @@ class Executor:
     async def _with_store_retries(self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         # A run's upstream answer is too valuable to drop because the store blinked: keep
         # trying until the store is back or the gateway shuts down (which cancels this).
+        try:
+            return await operation(*args, **kwargs)
+        except StoreUnavailable:
+            pass  # retried below, with backoff; the first try skips tenacity's per-call cost
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
