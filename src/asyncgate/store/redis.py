@@ -91,9 +91,10 @@ SOCKET_TIMEOUT = 5.0
 MAX_CLAIM_WAIT = 60.0
 #: A queue entry read but never acked (its reader died in between) is taken over after this.
 STALE_ENTRY_IDLE = 60.0
-#: Connections for ordinary commands, at most. Each request or run in flight may hold one for
-#: a round trip; redis-py's default cap was exhausted under load (bench S3: 503s).
-POOL_SIZE = 2048
+#: Connections for ordinary commands, at most; a command finding them all busy waits (up to
+#: SOCKET_TIMEOUT) for one. Each holds a connection for one round trip, so a few hundred serve
+#: thousands of requests and runs, and a fleet of replicas stays far below Redis's maxclients.
+POOL_SIZE = 256
 #: How long create() waits for a replica's confirmation under store.durability: strict.
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
@@ -449,7 +450,9 @@ class RedisRunStore:
             "socket_connect_timeout": SOCKET_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis = connect(url, pool_size=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT, **options)
+        self._redis = connect(
+            url, pool_size=POOL_SIZE, pool_wait=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT, **options
+        )
         # Blocking reads (the queue, event logs followed by SSE clients and long-polls) hold a
         # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
