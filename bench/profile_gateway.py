@@ -1,6 +1,8 @@
 """Profile the gateway with py-spy while wrk drives S1 (sync GET) or S3 (async intake, Redis).
 
     python bench/profile_gateway.py S1 [--seconds 15]
+    python bench/profile_gateway.py S3        # an intake-only gateway (runs.execute false)
+    python bench/profile_gateway.py S3-all    # the default role: it also executes every run
 
 Writes collapsed stacks (for speedscope or flamegraph.pl) to bench/out/profile-*/ and prints where the
 gateway's time goes: the functions with the most samples of their own, and by module.
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import services
 from harness.loadgen import CLIENT_AUTH
 from harness.procs import LOAD_CORE, BenchError, Supervisor, pin_self, raise_nofile_limit, run_bounded
-from harness.scenarios import ASYNC_PATH, CONNECTIONS, INTAKE_ENV
+from harness.scenarios import ASYNC_PATH, CONNECTIONS, INTAKE_ENV, INTAKE_ONLY_ENV
 from harness.wrk import Load, run_wrk
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -34,7 +36,7 @@ _LINE_NO = re.compile(r":\d+\)")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["S1", "S3"])
+    parser.add_argument("scenario", choices=["S1", "S3", "S3-all"])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -53,13 +55,19 @@ def main() -> int:
     return 0
 
 
+def _py_spy() -> str:
+    """py-spy from this interpreter's environment (bench/requirements.txt), else from PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def _profile(sup: Supervisor, workdir: Path, scenario: str, seconds: float) -> Path:
     upstream = services.start_nginx_upstream(sup, workdir)
-    redis = services.start_redis(sup, workdir, durable=False) if scenario == "S3" else None
+    redis = services.start_redis(sup, workdir, durable=False) if scenario != "S1" else None
     command, origin = services.snapshot_gateway(REPO / "src", workdir)
     if command is None:
         raise BenchError(origin)
-    env = INTAKE_ENV if scenario == "S3" else {}
+    env = {"S1": {}, "S3": INTAKE_ONLY_ENV, "S3-all": INTAKE_ENV}[scenario]
     gateway = services.start_gateway(sup, command, upstream, redis=redis, env=env)
     if scenario == "S1":
         path, load = "/1k", Load(CONNECTIONS, seconds + 4)
@@ -72,7 +80,7 @@ def _profile(sup: Supervisor, workdir: Path, scenario: str, seconds: float) -> P
     time.sleep(2)
     # Collapsed stacks: speedscope and flamegraph.pl read them as they are.
     raw = workdir / f"{scenario}.collapsed.txt"
-    argv = ["py-spy", "record", "--pid", str(gateway.child.pid), "--duration", str(int(seconds)),
+    argv = [_py_spy(), "record", "--pid", str(gateway.child.pid), "--duration", str(int(seconds)),
             "--rate", str(RATE_HZ), "--nonblocking", "--format", "raw", "--output", str(raw)]  # fmt: skip
     done = run_bounded(argv, core=LOAD_CORE, timeout=seconds + 60)
     if done.returncode != 0:
