@@ -40,7 +40,7 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
         except TimeoutError:
             raise aioredis.ConnectionError(f"no Redis connection free within {self._wait_timeout:g} s") from None
         try:
-            return await super().get_connection(*args, **kwargs)
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except BaseException:
             self._slots.release()
             raise
