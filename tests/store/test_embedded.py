@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asyncgate.config import Config, StoreConfig
-from asyncgate.errors import StoreError
+from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import Outcome, RunResult, RunState
+from asyncgate.store import embedded as embedded_module
+from asyncgate.store.base import Created, Idempotency, QueueFull
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.factory import build_store
 from tests.store.conftest import Runner, new_run
@@ -129,3 +134,103 @@ def test_no_redis_url_selects_the_embedded_store(data_dir: Path) -> None:
 
     assert isinstance(store, EmbeddedRunStore)
     assert (store.data_dir, store.synchronous) == (data_dir, "normal")
+
+
+def _batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every group commit from now on."""
+    sizes: list[int] = []
+    original = embedded_module._create_many
+
+    def counting(db: sqlite3.Connection, submissions: list[Any]) -> list[Any]:
+        sizes.append(len(submissions))
+        return original(db, submissions)
+
+    monkeypatch.setattr(embedded_module, "_create_many", counting)
+    return sizes
+
+
+def test_concurrent_submissions_share_commits_and_each_is_stored(
+    embedded: EmbeddedRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _batches(monkeypatch)
+    runs = [new_run() for _ in range(200)]
+
+    async def submit_all() -> list[Created]:
+        return await asyncio.gather(*(embedded.create(queued, f"body {queued.run_id}".encode()) for queued in runs))
+
+    answers = run(submit_all())
+    assert [answer.run_id for answer in answers] == [queued.run_id for queued in runs]
+    assert not any(answer.replayed for answer in answers)
+    assert sum(sizes) == 200 and len(sizes) < 200  # one fsync served several 202s
+    for queued in runs:
+        assert run(embedded.request_body(queued.run_id)) == f"body {queued.run_id}".encode()
+
+
+def test_one_idempotency_key_in_one_batch_creates_one_run(embedded: EmbeddedRunStore, run: Runner) -> None:
+    key = Idempotency("k-1", "fingerprint")
+
+    async def submit_all() -> list[Created]:
+        return await asyncio.gather(*(embedded.create(new_run(), b"", idempotency=key) for _ in range(10)))
+
+    answers = run(submit_all())
+    assert len({answer.run_id for answer in answers}) == 1
+    assert [answer.replayed for answer in answers] == [False] + [True] * 9
+    assert all(answer.same_request for answer in answers[1:])
+
+
+def test_the_queue_limit_holds_within_a_batch(embedded: EmbeddedRunStore, run: Runner) -> None:
+    async def submit_all() -> list[Created | BaseException]:
+        submissions = (embedded.create(new_run(), b"", max_queued=5) for _ in range(20))
+        return await asyncio.gather(*submissions, return_exceptions=True)
+
+    answers = run(submit_all())
+    assert sum(isinstance(answer, Created) for answer in answers) == 5
+    assert sum(isinstance(answer, QueueFull) for answer in answers) == 15
+    assert run(embedded.queued_count()) == 5
+
+
+def test_a_submitter_cancelled_before_its_commit_leaves_no_run(embedded: EmbeddedRunStore, run: Runner) -> None:
+    first, second = new_run(), new_run()
+
+    async def cancel_the_second() -> Created:
+        busy = threading.Event()
+        release = threading.Event()
+
+        def hold_the_writer(db: sqlite3.Connection) -> None:
+            busy.set()
+            release.wait(10)
+
+        holder = asyncio.ensure_future(embedded._call(hold_the_writer))
+        await asyncio.to_thread(busy.wait, 10)  # the single writer thread is now occupied
+        accepted = asyncio.create_task(embedded.create(first, b""))
+        await asyncio.sleep(0)  # the first is taken into a batch, which waits for the writer
+        abandoned = asyncio.create_task(embedded.create(second, b""))
+        await asyncio.sleep(0)  # the second waits for the next batch
+        abandoned.cancel()
+        release.set()
+        await holder
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        return await accepted
+
+    assert run(cancel_the_second()).run_id == first.run_id
+    assert run(embedded.get(first.run_id)) is not None
+    assert run(embedded.get(second.run_id)) is None
+
+
+def test_a_failed_commit_fails_every_submission_in_it(
+    embedded: EmbeddedRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(db: sqlite3.Connection, submissions: list[Any]) -> list[Any]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(embedded_module, "_create_many", disk_full)
+
+    async def submit_all() -> list[Created | BaseException]:
+        return await asyncio.gather(*(embedded.create(new_run(), b"") for _ in range(5)), return_exceptions=True)
+
+    answers = run(submit_all())
+    assert all(isinstance(answer, StoreUnavailable) for answer in answers)
+    assert len({id(answer) for answer in answers}) == 5
+    monkeypatch.undo()
+    assert run(embedded.create(new_run(), b"")).replayed is False  # the store goes on afterwards

@@ -251,31 +251,48 @@ def _close(db: sqlite3.Connection, run_id: str, event: dict[str, Any], retention
     db.execute(_CLOSE, {"run_id": run_id, "now": now(), "retention": retention})
 
 
-def _create(
-    db: sqlite3.Connection, params: dict[str, Any], idempotency: Idempotency | None, max_queued: int
-) -> Created:
-    run_id = params["run_id"]
+_REMEMBER_KEY = "INSERT OR REPLACE INTO idempotency (key, run_id, fingerprint) VALUES (:key, :run_id, :fingerprint)"
+
+#: One submission waiting for its turn in a group commit: the run's row, its key, the queue limit.
+_Submission = tuple[dict[str, Any], Idempotency | None, int]
+
+
+def _create_many(db: sqlite3.Connection, submissions: list[_Submission]) -> list[Created | QueueFull]:
+    """Store every submission in one transaction: one fsync for the lot, not one each.
+
+    Each gets its own answer: created, replayed (its idempotency key names a live run, even
+    one created earlier in the same batch) or QueueFull. A SQLite error fails them all, as
+    the transaction is rolled back.
+    """
+    answers: list[Created | QueueFull] = []
+    queued: int | None = None  # counted once per batch, then kept up to date here
     with _transaction(db):
-        if idempotency is not None:
-            named = db.execute(
-                f"SELECT i.run_id, i.fingerprint FROM idempotency i JOIN runs r ON r.run_id = i.run_id "
-                f"WHERE i.key = :key AND {_LIVE.replace('expires_at', 'r.expires_at')}",
-                {"key": idempotency.key, "now": now()},
-            ).fetchone()
-            if named is not None:
-                return Created(named[0], replayed=True, same_request=named[1] == idempotency.fingerprint)
-        if max_queued > 0:
-            (queued,) = db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()
-            if queued >= max_queued:
-                raise QueueFull()
-        db.execute(_INSERT, params)
-        _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
-        if idempotency is not None:
-            db.execute(
-                "INSERT OR REPLACE INTO idempotency (key, run_id, fingerprint) VALUES (:key, :run_id, :fingerprint)",
-                {"key": idempotency.key, "run_id": run_id, "fingerprint": idempotency.fingerprint},
-            )
-    return Created(run_id)
+        for params, idempotency, max_queued in submissions:
+            if idempotency is not None:
+                named = db.execute(
+                    f"SELECT i.run_id, i.fingerprint FROM idempotency i JOIN runs r ON r.run_id = i.run_id "
+                    f"WHERE i.key = :key AND {_LIVE.replace('expires_at', 'r.expires_at')}",
+                    {"key": idempotency.key, "now": now()},
+                ).fetchone()
+                if named is not None:
+                    answers.append(Created(named[0], replayed=True, same_request=named[1] == idempotency.fingerprint))
+                    continue
+            if max_queued > 0:
+                if queued is None:
+                    (queued,) = db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()
+                if queued >= max_queued:
+                    answers.append(QueueFull())
+                    continue
+            run_id = params["run_id"]
+            db.execute(_INSERT, params)
+            _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
+            if idempotency is not None:
+                key = {"key": idempotency.key, "run_id": run_id, "fingerprint": idempotency.fingerprint}
+                db.execute(_REMEMBER_KEY, key)
+            if queued is not None:
+                queued += 1
+            answers.append(Created(run_id))
+    return answers
 
 
 def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer) -> list[Run]:
@@ -416,6 +433,13 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
     return True
 
 
+def _fail(waiting: list[tuple[_Submission, asyncio.Future[Created]]], error: StoreError) -> None:
+    for _, answer in waiting:
+        if not answer.done():
+            # One exception object each: a shared one would collect every raiser's traceback.
+            answer.set_exception(type(error)(*error.args))
+
+
 class EmbeddedRunStore:
     """Runs in one SQLite file, used from one worker thread, by one process at a time."""
 
@@ -435,6 +459,9 @@ class EmbeddedRunStore:
         self._changed = asyncio.Event()
         self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._next_purge = 0.0
+        # Group commit: submissions arriving while a commit is on disk wait to share the next.
+        self._submissions: list[tuple[_Submission, asyncio.Future[Created]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -451,6 +478,8 @@ class EmbeddedRunStore:
             raise StoreError(f"cannot open {path}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await asyncio.wait([self._committer])  # every submission taken gets its answer
         if self._pool is not None:
             if self._db is not None:
                 await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
@@ -496,11 +525,50 @@ class EmbeddedRunStore:
             "caller": run.caller,
             "webhook": 1 if run.request.webhook_url else 0,
         }
-        created = await self._call(_create, params, idempotency, max_queued)
+        answer: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
+        self._submissions.append(((params, idempotency, max_queued), answer))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_submissions())
+        created = await answer
         if not created.replayed:
             self._work.set()
             self._notify()
         return created
+
+    async def _commit_submissions(self) -> None:
+        """Commit waiting submissions, as many per transaction as have arrived, until none wait.
+
+        With synchronous=full every commit waits for the disk, and one thread writes: one
+        commit per 202 would cap intake at the disk's fsync rate, whatever the load.
+        """
+        taken: list[tuple[_Submission, asyncio.Future[Created]]] = []
+        try:
+            while self._submissions:
+                # A submitter cancelled before its turn (its client gone) never had a 202: skip it.
+                taken = [(submission, answer) for submission, answer in self._submissions if not answer.done()]
+                self._submissions = []
+                if not taken:
+                    continue
+                try:
+                    answers = await self._call(_create_many, [submission for submission, _ in taken])
+                except StoreError as exc:
+                    _fail(taken, exc)
+                    continue
+                for (_, answer), result in zip(taken, answers, strict=True):
+                    if answer.done():
+                        continue  # cancelled while its batch was on disk: stored, as it would be alone
+                    if isinstance(result, QueueFull):
+                        answer.set_exception(result)
+                    else:
+                        answer.set_result(result)
+                taken = []
+        except BaseException as exc:
+            # Not a store error (the loop shutting down, a bug): no submitter is left waiting.
+            _fail(taken + self._submissions, StoreUnavailable(f"the embedded store stopped: {exc!r}"))
+            self._submissions = []
+            raise
+        finally:
+            self._committer = None
 
     async def get(self, run_id: str) -> Run | None:
         row = await self._fetch(f"SELECT {_COLUMNS} FROM runs WHERE run_id = :run_id AND {_LIVE}", run_id)
