@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store import embedded as embedded_module
-from asyncgate.store.base import Created, Idempotency, QueueFull
+from asyncgate.store.base import CancelResult, Created, Idempotency, QueueFull
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.factory import build_store
 from tests.store.conftest import Runner, new_run
@@ -137,15 +138,15 @@ def test_no_redis_url_selects_the_embedded_store(data_dir: Path) -> None:
 
 
 def _batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every group commit from now on."""
+    """The number of writes in every group commit from now on."""
     sizes: list[int] = []
-    original = embedded_module._create_many
+    original = embedded_module._write_together
 
-    def counting(db: sqlite3.Connection, submissions: list[Any]) -> list[Any]:
-        sizes.append(len(submissions))
-        return original(db, submissions)
+    def counting(db: sqlite3.Connection, writes: list[Any]) -> list[Any]:
+        sizes.append(len(writes))
+        return original(db, writes)
 
-    monkeypatch.setattr(embedded_module, "_create_many", counting)
+    monkeypatch.setattr(embedded_module, "_write_together", counting)
     return sizes
 
 
@@ -221,10 +222,10 @@ def test_a_submitter_cancelled_before_its_commit_leaves_no_run(embedded: Embedde
 def test_a_failed_commit_fails_every_submission_in_it(
     embedded: EmbeddedRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(db: sqlite3.Connection, submissions: list[Any]) -> list[Any]:
+    def disk_full(db: sqlite3.Connection, writes: list[Any]) -> list[Any]:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(embedded_module, "_create_many", disk_full)
+    monkeypatch.setattr(embedded_module, "_write_together", disk_full)
 
     async def submit_all() -> list[Created | BaseException]:
         return await asyncio.gather(*(embedded.create(new_run(), b"") for _ in range(5)), return_exceptions=True)
@@ -234,3 +235,84 @@ def test_a_failed_commit_fails_every_submission_in_it(
     assert len({id(answer) for answer in answers}) == 5
     monkeypatch.undo()
     assert run(embedded.create(new_run(), b"")).replayed is False  # the store goes on afterwards
+
+
+def test_a_write_that_fails_alone_is_undone_alone(
+    embedded: EmbeddedRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing, fresh = new_run(), new_run()
+    run(embedded.create(existing, b"first"))
+    sizes = _batches(monkeypatch)
+
+    async def together() -> list[Created | BaseException]:
+        # The same run_id again breaks the primary key: its own change fails, in the same commit.
+        writes = (embedded.create(existing, b"again"), embedded.create(fresh, b"fresh"))
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    duplicate, created = run(together())
+    assert sizes == [2]
+    assert isinstance(duplicate, StoreError) and "UNIQUE" in str(duplicate)
+    assert isinstance(created, Created) and created.run_id == fresh.run_id
+    assert run(embedded.request_body(existing.run_id)) == b"first"
+    assert run(embedded.request_body(fresh.run_id)) == b"fresh"
+    assert [event.data["status"] for event in run(embedded.events(existing.run_id, None, 0))] == ["queued"]
+
+
+def test_claims_finishes_and_submissions_share_commits(
+    embedded: EmbeddedRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = new_run()
+    run(embedded.create(first, b""))
+    (claimed,) = run(embedded.claim("me", 1, 0, LEASE))
+    sizes = _batches(monkeypatch)
+    later = new_run()
+
+    async def together() -> tuple[bool, Created]:
+        return await asyncio.gather(
+            embedded.finish(claimed.run_id, claimed.attempt, DONE, 60), embedded.create(later, b"")
+        )
+
+    finished, created = run(together())
+    assert sizes == [2] and finished and created.run_id == later.run_id
+    assert run(embedded.get(first.run_id)).state is RunState.SUCCEEDED  # type: ignore[union-attr]
+    assert run(embedded.get(later.run_id)).state is RunState.QUEUED  # type: ignore[union-attr]
+
+
+def _counted(data_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db:
+        return int(db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()[0])
+
+
+def test_the_queue_length_follows_every_change_of_state(
+    embedded: EmbeddedRunStore, data_dir: Path, run: Runner
+) -> None:
+    runs = [new_run() for _ in range(6)]
+    for queued in runs:
+        run(embedded.create(queued, b""))
+    assert run(embedded.queued_count()) == _counted(data_dir) == 6
+    first, second = run(embedded.claim("me", 2, 0, LEASE))  # queued -> running
+    assert run(embedded.queued_count()) == _counted(data_dir) == 4
+    assert run(embedded.requeue(first.run_id, first.attempt))  # running -> queued
+    run(embedded.finish(second.run_id, second.attempt, DONE, 60))
+    assert run(embedded.cancel(runs[5].run_id, 0)) is CancelResult.CANCELLED  # queued -> cancelled
+    assert run(embedded.queued_count()) == _counted(data_dir) == 4
+    run(embedded.purge())  # the cancelled run's retention (0) is over: deleted, not counted
+    assert run(embedded.queued_count()) == _counted(data_dir) == 4
+
+
+def test_the_queue_length_is_counted_afresh_on_open(embedded: EmbeddedRunStore, data_dir: Path, run: Runner) -> None:
+    for _ in range(3):
+        run(embedded.create(new_run(), b""))
+    run(embedded.close())
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db:
+        db.execute("UPDATE queue_length SET runs = 999")  # as a file from another version might hold
+        db.commit()
+    again = EmbeddedRunStore(data_dir)
+    run(again.open())
+    try:
+        assert run(again.queued_count()) == 3
+        assert isinstance(run(again.create(new_run(), b"", max_queued=4)), Created)
+        with pytest.raises(QueueFull):
+            run(again.create(new_run(), b"", max_queued=4))
+    finally:
+        run(again.close())

@@ -108,7 +108,21 @@ CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state
 CREATE INDEX IF NOT EXISTS runs_queue ON runs (seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS runs_leases ON runs (lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
+-- How many runs are queued, kept by triggers: counting the queue at each submission (for
+-- limits.max_queued) cost time in proportion to its length, under the writer's lock.
+CREATE TABLE IF NOT EXISTS queue_length (one INTEGER PRIMARY KEY CHECK (one = 1), runs INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS queue_insert AFTER INSERT ON runs WHEN NEW.state = 'queued'
+BEGIN UPDATE queue_length SET runs = runs + 1; END;
+CREATE TRIGGER IF NOT EXISTS queue_enter AFTER UPDATE OF state ON runs
+WHEN OLD.state <> 'queued' AND NEW.state = 'queued'
+BEGIN UPDATE queue_length SET runs = runs + 1; END;
+CREATE TRIGGER IF NOT EXISTS queue_leave AFTER UPDATE OF state ON runs
+WHEN OLD.state = 'queued' AND NEW.state <> 'queued'
+BEGIN UPDATE queue_length SET runs = runs - 1; END;
+CREATE TRIGGER IF NOT EXISTS queue_delete AFTER DELETE ON runs WHEN OLD.state = 'queued'
+BEGIN UPDATE queue_length SET runs = runs - 1; END;
 """
+_QUEUE_LENGTH = "SELECT runs FROM queue_length"
 
 _COLUMNS = (
     "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
@@ -206,6 +220,8 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {synchronous}")
         db.executescript(_SCHEMA)
+        # Counted afresh at each start: a file from a version without the triggers is right too.
+        db.execute("INSERT OR REPLACE INTO queue_length SELECT 1, count(*) FROM runs WHERE state = 'queued'")
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
@@ -232,14 +248,43 @@ def _execute(db: sqlite3.Connection, sql: str, params: dict[str, Any]) -> int:
 
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """Several statements as one change (the connection is in autocommit mode otherwise)."""
-    db.execute("BEGIN IMMEDIATE")
+    """Several statements as one change: a savepoint, so the change can share the writer's
+    transaction with others (see ``_write_together``) and still be undone alone."""
+    db.execute("SAVEPOINT change")
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        # Some errors (disk full, I/O) make SQLite roll the whole transaction back itself.
+        if db.in_transaction:
+            db.execute("ROLLBACK TO change")
+            db.execute("RELEASE change")
         raise
-    db.execute("COMMIT")
+    db.execute("RELEASE change")
+
+
+def _write_together(db: sqlite3.Connection, writes: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    """Make every write in one transaction, so they share one commit (one fsync under
+    synchronous=full); each is atomic alone (one statement, or a ``_transaction``).
+
+    Returns each write's answer, or the exception that undid it alone (a full queue, a
+    constraint). An error that undoes the transaction itself is raised: it fails them all.
+    """
+    answers: list[Any] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            try:
+                answers.append(write(db))
+            except Exception as exc:
+                if not db.in_transaction:
+                    raise  # SQLite rolled back the whole transaction: the writes before are gone too
+                answers.append(exc)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return answers
 
 
 def _log(db: sqlite3.Connection, run_id: str, event: dict[str, Any]) -> None:
@@ -253,46 +298,31 @@ def _close(db: sqlite3.Connection, run_id: str, event: dict[str, Any], retention
 
 _REMEMBER_KEY = "INSERT OR REPLACE INTO idempotency (key, run_id, fingerprint) VALUES (:key, :run_id, :fingerprint)"
 
-#: One submission waiting for its turn in a group commit: the run's row, its key, the queue limit.
-_Submission = tuple[dict[str, Any], Idempotency | None, int]
 
-
-def _create_many(db: sqlite3.Connection, submissions: list[_Submission]) -> list[Created | QueueFull]:
-    """Store every submission in one transaction: one fsync for the lot, not one each.
-
-    Each gets its own answer: created, replayed (its idempotency key names a live run, even
-    one created earlier in the same batch) or QueueFull. A SQLite error fails them all, as
-    the transaction is rolled back.
-    """
-    answers: list[Created | QueueFull] = []
-    queued: int | None = None  # counted once per batch, then kept up to date here
+def _create(
+    db: sqlite3.Connection, params: dict[str, Any], idempotency: Idempotency | None, max_queued: int
+) -> Created:
+    run_id = params["run_id"]
     with _transaction(db):
-        for params, idempotency, max_queued in submissions:
-            if idempotency is not None:
-                named = db.execute(
-                    f"SELECT i.run_id, i.fingerprint FROM idempotency i JOIN runs r ON r.run_id = i.run_id "
-                    f"WHERE i.key = :key AND {_LIVE.replace('expires_at', 'r.expires_at')}",
-                    {"key": idempotency.key, "now": now()},
-                ).fetchone()
-                if named is not None:
-                    answers.append(Created(named[0], replayed=True, same_request=named[1] == idempotency.fingerprint))
-                    continue
-            if max_queued > 0:
-                if queued is None:
-                    (queued,) = db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()
-                if queued >= max_queued:
-                    answers.append(QueueFull())
-                    continue
-            run_id = params["run_id"]
-            db.execute(_INSERT, params)
-            _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
-            if idempotency is not None:
-                key = {"key": idempotency.key, "run_id": run_id, "fingerprint": idempotency.fingerprint}
-                db.execute(_REMEMBER_KEY, key)
-            if queued is not None:
-                queued += 1
-            answers.append(Created(run_id))
-    return answers
+        if idempotency is not None:
+            # Also finds a run created earlier in the same group commit.
+            named = db.execute(
+                f"SELECT i.run_id, i.fingerprint FROM idempotency i JOIN runs r ON r.run_id = i.run_id "
+                f"WHERE i.key = :key AND {_LIVE.replace('expires_at', 'r.expires_at')}",
+                {"key": idempotency.key, "now": now()},
+            ).fetchone()
+            if named is not None:
+                return Created(named[0], replayed=True, same_request=named[1] == idempotency.fingerprint)
+        if max_queued > 0:
+            (queued,) = db.execute(_QUEUE_LENGTH).fetchone()
+            if queued >= max_queued:
+                raise QueueFull()
+        db.execute(_INSERT, params)
+        _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
+        if idempotency is not None:
+            key = {"key": idempotency.key, "run_id": run_id, "fingerprint": idempotency.fingerprint}
+            db.execute(_REMEMBER_KEY, key)
+    return Created(run_id)
 
 
 def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer) -> list[Run]:
@@ -433,7 +463,13 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
     return True
 
 
-def _fail(waiting: list[tuple[_Submission, asyncio.Future[Created]]], error: StoreError) -> None:
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.OperationalError):  # locked, busy, disk I/O: may pass
+        return StoreUnavailable(f"sqlite: {exc}")
+    return StoreError(f"sqlite: {exc}")
+
+
+def _fail(waiting: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]], error: StoreError) -> None:
     for _, answer in waiting:
         if not answer.done():
             # One exception object each: a shared one would collect every raiser's traceback.
@@ -459,9 +495,9 @@ class EmbeddedRunStore:
         self._changed = asyncio.Event()
         self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._next_purge = 0.0
-        # Group commit: submissions arriving while a commit is on disk wait to share the next.
-        self._submissions: list[tuple[_Submission, asyncio.Future[Created]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        # Group commit: writes arriving while a commit is on disk wait to share the next one.
+        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -478,8 +514,8 @@ class EmbeddedRunStore:
             raise StoreError(f"cannot open {path}: {exc}") from exc
 
     async def close(self) -> None:
-        if self._committer is not None:
-            await asyncio.wait([self._committer])  # every submission taken gets its answer
+        if self._writer is not None:
+            await asyncio.wait([self._writer])  # every write taken gets its answer
         if self._pool is not None:
             if self._db is not None:
                 await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
@@ -497,13 +533,61 @@ class EmbeddedRunStore:
         call = functools.partial(operation, self._db, *args, **kwargs)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O: may pass
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+            raise _store_error(exc) from exc
 
     async def ping(self) -> None:
         await self._call(_execute, "SELECT 1", {})
+
+    async def _write(
+        self, operation: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``operation(db, ...)``, a change, in the next group commit; answer once it is on disk."""
+        if self._pool is None or self._db is None:
+            raise StoreError("the embedded store is not open")
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((lambda db: operation(db, *args, **kwargs), answer))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._commit_writes())
+        return await answer
+
+    async def _commit_writes(self) -> None:
+        """Commit waiting writes, as many per transaction as have arrived, until none wait.
+
+        With synchronous=full every commit waits for the disk, and one thread writes: a
+        commit per change would cap the store at the disk's fsync rate, whatever the load.
+        """
+        taken: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        try:
+            while self._writes:
+                # A caller cancelled before its turn (a client gone) is skipped, as an executor
+                # job cancelled before it started would be.
+                taken = [(write, answer) for write, answer in self._writes if not answer.done()]
+                self._writes = []
+                if not taken:
+                    continue
+                try:
+                    answers = await self._call(_write_together, [write for write, _ in taken])
+                except StoreError as exc:
+                    _fail(taken, exc)
+                    continue
+                for (_, answer), result in zip(taken, answers, strict=True):
+                    if answer.done():
+                        continue  # cancelled while its commit was on disk: made, as it would be alone
+                    if isinstance(result, sqlite3.Error):
+                        answer.set_exception(_store_error(result))
+                    elif isinstance(result, Exception):
+                        answer.set_exception(result)
+                    else:
+                        answer.set_result(result)
+                taken = []
+        except BaseException as exc:
+            # Not a store error (the loop shutting down, a bug): no caller is left waiting.
+            _fail(taken + self._writes, StoreUnavailable(f"the embedded store stopped: {exc!r}"))
+            self._writes = []
+            raise
+        finally:
+            self._writer = None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -525,50 +609,11 @@ class EmbeddedRunStore:
             "caller": run.caller,
             "webhook": 1 if run.request.webhook_url else 0,
         }
-        answer: asyncio.Future[Created] = asyncio.get_running_loop().create_future()
-        self._submissions.append(((params, idempotency, max_queued), answer))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_submissions())
-        created = await answer
+        created = await self._write(_create, params, idempotency, max_queued)
         if not created.replayed:
             self._work.set()
             self._notify()
         return created
-
-    async def _commit_submissions(self) -> None:
-        """Commit waiting submissions, as many per transaction as have arrived, until none wait.
-
-        With synchronous=full every commit waits for the disk, and one thread writes: one
-        commit per 202 would cap intake at the disk's fsync rate, whatever the load.
-        """
-        taken: list[tuple[_Submission, asyncio.Future[Created]]] = []
-        try:
-            while self._submissions:
-                # A submitter cancelled before its turn (its client gone) never had a 202: skip it.
-                taken = [(submission, answer) for submission, answer in self._submissions if not answer.done()]
-                self._submissions = []
-                if not taken:
-                    continue
-                try:
-                    answers = await self._call(_create_many, [submission for submission, _ in taken])
-                except StoreError as exc:
-                    _fail(taken, exc)
-                    continue
-                for (_, answer), result in zip(taken, answers, strict=True):
-                    if answer.done():
-                        continue  # cancelled while its batch was on disk: stored, as it would be alone
-                    if isinstance(result, QueueFull):
-                        answer.set_exception(result)
-                    else:
-                        answer.set_result(result)
-                taken = []
-        except BaseException as exc:
-            # Not a store error (the loop shutting down, a bug): no submitter is left waiting.
-            _fail(taken + self._submissions, StoreUnavailable(f"the embedded store stopped: {exc!r}"))
-            self._submissions = []
-            raise
-        finally:
-            self._committer = None
 
     async def get(self, run_id: str) -> Run | None:
         row = await self._fetch(f"SELECT {_COLUMNS} FROM runs WHERE run_id = :run_id AND {_LIVE}", run_id)
@@ -606,7 +651,7 @@ class EmbeddedRunStore:
         while True:
             # Cleared before looking, so a run queued after the look sets it again.
             self._work.clear()
-            runs = await self._call(_claim, owner, limit, lease, self.sealer)
+            runs = await self._write(_claim, owner, limit, lease, self.sealer)
             remaining = deadline - time.monotonic()
             if runs or remaining <= 0:
                 return runs
@@ -617,25 +662,25 @@ class EmbeddedRunStore:
                 return []
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
-        return await self._call(_renew, run_id, attempt, lease)
+        return await self._write(_renew, run_id, attempt, lease)
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
-        finished = await self._call(_finish, run_id, attempt, outcome, retention)
+        finished = await self._write(_finish, run_id, attempt, outcome, retention)
         if finished:
             self._notify()
         return finished
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
-        requeued = await self._call(_requeue, run_id, attempt)
+        requeued = await self._write(_requeue, run_id, attempt)
         if requeued:
             self._work.set()
             self._notify()
         return requeued
 
     async def cancel(self, run_id: str, retention: float) -> CancelResult:
-        result = await self._call(_cancel, run_id, retention)
+        result = await self._write(_cancel, run_id, retention)
         if result is CancelResult.CANCELLED:
             self._notify()
         elif result is CancelResult.REQUESTED:
@@ -682,20 +727,20 @@ class EmbeddedRunStore:
         return [run for _, run in rows], next_cursor
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
-        return await self._call(_take_deliveries, limit, lease)
+        return await self._write(_take_deliveries, limit, lease)
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
-        recorded = await self._call(_record_delivery, run_id, token, delivery, retention)
+        recorded = await self._write(_record_delivery, run_id, token, delivery, retention)
         if recorded:
             self._notify()
         return recorded
 
     async def redeliver(self, run_id: str) -> bool:
-        return await self._call(_execute, _REDELIVER, {"run_id": run_id, "now": now()}) == 1
+        return await self._write(_execute, _REDELIVER, {"run_id": run_id, "now": now()}) == 1
 
     async def queued_count(self) -> int:
         def count(db: sqlite3.Connection) -> int:
-            return int(db.execute("SELECT count(*) FROM runs WHERE state = 'queued'").fetchone()[0])
+            return int(db.execute(_QUEUE_LENGTH).fetchone()[0])
 
         return await self._call(count)
 
@@ -707,7 +752,7 @@ class EmbeddedRunStore:
         return {"durability": promise, "warnings": []}
 
     async def purge(self) -> None:
-        await self._call(_purge)
+        await self._write(_purge)
 
     async def expired(self, limit: int) -> list[Run]:
         await self._purge_if_due()
