@@ -37,6 +37,14 @@ def _cpu_by_pid() -> dict[int, tuple[int, float]]:
     return found
 
 
+def process_seconds(pid: int) -> float:
+    """CPU seconds one process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def _other_seconds(before: dict[int, tuple[int, float]], after: dict[int, tuple[int, float]]) -> float:
     me = os.getpid()
     used = 0.0

@@ -8,6 +8,7 @@ import functools
 import json
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import services
-from .cpu import QUIET_PCT, OtherLoad, wait_quiet
+from .cpu import QUIET_PCT, OtherLoad, process_seconds, wait_quiet
 from .loadgen import CLIENT_AUTH
 from .memory import RssSampler, hwm_mib
 from .procs import LOAD_CORE, SUT_CORE, BenchError, Supervisor, http_get, run_bounded
@@ -692,7 +693,7 @@ def _rate(bench: Bench, system: str, mode: str, start: Callable[[], Server]) -> 
 
 
 SCALE_COLUMNS = ["scenario", "one_gateway_rps", "two_gateways_rps", "ratio", "rps_a", "rps_b", "p99_a_ms", "p99_b_ms",
-                 "note"]  # fmt: skip
+                 "cores_a", "cores_b", "per_core_vs_one", "note"]  # fmt: skip
 
 
 def scale_out(bench: Bench) -> None:
@@ -722,6 +723,10 @@ def scale_out(bench: Bench) -> None:
         f"Caveat: the machine has 2 cores, so here wrk, the nginx upstream and Redis share the cores with the "
         f"gateways, while one_gateway_rps (S1/S3 above) had core {LOAD_CORE} for them alone: the ratio is a "
         "lower bound on what a second core gives.",
+        "cores_a/cores_b: CPU each gateway used during its measurement, in cores (from /proc/<pid>/stat). "
+        "per_core_vs_one: the two gateways' throughput per core they used, against one gateway's throughput on "
+        f"the core it had alone (core {SUT_CORE}, where it is CPU-bound): near 1.0 means a second process adds "
+        "what it is given, with nothing lost to sharing; informational, not a target.",
     ]
     bench.sections.append(Section("Scale-out - two gateway processes", SCALE_COLUMNS, rows, notes))
     for row in rows:
@@ -755,8 +760,8 @@ def _scaled(
                 for core in (SUT_CORE, LOAD_CORE)
             ]
             with ThreadPoolExecutor(max_workers=2) as pool:
-                futures = [pool.submit(bench.measure, g.url + path, half, None) for g in gateways]
-                a, b = (f.result() for f in futures)
+                futures = [pool.submit(_measure_with_cpu, bench, g, path, half) for g in gateways]
+                (a, cores_a), (b, cores_b) = (f.result() for f in futures)
     except Exception as exc:
         bench.log(f"  scale-out {scenario} failed: {exc}")
         row["note"] = f"error: {brief(exc)}"
@@ -764,11 +769,24 @@ def _scaled(
     one = bench.single[scenario]
     total = a.ok_rps + b.ok_rps
     row.update(one_gateway_rps=one, two_gateways_rps=total, ratio=ratio(total, one), rps_a=a.ok_rps, rps_b=b.ok_rps,
-               p99_a_ms=a.p99_ms, p99_b_ms=b.p99_ms)  # fmt: skip
+               p99_a_ms=a.p99_ms, p99_b_ms=b.p99_ms, cores_a=cores_a, cores_b=cores_b,
+               per_core_vs_one=ratio(total / (cores_a + cores_b) if cores_a + cores_b > 0 else None, one))  # fmt: skip
     failures = a.errors + a.non_2xx + b.errors + b.non_2xx
     row["note"] = f"{failures} failed" if failures else ""
     bench.log(f"  {scenario}: one {one:,.0f}, two {total:,.0f} req/s")
     return row
+
+
+def _measure_with_cpu(bench: Bench, gateway: Server, path: str, load: Load) -> tuple[WrkResult, float]:
+    """wrk against ``gateway``, and the cores the gateway used meanwhile (warm-up excluded)."""
+    start: list[float] = []
+
+    def mark() -> None:
+        start.extend((process_seconds(gateway.child.pid), time.monotonic()))
+
+    result = bench.measure(gateway.url + path, load, None, after_warmup=mark)
+    used, elapsed = process_seconds(gateway.child.pid) - start[0], time.monotonic() - start[1]
+    return result, used / elapsed
 
 
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
