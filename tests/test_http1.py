@@ -7,6 +7,8 @@ bytes, so framing on both sides is checked against something other than the clie
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -423,5 +425,120 @@ def test_target_must_be_a_path() -> None:
         for target in (b"http://x/", b"/a b", b"/a\r\n"):
             with pytest.raises(ValueError, match="invalid request target"):
                 await pool.request(b"GET", target, [])
+
+    run(test)
+
+
+def test_a_large_answer_taken_whole_leaves_its_connection_reading() -> None:
+    # One byte over the high-water mark: the read that completes the body is the one that
+    # pauses the socket, so the answer is whole while reading is paused.
+    size = HIGH_WATER + 1
+
+    async def test() -> None:
+        big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size
+        script, srv, origin = await server(lambda seen, c, r: _answer(big if seen.target == b"/big" else OK_HELLO))
+        pool = pool_for(origin)
+        response = await pool.request(b"GET", b"/big", [])
+        async with asyncio.timeout(WAIT):
+            while not response.complete:
+                await response._wait()  # woken by each read
+        assert response._reading_paused
+        assert len(response.buffered()) == size  # what the proxy does with a complete answer
+        response.release()
+        # The same connection, back in the pool, must read the next answer.
+        assert await read_all(await pool.request(b"GET", b"/small", [], read_timeout=2)) == b"hello"
+        assert script.connections == 1
+        await pool.close()
+        srv.close()
+
+    run(test)
+
+
+async def _answer(data: bytes) -> bytes:
+    return data
+
+
+def test_a_reset_does_not_end_a_body_that_runs_until_close() -> None:
+    async def reset_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"partial": tr')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        writer.transport.abort()
+
+    async def test() -> None:
+        srv = await asyncio.start_server(reset_mid_body, "127.0.0.1", 0)
+        pool = pool_for(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+        response = await pool.request(b"GET", b"/", [], read_timeout=WAIT)
+        with pytest.raises(UpstreamError, match="ConnectionResetError"):
+            await read_all(response)
+        assert not response.complete
+        await pool.close()
+        srv.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    ("method", "raw"),
+    [
+        (b"GET", OK_HELLO + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<evil>"),
+        (b"GET", CHUNKED_WITH_TRAILER.replace(b"abc", b"hel").replace(b"de", b"lo") + OK_HELLO),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ],
+    ids=["second-answer-after-length", "second-answer-after-chunked", "body-after-head"],
+)
+def test_bytes_past_the_answer_in_the_same_read_are_dropped_with_the_connection(method: bytes, raw: bytes) -> None:
+    async def test() -> None:
+        script, srv, origin = await server(fixed(raw))
+        pool = pool_for(origin)
+        for _ in range(2):
+            response = await pool.request(method, b"/", [])
+            assert response.status == 200
+            assert await read_all(response) == (b"" if method == b"HEAD" else b"hello")
+        assert script.connections == 2  # never reused: the stream is out of step
+        await pool.close()
+        srv.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    ("parts", "content_length"),
+    [((b"hello", b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"), 5), ((b"hel", b"lo"), 10)],
+    ids=["longer", "shorter"],
+)
+def test_a_streamed_body_must_match_its_content_length(parts: tuple[bytes, ...], content_length: int) -> None:
+    async def test() -> None:
+        script, srv, origin = await server(fixed(OK_HELLO))
+        pool = pool_for(origin)
+        with pytest.raises(UpstreamError, match="Content-Length|bytes"):
+            response = await pool.request(b"POST", b"/upload", [], _chunks(*parts), content_length=content_length)
+            await read_all(response)
+        # Whatever the upstream read, it never saw bytes past the declared length as a request.
+        assert all(seen.target == b"/upload" for seen in script.requests)
+        assert [seen.body for seen in script.requests] in ([], [b"hello"])
+        await pool.close()
+        srv.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    ("coding", "until_close"), [(b"identity", True), (b"gzip, chunked", False)], ids=["identity", "chunked-last"]
+)
+def test_transfer_encoding_frames_a_body_only_when_chunked_is_last(coding: bytes, until_close: bool) -> None:
+    body = b"5\r\nhello\r\n0\r\n\r\n" if not until_close else b"all of it"
+
+    async def test() -> None:
+        script, srv, origin = await server(fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n" % coding + body))
+        script.close_after_answer = until_close
+        pool = pool_for(origin)
+        response = await pool.request(b"GET", b"/", [], read_timeout=WAIT)
+        assert await read_all(response) == (b"all of it" if until_close else b"hello")
+        await pool.close()
+        srv.close()
 
     run(test)

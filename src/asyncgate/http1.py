@@ -50,6 +50,10 @@ class UpstreamTimeout(TimeoutError):
     """The upstream stayed silent longer than the read timeout, or took too long to connect."""
 
 
+class _LengthMismatch(Exception):
+    """A streamed request body that does not match the Content-Length sent for it."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries one exchange at a time."""
 
@@ -84,8 +88,13 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None  # gone: nothing left to pause, resume or abort
         if self.response is not None:
-            self.response.eof()
+            if exc is None:
+                self.response.eof()
+            else:
+                # A reset is not the end of a body that runs until close: it is a broken answer.
+                self.response._fail(UpstreamError(f"the upstream connection broke ({exc.__class__.__name__})"))
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_exception(UpstreamError("the upstream closed the connection"))
@@ -172,6 +181,11 @@ class Response:
             return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            # on_message_begin refused a second answer in the same read: the one asked for is
+            # whole, but the stream is out of step and cannot carry another request.
+            self.keep_alive = False
+            self._connection.abort()
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("the upstream switched protocols, which a relay cannot follow"))
         except httptools.HttpParserError as exc:
@@ -187,6 +201,10 @@ class Response:
             self._fail(UpstreamError("the upstream closed the connection before its answer ended"))
 
     # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise UpstreamError("the upstream sent more than one answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._has_head:  # trailers, after a chunked body, are not relayed
             self._headers.append((name, value))
@@ -211,6 +229,10 @@ class Response:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            # A body after an answer to HEAD: not relayed, and the connection is not reused.
+            self.keep_alive = False
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused and self._connection.transport is not None:
@@ -317,6 +339,10 @@ class Response:
         connection = self._connection
         connection.response = None
         if self.complete and self.keep_alive and body_sent and not self._chunks and not connection.closed:
+            if self._reading_paused and connection.transport is not None:
+                # Paused by a large body taken whole (buffered()): the next answer must be read.
+                self._reading_paused = False
+                connection.transport.resume_reading()
             connection.pool._put_back(connection)
         else:
             connection.abort()
@@ -329,11 +355,20 @@ class Response:
 
 
 def _has_framing(headers: RawHeaders) -> bool:
-    for name, _ in headers:
+    """Whether the body's end is marked (RFC 9112 6.3): by chunked coding last in
+    Transfer-Encoding, or by Content-Length when there is no Transfer-Encoding; else it runs
+    until the connection closes."""
+    codings: bytes | None = None
+    length = False
+    for name, value in headers:
         lowered = name.lower()
-        if lowered == b"content-length" or lowered == b"transfer-encoding":
-            return True
-    return False
+        if lowered == b"transfer-encoding":
+            codings = value if codings is None else codings + b"," + value
+        elif lowered == b"content-length":
+            length = True
+    if codings is not None:
+        return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    return length
 
 
 def _check_field(name: bytes, value: bytes) -> None:
@@ -528,28 +563,38 @@ class ConnectionPool:
                 connection.write(head)
                 # The upstream may answer before it has read the whole body (a 413, say), so the
                 # body is sent beside the wait for the answer, not before it.
-                response.writer = asyncio.create_task(
-                    _send_body(connection, response, body, chunked=content_length is None)
-                )
+                response.writer = asyncio.create_task(_send_body(connection, response, body, content_length))
             await response.head()
         except BaseException:
             response.close()
             raise
 
 
-async def _send_body(connection: _Connection, response: Response, body: AsyncIterable[bytes], *, chunked: bool) -> None:
+async def _send_body(
+    connection: _Connection, response: Response, body: AsyncIterable[bytes], content_length: int | None
+) -> None:
+    """Send a streamed body: chunked, or exactly the ``content_length`` bytes the head declared
+    (more would reach the upstream as the start of another request, fewer would leave it waiting)."""
+    sent = 0
     try:
         async for chunk in body:
             if not chunk:
                 continue
-            if chunked:
+            if content_length is None:
                 connection.write(b"%x\r\n" % len(chunk), chunk, b"\r\n")
             else:
+                sent += len(chunk)
+                if sent > content_length:
+                    raise _LengthMismatch(f"the request body is longer than its Content-Length ({content_length})")
                 connection.write(chunk)
             response.touch()
             await connection.drain()
-        if chunked:
+        if content_length is None:
             connection.write(b"0\r\n\r\n")
+        elif sent != content_length:
+            raise _LengthMismatch(f"the request body ended at {sent} of its {content_length} bytes")
+    except _LengthMismatch as exc:
+        response._fail(UpstreamError(str(exc)))  # the connection is cut before the upstream misreads it
     except UpstreamError:
         return  # the answer side reports the broken connection
     except BaseException as exc:

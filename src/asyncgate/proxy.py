@@ -153,8 +153,8 @@ class Proxy:
             logger.warning("upstream unreachable: %s", exc)
             await self._fail(scope, send, BadGateway("the upstream could not be reached"), started)
             return
-        self._done(scope, response.status, started)
         try:
+            self._done(scope, response.status, started)
             await self._relay(response, send)
         finally:
             response.release()
