@@ -222,6 +222,10 @@ class Executor:
                 except StoreError:
                     self.metrics.store_errors.inc()
                     continue
+                if self._held.get(task) is not run or run.run_id in self._recording:
+                    # It finished while this loop went through the others (10,000 held runs take
+                    # a while): the store's "not running" is its own finish, not a lost lease.
+                    continue
                 self.metrics.lease_renewals.labels(lease.value).inc()
                 if lease is Lease.CANCEL:
                     # The cancel message may have been missed (it is fire-and-forget); the flag is not.
