@@ -436,7 +436,11 @@ def test_a_large_answer_taken_whole_leaves_its_connection_reading() -> None:
 
     async def test() -> None:
         big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size
-        script, srv, origin = await server(lambda seen, c, r: _answer(big if seen.target == b"/big" else OK_HELLO))
+
+        async def answer(seen: Seen, connection: int, request: int) -> bytes | None:
+            return big if seen.target == b"/big" else OK_HELLO
+
+        script, srv, origin = await server(answer)
         pool = pool_for(origin)
         response = await pool.request(b"GET", b"/big", [])
         async with asyncio.timeout(WAIT):
@@ -452,10 +456,6 @@ def test_a_large_answer_taken_whole_leaves_its_connection_reading() -> None:
         srv.close()
 
     run(test)
-
-
-async def _answer(data: bytes) -> bytes:
-    return data
 
 
 def test_a_reset_does_not_end_a_body_that_runs_until_close() -> None:

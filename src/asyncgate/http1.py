@@ -3,8 +3,8 @@
 Why not aiohttp or httpx: a relay's own work is small, so its HTTP client is most of its cost.
 httpx's native transport collapses under concurrency, and aiohttp's client builds a request
 object, a multidict, a stream reader and timer handles for every exchange; this client writes
-one buffer per request and hands the response's bytes on as they arrive. bench/RESULTS.md has
-the figures behind the choice.
+one buffer per request and hands the response's bytes on as they arrive. bench/README.md ("The
+upstream client") has the figures behind the choice.
 
 What it does, as a reverse proxy needs: keep-alive with a bounded pool, streaming both ways
 with backpressure, Content-Length or chunked request framing, every response framing (length,

@@ -2,8 +2,8 @@
 
 It is asyncgate's own HTTP/1.1 client (http1.py), not httpx or aiohttp: under concurrency
 httpx's native transport collapses to a fraction of aiohttp's throughput, and aiohttp's client
-costs more than the rest of a relay together (bench/RESULTS.md). httpx stays where its API
-serves and load is light: webhooks and the SDK.
+costs more than the rest of a relay together (bench/README.md, "The upstream client"). httpx
+stays where its API serves and load is light: webhooks and the SDK.
 """
 
 from __future__ import annotations
