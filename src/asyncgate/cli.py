@@ -33,12 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--deployment", help="the deployment this gateway belongs to (default: derived from --upstream)")
     serve.add_argument("--redis-url", help="Redis URL; without one the embedded store is used")
+    serve.add_argument(
+        "--allow-upstream-change",
+        action="store_true",
+        default=None,
+        help="take over the deployment's runs although they were accepted for another upstream",
+    )
     serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
+    )
     check.add_argument("file")
     add_runs_commands(commands)
     return parser
@@ -47,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "upstream": args.upstream,
+        "deployment": args.deployment,
+        "store.allow_upstream_change": args.allow_upstream_change,
         "server.host": args.host,
         "server.port": args.port,
         "store.redis_url": args.redis_url,
@@ -57,6 +68,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(config: Config) -> None:
+    """Run the gateway until a signal stops it; ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
     gateway = create_app(config)
     server_config = uvicorn.Config(
@@ -75,6 +87,8 @@ def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
     DrainingServer(server_config, gateway).run()
+    if gateway.refused is not None:
+        raise gateway.refused
 
 
 class DrainingServer(uvicorn.Server):
@@ -114,14 +128,14 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":
-            load(args.file, environ={}, require_upstream=False)
+            load(args.file, environ=env)
             print(f"{args.file}: ok")
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
+        serve(config)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    serve(config)
     return 0
 
 
