@@ -161,6 +161,7 @@ class Gateway:
         except ConfigError as exc:
             # Said once, by the CLI, as any configuration error: one line, exit status 2.
             self.refused = exc
+            await self.services.store.close()
             await send({"type": "lifespan.startup.failed", "message": ""})
             return
         except Exception as exc:

@@ -86,9 +86,13 @@ def serve(config: Config) -> None:
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    DrainingServer(server_config, gateway).run()
-    if gateway.refused is not None:
-        raise gateway.refused
+    try:
+        DrainingServer(server_config, gateway).run()
+    except SystemExit:
+        # uvicorn exits with status 3 when the app's startup fails.
+        if gateway.refused is not None:
+            raise gateway.refused from None
+        raise
 
 
 class DrainingServer(uvicorn.Server):

@@ -219,12 +219,22 @@ _SIZE_UNITS = {
 }
 
 
+def _finite(key: str, value: int | float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return number
+
+
 def parse_duration(key: str, value: Any) -> float:
     """Seconds from ``30``, ``2.5`` or ``"500ms"``/``"5s"``/``"10m"``/``"12h"``/``"1d"``."""
     if isinstance(value, bool):
         raise ConfigError(key, "expected a duration such as 30s, not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _finite(key, value)
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if match is None:
@@ -319,9 +329,9 @@ def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
                 value = float(value)
             except ValueError:
                 raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return _finite(key, value)
     if field_type.startswith("bool"):
         if from_text and isinstance(value, str):
             lowered = value.strip().lower()

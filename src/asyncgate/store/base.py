@@ -37,13 +37,13 @@ class Identity:
     #: The stored runs may be taken over although they were accepted for another upstream.
     allow_upstream_change: bool = False
 
-    def conflict(self, found: str) -> ConfigError:
-        """The refusal to start when the store's runs were accepted for the upstream ``found``."""
+    def conflict(self, where: str, deployment: str, upstream: str) -> ConfigError:
+        """The refusal to start: ``where`` holds ``deployment``'s runs, accepted for ``upstream``."""
         return ConfigError(
             "upstream",
-            f"deployment {self.deployment!r} holds runs accepted for {found}, not {self.upstream}; "
+            f"{where} holds the runs of deployment {deployment!r}, accepted for {upstream}, not {self.upstream}; "
             "if the upstream changed on purpose, start once with --allow-upstream-change "
-            "(store.allow_upstream_change: true), else give this gateway its own deployment",
+            "(store.allow_upstream_change: true), else give this gateway a deployment of its own (--deployment)",
         )
 
 

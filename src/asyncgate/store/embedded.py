@@ -486,12 +486,13 @@ def _redeliver(db: sqlite3.Connection, params: dict[str, Any]) -> bool:
     return row is not None
 
 
-def _bind(db: sqlite3.Connection, identity: Identity) -> str | None:
-    """Record the deployment and upstream the runs are for; the upstream found if it refuses."""
+def _bind(db: sqlite3.Connection, identity: Identity) -> tuple[str, str] | None:
+    """Record the deployment and upstream the runs are for; those found if it refuses."""
     with _transaction(db):
-        row = db.execute("SELECT value FROM meta WHERE name = 'upstream'").fetchone()
-        if row is not None and row[0] != identity.upstream and not identity.allow_upstream_change:
-            return str(row[0])
+        found = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('upstream', 'deployment')").fetchall())
+        upstream = found.get("upstream")
+        if upstream is not None and upstream != identity.upstream and not identity.allow_upstream_change:
+            return found.get("deployment", ""), upstream
         record = "INSERT OR REPLACE INTO meta (name, value) VALUES (:name, :value)"
         db.execute(record, {"name": "upstream", "value": identity.upstream})
         db.execute(record, {"name": "deployment", "value": identity.deployment})
@@ -571,7 +572,7 @@ class EmbeddedRunStore:
             found = await self._call(_bind, self.identity)
             if found is not None:
                 await self.close()
-                raise self.identity.conflict(found)
+                raise self.identity.conflict(f"the data directory {str(self.data_dir)!r}", *found)
 
     async def close(self) -> None:
         if self._writer is not None:

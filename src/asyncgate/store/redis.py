@@ -319,10 +319,12 @@ return 1
 
 # Claim the keys for a deployment and its upstream, unless they are another upstream's and the
 # change was not asked for. KEYS deployment; ARGV upstream, deployment, "1" to allow a change.
-# Returns the upstream found when it refuses.
+# Returns the upstream and deployment found when it refuses.
 _BIND = """
 local current = redis.call('HGET', KEYS[1], 'upstream')
-if current and current ~= ARGV[1] and ARGV[3] ~= '1' then return current end
+if current and current ~= ARGV[1] and ARGV[3] ~= '1' then
+  return {current, redis.call('HGET', KEYS[1], 'deployment') or ''}
+end
 redis.call('HSET', KEYS[1], 'upstream', ARGV[1], 'deployment', ARGV[2])
 return false
 """
@@ -538,7 +540,8 @@ class RedisRunStore:
             found = await self._redis.eval(_BIND, 1, self.deployment_key, *args)
             legacy = self.prefix != LEGACY_PREFIX and await self._redis.exists(f"{{{LEGACY_PREFIX}}}:index")
         if found is not None:
-            raise identity.conflict(_text(found))
+            upstream, deployment = (_text(value) for value in found)
+            raise identity.conflict(f"Redis key prefix {self.prefix!r}", deployment, upstream)
         self._bound = True
         if legacy:
             logger.warning(
