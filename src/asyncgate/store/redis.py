@@ -116,6 +116,7 @@ PURGE_BATCH = 500
 LEGACY_PREFIX = "asyncgate"
 #: Error replies of a Redis that answers but takes no write: out of memory under maxmemory,
 #: a failed save with stop-writes-on-bgsave-error, a replica, too few replicas (min-replicas).
+#: redis-py raises OutOfMemoryError and ReadOnlyError for two of them, with the code cut off.
 _WRITES_REFUSED = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS"})
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
@@ -366,7 +367,8 @@ class _StoreErrors:
         # BusyLoadingError (Redis still loading its data) is a ConnectionError.
         if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
-        if isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED:
+        refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
+        if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
             # Like an unreachable Redis, it may pass (memory freed, disk fixed): retry later.
             raise StoreUnavailable(f"redis refuses writes: {exc}") from exc
         if isinstance(exc, redis_errors.RedisError):
