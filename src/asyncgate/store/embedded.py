@@ -500,8 +500,12 @@ def _bind(db: sqlite3.Connection, identity: Identity) -> tuple[str, str] | None:
 
 
 def _probe(db: sqlite3.Connection) -> None:
-    """A write that changes nothing: it fails as any write would (a read-only file, a full disk)."""
-    db.execute("UPDATE queue_length SET runs = runs")
+    """A write that leaves nothing changed, yet reaches the disk: it fails as any write would
+    (a read-only file, a full disk). One no-op UPDATE would not do: SQLite skips rewriting a row
+    that stays the same, and then writes nothing at all."""
+    with _transaction(db):
+        db.execute("UPDATE queue_length SET runs = runs + 1")
+        db.execute("UPDATE queue_length SET runs = runs - 1")
 
 
 def _store_error(exc: sqlite3.Error) -> StoreError:
