@@ -53,6 +53,29 @@ def test_spellings_of_one_upstream_derive_one_deployment() -> None:
     assert derive_deployment("http://model:80") == derive_deployment("http://model")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.2", "app.localhost"])
+def test_a_loopback_upstream_sharing_redis_must_name_its_deployment(host: str) -> None:
+    environ = {"ASYNCGATE_UPSTREAM": f"http://{host}:8000", **REDIS, **ENCRYPTION_KEY_ENV}
+    with pytest.raises(ConfigError) as caught:
+        load(None, environ=environ)
+    assert caught.value.key == "deployment"
+    assert load(None, environ={**environ, "ASYNCGATE_DEPLOYMENT": "llama"}).store.key_prefix == "asyncgate:llama"
+    assert load(None, environ={**environ, "ASYNCGATE_STORE_KEY_PREFIX": "mine"}).store.key_prefix == "mine"
+    # One embedded store per gateway: nothing is shared, so the derived name is safe.
+    assert load(None, environ={"ASYNCGATE_UPSTREAM": f"http://{host}:8000"}).deployment
+
+
+def test_serve_with_a_loopback_upstream_on_redis_and_no_deployment_is_one_line() -> None:
+    env = {"ASYNCGATE_UPSTREAM": "http://127.0.0.1:8000", **REDIS, **ENCRYPTION_KEY_ENV}
+    result = run_cli("serve", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "asyncgate: configuration error: deployment: is required with store.redis_url when the upstream is a "
+        "loopback address (http://127.0.0.1:8000 is another server in every pod, so it cannot tell deployments "
+        "apart); set --deployment NAME"
+    ]
+
+
 def test_an_explicit_deployment_and_key_prefix_are_kept_as_given() -> None:
     config = load(None, environ={**UPSTREAM, "ASYNCGATE_DEPLOYMENT": "ml.llama-70b"})
     assert (config.deployment, config.store.key_prefix) == ("ml.llama-70b", "asyncgate:ml.llama-70b")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -519,10 +520,28 @@ def derive_deployment(upstream: str) -> str:
     return f"{host}-{port}-{digest.hexdigest()[:10]}"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _with_identity(config: Config) -> Config:
     """The configuration with its deployment and key prefix filled in, once the upstream is known."""
     if config.deployment is None and not config.upstream:
         return config
+    shared = config.store.redis_url is not None and config.store.key_prefix is None
+    if shared and config.deployment is None and _is_loopback(urlsplit(config.upstream).hostname or ""):
+        # A sidecar's http://127.0.0.1:8000 names another server in every pod: sidecars of two
+        # models would derive one deployment, and run each other's requests.
+        message = (
+            f"is required with store.redis_url when the upstream is a loopback address ({config.upstream} "
+            "is another server in every pod, so it cannot tell deployments apart); set --deployment NAME"
+        )
+        raise ConfigError("deployment", message)
     deployment = config.deployment or derive_deployment(config.upstream)
     key_prefix = config.store.key_prefix or f"asyncgate:{deployment}"
     store = dataclasses.replace(config.store, key_prefix=key_prefix)

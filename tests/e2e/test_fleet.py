@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from asyncgate.app import Gateway as GatewayApp
-from asyncgate.config import derive_deployment, load
+from asyncgate.config import ConfigError, load
 from tests.e2e.conftest import Gateway, GatewayFactory, Upstream
 from tests.e2e.test_async import submit
 from tests.support.redis_server import free_port
@@ -62,10 +62,12 @@ def refusal(config: Any) -> str:
 def test_two_upstreams_on_one_store_run_only_their_own_runs(
     make_gateway: GatewayFactory, upstream: Upstream, other_upstream: Upstream
 ) -> None:
-    model_a = make_gateway({**DERIVED, "limits.max_inflight": 2})
-    model_b = make_gateway({**DERIVED, "upstream": other_upstream.url, "limits.max_inflight": 2})
-    assert model_a.config.deployment != model_b.config.deployment
-    assert model_a.config.store.key_prefix == f"asyncgate:{derive_deployment(upstream.url)}"
+    # Loopback upstreams need a deployment named (see the test below); any other is derived.
+    name_a, name_b = f"model-a-{uuid.uuid4().hex[:8]}", f"model-b-{uuid.uuid4().hex[:8]}"
+    model_a = make_gateway({**DERIVED, "deployment": name_a, "limits.max_inflight": 2})
+    model_b = make_gateway({**DERIVED, "deployment": name_b, "upstream": other_upstream.url, "limits.max_inflight": 2})
+    assert model_a.config.store.key_prefix == f"asyncgate:{name_a}"
+    assert model_b.config.store.key_prefix == f"asyncgate:{name_b}"
     tag_a, tag_b = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
     runs_a = [submit(model_a, f"/echo?tag={tag_a}&n={n}&async=true", b"a") for n in range(6)]
     runs_b = [submit(model_b, f"/echo?tag={tag_b}&n={n}&async=true", b"b") for n in range(6)]
@@ -83,14 +85,19 @@ def test_two_upstreams_on_one_store_run_only_their_own_runs(
 def test_a_deployments_queued_runs_wait_for_it_not_for_another_upstream(
     make_gateway: GatewayFactory, upstream: Upstream, other_upstream: Upstream
 ) -> None:
-    settings = {**DERIVED, "limits.max_inflight": 1, "shutdown.drain_timeout": 0.2}
+    settings = {
+        **DERIVED,
+        "deployment": f"model-a-{uuid.uuid4().hex[:8]}",
+        "limits.max_inflight": 1,
+        "shutdown.drain_timeout": 0.2,
+    }
     model_a = make_gateway(settings)
     blocker = submit(model_a, "/sleep?seconds=2&async=true")
     wait_until(lambda: model_a.run(blocker)["status"] == "running")
     tag = f"q{uuid.uuid4().hex[:8]}"
     queued = [submit(model_a, f"/echo?tag={tag}&n={n}&async=true") for n in range(3)]
     model_a.stop()  # its held run goes back to its queue
-    model_b = make_gateway({**DERIVED, "upstream": other_upstream.url})
+    model_b = make_gateway({**DERIVED, "deployment": f"model-b-{uuid.uuid4().hex[:8]}", "upstream": other_upstream.url})
     probe = submit(model_b, "/echo?async=true")
     assert model_b.wait_final(probe)["status"] == "succeeded"
     # Back on its own deployment, the runs are done by model A's upstream, never by B's.
@@ -147,6 +154,15 @@ def _overrides(gateway: Gateway, changes: dict[str, Any]) -> dict[str, Any]:
         "shutdown.drain_timeout": 1,
     }
     return {**base, **changes}
+
+
+def test_a_loopback_upstream_on_redis_needs_a_deployment_named(make_gateway: GatewayFactory) -> None:
+    # Every sidecar's upstream is http://127.0.0.1:<port>: derived from it, sidecars of two models
+    # on one Redis would share runs.
+    with pytest.raises(ConfigError) as caught:
+        make_gateway(DERIVED)
+    assert caught.value.key == "deployment"
+    assert "loopback" in caught.value.message
 
 
 def test_serve_refuses_another_upstream_in_one_line(
