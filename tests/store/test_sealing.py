@@ -332,3 +332,21 @@ def test_the_embedded_store_that_cannot_write_fails_the_ping(data_dir: Path, run
         run(store.ping())
     finally:
         run(store.close())
+
+
+def test_credentials_stored_in_the_clear_before_still_open(data_dir: Path, run: Runner) -> None:
+    # A file from a version that sealed nothing without a key: the values as a JSON list.
+    plain = opened(data_dir, run, sealer=Sealer())
+    assert plain.sealer.keys  # even then, this version makes and uses its own key
+    queued = with_secrets(webhook_url=None)
+    run(plain.create(queued, b""))
+    run(plain.close())
+    with sqlite3.connect(data_dir / DATABASE_FILE) as db:
+        db.execute("UPDATE runs SET secrets = ?", (f'["Bearer {TOKEN}"]'.encode(),))
+    db.close()
+    again = opened(data_dir, run)
+    try:
+        (claimed,) = run(again.claim("me", 1, 0, LEASE))
+        assert dict(claimed.request.headers)["Authorization"] == f"Bearer {TOKEN}"
+    finally:
+        run(again.close())

@@ -65,8 +65,11 @@ class Sealer:
         """The request with its secret values back, for replaying it."""
         if sealed is None:
             return request
+        # Credentials stored in the clear (by a version that sealed nothing without a key, or
+        # under store.plaintext) are a JSON list; a Fernet token never starts with "[".
+        data = sealed if sealed.startswith(b"[") else self._open(sealed)
         try:
-            values = iter(orjson.loads(self._open(sealed)))
+            values = iter(orjson.loads(data))
         except orjson.JSONDecodeError as exc:
             raise StoreError("cannot open a run's stored credentials: they are damaged") from exc
         headers = tuple(
