@@ -565,7 +565,10 @@ def _operations_paths(prefix: str) -> dict[str, Schema]:
         "Readiness: the store answers and the gateway is not draining",
         {
             "200": {**readiness, "description": "Ready to take traffic."},
-            "503": {**readiness, "description": "Draining after SIGTERM, or the store does not answer."},
+            "503": {
+                **readiness,
+                "description": "Draining after SIGTERM, or the store does not answer or take writes.",
+            },
         },
         security=public,
     )
@@ -767,7 +770,18 @@ def _schemas() -> dict[str, Schema]:
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`).",
+                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`, "
+                    "`store.plaintext`).",
+                },
+                "sealing": {
+                    "type": "string",
+                    "enum": ["sealed", "plaintext"],
+                    "description": "Whether credentials and webhook URLs rest sealed in the store.",
+                },
+                "reason": {
+                    "type": "string",
+                    "description": "Why the store is unavailable: unreachable, refusing writes (out of memory, a "
+                    "failed save, a full disk), or holding another upstream's runs.",
                 },
             },
         },
