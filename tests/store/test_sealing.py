@@ -350,3 +350,48 @@ def test_credentials_stored_in_the_clear_before_still_open(data_dir: Path, run: 
         assert dict(claimed.request.headers)["Authorization"] == f"Bearer {TOKEN}"
     finally:
         run(again.close())
+
+
+def test_key_rotation_opens_old_webhook_urls_and_seals_new_ones_with_the_new_key(
+    redis_server: RedisServer, run: Runner
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    prefix = f"rotate-{os.urandom(6).hex()}"
+    before = RedisRunStore(redis_server.url, prefix, sealer=Sealer([Secret(old)]))
+    run(before.open())
+    queued = with_secrets()
+    run(before.create(queued, b""))
+    run(before.close())
+    after = RedisRunStore(redis_server.url, prefix, sealer=Sealer([Secret(new), Secret(old)]))
+    run(after.open())
+    try:
+        (claimed,) = run(after.claim("me", 1, 0, LEASE))
+        assert dict(claimed.request.headers)["Authorization"] == f"Bearer {TOKEN}"
+        assert run(after.finish(queued.run_id, claimed.attempt, DONE, 60))
+        (due,) = run(after.due_deliveries(10, LEASE))
+        assert due.run.request.webhook_url == HOOK
+        later = with_secrets()
+        run(after.create(later, b""))
+        sealed = stored_webhook_url(after, later.run_id)
+        assert sealed is not None and Fernet(new.encode()).decrypt(sealed) == HOOK.encode()
+    finally:
+        run(after.close())
+
+
+def test_runs_left_under_the_old_default_prefix_are_pointed_out(
+    private_redis: RedisServer, run: Runner, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Redis used by a version whose default key prefix was "asyncgate" for every deployment.
+    legacy = RedisRunStore(private_redis.url, "asyncgate", sealer=Sealer([Secret(ENCRYPTION_KEY)]))
+    run(legacy.open())
+    run(legacy.create(with_secrets(), b""))
+    run(legacy.close())
+    identity = Identity("model-a", "http://a:1")
+    store = RedisRunStore(private_redis.url, "asyncgate:model-a", sealer=legacy.sealer, identity=identity)
+    with caplog.at_level("WARNING", logger="asyncgate.store"):
+        run(store.open())
+    run(store.close())
+    assert [record.getMessage() for record in caplog.records] == [
+        "this Redis holds runs under the key prefix 'asyncgate', which this gateway (prefix 'asyncgate:model-a') "
+        "does not serve; set store.key_prefix: asyncgate to serve them (see docs/fleets.md)"
+    ]
