@@ -1,4 +1,6 @@
-# The virtualenv in .venv that scripts/install and scripts/serve share (sourced, not run).
+# The virtualenv in .venv that scripts/install and scripts/serve share (sourced, not run, with REPO
+# set to the checkout's top). POSIX sh, so that scripts/serve also runs where bash is not installed
+# (Alpine-based Python images).
 #
 # Made once with "${PYTHON:-python3} -m venv" and reused; asyncgate is installed into it (editable,
 # so a `git pull` of the code needs nothing more) only when pyproject.toml has changed since the
@@ -8,7 +10,6 @@
 
 # Where the virtualenv lives, and the stamp of the last install that completed in it:
 # "<sha256 of pyproject.toml> <extras>".
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 STAMP="$VENV/.asyncgate-install"
 
@@ -23,10 +24,11 @@ venv_ensure() {
   if "$VENV/bin/python" -c '' >/dev/null 2>&1; then
     return
   fi
-  local python=${PYTHON:-python3}
-  command -v "$python" >/dev/null 2>&1 || venv_fail "$python not found: install Python 3.11 or later, or set PYTHON"
+  local python=${PYTHON:-python3} version
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
+    venv_fail "$python not found (or it does not run): install Python 3.11 or later, or set PYTHON"
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-    venv_fail "asyncgate needs Python 3.11 or later, and $python is $("$python" -V 2>&1): set PYTHON to a newer one"
+    venv_fail "asyncgate needs Python 3.11 or later, and $python is $version: set PYTHON to a newer one"
   # Debian and Ubuntu leave ensurepip out of python3 (it is in python3-venv), and `python3 -m venv`
   # then fails halfway, leaving a virtualenv without pip.
   "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 ||
