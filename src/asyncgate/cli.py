@@ -17,9 +17,9 @@ import uvicorn
 
 from asyncgate import __version__, logs
 from asyncgate.app import Gateway, create_app
+from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
-from asyncgate.runs_cli import add_runs_commands, run_runs_command
 from asyncgate.server import uvicorn_options
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from asyncgate import runs_cli
 from asyncgate.client import RunState
-from asyncgate.runs_cli import Progress, main
+from asyncgate.client import cli as runs_cli
+from asyncgate.client.cli import Progress, main
 from tests.e2e.conftest import Gateway
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until

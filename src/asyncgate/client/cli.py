@@ -412,10 +412,11 @@ def table(runs: Sequence[RunStatus]) -> str:
     )
 
 
-# Standalone entry point (``python -m asyncgate.runs_cli``), until ``asyncgate runs`` is wired --------
+# Standalone entry point (``python -m asyncgate.client.cli runs ...``), the same as ``asyncgate runs ...``
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``asyncgate runs ...`` alone, without the server's modules: usage errors return 2 instead of exiting."""
     parser = argparse.ArgumentParser(prog="asyncgate")
     add_runs_commands(parser.add_subparsers(dest="command", required=True))
     try:
