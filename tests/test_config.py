@@ -62,6 +62,11 @@ def test_unknown_environment_variable_is_an_error() -> None:
     assert info.value.key == "ASYNCGATE_NOPE"
 
 
+def test_the_clients_variables_are_not_the_gateways_configuration() -> None:
+    environ = {"ASYNCGATE_UPSTREAM": "http://a:1", "ASYNCGATE_URL": "http://gw:8080", "ASYNCGATE_TOKEN": "t"}
+    assert load(None, environ=environ) == load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1"})
+
+
 def test_kubernetes_service_link_variables_are_not_configuration() -> None:
     environ = {
         "ASYNCGATE_UPSTREAM": "http://a:1",

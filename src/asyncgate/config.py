@@ -30,6 +30,9 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+c
 # Kubernetes injects <SERVICE>_PORT* and <SERVICE>_SERVICE_* variables for a Service named
 # "asyncgate"; they are not configuration and must not be mistaken for typos.
 _SERVICE_LINK_ENV = re.compile(r"^ASYNCGATE_(PORT(_.*)?|SERVICE_.*)$")
+#: What the client and ``asyncgate runs`` read (asyncgate.client._protocol): a shell may hold
+#: them while it starts a gateway too.
+_CLIENT_ENV = frozenset({"ASYNCGATE_URL", "ASYNCGATE_TOKEN"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +373,7 @@ def _flatten_file(data: Any) -> dict[str, Any]:
 def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
     flat: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name):
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name) or name in _CLIENT_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if rest == "upstream":
