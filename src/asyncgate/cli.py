@@ -110,7 +110,7 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "runs":
-        return run_runs_command(args)
+        return run_runs_command(args, environ)
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":

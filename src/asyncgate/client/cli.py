@@ -1,7 +1,10 @@
 """``asyncgate runs ...``: submit, follow and inspect runs from a shell, over ``asyncgate.client``.
 
+The gateway is ``--gateway``, else ``$ASYNCGATE_URL``, else http://127.0.0.1:8080; the caller's
+token is ``--token``, else ``$ASYNCGATE_TOKEN`` (sent as ``Authorization: Bearer``).
+
 Exit codes: 0 ok, 1 the run failed or was cancelled, 2 usage, 3 wait timed out, 4 the gateway
-refused the call or could not be reached.
+refused the call or could not be reached, 130 interrupted (Ctrl-C; the run goes on).
 """
 
 from __future__ import annotations
@@ -11,29 +14,46 @@ import asyncio
 import base64
 import contextlib
 import json
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from asyncgate.client import APIError, AsyncClient, AsyncRun, Client, ProtocolError, RunState, RunStatus, TransportError
-from asyncgate.client._protocol import DEFAULT_PREFIX
+from asyncgate.client import (
+    APIError,
+    AsyncClient,
+    AsyncgateClientError,
+    AsyncRun,
+    Client,
+    ProtocolError,
+    Result,
+    RunEvent,
+    RunState,
+    RunStatus,
+    TransportError,
+)
+from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_URL, TOKEN_ENV, URL_ENV, connection
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_API_ERROR = 4
+#: 128 + SIGINT, as a shell reports a command that Ctrl-C stopped.
+EXIT_INTERRUPTED = 130
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: How often the live progress line is redrawn on a terminal, in seconds.
 FRAME_INTERVAL = 0.1
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 ASCII_SPINNER = "-\\|/"
 #: Widest path shown in ``runs list``.
 PATH_WIDTH = 40
+#: Lines of a failed run's upstream body shown under it, and the widest shown of each.
+BODY_LINES = 10
+BODY_WIDTH = 200
 
 
 # Arguments --------------------------------------------------------------------------------------
@@ -57,6 +77,15 @@ def _data(value: str) -> bytes:
     return value.encode()
 
 
+def _json_body(value: str) -> bytes:
+    body = _data(value)
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    return body
+
+
 def _positive(value: str) -> float:
     try:
         seconds = float(value)
@@ -70,7 +99,12 @@ def _positive(value: str) -> float:
 def add_runs_commands(subparsers: Any) -> None:
     """Add ``runs`` and its commands to the ``asyncgate`` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--gateway", default=DEFAULT_GATEWAY, metavar="URL", help=f"default {DEFAULT_GATEWAY}")
+    common.add_argument("--gateway", metavar="URL", help=f"the gateway (default ${URL_ENV}, else {DEFAULT_URL})")
+    common.add_argument(
+        "--token",
+        help=f"the caller's token, sent as Authorization: Bearer TOKEN (default ${TOKEN_ENV}); "
+        "runs belong to their caller",
+    )
     common.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"the gateway's API prefix (default {DEFAULT_PREFIX})")
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     common.add_argument(
@@ -80,21 +114,31 @@ def add_runs_commands(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME:VALUE",
-        help="a header for every request, e.g. -H 'Authorization: Bearer TOKEN' (runs belong to their caller)",
+        help="a header for every request; an Authorization header here replaces the token",
     )
 
     runs = subparsers.add_parser(
         "runs",
         help="submit, follow and inspect runs",
-        description="Submit, follow and inspect runs. A run id that starts with - goes after --, "
-        "as in: asyncgate runs wait -- -Xb3...",
+        description="Submit, follow and inspect runs. The gateway is --gateway, else $ASYNCGATE_URL; the caller's "
+        "token is --token, else $ASYNCGATE_TOKEN. A run id that starts with - goes after --, as in: "
+        "asyncgate runs wait -- -Xb3... Ctrl-C stops following a run, not the run. Exit status: 0 ok, 1 the run "
+        "failed or was cancelled, 2 usage, 3 wait timed out, 4 the gateway refused or was unreachable, 130 Ctrl-C.",
     )
     commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser("submit", parents=[common], help="submit a request as a run; print its id")
     submit.add_argument("method")
     submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
-    submit.add_argument("-d", "--data", type=_data, help="the request body: TEXT, @FILE, or - for stdin")
+    body = submit.add_mutually_exclusive_group()
+    body.add_argument("-d", "--data", type=_data, help="the request body, sent as is: TEXT, @FILE, or - for stdin")
+    body.add_argument(
+        "-j",
+        "--json-body",
+        type=_json_body,
+        metavar="JSON",
+        help="a JSON request body, checked and sent with Content-Type: application/json: TEXT, @FILE, or -",
+    )
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
     submit.add_argument("--idempotency-key", metavar="KEY")
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
@@ -112,6 +156,11 @@ def add_runs_commands(subparsers: Any) -> None:
     result.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     result.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE")
 
+    events = commands.add_parser(
+        "events", parents=[common], help="print a run's events as they happen, to its end; non-zero unless it succeeded"
+    )
+    events.add_argument("run_id")
+
     listing = commands.add_parser("list", parents=[common], help="list runs, newest first")
     listing.add_argument("--status", choices=[state.value for state in RunState])
     listing.add_argument("--limit", type=int, default=50)
@@ -121,11 +170,16 @@ def add_runs_commands(subparsers: Any) -> None:
 # Commands ---------------------------------------------------------------------------------------
 
 
-def run_runs_command(args: argparse.Namespace) -> int:
-    """Run the parsed ``runs`` command; its exit code."""
+def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """Run the parsed ``runs`` command, with ``environ`` (default ``os.environ``); its exit code."""
     out, err = sys.stdout, sys.stderr
+    flags = args.gateway, args.token, list(args.header)
+    args.gateway, args.header = connection(args.gateway, args.token, args.header, environ)
     try:
         return _COMMANDS[args.runs_command](args, out, err)
+    except KeyboardInterrupt:
+        _interrupted(args, flags, err)
+        return EXIT_INTERRUPTED
     except APIError as exc:
         print(f"asyncgate: the gateway refused: {exc.code}: {exc.message} (HTTP {exc.status_code})", file=err)
     except TransportError as exc:
@@ -135,8 +189,29 @@ def run_runs_command(args: argparse.Namespace) -> int:
     return EXIT_API_ERROR
 
 
+def _interrupted(
+    args: argparse.Namespace, flags: tuple[str | None, str | None, list[tuple[str, str]]], err: TextIO
+) -> None:
+    """Ctrl-C: say so on a line of its own and, while following a run, how to pick it up again."""
+    if err.isatty():
+        err.write("\n")  # the terminal echoed ^C on the current line
+    if args.runs_command not in FOLLOWING:
+        print("asyncgate: interrupted", file=err)
+        return
+    gateway, token, headers = flags
+    command = ["asyncgate", "runs", args.runs_command]
+    if gateway:
+        command += ["--gateway", gateway]
+    if args.prefix != DEFAULT_PREFIX:
+        command += ["--prefix", args.prefix]
+    command += ["--", args.run_id]
+    again = shlex.join(command) + (" (with the same --token and -H options)" if token or headers else "")
+    print(f"asyncgate: stopped following; run {args.run_id} goes on at the gateway. Pick it up again with:", file=err)
+    print(f"  {again}", file=err)
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.gateway, prefix=args.prefix, headers=dict(args.header))
+    return Client(args.gateway, prefix=args.prefix, headers=args.header, environ={})
 
 
 def _print_json(out: TextIO, data: Any) -> None:
@@ -144,12 +219,15 @@ def _print_json(out: TextIO, data: Any) -> None:
 
 
 def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    headers = list(args.header)
+    if args.json_body is not None and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", "application/json"))
     with _client(args) as client:
         run = client.submit(
             args.method,
             args.path,
-            content=args.data,
-            headers=args.header,
+            content=args.data if args.json_body is None else args.json_body,
+            headers=headers,
             webhook=args.webhook,
             idempotency_key=args.idempotency_key,
             timeout=args.timeout,
@@ -202,7 +280,17 @@ def _result(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         Path(args.output).write_bytes(result.content)
     else:
         _write_bytes(out, result.content)
+        if _is_text(result.content) and not result.content.endswith(b"\n"):
+            out.write("\n")  # so the shell's prompt starts on a line of its own
     return EXIT_OK if succeeded else EXIT_RUN_FAILED
+
+
+def _is_text(content: bytes) -> bool:
+    try:
+        content.decode()
+    except UnicodeDecodeError:
+        return False
+    return bool(content)
 
 
 def _write_bytes(out: TextIO, content: bytes) -> None:
@@ -231,14 +319,30 @@ def _wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return asyncio.run(_follow(args, out, err))
 
 
+def _events(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    last: RunEvent | None = None
+    with _client(args) as client:
+        for event in client.attach(args.run_id).events():
+            if args.json:
+                out.write(json.dumps({"id": event.id, **event.data}, ensure_ascii=False) + "\n")
+            else:
+                out.write(event_line(event))
+            out.flush()
+            last = event
+    return EXIT_OK if last is not None and last.state is RunState.SUCCEEDED else EXIT_RUN_FAILED
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "submit": _submit,
     "status": _status,
     "wait": _wait,
+    "events": _events,
     "result": _result,
     "cancel": _cancel,
     "list": _list,
 }
+#: Commands that follow a run until it ends: Ctrl-C stops them, not the run.
+FOLLOWING = frozenset({"wait", "events"})
 
 
 # wait -------------------------------------------------------------------------------------------
@@ -308,7 +412,7 @@ class Progress:
 
 
 async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with AsyncClient(args.gateway, prefix=args.prefix, headers=dict(args.header)) as client:
+    async with AsyncClient(args.gateway, prefix=args.prefix, headers=args.header, environ={}) as client:
         run = client.attach(args.run_id)
         progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json)
         try:
@@ -324,7 +428,18 @@ async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         finally:
             progress.close()
         status = await run.status()
-    return _report(status, progress.elapsed(), args.json, out, err)
+        answer = await _failed_answer(run, status) if not args.json else None
+    return _report(status, progress.elapsed(), args.json, out, err, answer)
+
+
+async def _failed_answer(run: AsyncRun, status: RunStatus) -> Result | None:
+    """The upstream's answer to a run that failed with one, to show; None otherwise."""
+    if status.state is not RunState.FAILED or status.upstream_status is None:
+        return None
+    try:
+        return await run.result()
+    except AsyncgateClientError:
+        return None
 
 
 async def _watch(run: AsyncRun, progress: Progress) -> None:
@@ -350,7 +465,9 @@ async def _watch(run: AsyncRun, progress: Progress) -> None:
             await task
 
 
-def _report(status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: TextIO) -> int:
+def _report(
+    status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: TextIO, answer: Result | None = None
+) -> int:
     if status.created_at is not None and status.finished_at is not None:
         elapsed = (status.finished_at - status.created_at).total_seconds()
     if as_json:
@@ -362,6 +479,8 @@ def _report(status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: 
         return EXIT_OK
     if status.error is not None and not as_json:
         print(f"asyncgate: run {status.run_id} {status.state}: {status.error.code}: {status.error.message}", file=err)
+    if answer is not None:
+        err.write(answer_excerpt(answer))
     return EXIT_RUN_FAILED
 
 
@@ -392,6 +511,33 @@ def describe(status: RunStatus) -> str:
     return "".join(f"{name:<10}{value}\n" for name, value in rows)
 
 
+def answer_excerpt(answer: Result) -> str:
+    """The first lines of an upstream's answer, indented under a line that says what they are."""
+    if not answer.content:
+        return f"the upstream answered {answer.status_code} with an empty body\n"
+    if not _is_text(answer.content):
+        return f"the upstream answered {answer.status_code} with {len(answer.content)} bytes that are not text\n"
+    lines = answer.content.decode().splitlines()
+    shown = [line if len(line) <= BODY_WIDTH else line[: BODY_WIDTH - 3] + "..." for line in lines[:BODY_LINES]]
+    more = f"  ... {len(lines) - BODY_LINES} more lines (asyncgate runs result)\n" if len(lines) > BODY_LINES else ""
+    return f"the upstream answered {answer.status_code}:\n" + "".join(f"  {line}\n" for line in shown) + more
+
+
+def event_line(event: RunEvent) -> str:
+    """One event as a line: when, what, and the details it carries."""
+    parts = [_when(event.at), event.event]
+    if event.attempt is not None:
+        parts.append(f"attempt {event.attempt}")
+    if event.upstream_status is not None:
+        parts.append(f"upstream {event.upstream_status}")
+    if event.error is not None:
+        parts.append(f"{event.error.code}: {event.error.message}")
+    webhook = event.data.get("webhook")
+    if isinstance(webhook, dict):
+        parts.append(f"{webhook.get('state')} after {webhook.get('attempts')} attempt(s)")
+    return "  ".join(parts) + "\n"
+
+
 def table(runs: Sequence[RunStatus]) -> str:
     """Runs as a table with a header row, columns as wide as their widest cell."""
     header = ("RUN ID", "STATUS", "UPSTREAM", "METHOD", "PATH", "CREATED")
@@ -415,7 +561,7 @@ def table(runs: Sequence[RunStatus]) -> str:
 # Standalone entry point (``python -m asyncgate.client.cli runs ...``), the same as ``asyncgate runs ...``
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """``asyncgate runs ...`` alone, without the server's modules: usage errors return 2 instead of exiting."""
     parser = argparse.ArgumentParser(prog="asyncgate")
     add_runs_commands(parser.add_subparsers(dest="command", required=True))
@@ -423,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    return run_runs_command(args)
+    return run_runs_command(args, environ)
 
 
 if __name__ == "__main__":
