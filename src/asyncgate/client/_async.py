@@ -176,6 +176,7 @@ class AsyncRun:
         self.location = location
         #: True when the submission replayed an Idempotency-Key: this run was created earlier.
         self.replayed = replayed
+        self._log = {"run_id": run_id}
 
     def __repr__(self) -> str:
         return f"<AsyncRun {self.run_id}>"
@@ -196,7 +197,7 @@ class AsyncRun:
             try:
                 response = await self.client._send(call)
             except TransportError as exc:
-                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc)
+                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc, extra=self._log)
                 plan.failed()
             else:
                 if (status := plan.received(response, time.monotonic())) is not None:
@@ -211,7 +212,7 @@ class AsyncRun:
         try:
             return await self.result()
         except AsyncgateClientError as exc:
-            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc)
+            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc, extra=self._log)
             return None
 
     async def result(self) -> Result:
@@ -240,5 +241,5 @@ class AsyncRun:
                             if plan.done:
                                 return
             except protocol.STREAM_ERRORS as exc:
-                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc)
+                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             await asyncio.sleep(plan.pause())

@@ -173,6 +173,7 @@ class Run:
         self.location = location
         #: True when the submission replayed an Idempotency-Key: this run was created earlier.
         self.replayed = replayed
+        self._log = {"run_id": run_id}
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id}>"
@@ -191,7 +192,7 @@ class Run:
             try:
                 response = self.client._send(call)
             except TransportError as exc:
-                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc)
+                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc, extra=self._log)
                 plan.failed()
             else:
                 if (status := plan.received(response, time.monotonic())) is not None:
@@ -206,7 +207,7 @@ class Run:
         try:
             return self.result()
         except AsyncgateClientError as exc:
-            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc)
+            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc, extra=self._log)
             return None
 
     def result(self) -> Result:
@@ -234,5 +235,5 @@ class Run:
                             if plan.done:
                                 return
             except protocol.STREAM_ERRORS as exc:
-                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc)
+                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             time.sleep(plan.pause())
