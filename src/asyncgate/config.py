@@ -148,6 +148,9 @@ class AccessConfig:
 class ShutdownConfig:
     #: How long in-flight runs may go on after SIGTERM before they are handed back.
     drain_timeout: float = 30.0
+    #: After SIGTERM, how long the listener stays open while /readyz answers 503, so that a load
+    #: balancer's probes see the drain before connections are refused.
+    pre_stop_delay: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +184,13 @@ _DURATIONS = {
     "runs.poll_interval",
     "webhooks.timeout",
     "shutdown.drain_timeout",
+    "shutdown.pre_stop_delay",
     "limits.max_wait",
     "limits.request_timeout",
 }
 _DURATION_LISTS = {"webhooks.schedule"}
+#: Durations for which zero means "none": no pre-stop delay.
+_MAYBE_ZERO_DURATIONS = {"shutdown.pre_stop_delay"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
 _SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes"}
@@ -286,6 +292,8 @@ def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
     if field_type.startswith("tuple"):
         return _coerce_list(key, value, from_text)
     if key in _DURATIONS:
+        if key in _MAYBE_ZERO_DURATIONS and not isinstance(value, bool) and str(value).strip() in ("0", "0s", "0.0"):
+            return 0.0
         return parse_duration(key, value)
     if key in _SIZES:
         return parse_size(key, value)

@@ -167,7 +167,12 @@ def test_schema_config_keys_are_asyncgates_own_keys() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     sections = schema["properties"]["config"]["properties"]
     # The keys the chart sets itself are deliberately absent from `config`.
-    chart_owned = {"server": {"host", "port"}, "store": {"redis_url", "data_dir"}, "shutdown": {"drain_timeout"}}
+    # shutdown.pre_stop_delay is the kubelet's preStop sleep there (shutdown.preStopSleepSeconds).
+    chart_owned = {
+        "server": {"host", "port"},
+        "store": {"redis_url", "data_dir"},
+        "shutdown": {"drain_timeout", "pre_stop_delay"},
+    }
     expected = {
         field.name: {f.name for f in dataclasses.fields(getattr(asyncgate_config.Config(), field.name))}
         - chart_owned.get(field.name, set())
