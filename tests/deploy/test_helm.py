@@ -226,6 +226,29 @@ def test_rendered_config_is_accepted_by_asyncgate(chart: helm_python.Chart, name
         assert (loaded.store.redis_url is not None) == uses_redis
 
 
+def notes(chart: helm_python.Chart, values: dict[str, Any]) -> str:
+    rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+@pytest.mark.parametrize(
+    ("config", "credential"),
+    [
+        ({}, "-H 'Authorization: Bearer <your token>'"),
+        ({"access": {"header": "X-Api-Key"}}, "-H 'X-Api-Key: <your credential>'"),
+        ({"access": {"mode": "open"}}, None),
+    ],
+)
+def test_the_notes_examples_carry_the_credentials_they_need(
+    chart: helm_python.Chart, config: dict[str, Any], credential: str | None
+) -> None:
+    text = notes(chart, {"upstream": {"url": "http://model:8000"}, "config": config})
+    asynchronous = [line for line in text.splitlines() if "async=true" in line or "/runs/<run id>" in line]
+    assert len(asynchronous) == 2
+    for line in asynchronous:
+        assert (credential in line) if credential else ("-H '" not in line), line
+
+
 def test_standalone_renders_one_hardened_gateway_in_front_of_the_upstream(chart: helm_python.Chart) -> None:
     manifests = render(chart, load_values("standalone"))
     assert kinds(manifests) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
