@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from asyncgate.client import Result, RunState
-from asyncgate.client import cli as runs_cli
-from asyncgate.client.cli import Progress, answer_excerpt, main
+from asyncgate.client import Result, RunState, _render
+from asyncgate.client._render import Progress, answer_excerpt
+from asyncgate.client.cli import main
 from tests.e2e.conftest import Gateway
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
@@ -414,7 +414,7 @@ def test_the_ascii_spinner_where_the_stream_is_not_utf8() -> None:
     screen = Terminal()
     screen.encoding = "ascii"
     Progress(screen, "r1", tty=True, clock=lambda: 0.0).update(RunState.QUEUED)
-    assert screen.getvalue() == f"\r\x1b[2K{runs_cli.ASCII_SPINNER[0]} r1 queued 0.0s"
+    assert screen.getvalue() == f"\r\x1b[2K{_render.ASCII_SPINNER[0]} r1 queued 0.0s"
 
 
 def test_every_command_can_name_its_caller(make_gateway: Any, capsys: pytest.CaptureFixture[str]) -> None:
