@@ -115,4 +115,4 @@ def test_the_intake_only_replica_is_ready_and_reports_the_queue(make_gateway: Ga
         submit(intake, "/echo?async=true")
     # No executor refreshes the queue gauge here: the scrape itself does.
     metrics = intake.client.get(f"{intake.prefix}/metrics").text
-    assert "asyncgate_runs_queued 3.0" in metrics.splitlines()
+    assert 'asyncgate_runs_queued{scope="deployment"} 3.0' in metrics.splitlines()
