@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -74,3 +75,50 @@ class Browser:
             self.driver.quit()
         finally:
             shutil.rmtree(self.profile, ignore_errors=True)
+
+
+#: What a view shows, read from the page: the structure screenshots are compared by.
+STRUCTURE = """
+const q = (s) => document.querySelector(s);
+const all = (s) => [...document.querySelectorAll(s)];
+return {
+  view: document.body.dataset.view || null,
+  heading: q("main h1") ? q("main h1").textContent.trim() : null,
+  buttons: Object.fromEntries(all("main button[id], header button[id]").map((b) => [b.id, !b.disabled])),
+  rows: all("#runs-body tr[data-run-id]").map((r) => [r.dataset.runId, r.dataset.status]),
+  counts: Object.fromEntries(
+    all("#counts .chip").map((c) => [c.dataset.status, c.querySelector(".chip-count").textContent])
+  ),
+  status: q("#run-status") ? q("#run-status").dataset.status || null : null,
+  events: all("#timeline li").map((li) => li.dataset.event),
+  webhook: q("#webhook") ? q("#webhook").dataset.state || null : null,
+  deliveries: all("#webhook-history tr").map((r) => r.dataset.state),
+  result: q("#result-body") ? q("#result-body").dataset.kind : q("#result-image") ? "image"
+    : q("#result-svg") ? "svg" : q("#result-none") ? "none" : null,
+  live: document.body.dataset.live || null,
+  error: q("#run-error") && !q("#run-error").hidden ? q("#run-error").textContent : null,
+};
+"""
+
+
+def structure(browser: Browser) -> dict[str, Any]:
+    found: dict[str, Any] = browser.js(STRUCTURE)
+    return found
+
+
+def screenshot(browser: Browser, directory: Path, name: str) -> dict[str, Any]:
+    """Save the whole page as ``name``.png, and what it shows as ``name``.json beside it; return the latter."""
+    driver = browser.driver
+    size = driver.get_window_size()
+    width, height = size["width"], size["height"]
+    page_height = int(browser.js("return document.documentElement.scrollHeight"))
+    driver.set_window_size(width, max(height, page_height + 140))
+    try:
+        png = driver.get_screenshot_as_png()
+    finally:
+        driver.set_window_size(width, height)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    (directory / f"{name}.png").write_bytes(png)
+    shown = structure(browser)
+    (directory / f"{name}.json").write_text(json.dumps(shown, indent=2))
+    return shown

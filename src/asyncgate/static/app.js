@@ -179,6 +179,7 @@
 
   function route(focus = true) {
     leave();
+    delete document.body.dataset.loaded;
     renderSession();
     const [path, query] = (location.hash.slice(1) || "/").split("?");
     main.replaceChildren();
@@ -652,6 +653,8 @@
     const urls = [];
     let run = null;
     let lastEventId = null;
+    let seenState = null;
+    let seenDelivery = null;
     let following = false;
     let resultShown = false;
     let refreshing = null;
@@ -765,6 +768,8 @@
     function addEvent(event) {
       lastEventId = event.id ?? lastEventId;
       const data = event.data;
+      if (STATES.includes(event.name)) seenState = event.name;
+      if (data.webhook) seenDelivery = data.webhook.state;
       timeline.append(
         el(
           "li",
@@ -791,14 +796,15 @@
       refresh().catch(fail);
     }
 
-    function shouldFollow() {
-      if (!run) return true;
-      if (!FINAL.has(run.status)) return true;
-      return Boolean(run.webhook && !DELIVERY_FINAL.has(run.webhook.state));
+    // Whether the events read so far say nothing more will happen: the run is final, and so is
+    // its webhook's delivery. Judged by the events, not the status, so that the timeline gets
+    // every change, and a reopened stream (which would wait for more) is closed.
+    function settled() {
+      return FINAL.has(seenState) && (!run?.webhook || DELIVERY_FINAL.has(seenDelivery));
     }
 
     // The stream ends after the final state; it is opened again (from the last event) while a
-    // webhook delivery is still under way, or after a redelivery, to show its progress.
+    // webhook delivery is under way, or after a redelivery, to show its progress.
     async function follow() {
       if (following) return;
       following = true;
@@ -806,20 +812,28 @@
       let first = true;
       try {
         // Read once whatever the run's state (to show its history), then as long as it changes.
-        while (!controller.signal.aborted && (first || shouldFollow())) {
+        while (!controller.signal.aborted && (first || !settled())) {
           first = false;
           live.textContent = "Live";
           document.body.dataset.live = "open";
+          const stream = new AbortController();
+          const stop = () => stream.abort();
+          controller.signal.addEventListener("abort", stop);
           try {
-            await readEvents(runId, lastEventId, controller.signal, addEvent);
+            await readEvents(runId, lastEventId, stream.signal, (event) => {
+              addEvent(event);
+              if (settled()) stream.abort();
+            });
             failures = 0;
           } catch (error) {
-            if (error.name === "AbortError") return;
+            if (controller.signal.aborted) return;
             if (error.status === 404) throw error;
-            failures++;
+            if (error.name !== "AbortError") failures++;
+          } finally {
+            controller.signal.removeEventListener("abort", stop);
           }
           await refresh();
-          if (shouldFollow()) await new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** failures, 5000)));
+          if (!settled()) await new Promise((resolve) => setTimeout(resolve, Math.min(250 * 2 ** failures, 5000)));
         }
       } catch (error) {
         fail(error);
@@ -848,6 +862,7 @@
       try {
         await api("POST", `/runs/${encodeURIComponent(runId)}/webhook`, { accept: [202], signal: controller.signal });
         toast("The webhook will be delivered again.");
+        seenDelivery = null;
       } catch (error) {
         toast(`Could not redeliver: ${error.message}`, "error");
       }
