@@ -648,7 +648,7 @@
 
   function showRun(runId) {
     document.body.dataset.view = "run";
-    document.body.dataset.live = "closed";
+    document.body.dataset.live = "connecting";
     const controller = new AbortController();
     const urls = [];
     let run = null;
@@ -680,31 +680,39 @@
     const curl = el("code", { id: "curl", text: resultCurl(runId) });
     const message = el("p", { class: "error-box", id: "run-error", hidden: true });
 
-    main.append(
-      el("p", { class: "crumbs" }, el("a", { href: "#/", id: "back", text: "← All runs" })),
-      el("div", { class: "page-head" }, el("div", { class: "title" }, title, state), el("div", { class: "tools" }, cancel, redeliver, copy)),
-      message,
+    const tools = el("div", { class: "tools" }, cancel, redeliver, copy);
+    const content = el(
+      "div",
+      { id: "run-content" },
       el(
         "div",
         { class: "grid" },
         el("section", { class: "card", "aria-labelledby": "h-details" }, el("h2", { id: "h-details", text: "Details" }), details),
-        el(
-          "section",
-          { class: "card", "aria-labelledby": "h-webhook" },
-          el("h2", { id: "h-webhook", text: "Webhook" }),
-          webhook,
-          historyTable,
-        ),
+        el("section", { class: "card", "aria-labelledby": "h-webhook" }, el("h2", { id: "h-webhook", text: "Webhook" }), webhook, historyTable),
       ),
       el("section", { class: "card", "aria-labelledby": "h-timeline" }, el("div", { class: "card-head" }, el("h2", { id: "h-timeline", text: "Timeline" }), live), timeline),
       el("section", { class: "card", "aria-labelledby": "h-result" }, el("h2", { id: "h-result", text: "Result" }), result),
       el("section", { class: "card", "aria-labelledby": "h-curl" }, el("h2", { id: "h-curl", text: "Fetch the result" }), el("pre", { class: "command" }, curl)),
     );
+    main.append(
+      el("p", { class: "crumbs" }, el("a", { href: "#/", id: "back", text: "← All runs" })),
+      el("div", { class: "page-head" }, el("div", { class: "title" }, title, state), tools),
+      message,
+      content,
+    );
 
     function fail(error) {
       if (error.name === "AbortError") return;
       message.hidden = false;
-      message.textContent = error.status === 404 ? "No run with this id, or not one of yours." : `Error: ${error.message}`;
+      if (error.status === 404) {
+        // Nothing about a run that is not the caller's (or does not exist) is left on the page.
+        message.textContent = "No run with this id, or not one of yours.";
+        content.hidden = true;
+        tools.hidden = true;
+        controller.abort();
+      } else {
+        message.textContent = `Error: ${error.message}`;
+      }
     }
 
     function renderRun() {
