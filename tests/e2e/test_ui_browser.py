@@ -90,6 +90,16 @@ def test_sign_in_then_see_the_runs_newest_first_with_counts(browser: Browser, si
     assert not [url for url in [browser.driver.current_url, *urls] if "tenant" in url]
 
 
+def test_the_first_page_shows_new_runs_by_itself(browser: Browser, site: Site) -> None:
+    visit(browser, site, "/", TOKEN_A)
+    list_loaded(browser)
+    browser.js("window.__samePage = true")
+    run_id = site.submit("/echo/new?async=true")
+    wait_page(browser, f"document.querySelector('#runs-body tr[data-run-id=\"{run_id}\"]')", timeout=12)
+    assert browser.js("return window.__samePage") is True
+    assert structure(browser)["rows"][0][0] == run_id
+
+
 def test_filters_narrow_the_list(browser: Browser, site: Site, shots: Path) -> None:
     site.wait_final(site.submit("/status/404?async=true"))
     visit(browser, site, "/", TOKEN_A)

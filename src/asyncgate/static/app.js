@@ -27,6 +27,8 @@
   // With a path or time filter the pages are filtered here; this many API pages are read at most.
   const SCAN_PAGES = 10;
   const REFRESH_MS = 5000;
+  // Counting reads up to 10,000 runs from the store: less often than the page of runs.
+  const COUNTS_REFRESH_MS = 30000;
   const PAGE_SIZES = [25, 50, 100, 200];
 
   // --- DOM, text only ------------------------------------------------------------------------
@@ -405,6 +407,7 @@
     let next = null;
     let timer = 0;
     let loading = false;
+    let countedAt = 0;
 
     const tbody = el("tbody", { id: "runs-body" });
     const status = el("p", { class: "list-status", id: "list-status", role: "status" });
@@ -453,7 +456,10 @@
         next = page.next;
         renderRows(tbody, page.runs);
         status.textContent = page.partial ? "Only part of the history was searched: go to older runs for more." : "";
-        if (countsRequest) fillCounts(counts, (await countsRequest).body);
+        if (countsRequest) {
+          fillCounts(counts, (await countsRequest).body);
+          countedAt = Date.now();
+        }
       } catch (error) {
         if (error.name === "AbortError") return;
         status.textContent = `Could not load the runs: ${error.message}`;
@@ -473,7 +479,7 @@
     }
 
     function tick() {
-      if (auto.checked && positions.length === 1 && !document.hidden) load(true);
+      if (auto.checked && positions.length === 1 && !document.hidden) load(Date.now() - countedAt >= COUNTS_REFRESH_MS);
     }
 
     timer = setInterval(tick, REFRESH_MS);
