@@ -118,8 +118,15 @@ def test_filters_narrow_the_list(browser: Browser, site: Site, shots: Path) -> N
     expected = [r for r in site.api("/runs?status=failed&limit=200")["runs"] if "/status/404" in r["path"]]
     assert shown["rows"] == [[r["run_id"], "failed"] for r in expected] and len(expected) >= 1
 
-    # "Created before" pages from that time: a time before every run shows none.
+    # "Created before" pages from that time, "created after" stops there: the year 2000 is
+    # before every run.
     visit(browser, site, "/?until=2000-01-01T00:00", TOKEN_A)
+    list_loaded(browser)
+    assert structure(browser)["rows"] == []
+    visit(browser, site, "/?since=2000-01-01T00:00", TOKEN_A)
+    list_loaded(browser)
+    assert structure(browser)["rows"] == listed(site)
+    visit(browser, site, "/?since=2100-01-01T00:00", TOKEN_A)
     list_loaded(browser)
     assert structure(browser)["rows"] == []
 

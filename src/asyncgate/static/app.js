@@ -189,10 +189,18 @@
       showSignIn();
     } else {
       const match = path.match(/^\/runs\/([^/]+)$/);
-      if (match) showRun(decodeURIComponent(match[1]));
+      if (match) showRun(decodeHashPart(match[1]));
       else showList(new URLSearchParams(query || ""));
     }
     if (focus) main.querySelector("h1")?.focus();
+  }
+
+  function decodeHashPart(text) {
+    try {
+      return decodeURIComponent(text);
+    } catch {
+      return text; // malformed escapes: looked up as typed, and not found
+    }
   }
 
   function signOut(message) {
@@ -222,6 +230,7 @@
     const input = el("input", {
       id: "token", name: "token", type: "password", autocomplete: "off", spellcheck: "false", required: true,
       placeholder: HEADER.toLowerCase() === "authorization" ? "Bearer …" : "",
+      oninput: () => input.setCustomValidity(""),
     });
     const form = el(
       "form",
@@ -231,6 +240,12 @@
           event.preventDefault();
           const value = input.value.trim();
           if (!value) return;
+          // What fetch() would refuse to send as a header value (a line break, say).
+          if (!/^[\x20-\x7e\x80-\xff\t]+$/.test(value)) {
+            input.setCustomValidity("A header value holds printable characters only.");
+            input.reportValidity();
+            return;
+          }
           token.set(value);
           route();
         },
