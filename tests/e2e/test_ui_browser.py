@@ -276,10 +276,12 @@ def test_the_list_and_a_run_are_usable_with_the_keyboard(browser: Browser, site:
 def test_open_access_shows_the_runs_without_a_token(
     browser: Browser, site: Site, upstream: Upstream, tmp_path: Path, shots: Path
 ) -> None:
-    if site.store != "embedded":
-        pytest.skip("access rules do not depend on the store; once is enough")
-    config = load(None, environ={}, overrides=_open_settings(upstream, tmp_path))
-    gateway = Gateway(config)
+    store = site.config.store
+    where: dict[str, Any] = {"store.data_dir": str(tmp_path / "data")}
+    if store.redis_url:
+        where = {"store.redis_url": store.redis_url, "store.key_prefix": f"{store.key_prefix}open"}
+    settings = {"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open", **where}
+    gateway = Gateway(load(None, environ={}, overrides={**settings, "shutdown.drain_timeout": 2}))
     try:
         run_id = gateway.client.post("/echo/open?async=true").json()["run_id"]
         gateway.wait_final(run_id)
@@ -290,14 +292,5 @@ def test_open_access_shows_the_runs_without_a_token(
         assert browser.driver.find_element(By.ID, "session").text == "Open access"
         assert browser.js("return sessionStorage.getItem('asyncgate.token')") is None
     finally:
+        browser.driver.get("about:blank")
         gateway.stop()
-
-
-def _open_settings(upstream: Upstream, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "upstream": upstream.url,
-        "runs.poll_interval": 0.2,
-        "shutdown.drain_timeout": 2,
-        "access.mode": "open",
-        "store.data_dir": str(tmp_path / "data"),
-    }
