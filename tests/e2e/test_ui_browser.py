@@ -6,7 +6,9 @@ $ASYNCGATE_SCREENSHOTS/flows-<store> when that is set, else under pytest's tempo
 
 from __future__ import annotations
 
+import struct
 import subprocess
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +195,31 @@ def test_redeliver_a_webhook_from_its_page(browser: Browser, site: Site, shots: 
     deliveries = site.receiver.deliveries.for_run(run_id)
     assert deliveries[0]["headers"]["webhook-id"] == deliveries[1]["headers"]["webhook-id"] == f"msg_{run_id}"
     assert site.api(f"/runs/{run_id}")["webhook"]["attempts"] >= 1
+
+
+def png(width: int, height: int) -> bytes:
+    """A valid RGB PNG of one colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x3b\x5b\xdb" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_an_image_result_is_shown_as_an_image(browser: Browser, site: Site, shots: Path) -> None:
+    run_id = site.submit("/mirror?async=true", body=png(48, 32), **{"Content-Type": "image/png"})
+    site.wait_final(run_id)
+    visit(browser, site, f"/runs/{run_id}", TOKEN_A)
+    size = wait_page(
+        browser, "(i => i && i.complete && [i.naturalWidth, i.naturalHeight])(document.querySelector('#result-image'))"
+    )
+    assert size == [48, 32]
+    shown = screenshot(browser, shots, "run-image")
+    assert shown["result"] == "image"
+    assert browser.js("return document.querySelector('#result-image').src").startswith("blob:")
+    assert browser.driver.find_element(By.ID, "result-type").text == "image/png"
 
 
 def test_the_copied_curl_fetches_the_result_without_holding_the_token(browser: Browser, site: Site) -> None:
