@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from asyncgate import endpoints
 from asyncgate.config import Config, load
-from asyncgate.openapi import DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER, openapi_document
+from asyncgate.openapi import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER, openapi_document
 from asyncgate.runs import Run, RunRequest, RunState
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.redis_server import RedisServer
@@ -114,10 +114,11 @@ def test_run_status_schema_names_exactly_what_the_status_resource_holds() -> Non
 
 
 def test_document_agrees_with_the_handlers_constants() -> None:
-    assert (DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER) == (
+    assert (DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER, COUNT_LIMIT) == (
         endpoints.DEFAULT_PAGE,
         endpoints.MAX_PAGE,
         endpoints.POLL_RETRY_AFTER,
+        endpoints.COUNT_LIMIT,
     )
 
 
