@@ -15,7 +15,7 @@ from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
 from asyncgate.store.factory import build_store
-from asyncgate.store.redis import PURGE_BATCH, UNFINISHED_TTL, RedisRunStore
+from asyncgate.store.redis import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, RedisRunStore
 from tests.store.conftest import Runner, new_run
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -233,17 +233,19 @@ def test_purge_drops_a_gone_run_from_every_index_the_callers_included(
     assert raw(client.zrange(redis_store.leases, 0, -1)) == [kept.run_id.encode()]
 
 
-def test_purge_reschedules_a_run_still_there_and_takes_at_most_a_batch(
+def test_purge_reschedules_a_run_still_there_and_its_work_per_call_is_bounded(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
     alive = new_run()
     run(redis_store.create(alive, b""))
     # As if its TTL had been extended behind the schedule's back.
     raw(client.zadd(redis_store.expiry, {f"{alive.run_id} ": 1.0}))
-    raw(client.zadd(redis_store.expiry, {f"gone-{n} ": 2.0 + n for n in range(PURGE_BATCH + 5)}))
+    most = PURGE_BATCH * PURGE_ROUNDS
+    raw(client.zadd(redis_store.expiry, {f"gone-{n} caller-{n % 3}": 2.0 + n for n in range(most + 5)}))
 
     run(redis_store.purge())
 
+    # The live run took one place in the first batch: 6 of the gone are left for the next call.
     assert raw(client.zcard(redis_store.expiry)) == 1 + 6
     assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, f"{alive.run_id} ")) - time.time()
     run(redis_store.purge())

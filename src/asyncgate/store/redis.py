@@ -34,6 +34,9 @@ from asyncgate.runs import (
     now,
 )
 from asyncgate.store.base import (
+    PURGE_BATCH,
+    PURGE_ROUNDS,
+    UNFINISHED_TTL,
     CancelResult,
     Created,
     DueDelivery,
@@ -86,8 +89,6 @@ from asyncgate.store.sealing import Sealer
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
 
-#: A run never finished (its gateways all gone, a bug) still disappears after this long.
-UNFINISHED_TTL = 7 * 24 * 3600
 #: Ordinary commands fail with StoreUnavailable after this long without an answer.
 SOCKET_TIMEOUT = 5.0
 #: The longest claim() blocks on the queue; longer waits are cut to this.
@@ -102,8 +103,6 @@ POOL_SIZE = 256
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
 LIST_SCAN_BUDGET = 1000
-#: Runs past their expiry whose index entries one purge() call drops, at most.
-PURGE_BATCH = 500
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 
@@ -862,6 +861,13 @@ class RedisRunStore:
         return {"durability": promise, "warnings": warnings}
 
     async def purge(self) -> None:
+        # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
+        for _ in range(PURGE_ROUNDS):
+            if await self._purge_batch() < PURGE_BATCH:
+                return
+
+    async def _purge_batch(self) -> int:
+        """Forget up to PURGE_BATCH runs past their expiry; say how many entries were due."""
         at = now()
         with _STORE_ERRORS:
             due = await self._redis.zrangebyscore(self.expiry, "-inf", at, start=0, num=PURGE_BATCH)
@@ -875,6 +881,7 @@ class RedisRunStore:
                 ttls = cast(list[int], (await pipe.execute())[:-1])
             if runs:
                 await self._forget(at, members, runs, ttls)
+        return len(members)
 
     async def _forget(self, at: float, members: list[str], runs: list[tuple[str, str, str]], ttls: list[int]) -> None:
         """Drop every index entry of the runs gone; reschedule those still there (a TTL extended)."""
