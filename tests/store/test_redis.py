@@ -74,7 +74,8 @@ def test_a_run_is_one_hash_under_a_hash_tag(
     key = redis_store.run_key(queued.run_id)
     assert redis_store.run_key(queued.run_id) == key
     stored = raw(client.hgetall(key))
-    assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body"}
+    assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body", b"entry"}
+    assert [entry_id for entry_id, _ in raw(client.xrange(redis_store.queue))] == [stored[b"entry"]]
     assert (stored[b"state"], stored[b"attempt"], stored[b"body"]) == (b"queued", b"0", b"\x00body")
 
 

@@ -61,7 +61,8 @@ from asyncgate.store.sealing import Sealer
 #                             (the request's credentials, sealed; deleted when the run ends),
 #                             caller, webhook ("1" when the run has one), cancel ("1" once asked
 #                             while running), delivery (JSON of runs.Delivery), dlv_seq (fences
-#                             delivery attempts), idem_key (the idempotency key naming the run).
+#                             delivery attempts), idem_key (the idempotency key naming the run),
+#                             entry (the id of its last queue entry, deleted if it is cancelled).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -155,7 +156,7 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
@@ -237,7 +238,8 @@ return 1
 """
 )
 
-# KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then the cancelled run's field pairs.
+# KEYS run, events, deliveries, expiry, queue; ARGV as _CLOSE, then the cancelled run's field
+# pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
 _CANCEL = (
     _CLOSE
     + """
@@ -248,7 +250,9 @@ if state == 'running' then
   return 'requested'
 end
 if state ~= 'queued' then return 'finished' end
-redis.call('HDEL', KEYS[1], 'body', 'secrets')
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 close_run()
 return 'cancelled'
@@ -262,7 +266,7 @@ _REQUEUE = (
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3])
+redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
 return 1
 """
 )
@@ -719,7 +723,7 @@ class RedisRunStore:
         event = state_event(RunState.CANCELLED, 0, at)
         error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
         with _STORE_ERRORS:
             result = CancelResult((await self._scripts.cancel(keys, args)).decode())
@@ -827,8 +831,8 @@ class RedisRunStore:
             return bool(await self._scripts.redeliver(keys, args))
 
     async def queued_count(self) -> int:
-        # Entries of runs cancelled while queued stay until an executor reads them: an
-        # overcount for a moment, which errs on the side of refusing work.
+        # Cancelling a queued run deletes its entry; entries of runs expired unclaimed
+        # (UNFINISHED_TTL) stay until read or trimmed: an overcount that errs on the side of refusing work.
         with _STORE_ERRORS:
             return int(await self._redis.xlen(self.queue))
 
