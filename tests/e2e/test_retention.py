@@ -57,6 +57,7 @@ class Size:
 
     def __init__(self, gateway: Gateway, request: pytest.FixtureRequest, store_kind: str) -> None:
         self.data_dir = Path(gateway.config.store.data_dir)
+        self.prefix = gateway.config.store.key_prefix
         self.nodes: list[RedisServer] = []
         if store_kind == "redis":
             self.nodes = [request.getfixturevalue("redis_server")]
@@ -70,15 +71,29 @@ class Size:
                 sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'"
                 tables = [name for (name,) in db.execute(sql)]
                 return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
-        return {f"dbsize:{node.port}": self._client(node).dbsize() for node in self.nodes}
+        sizes = {}
+        for node in self.nodes:
+            with self._client(node) as client:
+                sizes[f"dbsize:{node.port}"] = client.dbsize()
+        return sizes
 
     def memory(self) -> int:
         """Redis's used memory less its clients' buffers (connections the gateway keeps open)."""
         total = 0
         for node in self.nodes:
-            info = self._client(node).info("memory")
+            with self._client(node) as client:
+                info = client.info("memory")
             total += info["used_memory"] - info.get("mem_clients_normal", 0)
         return total
+
+    def queue(self) -> tuple[int, int]:
+        """Entries in the queue stream, and entries its consumer group read but did not ack."""
+        queue = f"{{{self.prefix}}}:queue"
+        cluster = len(self.nodes) > 1
+        port = self.nodes[0].port
+        with redis.RedisCluster(host="127.0.0.1", port=port) if cluster else redis.Redis(port=port) as client:
+            (group,) = client.xinfo_groups(queue)
+            return int(client.xlen(queue)), int(group["pending"])
 
     def _client(self, node: RedisServer) -> redis.Redis:
         return redis.Redis(port=node.port)
@@ -130,6 +145,8 @@ def test_thousands_of_runs_leave_nothing_behind_after_retention(
     wait_until(lambda: len(upstream.calls.all()) - calls >= RUNS, timeout=60, message="every run executed")
     wait_until(lambda: size.keys_or_rows() == empty, timeout=30, message=f"the store back to {empty}")
     wait_until(lambda: size.memory() <= memory + MEMORY_SLACK, timeout=10, message="the memory given back")
+    if size.nodes:
+        assert size.queue() == (0, 0)
     assert len(upstream.calls.all()) - calls == RUNS
     assert len(receiver.deliveries.all()) == len(range(0, CALLERS + RUNS, 5))
     for caller in range(CALLERS):
