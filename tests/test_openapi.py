@@ -28,7 +28,7 @@ from starlette.routing import Route
 from asyncgate import endpoints
 from asyncgate.config import Config, load
 from asyncgate.links import RunLinks
-from asyncgate.openapi import DEFAULT_PAGE, MAX_PAGE, openapi_document
+from asyncgate.openapi import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, openapi_document
 from asyncgate.runs import Run, RunRequest, RunState
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.redis_server import RedisServer
@@ -131,7 +131,7 @@ def test_run_status_schema_names_exactly_what_the_status_resource_holds() -> Non
 
 
 def test_document_agrees_with_the_handlers_constants() -> None:
-    assert (DEFAULT_PAGE, MAX_PAGE) == (endpoints.DEFAULT_PAGE, endpoints.MAX_PAGE)
+    assert (DEFAULT_PAGE, MAX_PAGE, COUNT_LIMIT) == (endpoints.DEFAULT_PAGE, endpoints.MAX_PAGE, endpoints.COUNT_LIMIT)
 
 
 def test_webhook_delivery_is_described_in_the_webhooks_section() -> None:

@@ -31,6 +31,8 @@ KEEPALIVE_SECONDS = 15.0
 CANCEL_CONFIRM_SECONDS = 5.0
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+#: Runs one count examines at most, newest first, so that counting a large store stays quick.
+COUNT_LIMIT = 10_000
 
 
 def services(request: Request) -> Services:
@@ -260,6 +262,30 @@ async def list_runs(request: Request) -> Response:
     return JSONResponse({"runs": [status_document(run, links) for run in runs], "next_cursor": cursor})
 
 
+async def count_runs(request: Request) -> Response:
+    """How many of the caller's runs are in each state, over the newest COUNT_LIMIT runs."""
+    svc = services(request)
+    principal = svc.access.principal(request.scope)
+    caller = None if principal.sees_all else principal.caller
+    counts = dict.fromkeys(RunState, 0)
+    cursor = None
+    examined = 0
+    # Counted page by page through the listing, so the stores need nothing new and the count
+    # obeys exactly the listing's access rule.
+    try:
+        while examined < COUNT_LIMIT:
+            runs, cursor = await svc.store.list_runs(caller, None, MAX_PAGE, cursor)
+            for run in runs:
+                counts[run.state] += 1
+            examined += len(runs)
+            if cursor is None:
+                break
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    body = {"counts": {state.value: n for state, n in counts.items()}, "total": examined, "complete": cursor is None}
+    return JSONResponse(body)
+
+
 async def metrics(request: Request) -> Response:
     svc = services(request)
     if not svc.config.runs.execute:
@@ -295,6 +321,8 @@ def routes() -> list[Route]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
+        # Before /runs/{run_id}; run ids are 22 characters long, so none is "counts".
+        Route("/runs/counts", count_runs, methods=["GET"]),
         Route("/runs/{run_id}", run_status, methods=["GET"]),
         Route("/runs/{run_id}", cancel_run, methods=["DELETE"]),
         Route("/runs/{run_id}/result", run_result, methods=["GET"]),

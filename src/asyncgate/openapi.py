@@ -33,6 +33,8 @@ OPENAPI_VERSION = "3.1.0"
 #: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+#: Runs GET /runs/counts examines at most (``endpoints.COUNT_LIMIT``).
+COUNT_LIMIT = 10_000
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 _INTRO = """\
@@ -397,6 +399,7 @@ def _run_paths(config: Config) -> dict[str, Schema]:
     run_id = {"parameters": [_ref("parameters", "RunId")]}
     return {
         runs: {"get": _list_operation(config)},
+        f"{runs}/counts": {"get": _counts_operation(config)},
         f"{runs}/{{run_id}}": {**run_id, "get": _status_operation(config), "delete": _cancel_operation(config)},
         f"{runs}/{{run_id}}/result": {**run_id, "get": _result_operation(config)},
         f"{runs}/{{run_id}}/events": {**run_id, "get": _events_operation(config)},
@@ -422,6 +425,18 @@ def _list_operation(config: Config) -> Schema:
     }
     summary = "List runs, newest first (only the caller's, unless access is open or the caller is the admin)"
     return _operation("listRuns", "runs", summary, responses, parameters=params)
+
+
+def _counts_operation(config: Config) -> Schema:
+    responses = {
+        "200": {
+            "description": f"How many runs are in each state, over the newest {COUNT_LIMIT} runs the caller may list.",
+            "content": _json(_ref("schemas", "RunCounts")),
+        },
+        **{code: response for code, response in _run_errors(config).items() if code in ("401", "503")},
+    }
+    summary = "Count runs by state (the runs the listing would show)"
+    return _operation("countRuns", "runs", summary, responses)
 
 
 def _status_response(description: str) -> Schema:
@@ -758,6 +773,23 @@ def _schemas(prefix: str) -> dict[str, Schema]:
             "properties": {
                 "runs": {"type": "array", "items": _ref("schemas", "RunStatus")},
                 "next_cursor": {"type": ["string", "null"], "description": "null on the last page."},
+            },
+        },
+        "RunCounts": {
+            "type": "object",
+            "required": ["counts", "total", "complete"],
+            "properties": {
+                "counts": {
+                    "type": "object",
+                    "required": [state.value for state in RunState],
+                    "properties": {state.value: {"type": "integer", "minimum": 0} for state in RunState},
+                    "additionalProperties": False,
+                },
+                "total": {"type": "integer", "minimum": 0, "description": "The runs counted."},
+                "complete": {
+                    "type": "boolean",
+                    "description": f"false past {COUNT_LIMIT} runs: the oldest are not counted.",
+                },
             },
         },
         "Accepted": {
