@@ -108,6 +108,8 @@ class RunsConfig:
     max_attempts: int = 3
     #: Upper bound on how long an idle executor waits before looking for work again.
     poll_interval: float = 1.0
+    #: The Retry-After of a 202 and of an unfinished run's status: how long pollers wait.
+    retry_after: float = 1.0
     #: False: this gateway accepts runs, answers for them and delivers their webhooks, but
     #: executes none; other replicas sharing its Redis do (an intake-only replica).
     execute: bool = True
@@ -195,6 +197,7 @@ _DURATIONS = {
     "runs.lease_renewal",
     "runs.recovery_interval",
     "runs.poll_interval",
+    "runs.retry_after",
     "webhooks.timeout",
     "shutdown.drain_timeout",
     "shutdown.pre_stop_delay",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -16,17 +17,16 @@ from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
 from asyncgate.openapi import openapi_endpoint
 from asyncgate.responses import JSONResponse, stored_response
-from asyncgate.runs import Run, RunState, rfc3339
+from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
 from asyncgate.services import Services
 from asyncgate.store.base import CancelResult, Event, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
-#: Seconds a client polling an unfinished run should wait before asking again.
-POLL_RETRY_AFTER = 1
 #: A comment line is sent on an idle event stream this often, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
@@ -64,9 +64,39 @@ async def _run_or_404(request: Request) -> Run:
     return run
 
 
-def _status_response(run: Run, status_code: int = 200) -> Response:
-    headers = {} if run.state.is_final else {"Retry-After": str(POLL_RETRY_AFTER)}
-    return JSONResponse(run.to_public(), status_code=status_code, headers=headers)
+def _links(request: Request) -> RunLinks:
+    return RunLinks(services(request).config.server.prefix)
+
+
+def _poll_after(request: Request) -> int:
+    """Seconds a client polling an unfinished run should wait before asking again."""
+    return retry_after(services(request).config.runs.retry_after)
+
+
+def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
+    """The run's status resource: its public fields and the URLs of what can be done with it."""
+    return {**run.to_public(), "urls": links.urls(run.run_id)}
+
+
+def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
+    links = _links(request)
+    headers = {"Link": links.header(run.run_id)}
+    if not run.state.is_final:
+        headers["Retry-After"] = str(_poll_after(request))
+    return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
+
+
+def _has_result(run: Run) -> bool:
+    """Whether the run ended with an upstream response kept (a body over the limit is not)."""
+    too_large = run.error is not None and run.error.code == ErrorCode.RESULT_TOO_LARGE
+    return run.state.is_final and run.upstream_status is not None and not too_large
+
+
+def _redirect(request: Request) -> bool:
+    value = request.query_params.get(REDIRECT_PARAM)
+    if value is not None and value != REDIRECT_TO_RESULT:
+        raise BadRequest(f"{REDIRECT_PARAM} must be {REDIRECT_TO_RESULT}", code="invalid_parameter")
+    return value is not None
 
 
 def _seconds(request: Request, name: str, maximum: float) -> float | None:
@@ -88,12 +118,20 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
     wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
             run = await wait_until_final(services(request).store, run.run_id, wait) or run
         except StoreError as exc:
             raise _unavailable(exc) from exc
-    return _status_response(run)
+    if redirect and _has_result(run):
+        # Opt-in only: a client that follows redirects blindly would otherwise fetch a result,
+        # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
+        # The body is the status document, the "short hypertext note" RFC 9110 asks of a 303.
+        links = _links(request)
+        headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
+        return JSONResponse(status_document(run, links), status_code=303, headers=headers)
+    return _status_response(request, run)
 
 
 async def run_result(request: Request) -> Response:
@@ -105,7 +143,7 @@ async def run_result(request: Request) -> Response:
     if result is not None:
         return stored_response(result)
     if not run.state.is_final:
-        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
+        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     reason = run.error.message if run.error else "the run ended without one"
     raise Conflict(f"the run has no upstream response: {reason}", code="no_upstream_response")
 
@@ -128,7 +166,7 @@ async def cancel_run(request: Request) -> Response:
         raise Conflict(f"the run has already finished ({run.state})", code="run_finished")
     if outcome is CancelResult.CANCELLED:
         svc.webhooks.wake()
-    return _status_response(run, 200 if run.state.is_final else 202)
+    return _status_response(request, run, 200 if run.state.is_final else 202)
 
 
 def _webhook_url(request: Request) -> str | None:
@@ -146,7 +184,7 @@ async def redeliver_webhook(request: Request) -> Response:
     if run.request.webhook_url is None:
         raise Conflict("the run has no webhook", code="no_webhook")
     if not run.state.is_final:
-        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
+        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     url = _webhook_url(request)
     try:
         if not await svc.store.redeliver(run.run_id, url):
@@ -160,7 +198,7 @@ async def redeliver_webhook(request: Request) -> Response:
     except StoreError as exc:
         raise _unavailable(exc) from exc
     svc.webhooks.wake()
-    return JSONResponse(run.to_public(), status_code=202)
+    return JSONResponse(status_document(run, _links(request)), status_code=202)
 
 
 def _sse(run: Run, event: Event) -> bytes:
@@ -237,7 +275,8 @@ async def list_runs(request: Request) -> Response:
         runs, cursor = await svc.store.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
         raise _unavailable(exc) from exc
-    return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})
+    links = _links(request)
+    return JSONResponse({"runs": [status_document(run, links) for run in runs], "next_cursor": cursor})
 
 
 async def count_runs(request: Request) -> Response:

@@ -81,6 +81,8 @@ def test_submit_wait_result_returns_the_upstream_response(client: Client, gatewa
     assert isinstance(status.finished_at, datetime) and status.created_at is not None
     assert status.created_at <= status.finished_at
     assert status.raw == gateway.run(run.run_id)
+    assert status.urls["result"] == f"{run.location}/result"
+    assert gateway.client.get(status.urls["result"]).json()["body"] == '{"param":"hello world"}'
 
     result = run.result()
     assert result.status_code == 200

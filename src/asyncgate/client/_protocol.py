@@ -293,6 +293,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             error=ErrorDetail(str(error["code"]), str(error["message"])) if error else None,
             attempt=int(data.get("attempt", 0)),
             webhook=_webhook(data.get("webhook")),
+            urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
             raw=dict(data),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
