@@ -78,6 +78,8 @@ class Gateway:
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
+        #: With route policies, every request is matched (a route may make it async unasked).
+        self._routes = bool(config.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -89,7 +91,7 @@ class Gateway:
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
-            elif looks_async(scope):
+            elif self._routes or looks_async(scope):
                 await self._maybe_async(scope, receive, send)
             else:
                 await self.proxy(scope, receive, send)
@@ -101,7 +103,7 @@ class Gateway:
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            intent = classify(scope, self.intake.limits)
+            intent = classify(scope, self.intake.limits_for(scope))
         except ClientError as error:
             self.services.metrics.runs_refused.labels(error.code).inc()
             await send_error(send, error)

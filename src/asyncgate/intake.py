@@ -24,6 +24,7 @@ from asyncgate.errors import (
 )
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
@@ -74,6 +75,8 @@ class Intent:
     #: The run's own timeout when the client asked for a shorter one (Asyncgate-Timeout).
     timeout: float | None = None
     idempotency_key: str | None = None
+    #: The route policy the request matched, if any.
+    route: RoutePolicy | None = None
 
 
 def _flag(value: str) -> bool:
@@ -198,6 +201,8 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, TIMEOUT_HEADER)
     is_async = flags == {True} or (preferred and flags != {False})
+    if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
+        is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
         if webhooks or timeout_header is not None:
             raise BadRequest(
@@ -216,22 +221,47 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         wait=wait,
         timeout=_timeout(timeout_header, limits.max_timeout),
         idempotency_key=_idempotency_key(_single(headers, IDEMPOTENCY_HEADER)),
+        route=limits.route,
     )
+
+
+def _route_mode(route: RoutePolicy, asked: bool, flags: set[bool]) -> bool:
+    """Whether a request on a route that decides for its clients is async; BadRequest if it asks otherwise."""
+    if route.mode is AsyncMode.NEVER:
+        if asked:
+            raise BadRequest(
+                f"requests to {route.path} are never asynchronous (route {route.name}); "
+                f"send it without {ASYNC_PARAM}=true or Prefer: respond-async",
+                code="async_not_allowed",
+            )
+        return False
+    if flags == {False}:
+        raise BadRequest(
+            f"requests to {route.path} are always asynchronous (route {route.name}); "
+            f"send it without {ASYNC_PARAM}=false",
+            code="sync_not_allowed",
+        )
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The settings classify() needs, taken from the Config once."""
+    """The settings classify() needs, taken from the Config (and a route's policy) once."""
 
     max_wait: float = 60.0
     max_timeout: float = 12 * 3600.0
     default_webhook: str | None = None
     allow: Allowlist = Allowlist()
+    route: RoutePolicy | None = None
 
     @classmethod
-    def of(cls, config: Config) -> Limits:
+    def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
         allow = Allowlist.parse(config.webhooks.allow)
-        return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
+        if route is None:
+            return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
+        timeout = route.timeout or config.runs.timeout
+        webhook = route.webhook_url or config.webhooks.default_url
+        return cls(config.limits.max_wait, timeout, webhook, allow, route)
 
 
 def looks_async(scope: Scope) -> bool:
@@ -302,7 +332,14 @@ class Intake:
         self.access = access
         self.metrics = metrics
         self.limits = Limits.of(config)
+        self.policies = RoutePolicies(config.routes)
+        self._route_limits = {route.name: Limits.of(config, route) for route in config.routes}
         self.runs_url = f"{config.server.prefix}/runs/"
+
+    def limits_for(self, scope: Scope) -> Limits:
+        """The limits of the route policy the request matches, else the gateway's own."""
+        route = self.policies.match(scope["method"], scope["path"]) if self.policies else None
+        return self.limits if route is None else self._route_limits[route.name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
         try:
@@ -334,15 +371,21 @@ class Intake:
 
     async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> tuple[Created, str]:
         caller = self.access.principal(scope).caller
-        body = await read_body(scope, receive, self.config.limits.max_body_bytes)
+        route = intent.route
+        body_limit = (route.max_body_bytes if route else None) or self.config.limits.max_body_bytes
+        body = await read_body(scope, receive, body_limit)
         request = RunRequest(
             method=scope["method"],
             path=raw_path(scope),
             query=intent.query,
             headers=replay_headers(scope, intent),
             webhook_url=intent.webhook_url,
-            timeout=intent.timeout or self.config.runs.timeout,
+            timeout=intent.timeout or (route.timeout if route else None) or self.config.runs.timeout,
         )
+        if route is not None:
+            request = dataclasses.replace(
+                request, route=route.name, idempotent=route.idempotent, max_attempts=route.max_attempts
+            )
         run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
         idempotency = None
         if intent.idempotency_key is not None:
