@@ -30,6 +30,7 @@ from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_heade
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
 from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
 logger = logging.getLogger("asyncgate.intake")
@@ -326,8 +327,11 @@ def idempotency_key(caller: str, key: str) -> str:
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
-    def __init__(self, config: Config, store: RunStore, access: Access, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+    ) -> None:
         self.config = config
+        self.tracing = tracing
         self.store = store
         self.access = access
         self.metrics = metrics
@@ -342,12 +346,17 @@ class Intake:
         return self.limits if route is None else self._route_limits[route.name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
+        with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:
+            await self._serve(scope, receive, send, intent, span)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, intent: Intent, span: Span) -> None:
         try:
-            created, status = await self._accept(scope, receive, intent)
+            created, status = await self._accept(scope, receive, intent, span)
         except ClientDisconnected:
             return
         except ClientError as error:
             self.metrics.runs_refused.labels(error.code).inc()
+            span.finish(error.status_code, error.code)
             await send_error(send, error)
             return
         if not created.replayed:
@@ -363,13 +372,15 @@ class Intake:
             if result is not None:
                 response = stored_response(result)
                 response.raw_headers.append((RUN_ID_HEADER.lower().encode(), created.run_id.encode()))
+                span.finish(result.status)
                 await response(scope, receive, send)
                 return
         if intent.preferred:
             headers["Preference-Applied"] = RESPOND_ASYNC
+        span.finish(202)
         await send_json(send, 202, orjson.dumps({"run_id": created.run_id, "status": status}), headers)
 
-    async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> tuple[Created, str]:
+    async def _accept(self, scope: Scope, receive: Receive, intent: Intent, span: Span) -> tuple[Created, str]:
         caller = self.access.principal(scope).caller
         route = intent.route
         body_limit = (route.max_body_bytes if route else None) or self.config.limits.max_body_bytes
@@ -378,7 +389,8 @@ class Intake:
             method=scope["method"],
             path=raw_path(scope),
             query=intent.query,
-            headers=replay_headers(scope, intent),
+            # Traced, the stored context names the intake span: the run's later spans nest under it.
+            headers=with_span(replay_headers(scope, intent), span.headers),
             webhook_url=intent.webhook_url,
             timeout=intent.timeout or (route.timeout if route else None) or self.config.runs.timeout,
         )
