@@ -460,7 +460,7 @@ def _check_webhook_url(key: str, url: str, allow: Allowlist) -> None:
 
 _MAX_WEBHOOK_URL = 2048
 #: The keys a route takes (docs/configuration.md, "Routes"); any other is refused.
-_ROUTE_KEYS = ("name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+ROUTE_KEYS = ("name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
 #: Route settings that only runs use, so a route that never makes runs cannot hold them.
 _RUN_ONLY_KEYS = ("idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
 
@@ -489,8 +489,8 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
     if not isinstance(entry, dict):
         raise ConfigError(where, "expected a mapping with at least a path")
     for name in entry:
-        if name not in _ROUTE_KEYS:
-            raise ConfigError(f"{where}.{name}", f"unknown key (a route takes {', '.join(_ROUTE_KEYS)})")
+        if name not in ROUTE_KEYS:
+            raise ConfigError(f"{where}.{name}", f"unknown key (a route takes {', '.join(ROUTE_KEYS)})")
     path = entry.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"{where}.path", "expected a path pattern starting with /, such as /v1/batch/**")
