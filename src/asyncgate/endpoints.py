@@ -20,7 +20,7 @@ from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
-from asyncgate.openapi import openapi_endpoint
+from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
 from asyncgate.services import Services
@@ -331,6 +331,8 @@ async def readyz(request: Request) -> Response:
         # runs), never from a request, and holds no secret: Redis errors name no credentials.
         body = {"status": "unavailable", "store": svc.store_kind, "reason": str(exc)}
         return JSONResponse(body, status_code=503)
+    if svc.config.routes:
+        report = {**report, "routes": route_policies(svc.config)}
     return JSONResponse({"status": "ready", "store": svc.store_kind, **report})
 
 
