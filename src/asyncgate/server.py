@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, cast
 from urllib.parse import unquote
 
 import h11
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from asyncgate.config import Config
@@ -314,6 +314,63 @@ class StrictH11Heads(asyncio.Protocol):
             self._head_context = None
 
 
+class Http10Responses(asyncio.Protocol):
+    """Mixin over uvicorn's httptools protocol: an HTTP/1.0 client gets HTTP/1.0 framing.
+
+    uvicorn's httptools protocol frames a response without Content-Length as chunked whatever
+    the request's version, and HTTP/1.0 has no chunked coding (RFC 9112 6.1): the client would
+    read the chunk sizes as body. Each HTTP/1.0 request's send is wrapped so that such a body is
+    delimited by closing the connection (which uvicorn does after any HTTP/1.0 response), as h11
+    does already. An HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1
+    requires and h11 does.
+    """
+
+    cycle: Any
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        super().on_headers_complete()  # type: ignore[misc]
+        fresh = self.cycle
+        if fresh is not cycle and fresh is not None and fresh.scope["http_version"] == "1.0":
+            fresh.waiting_for_100_continue = False
+            fresh.send = CloseDelimited(fresh)
+
+
+#: Statuses that never have a body (RFC 9110 6.4.1), whatever their headers say.
+_NO_BODY = frozenset({204, 304})
+
+
+class CloseDelimited:
+    """An httptools request cycle's ``send`` for an HTTP/1.0 client: a response without
+    Content-Length goes out close-delimited instead of chunked.
+
+    It steers uvicorn's cycle through two of its attributes: ``chunked_encoding`` set to False
+    before the head keeps it from adding ``Transfer-Encoding: chunked``, and
+    ``expected_content_length`` set to each piece's size lets the piece through as it is.
+    """
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+        self.send: Send = cycle.send
+        self.until_close = False
+
+    async def __call__(self, message: Message) -> None:
+        cycle = self.cycle
+        if message["type"] == "http.response.start" and not cycle.response_started:
+            headers = list(message.get("headers", ()))
+            names = {name.lower() for name, _ in headers}
+            status = message["status"]
+            if b"content-length" not in names and status not in _NO_BODY and cycle.scope["method"] != "HEAD":
+                self.until_close = True
+                cycle.chunked_encoding = False
+                if b"transfer-encoding" in names:
+                    headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
+                    message = {**message, "headers": headers}
+        elif self.until_close and message["type"] == "http.response.body" and not cycle.response_complete:
+            cycle.expected_content_length = len(message.get("body", b""))
+        await self.send(message)
+
+
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
@@ -344,6 +401,8 @@ def protocol_class(
     mixins: tuple[type[asyncio.Protocol], ...] = (GuardedProtocol,)
     if issubclass(base, _h11_protocol()):
         mixins = (StrictH11Heads, *mixins)
+    else:
+        mixins = (Http10Responses, *mixins)
     limits = {"request_timeout": request_timeout, "max_header_bytes": max_header_bytes}
     return cast(type[asyncio.Protocol], type(f"Guarded{base.__name__}", (*mixins, base), limits))
 
