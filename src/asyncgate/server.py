@@ -255,7 +255,40 @@ class StrictRequests:
                 return
             if not scope["raw_path"].startswith(b"/"):
                 scope = origin_form(scope)
+            if scope["http_version"] == "1.1" and expects_continue(scope):
+                guard = ContinueGuard(receive, send)
+                receive, send = guard.receive, guard.send
         await self.app(scope, receive, send)
+
+
+def expects_continue(scope: Scope) -> bool:
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"])
+
+
+class ContinueGuard:
+    """A request's receive and send that close the connection after a response to
+    ``Expect: 100-continue`` given before the body was asked for.
+
+    The client then never got 100 Continue and may never send the body (RFC 9110 10.1.1), so the
+    bytes it sends next cannot be told apart: a next request read as this one's body, or this
+    one's body read as a next request. Both parsers would read on; closing is the one safe end.
+    """
+
+    __slots__ = ("_receive", "_send", "asked")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.asked = False
+
+    async def receive(self) -> Message:
+        self.asked = True
+        return await self._receive()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and not self.asked:
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await self._send(message)
 
 
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
@@ -314,15 +347,20 @@ class StrictH11Heads(asyncio.Protocol):
             self._head_context = None
 
 
-class Http10Responses(asyncio.Protocol):
-    """Mixin over uvicorn's httptools protocol: an HTTP/1.0 client gets HTTP/1.0 framing.
+class HttpToolsFraming(asyncio.Protocol):
+    """Mixin over uvicorn's httptools protocol: response framing as h11 does it.
 
-    uvicorn's httptools protocol frames a response without Content-Length as chunked whatever
-    the request's version, and HTTP/1.0 has no chunked coding (RFC 9112 6.1): the client would
-    read the chunk sizes as body. Each HTTP/1.0 request's send is wrapped so that such a body is
-    delimited by closing the connection (which uvicorn does after any HTTP/1.0 response), as h11
-    does already. An HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1
-    requires and h11 does.
+    uvicorn's httptools protocol gets two cases wrong, and each breaks the client's connection:
+
+    * it frames a response without Content-Length as chunked whatever the request's version,
+      and HTTP/1.0 has no chunked coding (RFC 9112 6.1): the client reads chunk sizes as body;
+    * it expects the body a 204 or 304 response's Content-Length announces, which RFC 9110
+      (8.6) lets a 304 carry for the selected representation, and fails the response when
+      none comes.
+
+    Each request's send is wrapped (``FramedSend``) to frame the first case by the connection's
+    close (uvicorn closes after every HTTP/1.0 response) and to send no body in the second. An
+    HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1 requires.
     """
 
     cycle: Any
@@ -331,23 +369,25 @@ class Http10Responses(asyncio.Protocol):
         cycle = self.cycle
         super().on_headers_complete()  # type: ignore[misc]
         fresh = self.cycle
-        if fresh is not cycle and fresh is not None and fresh.scope["http_version"] == "1.0":
-            fresh.waiting_for_100_continue = False
-            fresh.send = CloseDelimited(fresh)
+        if fresh is not cycle and fresh is not None:
+            if fresh.scope["http_version"] == "1.0":
+                fresh.waiting_for_100_continue = False
+            fresh.send = FramedSend(fresh)
 
 
 #: Statuses that never have a body (RFC 9110 6.4.1), whatever their headers say.
 _NO_BODY = frozenset({204, 304})
 
 
-class CloseDelimited:
-    """An httptools request cycle's ``send`` for an HTTP/1.0 client: a response without
-    Content-Length goes out close-delimited instead of chunked.
+class FramedSend:
+    """An httptools request cycle's ``send``, with ``HttpToolsFraming``'s two corrections.
 
     It steers uvicorn's cycle through two of its attributes: ``chunked_encoding`` set to False
     before the head keeps it from adding ``Transfer-Encoding: chunked``, and
-    ``expected_content_length`` set to each piece's size lets the piece through as it is.
+    ``expected_content_length`` set to what may still be sent lets each piece through as it is.
     """
+
+    __slots__ = ("cycle", "send", "until_close")
 
     def __init__(self, cycle: Any) -> None:
         self.cycle = cycle
@@ -357,18 +397,28 @@ class CloseDelimited:
     async def __call__(self, message: Message) -> None:
         cycle = self.cycle
         if message["type"] == "http.response.start" and not cycle.response_started:
-            headers = list(message.get("headers", ()))
-            names = {name.lower() for name, _ in headers}
             status = message["status"]
-            if b"content-length" not in names and status not in _NO_BODY and cycle.scope["method"] != "HEAD":
-                self.until_close = True
-                cycle.chunked_encoding = False
-                if b"transfer-encoding" in names:
-                    headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
-                    message = {**message, "headers": headers}
+            if status in _NO_BODY:
+                await self.send(message)
+                cycle.expected_content_length = 0  # whatever its Content-Length says
+                return
+            if cycle.scope["http_version"] == "1.0":
+                message = self._close_delimited(message)
         elif self.until_close and message["type"] == "http.response.body" and not cycle.response_complete:
             cycle.expected_content_length = len(message.get("body", b""))
         await self.send(message)
+
+    def _close_delimited(self, message: Message) -> Message:
+        """The head of a response to HTTP/1.0: without a length, its body runs until the close."""
+        headers = list(message.get("headers", ()))
+        names = {name.lower() for name, _ in headers}
+        if b"content-length" in names or self.cycle.scope["method"] == "HEAD":
+            return message
+        self.until_close = True
+        self.cycle.chunked_encoding = False
+        if b"transfer-encoding" in names:
+            message = {**message, "headers": [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]}
+        return message
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -402,7 +452,7 @@ def protocol_class(
     if issubclass(base, _h11_protocol()):
         mixins = (StrictH11Heads, *mixins)
     else:
-        mixins = (Http10Responses, *mixins)
+        mixins = (HttpToolsFraming, *mixins)
     limits = {"request_timeout": request_timeout, "max_header_bytes": max_header_bytes}
     return cast(type[asyncio.Protocol], type(f"Guarded{base.__name__}", (*mixins, base), limits))
 

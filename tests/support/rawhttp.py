@@ -135,6 +135,32 @@ class RawConnection:
                 break
             interim.append(response)
         response.interim = interim
+        self._body(response, method, deadline)
+        return response
+
+    def await_continue(self, method: bytes, wait: float = 1.0) -> RawResponse | None:
+        """After a head with ``Expect: 100-continue``, what a client waits for before its body.
+
+        A 100 Continue (send the body now), None when nothing came within ``wait`` (send it
+        anyway, as curl does), or the final response (the body is not wanted: do not send it).
+        """
+        try:
+            if not self.buffer and not self._fill(time.monotonic() + wait):
+                raise Broken("the connection closed before a response")
+        except TimeoutError:
+            return None
+        deadline = time.monotonic() + self.timeout
+        response = self._head(deadline)
+        if response.status == 100:
+            return response
+        if response.status < 200:
+            final = self.read_response(method)
+            final.interim.insert(0, response)
+            return final
+        self._body(response, method, deadline)
+        return response
+
+    def _body(self, response: RawResponse, method: bytes, deadline: float) -> None:
         codings = b",".join(response.values(b"transfer-encoding"))
         lengths = response.values(b"content-length")
         if method == b"HEAD" or response.status in NO_BODY or response.status < 200:
@@ -156,7 +182,6 @@ class RawConnection:
             if self.reset:
                 raise Broken("a close-delimited body ended by a reset")
             response.body, self.buffer = self.buffer, b""
-        return response
 
     def _chunked(self, deadline: float) -> tuple[bytes, Fields]:
         body = bytearray()
