@@ -96,7 +96,8 @@ class Gateway:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
-            # WebSockets are not relayed (yet); refuse the handshake rather than hang.
+            # Served with server.uvicorn_options, WebSocket upgrades are spliced to the upstream
+            # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:

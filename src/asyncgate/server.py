@@ -39,6 +39,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 
 from asyncgate.config import Config
 from asyncgate.responses import error_body, send_json
+from asyncgate.websocket import tunnel_protocol
 
 logger = logging.getLogger("asyncgate.server")
 
@@ -477,4 +478,8 @@ def uvicorn_options(config: Config, http: HttpParser = "auto") -> dict[str, Any]
         # The upstream's own Server and Date headers pass through; uvicorn must not add a second.
         "server_header": False,
         "date_header": False,
+        # WebSocket upgrades are relayed to the upstream and the connections spliced
+        # (websocket.py): the gateway needs no WebSocket library, and whichever one is installed
+        # uvicorn must not pick it to terminate WebSockets here.
+        "ws": tunnel_protocol(config, request_problem),
     }
