@@ -83,7 +83,7 @@ class Gateway:
         if scope["type"] == "http":
             path: str = scope["path"]
             raw: bytes | None = scope.get("raw_path")
-            if raw is not None and not raw.startswith(b"/"):
+            if raw is not None and not raw.startswith(b"/") and not (raw == b"*" and scope["method"] == "OPTIONS"):
                 # An absolute-form, authority-form (CONNECT) or "*" target: the upstream is fixed
                 # by configuration, so such a target names nothing this gateway serves.
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))

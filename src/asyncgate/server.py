@@ -188,7 +188,9 @@ def request_problem(scope: Scope) -> str | None:
     if version not in ("1.0", "1.1"):
         return f"HTTP/{version} is not supported"
     target: bytes = scope.get("raw_path") or b""
-    if not target.startswith(b"/") and _ABSOLUTE_FORM.match(target) is None:
+    if target == b"*" and scope["method"] == "OPTIONS":
+        pass  # asks about the server itself (RFC 9112 3.2.4): relayed to the upstream as it is
+    elif not target.startswith(b"/") and _ABSOLUTE_FORM.match(target) is None:
         return "the request target must be a path or an absolute http(s) URL"
     lengths: list[bytes] = []
     codings: list[bytes] = []
@@ -254,7 +256,7 @@ class StrictRequests:
             if problem is not None:
                 await _refuse(send, 400, "malformed_request", problem)
                 return
-            if not scope["raw_path"].startswith(b"/"):
+            if not scope["raw_path"].startswith((b"/", b"*")):
                 scope = origin_form(scope)
             if scope["http_version"] == "1.1" and expects_continue(scope):
                 guard = ContinueGuard(receive, send)
@@ -361,12 +363,27 @@ class HttpToolsFraming(asyncio.Protocol):
 
     Each request's send is wrapped (``FramedSend``) to frame the first case by the connection's
     close (uvicorn closes after every HTTP/1.0 response) and to send no body in the second. An
-    HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1 requires.
+    HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1 requires, and a
+    request's trailer fields are dropped rather than added to its headers.
     """
 
     cycle: Any
+    _trailers = False
+
+    def on_message_begin(self) -> None:
+        self._trailers = False
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools reports a chunked body's trailer fields through on_header too, and uvicorn
+        # appends them to the request's headers, where the app (the pass-through) may already
+        # be reading them: a trailer could pose as a header (RFC 9110 6.5.1). Trailers are
+        # dropped, as h11 does.
+        if not self._trailers:
+            super().on_header(name, value)  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
+        self._trailers = True
         cycle = self.cycle
         super().on_headers_complete()  # type: ignore[misc]
         fresh = self.cycle

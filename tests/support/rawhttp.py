@@ -61,6 +61,8 @@ class RawConnection:
         self.buffer = b""
         self.eof = False
         self.reset = False
+        #: The response being read when the body broke off: its head, with ``body`` as received.
+        self.partial: RawResponse | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -103,7 +105,11 @@ class RawConnection:
     def _exact(self, size: int, deadline: float) -> bytes:
         while len(self.buffer) < size:
             if not self._fill(deadline):
-                raise Broken(f"the connection ended {size - len(self.buffer)} bytes short")
+                short = size - len(self.buffer)
+                if self.partial is not None:
+                    self.partial.body += self.buffer
+                    self.buffer = b""
+                raise Broken(f"the connection ended {short} bytes short")
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
 
@@ -135,7 +141,9 @@ class RawConnection:
                 break
             interim.append(response)
         response.interim = interim
+        self.partial = response  # what a Broken body leaves: the head, and the body so far
         self._body(response, method, deadline)
+        self.partial = None
         return response
 
     def await_continue(self, method: bytes, wait: float = 1.0) -> RawResponse | None:
@@ -169,7 +177,7 @@ class RawConnection:
             if codings.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
                 raise Broken(f"Transfer-Encoding without chunked last: {codings!r}")
             response.framing = "chunked"
-            response.body, response.trailers = self._chunked(deadline)
+            response.trailers = self._chunked(deadline, response)
         elif lengths:
             if len(set(lengths)) != 1 or not lengths[0].isdigit():
                 raise Broken(f"invalid Content-Length {lengths!r}")
@@ -183,8 +191,8 @@ class RawConnection:
                 raise Broken("a close-delimited body ended by a reset")
             response.body, self.buffer = self.buffer, b""
 
-    def _chunked(self, deadline: float) -> tuple[bytes, Fields]:
-        body = bytearray()
+    def _chunked(self, deadline: float, into: RawResponse) -> Fields:
+        """Read a chunked body into ``into.body`` (as far as it goes); the trailers."""
         while True:
             size_line = self._line(deadline).split(b";", 1)[0].strip()
             try:
@@ -192,8 +200,12 @@ class RawConnection:
             except ValueError:
                 raise Broken(f"not a chunk size: {size_line!r}") from None
             if size == 0:
-                return bytes(body), self._fields(deadline)
-            body += self._exact(size, deadline)
+                return self._fields(deadline)
+            self.partial = None  # _exact must not add the buffer: the chunk goes in whole or not
+            try:
+                into.body += self._exact(size, deadline)
+            finally:
+                self.partial = into
             if self._exact(2, deadline) != b"\r\n":
                 raise Broken("a chunk not followed by CRLF")
 

@@ -9,6 +9,7 @@ reached the upstream directly with what reached it through the gateway.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import socketserver
 import struct
@@ -50,6 +51,8 @@ class Script:
     then: str = "keep"
     #: Interim bytes (a 100 Continue) sent after the head, before the body is read.
     interim: bytes = b""
+    #: Seconds a "stall" lasts before the connection is closed.
+    stall: float = 1.5
 
 
 def answer(data: bytes, **options: object) -> Script:
@@ -136,7 +139,8 @@ class RawUpstream:
             return [r for r in self.received if marker in r.target]
 
     def _script(self, target: bytes) -> Script:
-        parts = target.split(b"?", 1)[0].split(b"/")
+        path = re.sub(rb"^https?://[^/]*", b"", target)  # an absolute-form target names a path too
+        parts = path.split(b"?", 1)[0].split(b"/")
         if len(parts) > 2 and parts[1] == b"s":
             found = self.scripts.get(parts[2].decode("latin-1"))
             if found is not None:
@@ -172,8 +176,12 @@ class RawUpstream:
         received = Received(method, target, version, headers, *(body or (b"", [])))
         with self._lock:
             self.received.append(received)
+        steps = script.steps
+        if method == b"HEAD" and len(steps) == 1 and b"\r\n\r\n" in steps[0].data:
+            # The same answer as to GET, without its body, as HEAD asks (RFC 9110 9.3.2).
+            steps = (Step(_without_body(steps[0].data)),)
         try:
-            for step in script.steps:
+            for step in steps:
                 sock.sendall(step.data)
                 if step.pause:
                     time.sleep(step.pause)
@@ -188,8 +196,13 @@ class RawUpstream:
         if script.then == "reset":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         elif script.then == "stall":
-            time.sleep(1.5)
+            time.sleep(script.stall)
         return False
+
+
+def _without_body(answer: bytes) -> bytes:
+    """The response head in ``answer``, without the body after it."""
+    return answer[: answer.index(b"\r\n\r\n") + 4]
 
 
 def _read_body(stream: _Stream, headers: Fields) -> tuple[bytes, Fields] | None:
