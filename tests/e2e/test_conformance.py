@@ -15,6 +15,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,8 @@ def test_exchange_through_the_gateway_matches_the_upstream_direct(
 
 def test_the_corpus_is_large_enough() -> None:
     assert len(CASES) >= 150
+
+
+def test_every_transformation_allowed_is_documented() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "passthrough.md").read_text()
+    assert [item for item in sorted(TRANSFORMATIONS) if f"- {item}\n" not in page] == []
