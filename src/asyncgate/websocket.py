@@ -44,6 +44,9 @@ logger = logging.getLogger("asyncgate.websocket")
 
 #: Largest upstream answer head to a handshake.
 MAX_HEAD_BYTES = 64 * 1024
+#: Seconds a closed connection may take to pass on what it holds before it is cut: a peer that
+#: reads nothing must not keep it (and a server's shutdown) waiting.
+CLOSE_GRACE = 2.0
 #: Close codes the gateway sends itself (RFC 6455 7.4.1).
 GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
@@ -117,6 +120,15 @@ def _payload_length(buf: bytes) -> int:
     if short == 127:
         return int(struct.unpack_from("!Q", buf, 2)[0])
     return short
+
+
+def close_soon(transport: asyncio.Transport) -> None:
+    """Close ``transport`` once its buffer is written, or cut it after CLOSE_GRACE seconds."""
+    if transport.is_closing():
+        return
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
 
 
 def parse_head(data: bytes) -> tuple[bytes, bytes, RawHeaders]:
@@ -204,6 +216,7 @@ class WebSocketTunnel(asyncio.Protocol):
         self.refused_by_upstream = False
         self._refusal_left: int | None = None
         self.closing = False
+        self.client_lost = False
         self._head = b""
         self._task: asyncio.Task[None] | None = None
         self._answer: asyncio.Future[None] = self.loop.create_future()
@@ -216,9 +229,12 @@ class WebSocketTunnel(asyncio.Protocol):
     # -- the client's connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.client = transport  # type: ignore[assignment]
+        # Listed until both connections are gone, so a server's shutdown waits for both.
         self.server_state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # the gateway ended this WebSocket; what the client still sends goes nowhere
         if self.open:
             self._last = self.loop.time()
             cut = self._to_upstream.feed(data)
@@ -236,7 +252,8 @@ class WebSocketTunnel(asyncio.Protocol):
             self.client.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server_state.connections.discard(self)
+        self.client_lost = True
+        self._forget_if_done()
         self.closing = True
         if self._timer is not None:
             self._timer.cancel()
@@ -245,7 +262,7 @@ class WebSocketTunnel(asyncio.Protocol):
             self._task.cancel()
         if self.upstream is not None and self.upstream.transport is not None:
             # The client went away: the upstream learns it the same way, by the connection's end.
-            self.upstream.transport.close()
+            close_soon(self.upstream.transport)
 
     def pause_writing(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
@@ -260,10 +277,12 @@ class WebSocketTunnel(asyncio.Protocol):
         if self.open:
             self._close_both(GOING_AWAY, "the gateway is shutting down")
         else:
-            self.client.close()
+            close_soon(self.client)
 
     # -- the upstream's connection
     def from_upstream(self, data: bytes) -> None:
+        if self.closing:
+            return
         self._last = self.loop.time()
         if self.open:
             cut = self._to_client.feed(data)
@@ -281,14 +300,23 @@ class WebSocketTunnel(asyncio.Protocol):
                     self._answer.set_result(None)
 
     def upstream_lost(self) -> None:
+        self._forget_if_done()
         if not self._answer.done():
             self._answer.set_result(None)  # the handshake sees an answer cut short
         elif self.open or self.refused_by_upstream:
-            self.client.close()  # once what the upstream sent is written
+            close_soon(self.client)  # once what the upstream sent is written
+
+    def _forget_if_done(self) -> None:
+        if self.client_lost and (self.upstream is None or self.upstream.transport is None):
+            self.server_state.connections.discard(self)
 
     # -- the handshake
     async def _handshake(self, data: bytes) -> None:
-        method, target, headers = parse_head(data)
+        try:
+            method, target, headers = parse_head(data)
+        except ValueError:
+            self._refuse(400, b"Bad Request", "malformed_request", "the upgrade request could not be read")
+            return
         scope = self._scope(method, target, headers)
         refusal = self._refusal(scope)
         if refusal is not None:
@@ -352,9 +380,9 @@ class WebSocketTunnel(asyncio.Protocol):
     def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
         if not self.client.is_closing():
             self.client.write(_json_response(status, reason, code, message))
-            self.client.close()
+            close_soon(self.client)
         if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
+            close_soon(self.upstream.transport)
 
     def _upstream_head(self, scope: Scope, target: bytes, headers: RawHeaders) -> bytes:
         gateway = self.gateway
@@ -403,9 +431,9 @@ class WebSocketTunnel(asyncio.Protocol):
 
     def _end(self) -> None:
         self.closing = True
-        self.client.close()
+        close_soon(self.client)
         if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.close()
+            close_soon(self.upstream.transport)
 
     # -- relaying
     def _write_upstream(self, data: bytes) -> None:
@@ -420,10 +448,10 @@ class WebSocketTunnel(asyncio.Protocol):
         self.open = False
         if not self.client.is_closing():
             self.client.write(close_frame(code, masked=False))
-            self.client.close()
+            close_soon(self.client)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(close_frame(code, masked=True))
-            self.upstream.transport.close()
+            close_soon(self.upstream.transport)
 
     def _arm_idle(self) -> None:
         self._timer = self.loop.call_at(self._last + self.gateway.idle_timeout, self._on_idle)

@@ -18,13 +18,14 @@ from websockets.sync.client import connect as connect_sync
 
 from asyncgate.config import load
 from asyncgate.server import protocol_class, uvicorn_options
-from asyncgate.websocket import FrameMeter, close_frame
+from asyncgate.websocket import FrameMeter, WebSocketTunnel, close_frame
 from tests.e2e.conftest import Gateway
 from tests.support.rawhttp import RawConnection, request
 from tests.support.wait import wait_until
 from tests.support.wsupstream import WebSocketUpstream
 
 MAX_MESSAGE = 64 * 1024
+#: The idle timeout of the gateway that tests it; the others' is long enough for a loaded machine.
 IDLE = 1.0
 
 
@@ -42,7 +43,7 @@ def gateway(request: pytest.FixtureRequest, ws_upstream: WebSocketUpstream) -> I
         "store.data_dir": tempfile.mkdtemp(),
         "access.mode": "open",
         "proxy.websocket_max_message_bytes": MAX_MESSAGE,
-        "proxy.websocket_idle_timeout": IDLE,
+        "proxy.websocket_idle_timeout": 60,
     }
     config = load(None, environ={}, overrides=overrides)
     server = Gateway(config, **{**uvicorn_options(config), "http": protocol_class(request.param)})
@@ -153,13 +154,25 @@ def test_an_upstream_message_over_the_limit_closes_with_1009(gateway: Gateway) -
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
-def test_an_idle_connection_is_closed_with_1001(gateway: Gateway) -> None:
-    started = time.monotonic()
-    with connect_sync(ws_url(gateway, "/echo")) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=IDLE + 5)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-    assert IDLE <= time.monotonic() - started < IDLE + 4
+def test_an_idle_connection_is_closed_with_1001(ws_upstream: WebSocketUpstream) -> None:
+    overrides = {
+        "upstream": ws_upstream.url,
+        "store.data_dir": tempfile.mkdtemp(),
+        "proxy.websocket_idle_timeout": IDLE,
+    }
+    config = load(None, environ={}, overrides=overrides)
+    gateway = Gateway(config, **uvicorn_options(config))
+    try:
+        started = time.monotonic()
+        with connect_sync(ws_url(gateway, "/echo")) as ws:
+            ws.send("activity")
+            assert ws.recv() == "activity"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=IDLE + 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert IDLE <= time.monotonic() - started < IDLE + 4
+    finally:
+        gateway.stop()
 
 
 def test_upstream_refusal_comes_back_as_it_was(gateway: Gateway) -> None:
@@ -267,3 +280,36 @@ def test_stopping_the_gateway_closes_open_websockets_with_1001(ws_upstream: WebS
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+def tunnels(gateway: Gateway) -> list[WebSocketTunnel]:
+    return [c for c in gateway.server.server.server_state.connections if isinstance(c, WebSocketTunnel)]
+
+
+def test_a_slow_client_slows_the_upstream_down(gateway: Gateway) -> None:
+    count = 1024  # 64 MiB: more than every socket buffer on the way can hold
+    with connect_sync(ws_url(gateway, f"/flood/{count}"), compression=None, max_size=None, max_queue=1) as ws:
+        # The client reads nothing: the gateway stops reading the upstream rather than buffer.
+        (tunnel,) = wait_until(lambda: [t for t in tunnels(gateway) if t.open], 5, message="the tunnel")
+        wait_until(lambda: tunnel.upstream and not tunnel.upstream.transport.is_reading(), 10, message="paused")
+        assert tunnel.client.get_write_buffer_size() < 1024 * 1024
+        received = sum(len(ws.recv(timeout=10)) for _ in range(count))  # then everything arrives
+    assert received == count * 65536
+
+
+def test_a_slow_upstream_slows_the_client_down(gateway: Gateway) -> None:
+    # The gateway reads nothing more from this client: its close waits for no answer.
+    with connect_sync(ws_url(gateway, "/sink"), compression=None, close_timeout=0.5) as ws:
+        (tunnel,) = wait_until(lambda: [t for t in tunnels(gateway) if t.open], 5, message="the tunnel")
+        message = b"s" * 65536
+
+        def flooded() -> bool:
+            # The upstream reads nothing: the gateway stops reading the client rather than buffer.
+            if tunnel.client.is_reading():
+                ws.send(message)
+                return False
+            return True
+
+        wait_until(flooded, 20, message="the client's connection paused")
+        assert tunnel.upstream is not None and tunnel.upstream.transport is not None
+        assert tunnel.upstream.transport.get_write_buffer_size() < 1024 * 1024

@@ -3,7 +3,8 @@
 Paths choose the behaviour: ``/echo`` echoes every message, ``/hello`` sends what it saw of the
 handshake, ``/close/<code>`` closes with that code, ``/ping`` pings the client and reports the
 pong, ``/vanish`` sends half a frame and drops the connection, ``/refuse`` answers 403, ``/big/<n>``
-sends one message of n bytes. Every connection's end is recorded with its close code.
+sends one message of n bytes, ``/flood/<n>`` sends n messages of 64 KiB, ``/sink`` reads nothing.
+Every connection's end is recorded with its close code.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class WebSocketUpstream:
     def stop(self) -> None:
         assert self._stop is not None
         self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(10)
+        self.thread.join(30)
         self.loop.close()
 
     def ends(self, path: str) -> list[dict[str, Any]]:
@@ -66,6 +67,8 @@ class WebSocketUpstream:
             process_request=self._process_request,
             max_size=None,
             ping_interval=None,
+            max_queue=4,
+            close_timeout=1,
         ) as server:
             self._server = server
             await self._stop.wait()
@@ -118,6 +121,12 @@ class WebSocketUpstream:
             transport = ws.transport
             transport.write(b"\x82\x7e\x10\x00" + b"x" * 100)  # a 4096-byte frame, cut at 100
             transport.abort()
+        elif path.startswith("/flood/"):
+            for _ in range(int(path.rsplit("/", 1)[1])):
+                await ws.send(b"f" * 65536)
+            await ws.wait_closed()
+        elif path == "/sink":
+            await ws.wait_closed()  # reads nothing: past max_queue messages, the connection is not read
         elif path.startswith("/big/"):
             await ws.send(b"b" * int(path.rsplit("/", 1)[1]))
             await ws.wait_closed()
