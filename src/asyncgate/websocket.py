@@ -23,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import re
 import ssl
-import struct
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -39,6 +38,7 @@ from asyncgate.errors import ClientError
 from asyncgate.headers import RawHeaders
 from asyncgate.intake import Limits, classify
 from asyncgate.proxy import forwarded_headers
+from asyncgate.wsframes import FrameMeter, close_frame
 
 logger = logging.getLogger("asyncgate.websocket")
 
@@ -51,75 +51,8 @@ CLOSE_GRACE = 2.0
 GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
-#: Opcodes of control frames start here; the others carry (parts of) messages.
-_CONTROL = 0x8
 
 Check = Callable[[Scope], str | None]
-
-
-def close_frame(code: int, masked: bool) -> bytes:
-    """A close frame with ``code``: masked as a client sends it, unmasked as a server does."""
-    payload = struct.pack("!H", code)
-    if not masked:
-        return b"\x88" + bytes([len(payload)]) + payload
-    mask = os.urandom(4)
-    return b"\x88" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-class FrameMeter:
-    """Follows one direction's frame headers (RFC 6455 5.2) without touching payloads, to bound
-    the size of each message, fragments added up."""
-
-    __slots__ = ("head", "limit", "message", "skip")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.skip = 0  # payload bytes of the current frame still to pass
-        self.head = b""  # a frame header split across reads
-        self.message = 0
-
-    def feed(self, data: bytes) -> int | None:
-        """Where in ``data`` the first frame starts that takes its message past the limit, or None."""
-        pos, end = 0, len(data)
-        while pos < end:
-            if self.skip:
-                step = min(self.skip, end - pos)
-                self.skip -= step
-                pos += step
-                continue
-            start = pos - len(self.head)
-            buf = self.head + data[pos : pos + 14 - len(self.head)]
-            size = _header_size(buf)
-            if size is None:
-                self.head = buf
-                return None
-            pos += size - len(self.head)
-            self.head = b""
-            opcode = buf[0] & 0x0F
-            length = _payload_length(buf)
-            if opcode < _CONTROL:
-                self.message = length if opcode else self.message + length
-                if self.message > self.limit:
-                    return max(start, 0)
-            self.skip = length
-        return None
-
-
-def _header_size(buf: bytes) -> int | None:
-    if len(buf) < 2:
-        return None
-    short = buf[1] & 0x7F
-    size = 2 + (2 if short == 126 else 8 if short == 127 else 0) + (4 if buf[1] & 0x80 else 0)
-    return size if len(buf) >= size else None
-
-
-def _payload_length(buf: bytes) -> int:
-    short = buf[1] & 0x7F
-    if short == 126:
-        return int(struct.unpack_from("!H", buf, 2)[0])
-    if short == 127:
-        return int(struct.unpack_from("!Q", buf, 2)[0])
-    return short
 
 
 def close_soon(transport: asyncio.Transport) -> None:
@@ -372,7 +305,7 @@ class WebSocketTunnel(asyncio.Protocol):
         try:
             intent = classify(scope, gateway.limits)
         except ClientError as error:
-            return error.status_code, b"Bad Request", error.code, error.message
+            return error.status_code, HTTPStatus(error.status_code).phrase.encode(), error.code, error.message
         if intent is not None:
             return 400, b"Bad Request", "websocket_not_async", "a WebSocket cannot be asynchronous: drop the async flag"
         return None

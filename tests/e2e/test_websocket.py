@@ -18,7 +18,7 @@ from websockets.sync.client import connect as connect_sync
 
 from asyncgate.config import load
 from asyncgate.server import protocol_class, uvicorn_options
-from asyncgate.websocket import FrameMeter, WebSocketTunnel, close_frame
+from asyncgate.websocket import WebSocketTunnel
 from tests.e2e.conftest import Gateway
 from tests.support.rawhttp import RawConnection, request
 from tests.support.wait import wait_until
@@ -251,22 +251,6 @@ def test_a_thousand_connections_echo_at_once(gateway: Gateway) -> None:
     started = time.monotonic()
     assert all(asyncio.run(asyncio.wait_for(all_of_them(), 90)))
     assert time.monotonic() - started < 90
-
-
-def test_frame_meter_adds_fragments_and_skips_control_frames() -> None:
-    meter = FrameMeter(limit=10)
-    text6 = b"\x01\x06" + b"a" * 6  # a text fragment, not final
-    ping = b"\x89\x04ping"
-    cont5 = b"\x80\x05" + b"b" * 5  # the final continuation: 11 bytes in all
-    data = text6 + ping + cont5
-    assert meter.feed(data[:3]) is None  # split anywhere, headers included
-    assert meter.feed(data[3:9]) is None
-    assert meter.feed(data[9:]) == len(text6) + len(ping) - 9
-    masked = FrameMeter(limit=200)
-    assert masked.feed(b"\x82\xfe\x00\xc8mask" + b"x" * 200) is None
-    assert masked.feed(b"\x82\xfe\x00\xc9mask") == 0
-    assert close_frame(1009, masked=False) == b"\x88\x02\x03\xf1"
-    assert len(close_frame(1009, masked=True)) == 8
 
 
 def test_stopping_the_gateway_closes_open_websockets_with_1001(ws_upstream: WebSocketUpstream) -> None:
