@@ -368,26 +368,19 @@ class HttpToolsFraming(asyncio.Protocol):
     """
 
     cycle: Any
-    _trailers = False
-
-    def on_message_begin(self) -> None:
-        self._trailers = False
-        super().on_message_begin()  # type: ignore[misc]
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # httptools reports a chunked body's trailer fields through on_header too, and uvicorn
-        # appends them to the request's headers, where the app (the pass-through) may already
-        # be reading them: a trailer could pose as a header (RFC 9110 6.5.1). Trailers are
-        # dropped, as h11 does.
-        if not self._trailers:
-            super().on_header(name, value)  # type: ignore[misc]
+    headers: list[tuple[bytes, bytes]]
 
     def on_headers_complete(self) -> None:
-        self._trailers = True
         cycle = self.cycle
         super().on_headers_complete()  # type: ignore[misc]
         fresh = self.cycle
         if fresh is not cycle and fresh is not None:
+            # httptools reports a chunked body's trailer fields through on_header too, and uvicorn
+            # appends them to self.headers, the request's own header list, where the app (the
+            # pass-through) may already be reading them: a trailer could pose as a header
+            # (RFC 9110 6.5.1). What comes after the head goes to a list nobody reads, as h11
+            # drops trailers. (An upgrade makes no cycle, and keeps its list for the upgrade.)
+            self.headers = []
             if fresh.scope["http_version"] == "1.0":
                 fresh.waiting_for_100_continue = False
             fresh.send = FramedSend(fresh)
