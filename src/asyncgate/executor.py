@@ -19,6 +19,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
+from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 
 logger = logging.getLogger("asyncgate.executor")
@@ -44,9 +45,16 @@ class Executor:
     """Runs queued work with at most ``limits.max_inflight`` upstream calls at once."""
 
     def __init__(
-        self, config: Config, store: RunStore, upstream: Upstream, on_finished: FinishedCallback, metrics: Metrics
+        self,
+        config: Config,
+        store: RunStore,
+        upstream: Upstream,
+        on_finished: FinishedCallback,
+        metrics: Metrics,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.metrics = metrics
         self.store = store
         self.upstream = upstream
@@ -132,6 +140,7 @@ class Executor:
                 self.metrics.runs_inflight.set(len(self._held))
                 if run.attempt == 1 and run.started_at is not None:
                     self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
+                    self.tracing.queue_wait(run)
 
     def _release(self, task: asyncio.Task[None]) -> None:
         self._held.pop(task, None)
@@ -144,7 +153,7 @@ class Executor:
         body = await self._with_store_retries(self.store.request_body, run.run_id)
         if body is None:
             return  # the run expired or was removed while queued
-        logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
+        logger.info("run %s started (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id})
         started = time.perf_counter()
         try:
             outcome = await self._call(run, body)
@@ -166,7 +175,7 @@ class Executor:
         assert task is not None
         self._calls[run.run_id] = task
         try:
-            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes)
+            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes, self.tracing)
         except asyncio.CancelledError:
             if run.run_id not in self._cancelling or task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel
@@ -182,7 +191,10 @@ class Executor:
         )
         if not recorded:
             logger.warning(
-                "run %s: attempt %d no longer holds the run; its outcome is discarded", run.run_id, run.attempt
+                "run %s: attempt %d no longer holds the run; its outcome is discarded",
+                run.run_id,
+                run.attempt,
+                extra={"run_id": run.run_id},
             )
             return
         await self._finished(run, outcome)
@@ -190,8 +202,15 @@ class Executor:
     async def _finished(self, run: Run, outcome: Outcome) -> None:
         code = outcome.error.code if outcome.error else ""
         self.metrics.runs_finished.labels(outcome.state.value, code).inc()
-        extra = {"run_id": run.run_id, "status": outcome.state.value, "upstream_status": outcome.upstream_status}
-        logger.info("run %s %s (upstream %s) %s", run.run_id, outcome.state, outcome.upstream_status, code, extra=extra)
+        extra: dict[str, object] = {
+            "run_id": run.run_id,
+            "status": outcome.state.value,
+            "upstream_status": outcome.upstream_status,
+        }
+        if run.started_at is not None:
+            extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
+        why = f" {code}" if code else ""
+        logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
         await self.on_finished(run, outcome)
 
     async def _with_store_retries(self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -232,7 +251,8 @@ class Executor:
                     self.cancel_local(run.run_id)
                 elif lease is Lease.LOST:
                     # Another gateway reclaimed the run: this attempt's answer would be refused.
-                    logger.warning("run %s: lease lost, abandoning attempt %d", run.run_id, run.attempt)
+                    extra = {"run_id": run.run_id}
+                    logger.warning("run %s: lease lost, abandoning attempt %d", run.run_id, run.attempt, extra=extra)
                     task.cancel()
 
     async def _cancel_loop(self) -> None:
@@ -240,7 +260,7 @@ class Executor:
             try:
                 async for run_id in self.store.cancellations():
                     if self.cancel_local(run_id):
-                        logger.info("run %s: cancelling its upstream call", run_id)
+                        logger.info("run %s: cancelling its upstream call", run_id, extra={"run_id": run_id})
             except StoreError as exc:
                 logger.warning("cancel messages interrupted: %s", exc)
             await asyncio.sleep(STORE_RETRY_DELAY)
@@ -266,7 +286,10 @@ class Executor:
         if outcome is None:
             if await self.store.requeue(run.run_id, run.attempt):
                 self.metrics.runs_reclaimed.labels("requeued").inc()
-                logger.warning("run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt)
+                extra = {"run_id": run.run_id}
+                logger.warning(
+                    "run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt, extra=extra
+                )
             return
         if await self.store.finish(run.run_id, run.attempt, outcome, self.config.runs.retention):
             self.metrics.runs_reclaimed.labels("failed").inc()
@@ -277,4 +300,5 @@ class Executor:
             await self._recover(run)
         except StoreError:
             # The lease will expire and another gateway will recover the run.
-            logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id)
+            extra = {"run_id": run.run_id}
+            logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id, extra=extra)
