@@ -37,6 +37,7 @@ from asyncgate.config import Config
 from asyncgate.errors import ClientError
 from asyncgate.headers import RawHeaders
 from asyncgate.intake import Limits, classify
+from asyncgate.policies import RoutePolicies
 from asyncgate.proxy import forwarded_headers
 from asyncgate.wsframes import FrameMeter, close_frame
 
@@ -96,7 +97,8 @@ class TunnelSettings:
     base_path: bytes
     ssl: ssl.SSLContext | None
     prefix: str
-    limits: Limits
+    #: The limits intake would apply: a route policy's (which may make a request async unasked), else the gateway's.
+    limits_for: Callable[[Scope], Limits]
     check: Check
     connect_timeout: float
     read_timeout: float
@@ -303,7 +305,7 @@ class WebSocketTunnel(asyncio.Protocol):
         if path == gateway.prefix or path.startswith(gateway.prefix + "/"):
             return 404, b"Not Found", "not_found", "the gateway's own API has no WebSocket endpoint"
         try:
-            intent = classify(scope, gateway.limits)
+            intent = classify(scope, gateway.limits_for(scope))
         except ClientError as error:
             return error.status_code, HTTPStatus(error.status_code).phrase.encode(), error.code, error.message
         if intent is not None:
@@ -401,6 +403,19 @@ class WebSocketTunnel(asyncio.Protocol):
             self._end()  # the upstream's refusal stalled mid-body
 
 
+def _route_limits(config: Config) -> Callable[[Scope], Limits]:
+    """intake's choice of limits for a request, by the route policy it matches."""
+    policies = RoutePolicies(config.routes)
+    default = Limits.of(config)
+    by_route = {route.name: Limits.of(config, route) for route in config.routes}
+
+    def limits_for(scope: Scope) -> Limits:
+        route = policies.match(scope["method"], scope["path"]) if policies else None
+        return default if route is None else by_route[route.name]
+
+    return limits_for
+
+
 def tunnel_protocol(config: Config, check: Check) -> type[WebSocketTunnel]:
     """The WebSocket protocol class for ``uvicorn.Config(ws=...)``, relaying to ``config.upstream``;
     ``check`` says why a request head could be misread (``server.request_problem``)."""
@@ -413,7 +428,7 @@ def tunnel_protocol(config: Config, check: Check) -> type[WebSocketTunnel]:
         base_path=parts.path.rstrip("/").encode("latin-1"),
         ssl=ssl.create_default_context() if secure else None,
         prefix=config.server.prefix,
-        limits=Limits.of(config),
+        limits_for=_route_limits(config),
         check=check,
         connect_timeout=config.proxy.connect_timeout,
         read_timeout=config.proxy.read_timeout,

@@ -297,3 +297,26 @@ def test_a_slow_upstream_slows_the_client_down(gateway: Gateway) -> None:
         wait_until(flooded, 20, message="the client's connection paused")
         assert tunnel.upstream is not None and tunnel.upstream.transport is not None
         assert tunnel.upstream.transport.get_write_buffer_size() < 1024 * 1024
+
+
+def test_a_route_that_is_always_async_refuses_websockets(ws_upstream: WebSocketUpstream) -> None:
+    routes = [
+        {"name": "batch", "path": "/batch/**", "async": "always"},
+        {"name": "never", "path": "/echo", "async": "never"},
+    ]
+    overrides = {"upstream": ws_upstream.url, "store.data_dir": tempfile.mkdtemp(), "routes": routes}
+    config = load(None, environ={}, overrides=overrides)
+    gateway = Gateway(config, **uvicorn_options(config))
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            connect_sync(ws_url(gateway, "/batch/jobs"))
+        assert refused.value.response.status_code == 400
+        assert json.loads(refused.value.response.body)["error"]["code"] == "websocket_not_async"
+        with pytest.raises(InvalidStatus) as refused:
+            connect_sync(ws_url(gateway, "/echo?async=true"))  # the route's own refusal
+        assert json.loads(refused.value.response.body)["error"]["code"] == "async_not_allowed"
+        with connect_sync(ws_url(gateway, "/echo")) as ws:
+            ws.send("sync is fine here")
+            assert ws.recv() == "sync is fine here"
+    finally:
+        gateway.stop()
