@@ -96,7 +96,7 @@ class Gateway:
         if scope["type"] == "http":
             path: str = scope["path"]
             raw: bytes | None = scope.get("raw_path")
-            if raw is not None and not raw.startswith(b"/"):
+            if raw is not None and not raw.startswith(b"/") and not (raw == b"*" and scope["method"] == "OPTIONS"):
                 # An absolute-form, authority-form (CONNECT) or "*" target: the upstream is fixed
                 # by configuration, so such a target names nothing this gateway serves.
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
@@ -109,7 +109,8 @@ class Gateway:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
-            # WebSockets are not relayed (yet); refuse the handshake rather than hang.
+            # Served with server.uvicorn_options, WebSocket upgrades are spliced to the upstream
+            # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:

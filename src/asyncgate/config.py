@@ -92,6 +92,10 @@ class ProxyConfig:
     connect_timeout: float = 5.0
     #: Longest silence from the upstream on a synchronous request before a 504.
     read_timeout: float = 300.0
+    #: Largest WebSocket message relayed either way; past it both sides get close code 1009.
+    websocket_max_message_bytes: int = 16 * 1024 * 1024
+    #: A WebSocket connection with no frame either way for this long is closed (code 1001).
+    websocket_idle_timeout: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +198,7 @@ _SECTIONS: dict[str, type[Any]] = {
 _DURATIONS = {
     "proxy.connect_timeout",
     "proxy.read_timeout",
+    "proxy.websocket_idle_timeout",
     "runs.timeout",
     "runs.retention",
     "runs.lease",
@@ -212,7 +217,12 @@ _DURATION_LISTS = {"webhooks.schedule"}
 _MAYBE_ZERO_DURATIONS = {"shutdown.pre_stop_delay"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
-_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes"}
+_SIZES = {
+    "limits.max_body_bytes",
+    "limits.max_result_bytes",
+    "limits.max_header_bytes",
+    "proxy.websocket_max_message_bytes",
+}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},

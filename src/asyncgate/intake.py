@@ -22,6 +22,7 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
+from asyncgate.headers import NOT_REPLAYED
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
@@ -278,6 +279,7 @@ def looks_async(scope: Scope) -> bool:
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
+_NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
 _GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER})
 _CLASSIFIED = frozenset({REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER})
 
@@ -307,9 +309,10 @@ def replay_headers(scope: Scope, intent: Intent) -> tuple[tuple[str, str], ...]:
     headers = [
         (name, value)
         for name, value in upstream_request_headers(scope)
-        # Content-Length is recomputed from the stored body; Asyncgate-* fields belong to the
-        # gateway, and a client must not be able to forge a run id or a replay marker.
-        if (low := name.lower()) != "content-length" and low != "prefer" and not low.startswith("asyncgate-")
+        # Hop-by-hop fields are gone already; Expect and Content-Length belong to this exchange
+        # (headers.NOT_REPLAYED); Asyncgate-* fields belong to the gateway, and a client must not
+        # be able to forge a run id or a replay marker.
+        if (low := name.lower()) not in _NOT_REPLAYED and low != "prefer" and not low.startswith("asyncgate-")
     ]
     headers.extend(("Prefer", value) for value in intent.prefer)
     return tuple(headers)

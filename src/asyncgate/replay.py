@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncgate.headers import end_to_end
+from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
@@ -58,7 +58,8 @@ async def replay(
 
 async def _send(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers) -> Outcome:
     request = run.request
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in with_span(request.headers, trace)]
+    # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
+    headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
     headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:
