@@ -19,7 +19,7 @@ from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
-from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
+from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
 from asyncgate.upstream import Upstream
 
@@ -33,6 +33,8 @@ FinishedCallback = Callable[[Run, Outcome], Awaitable[None]]
 
 #: Pause before asking an unreachable store for work again.
 STORE_RETRY_DELAY = 1.0
+#: Longest pause between renewal attempts while the store cannot be reached.
+RENEW_RETRY_DELAY = 0.25
 #: Expired runs handled per recovery pass.
 RECOVERY_BATCH = 100
 
@@ -82,6 +84,16 @@ class Executor:
         #: Renewal, recovery and cancel messages: they run until the last held run is let go.
         self._loops: list[asyncio.Task[None]] = []
         self._drain_started: float | None = None
+        runs = config.runs
+        #: A silence of every gateway this long could let a lease run out unrenewed: the store was
+        #: down or unreachable. At least two renewal passes, so a live fleet is never that quiet.
+        self._quiet = max(runs.lease - runs.lease_renewal, 2 * runs.lease_renewal)
+        #: What a live holder needs to renew once the store is back: its next pass, with a margin.
+        self._grace = 2 * runs.lease_renewal + STORE_RETRY_DELAY
+        #: A store call of this gateway failed since its last heartbeat.
+        self._store_failed = False
+        self._resume_at = 0.0
+        self._grace_logged = 0.0
 
     @property
     def inflight(self) -> int:
@@ -149,6 +161,7 @@ class Executor:
                 runs = await self._claim(room)
             except StoreError as exc:
                 self.metrics.store_errors.inc()
+                self._store_failed = True
                 logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
@@ -264,32 +277,47 @@ class Executor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _renew_loop(self) -> None:
+        delay = self.config.runs.lease_renewal
         while True:
-            await asyncio.sleep(self.config.runs.lease_renewal)
-            for held in list(self._held.values()):
-                run = held.run
-                if not self._renewable(held):
-                    continue
-                try:
-                    lease = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
-                except StoreError:
-                    self.metrics.store_errors.inc()
-                    continue
-                if not self._renewable(held):
-                    # It finished while this loop went through the others (10,000 held runs take
-                    # a while): the store's "not running" is its own finish, not a lost lease.
-                    continue
-                self.metrics.lease_renewals.labels(lease.value).inc()
-                if lease is Lease.CANCEL:
-                    # The cancel message may have been missed (it is fire-and-forget); the flag is not.
-                    self.cancel_local(run.run_id)
-                elif lease is Lease.LOST:
-                    # Another gateway reclaimed the run: this attempt's answer would be refused.
-                    logger.warning("run %s: lease lost, abandoning attempt %d", run.run_id, run.attempt)
-                    held.task.cancel()
+            await asyncio.sleep(delay)
+            try:
+                await self._renew_held()
+            except StoreError as exc:
+                self.metrics.store_errors.inc()
+                self._store_failed = True
+                logger.warning("cannot renew leases: %s", exc)
+                # Soon again: once the store is back, renewals must come before any recovery.
+                delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
+            else:
+                delay = self.config.runs.lease_renewal
 
-    def _renewable(self, held: Held) -> bool:
-        return self._held.get(held.run.run_id) is held and held.phase is not Phase.RECORDING
+    async def _renew_held(self) -> None:
+        """Renew every held attempt in one store call (issue 18 will make it one heartbeat)."""
+        held = list(self._held.values())
+        leases = await self.store.renew_all([(h.run.run_id, h.run.attempt) for h in held], self.config.runs.lease)
+        await self._heartbeat()
+        for h, lease in zip(held, leases, strict=True):
+            if self._held.get(h.run.run_id) is not h or (lease is Lease.LOST and h.phase is Phase.RECORDING):
+                # It finished while the store renewed (or is finishing): "not running" is its own
+                # finish, not a lost lease. A stale attempt's finish is refused by the fence anyway.
+                continue
+            self.metrics.lease_renewals.labels(lease.value).inc()
+            if lease is Lease.CANCEL:
+                # The cancel message may have been missed (it is fire-and-forget); the flag is not.
+                self.cancel_local(h.run.run_id)
+            elif lease is Lease.LOST:
+                # Another gateway reclaimed the run: this attempt's answer would be refused.
+                logger.warning("run %s: lease lost, abandoning attempt %d", h.run.run_id, h.run.attempt)
+                h.task.cancel()
+
+    async def _heartbeat(self) -> float:
+        """Tell the store this gateway reaches it; the time before which no lease may be judged expired."""
+        resume = await self.store.heartbeat(self._quiet, self._grace)
+        if self._store_failed:
+            # This gateway saw the store fail: its holders (and maybe others') could not renew.
+            self._store_failed = False
+            self._resume_at = now() + self._grace
+        return max(resume, self._resume_at)
 
     async def _cancel_loop(self) -> None:
         while True:
@@ -304,15 +332,30 @@ class Executor:
     async def _recovery_loop(self) -> None:
         while True:
             try:
-                for run in await self.store.expired(RECOVERY_BATCH):
-                    if run.state is RunState.RUNNING and not self._holds(run):
-                        await self._recover(run)
+                await self._recover_expired()
                 await self.store.purge()
                 self.metrics.runs_queued.set(await self.store.queued_count())
             except StoreError as exc:
                 self.metrics.store_errors.inc()
+                self._store_failed = True
                 logger.warning("cannot look for lost runs: %s", exc)
             await asyncio.sleep(self.config.runs.recovery_interval)
+
+    async def _recover_expired(self) -> None:
+        # After a store outage every lease looks expired; live holders get a grace to renew
+        # first, or their runs would be declared lost while still being served (#22).
+        resume = await self._heartbeat()
+        if now() < resume:
+            if resume != self._grace_logged:
+                self._grace_logged = resume
+                # After an outage, or the first start of a fleet: the store cannot tell them apart.
+                logger.info(
+                    "no gateway reached the store for a while: lost runs are looked for in %.1fs", resume - now()
+                )
+            return
+        for run in await self.store.expired(RECOVERY_BATCH):
+            if run.state is RunState.RUNNING and not self._holds(run):
+                await self._recover(run)
 
     def _holds(self, run: Run) -> bool:
         held = self._held.get(run.run_id)

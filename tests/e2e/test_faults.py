@@ -201,6 +201,11 @@ def test_a_rolling_restart_under_steady_load_loses_nothing(replicas: Replicas, u
     assert len(accepted) == 18
 
 
+def completed(upstream: Upstream, tag: str) -> list[dict[str, Any]]:
+    """The calls the upstream answered (it records a call once its delay is over)."""
+    return [c for c in upstream.calls.all() if c.get("path") == "/echo" and tag in c["query"]]
+
+
 def test_a_drain_longer_than_the_lease_keeps_its_runs(replicas: Replicas, upstream: Upstream) -> None:
     # Leases of 1.5 s, a drain window of 8 s: only renewals during the drain keep the second
     # replica from reclaiming the runs, re-sending the GET and failing the POST as lost (#22).
@@ -218,3 +223,26 @@ def test_a_drain_longer_than_the_lease_keeps_its_runs(replicas: Replicas, upstre
     assert len(arrivals(upstream, tag)) == 2  # nothing was sent twice
     assert "lease lost" not in first.log_text()
     assert "Traceback" not in first.log_text() + second.log_text()
+
+
+def test_a_store_outage_longer_than_the_lease_declares_no_live_holder_lost(
+    replicas: Replicas, upstream: Upstream
+) -> None:
+    first, second = replicas(), replicas()
+    tag = uuid.uuid4().hex[:8]
+    post = first.client.post(f"/echo?delay=4&tag={tag}p&async=true", content=b"charge").json()["run_id"]
+    get = second.client.get(f"/echo?delay=4&tag={tag}g&async=true").json()["run_id"]
+    wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="both calls reached the upstream")
+    assert isinstance(replicas.redis, RedisServer)
+    replicas.redis.stop()
+    # Down until both answers arrived: about 4 s, more than twice the lease of 1.5 s.
+    wait_until(lambda: len(completed(upstream, tag)) == 2, timeout=15, message="the upstream answered both")
+    assert first.client.post("/echo?async=true", content=b"x").status_code == 503
+    replicas.redis.start()  # from its AOF: every lease in it has run out meanwhile
+    for run_id in (post, get):
+        done = final(first, run_id)
+        assert (done["status"], done["attempt"], done["error"]) == ("succeeded", 1, None), done
+    assert len(arrivals(upstream, tag)) == 2  # neither was sent again
+    logs = first.log_text() + second.log_text()
+    assert "holder lost" not in logs
+    assert "Traceback" not in logs
