@@ -33,6 +33,8 @@ FinishedCallback = Callable[[Run, Outcome], Awaitable[None]]
 
 #: Pause before asking an unreachable store for work again.
 STORE_RETRY_DELAY = 1.0
+#: Longest wait for a cancelled task of the executor to end on shutdown.
+STOP_TIMEOUT = 10.0
 #: Longest pause between renewal attempts while the store cannot be reached.
 RENEW_RETRY_DELAY = 0.25
 #: Expired runs handled per recovery pass.
@@ -57,6 +59,15 @@ class Held:
     phase: Phase = Phase.STARTING
     #: A client asked to cancel it: the task's CancelledError is that cancel, not a shutdown.
     cancelling: bool = False
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for cancelled tasks to end, a bounded time: a shutdown must not hang on one."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    for task in pending:
+        logger.warning("%s did not end within %ss of being stopped", task.get_name(), STOP_TIMEOUT)
 
 
 def owner_id() -> str:
@@ -84,6 +95,10 @@ class Executor:
         #: Renewal, recovery and cancel messages: they run until the last held run is let go.
         self._loops: list[asyncio.Task[None]] = []
         self._drain_started: float | None = None
+        #: Set when stop() lets the loops go. They look at it besides being cancelled: redis-py
+        #: was seen to swallow a cancel landing inside a command (#22), and a loop going on
+        #: after it would hang the gateway's exit.
+        self._stopping = False
         runs = config.runs
         #: A silence of every gateway this long could let a lease run out unrenewed: the store was
         #: down or unreachable. At least two renewal passes, so a live fleet is never that quiet.
@@ -136,22 +151,23 @@ class Executor:
         self.stop_claiming()
         assert self._drain_started is not None
         if self._claimer is not None:
-            await asyncio.gather(self._claimer, return_exceptions=True)
+            await _settle([self._claimer])
         left = drain_timeout - (time.monotonic() - self._drain_started)
         if self._held and left > 0:
             await asyncio.wait([held.task for held in self._held.values()], timeout=left)
         remaining = list(self._held.values())
         for held in remaining:
             held.task.cancel()
-        await asyncio.gather(*(held.task for held in remaining), return_exceptions=True)
+        await _settle([held.task for held in remaining])
         for held in remaining:
             await self._hand_back(held)
+        self._stopping = True
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await _settle(self._loops)
 
     async def _claim_loop(self) -> None:
-        while True:
+        while self._drain_started is None:
             room = self.config.limits.max_inflight - len(self._held)
             if room <= 0:
                 self._room.clear()
@@ -278,7 +294,7 @@ class Executor:
 
     async def _renew_loop(self) -> None:
         delay = self.config.runs.lease_renewal
-        while True:
+        while not self._stopping:
             await asyncio.sleep(delay)
             try:
                 await self._renew_held()
@@ -320,7 +336,7 @@ class Executor:
         return max(resume, self._resume_at)
 
     async def _cancel_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async for run_id in self.store.cancellations():
                     if self.cancel_local(run_id):
@@ -330,7 +346,7 @@ class Executor:
             await asyncio.sleep(STORE_RETRY_DELAY)
 
     async def _recovery_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._recover_expired()
                 await self.store.purge()

@@ -38,7 +38,10 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        environ = {**os.environ, **FAST_LEASES, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
+        # Settings come from the test alone, not from ASYNCGATE_* variables of the shell (or of
+        # the chaos test's own knobs, which the gateway would refuse as unknown).
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("ASYNCGATE_")}
+        environ = {**inherited, **FAST_LEASES, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
         args = ["serve", "--upstream", upstream, "--port", str(self.port), "--redis-url", redis_url]
         with log.open("ab") as stderr:
             self.process = subprocess.Popen(
