@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -75,3 +77,61 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _serve(tmp_path: Path, port: int, pre_stop_delay: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ASYNCGATE_SHUTDOWN_PRE_STOP_DELAY": pre_stop_delay}
+    upstream = f"http://127.0.0.1:{free_port()}"
+    return subprocess.Popen(
+        [*ASYNCGATE, "serve", "--upstream", upstream, "--port", str(port), "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def _readyz(port: int) -> httpx.Response | None:
+    try:
+        # A new connection each time, as a load balancer's probe makes.
+        return httpx.get(f"http://127.0.0.1:{port}/_asyncgate/readyz", timeout=2)
+    except httpx.TransportError:
+        return None
+
+
+def test_sigterm_fails_readiness_for_the_pre_stop_delay_before_the_listener_closes(tmp_path: Path) -> None:
+    port = free_port()
+    with _serve(tmp_path, port, "2s") as process:
+        try:
+            wait_until(lambda: (r := _readyz(port)) is not None and r.status_code == 200, timeout=20, message="ready")
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            wait_until(lambda: (r := _readyz(port)) is not None and r.status_code == 503, timeout=5, message="503")
+            probe = _readyz(port)
+            assert probe is not None and (probe.status_code, probe.json()) == (503, {"status": "draining"})
+            # Still serving meanwhile: liveness, and pass-through requests (here to an upstream that is down).
+            assert httpx.get(f"http://127.0.0.1:{port}/_asyncgate/healthz", timeout=2).status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/predict", timeout=5).status_code == 502
+            assert process.wait(timeout=20) == 0
+            assert time.monotonic() - signalled >= 2
+            assert _readyz(port) is None  # the listener is closed
+        finally:
+            process.kill()
+        assert process.stderr is not None
+        log = process.stderr.read().decode()
+    assert "/readyz answers 503 for 2.0s before the listener closes" in log
+    assert "Traceback" not in log
+
+
+def test_a_second_sigterm_cuts_the_pre_stop_delay_short(tmp_path: Path) -> None:
+    port = free_port()
+    with _serve(tmp_path, port, "60s") as process:
+        try:
+            wait_until(lambda: (r := _readyz(port)) is not None and r.status_code == 200, timeout=20, message="ready")
+            process.send_signal(signal.SIGTERM)
+            wait_until(lambda: (r := _readyz(port)) is not None and r.status_code == 503, timeout=5, message="503")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            process.kill()
+        assert process.stderr is not None
+        assert "a second signal cut the pre-stop delay short" in process.stderr.read().decode()

@@ -62,6 +62,11 @@ def test_unknown_environment_variable_is_an_error() -> None:
     assert info.value.key == "ASYNCGATE_NOPE"
 
 
+def test_the_clients_variables_are_not_the_gateways_configuration() -> None:
+    environ = {"ASYNCGATE_UPSTREAM": "http://a:1", "ASYNCGATE_URL": "http://gw:8080", "ASYNCGATE_TOKEN": "t"}
+    assert load(None, environ=environ) == load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1"})
+
+
 def test_kubernetes_service_link_variables_are_not_configuration() -> None:
     environ = {
         "ASYNCGATE_UPSTREAM": "http://a:1",
@@ -100,3 +105,16 @@ def test_sizes(value: object, size: int) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ConfigError):
         parse_duration("k", value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0s", 0.0), (0, 0.0), ("0", 0.0), ("5s", 5.0), (2.5, 2.5)])
+def test_the_pre_stop_delay_may_be_zero(value: object, seconds: float) -> None:
+    config = load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1"}, overrides={"shutdown.pre_stop_delay": value})
+    assert config.shutdown.pre_stop_delay == seconds
+
+
+@pytest.mark.parametrize("value", [False, "-1s", "soon"])
+def test_the_pre_stop_delay_refuses_what_is_not_a_duration(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1"}, overrides={"shutdown.pre_stop_delay": value})
+    assert info.value.key == "shutdown.pre_stop_delay"

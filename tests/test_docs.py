@@ -9,7 +9,8 @@ Conventions of ``docs/*.md`` (see ``docs/README.md``):
   webhook receiver: each page gets free ports in their place (also ``%3A8000`` and ``--port N``);
 * a comment ``# HTTP/1.1 202 Accepted`` under a command is the status its ``curl -i`` must show;
   a comment holding a JSON object is a response body: the real one must have the same keys;
-* ``$RUN_ID`` is the ``run_id`` of the last response that named one;
+* ``$RUN_ID`` is the ``run_id`` of the last response that named one, or what a command of the
+  form ``RUN_ID=$(...)`` set it to (any ``NAME=$(...)`` alone on a line carries on so);
 * a ```` ```python ```` block whose first line is ``# file: NAME`` is saved as NAME; any other is
   executed, in order, in one namespace per page;
 * ```` ```shell ```` blocks are not run: they install or operate machines, and may hold only the
@@ -54,6 +55,8 @@ SERVERS = ("uvicorn ", "asyncgate serve")
 STOP_GRACE = 3
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 STATUS = re.compile(r"^HTTP/1\.1 (\d{3})")
+#: A command that only sets a shell variable, which the page's later commands then use.
+ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=\$\(")
 
 
 @dataclasses.dataclass
@@ -148,6 +151,10 @@ class Page:
         if any(line.startswith(server) or f" {server}" in line.split("\n")[0] for server in SERVERS):
             self.start(line)
             return
+        assigned = ASSIGNMENT.match(line)
+        if assigned:
+            # Each command runs in a shell of its own: hand the variable on through the environment.
+            line += f'\nprintf "\\n%s" "${assigned.group(1)}"'
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", line],
             cwd=self.workdir,
@@ -157,6 +164,11 @@ class Page:
         )
         out = done.stdout.decode(errors="replace")
         assert done.returncode == 0, f"{command.line}\nexit {done.returncode}\n{out}\n{done.stderr.decode()}"
+        if assigned:
+            value = out.rsplit("\n", 1)[-1]
+            assert value, f"{command.line}\nset {assigned.group(1)} to nothing"
+            self.env[assigned.group(1)] = value
+            return
         self.check(command, out)
         if ids := re.findall(r'"run_id":\s*"([A-Za-z0-9_-]+)"', out):
             self.env["RUN_ID"] = ids[0]

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from asyncgate import endpoints
 from asyncgate.config import Config, load
-from asyncgate.openapi import DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER, openapi_document
+from asyncgate.links import RunLinks
+from asyncgate.openapi import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, openapi_document
 from asyncgate.runs import Run, RunRequest, RunState
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.redis_server import RedisServer
@@ -101,23 +102,36 @@ def test_submission_is_documented_for_any_path_with_its_parameters() -> None:
         responses = item[method]["responses"]
         assert {"202", "400", "401", "413", "422", "429", "503", "default"} <= set(responses)
         assert responses["202"]["headers"]["Location"] == {"$ref": "#/components/headers/Location"}
+        assert responses["202"]["headers"]["Retry-After"] == {"$ref": "#/components/headers/PollAfter"}
+        assert responses["202"]["headers"]["Link"] == {"$ref": "#/components/headers/Link"}
+
+
+def test_status_documents_its_links_retry_after_and_opt_in_redirect() -> None:
+    document = openapi_document(config_for(**{"runs.retry_after": "2500ms"}))
+    run = document["paths"]["/_asyncgate/runs/{run_id}"]
+    status = run["get"]
+    assert [param["name"] for param in status["parameters"]] == ["wait", "redirect"]
+    assert status["parameters"][1]["schema"] == {"type": "string", "enum": ["result"]}
+    assert set(status["responses"]["303"]["headers"]) == {"Location", "Link"}
+    for operation, code in ((status, "200"), (run["delete"], "200"), (run["delete"], "202")):
+        assert set(operation["responses"][code]["headers"]) == {"Retry-After", "Link"}
+    headers = document["components"]["headers"]
+    assert headers["Link"]["required"] and headers["PollAfter"]["required"]
+    assert "Retry-After: 3" in document["info"]["description"]  # runs.retry_after, rounded up
 
 
 def test_run_status_schema_names_exactly_what_the_status_resource_holds() -> None:
     schemas = openapi_document(config_for())["components"]["schemas"]
     request = RunRequest("POST", "/predict", "", (), "https://hooks.example.com/x", 10.0)
-    public = Run("r", RunState.QUEUED, request, created_at=0.0).to_public()
+    public = endpoints.status_document(Run("r", RunState.QUEUED, request, created_at=0.0), RunLinks("/_asyncgate"))
     assert set(schemas["RunStatus"]["properties"]) == set(public) == set(schemas["RunStatus"]["required"])
+    assert set(schemas["RunUrls"]["properties"]) == set(public["urls"]) == set(schemas["RunUrls"]["required"])
     assert set(schemas["WebhookStatus"]["properties"]) == set(public["webhook"])
     assert schemas["RunState"]["enum"] == [state.value for state in RunState]
 
 
 def test_document_agrees_with_the_handlers_constants() -> None:
-    assert (DEFAULT_PAGE, MAX_PAGE, POLL_RETRY_AFTER) == (
-        endpoints.DEFAULT_PAGE,
-        endpoints.MAX_PAGE,
-        endpoints.POLL_RETRY_AFTER,
-    )
+    assert (DEFAULT_PAGE, MAX_PAGE, COUNT_LIMIT) == (endpoints.DEFAULT_PAGE, endpoints.MAX_PAGE, endpoints.COUNT_LIMIT)
 
 
 def test_webhook_delivery_is_described_in_the_webhooks_section() -> None:

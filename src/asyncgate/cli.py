@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import signal
 import socket
@@ -17,10 +18,12 @@ import uvicorn
 
 from asyncgate import __version__, logs
 from asyncgate.app import Gateway, create_app
+from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
-from asyncgate.runs_cli import add_runs_commands, run_runs_command
 from asyncgate.server import uvicorn_options
+
+logger = logging.getLogger("asyncgate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,11 +85,16 @@ class DrainingServer(uvicorn.Server):
 
     uvicorn alone would first wait for open connections to close and only then run the
     lifespan shutdown, so runs would drain after synchronous requests instead of alongside.
+    With ``shutdown.pre_stop_delay``, the listener stays open that long after the first signal
+    while /readyz answers 503, so a load balancer stops sending before connections are refused;
+    a second signal closes it at once.
     """
 
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
+        self._signalled = False
+        self._pre_stop: asyncio.TimerHandle | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -99,7 +107,25 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Signal handlers run on the main thread, between the event loop's steps.
-        asyncio.get_event_loop().call_soon(self.gateway.begin_drain)
+        loop = asyncio.get_event_loop()
+        delay = self.gateway.config.shutdown.pre_stop_delay
+        if self._signalled:
+            if self._pre_stop is not None:
+                self._pre_stop.cancel()
+                self._pre_stop = None
+                logger.info("closing the listener now: a second signal cut the pre-stop delay short")
+            super().handle_exit(sig, frame)
+            return
+        self._signalled = True
+        loop.call_soon(self.gateway.begin_drain)
+        if delay <= 0:
+            super().handle_exit(sig, frame)
+            return
+        logger.info("/readyz answers 503 for %ss before the listener closes (signal again to close it now)", delay)
+        self._pre_stop = loop.call_later(delay, self._close_listener, sig, frame)
+
+    def _close_listener(self, sig: int, frame: FrameType | None) -> None:
+        self._pre_stop = None
         super().handle_exit(sig, frame)
 
 
@@ -110,7 +136,7 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "runs":
-        return run_runs_command(args)
+        return run_runs_command(args, environ)
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":

@@ -30,6 +30,9 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+c
 # Kubernetes injects <SERVICE>_PORT* and <SERVICE>_SERVICE_* variables for a Service named
 # "asyncgate"; they are not configuration and must not be mistaken for typos.
 _SERVICE_LINK_ENV = re.compile(r"^ASYNCGATE_(PORT(_.*)?|SERVICE_.*)$")
+#: What the client and ``asyncgate runs`` read (asyncgate.client._protocol): a shell may hold
+#: them while it starts a gateway too.
+_CLIENT_ENV = frozenset({"ASYNCGATE_URL", "ASYNCGATE_TOKEN"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +101,8 @@ class RunsConfig:
     max_attempts: int = 3
     #: Upper bound on how long an idle executor waits before looking for work again.
     poll_interval: float = 1.0
+    #: The Retry-After of a 202 and of an unfinished run's status: how long pollers wait.
+    retry_after: float = 1.0
     #: False: this gateway accepts runs, answers for them and delivers their webhooks, but
     #: executes none; other replicas sharing its Redis do (an intake-only replica).
     execute: bool = True
@@ -145,6 +150,9 @@ class AccessConfig:
 class ShutdownConfig:
     #: How long in-flight runs may go on after SIGTERM before they are handed back.
     drain_timeout: float = 30.0
+    #: After SIGTERM, how long the listener stays open while /readyz answers 503, so that a load
+    #: balancer's probes see the drain before connections are refused.
+    pre_stop_delay: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +184,16 @@ _DURATIONS = {
     "runs.lease_renewal",
     "runs.recovery_interval",
     "runs.poll_interval",
+    "runs.retry_after",
     "webhooks.timeout",
     "shutdown.drain_timeout",
+    "shutdown.pre_stop_delay",
     "limits.max_wait",
     "limits.request_timeout",
 }
 _DURATION_LISTS = {"webhooks.schedule"}
+#: Durations for which zero means "none": no pre-stop delay.
+_MAYBE_ZERO_DURATIONS = {"shutdown.pre_stop_delay"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
 _SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes"}
@@ -283,6 +295,8 @@ def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
     if field_type.startswith("tuple"):
         return _coerce_list(key, value, from_text)
     if key in _DURATIONS:
+        if key in _MAYBE_ZERO_DURATIONS and not isinstance(value, bool) and str(value).strip() in ("0", "0s", "0.0"):
+            return 0.0
         return parse_duration(key, value)
     if key in _SIZES:
         return parse_size(key, value)
@@ -370,7 +384,7 @@ def _flatten_file(data: Any) -> dict[str, Any]:
 def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
     flat: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name):
+        if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name) or name in _CLIENT_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if rest == "upstream":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -15,22 +16,23 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.openapi import openapi_endpoint
 from asyncgate.responses import JSONResponse, stored_response
-from asyncgate.runs import Run, RunState, rfc3339
+from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
 from asyncgate.services import Services
 from asyncgate.store.base import CancelResult, Event
 from asyncgate.waiting import wait_until_final
 
-#: Seconds a client polling an unfinished run should wait before asking again.
-POLL_RETRY_AFTER = 1
 #: A comment line is sent on an idle event stream this often, so proxies keep it open.
 KEEPALIVE_SECONDS = 15.0
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
 CANCEL_CONFIRM_SECONDS = 5.0
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+#: Runs one count examines at most, newest first, so that counting a large store stays quick.
+COUNT_LIMIT = 10_000
 
 
 def services(request: Request) -> Services:
@@ -60,9 +62,39 @@ async def _run_or_404(request: Request) -> Run:
     return run
 
 
-def _status_response(run: Run, status_code: int = 200) -> Response:
-    headers = {} if run.state.is_final else {"Retry-After": str(POLL_RETRY_AFTER)}
-    return JSONResponse(run.to_public(), status_code=status_code, headers=headers)
+def _links(request: Request) -> RunLinks:
+    return RunLinks(services(request).config.server.prefix)
+
+
+def _poll_after(request: Request) -> int:
+    """Seconds a client polling an unfinished run should wait before asking again."""
+    return retry_after(services(request).config.runs.retry_after)
+
+
+def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
+    """The run's status resource: its public fields and the URLs of what can be done with it."""
+    return {**run.to_public(), "urls": links.urls(run.run_id)}
+
+
+def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
+    links = _links(request)
+    headers = {"Link": links.header(run.run_id)}
+    if not run.state.is_final:
+        headers["Retry-After"] = str(_poll_after(request))
+    return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
+
+
+def _has_result(run: Run) -> bool:
+    """Whether the run ended with an upstream response kept (a body over the limit is not)."""
+    too_large = run.error is not None and run.error.code == ErrorCode.RESULT_TOO_LARGE
+    return run.state.is_final and run.upstream_status is not None and not too_large
+
+
+def _redirect(request: Request) -> bool:
+    value = request.query_params.get(REDIRECT_PARAM)
+    if value is not None and value != REDIRECT_TO_RESULT:
+        raise BadRequest(f"{REDIRECT_PARAM} must be {REDIRECT_TO_RESULT}", code="invalid_parameter")
+    return value is not None
 
 
 def _seconds(request: Request, name: str, maximum: float) -> float | None:
@@ -84,12 +116,20 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
     wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
             run = await wait_until_final(services(request).store, run.run_id, wait) or run
         except StoreError as exc:
             raise _unavailable(exc) from exc
-    return _status_response(run)
+    if redirect and _has_result(run):
+        # Opt-in only: a client that follows redirects blindly would otherwise fetch a result,
+        # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
+        # The body is the status document, the "short hypertext note" RFC 9110 asks of a 303.
+        links = _links(request)
+        headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
+        return JSONResponse(status_document(run, links), status_code=303, headers=headers)
+    return _status_response(request, run)
 
 
 async def run_result(request: Request) -> Response:
@@ -101,7 +141,7 @@ async def run_result(request: Request) -> Response:
     if result is not None:
         return stored_response(result)
     if not run.state.is_final:
-        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
+        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     reason = run.error.message if run.error else "the run ended without one"
     raise Conflict(f"the run has no upstream response: {reason}", code="no_upstream_response")
 
@@ -124,7 +164,7 @@ async def cancel_run(request: Request) -> Response:
         raise Conflict(f"the run has already finished ({run.state})", code="run_finished")
     if outcome is CancelResult.CANCELLED:
         svc.webhooks.wake()
-    return _status_response(run, 200 if run.state.is_final else 202)
+    return _status_response(request, run, 200 if run.state.is_final else 202)
 
 
 async def redeliver_webhook(request: Request) -> Response:
@@ -133,7 +173,7 @@ async def redeliver_webhook(request: Request) -> Response:
     if run.request.webhook_url is None:
         raise Conflict("the run has no webhook", code="no_webhook")
     if not run.state.is_final:
-        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=POLL_RETRY_AFTER)
+        raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     try:
         if not await svc.store.redeliver(run.run_id):
             raise _not_found()
@@ -141,7 +181,7 @@ async def redeliver_webhook(request: Request) -> Response:
     except StoreError as exc:
         raise _unavailable(exc) from exc
     svc.webhooks.wake()
-    return JSONResponse(run.to_public(), status_code=202)
+    return JSONResponse(status_document(run, _links(request)), status_code=202)
 
 
 def _sse(run: Run, event: Event) -> bytes:
@@ -218,7 +258,32 @@ async def list_runs(request: Request) -> Response:
         runs, cursor = await svc.store.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
         raise _unavailable(exc) from exc
-    return JSONResponse({"runs": [run.to_public() for run in runs], "next_cursor": cursor})
+    links = _links(request)
+    return JSONResponse({"runs": [status_document(run, links) for run in runs], "next_cursor": cursor})
+
+
+async def count_runs(request: Request) -> Response:
+    """How many of the caller's runs are in each state, over the newest COUNT_LIMIT runs."""
+    svc = services(request)
+    principal = svc.access.principal(request.scope)
+    caller = None if principal.sees_all else principal.caller
+    counts = dict.fromkeys(RunState, 0)
+    cursor = None
+    examined = 0
+    # Counted page by page through the listing, so the stores need nothing new and the count
+    # obeys exactly the listing's access rule.
+    try:
+        while examined < COUNT_LIMIT:
+            runs, cursor = await svc.store.list_runs(caller, None, MAX_PAGE, cursor)
+            for run in runs:
+                counts[run.state] += 1
+            examined += len(runs)
+            if cursor is None:
+                break
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    body = {"counts": {state.value: n for state, n in counts.items()}, "total": examined, "complete": cursor is None}
+    return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:
@@ -256,6 +321,8 @@ def routes() -> list[Route]:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
+        # Before /runs/{run_id}; run ids are 22 characters long, so none is "counts".
+        Route("/runs/counts", count_runs, methods=["GET"]),
         Route("/runs/{run_id}", run_status, methods=["GET"]),
         Route("/runs/{run_id}", cancel_run, methods=["DELETE"]),
         Route("/runs/{run_id}/result", run_result, methods=["GET"]),

@@ -207,7 +207,10 @@ class Executor:
         stale = self._held.get(run.run_id)
         if stale is not None:
             # This gateway's older attempt outlived its lease: the store refuses its outcome anyway.
-            logger.warning("run %s: attempt %d replaces stale attempt %d", run.run_id, run.attempt, stale.run.attempt)
+            extra = {"run_id": run.run_id}
+            logger.warning(
+                "run %s: attempt %d replaces stale attempt %d", run.run_id, run.attempt, stale.run.attempt, extra=extra
+            )
             stale.task.cancel()
         held = Held(run)
         held.task = asyncio.create_task(self._execute(held), name=f"asyncgate-run-{run.run_id}")
@@ -223,7 +226,8 @@ class Executor:
         self.metrics.runs_inflight.set(len(self._held))
         self._room.set()
         if not held.task.cancelled() and held.task.exception() is not None:
-            logger.error("run %s: task failed", held.run.run_id, exc_info=held.task.exception())
+            extra = {"run_id": held.run.run_id}
+            logger.error("run %s: task failed", held.run.run_id, exc_info=held.task.exception(), extra=extra)
 
     async def _execute(self, held: Held) -> None:
         run = held.run
@@ -233,7 +237,7 @@ class Executor:
         if held.cancelling:
             outcome = Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client"))
         else:
-            logger.info("run %s started (attempt %d)", run.run_id, run.attempt)
+            logger.info("run %s started (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id})
             started = time.perf_counter()
             try:
                 outcome = await self._call(held, body)
@@ -263,7 +267,10 @@ class Executor:
         )
         if not recorded:
             logger.warning(
-                "run %s: attempt %d no longer holds the run; its outcome is discarded", run.run_id, run.attempt
+                "run %s: attempt %d no longer holds the run; its outcome is discarded",
+                run.run_id,
+                run.attempt,
+                extra={"run_id": run.run_id},
             )
             return
         await self._finished(run, outcome)
@@ -271,8 +278,15 @@ class Executor:
     async def _finished(self, run: Run, outcome: Outcome) -> None:
         code = outcome.error.code if outcome.error else ""
         self.metrics.runs_finished.labels(outcome.state.value, code).inc()
-        extra = {"run_id": run.run_id, "status": outcome.state.value, "upstream_status": outcome.upstream_status}
-        logger.info("run %s %s (upstream %s) %s", run.run_id, outcome.state, outcome.upstream_status, code, extra=extra)
+        extra: dict[str, object] = {
+            "run_id": run.run_id,
+            "status": outcome.state.value,
+            "upstream_status": outcome.upstream_status,
+        }
+        if run.started_at is not None:
+            extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
+        why = f" {code}" if code else ""
+        logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
         await self.on_finished(run, outcome)
 
     async def _with_store_retries(self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -323,7 +337,8 @@ class Executor:
                 self.cancel_local(h.run.run_id)
             elif lease is Lease.LOST:
                 # Another gateway reclaimed the run: this attempt's answer would be refused.
-                logger.warning("run %s: lease lost, abandoning attempt %d", h.run.run_id, h.run.attempt)
+                extra = {"run_id": h.run.run_id}
+                logger.warning("run %s: lease lost, abandoning attempt %d", h.run.run_id, h.run.attempt, extra=extra)
                 h.task.cancel()
 
     async def _heartbeat(self) -> float:
@@ -340,7 +355,7 @@ class Executor:
             try:
                 async for run_id in self.store.cancellations():
                     if self.cancel_local(run_id):
-                        logger.info("run %s: cancelling its upstream call", run_id)
+                        logger.info("run %s: cancelling its upstream call", run_id, extra={"run_id": run_id})
             except StoreError as exc:
                 logger.warning("cancel messages interrupted: %s", exc)
             await asyncio.sleep(STORE_RETRY_DELAY)
@@ -382,7 +397,10 @@ class Executor:
         if outcome is None:
             if await self.store.requeue(run.run_id, run.attempt):
                 self.metrics.runs_reclaimed.labels("requeued").inc()
-                logger.warning("run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt)
+                extra = {"run_id": run.run_id}
+                logger.warning(
+                    "run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt, extra=extra
+                )
             return
         if await self.store.finish(run.run_id, run.attempt, outcome, self.config.runs.retention):
             self.metrics.runs_reclaimed.labels("failed").inc()
@@ -396,12 +414,18 @@ class Executor:
             await self._recover(held.run)
         except StoreError:
             # The lease will expire and another gateway will recover the run.
-            logger.warning("run %s: could not hand back on shutdown; its lease will expire", held.run.run_id)
+            extra = {"run_id": held.run.run_id}
+            logger.warning(
+                "run %s: could not hand back on shutdown; its lease will expire", held.run.run_id, extra=extra
+            )
 
     async def _give_back(self, run: Run) -> None:
         """Queue a run claimed but never sent again, whatever its method: it cannot have taken effect."""
         try:
             if await self.store.requeue(run.run_id, run.attempt):
-                logger.info("run %s: handed back unsent (attempt %d)", run.run_id, run.attempt)
+                logger.info(
+                    "run %s: handed back unsent (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id}
+                )
         except StoreError:
-            logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id)
+            extra = {"run_id": run.run_id}
+            logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id, extra=extra)

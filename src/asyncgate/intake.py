@@ -22,6 +22,7 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
+from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.principal import Access
@@ -302,7 +303,8 @@ class Intake:
         self.access = access
         self.metrics = metrics
         self.limits = Limits.of(config)
-        self.runs_url = f"{config.server.prefix}/runs/"
+        self.links = RunLinks(config.server.prefix)
+        self.retry_after = str(retry_after(config.runs.retry_after))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
         try:
@@ -318,7 +320,13 @@ class Intake:
             if logger.isEnabledFor(logging.INFO):
                 extra = {"run_id": created.run_id, "method": scope["method"], "path": scope["path"], "status": status}
                 logger.info("run %s accepted: %s %s", created.run_id, scope["method"], scope["path"], extra=extra)
-        headers = {"Location": self.runs_url + created.run_id}
+        # Azure's asynchronous request-reply: where to look (Location), when (Retry-After), and
+        # the run's other resources by name (Link), so a client needs no knowledge of the paths.
+        headers = {
+            "Location": self.links.status(created.run_id),
+            "Retry-After": self.retry_after,
+            "Link": self.links.header(created.run_id),
+        }
         if created.replayed:
             headers[REPLAY_HEADER] = "true"
         elif intent.wait:

@@ -1,18 +1,36 @@
 """Prometheus metrics, in a registry the app owns (never the process-wide default one).
 
 Labels hold only small, fixed sets of values (a status, an error code, an outcome): never a
-run id, a path or a URL, so cardinality stays bounded whatever the traffic.
+run id, a path or a URL, so cardinality stays bounded whatever the traffic. Counters are served
+with prometheus_client's ``_total`` suffix; "in flight" is spelled ``in_flight``. A gauge that
+every replica reports for the whole deployment carries ``scope="deployment"``: aggregate it
+with ``max``, never ``sum``. docs/operations.md lists every name as served.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from asyncgate import __version__
 
 #: Upstream calls of async runs last from milliseconds to the 12-hour limit.
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: The label of a gauge that reports the whole deployment, the same on every replica.
+DEPLOYMENT_SCOPE = "deployment"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -34,11 +52,15 @@ class Metrics:
             registry=registry,
         )
         self.runs_inflight = Gauge(
-            "asyncgate_runs_inflight", "Upstream calls this gateway holds for async runs.", registry=registry
+            "asyncgate_runs_in_flight", "Upstream calls this gateway holds for async runs.", registry=registry
         )
+        # Every replica reads the same queue: the label says so, so dashboards take max, not sum.
         self.runs_queued = Gauge(
-            "asyncgate_runs_queued", "Runs accepted and not started, across every gateway.", registry=registry
-        )
+            "asyncgate_runs_queued",
+            "Runs accepted and not started, across every gateway (scope=deployment: aggregate with max).",
+            ["scope"],
+            registry=registry,
+        ).labels(DEPLOYMENT_SCOPE)
         self.upstream_duration = Histogram(
             "asyncgate_upstream_call_duration_seconds",
             "Duration of the upstream calls of async runs.",
@@ -84,6 +106,12 @@ class Metrics:
         self.store_errors = Counter(
             "asyncgate_store_errors", "Store operations that failed (Redis or SQLite).", registry=registry
         )
+        Info("asyncgate_build", "The running asyncgate's version and Python.", registry=registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        # CPU, memory, open files and start time of this process, and python_info.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         # Children resolved once: the hot path only increments.
         self._by_class = [self.sync_requests.labels(name) for name in STATUS_CLASSES]
 

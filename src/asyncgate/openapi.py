@@ -23,6 +23,7 @@ from asyncgate.intake import (
     STORE_RETRY_AFTER,
     WEBHOOK_PARAM,
 )
+from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
 
@@ -32,8 +33,8 @@ OPENAPI_VERSION = "3.1.0"
 #: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
-#: Seconds an unfinished run's status and result ask a poller to wait (``endpoints.POLL_RETRY_AFTER``).
-POLL_RETRY_AFTER = 1
+#: Runs GET /runs/counts examines at most (``endpoints.COUNT_LIMIT``).
+COUNT_LIMIT = 10_000
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 _INTRO = """\
@@ -43,23 +44,29 @@ asyncgate sits in front of a synchronous HTTP server and gives every endpoint an
 
 **An asynchronous request** is any request (any method, any path outside `{prefix}`) with
 `?async=true` or a `Prefer: respond-async` header. The gateway stores it durably and answers at
-once with `202 Accepted`, a `run_id` and a `Location` header naming the run's status resource;
-it then makes the upstream call itself (up to `runs.timeout`) and keeps the upstream's whole
-response, whatever its status.
+once with `202 Accepted`, a `run_id`, a `Location` header naming the run's status resource and
+`Retry-After` saying when to look; it then makes the upstream call itself (up to `runs.timeout`)
+and keeps the upstream's whole response, whatever its status. This is the asynchronous
+request-reply pattern: a client needs to know no path but the one it called.
 
 The workflow:
 
 1. **Submit**: `POST /predict?async=true` → `202`, `Location: {prefix}/runs/{{run_id}}`,
-   `{{"run_id": "...", "status": "queued"}}`.
+   `Retry-After: {retry_after}`, `{{"run_id": "...", "status": "queued"}}`.
 2. **Follow**: poll `GET {prefix}/runs/{{run_id}}` (`Retry-After` says when to ask again), long-poll
    it with `?wait=N`, or stream its state changes from `GET {prefix}/runs/{{run_id}}/events`.
    A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`
    or `cancelled`.
 3. **Fetch the result**: `GET {prefix}/runs/{{run_id}}/result` answers exactly what the upstream
-   answered (status, headers, body).
+   answered (status, headers, body). Or ask the status to send you there: with
+   `?{redirect}={to_result}`, a finished run's status answers `303 See Other` to its result.
 4. **Or be called back**: with `webhookEndpoint=<url>` (or an `Asyncgate-Webhook` header) the
    upstream's body is POSTed to that URL when the run ends (see `webhooks` below), signed per
    Standard Webhooks, retried until delivered.
+
+The 202 and every status document name the run's URLs, relative to the gateway: in the body's
+`urls` (`status`, `result`, `events`, and `cancel`, which is `DELETE`d) and in `Link` headers
+(RFC 8288) with those names as `rel`.
 
 Errors are JSON, `{{"error": {{"code": "...", "message": "..."}}}}`; the `code` is stable and
 meant to be matched on. Beyond the answers listed on each operation, any path under `{prefix}`
@@ -144,7 +151,13 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "title": "asyncgate",
             "version": __version__,
             "summary": "An asynchronous mode for any synchronous HTTP endpoint.",
-            "description": _INTRO.format(prefix=prefix, access=_access_text(config)),
+            "description": _INTRO.format(
+                prefix=prefix,
+                access=_access_text(config),
+                retry_after=retry_after(config.runs.retry_after),
+                redirect=REDIRECT_PARAM,
+                to_result=REDIRECT_TO_RESULT,
+            ),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "tags": [
@@ -313,6 +326,8 @@ def _submission_operation(config: Config, method: str) -> Schema:
         "description": "The run is stored and queued; follow it at `Location`.",
         "headers": {
             "Location": _ref("headers", "Location"),
+            "Retry-After": _ref("headers", "PollAfter"),
+            "Link": _ref("headers", "Link"),
             "Preference-Applied": {
                 "description": "`respond-async`, when the request asked with `Prefer`.",
                 "schema": {"type": "string", "const": "respond-async"},
@@ -384,6 +399,7 @@ def _run_paths(config: Config) -> dict[str, Schema]:
     run_id = {"parameters": [_ref("parameters", "RunId")]}
     return {
         runs: {"get": _list_operation(config)},
+        f"{runs}/counts": {"get": _counts_operation(config)},
         f"{runs}/{{run_id}}": {**run_id, "get": _status_operation(config), "delete": _cancel_operation(config)},
         f"{runs}/{{run_id}}/result": {**run_id, "get": _result_operation(config)},
         f"{runs}/{{run_id}}/events": {**run_id, "get": _events_operation(config)},
@@ -411,17 +427,40 @@ def _list_operation(config: Config) -> Schema:
     return _operation("listRuns", "runs", summary, responses, parameters=params)
 
 
+def _counts_operation(config: Config) -> Schema:
+    responses = {
+        "200": {
+            "description": f"How many runs are in each state, over the newest {COUNT_LIMIT} runs the caller may list.",
+            "content": _json(_ref("schemas", "RunCounts")),
+        },
+        **{code: response for code, response in _run_errors(config).items() if code in ("401", "503")},
+    }
+    summary = "Count runs by state (the runs the listing would show)"
+    return _operation("countRuns", "runs", summary, responses)
+
+
 def _status_response(description: str) -> Schema:
     return {
         "description": description,
         "headers": {
             "Retry-After": {
-                "description": f"While the run is not final: poll again after this many seconds ({POLL_RETRY_AFTER}).",
-                "schema": {"type": "integer"},
-            }
+                "description": "While the run is not final: poll again after this many seconds (`runs.retry_after`).",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+            "Link": _ref("headers", "Link"),
         },
         "content": _json(_ref("schemas", "RunStatus")),
     }
+
+
+_REDIRECT = f"""`{REDIRECT_TO_RESULT}`: once the run is final and has an upstream response, answer `303 See Other`
+to its result instead of `200`. Opt-in, never the default: a client that follows redirects blindly
+would otherwise fetch the result, perhaps a large one, when it asked for a status. A query
+parameter rather than a `Prefer` token, because it is part of the URL: it can be given to `curl -L`
+or a browser as it is, every cache keys on it without `Vary`, and it sits beside `?wait=`, so
+`?wait=30&{REDIRECT_PARAM}={REDIRECT_TO_RESULT}` is one call that waits for the run and leads to its result.
+A run that is not final, or ended without an upstream response, gets its status as usual.
+"""
 
 
 def _status_operation(config: Config) -> Schema:
@@ -431,12 +470,27 @@ def _status_operation(config: Config) -> Schema:
         f"(0 to `limits.max_wait`, {config.limits.max_wait:g}).",
         {"type": "number", "minimum": 0, "maximum": config.limits.max_wait},
     )
+    redirect = _query_param(REDIRECT_PARAM, _REDIRECT, {"type": "string", "enum": [REDIRECT_TO_RESULT]})
+    see_other = {
+        "description": f"`?{REDIRECT_PARAM}={REDIRECT_TO_RESULT}` and the run has a result: fetch it at `Location`. "
+        "The body is the run's status.",
+        "headers": {
+            "Location": {
+                "description": f"The run's result, `{config.server.prefix}/runs/{{run_id}}/result`.",
+                "schema": {"type": "string"},
+                "required": True,
+            },
+            "Link": _ref("headers", "Link"),
+        },
+        "content": _json(_ref("schemas", "RunStatus")),
+    }
     responses = {
-        "200": _status_response("The run's status, with its timing fields and webhook delivery."),
+        "200": _status_response("The run's status, with its timing fields, webhook delivery and URLs."),
+        "303": see_other,
         "400": _ref("responses", "InvalidParameter"),
         **_run_errors(config),
     }
-    return _operation("getRun", "runs", "The run's status", responses, parameters=[wait])
+    return _operation("getRun", "runs", "The run's status", responses, parameters=[wait, redirect])
 
 
 def _cancel_operation(config: Config) -> Schema:
@@ -620,7 +674,7 @@ def _final_states() -> Schema:
 
 def _components(config: Config) -> Schema:
     components: Schema = {
-        "schemas": _schemas(),
+        "schemas": _schemas(config.server.prefix),
         "parameters": {
             "RunId": {
                 "name": "run_id",
@@ -638,6 +692,19 @@ def _components(config: Config) -> Schema:
                 "required": True,
             },
             "RetryAfter": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
+            "PollAfter": {
+                "description": "Seconds to wait before asking the status (`runs.retry_after`, "
+                f"{retry_after(config.runs.retry_after)}).",
+                "schema": {"type": "integer", "minimum": 1},
+                "required": True,
+            },
+            "Link": {
+                "description": "The run's URLs (RFC 8288), as in the status document's `urls`: "
+                f'`<{config.server.prefix}/runs/{{run_id}}>; rel="{STATUS}"`, then `rel="{RESULT}"`, '
+                f'`rel="{EVENTS}"` and `rel="{CANCEL}"` (the run\'s own URL, to `DELETE`).',
+                "schema": {"type": "string"},
+                "required": True,
+            },
         },
         "responses": _shared_responses(config),
     }
@@ -681,7 +748,7 @@ def _shared_responses(config: Config) -> dict[str, Schema]:
     }
 
 
-def _schemas() -> dict[str, Schema]:
+def _schemas(prefix: str) -> dict[str, Schema]:
     timestamp = {"type": ["string", "null"], "format": "date-time"}
     return {
         "RunState": {
@@ -697,7 +764,8 @@ def _schemas() -> dict[str, Schema]:
                 "message": {"type": "string"},
             },
         },
-        "RunStatus": _run_status_schema(timestamp),
+        "RunStatus": _run_status_schema(timestamp, prefix),
+        "RunUrls": _run_urls_schema(),
         "WebhookStatus": _webhook_status_schema(timestamp),
         "RunList": {
             "type": "object",
@@ -705,6 +773,23 @@ def _schemas() -> dict[str, Schema]:
             "properties": {
                 "runs": {"type": "array", "items": _ref("schemas", "RunStatus")},
                 "next_cursor": {"type": ["string", "null"], "description": "null on the last page."},
+            },
+        },
+        "RunCounts": {
+            "type": "object",
+            "required": ["counts", "total", "complete"],
+            "properties": {
+                "counts": {
+                    "type": "object",
+                    "required": [state.value for state in RunState],
+                    "properties": {state.value: {"type": "integer", "minimum": 0} for state in RunState},
+                    "additionalProperties": False,
+                },
+                "total": {"type": "integer", "minimum": 0, "description": "The runs counted."},
+                "complete": {
+                    "type": "boolean",
+                    "description": f"false past {COUNT_LIMIT} runs: the oldest are not counted.",
+                },
             },
         },
         "Accepted": {
@@ -749,7 +834,7 @@ def _schemas() -> dict[str, Schema]:
     }
 
 
-def _run_status_schema(timestamp: Schema) -> Schema:
+def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
     properties: Schema = {
         "run_id": {"type": "string"},
         "status": _ref("schemas", "RunState"),
@@ -762,7 +847,9 @@ def _run_status_schema(timestamp: Schema) -> Schema:
         "error": {**_nullable(_ref("schemas", "RunError")), "description": "Why the run failed or was cancelled."},
         "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
         "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
+        "urls": _ref("schemas", "RunUrls"),
     }
+    run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
         "run_id": "q3Jx0V2kS1uVw2yWb7m1bA",
         "status": "succeeded",
@@ -775,8 +862,25 @@ def _run_status_schema(timestamp: Schema) -> Schema:
         "error": None,
         "attempt": 1,
         "webhook": None,
+        "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
     }
     return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
+
+
+def _run_urls_schema() -> Schema:
+    relative = "A path on the gateway, under its prefix (resolve it against the URL the client called)."
+    described = {
+        STATUS: "This status resource (`GET`, `?wait=N` to long-poll).",
+        RESULT: "The upstream's response, once the run is final.",
+        EVENTS: "The run's Server-Sent Events.",
+        CANCEL: "`DELETE` it to cancel the run: the run's own URL.",
+    }
+    return {
+        "type": "object",
+        "description": f"The run's URLs; the `Link` header names the same, each with its key as `rel`. {relative}",
+        "required": list(described),
+        "properties": {name: {"type": "string", "description": text} for name, text in described.items()},
+    }
 
 
 def _webhook_status_schema(timestamp: Schema) -> Schema:

@@ -163,8 +163,9 @@ class Proxy:
         seconds = time.perf_counter() - started
         self.metrics.sync_request(status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": seconds * 1000}
-            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, seconds * 1000, extra=fields)
+            ms = round(seconds * 1000, 1)
+            fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": ms}
+            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, ms, extra=fields)
 
     async def _fail(self, scope: Scope, send: Send, error: ClientError, started: float) -> None:
         self._done(scope, error.status_code, started)

@@ -112,6 +112,17 @@ def envelope(run: Run, result: RunResult | None) -> bytes:
     )
 
 
+def log_attempt(run_id: str, attempts: int, delivery: Delivery) -> None:
+    """One line per recorded attempt; one that did not deliver says why, and a final failure warns."""
+    extra = {"run_id": run_id, "status": delivery.last_status}
+    if delivery.state is DeliveryState.DELIVERED:
+        logger.info("run %s: webhook attempt %d delivered (%s)", run_id, attempts, delivery.last_status, extra=extra)
+        return
+    level = logging.INFO if delivery.state is DeliveryState.PENDING else logging.WARNING
+    outcome = "failed, will retry" if delivery.state is DeliveryState.PENDING else delivery.state.value
+    logger.log(level, "run %s: webhook attempt %d %s: %s", run_id, attempts, outcome, delivery.last_error, extra=extra)
+
+
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
@@ -198,18 +209,19 @@ class WebhookDispatcher:
             attempt = await self._send(run, result)
         except StoreUnavailable as exc:
             # Not the receiver's fault: the lease runs out and the attempt is made again.
-            logger.warning("run %s: webhook postponed, the store is unavailable: %s", run.run_id, exc)
+            extra = {"run_id": run.run_id}
+            logger.warning("run %s: webhook postponed, the store is unavailable: %s", run.run_id, exc, extra=extra)
             return
         delivery = next_delivery(attempts, attempt, self.config.webhooks.schedule, now(), self._rng)
         try:
             recorded = await self.store.record_delivery(run.run_id, due.token, delivery, self.config.runs.retention)
         except StoreError as exc:
-            logger.warning("run %s: webhook attempt not recorded: %s", run.run_id, exc)
+            logger.warning("run %s: webhook attempt not recorded: %s", run.run_id, exc, extra={"run_id": run.run_id})
             return
         if recorded:
             outcome = "retry" if delivery.state is DeliveryState.PENDING else delivery.state.value
             self.metrics.webhook_attempts.labels(outcome).inc()
-            logger.info("run %s: webhook attempt %d %s (%s)", run.run_id, attempts, delivery.state, attempt.status)
+            log_attempt(run.run_id, attempts, delivery)
         if recorded and delivery.state is DeliveryState.PENDING and delivery.next_attempt_at is not None:
             # An immediate retry should not wait for the next poll.
             if delivery.next_attempt_at <= now():

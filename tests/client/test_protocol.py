@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from asyncgate.client import APIError, Client, ProtocolError, RunCancelled, RunFailed, RunState
+from asyncgate.client import APIError, Client, ProtocolError, RunCancelled, RunFailed, RunState, errors
 from asyncgate.client import _protocol as protocol
-from asyncgate.client._models import ErrorDetail
+from asyncgate.client._models import ErrorDetail, Result
 from asyncgate.client._protocol import Backoff, Call, Endpoints, EventsPlan, WaitPlan
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 
@@ -36,6 +36,12 @@ STATUS: dict[str, Any] = {
         "last_status": 503,
         "last_error": None,
         "next_attempt_at": "2026-11-23T10:05:46.002Z",
+    },
+    "urls": {
+        "status": "/_asyncgate/runs/r1",
+        "result": "/_asyncgate/runs/r1/result",
+        "events": "/_asyncgate/runs/r1/events",
+        "cancel": "/_asyncgate/runs/r1",
     },
 }
 
@@ -188,12 +194,14 @@ def test_run_status_parses_every_field() -> None:
     assert (status.method, status.path, status.upstream_status, status.attempt) == ("POST", "/predict", 500, 1)
     assert status.webhook is not None
     assert (status.webhook.state, status.webhook.attempts, status.webhook.last_status) == ("pending", 1, 503)
+    assert status.urls == STATUS["urls"]
     assert status.raw == STATUS
 
 
 def test_run_status_tolerates_a_minimal_body_and_refuses_a_wrong_one() -> None:
     status = protocol.run_status({"run_id": "r1", "status": "queued"})
     assert (status.state, status.created_at, status.error, status.webhook) == (RunState.QUEUED, None, None, None)
+    assert status.urls == {}
     for bad in ({"run_id": "r1"}, {"run_id": "r1", "status": "paused"}, {**STATUS, "created_at": "yesterday"}):
         with pytest.raises(ProtocolError, match="not a run status"):
             protocol.run_status(bad)
@@ -236,6 +244,64 @@ def test_settle_raises_with_the_run_attached(client: Client) -> None:
         protocol.settle(run, cancelled)
     succeeded = protocol.run_status({**STATUS, "status": "succeeded", "error": None})
     assert protocol.settle(run, succeeded) is succeeded
+
+
+def test_run_failed_carries_the_upstreams_status_headers_and_the_start_of_its_body(client: Client) -> None:
+    run = client.attach("r1")
+    body = b"Traceback (most recent call last):\n  model.py line 3\nValueError: bad input\n" + b"x" * 10_000
+    answer = Result(500, httpx.Headers({"content-type": "text/plain", "x-model": "m1"}), body)
+    with pytest.raises(RunFailed) as failed:
+        protocol.settle(run, protocol.run_status(STATUS), answer)
+    error = failed.value
+    assert error.upstream_status == 500
+    assert error.upstream_headers is not None and error.upstream_headers["x-model"] == "m1"
+    assert error.upstream_body == body[: errors.BODY_PREVIEW]
+    assert str(error).startswith(
+        "run r1 failed: upstream_error, upstream status 500: the upstream answered 500: 'Traceback (most recent"
+    )
+    assert len(str(error)) < 400
+    with pytest.raises(RunFailed) as bare:
+        protocol.settle(run, protocol.run_status(STATUS))
+    assert (bare.value.upstream_headers, bare.value.upstream_body) == (None, b"")
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "url", "headers"),
+    [
+        ((None, None, None), {}, "http://127.0.0.1:8080", []),
+        (
+            (None, None, None),
+            {"ASYNCGATE_URL": "http://gw:1", "ASYNCGATE_TOKEN": "t1"},
+            "http://gw:1",
+            [("Authorization", "Bearer t1")],
+        ),
+        (
+            ("http://arg:2", "t2", None),
+            {"ASYNCGATE_URL": "http://gw:1", "ASYNCGATE_TOKEN": "t1"},
+            "http://arg:2",
+            [("Authorization", "Bearer t2")],
+        ),
+        (
+            (None, None, {"authorization": "Basic x"}),
+            {"ASYNCGATE_TOKEN": "t1"},
+            "http://127.0.0.1:8080",
+            [("authorization", "Basic x")],
+        ),
+        ((None, "", None), {"ASYNCGATE_URL": "", "ASYNCGATE_TOKEN": "t1"}, "http://127.0.0.1:8080", []),
+    ],
+)
+def test_connection_takes_arguments_then_the_environment(
+    args: tuple[Any, Any, Any], environ: dict[str, str], url: str, headers: list[tuple[str, str]]
+) -> None:
+    assert protocol.connection(*args, environ=environ) == (url, headers)
+
+
+def test_clients_read_the_environment_when_not_told() -> None:
+    environ = {"ASYNCGATE_URL": "http://gw.invalid:81", "ASYNCGATE_TOKEN": "t1"}
+    with Client(environ=environ) as sdk:
+        request = sdk._request(protocol.status_call(sdk.endpoints, "r1"))
+    assert str(request.url) == "http://gw.invalid:81/_asyncgate/runs/r1"
+    assert request.headers["authorization"] == "Bearer t1"
 
 
 def test_retry_after() -> None:

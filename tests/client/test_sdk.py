@@ -81,6 +81,8 @@ def test_submit_wait_result_returns_the_upstream_response(client: Client, gatewa
     assert isinstance(status.finished_at, datetime) and status.created_at is not None
     assert status.created_at <= status.finished_at
     assert status.raw == gateway.run(run.run_id)
+    assert status.urls["result"] == f"{run.location}/result"
+    assert gateway.client.get(status.urls["result"]).json()["body"] == '{"param":"hello world"}'
 
     result = run.result()
     assert result.status_code == 200
@@ -111,6 +113,9 @@ def test_failed_run_raises_run_failed_with_upstream_status_and_code(client: Clie
     assert error.run is run and error.run_id == run.run_id
     assert (error.upstream_status, error.error_code) == (503, "upstream_error")
     assert error.status is not None and error.status.state is RunState.FAILED
+    assert error.upstream_headers is not None and error.upstream_headers["content-type"] == "application/json"
+    assert error.upstream_body == b'{"status":503}'
+    assert str(error).endswith("""the upstream answered 503: '{"status":503}'"""), str(error)
     # The upstream's answer is kept whatever the outcome.
     result = error.run.result()
     assert (result.status_code, result.json()) == (503, {"status": 503})
@@ -129,9 +134,22 @@ def test_unreachable_upstream_fails_without_a_result(make_gateway: GatewayFactor
         with pytest.raises(RunFailed) as caught:
             run.wait(timeout=15)
         assert (caught.value.upstream_status, caught.value.error_code) == (None, "upstream_unreachable")
+        assert (caught.value.upstream_headers, caught.value.upstream_body) == (None, b"")
         with pytest.raises(APIError) as refused:
             run.result()
     assert (refused.value.status_code, refused.value.code) == (409, "no_upstream_response")
+
+
+def test_the_client_finds_the_gateway_and_the_caller_in_the_environment(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway({"access.mode": "header"})
+    environ = {"ASYNCGATE_URL": gateway.url, "ASYNCGATE_TOKEN": "sdk-user"}
+    with Client(prefix=gateway.prefix, trust_env=False, environ=environ) as client:
+        run = client.submit("POST", "/echo", content=b"x")
+        assert run.wait(timeout=15).state is RunState.SUCCEEDED
+        assert [status.run_id for status in client.list_runs().runs] == [run.run_id]
+    # Another caller's token does not see it: the token was what named the caller.
+    with Client(gateway.url, token="someone-else", prefix=gateway.prefix, trust_env=False, environ=environ) as other:
+        assert other.list_runs().runs == []
 
 
 def test_wait_timeout_raises_with_the_run_attached_and_the_run_goes_on(client: Client) -> None:
@@ -366,7 +384,12 @@ def test_async_run_failed_and_cancelled(gateway: Gateway) -> None:
 
     failed, cancelled, hanging, direct = asyncio.run(scenario())
     assert direct.json()["method"] == "GET"
-    assert (failed.upstream_status, failed.error_code) == (500, "upstream_error")
+    assert (failed.upstream_status, failed.error_code, failed.upstream_body) == (
+        500,
+        "upstream_error",
+        b'{"status":500}',
+    )
+    assert failed.upstream_headers is not None and failed.upstream_headers["content-type"] == "application/json"
     assert cancelled.run is hanging
     assert cancelled.status is not None and cancelled.status.state is RunState.CANCELLED
 

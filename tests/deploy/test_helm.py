@@ -167,7 +167,12 @@ def test_schema_config_keys_are_asyncgates_own_keys() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     sections = schema["properties"]["config"]["properties"]
     # The keys the chart sets itself are deliberately absent from `config`.
-    chart_owned = {"server": {"host", "port"}, "store": {"redis_url", "data_dir"}, "shutdown": {"drain_timeout"}}
+    # shutdown.pre_stop_delay is the kubelet's preStop sleep there (shutdown.preStopSleepSeconds).
+    chart_owned = {
+        "server": {"host", "port"},
+        "store": {"redis_url", "data_dir"},
+        "shutdown": {"drain_timeout", "pre_stop_delay"},
+    }
     expected = {
         field.name: {f.name for f in dataclasses.fields(getattr(asyncgate_config.Config(), field.name))}
         - chart_owned.get(field.name, set())
@@ -219,6 +224,29 @@ def test_rendered_config_is_accepted_by_asyncgate(chart: helm_python.Chart, name
     if "Deployment" in kinds(manifests):
         uses_redis = bool(values.get("redis"))
         assert (loaded.store.redis_url is not None) == uses_redis
+
+
+def notes(chart: helm_python.Chart, values: dict[str, Any]) -> str:
+    rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+@pytest.mark.parametrize(
+    ("config", "credential"),
+    [
+        ({}, "-H 'Authorization: Bearer <your token>'"),
+        ({"access": {"header": "X-Api-Key"}}, "-H 'X-Api-Key: <your credential>'"),
+        ({"access": {"mode": "open"}}, None),
+    ],
+)
+def test_the_notes_examples_carry_the_credentials_they_need(
+    chart: helm_python.Chart, config: dict[str, Any], credential: str | None
+) -> None:
+    text = notes(chart, {"upstream": {"url": "http://model:8000"}, "config": config})
+    asynchronous = [line for line in text.splitlines() if "async=true" in line or "/runs/<run id>" in line]
+    assert len(asynchronous) == 2
+    for line in asynchronous:
+        assert (credential in line) if credential else ("-H '" not in line), line
 
 
 def test_standalone_renders_one_hardened_gateway_in_front_of_the_upstream(chart: helm_python.Chart) -> None:

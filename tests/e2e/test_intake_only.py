@@ -98,7 +98,10 @@ def test_the_intake_only_replica_delivers_webhooks(make_gateway: GatewayFactory,
     wait_until(lambda: len(receiver.deliveries.for_run(run_id)) == 2, message="the second delivery")
     deliveries = receiver.deliveries.for_run(run_id)
     assert deliveries[0]["body"] == deliveries[1]["body"]
-    assert intake.run(run_id)["webhook"]["state"] == "delivered"
+    # The receiver answers before the gateway records the answer: wait for the record.
+    wait_until(
+        lambda: intake.run(run_id)["webhook"]["state"] == "delivered", message="the redelivery recorded as delivered"
+    )
 
 
 def test_the_intake_only_replica_is_ready_and_reports_the_queue(make_gateway: GatewayFactory) -> None:
@@ -112,4 +115,4 @@ def test_the_intake_only_replica_is_ready_and_reports_the_queue(make_gateway: Ga
         submit(intake, "/echo?async=true")
     # No executor refreshes the queue gauge here: the scrape itself does.
     metrics = intake.client.get(f"{intake.prefix}/metrics").text
-    assert "asyncgate_runs_queued 3.0" in metrics.splitlines()
+    assert 'asyncgate_runs_queued{scope="deployment"} 3.0' in metrics.splitlines()

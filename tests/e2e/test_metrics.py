@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+import re
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from asyncgate import __version__
 from tests.e2e.conftest import Gateway, Receiver
 from tests.e2e.test_async import submit
 from tests.support.wait import wait_until
@@ -45,11 +50,15 @@ def test_metrics_count_what_happened(gateway: Gateway, receiver: Receiver) -> No
     assert families["asyncgate_upstream_call_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
     assert sample(families, "asyncgate_upstream_call_duration_seconds") == 2
     assert families["asyncgate_sync_request_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
-    assert families["asyncgate_runs_inflight"].type == "gauge"  # type: ignore[attr-defined]
+    assert families["asyncgate_runs_in_flight"].type == "gauge"  # type: ignore[attr-defined]
     assert families["asyncgate_runs_queued"].type == "gauge"  # type: ignore[attr-defined]
+    assert sample(families, "asyncgate_runs_queued", scope="deployment") == 0
+    assert sample(families, "asyncgate_build_info", version=__version__, python=platform.python_version()) == 1
+    assert sample(families, "process_resident_memory_bytes") > 0
+    assert sample(families, "python_info", implementation=platform.python_implementation()) == 1
 
     for name, family in families.items():
-        assert name.startswith("asyncgate_"), name
+        assert name.startswith(("asyncgate_", "process_", "python_")), name
         for s in family.samples:  # type: ignore[attr-defined]
             for value in s.labels.values():
                 assert ok not in value and failed not in value and "/" not in value, (name, s.labels)
@@ -64,3 +73,16 @@ def test_refusals_are_counted_by_reason(gateway: Gateway) -> None:
     assert sample(families, "asyncgate_runs_refused", reason="invalid_idempotency_key") == 1
     assert sample(families, "asyncgate_runs_refused", reason="payload_too_large") == 1
     assert sample(families, "asyncgate_runs_accepted") == 0
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def test_the_docs_list_every_metric_as_served(gateway: Gateway) -> None:
+    served = dict(re.findall(r"^# TYPE (\S+) (\S+)$", gateway.client.get(f"{gateway.prefix}/metrics").text, re.M))
+    ours = {name: kind for name, kind in served.items() if name.startswith("asyncgate_")}
+    # prometheus_client adds a <name>_created gauge beside each counter and histogram: not ours to list.
+    ours = {name: kind for name, kind in ours.items() if not name.endswith("_created")}
+    documented = dict(re.findall(r"^\| `(asyncgate_\w+)` \| (\w+) \|", DOCS.read_text(), re.M))
+    assert documented == ours
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= set(served)

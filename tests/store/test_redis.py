@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -11,9 +13,9 @@ import redis.asyncio as aioredis
 
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
-from asyncgate.runs import Outcome, RunResult, RunState
+from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
 from asyncgate.store.factory import build_store
-from asyncgate.store.redis import UNFINISHED_TTL, RedisRunStore
+from asyncgate.store.redis import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, RedisRunStore
 from tests.store.conftest import Runner, new_run
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -72,7 +74,8 @@ def test_a_run_is_one_hash_under_a_hash_tag(
     key = redis_store.run_key(queued.run_id)
     assert redis_store.run_key(queued.run_id) == key
     stored = raw(client.hgetall(key))
-    assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body"}
+    assert set(stored) == {b"state", b"attempt", b"created_at", b"request", b"body", b"entry"}
+    assert [entry_id for entry_id, _ in raw(client.xrange(redis_store.queue))] == [stored[b"entry"]]
     assert (stored[b"state"], stored[b"attempt"], stored[b"body"]) == (b"queued", b"0", b"\x00body")
 
 
@@ -207,3 +210,65 @@ def test_claim_recreates_the_consumer_group_after_redis_lost_its_data(
     assert run(redis_store.claim("owner-a", 1, 0, LEASE)) == []
 
     assert [c.run_id for c in run(redis_store.claim("owner-a", 1, 0, LEASE))] == [queued.run_id]
+
+
+def test_purge_drops_a_gone_run_from_every_index_the_callers_included(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    mine, kept = dataclasses.replace(new_run(), caller="c" * 32), dataclasses.replace(new_run(), caller="c" * 32)
+    for queued in (mine, kept):
+        run(redis_store.create(queued, b""))
+    claimed = run(redis_store.claim("owner-a", 2, 0, LEASE))
+    assert {c.run_id for c in claimed} == {mine.run_id, kept.run_id}
+    run(redis_store.finish(mine.run_id, 1, DONE, 0.2))
+    member = f"{mine.run_id} {'c' * 32}"
+    assert 0 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= 0.2
+
+    wait_until(lambda: not raw(client.exists(redis_store.run_key(mine.run_id))), timeout=5, message="expiry")
+    run(redis_store.purge())
+
+    caller_index = redis_store.caller_index("c" * 32)
+    assert raw(client.zrange(caller_index, 0, -1)) == [kept.run_id.encode()]
+    assert raw(client.zrange(redis_store.index, 0, -1)) == [kept.run_id.encode()]
+    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{kept.run_id} {'c' * 32}".encode()]
+    assert raw(client.zrange(redis_store.leases, 0, -1)) == [kept.run_id.encode()]
+
+
+def test_purge_reschedules_a_run_still_there_and_its_work_per_call_is_bounded(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    alive = new_run()
+    run(redis_store.create(alive, b""))
+    # As if its TTL had been extended behind the schedule's back.
+    raw(client.zadd(redis_store.expiry, {f"{alive.run_id} ": 1.0}))
+    most = PURGE_BATCH * PURGE_ROUNDS
+    raw(client.zadd(redis_store.expiry, {f"gone-{n} caller-{n % 3}": 2.0 + n for n in range(most + 5)}))
+
+    run(redis_store.purge())
+
+    # The live run took one place in the first batch: 6 of the gone are left for the next call.
+    assert raw(client.zcard(redis_store.expiry)) == 1 + 6
+    assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, f"{alive.run_id} ")) - time.time()
+    run(redis_store.purge())
+    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{alive.run_id} ".encode()]
+    assert raw(client.zrange(redis_store.index, 0, -1)) == [alive.run_id.encode()]
+
+
+def test_a_redelivery_moves_the_expiry_with_the_ttl(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    hooked = dataclasses.replace(queued, request=dataclasses.replace(queued.request, webhook_url="http://h/x"))
+    run(redis_store.create(hooked, b""))
+    run(redis_store.claim("owner-a", 1, 0, LEASE))
+    run(redis_store.finish(hooked.run_id, 1, DONE, 60.0))
+    due = run(redis_store.due_deliveries(1, LEASE))
+    delivered = Delivery(DeliveryState.DELIVERED, attempts=1, last_status=200)
+    assert run(redis_store.record_delivery(hooked.run_id, due[0].token, delivered, 60.0)) is True
+    member = f"{hooked.run_id} "
+    assert 50 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= 60
+
+    assert run(redis_store.redeliver(hooked.run_id)) is True
+
+    assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= UNFINISHED_TTL
+    assert UNFINISHED_TTL - 60 < raw(client.ttl(redis_store.events_key(hooked.run_id))) <= UNFINISHED_TTL

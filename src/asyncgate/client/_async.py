@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ import httpx
 from asyncgate.client import _protocol as protocol
 from asyncgate.client._models import Result, RunEvent, RunPage, RunStatus
 from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_TIMEOUT, Call, HeaderInput, ParamInput
-from asyncgate.client.errors import TransportError, WaitTimeout
+from asyncgate.client.errors import AsyncgateClientError, TransportError, WaitTimeout
 
 logger = logging.getLogger("asyncgate.client")
 
@@ -28,15 +28,18 @@ class AsyncClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         *,
+        token: str | None = None,
         headers: HeaderInput = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         prefix: str = DEFAULT_PREFIX,
         transport: httpx.AsyncBaseTransport | None = None,
         trust_env: bool = True,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoints = protocol.Endpoints(prefix)
+        base_url, headers = protocol.connection(base_url, token, headers, environ)
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=trust_env
         )
@@ -173,6 +176,7 @@ class AsyncRun:
         self.location = location
         #: True when the submission replayed an Idempotency-Key: this run was created earlier.
         self.replayed = replayed
+        self._log = {"run_id": run_id}
 
     def __repr__(self) -> str:
         return f"<AsyncRun {self.run_id}>"
@@ -193,13 +197,23 @@ class AsyncRun:
             try:
                 response = await self.client._send(call)
             except TransportError as exc:
-                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc)
+                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc, extra=self._log)
                 plan.failed()
             else:
                 if (status := plan.received(response, time.monotonic())) is not None:
-                    return protocol.settle(self, status)
+                    return protocol.settle(self, status, await self._failed_answer(status))
             await asyncio.sleep(plan.pause(time.monotonic()))
         raise WaitTimeout(self, plan.last, timeout or 0.0)
+
+    async def _failed_answer(self, status: RunStatus) -> Result | None:
+        """The upstream's answer to a failed run, for RunFailed; None if it has none or it cannot be had."""
+        if not protocol.has_failed_answer(status):
+            return None
+        try:
+            return await self.result()
+        except AsyncgateClientError as exc:
+            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc, extra=self._log)
+            return None
 
     async def result(self) -> Result:
         """The upstream's response (status, headers, body); APIError ``run_not_finished`` before there is one."""
@@ -227,5 +241,5 @@ class AsyncRun:
                             if plan.done:
                                 return
             except protocol.STREAM_ERRORS as exc:
-                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc)
+                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             await asyncio.sleep(plan.pause())

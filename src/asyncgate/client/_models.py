@@ -48,6 +48,9 @@ class RunStatus:
     error: ErrorDetail | None
     attempt: int
     webhook: WebhookStatus | None
+    #: The run's URLs by name (``status``, ``result``, ``events``, ``cancel``), paths on the
+    #: gateway; empty from a gateway too old to send them.
+    urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     @property

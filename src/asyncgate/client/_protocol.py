@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json as jsonlib
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     from asyncgate.client._sync import Run
 
 DEFAULT_PREFIX = "/_asyncgate"
+DEFAULT_URL = "http://127.0.0.1:8080"
+#: The gateway's URL, read when no URL is passed (the client and ``asyncgate runs`` alike).
+URL_ENV = "ASYNCGATE_URL"
+#: The caller's token, sent as ``Authorization: Bearer <token>`` when no token is passed.
+TOKEN_ENV = "ASYNCGATE_TOKEN"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 RESPOND_ASYNC = "respond-async"
@@ -91,6 +97,22 @@ class Endpoints:
 
     def run(self, run_id: str) -> str:
         return f"{self.prefix}/runs/{quote(run_id, safe='')}"
+
+
+def connection(
+    base_url: str | None, token: str | None, headers: HeaderInput, environ: Mapping[str, str] | None = None
+) -> tuple[str, list[tuple[str, str]]]:
+    """The gateway's URL and the headers of every call: the arguments, then ASYNCGATE_URL and ASYNCGATE_TOKEN.
+
+    A token becomes ``Authorization: Bearer <token>``, unless ``headers`` name an Authorization
+    of their own; an empty variable counts as unset.
+    """
+    env = os.environ if environ is None else environ
+    pairs = _pairs(headers)
+    token = token if token is not None else env.get(TOKEN_ENV)
+    if token and not any(name.lower() == "authorization" for name, _ in pairs):
+        pairs.append(("Authorization", f"Bearer {token}"))
+    return base_url or env.get(URL_ENV) or DEFAULT_URL, pairs
 
 
 # Building calls ---------------------------------------------------------------------------------
@@ -269,6 +291,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             error=ErrorDetail(str(error["code"]), str(error["message"])) if error else None,
             attempt=int(data.get("attempt", 0)),
             webhook=_webhook(data.get("webhook")),
+            urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
             raw=dict(data),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -320,10 +343,15 @@ def parse_page(response: httpx.Response) -> RunPage:
     return RunPage([run_status(item) for item in runs], str(cursor) if cursor else None)
 
 
-def settle(run: Run | AsyncRun, status: RunStatus) -> RunStatus:
-    """``status`` if the run succeeded; RunFailed or RunCancelled, with the run attached, if not."""
+def has_failed_answer(status: RunStatus) -> bool:
+    """Whether the run failed with an upstream answer, which RunFailed should carry."""
+    return status.state is RunState.FAILED and status.upstream_status is not None
+
+
+def settle(run: Run | AsyncRun, status: RunStatus, answer: Result | None = None) -> RunStatus:
+    """``status`` if the run succeeded; RunFailed (with the upstream's ``answer``) or RunCancelled if not."""
     if status.state is RunState.FAILED:
-        raise RunFailed(run, status)
+        raise RunFailed(run, status, answer)
     if status.state is RunState.CANCELLED:
         raise RunCancelled(run, status)
     return status

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -14,7 +14,7 @@ import httpx
 from asyncgate.client import _protocol as protocol
 from asyncgate.client._models import Result, RunEvent, RunPage, RunStatus
 from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_TIMEOUT, Call, HeaderInput, ParamInput
-from asyncgate.client.errors import TransportError, WaitTimeout
+from asyncgate.client.errors import AsyncgateClientError, TransportError, WaitTimeout
 
 logger = logging.getLogger("asyncgate.client")
 
@@ -22,22 +22,27 @@ logger = logging.getLogger("asyncgate.client")
 class Client:
     """A connection pool to one gateway. Use it as a context manager, or call ``close()``.
 
-    ``base_url`` is the gateway's address (requests go where they would go without asyncgate);
-    ``headers`` are sent with every call (credentials, say); ``prefix`` is the gateway's
-    ``server.prefix``.
+    ``base_url`` is the gateway's address (requests go where they would go without asyncgate),
+    by default ``$ASYNCGATE_URL``, else ``http://127.0.0.1:8080``; ``token`` is the caller's
+    token, sent as ``Authorization: Bearer <token>``, by default ``$ASYNCGATE_TOKEN``;
+    ``headers`` are sent with every call; ``prefix`` is the gateway's ``server.prefix``;
+    ``environ`` replaces ``os.environ`` as where the two variables are read.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         *,
+        token: str | None = None,
         headers: HeaderInput = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         prefix: str = DEFAULT_PREFIX,
         transport: httpx.BaseTransport | None = None,
         trust_env: bool = True,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoints = protocol.Endpoints(prefix)
+        base_url, headers = protocol.connection(base_url, token, headers, environ)
         self._http = httpx.Client(
             base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=trust_env
         )
@@ -168,6 +173,7 @@ class Run:
         self.location = location
         #: True when the submission replayed an Idempotency-Key: this run was created earlier.
         self.replayed = replayed
+        self._log = {"run_id": run_id}
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id}>"
@@ -186,13 +192,23 @@ class Run:
             try:
                 response = self.client._send(call)
             except TransportError as exc:
-                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc)
+                logger.info("run %s: the gateway is out of reach, resuming: %s", self.run_id, exc, extra=self._log)
                 plan.failed()
             else:
                 if (status := plan.received(response, time.monotonic())) is not None:
-                    return protocol.settle(self, status)
+                    return protocol.settle(self, status, self._failed_answer(status))
             time.sleep(plan.pause(time.monotonic()))
         raise WaitTimeout(self, plan.last, timeout or 0.0)
+
+    def _failed_answer(self, status: RunStatus) -> Result | None:
+        """The upstream's answer to a failed run, for RunFailed; None if it has none or it cannot be had."""
+        if not protocol.has_failed_answer(status):
+            return None
+        try:
+            return self.result()
+        except AsyncgateClientError as exc:
+            logger.info("run %s: the failed run's answer is out of reach: %s", self.run_id, exc, extra=self._log)
+            return None
 
     def result(self) -> Result:
         """The upstream's response (status, headers, body); APIError ``run_not_finished`` before there is one."""
@@ -219,5 +235,5 @@ class Run:
                             if plan.done:
                                 return
             except protocol.STREAM_ERRORS as exc:
-                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc)
+                logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             time.sleep(plan.pause())

@@ -5,7 +5,7 @@
     ├── ProtocolError           the gateway answered something the protocol does not allow
     ├── APIError                the gateway's API refused the call: 4xx/5xx with a stable ``code``
     └── RunError                a run did not end as the caller needed; ``run`` is attached
-        ├── RunFailed           the run failed (``upstream_status``, ``error_code``)
+        ├── RunFailed           the run failed (``error_code``; the upstream's status, headers, body start)
         ├── RunCancelled        the run was cancelled
         └── WaitTimeout         the run was not final within the caller's timeout
 
@@ -21,8 +21,13 @@ if TYPE_CHECKING:
     import httpx
 
     from asyncgate.client._async import AsyncRun
-    from asyncgate.client._models import RunStatus
+    from asyncgate.client._models import Result, RunStatus
     from asyncgate.client._sync import Run
+
+#: How much of a failed run's upstream body ``RunFailed`` keeps, in bytes.
+BODY_PREVIEW = 4096
+#: How much of that body the error's message shows, in characters.
+MESSAGE_PREVIEW = 200
 
 
 class AsyncgateClientError(Exception):
@@ -75,15 +80,25 @@ class RunError(AsyncgateClientError):
 
 
 class RunFailed(RunError):
-    """Raised by ``wait`` (and ``Client.run``) when the run ended ``failed``."""
+    """Raised by ``wait`` (and ``Client.run``) when the run ended ``failed``.
 
-    def __init__(self, run: Run | AsyncRun, status: RunStatus) -> None:
+    When the upstream answered, ``upstream_status``, ``upstream_headers`` and ``upstream_body``
+    (its first ``BODY_PREVIEW`` bytes) say how; otherwise they are None, None and ``b""``, and
+    ``error_code`` says why there is no answer (``upstream_unreachable``, ``timeout``, ...).
+    """
+
+    def __init__(self, run: Run | AsyncRun, status: RunStatus, result: Result | None = None) -> None:
         error = status.error
         self.upstream_status = status.upstream_status
+        self.upstream_headers = result.headers if result is not None else None
+        self.upstream_body = result.content[:BODY_PREVIEW] if result is not None else b""
         self.error_code = error.code if error else None
         self.error_message = error.message if error else None
         upstream = f", upstream status {status.upstream_status}" if status.upstream_status is not None else ""
-        super().__init__(f"run {run.run_id} failed: {self.error_code}{upstream}: {self.error_message}", run, status)
+        message = f"run {run.run_id} failed: {self.error_code}{upstream}: {self.error_message}"
+        if self.upstream_body:
+            message += f": {self.upstream_body.decode(errors='replace')[:MESSAGE_PREVIEW]!r}"
+        super().__init__(message, run, status)
 
 
 class RunCancelled(RunError):

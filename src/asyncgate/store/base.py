@@ -18,6 +18,14 @@ from typing import Any, Protocol
 
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
 
+#: A run never finished (its gateways all gone, a bug) still disappears after this long, in
+#: either store; so does a finished run this long after its delivery was asked again.
+UNFINISHED_TTL = 7 * 24 * 3600
+#: Runs one purge() round forgets, at most; rounds are separate writes.
+PURGE_BATCH = 500
+#: Rounds of one purge() call, at most: 10,000 runs per recovery interval of each gateway.
+PURGE_ROUNDS = 20
+
 
 class QueueFull(Exception):
     """The store holds limits.max_queued runs that have not started; nothing was stored."""

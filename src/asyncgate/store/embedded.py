@@ -36,6 +36,9 @@ from asyncgate.runs import (
     now,
 )
 from asyncgate.store.base import (
+    PURGE_BATCH,
+    PURGE_ROUNDS,
+    UNFINISHED_TTL,
     CancelResult,
     Created,
     DueDelivery,
@@ -102,6 +105,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     fingerprint TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
+CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE INDEX IF NOT EXISTS runs_caller ON runs (caller, created_at);
 CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state IN ('pending', 'delivering');
@@ -179,11 +183,11 @@ RETURNING run_id, dlv_seq
 _RECORD_DELIVERY = """
 UPDATE runs SET dlv_state = :state, dlv_attempts = :attempts, dlv_last_status = :last_status,
     dlv_last_error = :last_error, dlv_next_at = :next_at,
-    expires_at = CASE WHEN :final THEN :now + :retention END
+    expires_at = CASE WHEN :final THEN :now + :retention ELSE expires_at END
 WHERE run_id = :run_id AND dlv_seq = :token
 """
 _REDELIVER = f"""
-UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = NULL
+UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = :now + :unfinished
 WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled') AND {_LIVE}
 """
 _EXPIRED = f"""
@@ -437,12 +441,23 @@ def _list(
     return [(row[0], _decode_run(row[1:])) for row in db.execute(sql, params)]
 
 
-def _purge(db: sqlite3.Connection) -> None:
+# Runs past their retention, and runs never finished (or whose delivery never ended) that are
+# as old as the Redis store lets any run live.
+_DUE = """
+SELECT run_id FROM runs WHERE expires_at <= :now
+UNION ALL SELECT run_id FROM runs WHERE expires_at IS NULL AND created_at <= :now - :unfinished
+LIMIT :limit
+"""
+
+
+def _purge(db: sqlite3.Connection, limit: int) -> int:
+    """Forget up to ``limit`` runs that are due, with their events and idempotency keys."""
     with _transaction(db):
-        params = {"now": now()}
-        db.execute("DELETE FROM events WHERE run_id IN (SELECT run_id FROM runs WHERE expires_at <= :now)", params)
-        db.execute("DELETE FROM idempotency WHERE run_id IN (SELECT run_id FROM runs WHERE expires_at <= :now)", params)
-        db.execute("DELETE FROM runs WHERE expires_at <= :now", params)
+        params = {"now": now(), "unfinished": UNFINISHED_TTL, "limit": limit}
+        due = db.execute(_DUE, params).fetchall()
+        for table in ("events", "idempotency", "runs"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id = ?", due)
+    return len(due)
 
 
 def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
@@ -755,7 +770,8 @@ class EmbeddedRunStore:
         return recorded
 
     async def redeliver(self, run_id: str) -> bool:
-        return await self._write(_execute, _REDELIVER, {"run_id": run_id, "now": now()}) == 1
+        params = {"run_id": run_id, "now": now(), "unfinished": UNFINISHED_TTL}
+        return await self._write(_execute, _REDELIVER, params) == 1
 
     async def queued_count(self) -> int:
         def count(db: sqlite3.Connection) -> int:
@@ -771,7 +787,10 @@ class EmbeddedRunStore:
         return {"durability": promise, "warnings": []}
 
     async def purge(self) -> None:
-        await self._write(_purge)
+        # Rounds, each its own write, so that other writes are not held up behind a long purge.
+        for _ in range(PURGE_ROUNDS):
+            if await self._write(_purge, PURGE_BATCH) < PURGE_BATCH:
+                return
 
     async def expired(self, limit: int) -> list[Run]:
         await self._purge_if_due()

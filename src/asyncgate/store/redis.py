@@ -34,6 +34,9 @@ from asyncgate.runs import (
     now,
 )
 from asyncgate.store.base import (
+    PURGE_BATCH,
+    PURGE_ROUNDS,
+    UNFINISHED_TTL,
     CancelResult,
     Created,
     DueDelivery,
@@ -58,7 +61,8 @@ from asyncgate.store.sealing import Sealer
 #                             (the request's credentials, sealed; deleted when the run ends),
 #                             caller, webhook ("1" when the run has one), cancel ("1" once asked
 #                             while running), delivery (JSON of runs.Delivery), dlv_seq (fences
-#                             delivery attempts), idem_key (the idempotency key naming the run).
+#                             delivery attempts), idem_key (the idempotency key naming the run),
+#                             entry (the id of its last queue entry, deleted if it is cancelled).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -70,6 +74,9 @@ from asyncgate.store.sealing import Sealer
 #                             expired() need not scan. A hint only; the run hash is the truth.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
 #                             same per caller. Entries of expired runs are dropped by purge().
+#   {P}:expiry        zset    Every run, member "<id> <caller>", score the time its hash expires
+#                             (updated with each TTL). purge() takes the entries now due, and for
+#                             each run found gone drops its entries from the indexes above.
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
 #   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
@@ -86,8 +93,6 @@ from asyncgate.store.sealing import Sealer
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
 
-#: A run never finished (its gateways all gone, a bug) still disappears after this long.
-UNFINISHED_TTL = 7 * 24 * 3600
 #: Ordinary commands fail with StoreUnavailable after this long without an answer.
 SOCKET_TIMEOUT = 5.0
 #: The longest claim() blocks on the queue; longer waits are cut to this.
@@ -104,8 +109,8 @@ STRICT_WAIT_MS = 2000
 LIST_SCAN_BUDGET = 1000
 #: Leases renewed per script call: Redis runs nothing else while a script runs.
 RENEW_BATCH = 500
-#: Oldest index entries checked per purge() call.
-PURGE_BATCH = 500
+#: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
+_QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
 # so per-replica names would only pile up dead consumers in the group after each restart.
@@ -129,12 +134,12 @@ _RUN_FIELDS = (
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
 # Store a new run unless its idempotency key names one already or the queue is full.
-# KEYS run, events, queue, index, caller index, [idem]; ARGV run_id, created_at, ttl (s),
+# KEYS run, events, queue, index, caller index, expiry, [idem]; ARGV run_id, created_at, ttl (s),
 # max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, request JSON,
 # body, [idem value]. The hash's field names are written here rather than sent with each run;
 # an empty started_at, caller, webhook or secrets means the run has none, and is not stored.
 _CREATE = """
-local idem = KEYS[6]
+local idem = KEYS[7]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'replay', existing} end
@@ -156,9 +161,10 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
 if idem then redis.call('SET', idem, ARGV[14], 'EX', ARGV[3]) end
 return {'created'}
 """
@@ -174,10 +180,22 @@ redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
 """
 
+# Every script that sets a run's TTL records when the hash will expire, so that purge() finds
+# the run's index entries without scanning: defines schedule(expiry key, now, ttl (ms), run id).
+# The caller is read from the hash, as the member names the caller's index too.
+_SCHEDULE = """
+local function schedule(expiry, at, ttl, run_id)
+  local caller = redis.call('HGET', KEYS[1], 'caller') or ''
+  redis.call('ZADD', expiry, tonumber(at) + tonumber(ttl) / 1000, run_id .. ' ' .. caller)
+end
+"""
+
 # The end of a run (finished or cancelled): its event, its delivery if it has a webhook, and
-# its retention. KEYS run, events, deliveries; ARGV[1..5] event JSON, pending delivery JSON,
-# now, retention (ms), run id. A pending delivery keeps the run until it is final.
-_CLOSE = """
+# its retention. KEYS run, events, deliveries, expiry; ARGV[1..5] event JSON, pending delivery
+# JSON, now, retention (ms), run id. A pending delivery keeps the run until it is final.
+_CLOSE = (
+    _SCHEDULE
+    + """
 local function close_run()
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
   local ttl = ARGV[4]
@@ -191,8 +209,10 @@ local function close_run()
   local idem = redis.call('HGET', KEYS[1], 'idem_key')
   -- Not declared in KEYS, so standalone Redis only: the key a run names lives as long as it.
   if idem then redis.call('PEXPIRE', idem, ttl) end
+  schedule(KEYS[4], ARGV[3], ttl, ARGV[5])
 end
 """
+)
 
 # The fence of every write made for an attempt (see store/base.py). ARGV[1] is the attempt.
 _HOLDS = """
@@ -248,7 +268,7 @@ if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARG
 return resume
 """
 
-# KEYS run, events, deliveries; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
+# KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
     _CLOSE
     + """
@@ -261,7 +281,8 @@ return 1
 """
 )
 
-# KEYS run, events, deliveries; ARGV as _CLOSE, then the cancelled run's field pairs.
+# KEYS run, events, deliveries, expiry, queue; ARGV as _CLOSE, then the cancelled run's field
+# pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
 _CANCEL = (
     _CLOSE
     + """
@@ -272,7 +293,9 @@ if state == 'running' then
   return 'requested'
 end
 if state ~= 'queued' then return 'finished' end
-redis.call('HDEL', KEYS[1], 'body', 'secrets')
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 close_run()
 return 'cancelled'
@@ -286,7 +309,7 @@ _REQUEUE = (
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3])
+redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
 return 1
 """
 )
@@ -308,9 +331,13 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
 """
 
-# Report an attempt. KEYS run, events, deliveries; ARGV token, delivery JSON, final ("1"/"0"),
-# next attempt time, run id, retention (ms), event JSON.
-_RECORD_DELIVERY = """
+# Report an attempt. KEYS run, events, deliveries, expiry; ARGV token, delivery JSON, final
+# ("1"/"0"), next attempt time, run id, retention (ms), event JSON, now. The event log gets the
+# run's TTL each time: after a redelivery it may have expired, and XADD would make it anew
+# without one.
+_RECORD_DELIVERY = (
+    _SCHEDULE
+    + """
 if redis.call('HGET', KEYS[1], 'dlv_seq') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[7])
@@ -320,22 +347,31 @@ if ARGV[3] == '1' then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
   local idem = redis.call('HGET', KEYS[1], 'idem_key')
   if idem then redis.call('PEXPIRE', idem, ARGV[6]) end
+  schedule(KEYS[4], ARGV[8], ARGV[6], ARGV[5])
 else
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 end
 return 1
 """
+)
 
-# KEYS run, deliveries; ARGV now, pending delivery JSON, run id, ttl (s).
-_REDELIVER = """
+# KEYS run, events, deliveries, expiry; ARGV now, pending delivery JSON, run id, ttl (s). The
+# event log lives as long as the run again, as it does from create on.
+_REDELIVER = (
+    _SCHEDULE
+    + """
 local state, webhook = unpack(redis.call('HMGET', KEYS[1], 'state', 'webhook'))
 if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled') then return 0 end
 redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+schedule(KEYS[4], ARGV[1], tonumber(ARGV[4]) * 1000, ARGV[3])
 return 1
 """
+)
 
 # Drop index entries of runs found not running, unless a claim re-indexed them meanwhile
 # (a claim writes a score past the cutoff). KEYS[1] leases; ARGV cutoff, then run ids.
@@ -490,6 +526,7 @@ class RedisRunStore:
         self.index = f"{tag}:index"
         self.deliveries = f"{tag}:deliveries"
         self.alive = f"{tag}:alive"
+        self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
@@ -556,6 +593,7 @@ class RedisRunStore:
             self.queue,
             self.index,
             self.caller_index(run.caller),
+            self.expiry,
         ]
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
         args: list[Any] = [
@@ -695,7 +733,7 @@ class RedisRunStore:
             raise ValueError(f"a run cannot finish as {outcome.state}")
         event = state_event(outcome.state, attempt, now(), outcome)
         args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
         with _STORE_ERRORS:
             finished = await self._scripts.finish(keys, args)
             if finished:
@@ -752,7 +790,7 @@ class RedisRunStore:
         event = state_event(RunState.CANCELLED, 0, at)
         error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
         with _STORE_ERRORS:
             result = CancelResult((await self._scripts.cancel(keys, args)).decode())
@@ -846,8 +884,9 @@ class RedisRunStore:
             run_id,
             max(1, int(retention * 1000)),
             orjson.dumps(delivery_event(delivery, now())),
+            now(),
         ]
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
         with _STORE_ERRORS:
             return bool(await self._scripts.record_delivery(keys, args))
 
@@ -855,11 +894,12 @@ class RedisRunStore:
         at = now()
         args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL]
         with _STORE_ERRORS:
-            return bool(await self._scripts.redeliver([self.run_key(run_id), self.deliveries], args))
+            keys = [self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry]
+            return bool(await self._scripts.redeliver(keys, args))
 
     async def queued_count(self) -> int:
-        # Entries of runs cancelled while queued stay until an executor reads them: an
-        # overcount for a moment, which errs on the side of refusing work.
+        # Cancelling a queued run deletes its entry; entries of runs expired unclaimed
+        # (UNFINISHED_TTL) stay until read or trimmed: an overcount that errs on the side of refusing work.
         with _STORE_ERRORS:
             return int(await self._redis.xlen(self.queue))
 
@@ -892,14 +932,48 @@ class RedisRunStore:
         return {"durability": promise, "warnings": warnings}
 
     async def purge(self) -> None:
-        with _STORE_ERRORS:
-            members = cast(list[bytes], await self._redis.zrange(self.index, 0, PURGE_BATCH - 1))
-            if not members:
+        # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
+        for _ in range(PURGE_ROUNDS):
+            if await self._purge_batch() < PURGE_BATCH:
                 return
+
+    async def _purge_batch(self) -> int:
+        """Forget up to PURGE_BATCH runs past their expiry; say how many entries were due."""
+        at = now()
+        with _STORE_ERRORS:
+            due = await self._redis.zrangebyscore(self.expiry, "-inf", at, start=0, num=PURGE_BATCH)
+            members = [member.decode() for member in cast(list[bytes], due)]
+            runs = [member.partition(" ") for member in members]
             async with self._redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.exists(self.run_key(member.decode()))
-                exists = await pipe.execute()
-            gone = [member for member, alive in zip(members, exists, strict=True) if not alive]
-            if gone:
-                await self._redis.zrem(self.index, *gone)
+                for run_id, _, _ in runs:
+                    pipe.pttl(self.run_key(run_id))
+                # The queue's entries of runs gone unclaimed: their hashes expired, nobody reads them.
+                pipe.xtrim(self.queue, minid=int(at * 1000) - _QUEUE_ENTRY_LIFETIME_MS, approximate=True)
+                ttls = cast(list[int], (await pipe.execute())[:-1])
+            if runs:
+                await self._forget(at, members, runs, ttls)
+        return len(members)
+
+    async def _forget(self, at: float, members: list[str], runs: list[tuple[str, str, str]], ttls: list[int]) -> None:
+        """Drop every index entry of the runs gone; reschedule those still there (a TTL extended)."""
+        gone: dict[str, list[str]] = {}
+        alive: dict[str, float] = {}
+        for member, (run_id, _, caller), ttl in zip(members, runs, ttls, strict=True):
+            if ttl == -2:  # no such key
+                gone.setdefault(caller, []).append(run_id)
+            else:
+                alive[member] = at + (ttl / 1000 if ttl >= 0 else UNFINISHED_TTL)
+        # A run id is never used again, so a run found gone stays gone: no script needed.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for caller, run_ids in gone.items():
+                if caller:
+                    pipe.zrem(self.caller_index(caller), *run_ids)
+            every = [run_id for run_ids in gone.values() for run_id in run_ids]
+            if every:
+                for key in (self.index, self.leases, self.deliveries):
+                    pipe.zrem(key, *every)
+                pipe.zrem(self.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
+            if alive:
+                # GT: a TTL extended meanwhile (a redelivery) keeps its later time.
+                pipe.zadd(self.expiry, alive, gt=True)
+            await pipe.execute()

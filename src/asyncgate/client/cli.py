@@ -1,7 +1,10 @@
 """``asyncgate runs ...``: submit, follow and inspect runs from a shell, over ``asyncgate.client``.
 
+The gateway is ``--gateway``, else ``$ASYNCGATE_URL``, else http://127.0.0.1:8080; the caller's
+token is ``--token``, else ``$ASYNCGATE_TOKEN`` (sent as ``Authorization: Bearer``).
+
 Exit codes: 0 ok, 1 the run failed or was cancelled, 2 usage, 3 wait timed out, 4 the gateway
-refused the call or could not be reached.
+refused the call or could not be reached, 130 interrupted (Ctrl-C; the run goes on).
 """
 
 from __future__ import annotations
@@ -11,29 +14,38 @@ import asyncio
 import base64
 import contextlib
 import json
+import shlex
 import sys
-import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from asyncgate.client import APIError, AsyncClient, AsyncRun, Client, ProtocolError, RunState, RunStatus, TransportError
-from asyncgate.client._protocol import DEFAULT_PREFIX
+from asyncgate.client import (
+    APIError,
+    AsyncClient,
+    AsyncgateClientError,
+    AsyncRun,
+    Client,
+    ProtocolError,
+    Result,
+    RunEvent,
+    RunState,
+    RunStatus,
+    TransportError,
+)
+from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_URL, TOKEN_ENV, URL_ENV, connection
+from asyncgate.client._render import Progress, answer_excerpt, describe, event_line, is_text, table
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_API_ERROR = 4
+#: 128 + SIGINT, as a shell reports a command that Ctrl-C stopped.
+EXIT_INTERRUPTED = 130
 
-DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: How often the live progress line is redrawn on a terminal, in seconds.
 FRAME_INTERVAL = 0.1
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-ASCII_SPINNER = "-\\|/"
-#: Widest path shown in ``runs list``.
-PATH_WIDTH = 40
 
 
 # Arguments --------------------------------------------------------------------------------------
@@ -57,6 +69,15 @@ def _data(value: str) -> bytes:
     return value.encode()
 
 
+def _json_body(value: str) -> bytes:
+    body = _data(value)
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    return body
+
+
 def _positive(value: str) -> float:
     try:
         seconds = float(value)
@@ -70,7 +91,12 @@ def _positive(value: str) -> float:
 def add_runs_commands(subparsers: Any) -> None:
     """Add ``runs`` and its commands to the ``asyncgate`` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--gateway", default=DEFAULT_GATEWAY, metavar="URL", help=f"default {DEFAULT_GATEWAY}")
+    common.add_argument("--gateway", metavar="URL", help=f"the gateway (default ${URL_ENV}, else {DEFAULT_URL})")
+    common.add_argument(
+        "--token",
+        help=f"the caller's token, sent as Authorization: Bearer TOKEN (default ${TOKEN_ENV}); "
+        "runs belong to their caller",
+    )
     common.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"the gateway's API prefix (default {DEFAULT_PREFIX})")
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     common.add_argument(
@@ -80,21 +106,31 @@ def add_runs_commands(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="NAME:VALUE",
-        help="a header for every request, e.g. -H 'Authorization: Bearer TOKEN' (runs belong to their caller)",
+        help="a header for every request; an Authorization header here replaces the token",
     )
 
     runs = subparsers.add_parser(
         "runs",
         help="submit, follow and inspect runs",
-        description="Submit, follow and inspect runs. A run id that starts with - goes after --, "
-        "as in: asyncgate runs wait -- -Xb3...",
+        description="Submit, follow and inspect runs. The gateway is --gateway, else $ASYNCGATE_URL; the caller's "
+        "token is --token, else $ASYNCGATE_TOKEN. A run id that starts with - goes after --, as in: "
+        "asyncgate runs wait -- -Xb3... Ctrl-C stops following a run, not the run. Exit status: 0 ok, 1 the run "
+        "failed or was cancelled, 2 usage, 3 wait timed out, 4 the gateway refused or was unreachable, 130 Ctrl-C.",
     )
     commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser("submit", parents=[common], help="submit a request as a run; print its id")
     submit.add_argument("method")
     submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
-    submit.add_argument("-d", "--data", type=_data, help="the request body: TEXT, @FILE, or - for stdin")
+    body = submit.add_mutually_exclusive_group()
+    body.add_argument("-d", "--data", type=_data, help="the request body, sent as is: TEXT, @FILE, or - for stdin")
+    body.add_argument(
+        "-j",
+        "--json-body",
+        type=_json_body,
+        metavar="JSON",
+        help="a JSON request body, checked and sent with Content-Type: application/json: TEXT, @FILE, or -",
+    )
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
     submit.add_argument("--idempotency-key", metavar="KEY")
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
@@ -112,6 +148,11 @@ def add_runs_commands(subparsers: Any) -> None:
     result.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     result.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE")
 
+    events = commands.add_parser(
+        "events", parents=[common], help="print a run's events as they happen, to its end; non-zero unless it succeeded"
+    )
+    events.add_argument("run_id")
+
     listing = commands.add_parser("list", parents=[common], help="list runs, newest first")
     listing.add_argument("--status", choices=[state.value for state in RunState])
     listing.add_argument("--limit", type=int, default=50)
@@ -121,11 +162,16 @@ def add_runs_commands(subparsers: Any) -> None:
 # Commands ---------------------------------------------------------------------------------------
 
 
-def run_runs_command(args: argparse.Namespace) -> int:
-    """Run the parsed ``runs`` command; its exit code."""
+def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
+    """Run the parsed ``runs`` command, with ``environ`` (default ``os.environ``); its exit code."""
     out, err = sys.stdout, sys.stderr
+    flags = args.gateway, args.token, list(args.header)
+    args.gateway, args.header = connection(args.gateway, args.token, args.header, environ)
     try:
         return _COMMANDS[args.runs_command](args, out, err)
+    except KeyboardInterrupt:
+        _interrupted(args, flags, err)
+        return EXIT_INTERRUPTED
     except APIError as exc:
         print(f"asyncgate: the gateway refused: {exc.code}: {exc.message} (HTTP {exc.status_code})", file=err)
     except TransportError as exc:
@@ -135,8 +181,29 @@ def run_runs_command(args: argparse.Namespace) -> int:
     return EXIT_API_ERROR
 
 
+def _interrupted(
+    args: argparse.Namespace, flags: tuple[str | None, str | None, list[tuple[str, str]]], err: TextIO
+) -> None:
+    """Ctrl-C: say so on a line of its own and, while following a run, how to pick it up again."""
+    if err.isatty():
+        err.write("\n")  # the terminal echoed ^C on the current line
+    if args.runs_command not in FOLLOWING:
+        print("asyncgate: interrupted", file=err)
+        return
+    gateway, token, headers = flags
+    command = ["asyncgate", "runs", args.runs_command]
+    if gateway:
+        command += ["--gateway", gateway]
+    if args.prefix != DEFAULT_PREFIX:
+        command += ["--prefix", args.prefix]
+    command += ["--", args.run_id]
+    again = shlex.join(command) + (" (with the same --token and -H options)" if token or headers else "")
+    print(f"asyncgate: stopped following; run {args.run_id} goes on at the gateway. Pick it up again with:", file=err)
+    print(f"  {again}", file=err)
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.gateway, prefix=args.prefix, headers=dict(args.header))
+    return Client(args.gateway, prefix=args.prefix, headers=args.header, environ={})
 
 
 def _print_json(out: TextIO, data: Any) -> None:
@@ -144,12 +211,15 @@ def _print_json(out: TextIO, data: Any) -> None:
 
 
 def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    headers = list(args.header)
+    if args.json_body is not None and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("Content-Type", "application/json"))
     with _client(args) as client:
         run = client.submit(
             args.method,
             args.path,
-            content=args.data,
-            headers=args.header,
+            content=args.data if args.json_body is None else args.json_body,
+            headers=headers,
             webhook=args.webhook,
             idempotency_key=args.idempotency_key,
             timeout=args.timeout,
@@ -202,6 +272,8 @@ def _result(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         Path(args.output).write_bytes(result.content)
     else:
         _write_bytes(out, result.content)
+        if is_text(result.content) and not result.content.endswith(b"\n"):
+            out.write("\n")  # so the shell's prompt starts on a line of its own
     return EXIT_OK if succeeded else EXIT_RUN_FAILED
 
 
@@ -231,84 +303,37 @@ def _wait(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return asyncio.run(_follow(args, out, err))
 
 
+def _events(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    last: RunEvent | None = None
+    with _client(args) as client:
+        for event in client.attach(args.run_id).events():
+            if args.json:
+                out.write(json.dumps({"id": event.id, **event.data}, ensure_ascii=False) + "\n")
+            else:
+                out.write(event_line(event))
+            out.flush()
+            last = event
+    return EXIT_OK if last is not None and last.state is RunState.SUCCEEDED else EXIT_RUN_FAILED
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "submit": _submit,
     "status": _status,
     "wait": _wait,
+    "events": _events,
     "result": _result,
     "cancel": _cancel,
     "list": _list,
 }
+#: Commands that follow a run until it ends: Ctrl-C stops them, not the run.
+FOLLOWING = frozenset({"wait", "events"})
 
 
 # wait -------------------------------------------------------------------------------------------
 
 
-class Progress:
-    """The live line of ``runs wait`` on a terminal (spinner, state, elapsed), or a line per change elsewhere.
-
-    Times count from the run's creation, the moment of its first event, on the wall clock.
-    """
-
-    def __init__(
-        self,
-        stream: TextIO,
-        run_id: str,
-        *,
-        tty: bool,
-        quiet: bool = False,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.stream = stream
-        self.run_id = run_id
-        self.tty = tty
-        self.quiet = quiet
-        self.state: RunState | None = None
-        self._clock = clock
-        self._origin: float | None = None
-        self._frame = 0
-        encoding = (getattr(stream, "encoding", None) or "ascii").lower().replace("-", "")
-        self._spinner = SPINNER if encoding == "utf8" else ASCII_SPINNER
-
-    def elapsed(self, at: float | None = None) -> float:
-        """Seconds from the run's creation to ``at`` (default now)."""
-        moment = self._clock() if at is None else at
-        return max(0.0, moment - (moment if self._origin is None else self._origin))
-
-    def update(self, state: RunState, at: float | None = None) -> None:
-        """The run entered ``state`` at ``at`` (epoch seconds, default now)."""
-        if self._origin is None:
-            self._origin = self._clock() if at is None else at
-        if state == self.state:
-            return
-        self.state = state
-        if self.quiet:
-            return
-        if self.tty:
-            self._draw()
-        else:
-            self.stream.write(f"{self.run_id} {state} after {self.elapsed(at):.1f}s\n")
-            self.stream.flush()
-
-    def tick(self) -> None:
-        if self.tty and not self.quiet and self.state is not None:
-            self._frame += 1
-            self._draw()
-
-    def _draw(self) -> None:
-        spin = self._spinner[self._frame % len(self._spinner)]
-        self.stream.write(f"\r\x1b[2K{spin} {self.run_id} {self.state} {self.elapsed():.1f}s")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Clear the live line, so what follows starts on a clean one."""
-        if self.tty and not self.quiet and self.state is not None:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
-
-
 async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with AsyncClient(args.gateway, prefix=args.prefix, headers=dict(args.header)) as client:
+    async with AsyncClient(args.gateway, prefix=args.prefix, headers=args.header, environ={}) as client:
         run = client.attach(args.run_id)
         progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json)
         try:
@@ -324,7 +349,18 @@ async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         finally:
             progress.close()
         status = await run.status()
-    return _report(status, progress.elapsed(), args.json, out, err)
+        answer = await _failed_answer(run, status) if not args.json else None
+    return _report(status, progress.elapsed(), args.json, out, err, answer)
+
+
+async def _failed_answer(run: AsyncRun, status: RunStatus) -> Result | None:
+    """The upstream's answer to a run that failed with one, to show; None otherwise."""
+    if status.state is not RunState.FAILED or status.upstream_status is None:
+        return None
+    try:
+        return await run.result()
+    except AsyncgateClientError:
+        return None
 
 
 async def _watch(run: AsyncRun, progress: Progress) -> None:
@@ -350,7 +386,9 @@ async def _watch(run: AsyncRun, progress: Progress) -> None:
             await task
 
 
-def _report(status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: TextIO) -> int:
+def _report(
+    status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: TextIO, answer: Result | None = None
+) -> int:
     if status.created_at is not None and status.finished_at is not None:
         elapsed = (status.finished_at - status.created_at).total_seconds()
     if as_json:
@@ -362,67 +400,23 @@ def _report(status: RunStatus, elapsed: float, as_json: bool, out: TextIO, err: 
         return EXIT_OK
     if status.error is not None and not as_json:
         print(f"asyncgate: run {status.run_id} {status.state}: {status.error.code}: {status.error.message}", file=err)
+    if answer is not None:
+        err.write(answer_excerpt(answer))
     return EXIT_RUN_FAILED
 
 
-# Rendering --------------------------------------------------------------------------------------
+# Standalone entry point (``python -m asyncgate.client.cli runs ...``), the same as ``asyncgate runs ...``
 
 
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def describe(status: RunStatus) -> str:
-    """A run's status as aligned ``name  value`` lines."""
-    error = f"{status.error.code}: {status.error.message}" if status.error else "-"
-    webhook = status.webhook
-    rows = [
-        ("run_id", status.run_id),
-        ("status", str(status.state)),
-        ("request", f"{status.method} {status.path}"),
-        ("upstream", "-" if status.upstream_status is None else str(status.upstream_status)),
-        ("error", error),
-        ("attempt", str(status.attempt)),
-        ("created", _when(status.created_at)),
-        ("started", _when(status.started_at)),
-        ("finished", _when(status.finished_at)),
-    ]
-    if webhook is not None:
-        rows.append(("webhook", f"{webhook.state} after {webhook.attempts} attempt(s) to {webhook.url}"))
-    return "".join(f"{name:<10}{value}\n" for name, value in rows)
-
-
-def table(runs: Sequence[RunStatus]) -> str:
-    """Runs as a table with a header row, columns as wide as their widest cell."""
-    header = ("RUN ID", "STATUS", "UPSTREAM", "METHOD", "PATH", "CREATED")
-    rows = [header] + [
-        (
-            run.run_id,
-            str(run.state),
-            "-" if run.upstream_status is None else str(run.upstream_status),
-            run.method,
-            run.path if len(run.path) <= PATH_WIDTH else run.path[: PATH_WIDTH - 3] + "...",
-            _when(run.created_at),
-        )
-        for run in runs
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
-    )
-
-
-# Standalone entry point (``python -m asyncgate.runs_cli``), until ``asyncgate runs`` is wired --------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``asyncgate runs ...`` alone, without the server's modules: usage errors return 2 instead of exiting."""
     parser = argparse.ArgumentParser(prog="asyncgate")
     add_runs_commands(parser.add_subparsers(dest="command", required=True))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    return run_runs_command(args)
+    return run_runs_command(args, environ)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from asyncgate import runs_cli
-from asyncgate.client import RunState
-from asyncgate.runs_cli import Progress, main
+from asyncgate.client import Result, RunState, _render
+from asyncgate.client._render import Progress, answer_excerpt
+from asyncgate.client.cli import main
 from tests.e2e.conftest import Gateway
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
@@ -25,7 +28,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{22}$")
 
 
 #: Commands whose first argument is a run id.
-ON_A_RUN = frozenset({"status", "wait", "result", "cancel"})
+ON_A_RUN = frozenset({"status", "wait", "events", "result", "cancel"})
 
 
 class Shell:
@@ -105,6 +108,73 @@ def test_submit_reads_the_body_from_stdin_and_text(
     assert gateway.client.get(f"{gateway.prefix}/runs/{text}/result").json()["body"] == "plain text"
 
 
+def test_json_body_is_checked_and_sent_as_json(shell: Shell, gateway: Gateway, tmp_path: Path) -> None:
+    run_id = shell.submit("POST", "/echo", "--json-body", '{"param": "hello world"}')
+    (tmp_path / "body.json").write_text("[1, 2]")
+    from_file = shell.submit("POST", "/echo", "-j", f"@{tmp_path / 'body.json'}", "-H", "Content-Type: text/x-json")
+    for run, body, content_type in (
+        (run_id, '{"param": "hello world"}', "application/json"),
+        (from_file, "[1, 2]", "text/x-json"),
+    ):
+        assert gateway.wait_final(run)["status"] == "succeeded"
+        call = gateway.client.get(f"{gateway.prefix}/runs/{run}/result").json()
+        assert (call["body"], dict(call["headers"])["content-type"]) == (body, content_type)
+
+
+def test_the_gateway_and_the_caller_come_from_the_environment_and_flags_win(
+    make_gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = make_gateway({"access.mode": "header"})
+    environ = {"ASYNCGATE_URL": gateway.url, "ASYNCGATE_TOKEN": "cli-user"}
+    prefix = ["--prefix", gateway.prefix]
+    assert main(["runs", "submit", "POST", "/echo", "-d", "x", *prefix], environ) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert main(["runs", "wait", *prefix, "--json", "--", run_id], environ) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+    # --token and --gateway win over the variables; another caller does not see the run.
+    assert main(["runs", "status", *prefix, "--token", "someone-else", "--", run_id], environ) == 4
+    assert "run_not_found" in capsys.readouterr().err
+    elsewhere = {**environ, "ASYNCGATE_URL": f"http://127.0.0.1:{free_port()}"}
+    assert main(["runs", "status", *prefix, "--gateway", gateway.url, "--", run_id], elsewhere) == 0
+    assert main(["runs", "status", *prefix, "--", run_id], elsewhere) == 4
+    assert "cannot reach the gateway at http://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_events_prints_each_event_to_the_end(shell: Shell) -> None:
+    run_id = shell.submit("GET", "/sleep?seconds=0.5")
+    code, out, err = shell("events", run_id)
+    assert (code, err) == (0, "")
+    lines = [line.split("  ") for line in out.splitlines()]
+    assert [line[1:] for line in lines] == [
+        ["queued", "attempt 0"],
+        ["running", "attempt 1"],
+        ["succeeded", "attempt 1", "upstream 200"],
+    ]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line[0]) for line in lines), out
+
+    failed = shell.submit("GET", "/status/502")
+    code, out, _ = shell("events", failed, "--json")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert [event["event"] for event in events] == ["queued", "running", "failed"]
+    assert {event["run_id"] for event in events} == {failed} and all(event["id"] for event in events)
+    assert events[-1]["upstream_status"] == 502 and events[-1]["error"]["code"] == "upstream_error"
+
+
+def test_answer_excerpt_shows_the_first_lines() -> None:
+    lines = "\n".join(f"line {n}" for n in range(15)) + "\n" + "y" * 300
+    text = answer_excerpt(Result(500, httpx.Headers(), lines.encode()))
+    assert text.splitlines()[0] == "the upstream answered 500:"
+    assert text.splitlines()[1:11] == [f"  line {n}" for n in range(10)]
+    assert text.endswith("  ... 6 more lines (asyncgate runs result)\n")
+    long = answer_excerpt(Result(502, httpx.Headers(), b"z" * 300))
+    assert long == "the upstream answered 502:\n  " + "z" * 197 + "...\n"
+    assert answer_excerpt(Result(503, httpx.Headers(), b"")) == "the upstream answered 503 with an empty body\n"
+    assert answer_excerpt(Result(500, httpx.Headers(), b"\xff\xfe")) == (
+        "the upstream answered 500 with 2 bytes that are not text\n"
+    )
+
+
 def test_wait_shows_each_state_change(shell: Shell) -> None:
     run_id = shell.submit("GET", "/sleep?seconds=1")
     code, _, err = shell("wait", run_id)
@@ -157,8 +227,11 @@ def test_a_failed_run_exits_1(shell: Shell) -> None:
     assert code == 1
     assert out == f"{run_id} failed (upstream 500) after {out.split()[-1]}\n"
     assert f"run {run_id} failed: upstream_error:" in err
+    # The upstream's own words, under the gateway's.
+    assert err.endswith('the upstream answered 500:\n  {"status":500}\n'), err
     code, out, _ = shell("result", run_id)
-    assert (code, json.loads(out)) == (1, {"status": 500})
+    # The body has no final newline; the output does, so the prompt starts on its own line.
+    assert (code, out) == (1, '{"status":500}\n')
     code, failed = shell.json("wait", run_id)
     assert code == 1 and failed["error"]["code"] == "upstream_error"
 
@@ -233,6 +306,8 @@ def test_a_run_id_that_starts_with_a_dash_goes_after_a_double_dash(capsys: pytes
         ["runs", "submit", "GET", "/x", "--data", "@/nonexistent/file"],
         ["runs", "wait", "r1", "--timeout", "0"],
         ["runs", "list", "--status", "paused"],
+        ["runs", "submit", "POST", "/x", "--json-body", "{not json"],
+        ["runs", "submit", "POST", "/x", "-d", "x", "--json-body", "{}"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -254,6 +329,44 @@ def test_as_a_process(gateway: Gateway) -> None:
     waited = run("wait", "--json", "--", run_id)
     assert waited.returncode == 1
     assert json.loads(waited.stdout)["upstream_status"] == 502
+
+
+@pytest.mark.parametrize("command", ["wait", "events"])
+def test_ctrl_c_leaves_the_run_going_and_says_how_to_follow_it_again(gateway: Gateway, command: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_id = gateway.client.get("/sleep?seconds=60&async=true").json()["run_id"]
+    wait_until(lambda: gateway.run(run_id)["status"] == "running", message="running")
+    argv = ["runs", command, "--gateway", gateway.url, "--prefix", gateway.prefix, "--", run_id]
+    seen: list[bytes] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "asyncgate", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        following, other = (process.stdout, process.stderr) if command == "events" else (process.stderr, None)
+        reader = threading.Thread(target=lambda: seen.extend(iter(following.readline, b"")), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any(b"running" in line for line in seen), timeout=20, message="following")
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=20)
+        finally:
+            process.kill()
+        reader.join(5)
+        err = (other.read() if other is not None else b"".join(seen)).decode()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    prefix = f" --prefix {gateway.prefix}" if gateway.prefix != "/_asyncgate" else ""
+    again = f"asyncgate runs {command} --gateway {gateway.url}{prefix} -- {run_id}"
+    assert err.endswith(
+        f"asyncgate: stopped following; run {run_id} goes on at the gateway. Pick it up again with:\n  {again}\n"
+    ), err
+    assert gateway.run(run_id)["status"] == "running"
+    # The command shown picks the run up again: here it ends with the run, cancelled meanwhile.
+    gateway.client.delete(f"{gateway.prefix}/runs/{run_id}")
+    picked_up = subprocess.run(
+        [sys.executable, "-m", "asyncgate", *again.split()[1:]], capture_output=True, env=env, timeout=60
+    )
+    assert picked_up.returncode == 1 and b"cancelled" in picked_up.stdout, picked_up
 
 
 # The progress line ------------------------------------------------------------------------------
@@ -301,7 +414,7 @@ def test_the_ascii_spinner_where_the_stream_is_not_utf8() -> None:
     screen = Terminal()
     screen.encoding = "ascii"
     Progress(screen, "r1", tty=True, clock=lambda: 0.0).update(RunState.QUEUED)
-    assert screen.getvalue() == f"\r\x1b[2K{runs_cli.ASCII_SPINNER[0]} r1 queued 0.0s"
+    assert screen.getvalue() == f"\r\x1b[2K{_render.ASCII_SPINNER[0]} r1 queued 0.0s"
 
 
 def test_every_command_can_name_its_caller(make_gateway: Any, capsys: pytest.CaptureFixture[str]) -> None:
