@@ -22,6 +22,7 @@ from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
 from asyncgate.server import uvicorn_options
+from asyncgate.tracing import NO_TRACING, Tracing, from_environ
 
 logger = logging.getLogger("asyncgate")
 
@@ -59,9 +60,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, tracing: Tracing = NO_TRACING) -> None:
     logs.configure(config.server.log_format, config.server.log_level)
-    gateway = create_app(config)
+    gateway = create_app(config, tracing)
     server_config = uvicorn.Config(
         gateway,
         host=config.server.host,
@@ -144,10 +145,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             print(f"{args.file}: ok")
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
+        tracing = from_environ(env)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    serve(config)
+    serve(config, tracing)
     return 0
 
 

@@ -21,6 +21,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
+from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 
 logger = logging.getLogger("asyncgate.executor")
@@ -79,9 +80,16 @@ class Executor:
     """Runs queued work with at most ``limits.max_inflight`` upstream calls at once."""
 
     def __init__(
-        self, config: Config, store: RunStore, upstream: Upstream, on_finished: FinishedCallback, metrics: Metrics
+        self,
+        config: Config,
+        store: RunStore,
+        upstream: Upstream,
+        on_finished: FinishedCallback,
+        metrics: Metrics,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.metrics = metrics
         self.store = store
         self.upstream = upstream
@@ -219,6 +227,7 @@ class Executor:
         self.metrics.runs_inflight.set(len(self._held))
         if run.attempt == 1 and run.started_at is not None:
             self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
+            self.tracing.queue_wait(run)
 
     def _release(self, held: Held) -> None:
         if self._held.get(held.run.run_id) is held:
@@ -254,7 +263,7 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
-            return await replay(self.upstream, held.run, body, self.config.limits.max_result_bytes)
+            return await replay(self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing)
         except asyncio.CancelledError:
             if not held.cancelling or held.task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel
