@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import logging
 import os
 import secrets
@@ -17,7 +19,7 @@ from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
-from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
+from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -32,8 +34,41 @@ FinishedCallback = Callable[[Run, Outcome], Awaitable[None]]
 
 #: Pause before asking an unreachable store for work again.
 STORE_RETRY_DELAY = 1.0
+#: Longest wait for a cancelled task of the executor to end on shutdown.
+STOP_TIMEOUT = 10.0
+#: Longest pause between renewal attempts while the store cannot be reached.
+RENEW_RETRY_DELAY = 0.25
 #: Expired runs handled per recovery pass.
 RECOVERY_BATCH = 100
+
+
+class Phase(enum.Enum):
+    #: Claimed; the request has not been sent, so handing the run back can never repeat it.
+    STARTING = enum.auto()
+    #: The upstream call is under way: the request may have reached the upstream.
+    CALLING = enum.auto()
+    #: The call is over and its outcome is being written; that write ends the lease itself.
+    RECORDING = enum.auto()
+
+
+@dataclasses.dataclass(eq=False)
+class Held:
+    """One attempt of one run that this gateway holds, from its claim to its release."""
+
+    run: Run
+    task: asyncio.Task[None] = dataclasses.field(init=False)
+    phase: Phase = Phase.STARTING
+    #: A client asked to cancel it: the task's CancelledError is that cancel, not a shutdown.
+    cancelling: bool = False
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for cancelled tasks to end, a bounded time: a shutdown must not hang on one."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    for task in pending:
+        logger.warning("%s did not end within %ss of being stopped", task.get_name(), STOP_TIMEOUT)
 
 
 def owner_id() -> str:
@@ -60,25 +95,36 @@ class Executor:
         self.upstream = upstream
         self.on_finished = on_finished
         self.owner = owner_id()
-        self._held: dict[asyncio.Task[None], Run] = {}
-        #: The task of each held run while its upstream call is in progress (what a cancel stops).
-        self._calls: dict[str, asyncio.Task[None]] = {}
-        #: Runs a client asked to cancel: their task's CancelledError is a cancel, not a shutdown.
-        self._cancelling: set[str] = set()
-        #: Runs whose upstream call is over and whose outcome is being recorded: not renewed,
-        #: since the recording itself ends the lease (renewing then would look like a lost lease).
-        self._recording: set[str] = set()
+        #: The attempt this gateway holds of each run. One per run: a newer claim of a run means
+        #: the store took the older attempt back, so the older one is stale and is dropped (#22).
+        self._held: dict[str, Held] = {}
         self._room = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        #: Renewal, recovery and cancel messages: they run until the last held run is let go.
         self._loops: list[asyncio.Task[None]] = []
         self._drain_started: float | None = None
+        #: Set when stop() lets the loops go. They look at it besides being cancelled: redis-py
+        #: was seen to swallow a cancel landing inside a command (#22), and a loop going on
+        #: after it would hang the gateway's exit.
+        self._stopping = False
+        runs = config.runs
+        #: A silence of every gateway this long could let a lease run out unrenewed: the store was
+        #: down or unreachable. At least two renewal passes, so a live fleet is never that quiet.
+        self._quiet = max(runs.lease - runs.lease_renewal, 2 * runs.lease_renewal)
+        #: What a live holder needs to renew once the store is back: its next pass, with a margin.
+        self._grace = 2 * runs.lease_renewal + STORE_RETRY_DELAY
+        #: A store call of this gateway failed since its last heartbeat.
+        self._store_failed = False
+        self._resume_at = 0.0
+        self._grace_logged = 0.0
 
     @property
     def inflight(self) -> int:
         return len(self._held)
 
     def start(self) -> None:
+        self._claimer = asyncio.create_task(self._claim_loop(), name="asyncgate-claim")
         self._loops = [
-            asyncio.create_task(self._claim_loop(), name="asyncgate-claim"),
             asyncio.create_task(self._renew_loop(), name="asyncgate-renew"),
             asyncio.create_task(self._recovery_loop(), name="asyncgate-recover"),
             asyncio.create_task(self._cancel_loop(), name="asyncgate-cancel"),
@@ -86,104 +132,143 @@ class Executor:
 
     def cancel_local(self, run_id: str) -> bool:
         """Abort the upstream call of a run this gateway holds; False if it holds none."""
-        task = self._calls.get(run_id)
-        if task is None:
+        held = self._held.get(run_id)
+        if held is None or held.phase is Phase.RECORDING:
             return False
-        if run_id not in self._cancelling:
-            self._cancelling.add(run_id)
-            task.cancel()
+        if not held.cancelling:
+            held.cancelling = True
+            if held.phase is Phase.CALLING:
+                held.task.cancel()  # else _execute sees the flag before it sends anything
         return True
 
     def stop_claiming(self) -> None:
         """Take no new runs (a drain began); held runs go on."""
-        if self._loops:
-            self._loops[0].cancel()
-        if self._drain_started is None:
-            self._drain_started = time.monotonic()
+        if self._drain_started is not None:
+            return  # cancelled once only: a second cancel could cut the hand-back of a claim
+        self._drain_started = time.monotonic()
+        if self._claimer is not None:
+            self._claimer.cancel()
 
     async def stop(self, drain_timeout: float) -> None:
         """Take no new runs, let held ones finish within ``drain_timeout`` s of the drain's start,
-        then hand the rest back: re-queued at once when safe to send again, else failed as lost."""
+        then hand the rest back: re-queued at once when safe to send again, else failed as lost.
+
+        Leases are renewed until the last held run is let go, so no other gateway takes a run
+        that is still being served here (#22).
+        """
         self.stop_claiming()
         assert self._drain_started is not None
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._claimer is not None:
+            await _settle([self._claimer])
         left = drain_timeout - (time.monotonic() - self._drain_started)
         if self._held and left > 0:
-            await asyncio.wait(list(self._held), timeout=left)
-        remaining = dict(self._held)
-        for task in remaining:
-            task.cancel()
-        await asyncio.gather(*remaining, return_exceptions=True)
-        for run in remaining.values():
-            await self._hand_back(run)
+            await asyncio.wait([held.task for held in self._held.values()], timeout=left)
+        remaining = list(self._held.values())
+        for held in remaining:
+            held.task.cancel()
+        await _settle([held.task for held in remaining])
+        for held in remaining:
+            await self._hand_back(held)
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await _settle(self._loops)
 
     async def _claim_loop(self) -> None:
-        while True:
+        while self._drain_started is None:
             room = self.config.limits.max_inflight - len(self._held)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
             try:
-                runs = await self.store.claim(self.owner, room, self.config.runs.poll_interval, self.config.runs.lease)
+                runs = await self._claim(room)
             except StoreError as exc:
                 self.metrics.store_errors.inc()
+                self._store_failed = True
                 logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
             for run in runs:
-                task = asyncio.create_task(self._execute(run), name=f"asyncgate-run-{run.run_id}")
-                self._held[task] = run
-                task.add_done_callback(self._release)
-                self.metrics.runs_inflight.set(len(self._held))
-                if run.attempt == 1 and run.started_at is not None:
-                    self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
-                    self.tracing.queue_wait(run)
+                self._start(run)
 
-    def _release(self, task: asyncio.Task[None]) -> None:
-        self._held.pop(task, None)
+    async def _claim(self, room: int) -> list[Run]:
+        """Claim up to ``room`` runs; a drain beginning meanwhile hands what was claimed back at once.
+
+        The store call is shielded: cut between the store's write and its reply, it would leave
+        runs marked running that no task holds, orphaned until their lease ran out (#22).
+        """
+        runs = self.config.runs
+        claim = asyncio.ensure_future(self.store.claim(self.owner, room, runs.poll_interval, runs.lease))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            try:
+                unsent = await claim
+            except StoreError:
+                unsent = []  # the store never answered: any run it took comes back when its lease runs out
+            for run in unsent:
+                await self._give_back(run)
+            raise
+
+    def _start(self, run: Run) -> None:
+        stale = self._held.get(run.run_id)
+        if stale is not None:
+            # This gateway's older attempt outlived its lease: the store refuses its outcome anyway.
+            extra = {"run_id": run.run_id}
+            logger.warning(
+                "run %s: attempt %d replaces stale attempt %d", run.run_id, run.attempt, stale.run.attempt, extra=extra
+            )
+            stale.task.cancel()
+        held = Held(run)
+        held.task = asyncio.create_task(self._execute(held), name=f"asyncgate-run-{run.run_id}")
+        held.task.add_done_callback(lambda task: self._release(held))
+        self._held[run.run_id] = held
+        self.metrics.runs_inflight.set(len(self._held))
+        if run.attempt == 1 and run.started_at is not None:
+            self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
+            self.tracing.queue_wait(run)
+
+    def _release(self, held: Held) -> None:
+        if self._held.get(held.run.run_id) is held:
+            del self._held[held.run.run_id]
         self.metrics.runs_inflight.set(len(self._held))
         self._room.set()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("run task failed", exc_info=task.exception())
+        if not held.task.cancelled() and held.task.exception() is not None:
+            extra = {"run_id": held.run.run_id}
+            logger.error("run %s: task failed", held.run.run_id, exc_info=held.task.exception(), extra=extra)
 
-    async def _execute(self, run: Run) -> None:
+    async def _execute(self, held: Held) -> None:
+        run = held.run
         body = await self._with_store_retries(self.store.request_body, run.run_id)
         if body is None:
             return  # the run expired or was removed while queued
-        logger.info("run %s started (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id})
-        started = time.perf_counter()
-        try:
-            outcome = await self._call(run, body)
-        finally:
-            self.metrics.upstream_duration.observe(time.perf_counter() - started)
-        self._recording.add(run.run_id)
-        try:
-            await self._record(run, outcome)
-        finally:
-            self._recording.discard(run.run_id)
+        if held.cancelling:
+            outcome = Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client"))
+        else:
+            logger.info("run %s started (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id})
+            started = time.perf_counter()
+            try:
+                outcome = await self._call(held, body)
+            finally:
+                self.metrics.upstream_duration.observe(time.perf_counter() - started)
+        held.phase = Phase.RECORDING
+        await self._record(run, outcome)
 
-    async def _call(self, run: Run, body: bytes) -> Outcome:
+    async def _call(self, held: Held, body: bytes) -> Outcome:
         """The upstream call's outcome, or CANCELLED when a client cancels the run meanwhile.
 
         A cancel cancels this very task (no second task per run: 10,000 held runs must stay
         cheap); cancelling it closes the upstream connection, so the upstream sees the client go.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        self._calls[run.run_id] = task
+        held.phase = Phase.CALLING
         try:
-            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes, self.tracing)
+            return await replay(self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing)
         except asyncio.CancelledError:
-            if run.run_id not in self._cancelling or task.uncancel() > 0:
+            if not held.cancelling or held.task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel
             error = RunError(ErrorCode.CANCELLED, "cancelled by a client while running")
             return Outcome(RunState.CANCELLED, error=error)
-        finally:
-            del self._calls[run.run_id]
-            self._cancelling.discard(run.run_id)
 
     async def _record(self, run: Run, outcome: Outcome) -> None:
         recorded = await self._with_store_retries(
@@ -231,32 +316,51 @@ class Executor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.runs.lease_renewal)
-            for task, run in list(self._held.items()):
-                if run.run_id in self._recording:
-                    continue
-                try:
-                    lease = await self.store.renew(run.run_id, run.attempt, self.config.runs.lease)
-                except StoreError:
-                    self.metrics.store_errors.inc()
-                    continue
-                if self._held.get(task) is not run or run.run_id in self._recording:
-                    # It finished while this loop went through the others (10,000 held runs take
-                    # a while): the store's "not running" is its own finish, not a lost lease.
-                    continue
-                self.metrics.lease_renewals.labels(lease.value).inc()
-                if lease is Lease.CANCEL:
-                    # The cancel message may have been missed (it is fire-and-forget); the flag is not.
-                    self.cancel_local(run.run_id)
-                elif lease is Lease.LOST:
-                    # Another gateway reclaimed the run: this attempt's answer would be refused.
-                    extra = {"run_id": run.run_id}
-                    logger.warning("run %s: lease lost, abandoning attempt %d", run.run_id, run.attempt, extra=extra)
-                    task.cancel()
+        delay = self.config.runs.lease_renewal
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await self._renew_held()
+            except StoreError as exc:
+                self.metrics.store_errors.inc()
+                self._store_failed = True
+                logger.warning("cannot renew leases: %s", exc)
+                # Soon again: once the store is back, renewals must come before any recovery.
+                delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
+            else:
+                delay = self.config.runs.lease_renewal
+
+    async def _renew_held(self) -> None:
+        """Renew every held attempt in one store call (issue 18 will make it one heartbeat)."""
+        held = list(self._held.values())
+        leases = await self.store.renew_all([(h.run.run_id, h.run.attempt) for h in held], self.config.runs.lease)
+        await self._heartbeat()
+        for h, lease in zip(held, leases, strict=True):
+            if self._held.get(h.run.run_id) is not h or (lease is Lease.LOST and h.phase is Phase.RECORDING):
+                # It finished while the store renewed (or is finishing): "not running" is its own
+                # finish, not a lost lease. A stale attempt's finish is refused by the fence anyway.
+                continue
+            self.metrics.lease_renewals.labels(lease.value).inc()
+            if lease is Lease.CANCEL:
+                # The cancel message may have been missed (it is fire-and-forget); the flag is not.
+                self.cancel_local(h.run.run_id)
+            elif lease is Lease.LOST:
+                # Another gateway reclaimed the run: this attempt's answer would be refused.
+                extra = {"run_id": h.run.run_id}
+                logger.warning("run %s: lease lost, abandoning attempt %d", h.run.run_id, h.run.attempt, extra=extra)
+                h.task.cancel()
+
+    async def _heartbeat(self) -> float:
+        """Tell the store this gateway reaches it; the time before which no lease may be judged expired."""
+        resume = await self.store.heartbeat(self._quiet, self._grace)
+        if self._store_failed:
+            # This gateway saw the store fail: its holders (and maybe others') could not renew.
+            self._store_failed = False
+            self._resume_at = now() + self._grace
+        return max(resume, self._resume_at)
 
     async def _cancel_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async for run_id in self.store.cancellations():
                     if self.cancel_local(run_id):
@@ -266,20 +370,36 @@ class Executor:
             await asyncio.sleep(STORE_RETRY_DELAY)
 
     async def _recovery_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                for run in await self.store.expired(RECOVERY_BATCH):
-                    if run.state is RunState.RUNNING and not self._holds(run):
-                        await self._recover(run)
+                await self._recover_expired()
                 await self.store.purge()
                 self.metrics.runs_queued.set(await self.store.queued_count())
             except StoreError as exc:
                 self.metrics.store_errors.inc()
+                self._store_failed = True
                 logger.warning("cannot look for lost runs: %s", exc)
             await asyncio.sleep(self.config.runs.recovery_interval)
 
+    async def _recover_expired(self) -> None:
+        # After a store outage every lease looks expired; live holders get a grace to renew
+        # first, or their runs would be declared lost while still being served (#22).
+        resume = await self._heartbeat()
+        if now() < resume:
+            if resume != self._grace_logged:
+                self._grace_logged = resume
+                # After an outage, or the first start of a fleet: the store cannot tell them apart.
+                logger.info(
+                    "no gateway reached the store for a while: lost runs are looked for in %.1fs", resume - now()
+                )
+            return
+        for run in await self.store.expired(RECOVERY_BATCH):
+            if run.state is RunState.RUNNING and not self._holds(run):
+                await self._recover(run)
+
     def _holds(self, run: Run) -> bool:
-        return any(held.run_id == run.run_id and held.attempt == run.attempt for held in self._held.values())
+        held = self._held.get(run.run_id)
+        return held is not None and held.run.attempt == run.attempt
 
     async def _recover(self, run: Run) -> None:
         outcome = recovery_outcome(run, self.config.runs.max_attempts)
@@ -295,10 +415,26 @@ class Executor:
             self.metrics.runs_reclaimed.labels("failed").inc()
             await self._finished(run, outcome)
 
-    async def _hand_back(self, run: Run) -> None:
+    async def _hand_back(self, held: Held) -> None:
+        if held.phase is Phase.STARTING:
+            await self._give_back(held.run)
+            return
         try:
-            await self._recover(run)
+            await self._recover(held.run)
         except StoreError:
             # The lease will expire and another gateway will recover the run.
+            extra = {"run_id": held.run.run_id}
+            logger.warning(
+                "run %s: could not hand back on shutdown; its lease will expire", held.run.run_id, extra=extra
+            )
+
+    async def _give_back(self, run: Run) -> None:
+        """Queue a run claimed but never sent again, whatever its method: it cannot have taken effect."""
+        try:
+            if await self.store.requeue(run.run_id, run.attempt):
+                logger.info(
+                    "run %s: handed back unsent (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id}
+                )
+        except StoreError:
             extra = {"run_id": run.run_id}
             logger.warning("run %s: could not hand back on shutdown; its lease will expire", run.run_id, extra=extra)

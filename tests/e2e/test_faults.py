@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,17 +35,19 @@ FAST_LEASES = {
 
 
 class Replica:
-    def __init__(self, upstream: str, redis_url: str, prefix: str, env: dict[str, str]) -> None:
+    def __init__(self, upstream: str, redis_url: str, prefix: str, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, **FAST_LEASES, **ENCRYPTION_KEY_ENV, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
+        self.log = log
+        # Settings come from the test alone, not from ASYNCGATE_* variables of the shell (or of
+        # the chaos test's own knobs, which the gateway would refuse as unknown).
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("ASYNCGATE_")}
+        environ = {**inherited, **FAST_LEASES, **ENCRYPTION_KEY_ENV, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
         args = ["serve", "--upstream", upstream, "--port", str(self.port), "--redis-url", redis_url]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "asyncgate", *args],
-            env=environ,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with log.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "asyncgate", *args], env=environ, stdout=subprocess.DEVNULL, stderr=stderr
+            )
         self.client = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
         wait_until(self._ready, timeout=20, message="replica ready")
 
@@ -59,6 +62,9 @@ class Replica:
         data: dict[str, Any] = self.client.get(f"/_asyncgate/runs/{run_id}").json()
         return data
 
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def stop(self) -> None:
         self.client.close()
         if self.process.poll() is None:
@@ -67,23 +73,33 @@ class Replica:
         self.process.wait(timeout=10)
 
 
+class Replicas:
+    """Starts replica processes sharing one Redis, each logging to a file of its own."""
+
+    def __init__(self, upstream: str, redis: RedisServer | RedisCluster, logs: Path) -> None:
+        self.upstream = upstream
+        self.redis = redis
+        self.logs = logs
+        self.prefix = f"f{uuid.uuid4().hex[:10]}"
+        self.started: list[Replica] = []
+
+    def __call__(self, **env: str) -> Replica:
+        log = self.logs / f"replica-{len(self.started)}.log"
+        replica = Replica(self.upstream, self.redis.url, self.prefix, env, log)
+        self.started.append(replica)
+        return replica
+
+
 @pytest.fixture
-def replicas(upstream: Upstream, request: pytest.FixtureRequest) -> Iterator[Callable[..., Replica]]:
+def replicas(upstream: Upstream, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
     """Replica processes sharing one Redis: a single server with AOF, or (param "cluster") a Cluster."""
     redis: RedisServer | RedisCluster = (
         RedisCluster() if getattr(request, "param", "") == "cluster" else (RedisServer(appendonly=True))
     )
     redis.start()
-    prefix = f"f{uuid.uuid4().hex[:10]}"
-    started: list[Replica] = []
-
-    def start(**env: str) -> Replica:
-        replica = Replica(upstream.url, redis.url, prefix, env)
-        started.append(replica)
-        return replica
-
-    yield start
-    for replica in started:
+    fleet = Replicas(upstream.url, redis, tmp_path)
+    yield fleet
+    for replica in fleet.started:
         replica.stop()
     redis.cleanup()
 
@@ -101,7 +117,7 @@ def final(replica: Replica, run_id: str, timeout: float = 20) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("replicas", ["standalone", "cluster"], indirect=True)
-def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Callable[..., Replica], upstream: Upstream) -> None:
+def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Replicas, upstream: Upstream) -> None:
     first = replicas()
     tag = uuid.uuid4().hex[:8]
     get_run = first.client.get(f"/echo?delay=3&tag={tag}g&async=true").json()["run_id"]
@@ -122,9 +138,7 @@ def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Callable[...
     assert len(arrivals(upstream, f"{tag}p")) == 1  # never re-sent: it may have taken effect
 
 
-def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(
-    replicas: Callable[..., Replica], upstream: Upstream
-) -> None:
+def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(replicas: Replicas, upstream: Upstream) -> None:
     first = replicas()
     tag = uuid.uuid4().hex[:8]
     run_id = first.client.get(f"/echo?delay=2&tag={tag}&async=true").json()["run_id"]
@@ -141,7 +155,7 @@ def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(
     assert second.run(run_id)["attempt"] == 2
 
 
-def test_sigterm_drains_and_hands_back_at_once(replicas: Callable[..., Replica], upstream: Upstream) -> None:
+def test_sigterm_drains_and_hands_back_at_once(replicas: Replicas, upstream: Upstream) -> None:
     # A long lease proves the hand-back is immediate, not a lease expiring.
     first = replicas(ASYNCGATE_RUNS_LEASE="60", ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT="1")
     second = replicas(ASYNCGATE_RUNS_LEASE="60", ASYNCGATE_LIMITS_MAX_INFLIGHT="1")
@@ -165,9 +179,7 @@ def test_sigterm_drains_and_hands_back_at_once(replicas: Callable[..., Replica],
     assert final(second, busy)["status"] == "succeeded"
 
 
-def test_a_rolling_restart_under_steady_load_loses_nothing(
-    replicas: Callable[..., Replica], upstream: Upstream
-) -> None:
+def test_a_rolling_restart_under_steady_load_loses_nothing(replicas: Replicas, upstream: Upstream) -> None:
     settings = {"ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT": "0.5"}
     pool = [replicas(**settings) for _ in range(3)]
     tag = uuid.uuid4().hex[:8]
@@ -191,3 +203,50 @@ def test_a_rolling_restart_under_steady_load_loses_nothing(
         status = final(pool[0], run_id, timeout=30)
         assert status["status"] == "succeeded", status
     assert len(accepted) == 18
+
+
+def completed(upstream: Upstream, tag: str) -> list[dict[str, Any]]:
+    """The calls the upstream answered (it records a call once its delay is over)."""
+    return [c for c in upstream.calls.all() if c.get("path") == "/echo" and tag in c["query"]]
+
+
+def test_a_drain_longer_than_the_lease_keeps_its_runs(replicas: Replicas, upstream: Upstream) -> None:
+    # Leases of 1.5 s, a drain window of 8 s: only renewals during the drain keep the second
+    # replica from reclaiming the runs, re-sending the GET and failing the POST as lost (#22).
+    first = replicas(ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT="8")
+    tag = uuid.uuid4().hex[:8]
+    post = first.client.post(f"/echo?delay=3&tag={tag}p&async=true", content=b"charge").json()["run_id"]
+    get = first.client.get(f"/echo?delay=3&tag={tag}g&async=true").json()["run_id"]
+    wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="both calls reached the upstream")
+    second = replicas()
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=20) == 0
+    for run_id in (post, get):
+        done = final(second, run_id)
+        assert (done["status"], done["attempt"], done["error"]) == ("succeeded", 1, None), done
+    assert len(arrivals(upstream, tag)) == 2  # nothing was sent twice
+    assert "lease lost" not in first.log_text()
+    assert "Traceback" not in first.log_text() + second.log_text()
+
+
+def test_a_store_outage_longer_than_the_lease_declares_no_live_holder_lost(
+    replicas: Replicas, upstream: Upstream
+) -> None:
+    first, second = replicas(), replicas()
+    tag = uuid.uuid4().hex[:8]
+    post = first.client.post(f"/echo?delay=4&tag={tag}p&async=true", content=b"charge").json()["run_id"]
+    get = second.client.get(f"/echo?delay=4&tag={tag}g&async=true").json()["run_id"]
+    wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="both calls reached the upstream")
+    assert isinstance(replicas.redis, RedisServer)
+    replicas.redis.stop()
+    # Down until both answers arrived: about 4 s, more than twice the lease of 1.5 s.
+    wait_until(lambda: len(completed(upstream, tag)) == 2, timeout=15, message="the upstream answered both")
+    assert first.client.post("/echo?async=true", content=b"x").status_code == 503
+    replicas.redis.start()  # from its AOF: every lease in it has run out meanwhile
+    for run_id in (post, get):
+        done = final(first, run_id)
+        assert (done["status"], done["attempt"], done["error"]) == ("succeeded", 1, None), done
+    assert len(arrivals(upstream, tag)) == 2  # neither was sent again
+    logs = first.log_text() + second.log_text()
+    assert "holder lost" not in logs
+    assert "Traceback" not in logs

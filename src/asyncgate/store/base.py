@@ -12,6 +12,7 @@ it unless the run is still ``running`` under that very attempt. A holder that lo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -172,6 +173,18 @@ class RunStore(Protocol):
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         """Extend the lease of the attempt, and say whether it still holds the run."""
+
+    async def renew_all(self, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
+        """``renew`` for every (run id, attempt) in ``held`` at once, in as few round trips as it can."""
+
+    async def heartbeat(self, quiet: float, grace: float) -> float:
+        """Note that a gateway reaches the store now; return the time before which no lease may be
+        judged expired.
+
+        When no gateway reached the store for more than ``quiet`` s (it was down, restarted or
+        unreachable), nobody could renew meanwhile: holders get ``grace`` s from now, for every
+        gateway that asks, before their runs may be recovered. Else the time returned is past.
+        """
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.

@@ -10,7 +10,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -364,6 +364,10 @@ def _renew(db: sqlite3.Connection, run_id: str, attempt: int, lease: float) -> L
     return Lease.CANCEL if row[0] else Lease.HELD
 
 
+def _renew_all(db: sqlite3.Connection, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
+    return [_renew(db, run_id, attempt, lease) for run_id, attempt in held]
+
+
 def _requeue(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
     with _transaction(db):
         if db.execute(_REQUEUE, {"run_id": run_id, "attempt": attempt}).rowcount != 1:
@@ -563,6 +567,9 @@ class EmbeddedRunStore:
         self._changed = asyncio.Event()
         self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._next_purge = 0.0
+        # See heartbeat().
+        self._seen: float | None = None
+        self._resume = 0.0
         # Group commit: writes arriving while a commit is on disk wait to share the next one.
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -744,6 +751,18 @@ class EmbeddedRunStore:
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         return await self._write(_renew, run_id, attempt, lease)
+
+    async def renew_all(self, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
+        return await self._write(_renew_all, held, lease) if held else []
+
+    async def heartbeat(self, quiet: float, grace: float) -> float:
+        # One process holds the store, so only its own silence (a pause, a restart) can show; it
+        # is judged as the Redis store judges the silence of all gateways.
+        at = now()
+        if self._seen is None or at - self._seen > quiet:
+            self._resume = at + grace
+        self._seen = max(at, self._seen or at)
+        return self._resume
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from asyncgate.config import Config
 from asyncgate.store.base import Identity, RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
-from asyncgate.store.redis import RedisRunStore
+from asyncgate.store.redis import STALE_ENTRY_IDLE, RedisRunStore
 from asyncgate.store.sealing import Sealer
 
 
@@ -21,5 +21,10 @@ def build_store(config: Config) -> RunStore:
     if config.store.redis_url:
         strict = config.store.durability == "strict"
         prefix = config.store.key_prefix or "asyncgate"
-        return RedisRunStore(config.store.redis_url, prefix, sealer=sealer, strict=strict, identity=identity)
+        # A queue entry read and not claimed within a lease lost its reader (killed between the
+        # two): its run waits no longer than a lost holder's would (#22).
+        idle = min(STALE_ENTRY_IDLE, config.runs.lease)
+        return RedisRunStore(
+            config.store.redis_url, prefix, sealer=sealer, strict=strict, identity=identity, stale_entry_idle=idle
+        )
     return EmbeddedRunStore(config.store.data_dir, config.store.sqlite_synchronous, sealer=sealer, identity=identity)

@@ -91,6 +91,9 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
 #                             accepted for). Written by executing gateways at start; no TTL.
 #   {P}:probe         string  Written and deleted at once by each readiness check (never stays).
+#   {P}:alive         hash    When a gateway last reached the store (seen) and, after a silence
+#                             of every gateway, the time before which no lease is judged expired
+#                             (resume): see heartbeat(). No TTL: one small key per deployment.
 #   P:cancel          channel Run ids whose cancellation was asked, for the replica holding them.
 #
 # Why one slot: every change is one Lua script that checks and writes in one step, and many
@@ -121,6 +124,8 @@ LEGACY_PREFIX = "asyncgate"
 #: a failed save with stop-writes-on-bgsave-error, a replica, too few replicas (min-replicas).
 #: redis-py raises OutOfMemoryError and ReadOnlyError for two of them, with the code cut off.
 _WRITES_REFUSED = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS"})
+#: Leases renewed per script call: Redis runs nothing else while a script runs.
+RENEW_BATCH = 500
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 
@@ -241,6 +246,44 @@ if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 2 end
 return 1
 """
 )
+
+# Renew every lease one gateway holds in one step: one round trip per renewal interval, where
+# renew() takes two per run. KEYS leases, then each run; ARGV lease_until, then run id and
+# attempt per run. One code per run: 0 lost, 1 held, 2 held and asked to cancel.
+_RENEW_ALL = """
+local codes, index = {}, {}
+for i = 2, #KEYS do
+  local run_id, held = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  local state, attempt, cancel = unpack(redis.call('HMGET', KEYS[i], 'state', 'attempt', 'cancel'))
+  if state == 'running' and attempt == held then
+    redis.call('HSET', KEYS[i], 'lease_until', ARGV[1])
+    index[#index + 1] = ARGV[1]
+    index[#index + 1] = run_id
+    codes[i - 1] = cancel == '1' and 2 or 1
+  else
+    codes[i - 1] = 0
+  end
+end
+-- Only the attempts that still hold their run move their index entry (see renew()).
+if #index > 0 then redis.call('ZADD', KEYS[1], unpack(index)) end
+return codes
+"""
+
+# A silence of every gateway longer than ``quiet`` means the store was down or unreachable,
+# and nobody could renew: the check and the new grace are one step, so whichever gateway
+# comes back first sets the grace for all (#22). KEYS alive; ARGV now, quiet, grace.
+_HEARTBEAT = """
+local now = tonumber(ARGV[1])
+local seen, resume = unpack(redis.call('HMGET', KEYS[1], 'seen', 'resume'))
+resume = resume or '0'
+if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then
+  resume = ARGV[1] + ARGV[3]
+  resume = string.format('%.6f', resume)
+  redis.call('HSET', KEYS[1], 'resume', resume)
+end
+if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
+return resume
+"""
 
 # KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
@@ -385,6 +428,9 @@ end
 return 0
 """
 
+#: What the renewal scripts' codes mean.
+_LEASES = {0: Lease.LOST, 1: Lease.HELD, 2: Lease.CANCEL}
+
 # Replies as they arrive with decode_responses off: bytes, never str.
 Fields = Sequence[bytes | None]
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -479,6 +525,8 @@ class _Scripts:
 
     create: AsyncScript
     renew: AsyncScript
+    renew_all: AsyncScript
+    heartbeat: AsyncScript
     finish: AsyncScript
     requeue: AsyncScript
     cancel: AsyncScript
@@ -493,6 +541,8 @@ class _Scripts:
         return cls(
             create=script(_CREATE),
             renew=script(_RENEW),
+            renew_all=script(_RENEW_ALL),
+            heartbeat=script(_HEARTBEAT),
             finish=script(_FINISH),
             requeue=script(_REQUEUE),
             cancel=script(_CANCEL),
@@ -530,6 +580,7 @@ class RedisRunStore:
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
         self.deliveries = f"{tag}:deliveries"
+        self.alive = f"{tag}:alive"
         self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.deployment_key = f"{tag}:deployment"
@@ -744,7 +795,23 @@ class RedisRunStore:
                 # Only after the fence held: a refused, stale attempt must not move the index
                 # entry of the attempt that now holds the run.
                 await self._redis.zadd(self.leases, {run_id: lease_until})
-        return {0: Lease.LOST, 1: Lease.HELD, 2: Lease.CANCEL}[int(renewed)]
+        return _LEASES[int(renewed)]
+
+    async def renew_all(self, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
+        lease_until = now() + lease
+        codes: list[int] = []
+        with _STORE_ERRORS:
+            for start in range(0, len(held), RENEW_BATCH):
+                batch = held[start : start + RENEW_BATCH]
+                keys = [self.leases, *(self.run_key(run_id) for run_id, _ in batch)]
+                args = [lease_until, *(part for run_id, attempt in batch for part in (run_id, attempt))]
+                codes += cast(list[int], await self._scripts.renew_all(keys, args))
+        return [_LEASES[int(code)] for code in codes]
+
+    async def heartbeat(self, quiet: float, grace: float) -> float:
+        with _STORE_ERRORS:
+            resume = await self._scripts.heartbeat([self.alive], [now(), quiet, grace])
+        return float(resume)
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:

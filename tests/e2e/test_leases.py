@@ -1,0 +1,129 @@
+"""Leases that never lie (#22): one record per held attempt, claims a drain cannot orphan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from asyncgate.config import load
+from asyncgate.executor import Executor
+from asyncgate.metrics import Metrics
+from asyncgate.runs import Outcome, Run, RunRequest, RunState, new_run_id, now
+from asyncgate.store.redis import RedisRunStore
+from asyncgate.upstream import Upstream as UpstreamPool
+from tests.e2e.conftest import GatewayFactory, Upstream
+from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_until
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def store_kind() -> str:
+    return "redis"
+
+
+def arrivals(upstream: Upstream, tag: str) -> list[dict[str, Any]]:
+    return [c for c in upstream.calls.all() if c.get("event") == "arrived" and tag in c["query"]]
+
+
+def behind_the_back(url: str, prefix: str, step: Coroutine[Any, Any, T] | Any) -> T:
+    """Run ``step(store)`` on a store of its own, as another gateway (or an operator) would."""
+
+    async def go() -> T:
+        store = RedisRunStore(url, key_prefix=prefix)
+        try:
+            result: T = await step(store)
+            return result
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_a_gateway_reclaiming_its_own_stale_attempt_records_the_newer_answer(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long lease: nothing but the requeue below makes the run change hands.
+    gateway = make_gateway({"runs.lease": 30, "runs.lease_renewal": 0.2})
+    store = gateway.config.store
+    tag = uuid.uuid4().hex[:8]
+    run_id = gateway.client.get(f"/echo?delay=1&tag={tag}&async=true").json()["run_id"]
+    wait_until(lambda: arrivals(upstream, tag), message="attempt 1 reached the upstream")
+    # The store takes attempt 1 back while it is still in flight here (as a recovery pass would
+    # after a pause past the lease); this very gateway then claims attempt 2.
+    with caplog.at_level(logging.WARNING, logger="asyncgate"):
+        assert behind_the_back(str(store.redis_url), store.key_prefix, lambda s: s.requeue(run_id, 1)) is True
+        wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="attempt 2 reached the upstream")
+        done = gateway.wait_final(run_id)
+    assert done["status"] == "succeeded"
+    assert done["attempt"] == 2
+    result = gateway.client.get(f"{gateway.prefix}/runs/{run_id}/result").json()
+    assert dict(result["headers"])["asyncgate-attempt"] == "2"
+    assert [a["attempt"] for a in arrivals(upstream, tag)] == ["1", "2"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a run task failed"
+    assert f"run {run_id}: attempt 2 replaces stale attempt 1" in caplog.text
+
+
+class SlowReply(RedisRunStore):
+    """A Redis store whose claims take their runs at once but answer only when told to."""
+
+    def __init__(self, url: str, key_prefix: str) -> None:
+        super().__init__(url, key_prefix)
+        self.claimed = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        runs = await super().claim(owner, limit, wait, lease)
+        if runs:
+            self.claimed.set()
+            await self.answer.wait()
+        return runs
+
+
+def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisServer, upstream: Upstream) -> None:
+    config = load(
+        None,
+        environ={},
+        overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "runs.lease": 30, "access.mode": "open"},
+    )
+    tag = uuid.uuid4().hex[:8]
+    request = RunRequest(method="POST", path="/echo", query=f"tag={tag}", headers=(), webhook_url=None, timeout=60)
+    run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+    finished: list[Outcome] = []
+
+    async def on_finished(run: Run, outcome: Outcome) -> None:
+        finished.append(outcome)
+
+    async def scenario() -> Run | None:
+        store = SlowReply(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        pool = UpstreamPool(config)
+        await store.open()
+        await pool.open()
+        try:
+            await store.create(run, b"charge")
+            executor = Executor(config, store, pool, on_finished, Metrics())
+            executor.start()
+            await asyncio.wait_for(store.claimed.wait(), timeout=10)
+            # SIGTERM in the moment between the store's claim and its reply.
+            executor.stop_claiming()
+            store.answer.set()
+            await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+            return await store.get(run.run_id)
+        finally:
+            await pool.close()
+            await store.close()
+
+    after = asyncio.run(scenario())
+    assert after is not None
+    # Queued again at once, even though a POST without an Idempotency-Key is never re-sent:
+    # this one was never sent.
+    assert after.state is RunState.QUEUED
+    assert after.attempt == 1
+    assert finished == []
+    assert [c for c in upstream.calls.all() if tag in c.get("query", "")] == []
