@@ -38,7 +38,13 @@ SEED = int(os.environ.get("ASYNCGATE_CHAOS_SEED", "22"))
 LEASE = float(FAST_LEASES["ASYNCGATE_RUNS_LEASE"])
 #: Longer than any upstream call below: a graceful stop lets every held run finish.
 DRAIN = 3.0
-SETTINGS = {"ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT": str(DRAIN), "ASYNCGATE_SERVER_LOG_LEVEL": "info"}
+# Each gateway has an upstream of its own (to tell who sent a call), all serving one deployment:
+# as in a rolling change of the upstream's URL, which the operator must allow (docs/fleets.md).
+SETTINGS = {
+    "ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT": str(DRAIN),
+    "ASYNCGATE_SERVER_LOG_LEVEL": "info",
+    "ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE": "true",
+}
 #: Submissions per second, and the slowest upstream answer.
 RATE = 10
 MAX_DELAY = 1.0
