@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ra
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
+from asyncgate.output import Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
@@ -51,6 +52,7 @@ class Executor:
         self.store = store
         self.upstream = upstream
         self.on_finished = on_finished
+        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes)
         self.owner = owner_id()
         self._held: dict[asyncio.Task[None], Run] = {}
         #: The task of each held run while its upstream call is in progress (what a cancel stops).
@@ -166,7 +168,7 @@ class Executor:
         assert task is not None
         self._calls[run.run_id] = task
         try:
-            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes)
+            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes, self.output)
         except asyncio.CancelledError:
             if run.run_id not in self._cancelling or task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel

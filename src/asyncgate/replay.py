@@ -6,6 +6,7 @@ import asyncio
 
 from asyncgate.headers import end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
+from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.upstream import Response, Upstream, UpstreamError
 
@@ -25,7 +26,7 @@ def outcome_of(result: RunResult) -> Outcome:
     return Outcome(RunState.FAILED, result=result, error=error)
 
 
-async def _read_limited(response: Response, limit: int) -> bytes:
+async def _read_limited(response: Response, limit: int, sink: OutputSink | None) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.chunks():
@@ -33,7 +34,22 @@ async def _read_limited(response: Response, limit: int) -> bytes:
         if size > limit:
             raise ResultTooLarge()
         chunks.append(chunk)
+        if sink is not None:
+            await sink.feed(chunk)
     return b"".join(chunks)
+
+
+async def _read_body(response: Response, limit: int, sink: OutputSink | None) -> bytes:
+    """The whole body; a streaming one is relayed as output too, all of it written before returning."""
+    if sink is None:
+        return await _read_limited(response, limit, None)
+    try:
+        content = await _read_limited(response, limit, sink)
+    except BaseException:
+        sink.abort()
+        raise
+    await sink.close()
+    return content
 
 
 def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
@@ -42,8 +58,13 @@ def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in kept)
 
 
-async def replay(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int) -> Outcome:
-    """Send the run's request (marked with its id and attempt) and wait for the whole answer."""
+async def replay(
+    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, output: Output | None = None
+) -> Outcome:
+    """Send the run's request (marked with its id and attempt) and wait for the whole answer.
+
+    With ``output``, a streaming answer is relayed as the run's output events as it arrives.
+    """
     request = run.request
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
     headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
@@ -60,8 +81,9 @@ async def replay(upstream: Upstream, run: Run, body: bytes, max_result_bytes: in
             )
             try:
                 status, result_headers = response.status, _result_headers(response)
+                sink = output.sink(run.run_id, run.attempt, response.raw_headers) if output else None
                 try:
-                    content = await _read_limited(response, max_result_bytes)
+                    content = await _read_body(response, max_result_bytes, sink)
                 except ResultTooLarge:
                     error = RunError(
                         ErrorCode.RESULT_TOO_LARGE, f"the upstream's body exceeds {max_result_bytes} bytes"
