@@ -3,30 +3,42 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
-from tests.e2e.conftest import Gateway, GatewayFactory
+from tests.e2e import test_faults
+from tests.e2e.conftest import Gateway, GatewayFactory, Upstream
+from tests.e2e.test_faults import Replica
+from tests.support.wait import wait_until
+
+#: Gateway processes sharing one Redis, to kill one (the fixture of test_faults.py).
+replicas = test_faults.replicas
 
 SSE_RESULT = b"".join(b"id: %d\ndata: token-%d\n\n" % (i, i) for i in range(5)) + b"event: done\ndata: [DONE]\n\n"
 
 
+def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Events as {"id", "event", "data"}, the data parsed, as their lines arrive."""
+    current: dict[str, Any] = {}
+    for line in lines:
+        if not line and "event" in current:
+            yield current
+            current = {}
+        elif line.startswith(("id: ", "event: ", "data: ")):
+            field, _, value = line.partition(": ")
+            current[field] = orjson.loads(value) if field == "data" else value
+
+
 def follow(gateway: Gateway, run_id: str, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
-    """The run's events as they arrive, each as {"id", "event", "data"} with its data parsed."""
+    """The run's events as they arrive."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     url = f"{gateway.prefix}/runs/{run_id}/events"
     with gateway.client.stream("GET", url, headers=headers, timeout=30) as response:
         assert response.status_code == 200
-        current: dict[str, Any] = {}
-        for line in response.iter_lines():
-            if not line and "event" in current:
-                yield current
-                current = {}
-            elif line.startswith(("id: ", "event: ", "data: ")):
-                field, _, value = line.partition(": ")
-                current[field] = orjson.loads(value) if field == "data" else value
+        yield from parse_sse(response.iter_lines())
 
 
 def listener(make_gateway: GatewayFactory, store_kind: str, holder: Gateway) -> Gateway:
@@ -118,3 +130,31 @@ def test_a_binary_stream_is_relayed_in_base64_chunks(gateway: Gateway) -> None:
     relayed = b"".join(base64.b64decode(o["data_base64"]) for o in outputs)
     result = gateway.client.get(f"{gateway.prefix}/runs/{run_id}/result").content
     assert relayed == result and len(result) == 200000
+
+
+def test_a_holder_killed_mid_stream_shows_and_the_next_attempt_streams_again(
+    replicas: Callable[..., Replica], upstream: Upstream
+) -> None:
+    holder = replicas()
+    tag = uuid.uuid4().hex[:8]
+    run_id = holder.client.get(f"/sse-tokens?count=50&interval=0.1&tag={tag}&async=true").json()["run_id"]
+    wait_until(lambda: any(tag in c.get("query", "") for c in upstream.calls.all()), message="the holder called")
+    other = replicas()  # started after the claim: the run is the holder's
+    events: list[dict[str, Any]] = []
+    with other.client.stream("GET", f"/_asyncgate/runs/{run_id}/events", timeout=30) as response:
+        for event in parse_sse(response.iter_lines()):
+            events.append(event)
+            if event["event"] == "output" and event["data"]["seq"] == 2 and event["data"]["attempt"] == 1:
+                holder.process.kill()
+    names = [e["event"] for e in events]
+    assert names[:2] == ["queued", "running"] and names[-1] == "succeeded"
+    requeued = names.index("queued", 1)
+    assert names[requeued : requeued + 2] == ["queued", "running"]
+    first = [e["data"] for e in events[:requeued] if e["event"] == "output"]
+    second = [e["data"] for e in events[requeued:] if e["event"] == "output"]
+    assert [o["seq"] for o in first] == list(range(len(first))) and {o["attempt"] for o in first} == {1}
+    assert [o["seq"] for o in second] == list(range(51)) and {o["attempt"] for o in second} == {2}
+    assert [o["data"] for o in second] == [*(f"token-{i}" for i in range(50)), "[DONE]"]
+    result = other.client.get(f"/_asyncgate/runs/{run_id}/result")
+    expected = b"".join(b"id: %d\ndata: token-%d\n\n" % (i, i) for i in range(50)) + b"event: done\ndata: [DONE]\n\n"
+    assert result.content == expected
