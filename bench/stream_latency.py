@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -44,7 +45,7 @@ def upstream_main(port: int) -> None:
     async def tokens(request: Request) -> StreamingResponse:
         count, interval = int(request.query_params["count"]), float(request.query_params["interval"])
 
-        async def body():  # type: ignore[no-untyped-def]
+        async def body() -> AsyncIterator[bytes]:
             for index in range(count):
                 yield f"data: {index} {time.time():.6f}\n\n".encode()
                 await asyncio.sleep(interval)
@@ -96,9 +97,8 @@ async def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         rss_before = [rss_kib(pid) for pid in pids]
-        submitted = await asyncio.gather(
-            *(client.get(f"{holder}/tokens?count={count}&interval={args.interval}&async=true") for _ in range(args.runs))
-        )
+        submit = f"{holder}/tokens?count={count}&interval={args.interval}&async=true"
+        submitted = await asyncio.gather(*(client.get(submit) for _ in range(args.runs)))
         run_ids = [response.json()["run_id"] for response in submitted]
         latencies: list[float] = []
         readies = [asyncio.Event() for _ in range(args.runs * args.listeners)]
@@ -159,7 +159,12 @@ def main() -> None:
         }
         for port, execute in ((holder_port, "true"), (other_port, "false")):
             command = [sys.executable, "-m", "asyncgate", "serve", "--port", str(port)]
-            command += ["--upstream", f"http://127.0.0.1:{upstream_port}", "--redis-url", f"redis://127.0.0.1:{redis_port}"]
+            command += [
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}",
+                "--redis-url",
+                f"redis://127.0.0.1:{redis_port}",
+            ]
             spawn(subprocess.Popen(command, env={**environ, "ASYNCGATE_RUNS_EXECUTE": execute}))
         holder, other = f"http://127.0.0.1:{holder_port}", f"http://127.0.0.1:{other_port}"
         for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
