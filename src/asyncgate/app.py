@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import endpoints, ui
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, ClientError, StoreUnavailable
+from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
 from asyncgate.metrics import Metrics
@@ -24,6 +24,7 @@ from asyncgate.responses import JSONResponse, error_response, send_error
 from asyncgate.services import Services
 from asyncgate.store.base import RunStore
 from asyncgate.store.factory import build_store
+from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 from asyncgate.webhooks import WebhookDispatcher
 
@@ -64,44 +65,57 @@ class Gateway:
     The pass-through is dispatched here, before any framework code, because it is the hot path.
     """
 
-    def __init__(self, config: Config, store: RunStore | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: RunStore | None = None,
+        resolver: Resolver | None = None,
+        tracing: Tracing = NO_TRACING,
+    ) -> None:
         self.config = config
+        self.tracing = tracing
         store = store if store is not None else build_store(config)
         metrics = Metrics()
         upstream = Upstream(config)
-        webhooks = WebhookDispatcher(config, store, metrics, resolver)
-        executor = Executor(config, store, upstream, webhooks.run_finished, metrics)
+        webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
+        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)
-        self.intake = Intake(config, store, access, metrics)
+        self.intake = Intake(config, store, access, metrics, tracing)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
+        #: Why the store refused this gateway at startup (its deployment's runs are another
+        #: upstream's); the CLI prints it as a configuration error.
+        self.refused: ConfigError | None = None
+        #: With route policies, every request is matched (a route may make it async unasked).
+        self._routes = bool(config.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             raw: bytes | None = scope.get("raw_path")
-            if raw is not None and not raw.startswith(b"/"):
+            if raw is not None and not raw.startswith(b"/") and not (raw == b"*" and scope["method"] == "OPTIONS"):
                 # An absolute-form, authority-form (CONNECT) or "*" target: the upstream is fixed
                 # by configuration, so such a target names nothing this gateway serves.
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
-            elif looks_async(scope):
+            elif self._routes or looks_async(scope):
                 await self._maybe_async(scope, receive, send)
             else:
                 await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
-            # WebSockets are not relayed (yet); refuse the handshake rather than hang.
+            # Served with server.uvicorn_options, WebSocket upgrades are spliced to the upstream
+            # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            intent = classify(scope, self.intake.limits)
+            intent = classify(scope, self.intake.limits_for(scope))
         except ClientError as error:
             self.services.metrics.runs_refused.labels(error.code).inc()
             await send_error(send, error)
@@ -124,7 +138,17 @@ class Gateway:
         if self.config.runs.execute:
             svc.executor.start()
         role = "" if self.config.runs.execute else " (runs.execute false: other replicas execute the runs)"
-        logger.info("asyncgate ready: upstream %s, %s store%s", self.config.upstream, svc.store_kind, role)
+        store = self.config.store
+        where = f"key prefix {store.key_prefix}" if store.redis_url else f"data dir {store.data_dir}"
+        logger.info(
+            "asyncgate ready: upstream %s, deployment %s, %s store (%s), credentials and webhook URLs %s at rest%s",
+            self.config.upstream,
+            self.config.deployment,
+            svc.store_kind,
+            where,
+            svc.store.sealer.sealing,
+            role,
+        )
 
     def begin_drain(self) -> None:
         """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""
@@ -140,12 +164,19 @@ class Gateway:
         await svc.feeds.close()
         await svc.upstream.close()
         await svc.store.close()
+        await self.tracing.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
             await self.startup()
+        except ConfigError as exc:
+            # Said once, by the CLI, as any configuration error: one line, exit status 2.
+            self.refused = exc
+            await self.services.store.close()
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
         except Exception as exc:
             logger.error("startup failed: %s", exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -156,6 +187,6 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(config: Config) -> Gateway:
+def create_app(config: Config, tracing: Tracing = NO_TRACING) -> Gateway:
     """Build a gateway for ``config``; its lifespan opens and closes everything it owns."""
-    return Gateway(config)
+    return Gateway(config, tracing=tracing)

@@ -22,6 +22,7 @@ from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
 from asyncgate.server import uvicorn_options
+from asyncgate.tracing import NO_TRACING, Tracing, from_environ
 
 logger = logging.getLogger("asyncgate")
 
@@ -36,12 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--deployment", help="the deployment this gateway belongs to (default: derived from --upstream)")
     serve.add_argument("--redis-url", help="Redis URL; without one the embedded store is used")
+    serve.add_argument(
+        "--allow-upstream-change",
+        action="store_true",
+        default=None,
+        help="take over the deployment's runs although they were accepted for another upstream",
+    )
     serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
+    )
     check.add_argument("file")
     add_runs_commands(commands)
     return parser
@@ -50,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "upstream": args.upstream,
+        "deployment": args.deployment,
+        "store.allow_upstream_change": args.allow_upstream_change,
         "server.host": args.host,
         "server.port": args.port,
         "store.redis_url": args.redis_url,
@@ -59,9 +71,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, tracing: Tracing = NO_TRACING) -> None:
+    """Run the gateway until a signal stops it; ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
-    gateway = create_app(config)
+    gateway = create_app(config, tracing)
     server_config = uvicorn.Config(
         gateway,
         host=config.server.host,
@@ -77,7 +90,13 @@ def serve(config: Config) -> None:
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    DrainingServer(server_config, gateway).run()
+    try:
+        DrainingServer(server_config, gateway).run()
+    except SystemExit:
+        # uvicorn exits with status 3 when the app's startup fails.
+        if gateway.refused is not None:
+            raise gateway.refused from None
+        raise
 
 
 class DrainingServer(uvicorn.Server):
@@ -140,14 +159,15 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":
-            load(args.file, environ={}, require_upstream=False)
+            load(args.file, environ=env)
             print(f"{args.file}: ok")
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
+        tracing = from_environ(env)
+        serve(config, tracing)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    serve(config)
     return 0
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
+import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +24,7 @@ from starlette.datastructures import Secret
 
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
@@ -51,14 +55,18 @@ class StoreConfig:
     redis_url: str | None = None
     #: Where the embedded store keeps its database.
     data_dir: str = "./asyncgate-data"
-    #: Prefix of every Redis key, so several gateways can share one Redis.
-    key_prefix: str = "asyncgate"
+    #: Prefix of every Redis key; None derives it from the deployment (asyncgate:<deployment>).
+    key_prefix: str | None = None
     #: SQLite's synchronous pragma for the embedded store: "full" survives power loss.
     sqlite_synchronous: str = "full"
     #: "strict": with Redis, a run must reach a replica (WAIT 1) before its 202.
     durability: str = "default"
-    #: Fernet keys sealing stored credentials; the first seals, all open (for rotation).
+    #: Fernet keys sealing stored credentials and webhook URLs; the first seals, all open (rotation).
     encryption_key: tuple[Secret, ...] = ()
+    #: True: with Redis and no encryption_key, store credentials and webhook URLs in the clear.
+    plaintext: bool = False
+    #: True: take over the deployment's stored runs although they were accepted for another upstream.
+    allow_upstream_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +92,10 @@ class ProxyConfig:
     connect_timeout: float = 5.0
     #: Longest silence from the upstream on a synchronous request before a 504.
     read_timeout: float = 300.0
+    #: Largest WebSocket message relayed either way; past it both sides get close code 1009.
+    websocket_max_message_bytes: int = 16 * 1024 * 1024
+    #: A WebSocket connection with no frame either way for this long is closed (code 1001).
+    websocket_idle_timeout: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +174,8 @@ class ShutdownConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     upstream: str = ""
+    #: The deployment this gateway belongs to; None derives it from the upstream URL (see derive_deployment).
+    deployment: str | None = None
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
@@ -170,18 +184,25 @@ class Config:
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
     shutdown: ShutdownConfig = dataclasses.field(default_factory=ShutdownConfig)
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
+    #: Per-route policies (policies.py), in order; only the file (or overrides) sets them.
+    routes: tuple[RoutePolicy, ...] = ()
 
 
+#: Keys outside any section.
+_TOP_LEVEL = frozenset({"upstream", "deployment"})
+#: A deployment name: it becomes part of Redis keys and Kubernetes-derived names fit it.
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SECTIONS: dict[str, type[Any]] = {
     f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
     for f in dataclasses.fields(Config)
-    if f.name != "upstream"
+    if f.name not in _TOP_LEVEL | {"routes"}
 }
 
 # Keys whose values are durations or sizes, so strings with units are accepted.
 _DURATIONS = {
     "proxy.connect_timeout",
     "proxy.read_timeout",
+    "proxy.websocket_idle_timeout",
     "runs.timeout",
     "runs.retention",
     "runs.lease",
@@ -200,7 +221,13 @@ _DURATION_LISTS = {"webhooks.schedule"}
 _MAYBE_ZERO_DURATIONS = {"shutdown.pre_stop_delay"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
-_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes", "runs.output_max_bytes"}
+_SIZES = {
+    "limits.max_body_bytes",
+    "limits.max_result_bytes",
+    "limits.max_header_bytes",
+    "proxy.websocket_max_message_bytes",
+    "runs.output_max_bytes",
+}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},
@@ -223,12 +250,22 @@ _SIZE_UNITS = {
 }
 
 
+def _finite(key: str, value: int | float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return number
+
+
 def parse_duration(key: str, value: Any) -> float:
     """Seconds from ``30``, ``2.5`` or ``"500ms"``/``"5s"``/``"10m"``/``"12h"``/``"1d"``."""
     if isinstance(value, bool):
         raise ConfigError(key, "expected a duration such as 30s, not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _finite(key, value)
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if match is None:
@@ -236,6 +273,8 @@ def parse_duration(key: str, value: Any) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     else:
         raise ConfigError(key, f"expected a duration, got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ConfigError(key, f"expected a finite duration such as 30s, got {value!r}")
     if seconds <= 0:
         raise ConfigError(key, "must be greater than zero")
     return seconds
@@ -325,7 +364,7 @@ def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
                 raise ConfigError(key, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+        return _finite(key, value)
     if field_type.startswith("bool"):
         if from_text and isinstance(value, str):
             lowered = value.strip().lower()
@@ -351,8 +390,11 @@ def _field_types(section: type[Any]) -> dict[str, str]:
 def _merge(raw: dict[str, Any], layer: Mapping[str, Any], *, from_text: bool) -> None:
     """Merge a flat ``{"section.key": value}`` layer into ``raw``, coercing each value."""
     for dotted, value in layer.items():
-        if dotted == "upstream":
-            raw["upstream"] = _coerce("upstream", "str", value, from_text)
+        if dotted in _TOP_LEVEL:
+            raw[dotted] = _coerce(dotted, "str | None" if dotted == "deployment" else "str", value, from_text)
+            continue
+        if dotted == "routes" and not from_text:
+            raw["routes"] = value  # parsed once every layer is in: route webhooks need webhooks.allow
             continue
         section_name, _, key = dotted.partition(".")
         section = _SECTIONS.get(section_name)
@@ -371,8 +413,8 @@ def _flatten_file(data: Any) -> dict[str, Any]:
         raise ConfigError("(file)", "the top level must be a mapping of keys")
     flat: dict[str, Any] = {}
     for name, value in data.items():
-        if name == "upstream":
-            flat["upstream"] = value
+        if name in _TOP_LEVEL or name == "routes":
+            flat[str(name)] = value
         elif name in _SECTIONS:
             if value is None:
                 continue
@@ -391,8 +433,8 @@ def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
         if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name) or name in _CLIENT_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
-        if rest == "upstream":
-            flat["upstream"] = value
+        if rest in _TOP_LEVEL:
+            flat[rest] = value
             continue
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
@@ -417,31 +459,41 @@ def _validate_upstream(config: Config, required: bool) -> None:
         raise ConfigError("upstream", f"bad port in {config.upstream!r}") from exc
 
 
-def _validate(config: Config, complete: bool) -> None:
-    _validate_upstream(config, complete)
-    if complete and not config.runs.execute and config.store.redis_url is None:
+def _validate_store(config: Config, complete: bool) -> None:
+    store = config.store
+    if complete and not config.runs.execute and store.redis_url is None:
         # Only once complete: a file checked on its own may leave the Redis URL to a variable.
         message = "false needs store.redis_url: the embedded store serves one process, so no run would execute"
         raise ConfigError("runs.execute", message)
-    if config.store.redis_url is not None:
-        redis = urlsplit(config.store.redis_url)
+    if store.redis_url is not None:
+        redis = urlsplit(store.redis_url)
         if redis.scheme not in REDIS_SCHEMES:
             expected = ", ".join(f"{scheme}://" for scheme in sorted(REDIS_SCHEMES))
             raise ConfigError("store.redis_url", f"expected one of {expected}, got {redis.scheme!r}")
-    if "{" in config.store.key_prefix or "}" in config.store.key_prefix:
+    if store.key_prefix is not None and ("{" in store.key_prefix or "}" in store.key_prefix):
         raise ConfigError("store.key_prefix", "must not contain { or } (it becomes a Redis Cluster hash tag)")
+    if complete and store.redis_url is not None and not store.encryption_key and not store.plaintext:
+        # Every replica must hold the same key, so a gateway cannot make one up as the
+        # embedded store does; and storing credentials in the clear must be a choice.
+        message = (
+            "is required with store.redis_url, so that credentials and webhook URLs are sealed at rest "
+            "(every replica needs the same key); or set store.plaintext: true to store them in the clear"
+        )
+        raise ConfigError("store.encryption_key", message)
+
+
+def _validate(config: Config, complete: bool) -> None:
+    _validate_upstream(config, complete)
+    _validate_store(config, complete)
+    if config.deployment is not None and not _DEPLOYMENT.fullmatch(config.deployment):
+        rule = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        raise ConfigError("deployment", f"expected {rule}, got {config.deployment!r}")
     try:
         allow = Allowlist.parse(config.webhooks.allow)
     except ValueError as exc:
         raise ConfigError("webhooks.allow", str(exc)) from None
     if config.webhooks.default_url is not None:
-        hook = urlsplit(config.webhooks.default_url)
-        if hook.scheme not in {"http", "https"} or not hook.hostname:
-            raise ConfigError("webhooks.default_url", "expected an http:// or https:// URL")
-        try:
-            check_url_literal(config.webhooks.default_url, allow)
-        except BlockedDestination as exc:
-            raise ConfigError("webhooks.default_url", f"refused destination ({exc}); see webhooks.allow") from None
+        _check_webhook_url("webhooks.default_url", config.webhooks.default_url, allow)
     prefix = config.server.prefix
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
         raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")
@@ -449,6 +501,106 @@ def _validate(config: Config, complete: bool) -> None:
         raise ConfigError("server.port", "must be between 1 and 65535")
     if config.runs.lease_renewal >= config.runs.lease:
         raise ConfigError("runs.lease_renewal", "must be shorter than runs.lease")
+
+
+def _check_webhook_url(key: str, url: str, allow: Allowlist) -> None:
+    try:
+        hook = urlsplit(url)
+        hook.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError(key, "expected an http:// or https:// URL") from None
+    if hook.scheme not in {"http", "https"} or not hook.hostname or len(url) > _MAX_WEBHOOK_URL:
+        raise ConfigError(key, f"expected an http:// or https:// URL of at most {_MAX_WEBHOOK_URL} characters")
+    try:
+        check_url_literal(url, allow)
+    except BlockedDestination as exc:
+        raise ConfigError(key, f"refused destination ({exc}); see webhooks.allow") from None
+
+
+_MAX_WEBHOOK_URL = 2048
+#: The keys a route takes (docs/configuration.md, "Routes"); any other is refused.
+ROUTE_KEYS = ("name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+#: Route settings that only runs use, so a route that never makes runs cannot hold them.
+_RUN_ONLY_KEYS = ("idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+
+
+def _route_methods(key: str, value: Any) -> frozenset[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(m, str) and m.isalpha() for m in items):
+        raise ConfigError(key, "expected a method such as POST, or a list of them")
+    return frozenset(method.upper() for method in items)
+
+
+def _route_webhook(key: str, value: Any, allow: Allowlist) -> tuple[str, tuple[str, ...]]:
+    """A route's default webhook: a URL, or a mapping of ``url`` and ``events``."""
+    spec = {"url": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict) or set(spec) - {"url", "events"} or not isinstance(spec.get("url"), str):
+        raise ConfigError(key, "expected a URL, or a mapping with url and events")
+    _check_webhook_url(f"{key}.url" if isinstance(value, dict) else key, spec["url"], allow)
+    events = spec.get("events", ["completed"])
+    if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
+        raise ConfigError(f"{key}.events", f"expected a list of {', '.join(sorted(WEBHOOK_EVENTS))}")
+    return spec["url"], tuple(dict.fromkeys(events))
+
+
+def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
+    where = f"routes[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "expected a mapping with at least a path")
+    for name in entry:
+        if name not in ROUTE_KEYS:
+            raise ConfigError(f"{where}.{name}", f"unknown key (a route takes {', '.join(ROUTE_KEYS)})")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(f"{where}.path", "expected a path pattern starting with /, such as /v1/batch/**")
+    try:
+        mode = AsyncMode(entry.get("async", AsyncMode.CLIENT))
+    except ValueError:
+        raise ConfigError(f"{where}.async", f"expected one of {', '.join(m.value for m in AsyncMode)}") from None
+    if mode is AsyncMode.NEVER and (given := [key for key in _RUN_ONLY_KEYS if key in entry]):
+        raise ConfigError(f"{where}.{given[0]}", "has no effect on a route whose async is never (it makes no runs)")
+    idempotent = entry.get("idempotent")
+    if idempotent is not None and not isinstance(idempotent, bool):
+        raise ConfigError(f"{where}.idempotent", f"expected true or false, got {idempotent!r}")
+    name = entry.get("name", str(index))
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", name):
+        raise ConfigError(f"{where}.name", "expected 1 to 64 letters, digits, '.', '_', '~' or '-'")
+    webhook_url: str | None = None
+    events: tuple[str, ...] = ("completed",)
+    if entry.get("webhook") is not None:
+        webhook_url, events = _route_webhook(f"{where}.webhook", entry["webhook"], allow)
+    return RoutePolicy(
+        name=name,
+        path=path,
+        methods=_route_methods(f"{where}.methods", entry["methods"]) if "methods" in entry else frozenset(),
+        mode=mode,
+        idempotent=idempotent,
+        timeout=parse_duration(f"{where}.timeout", entry["timeout"]) if "timeout" in entry else None,
+        max_attempts=_coerce(f"{where}.max_attempts", "int", entry["max_attempts"], False)
+        if "max_attempts" in entry
+        else None,
+        max_body_bytes=parse_size(f"{where}.max_body_bytes", entry["max_body_bytes"])
+        if "max_body_bytes" in entry
+        else None,
+        webhook_url=webhook_url,
+        webhook_events=events,
+        pattern=compile_pattern(path),
+    )
+
+
+def _routes(value: Any, config: Config) -> tuple[RoutePolicy, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ConfigError("routes", "expected a list of routes")
+    allow = Allowlist.parse(config.webhooks.allow)
+    routes = tuple(_route(index, entry, allow) for index, entry in enumerate(value))
+    seen: set[str] = set()
+    for index, route in enumerate(routes):
+        if route.name in seen:
+            raise ConfigError(f"routes[{index}].name", f"{route.name!r} names an earlier route too")
+        seen.add(route.name)
+    return routes
 
 
 def load(
@@ -466,9 +618,11 @@ def load(
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read the file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start} cannot be decoded)") from exc
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -477,6 +631,48 @@ def load(
     _merge(raw, _flatten_environ(environ or {}), from_text=True)
     _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None}, from_text=False)
     sections = {name: _SECTIONS[name](**raw.get(name, {})) for name in _SECTIONS}
-    config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), **sections)
+    config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), deployment=raw.get("deployment"), **sections)
     _validate(config, require_upstream)
-    return config
+    config = _with_identity(config)
+    return dataclasses.replace(config, routes=_routes(raw.get("routes"), config))
+
+
+def derive_deployment(upstream: str) -> str:
+    """The default deployment name: the upstream's host and port, and a digest of its whole URL.
+
+    Two gateways fronting different upstreams never derive the same name, so they never share
+    runs by accident; the host keeps the name readable in ``redis-cli --scan``.
+    """
+    parts = urlsplit(upstream)
+    host = re.sub(r"[^a-z0-9.-]+", "-", (parts.hostname or "upstream").lower()).strip(".-")[:60] or "upstream"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    digest = hashlib.sha256(f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}{parts.path}".encode())
+    return f"{host}-{port}-{digest.hexdigest()[:10]}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_identity(config: Config) -> Config:
+    """The configuration with its deployment and key prefix filled in, once the upstream is known."""
+    if config.deployment is None and not config.upstream:
+        return config
+    shared = config.store.redis_url is not None and config.store.key_prefix is None
+    if shared and config.deployment is None and _is_loopback(urlsplit(config.upstream).hostname or ""):
+        # A sidecar's http://127.0.0.1:8000 names another server in every pod: sidecars of two
+        # models would derive one deployment, and run each other's requests.
+        message = (
+            f"is required with store.redis_url when the upstream is a loopback address ({config.upstream} "
+            "is another server in every pod, so it cannot tell deployments apart); set --deployment NAME"
+        )
+        raise ConfigError("deployment", message)
+    deployment = config.deployment or derive_deployment(config.upstream)
+    key_prefix = config.store.key_prefix or f"asyncgate:{deployment}"
+    store = dataclasses.replace(config.store, key_prefix=key_prefix)
+    return dataclasses.replace(config, deployment=deployment, store=store)

@@ -24,6 +24,7 @@ from asyncgate.intake import (
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
+from asyncgate.policies import AsyncMode, effective
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
 
@@ -182,7 +183,42 @@ def openapi_document(config: Config) -> dict[str, Any]:
     }
     if _access_required(config):
         document["security"] = [{"caller": []}]
+    if config.routes:
+        document["x-asyncgate-routes"] = route_policies(config)
     return document
+
+
+def route_policies(config: Config) -> list[dict[str, Any]]:
+    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
+    defaults = {
+        "timeout": config.runs.timeout,
+        "max_attempts": config.runs.max_attempts,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "webhook": config.webhooks.default_url,
+    }
+    return [effective(route, defaults) for route in config.routes]
+
+
+_ROUTES = """
+
+**Route policies** (`routes:` in the configuration, matched in order, first match wins; each is
+listed with the settings in force under `x-asyncgate-routes`, and a run's status names its route):
+
+| route | methods | path | async | idempotent | timeout | attempts | body limit |
+|---|---|---|---|---|---|---|---|
+"""
+
+
+def _routes_text(config: Config) -> str:
+    if not config.routes:
+        return ""
+    rows = [
+        f"| {p['name']} | {', '.join(p['methods'] or ['any'])} | `{p['path']}` | {p['async']} | "
+        f"{'by method' if p['idempotent'] is None else str(p['idempotent']).lower()} | {p['timeout']:g} s | "
+        f"{p['max_attempts']} | {p['max_body_bytes']} |"
+        for p in route_policies(config)
+    ]
+    return _ROUTES + "\n".join(rows) + "\n"
 
 
 async def openapi_endpoint(request: Request) -> Response:
@@ -266,7 +302,7 @@ def _submission_path(config: Config) -> Schema:
         max_body=config.limits.max_body_bytes,
         max_wait=config.limits.max_wait,
         run_id_header=RUN_ID_HEADER,
-    )
+    ) + _routes_text(config)
     path_item: Schema = {
         "summary": "Any upstream path: submit a request asynchronously",
         "description": description,
@@ -357,6 +393,8 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
             ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
             ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
+            ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
+            ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
         ),
         "413": _error_response(
             f"The body is larger than `limits.max_body_bytes` ({config.limits.max_body_bytes}); nothing was stored.",
@@ -569,16 +607,42 @@ def _redeliver_operation(config: Config) -> Schema:
             "description": "The delivery is pending again, with the same `webhook-id`.",
             "content": _json(_ref("schemas", "RunStatus")),
         },
+        "400": _error_response(
+            "The URL named is malformed or refused; nothing changed.",
+            ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
+            ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
+        ),
         "409": _error_response(
-            "The run has no webhook, or has not finished.",
+            "The run has no webhook, has not finished, or its URL was deleted and none is named.",
             ("no_webhook", "the run has no webhook"),
             ("run_not_finished", "the run has not finished yet"),
+            ("webhook_url_deleted", "the run's webhook URL was deleted when its last delivery ended; ..."),
             retry_after=True,
         ),
         **_run_errors(config),
     }
+    params = [
+        _query_param(
+            WEBHOOK_PARAM,
+            "Where to deliver. The run's own URL is deleted once its delivery is final, so a redelivery "
+            "then names one (the same or another); without one, the run's own URL while it is stored.",
+            {"type": "string", "format": "uri", "maxLength": 2048},
+        ),
+        _header_param(
+            "Asyncgate-Webhook",
+            f"The URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
+            {"type": "string", "format": "uri"},
+        ),
+    ]
     description = "Whatever the delivery's state (delivered, failed, gone), it is made again from the first attempt."
-    return _operation("redeliverWebhook", "runs", "Send the run's webhook again", responses, description=description)
+    return _operation(
+        "redeliverWebhook",
+        "runs",
+        "Send the run's webhook again",
+        responses,
+        parameters=params,
+        description=description,
+    )
 
 
 # Operations -------------------------------------------------------------------------------------
@@ -600,7 +664,10 @@ def _operations_paths(prefix: str) -> dict[str, Schema]:
         "Readiness: the store answers and the gateway is not draining",
         {
             "200": {**readiness, "description": "Ready to take traffic."},
-            "503": {**readiness, "description": "Draining after SIGTERM, or the store does not answer."},
+            "503": {
+                **readiness,
+                "description": "Draining after SIGTERM, or the store does not answer or take writes.",
+            },
         },
         security=public,
     )
@@ -833,11 +900,53 @@ def _schemas(prefix: str) -> dict[str, Schema]:
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`).",
+                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`, "
+                    "`store.plaintext`).",
+                },
+                "sealing": {
+                    "type": "string",
+                    "enum": ["sealed", "plaintext"],
+                    "description": "Whether credentials and webhook URLs rest sealed in the store.",
+                },
+                "reason": {
+                    "type": "string",
+                    "description": "Why the store is unavailable: unreachable, refusing writes (out of memory, a "
+                    "failed save, a full disk), or holding another upstream's runs.",
+                },
+                "routes": {
+                    "type": "array",
+                    "items": _ref("schemas", "RoutePolicy"),
+                    "description": "The route policies in force, in matching order (present when `routes:` has any).",
                 },
             },
         },
+        "RoutePolicy": _route_policy_schema(),
         **_event_schemas(timestamp),
+    }
+
+
+def _route_policy_schema() -> Schema:
+    return {
+        "type": "object",
+        "required": ["name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes"],
+        "properties": {
+            "name": {"type": "string", "description": "Its `name`, else its index in `routes:`."},
+            "methods": {"type": ["array", "null"], "items": {"type": "string"}, "description": "null: any."},
+            "path": {"type": "string", "description": "`*` matches within a path segment, `**` across them."},
+            "async": {"type": "string", "enum": [mode.value for mode in AsyncMode]},
+            "idempotent": {
+                "type": ["boolean", "null"],
+                "description": "Whether a run is re-sent after a lost holder; null: as its method says.",
+            },
+            "timeout": {"type": "number", "description": "A run's time limit in seconds."},
+            "max_attempts": {"type": "integer", "minimum": 1},
+            "max_body_bytes": {"type": "integer", "minimum": 1},
+            "webhook": {
+                "type": ["object", "null"],
+                "description": "The default webhook (URL masked) and the events it gets.",
+                "properties": {"url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}},
+            },
+        },
     }
 
 
@@ -855,6 +964,10 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
         "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
         "urls": _ref("schemas", "RunUrls"),
+        "route": {
+            "type": ["string", "null"],
+            "description": "The route policy that applied (its name, else its index in `routes:`); null for none.",
+        },
     }
     run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
@@ -870,6 +983,7 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "attempt": 1,
         "webhook": None,
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
+        "route": None,
     }
     return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
 
