@@ -161,6 +161,7 @@ class Gateway:
         svc.draining = True
         await svc.executor.stop(self.config.shutdown.drain_timeout)
         await svc.webhooks.stop()
+        await svc.feeds.close()
         await svc.upstream.close()
         await svc.store.close()
         await self.tracing.shutdown()

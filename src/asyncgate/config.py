@@ -115,6 +115,10 @@ class RunsConfig:
     poll_interval: float = 1.0
     #: The Retry-After of a 202 and of an unfinished run's status: how long pollers wait.
     retry_after: float = 1.0
+    #: Output events of a streaming upstream a run keeps (live listeners get the rest too).
+    output_max_events: int = 10_000
+    #: Bytes of output data a run keeps.
+    output_max_bytes: int = 1024 * 1024
     #: False: this gateway accepts runs, answers for them and delivers their webhooks, but
     #: executes none; other replicas sharing its Redis do (an intake-only replica).
     execute: bool = True
@@ -222,6 +226,7 @@ _SIZES = {
     "limits.max_result_bytes",
     "limits.max_header_bytes",
     "proxy.websocket_max_message_bytes",
+    "runs.output_max_bytes",
 }
 _CHOICES = {
     "server.log_format": {"text", "json"},

@@ -5,30 +5,29 @@ Thin handlers: parse, call the store or a service, answer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.feeds import render_event
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
 from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
-from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
+from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
-from asyncgate.store.base import CancelResult, Event, WebhookUrlDeleted
+from asyncgate.store.base import CancelResult, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
-#: A comment line is sent on an idle event stream this often, so proxies keep it open.
-KEEPALIVE_SECONDS = 15.0
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
 CANCEL_CONFIRM_SECONDS = 5.0
 DEFAULT_PAGE = 50
@@ -201,32 +200,23 @@ async def redeliver_webhook(request: Request) -> Response:
     return JSONResponse(status_document(run, _links(request)), status_code=202)
 
 
-def _sse(run: Run, event: Event) -> bytes:
-    data = dict(event.data)
-    data["at"] = rfc3339(data.get("at"))
-    data["run_id"] = run.run_id
-    body = orjson.dumps(data).decode()
-    return f"id: {event.id}\nevent: {event.data.get('event', 'message')}\ndata: {body}\n\n".encode()
-
-
 async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
-    # Starlette cancels this generator when the client disconnects, which also cancels the
-    # pending read of the store: no task and no blocking read outlive the client.
+    # Starlette cancels this generator when the client disconnects, which also leaves the run's
+    # feed: no task and no blocking read outlive the client.
     yield b"retry: 1000\n\n"
-    finished = False
-    while True:
-        # Once the final state is sent, what the log already holds (webhook changes) follows,
-        # and then the stream ends rather than wait for more.
-        events = await svc.store.events(run.run_id, after, 0 if finished else KEEPALIVE_SECONDS)
-        for event in events:
-            yield _sse(run, event)
-            finished = finished or event.is_final
-        if events:
-            after = events[-1].id
-            continue
-        if finished or await svc.store.get(run.run_id) is None:
-            return
-        yield b": keep-alive\n\n"
+    async with contextlib.aclosing(svc.feeds.follow(run.run_id, after)) as batches:
+        async for batch in batches:
+            for event, encoded in batch:
+                yield encoded
+                if event.is_final:
+                    # What the log already holds after the final state (webhook changes), then the end.
+                    for later in await svc.store.events(run.run_id, event.id, 0):
+                        yield render_event(run.run_id, later)
+                    return
+            if not batch:
+                if await svc.store.get(run.run_id) is None:
+                    return
+                yield b": keep-alive\n\n"
 
 
 def _is_cursor(value: str) -> bool:

@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ra
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
+from asyncgate.output import Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
@@ -94,6 +95,7 @@ class Executor:
         self.store = store
         self.upstream = upstream
         self.on_finished = on_finished
+        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes)
         self.owner = owner_id()
         #: The attempt this gateway holds of each run. One per run: a newer claim of a run means
         #: the store took the older attempt back, so the older one is stale and is dropped (#22).
@@ -263,7 +265,9 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
-            return await replay(self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing)
+            return await replay(
+                self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing, self.output
+            )
         except asyncio.CancelledError:
             if not held.cancelling or held.task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel

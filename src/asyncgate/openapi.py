@@ -114,7 +114,14 @@ an `event` name and a JSON `data` line:
 * `queued`, `running`: the run entered that state (`data` is a `StateEvent`); a run whose holder
   was lost goes back to `queued` and then `running` again with the next `attempt`;
 * `succeeded`, `failed`, `cancelled`: the final state, with `upstream_status` and `error`;
-* `webhook`: the webhook delivery changed (`data` is a `WebhookEvent`).
+* `webhook`: the webhook delivery changed (`data` is a `WebhookEvent`);
+* `output`: while the run works, what a streaming upstream answers (`text/event-stream`,
+  `application/x-ndjson`, or a chunked body without a length), as it arrives: one event per
+  upstream SSE event or NDJSON line, else per chunk (`data` is an `OutputEvent`). A response that
+  does not stream has none; the result is always the whole response;
+* `output_dropped`: the run's output passed `runs.output_max_events` or `runs.output_max_bytes`;
+  later `output` events are still sent live, marked `"kept": false`, but are not kept for a
+  stream resumed or opened later (`data` is an `OutputDroppedEvent`).
 
 The stream starts with `retry: 1000`, sends a `: keep-alive` comment every 15 s while idle, and
 ends once the final state and the webhook events logged by then are sent. To resume after a
@@ -1012,6 +1019,56 @@ def _webhook_status_schema(timestamp: Schema) -> Schema:
     }
 
 
+def _output_schemas() -> dict[str, Schema]:
+    common: dict[str, Schema] = {
+        "attempt": {"type": "integer", "description": "The attempt whose upstream answer this is."},
+        "at": {"type": "string", "format": "date-time", "description": "When the gateway read it."},
+        "run_id": {"type": "string"},
+    }
+    return {
+        "OutputEvent": {
+            "type": "object",
+            "description": "The `data` of an `output` event: one piece of a streaming upstream's answer.",
+            "required": ["event", "attempt", "seq", "at", "run_id"],
+            "properties": {
+                "event": {"const": "output"},
+                **common,
+                "seq": {"type": "integer", "description": "0, 1, 2... within the attempt: a gap shows output missed."},
+                "format": {
+                    "type": "string",
+                    "enum": ["sse", "ndjson", "chunks"],
+                    "description": "How the answer is cut into events; in the attempt's first output event only.",
+                },
+                "content_type": {"type": "string", "description": "The answer's; first output event only."},
+                "data": {"type": "string", "description": "The SSE event's data, the NDJSON line, or a text chunk."},
+                "data_base64": {"type": "string", "description": "A chunk of a binary answer, base64-encoded."},
+                "sse_event": {"type": "string", "description": "The upstream SSE event's name, unless `message`."},
+                "sse_id": {"type": "string", "description": "The upstream SSE stream's last event id, if any."},
+                "partial": {
+                    "const": True,
+                    "description": "A piece of a line or event longer than 64 KiB: the next event continues it.",
+                },
+                "kept": {
+                    "const": False,
+                    "description": "Past the run's output bound: sent live, not kept (absent when kept).",
+                },
+            },
+        },
+        "OutputDroppedEvent": {
+            "type": "object",
+            "description": "The `data` of an `output_dropped` event: output from `from_seq` on is not kept.",
+            "required": ["event", "attempt", "from_seq", "kept_events", "kept_bytes", "at", "run_id"],
+            "properties": {
+                "event": {"const": "output_dropped"},
+                **common,
+                "from_seq": {"type": "integer"},
+                "kept_events": {"type": "integer", "description": "Output events of the attempt kept."},
+                "kept_bytes": {"type": "integer", "description": "Their data's size."},
+            },
+        },
+    }
+
+
 def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
     delivery = {
         "type": "object",
@@ -1023,7 +1080,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
             "next_attempt_at": {"type": ["number", "null"], "description": "Unix seconds."},
         },
     }
-    names = [*(state.value for state in RunState), "webhook"]
+    names = [*(state.value for state in RunState), "webhook", "output", "output_dropped"]
     return {
         "ServerSentEvent": {
             "type": "object",
@@ -1035,7 +1092,14 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
                 "data": {
                     "type": "string",
                     "contentMediaType": "application/json",
-                    "contentSchema": {"oneOf": [_ref("schemas", "StateEvent"), _ref("schemas", "WebhookEvent")]},
+                    "contentSchema": {
+                        "oneOf": [
+                            _ref("schemas", "StateEvent"),
+                            _ref("schemas", "WebhookEvent"),
+                            _ref("schemas", "OutputEvent"),
+                            _ref("schemas", "OutputDroppedEvent"),
+                        ]
+                    },
                 },
             },
         },
@@ -1064,6 +1128,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
                 "run_id": {"type": "string"},
             },
         },
+        **_output_schemas(),
         "WebhookEnvelope": {
             "type": "object",
             "description": "The webhook body with `webhooks.format: envelope`.",

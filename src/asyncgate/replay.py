@@ -6,6 +6,7 @@ import asyncio
 
 from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
+from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
 from asyncgate.upstream import Response, Upstream, UpstreamError
@@ -26,7 +27,7 @@ def outcome_of(result: RunResult) -> Outcome:
     return Outcome(RunState.FAILED, result=result, error=error)
 
 
-async def _read_limited(response: Response, limit: int) -> bytes:
+async def _read_limited(response: Response, limit: int, sink: OutputSink | None) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.chunks():
@@ -34,7 +35,22 @@ async def _read_limited(response: Response, limit: int) -> bytes:
         if size > limit:
             raise ResultTooLarge()
         chunks.append(chunk)
+        if sink is not None:
+            await sink.feed(chunk)
     return b"".join(chunks)
+
+
+async def _read_body(response: Response, limit: int, sink: OutputSink | None) -> bytes:
+    """The whole body; a streaming one is relayed as output too, all of it written before returning."""
+    if sink is None:
+        return await _read_limited(response, limit, None)
+    try:
+        content = await _read_limited(response, limit, sink)
+    except BaseException:
+        sink.abort()
+        raise
+    await sink.close()
+    return content
 
 
 def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
@@ -44,19 +60,27 @@ def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
 
 
 async def replay(
-    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, tracing: Tracing = NO_TRACING
+    upstream: Upstream,
+    run: Run,
+    body: bytes,
+    max_result_bytes: int,
+    tracing: Tracing = NO_TRACING,
+    output: Output | None = None,
 ) -> Outcome:
     """Send the run's request (marked with its id and attempt) and wait for the whole answer.
 
     Traced, the request names the attempt's span, so the upstream's own spans nest under it.
+    With ``output``, a streaming answer is relayed as the run's output events as it arrives.
     """
     with tracing.upstream_attempt(run) as span:
-        outcome = await _send(upstream, run, body, max_result_bytes, span.headers)
+        outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output)
         span.finish(outcome.upstream_status, outcome.error.code if outcome.error else None)
         return outcome
 
 
-async def _send(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers) -> Outcome:
+async def _send(
+    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers, output: Output | None
+) -> Outcome:
     request = run.request
     # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
     headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
@@ -74,8 +98,9 @@ async def _send(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int
             )
             try:
                 status, result_headers = response.status, _result_headers(response)
+                sink = output.sink(run.run_id, run.attempt, response.raw_headers) if output else None
                 try:
-                    content = await _read_limited(response, max_result_bytes)
+                    content = await _read_body(response, max_result_bytes, sink)
                 except ResultTooLarge:
                     error = RunError(
                         ErrorCode.RESULT_TOO_LARGE, f"the upstream's body exceeds {max_result_bytes} bytes"

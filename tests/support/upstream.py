@@ -1,4 +1,4 @@
-"""A fake upstream that records every call: echo, sleep, status codes, streams, uploads, hangs."""
+"""A fake upstream that records every call: echo, sleep, status codes, streams, tokens, uploads, hangs."""
 
 from __future__ import annotations
 
@@ -131,6 +131,40 @@ def upstream_app(calls: Calls) -> Starlette:
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
+    def token_params(request: Request) -> tuple[int, float, float]:
+        query = request.query_params
+        return int(query.get("count", "5")), float(query.get("interval", "0.05")), float(query.get("hold", "0"))
+
+    async def tokens(count: int, interval: float, hold: float, render: Any) -> Any:
+        # The behaviour under test: a model emitting a token every ``interval`` s, then
+        # holding the response open ``hold`` s more before it ends.
+        for index in range(count):
+            yield render(index)
+            await asyncio.sleep(interval)
+        await asyncio.sleep(hold)
+
+    async def sse_tokens(request: Request) -> Response:
+        """Server-Sent Events, one per token (``data: token-<i>``), ending with ``event: done``."""
+        count, interval, hold = token_params(request)
+        record(request)
+
+        async def body() -> Any:
+            async for piece in tokens(count, interval, hold, lambda i: f"id: {i}\ndata: token-{i}\n\n".encode()):
+                yield piece
+            yield b"event: done\ndata: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def ndjson(request: Request) -> Response:
+        """One JSON line per token: ``{"token": "token-<i>", "index": <i>}``."""
+        count, interval, hold = token_params(request)
+        record(request)
+
+        def line(index: int) -> bytes:
+            return b'{"token": "token-%d", "index": %d}\n' % (index, index)
+
+        return StreamingResponse(tokens(count, interval, hold, line), media_type="application/x-ndjson")
+
     async def reset(request: Request) -> Response:
         """Starts an answer, then breaks the connection: an upstream that resets mid-response."""
         record(request)
@@ -166,6 +200,8 @@ def upstream_app(calls: Calls) -> Starlette:
             Route("/hang", hang, methods=["GET", "POST"]),
             Route("/status/{code:int}", status, methods=["GET", "POST"]),
             Route("/stream", stream, methods=["GET"]),
+            Route("/sse-tokens", sse_tokens, methods=["GET", "POST"]),
+            Route("/ndjson", ndjson, methods=["GET", "POST"]),
             Route("/cookies", cookies, methods=["GET"]),
             Route("/reset", reset, methods=["GET", "POST"]),
             Route("/hop", hop, methods=["GET"]),

@@ -231,7 +231,7 @@ class AsyncRun:
         return protocol.parse_status(await self.client._send(call))
 
     async def events(self) -> AsyncIterator[RunEvent]:
-        """The run's state changes as they happen, ending with its final state; reconnects on its own."""
+        """Every event of the run as it happens (states, output, webhook), to its final state; reconnects itself."""
         plan = protocol.EventsPlan(self.client.endpoints, self.run_id)
         while not plan.done:
             try:
@@ -245,3 +245,14 @@ class AsyncRun:
             except protocol.STREAM_ERRORS as exc:
                 logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             await asyncio.sleep(plan.pause())
+
+    async def stream(self) -> AsyncIterator[RunEvent]:
+        """What the run produces as it works: its state changes and live ``output`` (and
+        ``output_dropped``, ``progress``) events as they come, ending with its final state.
+
+        ``event.output`` is each piece of a streaming upstream's answer; an attempt that starts
+        again (its holder was lost) shows as ``queued``, then ``running`` with the next attempt.
+        """
+        async for event in self.events():
+            if event.event != "webhook":
+                yield event

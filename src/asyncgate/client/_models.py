@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json as jsonlib
 from collections.abc import Mapping
@@ -94,7 +95,7 @@ class RunPage:
 
 @dataclasses.dataclass(frozen=True)
 class RunEvent:
-    """A change in a run's life, from its events stream: the state it entered, or ``webhook``.
+    """An event of a run's stream: the state it entered, ``webhook``, or its live ``output``.
 
     State events carry the attempt, and final ones the upstream status and error; ``data`` is
     the event's JSON as sent.
@@ -120,3 +121,17 @@ class RunEvent:
     def is_final(self) -> bool:
         state = self.state
         return state is not None and state.is_final
+
+    @property
+    def output(self) -> bytes | None:
+        """The piece of the upstream's answer an ``output`` event carries, or None for any other event.
+
+        An SSE event's data or an NDJSON line (without its line end), or a chunk of any other
+        streamed body, as bytes (text as UTF-8).
+        """
+        if self.event != "output":
+            return None
+        encoded = self.data.get("data_base64")
+        if isinstance(encoded, str):
+            return base64.b64decode(encoded)
+        return str(self.data.get("data", "")).encode()

@@ -6,6 +6,7 @@ without a gateway.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -85,6 +86,49 @@ class Progress:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
 
+    def to_lines(self) -> None:
+        """From now on a line per change, no live line: the run's output is being printed."""
+        self.close()
+        self.tty = False
+
+
+class OutputPrinter:
+    """Writes a run's live output as it arrives: an SSE event's data or an NDJSON line on a line
+    of its own, any other streamed body as its bytes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lines = True
+        #: Whether the last thing written ended a line (a report may follow on a line of its own).
+        self.at_line_start = True
+
+    def write(self, event: RunEvent) -> None:
+        content = event.output
+        if content is None:
+            return
+        form = event.data.get("format")
+        if isinstance(form, str):
+            self._lines = form != "chunks"
+        if self._lines:
+            content += b"\n"
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is None:
+            self.stream.write(content.decode(errors="replace"))
+        else:
+            self.stream.flush()
+            buffer.write(content)
+        self.stream.flush()
+        if buffer is not None:
+            buffer.flush()
+        self.at_line_start = content.endswith(b"\n") or (not content and self.at_line_start)
+
+    def finish(self) -> None:
+        """End an unfinished line, so that what follows starts on a line of its own."""
+        if not self.at_line_start:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.at_line_start = True
+
 
 def is_text(content: bytes) -> bool:
     try:
@@ -139,10 +183,27 @@ def event_line(event: RunEvent) -> str:
         parts.append(f"upstream {event.upstream_status}")
     if event.error is not None:
         parts.append(f"{event.error.code}: {event.error.message}")
+    if event.event == "output":
+        parts.append(f"#{event.data.get('seq')}")
+        parts.append(_piece(event))
+    elif event.event == "output_dropped":
+        data = event.data
+        kept = f"{data.get('kept_events')} events, {data.get('kept_bytes')} bytes kept"
+        parts.append(f"output from #{data.get('from_seq')} on not kept ({kept})")
     webhook = event.data.get("webhook")
     if isinstance(webhook, dict):
         parts.append(f"{webhook.get('state')} after {webhook.get('attempts')} attempt(s)")
     return "  ".join(parts) + "\n"
+
+
+def _piece(event: RunEvent) -> str:
+    """An output event's content on one line: text quoted (JSON-escaped), binary as its size."""
+    if "data_base64" in event.data:
+        return f"<{len(event.output or b'')} bytes>"
+    piece = json.dumps(str(event.data.get("data", "")), ensure_ascii=False)
+    if event.data.get("kept") is False:
+        piece += " (not kept)"
+    return piece
 
 
 def table(runs: Sequence[RunStatus]) -> str:

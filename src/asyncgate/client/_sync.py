@@ -226,7 +226,7 @@ class Run:
         return protocol.parse_status(self.client._send(call))
 
     def events(self) -> Iterator[RunEvent]:
-        """The run's state changes as they happen, ending with its final state; reconnects on its own."""
+        """Every event of the run as it happens (states, output, webhook), to its final state; reconnects itself."""
         plan = protocol.EventsPlan(self.client.endpoints, self.run_id)
         while not plan.done:
             try:
@@ -239,3 +239,14 @@ class Run:
             except protocol.STREAM_ERRORS as exc:
                 logger.info("run %s: the events stream broke, reconnecting: %s", self.run_id, exc, extra=self._log)
             time.sleep(plan.pause())
+
+    def stream(self) -> Iterator[RunEvent]:
+        """What the run produces as it works: its state changes and live ``output`` (and
+        ``output_dropped``, ``progress``) events as they come, ending with its final state.
+
+        ``event.output`` is each piece of a streaming upstream's answer; an attempt that starts
+        again (its holder was lost) shows as ``queued``, then ``running`` with the next attempt.
+        """
+        for event in self.events():
+            if event.event != "webhook":
+                yield event

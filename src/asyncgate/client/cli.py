@@ -34,7 +34,7 @@ from asyncgate.client import (
     TransportError,
 )
 from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_URL, TOKEN_ENV, URL_ENV, connection
-from asyncgate.client._render import Progress, answer_excerpt, describe, event_line, is_text, table
+from asyncgate.client._render import OutputPrinter, Progress, answer_excerpt, describe, event_line, is_text, table
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -134,6 +134,12 @@ def add_runs_commands(subparsers: Any) -> None:
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
     submit.add_argument("--idempotency-key", metavar="KEY")
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
+    submit.add_argument(
+        "--follow",
+        action="store_true",
+        help="follow the run to its end, printing its output as it arrives (JSON lines of its events with --json); "
+        "exit status as wait's",
+    )
 
     for name, text in (("status", "show a run's status"), ("cancel", "cancel a run")):
         command = commands.add_parser(name, parents=[common], help=text)
@@ -187,11 +193,13 @@ def _interrupted(
     """Ctrl-C: say so on a line of its own and, while following a run, how to pick it up again."""
     if err.isatty():
         err.write("\n")  # the terminal echoed ^C on the current line
-    if args.runs_command not in FOLLOWING:
+    following = args.runs_command in FOLLOWING or getattr(args, "run_id", None) is not None
+    if not following:
         print("asyncgate: interrupted", file=err)
         return
     gateway, token, headers = flags
-    command = ["asyncgate", "runs", args.runs_command]
+    # A run submitted with --follow is picked up again by following its events.
+    command = ["asyncgate", "runs", "events" if args.runs_command == "submit" else args.runs_command]
     if gateway:
         command += ["--gateway", gateway]
     if args.prefix != DEFAULT_PREFIX:
@@ -224,6 +232,9 @@ def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             idempotency_key=args.idempotency_key,
             timeout=args.timeout,
         )
+    if args.follow:
+        args.run_id = run.run_id
+        return asyncio.run(_stream(args, out, err))
     if args.json:
         _print_json(out, {"run_id": run.run_id, "location": run.location, "replayed": run.replayed})
     else:
@@ -353,6 +364,36 @@ async def _follow(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return _report(status, progress.elapsed(), args.json, out, err, answer)
 
 
+async def _stream(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``submit --follow``: the run's output on ``out`` as it arrives, its progress and end on ``err``."""
+    async with AsyncClient(args.gateway, prefix=args.prefix, headers=args.header, environ={}) as client:
+        run = client.attach(args.run_id)
+        progress = Progress(err, run.run_id, tty=err.isatty(), quiet=args.json)
+        printer = OutputPrinter(out)
+        final: list[RunEvent] = []
+
+        def show(event: RunEvent) -> None:
+            if event.is_final:
+                final.append(event)
+            if args.json:
+                out.write(json.dumps({"id": event.id, **event.data}, ensure_ascii=False) + "\n")
+                out.flush()
+            elif event.output is not None:
+                progress.to_lines()
+                printer.write(event)
+
+        try:
+            await _watch(run, progress, show)
+        finally:
+            progress.close()
+            printer.finish()
+        if args.json:
+            return EXIT_OK if final and final[-1].state is RunState.SUCCEEDED else EXIT_RUN_FAILED
+        status = await run.status()
+        answer = await _failed_answer(run, status)
+    return _report(status, progress.elapsed(), False, err, err, answer)
+
+
 async def _failed_answer(run: AsyncRun, status: RunStatus) -> Result | None:
     """The upstream's answer to a run that failed with one, to show; None otherwise."""
     if status.state is not RunState.FAILED or status.upstream_status is None:
@@ -363,12 +404,14 @@ async def _failed_answer(run: AsyncRun, status: RunStatus) -> Result | None:
         return None
 
 
-async def _watch(run: AsyncRun, progress: Progress) -> None:
-    """Follow the run's events, showing each change, until it is final."""
+async def _watch(run: AsyncRun, progress: Progress, on_event: Callable[[RunEvent], None] | None = None) -> None:
+    """Follow the run's events, showing each change (and passing each to ``on_event``), until it is final."""
 
     async def follow() -> None:
         # The stream starts with the run's history, so a run already final is shown whole.
-        async for event in run.events():
+        async for event in run.stream():
+            if on_event is not None:
+                on_event(event)
             if event.state is not None:
                 progress.update(event.state, event.at.timestamp() if event.at else None)
 

@@ -235,3 +235,12 @@ class RunStore(Protocol):
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         """Hand a running attempt back to the queue, fenced like ``finish``."""
+
+    async def append_output(
+        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+    ) -> list[str] | None:
+        """Log ``events`` (output of the attempt) and remove the events ``drop`` names, fenced.
+
+        Returns the new events' ids, or None, writing nothing, unless the run is ``running``
+        under ``attempt``.
+        """

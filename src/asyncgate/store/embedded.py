@@ -368,6 +368,21 @@ def _renew_all(db: sqlite3.Connection, held: Sequence[tuple[str, int]], lease: f
     return [_renew(db, run_id, attempt, lease) for run_id, attempt in held]
 
 
+def _append_output(
+    db: sqlite3.Connection, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+) -> list[str] | None:
+    with _transaction(db):
+        found = db.execute(
+            f"SELECT 1 FROM runs WHERE {_FENCE}",
+            {"run_id": run_id, "attempt": attempt},
+        ).fetchone()
+        if found is None:
+            return None
+        ids = [str(db.execute(_EVENT, {"run_id": run_id, "data": orjson.dumps(event)}).lastrowid) for event in events]
+        db.executemany("DELETE FROM events WHERE seq = ? AND run_id = ?", [(int(seq), run_id) for seq in drop])
+    return ids
+
+
 def _requeue(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
     with _transaction(db):
         if db.execute(_REQUEUE, {"run_id": run_id, "attempt": attempt}).rowcount != 1:
@@ -771,6 +786,14 @@ class EmbeddedRunStore:
         if finished:
             self._notify()
         return finished
+
+    async def append_output(
+        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+    ) -> list[str] | None:
+        ids = await self._write(_append_output, run_id, attempt, events, drop)
+        if ids:
+            self._notify()
+        return ids
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         requeued = await self._write(_requeue, run_id, attempt)

@@ -74,7 +74,8 @@ logger = logging.getLogger("asyncgate.store")
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
-#                             the same script as the change; same TTL as the run.
+#                             the same script as the change, and its output (output.py), past
+#                             its kept bound written and deleted again (XDEL); same TTL as the run.
 #   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
@@ -284,6 +285,21 @@ end
 if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
 return resume
 """
+
+# A batch of an attempt's output, fenced like finish so that a stale attempt's output never
+# lands among the next attempt's; in the same step, output past the kept bound that live
+# listeners have had their chance to read is deleted. KEYS run, events; ARGV attempt, the
+# number of events, the events' JSON, then the ids to delete.
+_APPEND_OUTPUT = (
+    _HOLDS
+    + """
+local count = tonumber(ARGV[2])
+local ids = {}
+for i = 1, count do ids[i] = redis.call('XADD', KEYS[2], '*', 'data', ARGV[2 + i]) end
+if #ARGV > 2 + count then redis.call('XDEL', KEYS[2], unpack(ARGV, 3 + count)) end
+return ids
+"""
+)
 
 # KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
@@ -532,6 +548,7 @@ class _Scripts:
     cancel: AsyncScript
     take_delivery: AsyncScript
     record_delivery: AsyncScript
+    append_output: AsyncScript
     redeliver: AsyncScript
     probe: AsyncScript
 
@@ -549,6 +566,7 @@ class _Scripts:
             take_delivery=script(_TAKE_DELIVERY),
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
+            append_output=script(_APPEND_OUTPUT),
             probe=script(_PROBE),
         )
 
@@ -833,6 +851,14 @@ class RedisRunStore:
             keys = (self.run_key(run_id), self.events_key(run_id), self.queue)
             requeued = await self._scripts.requeue(keys, [attempt, event, run_id])
         return bool(requeued)
+
+    async def append_output(
+        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+    ) -> list[str] | None:
+        args: list[bytes | str | int] = [attempt, len(events), *(orjson.dumps(event) for event in events), *drop]
+        with _STORE_ERRORS:
+            reply = await self._scripts.append_output([self.run_key(run_id), self.events_key(run_id)], args)
+        return [entry_id.decode() for entry_id in reply] if isinstance(reply, list) else None
 
     async def expired(self, limit: int) -> list[Run]:
         if limit <= 0:

@@ -1,0 +1,181 @@
+"""Live output latency: upstream token write to SSE listener receipt, listeners on the replica not holding the run.
+
+    python bench/stream_latency.py --runs 1 --listeners 100 --seconds 10
+    python bench/stream_latency.py --runs 100 --listeners 1 --seconds 10
+
+Starts a throwaway redis-server, a token-streaming upstream (one SSE event every --interval s,
+carrying the time it was written), a gateway that executes runs and one that executes none
+(``runs.execute: false``), submits --runs runs through the first and follows each with
+--listeners event streams on the second. Prints the latency percentiles of every output event
+received, the gateways' resident memory before and after the listeners connected, and the CPU
+seconds each gateway spent per relayed event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def upstream_main(port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def tokens(request: Request) -> StreamingResponse:
+        count, interval = int(request.query_params["count"]), float(request.query_params["interval"])
+
+        async def body() -> AsyncIterator[bytes]:
+            for index in range(count):
+                yield f"data: {index} {time.time():.6f}\n\n".encode()
+                await asyncio.sleep(interval)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/tokens", tokens)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def wait_ready(url: str, deadline: float = 30) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"not ready: {url}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def listen(client: httpx.AsyncClient, url: str, latencies: list[float], ready: asyncio.Event) -> None:
+    async with client.stream("GET", url, timeout=None) as response:
+        ready.set()
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and '"event":"output"' in line:
+                received = time.time()
+                data = json.loads(line[6:])["data"]
+                latencies.append(received - float(data.split()[1]))
+            elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled"):
+                return
+
+
+async def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int]) -> None:
+    count = int(args.seconds / args.interval)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+        rss_before = [rss_kib(pid) for pid in pids]
+        submit = f"{holder}/tokens?count={count}&interval={args.interval}&async=true"
+        submitted = await asyncio.gather(*(client.get(submit) for _ in range(args.runs)))
+        run_ids = [response.json()["run_id"] for response in submitted]
+        latencies: list[float] = []
+        readies = [asyncio.Event() for _ in range(args.runs * args.listeners)]
+        cpu_before = [cpu_seconds(pid) for pid in pids]
+        tasks = [
+            asyncio.create_task(listen(client, f"{other}/_asyncgate/runs/{run_id}/events", latencies, readies[n]))
+            for n, run_id in enumerate(run_id for run_id in run_ids for _ in range(args.listeners))
+        ]
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 60)
+        await asyncio.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
+        rss_during = [rss_kib(pid) for pid in pids]
+        await asyncio.wait_for(asyncio.gather(*tasks), args.seconds * 4 + 60)
+        cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
+    latencies.sort()
+    listeners = args.runs * args.listeners
+    print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
+    print(f"output events received: {len(latencies)}")
+    for quantile in (0.5, 0.9, 0.99):
+        print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
+    print(f"  max: {latencies[-1] * 1000:.1f} ms")
+    for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
+        per_listener = (during - before) / listeners
+        print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
+    relayed = args.runs * count
+    print(f"CPU per relayed output event (holder, writes): {cpu[0] / relayed * 1e6:.0f} us")
+    print(f"CPU per delivered output event (listener replica): {cpu[1] / max(1, len(latencies)) * 1e6:.0f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--listeners", type=int, default=100, help="listeners per run")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.upstream_server:
+        upstream_main(args.upstream_server)
+        return
+    work = Path(tempfile.mkdtemp(prefix="asyncgate-stream-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        redis_port, upstream_port, holder_port, other_port = (free_port() for _ in range(4))
+        redis = shutil.which("redis-server") or "redis-server"
+        spawn = processes.append
+        spawn(
+            subprocess.Popen(
+                [redis, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        spawn(subprocess.Popen([sys.executable, __file__, "--upstream-server", str(upstream_port)]))
+        environ = {
+            **os.environ,
+            "ASYNCGATE_ACCESS_MODE": "open",
+            "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
+            "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
+        }
+        for port, execute in ((holder_port, "true"), (other_port, "false")):
+            command = [sys.executable, "-m", "asyncgate", "serve", "--port", str(port)]
+            command += [
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}",
+                "--redis-url",
+                f"redis://127.0.0.1:{redis_port}",
+            ]
+            spawn(subprocess.Popen(command, env={**environ, "ASYNCGATE_RUNS_EXECUTE": execute}))
+        holder, other = f"http://127.0.0.1:{holder_port}", f"http://127.0.0.1:{other_port}"
+        for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
+            wait_ready(url)
+        asyncio.run(measure(args, holder, other, (processes[2].pid, processes[3].pid)))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""feeds.py over both stores: one read of a run's log per replica, shared by its listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from asyncgate import feeds
+from asyncgate.feeds import Feeds, Rendered
+from asyncgate.store.base import Event, RunStore
+from tests.store.conftest import Queue, Runner
+from tests.store.test_contract import claim_one
+
+
+class CountingStore:
+    """A store whose blocking reads of event logs are counted (the shared reads of feeds)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.blocking_reads = 0
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        if wait > 0:
+            self.blocking_reads += 1
+        return await self.store.events(run_id, after, wait)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def output(seq: int) -> dict[str, object]:
+    return {"event": "output", "attempt": 1, "seq": seq, "at": 1.0, "data": f"token-{seq}"}
+
+
+async def take(batches: AsyncGenerator[list[Rendered], None], count: int) -> list[Rendered]:
+    taken: list[Rendered] = []
+    while len(taken) < count:
+        taken += await anext(batches)
+    return taken
+
+
+def seqs(items: list[Rendered]) -> list[object]:
+    return [event.data.get("seq", event.data["event"]) for event, _ in items]
+
+
+def test_listeners_of_a_run_share_one_read_and_one_encoding(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    counting = CountingStore(store)
+    shared = Feeds(counting)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[list[Rendered], list[Rendered]]:
+        first, second = shared.follow(queued.run_id, None), shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(first), contextlib.aclosing(second):
+            assert seqs(await take(first, 2)) == ["queued", "running"]
+            assert seqs(await take(second, 2)) == ["queued", "running"]
+            waiting = asyncio.gather(take(first, 3), take(second, 3))
+            for seq in range(3):
+                await store.append_output(queued.run_id, 1, [output(seq)], [])
+            return await asyncio.wait_for(waiting, 10)
+
+    got_first, got_second = run(scenario())
+    assert seqs(got_first) == seqs(got_second) == [0, 1, 2]
+    assert all(a[1] is b[1] for a, b in zip(got_first, got_second, strict=True))  # encoded once
+    data = orjson.loads(got_first[0][1].split(b"data: ")[1])
+    assert data["run_id"] == queued.run_id and data["data"] == "token-0"
+    # One feed read the log for both: a handful of blocking reads, not one per listener and event.
+    assert counting.blocking_reads <= 5
+    run(asyncio.sleep(0))
+    assert shared._feeds == {}  # the last listener gone, the feed is gone
+
+
+def test_a_listener_behind_the_feed_catches_up_from_the_store(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    shared = Feeds(store)
+    total = feeds.FEED_BUFFER + 20
+
+    async def scenario() -> list[Rendered]:
+        ahead = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(ahead):
+            await take(ahead, 2)
+            for start in range(0, total, 100):
+                await store.append_output(
+                    queued.run_id, 1, [output(seq) for seq in range(start, min(total, start + 100))], []
+                )
+            await take(ahead, total)  # the feed's buffer has dropped the oldest by now
+            late = shared.follow(queued.run_id, None)
+            async with contextlib.aclosing(late):
+                return await take(late, total + 2)
+
+    assert seqs(run(scenario())) == ["queued", "running", *range(total)]
+
+
+def test_a_listener_resuming_mid_log_gets_exactly_what_follows(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    run(store.append_output(queued.run_id, 1, [output(seq) for seq in range(5)], []))
+    shared = Feeds(store)
+    events = run(store.events(queued.run_id, None, 0))
+
+    async def scenario() -> tuple[list[Rendered], list[Rendered]]:
+        late = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(late):
+            everything = await take(late, 7)
+            resumed = shared.follow(queued.run_id, events[3].id)  # after output 1
+            async with contextlib.aclosing(resumed):
+                return everything, await take(resumed, 3)
+
+    everything, resumed = run(scenario())
+    assert seqs(everything) == ["queued", "running", 0, 1, 2, 3, 4]
+    assert seqs(resumed) == [2, 3, 4]
+
+
+def test_close_stops_every_feed(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    shared = Feeds(store)
+
+    async def scenario() -> None:
+        listener = shared.follow(queued.run_id, None)
+        await take(listener, 1)
+        await shared.close()
+        assert shared._tasks == set()
+        await listener.aclose()
+
+    run(scenario())
