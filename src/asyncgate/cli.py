@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from asyncgate import __version__, logs
+from asyncgate import __version__, logs, workers
 from asyncgate.app import Gateway, create_app
 from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--workers", type=int, help="gateway processes on the one port (default 1; more need Redis)")
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
@@ -56,11 +58,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "store.data_dir": args.data_dir,
         "server.log_format": args.log_format,
         "server.log_level": args.log_level,
+        "server.workers": args.workers,
     }
 
 
-def serve(config: Config) -> None:
+def serve(config: Config) -> int:
+    """Run the gateway until a signal drains it; the process's exit status."""
     logs.configure(config.server.log_format, config.server.log_level)
+    if config.server.workers > 1:
+        worker = functools.partial(_serve_on, config)
+        return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
+    return _serve_on(config, None)
+
+
+def _serve_on(config: Config, sock: socket.socket | None) -> int:
+    """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
     gateway = create_app(config)
     server_config = uvicorn.Config(
         gateway,
@@ -77,7 +89,8 @@ def serve(config: Config) -> None:
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    DrainingServer(server_config, gateway).run()
+    DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
+    return 0
 
 
 class DrainingServer(uvicorn.Server):
@@ -147,8 +160,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    serve(config)
-    return 0
+    return serve(config)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ class ServerConfig:
     prefix: str = "/_asyncgate"
     log_format: str = "text"
     log_level: str = "info"
+    #: Gateway processes serving the one port (asyncgate.workers); more than one needs Redis.
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,6 +421,9 @@ def _validate(config: Config, complete: bool) -> None:
         # Only once complete: a file checked on its own may leave the Redis URL to a variable.
         message = "false needs store.redis_url: the embedded store serves one process, so no run would execute"
         raise ConfigError("runs.execute", message)
+    if complete and config.server.workers > 1 and config.store.redis_url is None:
+        message = "more than 1 needs store.redis_url: the embedded store (one SQLite file) serves one process"
+        raise ConfigError("server.workers", message)
     if config.store.redis_url is not None:
         redis = urlsplit(config.store.redis_url)
         if redis.scheme not in REDIS_SCHEMES:
