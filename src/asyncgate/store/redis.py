@@ -798,12 +798,13 @@ class RedisRunStore:
         with _STORE_ERRORS:
             members = await self._redis.zrangebyscore(self.deliveries, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
-            taken: list[tuple[str, int]] = []
-            for run_id in run_ids:
-                keys = (self.run_key(run_id), self.deliveries)
-                token = await self._scripts.take_delivery(keys, [at, at + lease, run_id])
-                if token:
-                    taken.append((run_id, int(token)))
+            # One round trip for the batch, not one per delivery (bench S6: a wave of completions).
+            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
+                tokens = await pipe.execute() if run_ids else []
+            taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
             runs = await self._runs([run_id for run_id, _ in taken])
         return [DueDelivery(run, token) for (_, token), run in zip(taken, runs, strict=True) if run is not None]
 
