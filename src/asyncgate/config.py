@@ -127,7 +127,7 @@ class WebhooksConfig:
     #: Delay before each attempt, in seconds; the number of entries is the number of attempts.
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     #: Deliveries in flight at once per gateway; the rest wait their turn in the store.
-    max_concurrency: int = 16
+    max_concurrency: int = 128
     #: Networks (CIDR) or host names webhooks may reach although they are private.
     allow: tuple[str, ...] = ()
 

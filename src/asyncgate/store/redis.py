@@ -380,6 +380,13 @@ def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _decode_result(fields: Fields) -> RunResult | None:
+    status, headers, body = fields
+    if status is None or headers is None:
+        return None
+    return RunResult(status=int(status), headers=load_headers(headers), body=body or b"")
+
+
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
     caller, cancel, delivery, _ = rest
@@ -587,10 +594,7 @@ class RedisRunStore:
 
     async def result(self, run_id: str) -> RunResult | None:
         with _STORE_ERRORS:
-            status, headers, body = cast(Fields, await self._redis.hmget(self.run_key(run_id), _RESULT_FIELDS))
-        if status is None or headers is None:
-            return None
-        return RunResult(status=int(status), headers=load_headers(headers), body=body or b"")
+            return _decode_result(cast(Fields, await self._redis.hmget(self.run_key(run_id), _RESULT_FIELDS)))
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         if limit <= 0:
@@ -805,8 +809,18 @@ class RedisRunStore:
                     pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
                 tokens = await pipe.execute() if run_ids else []
             taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
-            runs = await self._runs([run_id for run_id, _ in taken])
-        return [DueDelivery(run, token) for (_, token), run in zip(taken, runs, strict=True) if run is not None]
+            # Each run with its result, so that an attempt needs no read of its own.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, _ in taken:
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                    pipe.hmget(self.run_key(run_id), _RESULT_FIELDS)
+                replies = await pipe.execute() if taken else []
+        due = []
+        for index, (run_id, token) in enumerate(taken):
+            run = _decode_run(run_id, replies[2 * index])
+            if run is not None:
+                due.append(DueDelivery(run, token, _decode_result(replies[2 * index + 1]), prefetched=True))
+        return due
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
         final = delivery.state.is_final
