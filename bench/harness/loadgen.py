@@ -5,6 +5,7 @@ Each command is bounded in count and in time and prints one JSON object on stdou
   rate      submit async runs at a fixed rate and time each until its webhook (or its done state)
   wave      submit N async runs that the upstream answers all at one moment; time each webhook
   transfer  stream a large upload or download through a URL, checking the byte count
+  ws        WebSocket connections each echoing one message at a time: messages per second
 """
 
 from __future__ import annotations
@@ -426,6 +427,87 @@ async def wave(args: argparse.Namespace) -> dict[str, Any]:
 # --- command line -----------------------------------------------------------------------------------
 
 
+# --- ws: WebSocket echo throughput -----------------------------------------------------------------
+
+WS_HANDSHAKE = (
+    "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class _WsEcho(asyncio.Protocol):
+    """One connection: the handshake, then a binary message sent each time the last one came back.
+
+    Frames are built once: masked with a zero key (legal, and nothing to compute), so the cost
+    measured is the relay's, not the load generator's.
+    """
+
+    def __init__(self, frame: bytes, echo_size: int) -> None:
+        self.frame = frame
+        self.echo_size = echo_size
+        self.received = 0
+        self.count = 0
+        self.open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.running = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open.done():
+            self.head += data
+            if b"\r\n\r\n" in self.head:
+                head, _, rest = self.head.partition(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 101"):
+                    self.open.set_exception(RuntimeError(head.split(b"\r\n", 1)[0].decode()))
+                    return
+                self.open.set_result(None)
+                self.received = len(rest)
+            return
+        self.received += len(data)
+        while self.received >= self.echo_size:
+            self.received -= self.echo_size
+            self.count += 1
+            if self.running and self.transport is not None:
+                self.transport.write(self.frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.open.done():
+            self.open.set_exception(RuntimeError("closed during the handshake"))
+        self.running = False
+
+
+async def ws(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    url = urllib.parse.urlsplit(args.url)
+    payload = b"m" * args.size
+    frame = bytes([0x82, 0x80 | 126]) + args.size.to_bytes(2, "big") + b"\0\0\0\0" + payload
+    echo_size = 4 + args.size
+    conns: list[_WsEcho] = []
+    for _ in range(args.connections):
+        _, conn = await loop.create_connection(lambda: _WsEcho(frame, echo_size), url.hostname, url.port)
+        assert conn.transport is not None
+        conn.transport.write(WS_HANDSHAKE.format(host=url.netloc).encode())
+        await asyncio.wait_for(conn.open, 10)
+        conns.append(conn)
+    for conn in conns:
+        assert conn.transport is not None
+        conn.transport.write(frame)
+    await asyncio.sleep(args.warmup)
+    start, started = sum(c.count for c in conns), time.monotonic()
+    await asyncio.sleep(args.seconds)
+    done, elapsed = sum(c.count for c in conns), time.monotonic() - started
+    for conn in conns:
+        conn.running = False
+        if conn.transport is not None:
+            conn.transport.close()
+    closed = sum(1 for c in conns if c.transport is None or c.transport.is_closing())
+    return {"messages": done - start, "seconds": elapsed, "msgs_per_s": (done - start) / elapsed,
+            "connections": args.connections, "closed": closed}  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadgen")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -454,12 +536,18 @@ def _parser() -> argparse.ArgumentParser:
     tra.add_argument("--direction", choices=["up", "down"], required=True)
     tra.add_argument("--bytes", type=int, required=True)
     tra.add_argument("--timeout", type=float, default=300.0)
+    wsp = sub.add_parser("ws")
+    wsp.add_argument("--url", required=True)
+    wsp.add_argument("--connections", type=int, default=64)
+    wsp.add_argument("--size", type=int, default=1024, help="message size in bytes (126 to 65535)")
+    wsp.add_argument("--warmup", type=float, default=2.0)
+    wsp.add_argument("--seconds", type=float, default=10.0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    command = {"capacity": capacity, "rate": rate, "wave": wave, "transfer": transfer}[args.cmd]
+    command = {"capacity": capacity, "rate": rate, "wave": wave, "transfer": transfer, "ws": ws}[args.cmd]
     try:
         import uvloop
     except ImportError:

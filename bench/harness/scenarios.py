@@ -959,6 +959,78 @@ def _worker_pids(parent: int) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
+# --- WS: WebSocket relay ------------------------------------------------------------------------------
+
+WS_MESSAGE_BYTES = 1024
+WS_COLUMNS = ["system", "msgs_per_s", "vs floor", "messages", "other_cpu_pct", "note"]
+
+
+def ws_relay(bench: Bench) -> None:
+    """64 WebSocket connections, each echoing 1 KiB messages one at a time: messages per second."""
+    bench.log("WS: WebSocket relay, 64 connections echoing 1 KiB messages")
+    upstream = services.start_ws_echo(bench.sup)
+    starters: list[tuple[str, Callable[[], Server] | None]] = [
+        ("direct (limit)", None),
+        ("bare relay (floor)", lambda: services.start_bare_ws_relay(bench.sup, upstream)),
+    ]
+    if bench.gateway_missing is None:
+        starters.append(("asyncgate", lambda: bench.start_gateway(upstream, redis=None)))
+    kept: dict[str, dict[str, Any]] = {}
+    try:
+        for _ in range(bench.plan.rounds):
+            for system, start in starters:
+                row = _ws_attempt(bench, system, upstream, start)
+                previous = kept.get(system)
+                if (
+                    previous is None
+                    or "msgs_per_s" not in previous
+                    or ("msgs_per_s" in row and (row["other_cpu_pct"] or 0.0) < (previous["other_cpu_pct"] or 0.0))
+                ):
+                    kept[system] = row
+    finally:
+        bench.sup.stop(upstream.child)
+    floor = kept["bare relay (floor)"].get("msgs_per_s")
+    for row in kept.values():
+        row["vs floor"] = ratio(row.get("msgs_per_s"), floor)
+    if bench.gateway_missing is not None:
+        kept["asyncgate"] = {"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"}
+    notes = [
+        _rounds_note(bench),
+        "Upstream: peers/ws_echo.py (raw asyncio echo) on the load core, with the load generator "
+        "(harness/loadgen.py ws: one message in flight per connection). Floor: peers/bare_ws_relay.py, "
+        "a raw asyncio splice. The gateway splices too, reading frame headers for its limits.",
+    ]
+    bench.sections.append(Section("WS - WebSocket relay, 64 connections echoing 1 KiB messages", WS_COLUMNS,
+                                  list(kept.values()), notes))  # fmt: skip
+    gateway = kept.get("asyncgate", {}).get("msgs_per_s")
+    bench.checks.append(at_least("WS", "messages/s vs bare relay", ratio(gateway, floor), 0.8))
+
+
+def _ws_attempt(bench: Bench, system: str, upstream: Server, start: Callable[[], Server] | None) -> dict[str, Any]:
+    bench.log(f"  {system} ...")
+    try:
+        if start is None:
+            out = _ws_measure(bench, upstream.url)
+        else:
+            with bench.serving(start) as server:
+                out = _ws_measure(bench, server.url)
+    except Exception as exc:
+        bench.log(f"  {system} failed: {exc}")
+        return {"system": system, "note": f"error: {brief(exc)}"}
+    bench.log(f"  {system}: {out['msgs_per_s']:,.0f} messages/s")
+    return {"system": system, **out, "note": ""}
+
+
+def _ws_measure(bench: Bench, url: str) -> dict[str, Any]:
+    bench.wait_quiet()
+    argv = [sys.executable, "-m", "harness.loadgen", "ws", "--url", url.replace("http://", "ws://"),
+            "--connections", str(CONNECTIONS), "--size", str(WS_MESSAGE_BYTES),
+            "--warmup", str(bench.plan.warm_s), "--seconds", str(bench.plan.measure_s)]  # fmt: skip
+    with OtherLoad() as other:
+        out = _loadgen(argv, timeout=bench.plan.warm_s + bench.plan.measure_s + 60)
+    return {"msgs_per_s": out["msgs_per_s"], "messages": out["messages"], "other_cpu_pct": other.mean_pct}
+
+
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "S1": s1,
     "S2": s2,
@@ -968,4 +1040,5 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "S6": s6,
     "SCALE": scale_out,
     "WORKERS": workers,
+    "WS": ws_relay,
 }

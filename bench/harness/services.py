@@ -95,6 +95,24 @@ def start_peer(sup: Supervisor, name: str, module: str, upstream: Server, redis:
     return Server(name, url, child)
 
 
+def start_ws_echo(sup: Supervisor) -> Server:
+    """The WebSocket scenario's upstream (peers/ws_echo.py), on the load core."""
+    port = free_port()
+    child = sup.spawn("ws-echo", [sys.executable, str(PEERS_DIR / "ws_echo.py"), str(port)], core=LOAD_CORE)
+    _wait_tcp(port, child)
+    return Server("ws-echo", f"http://127.0.0.1:{port}", child)
+
+
+def start_bare_ws_relay(sup: Supervisor, upstream: Server) -> Server:
+    """The WebSocket relay floor (peers/bare_ws_relay.py), on the core under test."""
+    port = free_port()
+    upstream_port = upstream.url.rsplit(":", 1)[1]
+    argv = [sys.executable, str(PEERS_DIR / "bare_ws_relay.py"), str(port), upstream_port]
+    child = sup.spawn("bare-ws-relay", argv, core=SUT_CORE)
+    _wait_tcp(port, child)
+    return Server("bare-ws-relay", f"http://127.0.0.1:{port}", child)
+
+
 def start_celery_pattern(sup: Supervisor, upstream: Server, redis: Server) -> Server:
     """The Celery pattern's API with its worker beside it, both on the SUT core."""
     worker = start_celery_worker(sup, upstream, redis)

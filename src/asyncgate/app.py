@@ -24,6 +24,7 @@ from asyncgate.responses import JSONResponse, error_response, send_error
 from asyncgate.services import Services
 from asyncgate.store.base import RunStore
 from asyncgate.store.factory import build_store
+from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 from asyncgate.webhooks import WebhookDispatcher
 
@@ -64,44 +65,54 @@ class Gateway:
     The pass-through is dispatched here, before any framework code, because it is the hot path.
     """
 
-    def __init__(self, config: Config, store: RunStore | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: RunStore | None = None,
+        resolver: Resolver | None = None,
+        tracing: Tracing = NO_TRACING,
+    ) -> None:
         self.config = config
+        self.tracing = tracing
         store = store if store is not None else build_store(config)
         metrics = Metrics()
         upstream = Upstream(config)
-        webhooks = WebhookDispatcher(config, store, metrics, resolver)
-        executor = Executor(config, store, upstream, webhooks.run_finished, metrics)
+        webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
+        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)
-        self.intake = Intake(config, store, access, metrics)
+        self.intake = Intake(config, store, access, metrics, tracing)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
+        #: With route policies, every request is matched (a route may make it async unasked).
+        self._routes = bool(config.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             raw: bytes | None = scope.get("raw_path")
-            if raw is not None and not raw.startswith(b"/"):
+            if raw is not None and not raw.startswith(b"/") and not (raw == b"*" and scope["method"] == "OPTIONS"):
                 # An absolute-form, authority-form (CONNECT) or "*" target: the upstream is fixed
                 # by configuration, so such a target names nothing this gateway serves.
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
-            elif looks_async(scope):
+            elif self._routes or looks_async(scope):
                 await self._maybe_async(scope, receive, send)
             else:
                 await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
-            # WebSockets are not relayed (yet); refuse the handshake rather than hang.
+            # Served with server.uvicorn_options, WebSocket upgrades are spliced to the upstream
+            # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
 
     async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            intent = classify(scope, self.intake.limits)
+            intent = classify(scope, self.intake.limits_for(scope))
         except ClientError as error:
             self.services.metrics.runs_refused.labels(error.code).inc()
             await send_error(send, error)
@@ -139,6 +150,7 @@ class Gateway:
         await svc.webhooks.stop()
         await svc.upstream.close()
         await svc.store.close()
+        await self.tracing.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -155,6 +167,6 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(config: Config) -> Gateway:
+def create_app(config: Config, tracing: Tracing = NO_TRACING) -> Gateway:
     """Build a gateway for ``config``; its lifespan opens and closes everything it owns."""
-    return Gateway(config)
+    return Gateway(config, tracing=tracing)

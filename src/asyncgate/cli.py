@@ -23,6 +23,7 @@ from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
 from asyncgate.errors import ConfigError
 from asyncgate.server import uvicorn_options
+from asyncgate.tracing import NO_TRACING, Tracing, from_environ
 
 logger = logging.getLogger("asyncgate")
 
@@ -62,18 +63,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:
     """Run the gateway until a signal drains it; the process's exit status."""
     logs.configure(config.server.log_format, config.server.log_level)
     if config.server.workers > 1:
-        worker = functools.partial(_serve_on, config)
+        # OpenTelemetry's span processors restart their export thread in each forked worker.
+        worker = functools.partial(_serve_on, config, tracing)
         return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
-    return _serve_on(config, None)
+    return _serve_on(config, tracing, None)
 
 
-def _serve_on(config: Config, sock: socket.socket | None) -> int:
+def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
     """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
-    gateway = create_app(config)
+    gateway = create_app(config, tracing)
     server_config = uvicorn.Config(
         gateway,
         host=config.server.host,
@@ -157,10 +159,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             print(f"{args.file}: ok")
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
+        tracing = from_environ(env)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, tracing)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from starlette.datastructures import Secret
 
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
@@ -86,6 +87,10 @@ class ProxyConfig:
     connect_timeout: float = 5.0
     #: Longest silence from the upstream on a synchronous request before a 504.
     read_timeout: float = 300.0
+    #: Largest WebSocket message relayed either way; past it both sides get close code 1009.
+    websocket_max_message_bytes: int = 16 * 1024 * 1024
+    #: A WebSocket connection with no frame either way for this long is closed (code 1001).
+    websocket_idle_timeout: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,18 +173,21 @@ class Config:
     webhooks: WebhooksConfig = dataclasses.field(default_factory=WebhooksConfig)
     shutdown: ShutdownConfig = dataclasses.field(default_factory=ShutdownConfig)
     access: AccessConfig = dataclasses.field(default_factory=AccessConfig)
+    #: Per-route policies (policies.py), in order; only the file (or overrides) sets them.
+    routes: tuple[RoutePolicy, ...] = ()
 
 
 _SECTIONS: dict[str, type[Any]] = {
     f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
     for f in dataclasses.fields(Config)
-    if f.name != "upstream"
+    if f.name not in ("upstream", "routes")
 }
 
 # Keys whose values are durations or sizes, so strings with units are accepted.
 _DURATIONS = {
     "proxy.connect_timeout",
     "proxy.read_timeout",
+    "proxy.websocket_idle_timeout",
     "runs.timeout",
     "runs.retention",
     "runs.lease",
@@ -198,7 +206,12 @@ _DURATION_LISTS = {"webhooks.schedule"}
 _MAYBE_ZERO_DURATIONS = {"shutdown.pre_stop_delay"}
 _SECRET_LISTS = {"webhooks.signing_secrets", "store.encryption_key"}
 _SECRETS = {"access.key", "access.admin_token"}
-_SIZES = {"limits.max_body_bytes", "limits.max_result_bytes", "limits.max_header_bytes"}
+_SIZES = {
+    "limits.max_body_bytes",
+    "limits.max_result_bytes",
+    "limits.max_header_bytes",
+    "proxy.websocket_max_message_bytes",
+}
 _CHOICES = {
     "server.log_format": {"text", "json"},
     "server.log_level": {"critical", "error", "warning", "info", "debug"},
@@ -352,6 +365,9 @@ def _merge(raw: dict[str, Any], layer: Mapping[str, Any], *, from_text: bool) ->
         if dotted == "upstream":
             raw["upstream"] = _coerce("upstream", "str", value, from_text)
             continue
+        if dotted == "routes" and not from_text:
+            raw["routes"] = value  # parsed once every layer is in: route webhooks need webhooks.allow
+            continue
         section_name, _, key = dotted.partition(".")
         section = _SECTIONS.get(section_name)
         if section is None or not key:
@@ -369,8 +385,8 @@ def _flatten_file(data: Any) -> dict[str, Any]:
         raise ConfigError("(file)", "the top level must be a mapping of keys")
     flat: dict[str, Any] = {}
     for name, value in data.items():
-        if name == "upstream":
-            flat["upstream"] = value
+        if name in ("upstream", "routes"):
+            flat[name] = value
         elif name in _SECTIONS:
             if value is None:
                 continue
@@ -436,13 +452,7 @@ def _validate(config: Config, complete: bool) -> None:
     except ValueError as exc:
         raise ConfigError("webhooks.allow", str(exc)) from None
     if config.webhooks.default_url is not None:
-        hook = urlsplit(config.webhooks.default_url)
-        if hook.scheme not in {"http", "https"} or not hook.hostname:
-            raise ConfigError("webhooks.default_url", "expected an http:// or https:// URL")
-        try:
-            check_url_literal(config.webhooks.default_url, allow)
-        except BlockedDestination as exc:
-            raise ConfigError("webhooks.default_url", f"refused destination ({exc}); see webhooks.allow") from None
+        _check_webhook_url("webhooks.default_url", config.webhooks.default_url, allow)
     prefix = config.server.prefix
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
         raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")
@@ -450,6 +460,106 @@ def _validate(config: Config, complete: bool) -> None:
         raise ConfigError("server.port", "must be between 1 and 65535")
     if config.runs.lease_renewal >= config.runs.lease:
         raise ConfigError("runs.lease_renewal", "must be shorter than runs.lease")
+
+
+def _check_webhook_url(key: str, url: str, allow: Allowlist) -> None:
+    try:
+        hook = urlsplit(url)
+        hook.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError(key, "expected an http:// or https:// URL") from None
+    if hook.scheme not in {"http", "https"} or not hook.hostname or len(url) > _MAX_WEBHOOK_URL:
+        raise ConfigError(key, f"expected an http:// or https:// URL of at most {_MAX_WEBHOOK_URL} characters")
+    try:
+        check_url_literal(url, allow)
+    except BlockedDestination as exc:
+        raise ConfigError(key, f"refused destination ({exc}); see webhooks.allow") from None
+
+
+_MAX_WEBHOOK_URL = 2048
+#: The keys a route takes (docs/configuration.md, "Routes"); any other is refused.
+ROUTE_KEYS = ("name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+#: Route settings that only runs use, so a route that never makes runs cannot hold them.
+_RUN_ONLY_KEYS = ("idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+
+
+def _route_methods(key: str, value: Any) -> frozenset[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(m, str) and m.isalpha() for m in items):
+        raise ConfigError(key, "expected a method such as POST, or a list of them")
+    return frozenset(method.upper() for method in items)
+
+
+def _route_webhook(key: str, value: Any, allow: Allowlist) -> tuple[str, tuple[str, ...]]:
+    """A route's default webhook: a URL, or a mapping of ``url`` and ``events``."""
+    spec = {"url": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict) or set(spec) - {"url", "events"} or not isinstance(spec.get("url"), str):
+        raise ConfigError(key, "expected a URL, or a mapping with url and events")
+    _check_webhook_url(f"{key}.url" if isinstance(value, dict) else key, spec["url"], allow)
+    events = spec.get("events", ["completed"])
+    if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
+        raise ConfigError(f"{key}.events", f"expected a list of {', '.join(sorted(WEBHOOK_EVENTS))}")
+    return spec["url"], tuple(dict.fromkeys(events))
+
+
+def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
+    where = f"routes[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "expected a mapping with at least a path")
+    for name in entry:
+        if name not in ROUTE_KEYS:
+            raise ConfigError(f"{where}.{name}", f"unknown key (a route takes {', '.join(ROUTE_KEYS)})")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(f"{where}.path", "expected a path pattern starting with /, such as /v1/batch/**")
+    try:
+        mode = AsyncMode(entry.get("async", AsyncMode.CLIENT))
+    except ValueError:
+        raise ConfigError(f"{where}.async", f"expected one of {', '.join(m.value for m in AsyncMode)}") from None
+    if mode is AsyncMode.NEVER and (given := [key for key in _RUN_ONLY_KEYS if key in entry]):
+        raise ConfigError(f"{where}.{given[0]}", "has no effect on a route whose async is never (it makes no runs)")
+    idempotent = entry.get("idempotent")
+    if idempotent is not None and not isinstance(idempotent, bool):
+        raise ConfigError(f"{where}.idempotent", f"expected true or false, got {idempotent!r}")
+    name = entry.get("name", str(index))
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", name):
+        raise ConfigError(f"{where}.name", "expected 1 to 64 letters, digits, '.', '_', '~' or '-'")
+    webhook_url: str | None = None
+    events: tuple[str, ...] = ("completed",)
+    if entry.get("webhook") is not None:
+        webhook_url, events = _route_webhook(f"{where}.webhook", entry["webhook"], allow)
+    return RoutePolicy(
+        name=name,
+        path=path,
+        methods=_route_methods(f"{where}.methods", entry["methods"]) if "methods" in entry else frozenset(),
+        mode=mode,
+        idempotent=idempotent,
+        timeout=parse_duration(f"{where}.timeout", entry["timeout"]) if "timeout" in entry else None,
+        max_attempts=_coerce(f"{where}.max_attempts", "int", entry["max_attempts"], False)
+        if "max_attempts" in entry
+        else None,
+        max_body_bytes=parse_size(f"{where}.max_body_bytes", entry["max_body_bytes"])
+        if "max_body_bytes" in entry
+        else None,
+        webhook_url=webhook_url,
+        webhook_events=events,
+        pattern=compile_pattern(path),
+    )
+
+
+def _routes(value: Any, config: Config) -> tuple[RoutePolicy, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ConfigError("routes", "expected a list of routes")
+    allow = Allowlist.parse(config.webhooks.allow)
+    routes = tuple(_route(index, entry, allow) for index, entry in enumerate(value))
+    seen: set[str] = set()
+    for index, route in enumerate(routes):
+        if route.name in seen:
+            raise ConfigError(f"routes[{index}].name", f"{route.name!r} names an earlier route too")
+        seen.add(route.name)
+    return routes
 
 
 def load(
@@ -480,4 +590,4 @@ def load(
     sections = {name: _SECTIONS[name](**raw.get(name, {})) for name in _SECTIONS}
     config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), **sections)
     _validate(config, require_upstream)
-    return config
+    return dataclasses.replace(config, routes=_routes(raw.get("routes"), config))

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
-from asyncgate.openapi import openapi_endpoint
+from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
 from asyncgate.services import Services
@@ -311,6 +311,8 @@ async def readyz(request: Request) -> Response:
         report = await svc.store.durability()
     except StoreError:
         return JSONResponse({"status": "unavailable", "store": svc.store_kind}, status_code=503)
+    if svc.config.routes:
+        report = {**report, "routes": route_policies(svc.config)}
     return JSONResponse({"status": "ready", "store": svc.store_kind, **report})
 
 

@@ -19,6 +19,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
+from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 
 logger = logging.getLogger("asyncgate.executor")
@@ -44,9 +45,16 @@ class Executor:
     """Runs queued work with at most ``limits.max_inflight`` upstream calls at once."""
 
     def __init__(
-        self, config: Config, store: RunStore, upstream: Upstream, on_finished: FinishedCallback, metrics: Metrics
+        self,
+        config: Config,
+        store: RunStore,
+        upstream: Upstream,
+        on_finished: FinishedCallback,
+        metrics: Metrics,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.metrics = metrics
         self.store = store
         self.upstream = upstream
@@ -132,6 +140,7 @@ class Executor:
                 self.metrics.runs_inflight.set(len(self._held))
                 if run.attempt == 1 and run.started_at is not None:
                     self.metrics.queue_wait.observe(max(0.0, run.started_at - run.created_at))
+                    self.tracing.queue_wait(run)
 
     def _release(self, task: asyncio.Task[None]) -> None:
         self._held.pop(task, None)
@@ -166,7 +175,7 @@ class Executor:
         assert task is not None
         self._calls[run.run_id] = task
         try:
-            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes)
+            return await replay(self.upstream, run, body, self.config.limits.max_result_bytes, self.tracing)
         except asyncio.CancelledError:
             if run.run_id not in self._cancelling or task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel

@@ -21,6 +21,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: Request fields that belong to the exchange that carried them, not to a later replay of it:
+#: Expect asks for a 100 Continue the client had from the gateway already (a replay has its body
+#: whole), and the length is the stored body's, written afresh by the client that replays it.
+NOT_REPLAYED = frozenset({b"expect", b"content-length"})
+
 #: Headers whose values are credentials: sealed at rest (store/sealing.py), never logged or shown.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 

@@ -211,7 +211,9 @@ class Response:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._has_head:  # trailers, after a chunked body, are not relayed
-            self._headers.append((name, value))
+            # llhttp leaves the whitespace after a value on it; it is not part of the value
+            # (RFC 9110 5.5), and h11 refuses to send a value that ends with it.
+            self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         if self._has_head:
@@ -539,7 +541,7 @@ class ConnectionPool:
         body: Body,
         content_length: int | None,
     ) -> bytes:
-        if not target.startswith(b"/") or b" " in target or b"\r" in target or b"\n" in target:
+        if not target.startswith(b"/") and target != b"*" or b" " in target or b"\r" in target or b"\n" in target:
             raise ValueError(f"invalid request target {target!r}")
         parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n"]
         for name, value in headers:

@@ -22,14 +22,17 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
+from asyncgate.headers import NOT_REPLAYED
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
 from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
 logger = logging.getLogger("asyncgate.intake")
@@ -75,6 +78,8 @@ class Intent:
     #: The run's own timeout when the client asked for a shorter one (Asyncgate-Timeout).
     timeout: float | None = None
     idempotency_key: str | None = None
+    #: The route policy the request matched, if any.
+    route: RoutePolicy | None = None
 
 
 def _flag(value: str) -> bool:
@@ -199,6 +204,8 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, TIMEOUT_HEADER)
     is_async = flags == {True} or (preferred and flags != {False})
+    if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
+        is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
         if webhooks or timeout_header is not None:
             raise BadRequest(
@@ -217,22 +224,47 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         wait=wait,
         timeout=_timeout(timeout_header, limits.max_timeout),
         idempotency_key=_idempotency_key(_single(headers, IDEMPOTENCY_HEADER)),
+        route=limits.route,
     )
+
+
+def _route_mode(route: RoutePolicy, asked: bool, flags: set[bool]) -> bool:
+    """Whether a request on a route that decides for its clients is async; BadRequest if it asks otherwise."""
+    if route.mode is AsyncMode.NEVER:
+        if asked:
+            raise BadRequest(
+                f"requests to {route.path} are never asynchronous (route {route.name}); "
+                f"send it without {ASYNC_PARAM}=true or Prefer: respond-async",
+                code="async_not_allowed",
+            )
+        return False
+    if flags == {False}:
+        raise BadRequest(
+            f"requests to {route.path} are always asynchronous (route {route.name}); "
+            f"send it without {ASYNC_PARAM}=false",
+            code="sync_not_allowed",
+        )
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The settings classify() needs, taken from the Config once."""
+    """The settings classify() needs, taken from the Config (and a route's policy) once."""
 
     max_wait: float = 60.0
     max_timeout: float = 12 * 3600.0
     default_webhook: str | None = None
     allow: Allowlist = Allowlist()
+    route: RoutePolicy | None = None
 
     @classmethod
-    def of(cls, config: Config) -> Limits:
+    def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
         allow = Allowlist.parse(config.webhooks.allow)
-        return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
+        if route is None:
+            return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
+        timeout = route.timeout or config.runs.timeout
+        webhook = route.webhook_url or config.webhooks.default_url
+        return cls(config.limits.max_wait, timeout, webhook, allow, route)
 
 
 def looks_async(scope: Scope) -> bool:
@@ -243,6 +275,7 @@ def looks_async(scope: Scope) -> bool:
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
+_NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
 _GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER})
 _CLASSIFIED = frozenset({REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER})
 
@@ -272,9 +305,10 @@ def replay_headers(scope: Scope, intent: Intent) -> tuple[tuple[str, str], ...]:
     headers = [
         (name, value)
         for name, value in upstream_request_headers(scope)
-        # Content-Length is recomputed from the stored body; Asyncgate-* fields belong to the
-        # gateway, and a client must not be able to forge a run id or a replay marker.
-        if (low := name.lower()) != "content-length" and low != "prefer" and not low.startswith("asyncgate-")
+        # Hop-by-hop fields are gone already; Expect and Content-Length belong to this exchange
+        # (headers.NOT_REPLAYED); Asyncgate-* fields belong to the gateway, and a client must not
+        # be able to forge a run id or a replay marker.
+        if (low := name.lower()) not in _NOT_REPLAYED and low != "prefer" and not low.startswith("asyncgate-")
     ]
     headers.extend(("Prefer", value) for value in intent.prefer)
     return tuple(headers)
@@ -297,22 +331,37 @@ def idempotency_key(caller: str, key: str) -> str:
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
-    def __init__(self, config: Config, store: RunStore, access: Access, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+    ) -> None:
         self.config = config
+        self.tracing = tracing
         self.store = store
         self.access = access
         self.metrics = metrics
         self.limits = Limits.of(config)
         self.links = RunLinks(config.server.prefix)
         self.retry_after = str(retry_after(config.runs.retry_after))
+        self.policies = RoutePolicies(config.routes)
+        self._route_limits = {route.name: Limits.of(config, route) for route in config.routes}
+
+    def limits_for(self, scope: Scope) -> Limits:
+        """The limits of the route policy the request matches, else the gateway's own."""
+        route = self.policies.match(scope["method"], scope["path"]) if self.policies else None
+        return self.limits if route is None else self._route_limits[route.name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
+        with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:
+            await self._serve(scope, receive, send, intent, span)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, intent: Intent, span: Span) -> None:
         try:
-            created, status = await self._accept(scope, receive, intent)
+            created, status = await self._accept(scope, receive, intent, span)
         except ClientDisconnected:
             return
         except ClientError as error:
             self.metrics.runs_refused.labels(error.code).inc()
+            span.finish(error.status_code, error.code)
             await send_error(send, error)
             return
         if not created.replayed:
@@ -334,23 +383,32 @@ class Intake:
             if result is not None:
                 response = stored_response(result)
                 response.raw_headers.append((RUN_ID_HEADER.lower().encode(), created.run_id.encode()))
+                span.finish(result.status)
                 await response(scope, receive, send)
                 return
         if intent.preferred:
             headers["Preference-Applied"] = RESPOND_ASYNC
+        span.finish(202)
         await send_json(send, 202, orjson.dumps({"run_id": created.run_id, "status": status}), headers)
 
-    async def _accept(self, scope: Scope, receive: Receive, intent: Intent) -> tuple[Created, str]:
+    async def _accept(self, scope: Scope, receive: Receive, intent: Intent, span: Span) -> tuple[Created, str]:
         caller = self.access.principal(scope).caller
-        body = await read_body(scope, receive, self.config.limits.max_body_bytes)
+        route = intent.route
+        body_limit = (route.max_body_bytes if route else None) or self.config.limits.max_body_bytes
+        body = await read_body(scope, receive, body_limit)
         request = RunRequest(
             method=scope["method"],
             path=raw_path(scope),
             query=intent.query,
-            headers=replay_headers(scope, intent),
+            # Traced, the stored context names the intake span: the run's later spans nest under it.
+            headers=with_span(replay_headers(scope, intent), span.headers),
             webhook_url=intent.webhook_url,
-            timeout=intent.timeout or self.config.runs.timeout,
+            timeout=intent.timeout or (route.timeout if route else None) or self.config.runs.timeout,
         )
+        if route is not None:
+            request = dataclasses.replace(
+                request, route=route.name, idempotent=route.idempotent, max_attempts=route.max_attempts
+            )
         run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
         idempotency = None
         if intent.idempotency_key is not None:

@@ -24,6 +24,7 @@ from asyncgate.intake import (
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
+from asyncgate.policies import AsyncMode, effective
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
 
@@ -175,7 +176,42 @@ def openapi_document(config: Config) -> dict[str, Any]:
     }
     if _access_required(config):
         document["security"] = [{"caller": []}]
+    if config.routes:
+        document["x-asyncgate-routes"] = route_policies(config)
     return document
+
+
+def route_policies(config: Config) -> list[dict[str, Any]]:
+    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
+    defaults = {
+        "timeout": config.runs.timeout,
+        "max_attempts": config.runs.max_attempts,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "webhook": config.webhooks.default_url,
+    }
+    return [effective(route, defaults) for route in config.routes]
+
+
+_ROUTES = """
+
+**Route policies** (`routes:` in the configuration, matched in order, first match wins; each is
+listed with the settings in force under `x-asyncgate-routes`, and a run's status names its route):
+
+| route | methods | path | async | idempotent | timeout | attempts | body limit |
+|---|---|---|---|---|---|---|---|
+"""
+
+
+def _routes_text(config: Config) -> str:
+    if not config.routes:
+        return ""
+    rows = [
+        f"| {p['name']} | {', '.join(p['methods'] or ['any'])} | `{p['path']}` | {p['async']} | "
+        f"{'by method' if p['idempotent'] is None else str(p['idempotent']).lower()} | {p['timeout']:g} s | "
+        f"{p['max_attempts']} | {p['max_body_bytes']} |"
+        for p in route_policies(config)
+    ]
+    return _ROUTES + "\n".join(rows) + "\n"
 
 
 async def openapi_endpoint(request: Request) -> Response:
@@ -259,7 +295,7 @@ def _submission_path(config: Config) -> Schema:
         max_body=config.limits.max_body_bytes,
         max_wait=config.limits.max_wait,
         run_id_header=RUN_ID_HEADER,
-    )
+    ) + _routes_text(config)
     path_item: Schema = {
         "summary": "Any upstream path: submit a request asynchronously",
         "description": description,
@@ -350,6 +386,8 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
             ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
             ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
+            ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
+            ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
         ),
         "413": _error_response(
             f"The body is larger than `limits.max_body_bytes` ({config.limits.max_body_bytes}); nothing was stored.",
@@ -828,9 +866,40 @@ def _schemas(prefix: str) -> dict[str, Schema]:
                     "items": {"type": "string"},
                     "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`).",
                 },
+                "routes": {
+                    "type": "array",
+                    "items": _ref("schemas", "RoutePolicy"),
+                    "description": "The route policies in force, in matching order (present when `routes:` has any).",
+                },
             },
         },
+        "RoutePolicy": _route_policy_schema(),
         **_event_schemas(timestamp),
+    }
+
+
+def _route_policy_schema() -> Schema:
+    return {
+        "type": "object",
+        "required": ["name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes"],
+        "properties": {
+            "name": {"type": "string", "description": "Its `name`, else its index in `routes:`."},
+            "methods": {"type": ["array", "null"], "items": {"type": "string"}, "description": "null: any."},
+            "path": {"type": "string", "description": "`*` matches within a path segment, `**` across them."},
+            "async": {"type": "string", "enum": [mode.value for mode in AsyncMode]},
+            "idempotent": {
+                "type": ["boolean", "null"],
+                "description": "Whether a run is re-sent after a lost holder; null: as its method says.",
+            },
+            "timeout": {"type": "number", "description": "A run's time limit in seconds."},
+            "max_attempts": {"type": "integer", "minimum": 1},
+            "max_body_bytes": {"type": "integer", "minimum": 1},
+            "webhook": {
+                "type": ["object", "null"],
+                "description": "The default webhook (URL masked) and the events it gets.",
+                "properties": {"url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}},
+            },
+        },
     }
 
 
@@ -848,6 +917,10 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
         "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
         "urls": _ref("schemas", "RunUrls"),
+        "route": {
+            "type": ["string", "null"],
+            "description": "The route policy that applied (its name, else its index in `routes:`); null for none.",
+        },
     }
     run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
@@ -863,6 +936,7 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "attempt": 1,
         "webhook": None,
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
+        "route": None,
     }
     return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
 

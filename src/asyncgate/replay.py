@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncgate.headers import end_to_end
+from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
-from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunResult, RunState
+from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
+from asyncgate.tracing import NO_TRACING, Tracing, with_span
 from asyncgate.upstream import Response, Upstream, UpstreamError
 
 RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
@@ -42,10 +43,23 @@ def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in kept)
 
 
-async def replay(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int) -> Outcome:
-    """Send the run's request (marked with its id and attempt) and wait for the whole answer."""
+async def replay(
+    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, tracing: Tracing = NO_TRACING
+) -> Outcome:
+    """Send the run's request (marked with its id and attempt) and wait for the whole answer.
+
+    Traced, the request names the attempt's span, so the upstream's own spans nest under it.
+    """
+    with tracing.upstream_attempt(run) as span:
+        outcome = await _send(upstream, run, body, max_result_bytes, span.headers)
+        span.finish(outcome.upstream_status, outcome.error.code if outcome.error else None)
+        return outcome
+
+
+async def _send(upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers) -> Outcome:
     request = run.request
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers]
+    # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
+    headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
     headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:

@@ -67,7 +67,7 @@ class ErrorCode(StrEnum):
     RESULT_TOO_LARGE = "result_too_large"
     #: The holder was lost and the request was not safe to send again.
     LOST = "lost"
-    #: The run was attempted runs.max_attempts times.
+    #: The run was attempted runs.max_attempts times (or its route's max_attempts).
     MAX_ATTEMPTS = "max_attempts"
     #: A client cancelled the run.
     CANCELLED = "cancelled"
@@ -146,6 +146,12 @@ class RunRequest:
     webhook_url: str | None
     #: The longest the upstream call may take, in seconds.
     timeout: float
+    #: The name of the route policy (policies.py) that applied, if one did.
+    route: str | None = None
+    #: The route's word on re-sending after a lost holder; None leaves it to the method.
+    idempotent: bool | None = None
+    #: The route's attempt limit; None leaves it to runs.max_attempts.
+    max_attempts: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +218,7 @@ class Run:
             "error": dataclasses.asdict(self.error) if self.error else None,
             "attempt": self.attempt,
             "webhook": self._public_delivery(),
+            "route": self.request.route,
         }
 
     def _public_delivery(self) -> dict[str, Any] | None:
@@ -242,18 +249,24 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+#: RunRequest fields written only when a route policy set them: a request without one keeps the
+#: form older gateways read, and older records (without them) read as "no route".
+_POLICY_FIELDS = ("route", "idempotent", "max_attempts")
+
+
 def dump_request(request: RunRequest) -> bytes:
-    return orjson.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "headers": request.headers,
-            "webhook_url": request.webhook_url,
-            "timeout": request.timeout,
-        }
-    )
+    data: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "headers": request.headers,
+        "webhook_url": request.webhook_url,
+        "timeout": request.timeout,
+    }
+    if request.route is not None:
+        data.update((name, getattr(request, name)) for name in _POLICY_FIELDS)
+    return orjson.dumps(data)
 
 
 def load_request(data: bytes | str) -> RunRequest:
@@ -265,6 +278,9 @@ def load_request(data: bytes | str) -> RunRequest:
         headers=tuple((str(k), str(v)) for k, v in raw["headers"]),
         webhook_url=raw["webhook_url"],
         timeout=float(raw["timeout"]),
+        route=raw.get("route"),
+        idempotent=raw.get("idempotent"),
+        max_attempts=raw.get("max_attempts"),
     )
 
 
@@ -309,14 +325,23 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELET
 
 
 def safe_to_resend(request: RunRequest) -> bool:
-    """Whether a request whose first sending may have taken effect can be sent again."""
+    """Whether a request whose first sending may have taken effect can be sent again.
+
+    A route's ``idempotent`` decides when it is set; otherwise the method does, or an Idempotency-Key.
+    """
+    if request.idempotent is not None:
+        return request.idempotent
     if request.method.upper() in IDEMPOTENT_METHODS:
         return True
     return any(name.lower() == "idempotency-key" for name, _ in request.headers)
 
 
 def recovery_outcome(run: Run, max_attempts: int) -> Outcome | None:
-    """What to do with a run whose holder is gone: None to queue it again, else how it ends."""
+    """What to do with a run whose holder is gone: None to queue it again, else how it ends.
+
+    ``max_attempts`` is the gateway's limit; the run's route may have set its own.
+    """
+    max_attempts = run.request.max_attempts or max_attempts
     if run.attempt >= max_attempts:
         message = f"the run was attempted {run.attempt} times and its holder was lost each time"
         return Outcome(RunState.FAILED, error=RunError(ErrorCode.MAX_ATTEMPTS, message))

@@ -34,11 +34,12 @@ from typing import Any, ClassVar, Literal, cast
 from urllib.parse import unquote
 
 import h11
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from asyncgate.config import Config
 from asyncgate.responses import error_body, send_json
+from asyncgate.websocket import tunnel_protocol
 
 logger = logging.getLogger("asyncgate.server")
 
@@ -187,7 +188,9 @@ def request_problem(scope: Scope) -> str | None:
     if version not in ("1.0", "1.1"):
         return f"HTTP/{version} is not supported"
     target: bytes = scope.get("raw_path") or b""
-    if not target.startswith(b"/") and _ABSOLUTE_FORM.match(target) is None:
+    if target == b"*" and scope["method"] == "OPTIONS":
+        pass  # asks about the server itself (RFC 9112 3.2.4): relayed to the upstream as it is
+    elif not target.startswith(b"/") and _ABSOLUTE_FORM.match(target) is None:
         return "the request target must be a path or an absolute http(s) URL"
     lengths: list[bytes] = []
     codings: list[bytes] = []
@@ -253,9 +256,42 @@ class StrictRequests:
             if problem is not None:
                 await _refuse(send, 400, "malformed_request", problem)
                 return
-            if not scope["raw_path"].startswith(b"/"):
+            if not scope["raw_path"].startswith((b"/", b"*")):
                 scope = origin_form(scope)
+            if scope["http_version"] == "1.1" and expects_continue(scope):
+                guard = ContinueGuard(receive, send)
+                receive, send = guard.receive, guard.send
         await self.app(scope, receive, send)
+
+
+def expects_continue(scope: Scope) -> bool:
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"])
+
+
+class ContinueGuard:
+    """A request's receive and send that close the connection after a response to
+    ``Expect: 100-continue`` given before the body was asked for.
+
+    The client then never got 100 Continue and may never send the body (RFC 9110 10.1.1), so the
+    bytes it sends next cannot be told apart: a next request read as this one's body, or this
+    one's body read as a next request. Both parsers would read on; closing is the one safe end.
+    """
+
+    __slots__ = ("_receive", "_send", "asked")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.asked = False
+
+    async def receive(self) -> Message:
+        self.asked = True
+        return await self._receive()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and not self.asked:
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await self._send(message)
 
 
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
@@ -314,6 +350,88 @@ class StrictH11Heads(asyncio.Protocol):
             self._head_context = None
 
 
+class HttpToolsFraming(asyncio.Protocol):
+    """Mixin over uvicorn's httptools protocol: response framing as h11 does it.
+
+    uvicorn's httptools protocol gets two cases wrong, and each breaks the client's connection:
+
+    * it frames a response without Content-Length as chunked whatever the request's version,
+      and HTTP/1.0 has no chunked coding (RFC 9112 6.1): the client reads chunk sizes as body;
+    * it expects the body a 204 or 304 response's Content-Length announces, which RFC 9110
+      (8.6) lets a 304 carry for the selected representation, and fails the response when
+      none comes.
+
+    Each request's send is wrapped (``FramedSend``) to frame the first case by the connection's
+    close (uvicorn closes after every HTTP/1.0 response) and to send no body in the second. An
+    HTTP/1.0 request's ``Expect: 100-continue`` is ignored, as RFC 9110 10.1.1 requires, and a
+    request's trailer fields are dropped rather than added to its headers.
+    """
+
+    cycle: Any
+    headers: list[tuple[bytes, bytes]]
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        super().on_headers_complete()  # type: ignore[misc]
+        fresh = self.cycle
+        if fresh is not cycle and fresh is not None:
+            # httptools reports a chunked body's trailer fields through on_header too, and uvicorn
+            # appends them to self.headers, the request's own header list, where the app (the
+            # pass-through) may already be reading them: a trailer could pose as a header
+            # (RFC 9110 6.5.1). What comes after the head goes to a list nobody reads, as h11
+            # drops trailers. (An upgrade makes no cycle, and keeps its list for the upgrade.)
+            self.headers = []
+            if fresh.scope["http_version"] == "1.0":
+                fresh.waiting_for_100_continue = False
+            fresh.send = FramedSend(fresh)
+
+
+#: Statuses that never have a body (RFC 9110 6.4.1), whatever their headers say.
+_NO_BODY = frozenset({204, 304})
+
+
+class FramedSend:
+    """An httptools request cycle's ``send``, with ``HttpToolsFraming``'s two corrections.
+
+    It steers uvicorn's cycle through two of its attributes: ``chunked_encoding`` set to False
+    before the head keeps it from adding ``Transfer-Encoding: chunked``, and
+    ``expected_content_length`` set to what may still be sent lets each piece through as it is.
+    """
+
+    __slots__ = ("cycle", "send", "until_close")
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+        self.send: Send = cycle.send
+        self.until_close = False
+
+    async def __call__(self, message: Message) -> None:
+        cycle = self.cycle
+        if message["type"] == "http.response.start" and not cycle.response_started:
+            status = message["status"]
+            if status in _NO_BODY:
+                await self.send(message)
+                cycle.expected_content_length = 0  # whatever its Content-Length says
+                return
+            if cycle.scope["http_version"] == "1.0":
+                message = self._close_delimited(message)
+        elif self.until_close and message["type"] == "http.response.body" and not cycle.response_complete:
+            cycle.expected_content_length = len(message.get("body", b""))
+        await self.send(message)
+
+    def _close_delimited(self, message: Message) -> Message:
+        """The head of a response to HTTP/1.0: without a length, its body runs until the close."""
+        headers = list(message.get("headers", ()))
+        names = {name.lower() for name, _ in headers}
+        if b"content-length" in names or self.cycle.scope["method"] == "HEAD":
+            return message
+        self.until_close = True
+        self.cycle.chunked_encoding = False
+        if b"transfer-encoding" in names:
+            message = {**message, "headers": [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]}
+        return message
+
+
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown"
@@ -344,6 +462,8 @@ def protocol_class(
     mixins: tuple[type[asyncio.Protocol], ...] = (GuardedProtocol,)
     if issubclass(base, _h11_protocol()):
         mixins = (StrictH11Heads, *mixins)
+    else:
+        mixins = (HttpToolsFraming, *mixins)
     limits = {"request_timeout": request_timeout, "max_header_bytes": max_header_bytes}
     return cast(type[asyncio.Protocol], type(f"Guarded{base.__name__}", (*mixins, base), limits))
 
@@ -368,4 +488,8 @@ def uvicorn_options(config: Config, http: HttpParser = "auto") -> dict[str, Any]
         # The upstream's own Server and Date headers pass through; uvicorn must not add a second.
         "server_header": False,
         "date_header": False,
+        # WebSocket upgrades are relayed to the upstream and the connections spliced
+        # (websocket.py): the gateway needs no WebSocket library, and whichever one is installed
+        # uvicorn must not pick it to terminate WebSockets here.
+        "ws": tunnel_protocol(config, request_problem),
     }

@@ -35,5 +35,7 @@ class Upstream(ConnectionPool):
 
     def target(self, raw_path: bytes, query: bytes) -> bytes:
         """The request target for a path and query exactly as the client encoded them."""
+        if raw_path == b"*":
+            return raw_path  # OPTIONS *: the upstream server itself, whatever its base path
         path = self.base_path + raw_path
         return path + b"?" + query if query else path

@@ -26,9 +26,10 @@ from asyncgate.hookclient import WebhookClient
 from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
-from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, now, rfc3339
+from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
+from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
 logger = logging.getLogger("asyncgate.webhooks")
 
@@ -129,8 +130,16 @@ def log_attempt(run_id: str, attempts: int, delivery: Delivery) -> None:
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
-    def __init__(self, config: Config, store: RunStore, metrics: Metrics, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: RunStore,
+        metrics: Metrics,
+        resolver: Resolver | None = None,
+        tracing: Tracing = NO_TRACING,
+    ) -> None:
         self.config = config
+        self.tracing = tracing
         self.metrics = metrics
         self.allow = Allowlist.parse(config.webhooks.allow)
         #: Name resolution, injectable so tests can make a name answer any address.
@@ -208,7 +217,10 @@ class WebhookDispatcher:
         attempts = (run.delivery.attempts if run.delivery else 0) + 1
         try:
             result = due.result if due.prefetched else await self.store.result(run.run_id)
-            attempt = await self._send(run, result)
+            with self.tracing.delivery_attempt(run, attempts) as span:
+                attempt = await self._send(run, result, span.headers)
+                delivered = attempt.status is not None and 200 <= attempt.status < 300
+                span.finish(attempt.status, None if delivered else str(attempt.status or "transport_error"))
         except StoreUnavailable as exc:
             # Not the receiver's fault: the lease runs out and the attempt is made again.
             extra = {"run_id": run.run_id}
@@ -229,7 +241,8 @@ class WebhookDispatcher:
             if delivery.next_attempt_at <= now():
                 self._wake.set()
 
-    def request_headers(self, run: Run, body: bytes, content_type: str | None) -> dict[str, str]:
+    def request_headers(self, run: Run, body: bytes, content_type: str | None, trace: Headers = ()) -> dict[str, str]:
+        """The delivery's headers; ``trace`` names its span, else the submission's trace context goes on."""
         timestamp = int(now())
         headers = {
             "webhook-id": run.webhook_id,
@@ -241,11 +254,13 @@ class WebhookDispatcher:
         }
         if content_type:
             headers["Content-Type"] = content_type
+        # The receiver's spans belong to the submitter's trace (W3C Trace Context and Baggage).
+        headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
         if self._keys:
             headers["webhook-signature"] = signature_header(self._keys, run.webhook_id, timestamp, body)
         return headers
 
-    async def _send(self, run: Run, result: RunResult | None) -> Attempt:
+    async def _send(self, run: Run, result: RunResult | None, trace: Headers = ()) -> Attempt:
         assert self._client is not None and run.request.webhook_url is not None
         content_type: str | None
         if self.config.webhooks.format == "envelope":
@@ -253,7 +268,7 @@ class WebhookDispatcher:
         else:
             body = result.body if result is not None else b""
             content_type = result.header("content-type") if result is not None else None
-        headers = self.request_headers(run, body, content_type)
+        headers = self.request_headers(run, body, content_type, trace)
         try:
             answer = await self._client.post(run.request.webhook_url, body, headers)
         except BlockedDestination as exc:

@@ -14,6 +14,7 @@ from asyncgate.app import Gateway as GatewayApp
 from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
+from asyncgate.tracing import NO_TRACING, Tracing
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisCluster, RedisSentinel
 from tests.support.servers import ServerThread
@@ -38,9 +39,11 @@ class Receiver:
 
 
 class Gateway:
-    def __init__(self, config: Config, resolver: Resolver | None = None, **server_options: Any) -> None:
+    def __init__(
+        self, config: Config, resolver: Resolver | None = None, tracing: Tracing = NO_TRACING, **server_options: Any
+    ) -> None:
         self.config = config
-        self.app = GatewayApp(config, resolver=resolver)
+        self.app = GatewayApp(config, resolver=resolver, tracing=tracing)
         # The server options `asyncgate serve` uses, unless a test asks for others.
         options = {**uvicorn_options(config), "timeout_graceful_shutdown": 5, **server_options}
         self.server = ServerThread(self.app, **options).start()
@@ -137,7 +140,10 @@ def make_gateway(
     prefix = f"t{uuid.uuid4().hex[:12]}"
 
     def factory(
-        settings: dict[str, Any] | None = None, resolver: Resolver | None = None, **server_options: Any
+        settings: dict[str, Any] | None = None,
+        resolver: Resolver | None = None,
+        tracing: Tracing = NO_TRACING,
+        **server_options: Any,
     ) -> Gateway:
         # Flows run as one trusted caller; tests/e2e/test_access.py covers per-caller access.
         overrides: dict[str, Any] = {
@@ -154,7 +160,7 @@ def make_gateway(
         else:
             overrides["store.data_dir"] = str(tmp_path / "data")
         overrides.update(settings or {})
-        gateway = Gateway(load(None, environ={}, overrides=overrides), resolver, **server_options)
+        gateway = Gateway(load(None, environ={}, overrides=overrides), resolver, tracing, **server_options)
         started.append(gateway)
         return gateway
 

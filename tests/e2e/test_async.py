@@ -232,3 +232,31 @@ def test_health_and_readiness(gateway: Gateway, store_kind: str) -> None:
         # The suite's Redis keeps nothing on disk, and readiness says so.
         assert ready["warnings"] == ["appendonly is off"]
         assert "lost if Redis restarts" in ready["durability"]
+
+
+def test_a_run_stores_and_replays_only_end_to_end_fields(gateway: Gateway) -> None:
+    # Expect was answered by the gateway already; hop-by-hop fields (and the ones Connection
+    # names) belong to the client's connection; the length is written afresh at replay.
+    body = b'{"expect": "continue"}'
+    headers = [
+        ("Expect", "100-continue"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "this hop only"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic c2VjcmV0"),
+        ("X-End-To-End", "kept"),
+        ("Content-Type", "application/json"),
+    ]
+    run_id = submit(gateway, "/echo?async=true", body, headers=headers)
+    assert gateway.wait_final(run_id)["status"] == "succeeded"
+    call = gateway.client.get(f"{gateway.prefix}/runs/{run_id}/result").json()
+    names = [name for name, _ in call["headers"]]
+    for dropped in ("expect", "connection", "x-hop", "keep-alive", "te", "proxy-authorization"):
+        assert dropped not in names
+    received = dict(call["headers"])
+    assert received["x-end-to-end"] == "kept"
+    assert received["content-type"] == "application/json"
+    assert received["content-length"] == str(len(body))
+    assert received["asyncgate-run-id"] == run_id
+    assert call["body"] == body.decode()

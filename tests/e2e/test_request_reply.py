@@ -23,6 +23,7 @@ RUN_FIELDS = {
     "error",
     "attempt",
     "webhook",
+    "route",
     "urls",
 }
 

@@ -1,0 +1,94 @@
+"""Per-route policies: the ``routes:`` of the configuration file, matched in order, first match wins.
+
+A route names methods (any when none) and a path pattern; ``*`` matches within one path segment,
+``**`` matches across segments (``/v1/**`` is everything under ``/v1/``), anything else matches
+itself. The pattern is matched against the request's decoded path, without its query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from enum import StrEnum
+from typing import Any
+
+from asyncgate.runs import mask_url
+
+
+class AsyncMode(StrEnum):
+    """Whether requests on a route may, must or must not be asynchronous."""
+
+    #: The client decides (``?async=true``, ``Prefer: respond-async``), as without a route.
+    CLIENT = "client"
+    #: Every request becomes a run; asking for a synchronous answer is refused (400).
+    ALWAYS = "always"
+    #: Every request passes through; asking for a run is refused (400).
+    NEVER = "never"
+
+
+#: Webhook events a route may subscribe its default webhook to: a run's end, the only one today.
+WEBHOOK_EVENTS = frozenset({"completed"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePolicy:
+    """One entry of ``routes:``; None leaves a setting to the gateway-wide configuration."""
+
+    #: What a run's status shows in ``route``: the configured name, else the route's index.
+    name: str
+    path: str
+    #: Upper-case methods; empty matches any.
+    methods: frozenset[str] = frozenset()
+    mode: AsyncMode = AsyncMode.CLIENT
+    #: True: a run is re-sent after a lost holder whatever its method; False: never; None: as its method says.
+    idempotent: bool | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    max_body_bytes: int | None = None
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ("completed",)
+    #: The compiled ``path``.
+    pattern: re.Pattern[str] = dataclasses.field(default=re.compile(""), compare=False, repr=False)
+
+    def matches(self, method: str, path: str) -> bool:
+        return (not self.methods or method in self.methods) and self.pattern.fullmatch(path) is not None
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a route's path pattern (``*`` within a segment, ``**`` across)."""
+    parts = re.split(r"(\*\*|\*)", pattern)
+    wildcards = {"**": ".*", "*": "[^/]*"}
+    return re.compile("".join(wildcards.get(part, re.escape(part)) for part in parts))
+
+
+class RoutePolicies:
+    """The configured routes, in order; ``match`` finds the first that applies to a request."""
+
+    def __init__(self, routes: tuple[RoutePolicy, ...]) -> None:
+        self.routes = routes
+
+    def __bool__(self) -> bool:
+        return bool(self.routes)
+
+    def match(self, method: str, path: str) -> RoutePolicy | None:
+        return next((route for route in self.routes if route.matches(method, path)), None)
+
+
+def effective(route: RoutePolicy, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A route as readyz and the OpenAPI document show it: every setting, the gateway's where it sets none.
+
+    ``defaults`` holds the gateway-wide ``timeout``, ``max_attempts``, ``max_body_bytes`` and
+    ``webhook`` (a URL or None). Webhook URLs are masked: they often carry tokens.
+    """
+    webhook = route.webhook_url or defaults["webhook"]
+    return {
+        "name": route.name,
+        "methods": sorted(route.methods) or None,
+        "path": route.path,
+        "async": route.mode.value,
+        "idempotent": route.idempotent,
+        "timeout": route.timeout or defaults["timeout"],
+        "max_attempts": route.max_attempts or defaults["max_attempts"],
+        "max_body_bytes": route.max_body_bytes or defaults["max_body_bytes"],
+        "webhook": None if webhook is None else {"url": mask_url(webhook), "events": list(route.webhook_events)},
+    }
