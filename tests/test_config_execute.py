@@ -10,9 +10,10 @@ import pytest
 
 from asyncgate.config import load
 from asyncgate.errors import ConfigError
+from tests.support.sealing import ENCRYPTION_KEY_ENV
 
 UPSTREAM = {"ASYNCGATE_UPSTREAM": "http://127.0.0.1:8000"}
-REDIS = {"ASYNCGATE_STORE_REDIS_URL": "redis://127.0.0.1:6379/0"}
+REDIS = {"ASYNCGATE_STORE_REDIS_URL": "redis://127.0.0.1:6379/0", "ASYNCGATE_DEPLOYMENT": "model", **ENCRYPTION_KEY_ENV}
 
 
 def test_execute_is_on_by_default() -> None:
@@ -27,8 +28,11 @@ def test_execute_from_the_environment(text: str, value: bool) -> None:
 
 def test_execute_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "intake.yaml"
-    path.write_text("upstream: http://127.0.0.1:8000\nstore:\n  redis_url: redis://r:6379/0\nruns:\n  execute: false\n")
-    assert load(path, environ={}).runs.execute is False
+    path.write_text(
+        "upstream: http://127.0.0.1:8000\ndeployment: model\nstore:\n  redis_url: redis://r:6379/0\n"
+        "runs:\n  execute: false\n"
+    )
+    assert load(path, environ=ENCRYPTION_KEY_ENV).runs.execute is False
 
 
 def test_execute_must_be_a_boolean(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from asyncgate.openapi import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, openapi_docum
 from asyncgate.runs import Run, RunRequest, RunState
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.redis_server import RedisServer
+from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.wait import wait_until
 
 CALLER = {"Authorization": "Bearer schemathesis-caller"}
@@ -200,7 +201,11 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     store: dict[str, Any] = {"store.data_dir": str(Path(tmp_path_factory.mktemp("openapi")) / "data")}
     if request.param == "redis":
         redis: RedisServer = request.getfixturevalue("redis_server")
-        store = {"store.redis_url": redis.url, "store.key_prefix": f"openapi{uuid.uuid4().hex[:8]}"}
+        store = {
+            "store.redis_url": redis.url,
+            "store.key_prefix": f"openapi{uuid.uuid4().hex[:8]}",
+            "store.encryption_key": [ENCRYPTION_KEY],
+        }
     config = config_for(**{"upstream": upstream.url, **store})
     gateway = Gateway(config)
     try:

@@ -30,8 +30,14 @@ def upstream() -> Iterator[ServerThread]:
 
 def _serve(upstream: str, port: int, redis_url: str, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
     # One run at a time per worker: two held runs can only be held by two different workers.
-    env = {**os.environ, "ASYNCGATE_LIMITS_MAX_INFLIGHT": "1", "ASYNCGATE_STORE_KEY_PREFIX": prefix}
-    argv = ["serve", "--upstream", upstream, "--port", str(port), "--redis-url", redis_url, *extra]
+    env = {
+        **os.environ,
+        "ASYNCGATE_LIMITS_MAX_INFLIGHT": "1",
+        "ASYNCGATE_STORE_KEY_PREFIX": prefix,
+        "ASYNCGATE_STORE_PLAINTEXT": "true",
+    }
+    argv = ["serve", "--upstream", upstream, "--deployment", prefix, "--port", str(port), "--redis-url", redis_url]
+    argv += extra
     return subprocess.Popen([*ASYNCGATE, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import endpoints, ui
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, ClientError, StoreUnavailable
+from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake, classify, looks_async
 from asyncgate.metrics import Metrics
@@ -86,6 +86,9 @@ class Gateway:
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
+        #: Why the store refused this gateway at startup (its deployment's runs are another
+        #: upstream's); the CLI prints it as a configuration error.
+        self.refused: ConfigError | None = None
         #: With route policies, every request is matched (a route may make it async unasked).
         self._routes = bool(config.routes)
 
@@ -135,7 +138,17 @@ class Gateway:
         if self.config.runs.execute:
             svc.executor.start()
         role = "" if self.config.runs.execute else " (runs.execute false: other replicas execute the runs)"
-        logger.info("asyncgate ready: upstream %s, %s store%s", self.config.upstream, svc.store_kind, role)
+        store = self.config.store
+        where = f"key prefix {store.key_prefix}" if store.redis_url else f"data dir {store.data_dir}"
+        logger.info(
+            "asyncgate ready: upstream %s, deployment %s, %s store (%s), credentials and webhook URLs %s at rest%s",
+            self.config.upstream,
+            self.config.deployment,
+            svc.store_kind,
+            where,
+            svc.store.sealer.sealing,
+            role,
+        )
 
     def begin_drain(self) -> None:
         """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""
@@ -157,6 +170,12 @@ class Gateway:
         assert message["type"] == "lifespan.startup"
         try:
             await self.startup()
+        except ConfigError as exc:
+            # Said once, by the CLI, as any configuration error: one line, exit status 2.
+            self.refused = exc
+            await self.services.store.close()
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
         except Exception as exc:
             logger.error("startup failed: %s", exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -38,13 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--deployment", help="the deployment this gateway belongs to (default: derived from --upstream)")
     serve.add_argument("--redis-url", help="Redis URL; without one the embedded store is used")
+    serve.add_argument(
+        "--allow-upstream-change",
+        action="store_true",
+        default=None,
+        help="take over the deployment's runs although they were accepted for another upstream",
+    )
     serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--workers", type=int, help="gateway processes on the one port (default 1; more need Redis)")
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
+    )
     check.add_argument("file")
     add_runs_commands(commands)
     return parser
@@ -53,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "upstream": args.upstream,
+        "deployment": args.deployment,
+        "store.allow_upstream_change": args.allow_upstream_change,
         "server.host": args.host,
         "server.port": args.port,
         "store.redis_url": args.redis_url,
@@ -64,13 +75,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:
-    """Run the gateway until a signal drains it; the process's exit status."""
+    """Run the gateway until a signal drains it; the exit status. ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
     if config.server.workers > 1:
         # OpenTelemetry's span processors restart their export thread in each forked worker.
-        worker = functools.partial(_serve_on, config, tracing)
+        worker = functools.partial(_serve_worker, config, tracing)
         return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
     return _serve_on(config, tracing, None)
+
+
+def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
+    """One of several workers: a refusal at startup is one line and status 2, as for one gateway."""
+    try:
+        return _serve_on(config, tracing, sock)
+    except ConfigError as exc:
+        print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
@@ -91,7 +111,13 @@ def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> i
     # handler kills the process; a drained gateway has done its job and should exit 0 instead.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
+    try:
+        DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
+    except SystemExit:
+        # uvicorn exits with status 3 when the app's startup fails.
+        if gateway.refused is not None:
+            raise gateway.refused from None
+        raise
     return 0
 
 
@@ -155,15 +181,15 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     env = dict(os.environ if environ is None else environ)
     try:
         if args.command == "check-config":
-            load(args.file, environ={}, require_upstream=False)
+            load(args.file, environ=env)
             print(f"{args.file}: ok")
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
         tracing = from_environ(env)
+        return serve(config, tracing)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    return serve(config, tracing)
 
 
 if __name__ == "__main__":

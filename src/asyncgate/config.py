@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
+import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,14 +57,18 @@ class StoreConfig:
     redis_url: str | None = None
     #: Where the embedded store keeps its database.
     data_dir: str = "./asyncgate-data"
-    #: Prefix of every Redis key, so several gateways can share one Redis.
-    key_prefix: str = "asyncgate"
+    #: Prefix of every Redis key; None derives it from the deployment (asyncgate:<deployment>).
+    key_prefix: str | None = None
     #: SQLite's synchronous pragma for the embedded store: "full" survives power loss.
     sqlite_synchronous: str = "full"
     #: "strict": with Redis, a run must reach a replica (WAIT 1) before its 202.
     durability: str = "default"
-    #: Fernet keys sealing stored credentials; the first seals, all open (for rotation).
+    #: Fernet keys sealing stored credentials and webhook URLs; the first seals, all open (rotation).
     encryption_key: tuple[Secret, ...] = ()
+    #: True: with Redis and no encryption_key, store credentials and webhook URLs in the clear.
+    plaintext: bool = False
+    #: True: take over the deployment's stored runs although they were accepted for another upstream.
+    allow_upstream_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +172,8 @@ class ShutdownConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     upstream: str = ""
+    #: The deployment this gateway belongs to; None derives it from the upstream URL (see derive_deployment).
+    deployment: str | None = None
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     limits: LimitsConfig = dataclasses.field(default_factory=LimitsConfig)
@@ -177,10 +186,14 @@ class Config:
     routes: tuple[RoutePolicy, ...] = ()
 
 
+#: Keys outside any section.
+_TOP_LEVEL = frozenset({"upstream", "deployment"})
+#: A deployment name: it becomes part of Redis keys and Kubernetes-derived names fit it.
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SECTIONS: dict[str, type[Any]] = {
     f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
     for f in dataclasses.fields(Config)
-    if f.name not in ("upstream", "routes")
+    if f.name not in _TOP_LEVEL | {"routes"}
 }
 
 # Keys whose values are durations or sizes, so strings with units are accepted.
@@ -234,12 +247,22 @@ _SIZE_UNITS = {
 }
 
 
+def _finite(key: str, value: int | float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return number
+
+
 def parse_duration(key: str, value: Any) -> float:
     """Seconds from ``30``, ``2.5`` or ``"500ms"``/``"5s"``/``"10m"``/``"12h"``/``"1d"``."""
     if isinstance(value, bool):
         raise ConfigError(key, "expected a duration such as 30s, not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _finite(key, value)
     elif isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
         if match is None:
@@ -247,6 +270,8 @@ def parse_duration(key: str, value: Any) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     else:
         raise ConfigError(key, f"expected a duration, got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ConfigError(key, f"expected a finite duration such as 30s, got {value!r}")
     if seconds <= 0:
         raise ConfigError(key, "must be greater than zero")
     return seconds
@@ -336,7 +361,7 @@ def _coerce(key: str, field_type: str, value: Any, from_text: bool) -> Any:
                 raise ConfigError(key, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+        return _finite(key, value)
     if field_type.startswith("bool"):
         if from_text and isinstance(value, str):
             lowered = value.strip().lower()
@@ -362,8 +387,8 @@ def _field_types(section: type[Any]) -> dict[str, str]:
 def _merge(raw: dict[str, Any], layer: Mapping[str, Any], *, from_text: bool) -> None:
     """Merge a flat ``{"section.key": value}`` layer into ``raw``, coercing each value."""
     for dotted, value in layer.items():
-        if dotted == "upstream":
-            raw["upstream"] = _coerce("upstream", "str", value, from_text)
+        if dotted in _TOP_LEVEL:
+            raw[dotted] = _coerce(dotted, "str | None" if dotted == "deployment" else "str", value, from_text)
             continue
         if dotted == "routes" and not from_text:
             raw["routes"] = value  # parsed once every layer is in: route webhooks need webhooks.allow
@@ -385,8 +410,8 @@ def _flatten_file(data: Any) -> dict[str, Any]:
         raise ConfigError("(file)", "the top level must be a mapping of keys")
     flat: dict[str, Any] = {}
     for name, value in data.items():
-        if name in ("upstream", "routes"):
-            flat[name] = value
+        if name in _TOP_LEVEL or name == "routes":
+            flat[str(name)] = value
         elif name in _SECTIONS:
             if value is None:
                 continue
@@ -405,8 +430,8 @@ def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
         if not name.startswith(ENV_PREFIX) or _SERVICE_LINK_ENV.match(name) or name in _CLIENT_ENV:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
-        if rest == "upstream":
-            flat["upstream"] = value
+        if rest in _TOP_LEVEL:
+            flat[rest] = value
             continue
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
@@ -431,22 +456,38 @@ def _validate_upstream(config: Config, required: bool) -> None:
         raise ConfigError("upstream", f"bad port in {config.upstream!r}") from exc
 
 
-def _validate(config: Config, complete: bool) -> None:
-    _validate_upstream(config, complete)
-    if complete and not config.runs.execute and config.store.redis_url is None:
+def _validate_store(config: Config, complete: bool) -> None:
+    store = config.store
+    if complete and not config.runs.execute and store.redis_url is None:
         # Only once complete: a file checked on its own may leave the Redis URL to a variable.
         message = "false needs store.redis_url: the embedded store serves one process, so no run would execute"
         raise ConfigError("runs.execute", message)
-    if complete and config.server.workers > 1 and config.store.redis_url is None:
+    if complete and config.server.workers > 1 and store.redis_url is None:
         message = "more than 1 needs store.redis_url: the embedded store (one SQLite file) serves one process"
         raise ConfigError("server.workers", message)
-    if config.store.redis_url is not None:
-        redis = urlsplit(config.store.redis_url)
+    if store.redis_url is not None:
+        redis = urlsplit(store.redis_url)
         if redis.scheme not in REDIS_SCHEMES:
             expected = ", ".join(f"{scheme}://" for scheme in sorted(REDIS_SCHEMES))
             raise ConfigError("store.redis_url", f"expected one of {expected}, got {redis.scheme!r}")
-    if "{" in config.store.key_prefix or "}" in config.store.key_prefix:
+    if store.key_prefix is not None and ("{" in store.key_prefix or "}" in store.key_prefix):
         raise ConfigError("store.key_prefix", "must not contain { or } (it becomes a Redis Cluster hash tag)")
+    if complete and store.redis_url is not None and not store.encryption_key and not store.plaintext:
+        # Every replica must hold the same key, so a gateway cannot make one up as the
+        # embedded store does; and storing credentials in the clear must be a choice.
+        message = (
+            "is required with store.redis_url, so that credentials and webhook URLs are sealed at rest "
+            "(every replica needs the same key); or set store.plaintext: true to store them in the clear"
+        )
+        raise ConfigError("store.encryption_key", message)
+
+
+def _validate(config: Config, complete: bool) -> None:
+    _validate_upstream(config, complete)
+    _validate_store(config, complete)
+    if config.deployment is not None and not _DEPLOYMENT.fullmatch(config.deployment):
+        rule = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        raise ConfigError("deployment", f"expected {rule}, got {config.deployment!r}")
     try:
         allow = Allowlist.parse(config.webhooks.allow)
     except ValueError as exc:
@@ -577,9 +618,11 @@ def load(
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read the file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start} cannot be decoded)") from exc
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -588,6 +631,48 @@ def load(
     _merge(raw, _flatten_environ(environ or {}), from_text=True)
     _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None}, from_text=False)
     sections = {name: _SECTIONS[name](**raw.get(name, {})) for name in _SECTIONS}
-    config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), **sections)
+    config = Config(upstream=str(raw.get("upstream", "")).rstrip("/"), deployment=raw.get("deployment"), **sections)
     _validate(config, require_upstream)
+    config = _with_identity(config)
     return dataclasses.replace(config, routes=_routes(raw.get("routes"), config))
+
+
+def derive_deployment(upstream: str) -> str:
+    """The default deployment name: the upstream's host and port, and a digest of its whole URL.
+
+    Two gateways fronting different upstreams never derive the same name, so they never share
+    runs by accident; the host keeps the name readable in ``redis-cli --scan``.
+    """
+    parts = urlsplit(upstream)
+    host = re.sub(r"[^a-z0-9.-]+", "-", (parts.hostname or "upstream").lower()).strip(".-")[:60] or "upstream"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    digest = hashlib.sha256(f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}{parts.path}".encode())
+    return f"{host}-{port}-{digest.hexdigest()[:10]}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_identity(config: Config) -> Config:
+    """The configuration with its deployment and key prefix filled in, once the upstream is known."""
+    if config.deployment is None and not config.upstream:
+        return config
+    shared = config.store.redis_url is not None and config.store.key_prefix is None
+    if shared and config.deployment is None and _is_loopback(urlsplit(config.upstream).hostname or ""):
+        # A sidecar's http://127.0.0.1:8000 names another server in every pod: sidecars of two
+        # models would derive one deployment, and run each other's requests.
+        message = (
+            f"is required with store.redis_url when the upstream is a loopback address ({config.upstream} "
+            "is another server in every pod, so it cannot tell deployments apart); set --deployment NAME"
+        )
+        raise ConfigError("deployment", message)
+    deployment = config.deployment or derive_deployment(config.upstream)
+    key_prefix = config.store.key_prefix or f"asyncgate:{deployment}"
+    store = dataclasses.replace(config.store, key_prefix=key_prefix)
+    return dataclasses.replace(config, deployment=deployment, store=store)

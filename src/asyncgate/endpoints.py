@@ -16,13 +16,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
+from asyncgate.netguard import Allowlist
 from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, rfc3339
 from asyncgate.services import Services
-from asyncgate.store.base import CancelResult, Event
+from asyncgate.store.base import CancelResult, Event, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
 #: A comment line is sent on an idle event stream this often, so proxies keep it open.
@@ -167,6 +169,15 @@ async def cancel_run(request: Request) -> Response:
     return _status_response(request, run, 200 if run.state.is_final else 202)
 
 
+def _webhook_url(request: Request) -> str | None:
+    """The URL a redelivery names, given as at submission (?webhookEndpoint= or Asyncgate-Webhook)."""
+    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
+    if len(urls) > 1:
+        raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
+    allow = Allowlist.parse(services(request).config.webhooks.allow)
+    return validate_webhook_url(urls[0], allow) if urls else None
+
+
 async def redeliver_webhook(request: Request) -> Response:
     svc = services(request)
     run = await _run_or_404(request)
@@ -174,10 +185,16 @@ async def redeliver_webhook(request: Request) -> Response:
         raise Conflict("the run has no webhook", code="no_webhook")
     if not run.state.is_final:
         raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
+    url = _webhook_url(request)
     try:
-        if not await svc.store.redeliver(run.run_id):
+        if not await svc.store.redeliver(run.run_id, url):
             raise _not_found()
         run = await svc.store.get(run.run_id) or run
+    except WebhookUrlDeleted:
+        raise Conflict(
+            f"the run's webhook URL was deleted when its last delivery ended; name it again with ?{WEBHOOK_PARAM}=",
+            code="webhook_url_deleted",
+        ) from None
     except StoreError as exc:
         raise _unavailable(exc) from exc
     svc.webhooks.wake()
@@ -309,8 +326,11 @@ async def readyz(request: Request) -> Response:
     try:
         await svc.store.ping()
         report = await svc.store.durability()
-    except StoreError:
-        return JSONResponse({"status": "unavailable", "store": svc.store_kind}, status_code=503)
+    except StoreError as exc:
+        # The reason comes from the store (unreachable, refusing writes, another upstream's
+        # runs), never from a request, and holds no secret: Redis errors name no credentials.
+        body = {"status": "unavailable", "store": svc.store_kind, "reason": str(exc)}
+        return JSONResponse(body, status_code=503)
     if svc.config.routes:
         report = {**report, "routes": route_policies(svc.config)}
     return JSONResponse({"status": "ready", "store": svc.store_kind, **report})

@@ -178,7 +178,11 @@ def _wait(prefs: list[preferences.Preference], maximum: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        raise BadRequest("Prefer: wait must be a number of seconds", code="invalid_parameter") from None
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses NaN, as ?wait= does
+        raise BadRequest(
+            f"Prefer: wait must be a number of seconds (at most {maximum:g} is honoured)", code="invalid_parameter"
+        )
     # RFC 7240 leaves the server free to wait less than asked; it never waits past its cap.
     return max(0.0, min(seconds, maximum))
 

@@ -600,16 +600,42 @@ def _redeliver_operation(config: Config) -> Schema:
             "description": "The delivery is pending again, with the same `webhook-id`.",
             "content": _json(_ref("schemas", "RunStatus")),
         },
+        "400": _error_response(
+            "The URL named is malformed or refused; nothing changed.",
+            ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
+            ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
+        ),
         "409": _error_response(
-            "The run has no webhook, or has not finished.",
+            "The run has no webhook, has not finished, or its URL was deleted and none is named.",
             ("no_webhook", "the run has no webhook"),
             ("run_not_finished", "the run has not finished yet"),
+            ("webhook_url_deleted", "the run's webhook URL was deleted when its last delivery ended; ..."),
             retry_after=True,
         ),
         **_run_errors(config),
     }
+    params = [
+        _query_param(
+            WEBHOOK_PARAM,
+            "Where to deliver. The run's own URL is deleted once its delivery is final, so a redelivery "
+            "then names one (the same or another); without one, the run's own URL while it is stored.",
+            {"type": "string", "format": "uri", "maxLength": 2048},
+        ),
+        _header_param(
+            "Asyncgate-Webhook",
+            f"The URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
+            {"type": "string", "format": "uri"},
+        ),
+    ]
     description = "Whatever the delivery's state (delivered, failed, gone), it is made again from the first attempt."
-    return _operation("redeliverWebhook", "runs", "Send the run's webhook again", responses, description=description)
+    return _operation(
+        "redeliverWebhook",
+        "runs",
+        "Send the run's webhook again",
+        responses,
+        parameters=params,
+        description=description,
+    )
 
 
 # Operations -------------------------------------------------------------------------------------
@@ -631,7 +657,10 @@ def _operations_paths(prefix: str) -> dict[str, Schema]:
         "Readiness: the store answers and the gateway is not draining",
         {
             "200": {**readiness, "description": "Ready to take traffic."},
-            "503": {**readiness, "description": "Draining after SIGTERM, or the store does not answer."},
+            "503": {
+                **readiness,
+                "description": "Draining after SIGTERM, or the store does not answer or take writes.",
+            },
         },
         security=public,
     )
@@ -864,7 +893,18 @@ def _schemas(prefix: str) -> dict[str, Schema]:
                 "warnings": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`).",
+                    "description": "Store settings that put runs at risk (`maxmemory-policy`, `appendonly`, "
+                    "`store.plaintext`).",
+                },
+                "sealing": {
+                    "type": "string",
+                    "enum": ["sealed", "plaintext"],
+                    "description": "Whether credentials and webhook URLs rest sealed in the store.",
+                },
+                "reason": {
+                    "type": "string",
+                    "description": "Why the store is unavailable: unreachable, refusing writes (out of memory, a "
+                    "failed save, a full disk), or holding another upstream's runs.",
                 },
                 "routes": {
                     "type": "array",

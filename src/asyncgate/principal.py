@@ -23,6 +23,20 @@ _CONTEXT = b"asyncgate-caller-v1\x00"
 #: Callers tracked at once by the unknown-id limiter; the least recent are forgotten first.
 _TRACKED_CALLERS = 10_000
 _WINDOW = 60.0
+#: Headers whose values are ``auth-scheme [ 1*SP credentials ]`` (RFC 9110 section 11.4).
+_SCHEMED_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
+
+
+def canonical_credentials(value: bytes) -> bytes:
+    """``Bearer x``, ``bearer x`` and ``BEARER  x`` as one value: the scheme is case-insensitive.
+
+    The scheme is written as its registration does (``Bearer``, ``Basic``), so the common
+    spelling keeps the fingerprint it had before; the credentials themselves are left alone.
+    """
+    scheme, space, rest = value.partition(b" ")
+    if not space:
+        return value  # no scheme to speak of: a bare token, whose case matters
+    return scheme[:1].upper() + scheme[1:].lower() + b" " + rest.lstrip(b" ")
 
 
 class Unauthenticated(ClientError):
@@ -49,6 +63,8 @@ class Access:
     def __init__(self, config: AccessConfig) -> None:
         self.config = config
         self._header = config.header.lower().encode("latin-1")
+        #: The header's value starts with an authentication scheme, which is case-insensitive.
+        self._schemed = self._header in _SCHEMED_HEADERS
         self._key = str(config.key).encode() if config.key is not None else None
         self._admin = str(config.admin_token).encode() if config.admin_token is not None else None
         self._misses: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
@@ -65,6 +81,8 @@ class Access:
                 break
         if not value:
             raise Unauthenticated(f"send a {self.config.header} header: runs belong to the caller that submits them")
+        if self._schemed:
+            value = canonical_credentials(value)
         if self._admin is not None and hmac.compare_digest(value.removeprefix(b"Bearer "), self._admin):
             return Principal(self.fingerprint(value), sees_all=True)
         return Principal(self.fingerprint(value))

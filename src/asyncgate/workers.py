@@ -61,7 +61,8 @@ class Supervisor:
         #: Each live worker's pid and the monotonic time it was started.
         self.workers: dict[int, float] = {}
         self.stopping = False
-        self.failed = False
+        #: The exit status: 0 unless a worker failed.
+        self.status = 0
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +76,7 @@ class Supervisor:
             except ChildProcessError:
                 break
             self._reap(pid, os.waitstatus_to_exitcode(status))
-        return 1 if self.failed else 0
+        return self.status
 
     def _spawn(self) -> None:
         pid = os.fork()
@@ -106,13 +107,14 @@ class Supervisor:
         if self.stopping:
             if code != 0:
                 logger.warning("worker %d exited with status %d", pid, code)
-                self.failed = True
+                self.status = self.status or 1
             return
         uptime = time.monotonic() - started
         if uptime < STARTUP_GRACE or code == STARTUP_FAILURE:
             message = "worker %d exited with status %d %.1fs after it started; stopping the others"
             logger.error(message, pid, code, uptime)
-            self.failed = True
+            # A refusal at startup (status 2, configuration) is the pod's status too.
+            self.status = self.status or (code if code > 0 else 1)
             self._stop(signal.SIGTERM)
             return
         logger.error("worker %d exited with status %d; starting another", pid, code)

@@ -127,6 +127,9 @@ def test_api_calls() -> None:
     assert protocol.result_call(ENDPOINTS, "r1") == Call("GET", "/_asyncgate/runs/r1/result")
     assert protocol.cancel_call(ENDPOINTS, "r1") == Call("DELETE", "/_asyncgate/runs/r1")
     assert protocol.resend_webhook_call(ENDPOINTS, "r1") == Call("POST", "/_asyncgate/runs/r1/webhook")
+    assert protocol.resend_webhook_call(ENDPOINTS, "r1", "https://h/x") == Call(
+        "POST", "/_asyncgate/runs/r1/webhook", headers=(("Asyncgate-Webhook", "https://h/x"),)
+    )
     assert protocol.list_call(ENDPOINTS, "running", 10, "c2").params == (
         ("status", "running"),
         ("limit", "10"),

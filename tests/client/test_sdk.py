@@ -270,7 +270,11 @@ def test_webhook_delivery_verifies_with_one_call(make_gateway: GatewayFactory, r
         delivery = wait_until(lambda: receiver.deliveries.for_run(run.run_id), message="webhook delivered")[0]
         status = wait_until(lambda: delivered(run.status()), message="delivery recorded")
         # Re-sent by hand: the same message id, so the receiver can tell it is the same delivery.
-        assert run.resend_webhook().run_id == run.run_id
+        # The URL left the gateway with the final delivery, so the resend names it again.
+        with pytest.raises(APIError) as deleted:
+            run.resend_webhook()
+        assert (deleted.value.status_code, deleted.value.code) == (409, "webhook_url_deleted")
+        assert run.resend_webhook(f"{receiver.url}/hook").run_id == run.run_id
         again = wait_until(lambda: receiver.deliveries.for_run(run.run_id)[1:], message="webhook re-sent")[0]
         assert again["headers"]["webhook-id"] == delivery["headers"]["webhook-id"]
         plain = client.submit("GET", "/echo")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from asyncgate import config as asyncgate_config
+from tests.support.sealing import ENCRYPTION_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "asyncgate"
@@ -177,7 +178,7 @@ def test_schema_config_keys_are_asyncgates_own_keys() -> None:
         field.name: {f.name for f in dataclasses.fields(getattr(asyncgate_config.Config(), field.name))}
         - chart_owned.get(field.name, set())
         for field in dataclasses.fields(asyncgate_config.Config)
-        if field.name not in ("upstream", "routes")
+        if field.name not in ("upstream", "deployment", "routes")
     }
     expected = {section: keys for section, keys in expected.items() if keys}
     # routes is a list of route policies, not a section of keys.
@@ -217,6 +218,8 @@ def test_rendered_config_is_accepted_by_asyncgate(chart: helm_python.Chart, name
                 for secret, text in secrets.items():
                     value = value.replace(f"$({secret})", text)
                 environ[var["name"]] = value
+            elif var["name"] == "ASYNCGATE_STORE_ENCRYPTION_KEY":
+                environ[var["name"]] = ENCRYPTION_KEY
             elif var["name"].startswith("ASYNCGATE_"):
                 environ[var["name"]] = "redis://redis.test:6379/0"
     loaded = asyncgate_config.load(path, environ=environ)
@@ -326,6 +329,7 @@ def test_bundled_redis_is_a_durable_single_instance_behind_a_password(chart: hel
     assert kinds(manifests) == [
         "ConfigMap",
         "Deployment",
+        "Secret",  # the encryption key
         "Secret",
         "Service",
         "Service",
@@ -351,7 +355,7 @@ def test_bundled_redis_is_a_durable_single_instance_behind_a_password(chart: hel
     assert claim["spec"]["resources"]["requests"]["storage"] == "4Gi"
     assert {"name": "data", "mountPath": "/data"} in server["volumeMounts"]
 
-    secret = only(manifests, "Secret")
+    secret = only(manifests, "Secret", "asyncgate-redis")
     assert secret["metadata"]["name"] == "asyncgate-redis"
     assert len(secret["data"]["redis-password"]) > 0
     service = only(manifests, "Service", "asyncgate-redis")
@@ -370,7 +374,7 @@ def test_bundled_redis_is_a_durable_single_instance_behind_a_password(chart: hel
 
 def test_redis_url_value_is_stored_in_a_secret(chart: helm_python.Chart) -> None:
     manifests = render(chart, {**UPSTREAM, "redis": {"url": "redis://:pw@redis.db:6379/2"}, "replicaCount": 2})
-    secret = only(manifests, "Secret")
+    secret = only(manifests, "Secret", "asyncgate-store")
     assert secret["metadata"]["name"] == "asyncgate-store"
     assert "redis-url" in secret["data"]
     env = env_of(container(only(manifests, "Deployment")["spec"]["template"]["spec"], "asyncgate"))
@@ -383,7 +387,8 @@ def test_redis_url_value_is_stored_in_a_secret(chart: helm_python.Chart) -> None
 
 def test_ha_values_add_hpa_pdb_and_servicemonitor(chart: helm_python.Chart) -> None:
     manifests = render(chart, load_values("ha"))
-    assert "Secret" not in kinds(manifests)  # redis.existingSecret: the chart creates none
+    # redis.existingSecret: the chart creates no Secret for the URL, only the encryption key's
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "Secret"] == ["asyncgate-encryption"]
     deployment = only(manifests, "Deployment")
     assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
     pod = deployment["spec"]["template"]["spec"]

@@ -10,6 +10,7 @@ import pytest
 
 from asyncgate import config as asyncgate_config
 from tests.deploy.test_helm import CHART, UPSTREAM, config_file, render, render_error
+from tests.support.sealing import ENCRYPTION_KEY_ENV
 
 INTAKE_ONLY = {"config": {"runs": {"execute": False}}}
 
@@ -27,7 +28,7 @@ def test_execute_false_reaches_the_config_file(chart: helm_python.Chart, tmp_pat
     assert config_file(manifests)["runs"] == {"execute": False}
     path = tmp_path / "config.yaml"
     path.write_text(str(next(m for m in manifests if m["kind"] == "ConfigMap")["data"]["config.yaml"]))
-    environ = {"ASYNCGATE_STORE_REDIS_URL": "redis://redis.ml.svc:6379/0"}
+    environ = {"ASYNCGATE_STORE_REDIS_URL": "redis://redis.ml.svc:6379/0", **ENCRYPTION_KEY_ENV}
     assert asyncgate_config.load(path, environ=environ).runs.execute is False
 
 

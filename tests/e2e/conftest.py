@@ -17,6 +17,7 @@ from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisCluster, RedisSentinel
+from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
 from tests.support.wait import wait_until
@@ -157,6 +158,7 @@ def make_gateway(
         if redis is not None:
             overrides["store.redis_url"] = redis.url
             overrides["store.key_prefix"] = prefix
+            overrides["store.encryption_key"] = [ENCRYPTION_KEY]
         else:
             overrides["store.data_dir"] = str(tmp_path / "data")
         overrides.update(settings or {})

@@ -12,6 +12,7 @@ import pytest
 from asyncgate.config import load
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.browser import Browser
+from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.wait import wait_until
 
 TOKEN_A = "Bearer tenant-a-token"
@@ -47,6 +48,7 @@ class Site:
         if store == "redis":
             settings["store.redis_url"] = request.getfixturevalue("redis_server").url
             settings["store.key_prefix"] = f"ui{uuid.uuid4().hex[:10]}"
+            settings["store.encryption_key"] = [ENCRYPTION_KEY]
         else:
             settings["store.data_dir"] = str(data_dir)
         self.config = load(None, environ={}, overrides=settings)

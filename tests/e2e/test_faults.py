@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Upstream
 from tests.support.redis_server import RedisCluster, RedisServer, free_port
+from tests.support.sealing import ENCRYPTION_KEY_ENV
 from tests.support.wait import wait_until
 
 FAST_LEASES = {
@@ -36,7 +37,7 @@ class Replica:
     def __init__(self, upstream: str, redis_url: str, prefix: str, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {**os.environ, **FAST_LEASES, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
+        environ = {**os.environ, **FAST_LEASES, **ENCRYPTION_KEY_ENV, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
         args = ["serve", "--upstream", upstream, "--port", str(self.port), "--redis-url", redis_url]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "asyncgate", *args],

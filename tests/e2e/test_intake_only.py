@@ -93,7 +93,8 @@ def test_the_intake_only_replica_delivers_webhooks(make_gateway: GatewayFactory,
     wait_until(lambda: receiver.deliveries.for_run(run_id), message="the first delivery")
     worker.stop()
     # With the worker gone, only the intake-only replica can send the delivery asked for again.
-    response = intake.client.post(f"{intake.prefix}/runs/{run_id}/webhook")
+    hook = {"Asyncgate-Webhook": f"{receiver.url}/hook"}  # the run's own was deleted once delivered
+    response = intake.client.post(f"{intake.prefix}/runs/{run_id}/webhook", headers=hook)
     assert response.status_code == 202, response.text
     wait_until(lambda: len(receiver.deliveries.for_run(run_id)) == 2, message="the second delivery")
     deliveries = receiver.deliveries.for_run(run_id)

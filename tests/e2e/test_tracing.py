@@ -38,6 +38,7 @@ from starlette.routing import Route
 from asyncgate.otel import OpenTelemetryTracing
 from tests.e2e.conftest import GatewayFactory, Receiver, Upstream
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.sealing import ENCRYPTION_KEY_ENV
 from tests.support.servers import ServerThread
 from tests.support.wait import wait_until
 
@@ -338,6 +339,7 @@ def test_otlp_spans_from_two_replica_processes_form_one_trace_across_a_resend(
         "ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT": "0.5",
         "ASYNCGATE_STORE_KEY_PREFIX": f"o{uuid.uuid4().hex[:10]}",
         "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
+        **ENCRYPTION_KEY_ENV,
     }
     args = ["--upstream", upstream.url, "--redis-url", redis_server.url]
     first = Process(args, env)

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.alert import Alert
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -187,6 +189,10 @@ def test_redeliver_a_webhook_from_its_page(browser: Browser, site: Site, shots: 
     )
     assert structure(browser)["deliveries"].count("delivered") == 1
     browser.driver.find_element(By.ID, "redeliver").click()
+    # The URL left the gateway with the final delivery: the page asks for it again.
+    prompt = wait_until(lambda: _alert(browser), message="the page asks for the URL")
+    prompt.send_keys(f"{site.receiver.url}/again")
+    prompt.accept()
     wait_until(lambda: len(site.receiver.deliveries.for_run(run_id)) == 2, message="the second delivery")
     delivered = "[...document.querySelectorAll('#webhook-history tr')].filter((r) => r.dataset.state === 'delivered')"
     wait_page(browser, f"{delivered}.length === 2")
@@ -195,6 +201,13 @@ def test_redeliver_a_webhook_from_its_page(browser: Browser, site: Site, shots: 
     deliveries = site.receiver.deliveries.for_run(run_id)
     assert deliveries[0]["headers"]["webhook-id"] == deliveries[1]["headers"]["webhook-id"] == f"msg_{run_id}"
     assert site.api(f"/runs/{run_id}")["webhook"]["attempts"] >= 1
+
+
+def _alert(browser: Browser) -> Alert | None:
+    try:
+        return browser.driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
 
 
 def png(width: int, height: int) -> bytes:
@@ -306,7 +319,11 @@ def test_open_access_shows_the_runs_without_a_token(
     store = site.config.store
     where: dict[str, Any] = {"store.data_dir": str(tmp_path / "data")}
     if store.redis_url:
-        where = {"store.redis_url": store.redis_url, "store.key_prefix": f"{store.key_prefix}open"}
+        where = {
+            "store.redis_url": store.redis_url,
+            "store.key_prefix": f"{store.key_prefix}open",
+            "store.encryption_key": [str(key) for key in store.encryption_key],
+        }
     settings = {"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open", **where}
     gateway = Gateway(load(None, environ={}, overrides={**settings, "shutdown.drain_timeout": 2}))
     try:

@@ -104,7 +104,13 @@ def test_dead_letter_stays_visible_and_can_be_resent(make_gateway: GatewayFactor
     assert failed["attempts"] == 2
     assert failed["last_status"] == 502
     assert failed["next_attempt_at"] is None
-    response = gateway.client.post(f"{gateway.prefix}/runs/{run_id}/webhook")
+    # The URL was deleted with the final delivery: a redelivery names it again.
+    refused = gateway.client.post(f"{gateway.prefix}/runs/{run_id}/webhook")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "webhook_url_deleted"
+    response = gateway.client.post(
+        f"{gateway.prefix}/runs/{run_id}/webhook", params={"webhookEndpoint": f"{receiver.url}/hook"}
+    )
     assert response.status_code == 202
     wait_until(lambda: delivery_state(gateway, run_id, "delivered"))
     ids = {d["headers"]["webhook-id"] for d in receiver.deliveries.for_run(run_id)}

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
+from starlette.datastructures import Secret
 
 from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
 from asyncgate.store.base import RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
+from asyncgate.store.sealing import Sealer
+from tests.support.sealing import ENCRYPTION_KEY
 
 T = TypeVar("T")
 
@@ -36,7 +39,9 @@ def run() -> Iterator[Runner]:
 def open_store(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> RunStore:
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
-        return RedisRunStore(server.url, key_prefix=f"test-{uuid.uuid4().hex}")
+        # Sealed, as every default setup is (the embedded store makes its own key).
+        sealer = Sealer([Secret(ENCRYPTION_KEY)])
+        return RedisRunStore(server.url, key_prefix=f"test-{uuid.uuid4().hex}", sealer=sealer)
     return EmbeddedRunStore(data_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncgate.runs import Delivery, DeliveryState, ErrorCode, Outcome, Run, RunError, RunResult, RunState
+from asyncgate.runs import Delivery, DeliveryState, ErrorCode, Outcome, Run, RunError, RunResult, RunState, mask_url
 from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, QueueFull, RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
@@ -456,7 +456,10 @@ def test_a_finished_run_with_a_webhook_has_a_delivery_due_at_once(store: RunStor
     assert due.run.delivery is not None and due.run.delivery.state is DeliveryState.DELIVERING
     # Taken: no one else gets it while its lease runs.
     assert run(store.due_deliveries(10, LEASE)) == []
-    assert run(store.get(finished.run_id)) == due.run
+    # The delivery alone sees the webhook URL; the stored run keeps it masked (store/sealing.py).
+    stored = run(store.get(finished.run_id))
+    assert stored is not None and stored.request.webhook_url == mask_url(str(due.run.request.webhook_url))
+    assert dataclasses.replace(stored, request=due.run.request) == due.run
 
 
 def test_record_delivery_is_fenced_and_a_final_one_starts_retention(store: RunStore, run: Runner) -> None:
@@ -495,7 +498,8 @@ def test_redeliver_makes_a_final_delivery_pending_again(store: RunStore, run: Ru
     (due,) = run(store.due_deliveries(10, LEASE))
     run(store.record_delivery(finished.run_id, due.token, Delivery(DeliveryState.FAILED, 3, 500), RETENTION))
 
-    assert run(store.redeliver(finished.run_id)) is True
+    # The final delivery deleted the run's URL (tests/store/test_sealing.py): a redelivery names one.
+    assert run(store.redeliver(finished.run_id, "https://hooks.example/again")) is True
 
     pending = run(store.get(finished.run_id))
     assert pending is not None and pending.delivery is not None
@@ -569,7 +573,8 @@ def test_max_queued_refuses_a_run_and_stores_nothing(store: RunStore, run: Runne
 def test_durability_says_what_the_store_promises(store: RunStore, run: Runner) -> None:
     report = run(store.durability())
 
-    assert set(report) == {"durability", "warnings"}
+    assert set(report) == {"durability", "warnings", "sealing"}
+    assert report["sealing"] == "sealed"
     assert isinstance(report["durability"], str) and report["durability"]
     assert isinstance(report["warnings"], list)
     assert all(isinstance(warning, str) for warning in report["warnings"])

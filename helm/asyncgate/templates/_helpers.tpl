@@ -124,6 +124,33 @@ app.kubernetes.io/component: redis
 {{- dig "server" "prefix" "/_asyncgate" .Values.config | trimSuffix "/" }}
 {{- end }}
 
+{{/*
+The deployment this release's gateways belong to: the Redis key prefix (asyncgate:<deployment>)
+and the identity its runs are kept under. From the release, so two releases sharing one Redis
+never share runs; stable across upgrades, so a changed upstream keeps its runs.
+*/}}
+{{- define "asyncgate.deployment" -}}
+{{- .Values.deployment | default (printf "%s.%s" .Release.Namespace (include "asyncgate.fullname" .)) }}
+{{- end }}
+
+{{/* The Secret holding the key that seals credentials and webhook URLs in Redis, and its key. */}}
+{{- define "asyncgate.encryption.secret" -}}
+{{- .Values.encryption.existingSecret | default (printf "%s-encryption" (include "asyncgate.fullname" .)) }}
+{{- end }}
+{{- define "asyncgate.encryption.key" -}}
+{{- if .Values.encryption.existingSecret }}
+{{- .Values.encryption.existingSecretKey }}
+{{- else -}}
+encryption-key
+{{- end }}
+{{- end }}
+
+{{/* True (non-empty) when the gateway gets its encryption key from a Secret: Redis, unless plain text was chosen. */}}
+{{- define "asyncgate.encryption.enabled" -}}
+{{- $store := get (.Values.config | default dict) "store" | default dict }}
+{{- if and (include "asyncgate.redis.enabled" .) (not (get $store "plaintext")) (not (get $store "encryption_key")) }}true{{ end }}
+{{- end }}
+
 {{/* True (non-empty) when asyncgate's state lives in Redis rather than the embedded store. */}}
 {{- define "asyncgate.redis.enabled" -}}
 {{- if or .Values.redis.url .Values.redis.existingSecret .Values.redis.bundled.enabled }}true{{ end }}
@@ -257,6 +284,7 @@ Included by each template that depends on them, so `helm template -s` fails the 
 {{- $_ := set $config "store" $store }}
 {{- $_ := set $config "shutdown" (dict "drain_timeout" (int .Values.shutdown.drainTimeoutSeconds)) }}
 {{- $_ := set $config "upstream" (include "asyncgate.upstreamURL" .) }}
+{{- $_ := set $config "deployment" (include "asyncgate.deployment" .) }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -283,6 +311,13 @@ Included by each template that depends on them, so `helm template -s` fails the 
     secretKeyRef:
       name: {{ include "asyncgate.redis.urlSecret" . }}
       key: {{ include "asyncgate.redis.urlKey" . }}
+{{- end }}
+{{- if include "asyncgate.encryption.enabled" . }}
+- name: ASYNCGATE_STORE_ENCRYPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "asyncgate.encryption.secret" . }}
+      key: {{ include "asyncgate.encryption.key" . }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}

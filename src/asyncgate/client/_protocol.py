@@ -192,8 +192,10 @@ def cancel_call(endpoints: Endpoints, run_id: str) -> Call:
     return Call("DELETE", endpoints.run(run_id))
 
 
-def resend_webhook_call(endpoints: Endpoints, run_id: str) -> Call:
-    return Call("POST", endpoints.run(run_id) + "/webhook")
+def resend_webhook_call(endpoints: Endpoints, run_id: str, webhook: str | None = None) -> Call:
+    # The gateway deletes a run's webhook URL once its delivery is final: a resend then names it.
+    headers = ((WEBHOOK_HEADER, webhook),) if webhook is not None else ()
+    return Call("POST", endpoints.run(run_id) + "/webhook", headers=headers)
 
 
 def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = None) -> Call:

@@ -218,9 +218,11 @@ class Run:
         """Cancel the run: its status (``cancelled``, or still ``running`` while the call is being aborted)."""
         return protocol.parse_status(self.client._send(protocol.cancel_call(self.client.endpoints, self.run_id)))
 
-    def resend_webhook(self) -> RunStatus:
-        """Deliver the run's webhook again (once it is final); its status, with the delivery pending."""
-        call = protocol.resend_webhook_call(self.client.endpoints, self.run_id)
+    def resend_webhook(self, webhook: str | None = None) -> RunStatus:
+        """Deliver the run's webhook again (once it is final) to ``webhook``, or to the run's own URL
+        while the gateway still holds it (it is deleted once a delivery is final); its status, with
+        the delivery pending."""
+        call = protocol.resend_webhook_call(self.client.endpoints, self.run_id, webhook)
         return protocol.parse_status(self.client._send(call))
 
     def events(self) -> Iterator[RunEvent]:

@@ -888,8 +888,17 @@
 
     async function onRedeliver() {
       redeliver.disabled = true;
+      const path = `/runs/${encodeURIComponent(runId)}/webhook`;
       try {
-        await api("POST", `/runs/${encodeURIComponent(runId)}/webhook`, { accept: [202], signal: controller.signal });
+        try {
+          await api("POST", path, { accept: [202], signal: controller.signal });
+        } catch (error) {
+          // The gateway deletes a webhook URL once its delivery is final: ask for it again.
+          if (error.code !== "webhook_url_deleted") throw error;
+          const url = window.prompt("The gateway deleted this run's webhook URL when its delivery ended. Deliver to:");
+          if (!url) throw new Error("no webhook URL given");
+          await api("POST", path, { params: { webhookEndpoint: url }, accept: [202], signal: controller.signal });
+        }
         toast("The webhook will be delivered again.");
         seenDelivery = null;
       } catch (error) {

@@ -15,7 +15,9 @@ import dataclasses
 from enum import StrEnum
 from typing import Any, Protocol
 
+from asyncgate.errors import ConfigError
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
+from asyncgate.store.sealing import Sealer
 
 #: A run never finished (its gateways all gone, a bug) still disappears after this long, in
 #: either store; so does a finished run this long after its delivery was asked again.
@@ -28,6 +30,29 @@ PURGE_ROUNDS = 20
 
 class QueueFull(Exception):
     """The store holds limits.max_queued runs that have not started; nothing was stored."""
+
+
+class WebhookUrlDeleted(Exception):
+    """A redelivery named no URL, and the run's own was deleted when its last delivery ended."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Whose runs a store holds: a deployment, and the upstream its runs were accepted for."""
+
+    deployment: str
+    upstream: str
+    #: The stored runs may be taken over although they were accepted for another upstream.
+    allow_upstream_change: bool = False
+
+    def conflict(self, where: str, deployment: str, upstream: str) -> ConfigError:
+        """The refusal to start: ``where`` holds ``deployment``'s runs, accepted for ``upstream``."""
+        return ConfigError(
+            "upstream",
+            f"{where} holds the runs of deployment {deployment!r}, accepted for {upstream}, not {self.upstream}; "
+            "if the upstream changed on purpose, start once with --allow-upstream-change "
+            "(store.allow_upstream_change: true), else give this gateway a deployment of its own (--deployment)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +138,9 @@ class DueDelivery:
 class RunStore(Protocol):
     """Durable storage of runs, their request bodies and results, and the queue of work."""
 
+    #: Seals credentials and webhook URLs at rest; ``sealer.sealing`` says whether it does.
+    sealer: Sealer
+
     async def open(self) -> None:
         """Connect, create what is missing (tables, stream, consumer group)."""
 
@@ -120,7 +148,7 @@ class RunStore(Protocol):
         """Release every connection; the store must not be used afterwards."""
 
     async def ping(self) -> None:
-        """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+        """Return when the store answers and takes writes; raise ``StoreError`` saying why otherwise."""
 
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
@@ -175,8 +203,10 @@ class RunStore(Protocol):
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
         """Record an attempt's outcome, fenced by ``token``; a final delivery starts retention."""
 
-    async def redeliver(self, run_id: str) -> bool:
-        """Make a finished run's delivery pending again (same webhook-id); False if it has none."""
+    async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
+        """Make a finished run's delivery pending again (same webhook-id), to ``webhook_url`` if
+        given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
+        when the run's URL is gone (deleted once its last delivery ended) and none is given."""
 
     async def queued_count(self) -> int:
         """Runs accepted and not started, across every gateway."""

@@ -44,12 +44,14 @@ from asyncgate.store.base import (
     DueDelivery,
     Event,
     Idempotency,
+    Identity,
     Lease,
     QueueFull,
+    WebhookUrlDeleted,
     delivery_event,
     state_event,
 )
-from asyncgate.store.sealing import Sealer
+from asyncgate.store.sealing import KEY_FILE, Sealer, own_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -92,8 +94,11 @@ CREATE TABLE IF NOT EXISTS runs (
     dlv_last_error TEXT,
     dlv_next_at REAL,
     dlv_seq INTEGER NOT NULL DEFAULT 0,
-    secrets BLOB
+    secrets BLOB,
+    webhook_url BLOB
 );
+-- Whose runs these are: 'deployment', and 'upstream' (the URL the runs were accepted for).
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -137,9 +142,10 @@ _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
 _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
-INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets)
+INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets,
+    webhook_url)
 VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook,
-    :secrets)
+    :secrets, :webhook_url)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim.
 _CLAIM = f"""
@@ -180,15 +186,19 @@ WHERE run_id IN (
 )
 RETURNING run_id, dlv_seq
 """
+# A final delivery needs its URL no more.
 _RECORD_DELIVERY = """
 UPDATE runs SET dlv_state = :state, dlv_attempts = :attempts, dlv_last_status = :last_status,
     dlv_last_error = :last_error, dlv_next_at = :next_at,
-    expires_at = CASE WHEN :final THEN :now + :retention ELSE expires_at END
+    expires_at = CASE WHEN :final THEN :now + :retention ELSE expires_at END,
+    webhook_url = CASE WHEN :final THEN NULL ELSE webhook_url END
 WHERE run_id = :run_id AND dlv_seq = :token
 """
 _REDELIVER = f"""
-UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = :now + :unfinished
+UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = :now + :unfinished,
+    webhook_url = coalesce(:webhook_url, webhook_url)
 WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled') AND {_LIVE}
+RETURNING webhook_url IS NOT NULL
 """
 _EXPIRED = f"""
 SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER BY lease_until LIMIT :limit
@@ -229,6 +239,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
+        # A file made before webhook URLs were sealed apart lacks their column.
+        if "webhook_url" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+            db.execute("ALTER TABLE runs ADD COLUMN webhook_url BLOB")
     except BaseException:
         db.close()
         raise
@@ -378,14 +391,16 @@ def _cancel(db: sqlite3.Connection, run_id: str, retention: float) -> CancelResu
     return CancelResult.CANCELLED
 
 
-def _take_deliveries(db: sqlite3.Connection, limit: int, lease: float) -> list[DueDelivery]:
+def _take_deliveries(db: sqlite3.Connection, limit: int, lease: float, sealer: Sealer) -> list[DueDelivery]:
     at = now()
     with _transaction(db):
         taken = db.execute(_TAKE_DELIVERIES, {"now": at, "lease_until": at + lease, "limit": limit}).fetchall()
         due = []
         for run_id, token in taken:
-            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = :run_id", {"run_id": run_id}).fetchone()
-            due.append(DueDelivery(_decode_run(row), token))
+            sql = f"SELECT {_COLUMNS}, webhook_url FROM runs WHERE run_id = :run_id"
+            row = db.execute(sql, {"run_id": run_id}).fetchone()
+            run = _decode_run(row[:-1])
+            due.append(DueDelivery(dataclasses.replace(run, request=sealer.join_webhook(run.request, row[-1])), token))
     return due
 
 
@@ -478,6 +493,36 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
     return True
 
 
+def _redeliver(db: sqlite3.Connection, params: dict[str, Any]) -> bool:
+    with _transaction(db):
+        row = db.execute(_REDELIVER, params).fetchone()
+        if row is not None and not row[0]:
+            raise WebhookUrlDeleted()  # undoes the update with the savepoint
+    return row is not None
+
+
+def _bind(db: sqlite3.Connection, identity: Identity) -> tuple[str, str] | None:
+    """Record the deployment and upstream the runs are for; those found if it refuses."""
+    with _transaction(db):
+        found = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('upstream', 'deployment')").fetchall())
+        upstream = found.get("upstream")
+        if upstream is not None and upstream != identity.upstream and not identity.allow_upstream_change:
+            return found.get("deployment", ""), upstream
+        record = "INSERT OR REPLACE INTO meta (name, value) VALUES (:name, :value)"
+        db.execute(record, {"name": "upstream", "value": identity.upstream})
+        db.execute(record, {"name": "deployment", "value": identity.deployment})
+    return None
+
+
+def _probe(db: sqlite3.Connection) -> None:
+    """A write that leaves nothing changed, yet reaches the disk: it fails as any write would
+    (a read-only file, a full disk). One no-op UPDATE would not do: SQLite skips rewriting a row
+    that stays the same, and then writes nothing at all."""
+    with _transaction(db):
+        db.execute("UPDATE queue_length SET runs = runs + 1")
+        db.execute("UPDATE queue_length SET runs = runs - 1")
+
+
 def _store_error(exc: sqlite3.Error) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError):  # locked, busy, disk I/O: may pass
         return StoreUnavailable(f"sqlite: {exc}")
@@ -494,12 +539,20 @@ def _fail(waiting: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Futur
 class EmbeddedRunStore:
     """Runs in one SQLite file, used from one worker thread, by one process at a time."""
 
-    def __init__(self, data_dir: str | Path, synchronous: str = "full", sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        synchronous: str = "full",
+        sealer: Sealer | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, not {synchronous!r}")
         self.data_dir = Path(data_dir)
         self.synchronous = synchronous
         self.sealer = sealer or Sealer()
+        #: Checked and recorded at open: the data directory holds one deployment's runs.
+        self.identity = identity
         # sqlite3 connections belong to the thread that made them, and its calls block.
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
@@ -518,7 +571,14 @@ class EmbeddedRunStore:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock(self.data_dir / LOCK_FILE)
+            if not self.sealer.keys or (self.data_dir / KEY_FILE).exists():
+                # Nothing rests in the clear: with no configured key, the store seals with its
+                # own; with keys configured, runs sealed with its own before still open.
+                self.sealer = self.sealer.opening_also(own_key(self.data_dir))
         except OSError as exc:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
             raise StoreError(f"cannot use {self.data_dir}: {exc}") from exc
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncgate-sqlite")
         path = self.data_dir / DATABASE_FILE
@@ -527,6 +587,11 @@ class EmbeddedRunStore:
         except sqlite3.Error as exc:
             await self.close()
             raise StoreError(f"cannot open {path}: {exc}") from exc
+        if self.identity is not None:
+            found = await self._call(_bind, self.identity)
+            if found is not None:
+                await self.close()
+                raise self.identity.conflict(f"the data directory {str(self.data_dir)!r}", *found)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -552,7 +617,7 @@ class EmbeddedRunStore:
             raise _store_error(exc) from exc
 
     async def ping(self) -> None:
-        await self._call(_execute, "SELECT 1", {})
+        await self._write(_probe)
 
     async def _write(
         self, operation: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -611,7 +676,7 @@ class EmbeddedRunStore:
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
     ) -> Created:
-        request, secrets = self.sealer.split(run.request)
+        request, secrets, webhook_url = self.sealer.split(run.request)
         params = {
             "run_id": run.run_id,
             "state": run.state.value,
@@ -620,6 +685,7 @@ class EmbeddedRunStore:
             "started_at": run.started_at,
             "request": dump_request(request),
             "secrets": secrets,
+            "webhook_url": webhook_url,
             "body": body,
             "caller": run.caller,
             "webhook": 1 if run.request.webhook_url else 0,
@@ -742,7 +808,7 @@ class EmbeddedRunStore:
         return [run for _, run in rows], next_cursor
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
-        return await self._write(_take_deliveries, limit, lease)
+        return await self._write(_take_deliveries, limit, lease, self.sealer)
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
         recorded = await self._write(_record_delivery, run_id, token, delivery, retention)
@@ -750,9 +816,10 @@ class EmbeddedRunStore:
             self._notify()
         return recorded
 
-    async def redeliver(self, run_id: str) -> bool:
-        params = {"run_id": run_id, "now": now(), "unfinished": UNFINISHED_TTL}
-        return await self._write(_execute, _REDELIVER, params) == 1
+    async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
+        sealed = self.sealer.seal_url(webhook_url) if webhook_url is not None else None
+        params = {"run_id": run_id, "now": now(), "unfinished": UNFINISHED_TTL, "webhook_url": sealed}
+        return await self._write(_redeliver, params)
 
     async def queued_count(self) -> int:
         def count(db: sqlite3.Connection) -> int:
@@ -765,7 +832,7 @@ class EmbeddedRunStore:
             promise = f"sqlite synchronous={self.synchronous}: every accepted run is on disk before its 202"
         else:
             promise = f"sqlite synchronous={self.synchronous}: runs survive a process crash, not a power loss"
-        return {"durability": promise, "warnings": []}
+        return {"durability": promise, "warnings": [], "sealing": self.sealer.sealing}
 
     async def purge(self) -> None:
         # Rounds, each its own write, so that other writes are not held up behind a long purge.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -14,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
 from asyncgate.runs import (
     Delivery,
     ErrorCode,
@@ -42,8 +43,10 @@ from asyncgate.store.base import (
     DueDelivery,
     Event,
     Idempotency,
+    Identity,
     Lease,
     QueueFull,
+    WebhookUrlDeleted,
     delivery_event,
     pending_delivery,
     state_event,
@@ -51,18 +54,23 @@ from asyncgate.store.base import (
 from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
 
-# Key schema. ``P`` is the configured key prefix (it must not contain "{" or "}"); every key
-# starts with the hash tag ``{P}``, so all of one deployment's keys live in one Cluster slot.
+logger = logging.getLogger("asyncgate.store")
+
+# Key schema. ``P`` is the key prefix (store.key_prefix, by default "asyncgate:<deployment>"; it
+# must not contain "{" or "}"); every key starts with the hash tag ``{P}``, so all of one
+# deployment's keys live in one Cluster slot, and no two deployments share a key.
 #
 #   {P}:run:<id>      hash    One run, and all of it: state, attempt, created_at, started_at,
 #                             finished_at, upstream_status, error (JSON), request (JSON), body
 #                             (request bytes, dropped at finish), owner, lease_until,
 #                             result_status, result_headers (JSON), result_body, secrets
 #                             (the request's credentials, sealed; deleted when the run ends),
-#                             caller, webhook ("1" when the run has one), cancel ("1" once asked
-#                             while running), delivery (JSON of runs.Delivery), dlv_seq (fences
-#                             delivery attempts), idem_key (the idempotency key naming the run),
-#                             entry (the id of its last queue entry, deleted if it is cancelled).
+#                             caller, webhook ("1" when the run has one), webhook_url (its URL,
+#                             sealed; the request holds it masked; deleted once the delivery is
+#                             final), cancel ("1" once asked while running), delivery (JSON of
+#                             runs.Delivery), dlv_seq (fences delivery attempts), idem_key (the
+#                             idempotency key naming the run), entry (the id of its last queue
+#                             entry, deleted if it is cancelled).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -80,6 +88,9 @@ from asyncgate.store.sealing import Sealer
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
 #   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
+#   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
+#                             accepted for). Written by executing gateways at start; no TTL.
+#   {P}:probe         string  Written and deleted at once by each readiness check (never stays).
 #   P:cancel          channel Run ids whose cancellation was asked, for the replica holding them.
 #
 # Why one slot: every change is one Lua script that checks and writes in one step, and many
@@ -104,6 +115,12 @@ POOL_SIZE = 256
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
 LIST_SCAN_BUDGET = 1000
+#: The key prefix of every gateway before deployments had their own (see docs/fleets.md).
+LEGACY_PREFIX = "asyncgate"
+#: Error replies of a Redis that answers but takes no write: out of memory under maxmemory,
+#: a failed save with stop-writes-on-bgsave-error, a replica, too few replicas (min-replicas).
+#: redis-py raises OutOfMemoryError and ReadOnlyError for two of them, with the code cut off.
+_WRITES_REFUSED = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS"})
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 
@@ -130,9 +147,9 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
 # Store a new run unless its idempotency key names one already or the queue is full.
 # KEYS run, events, queue, index, caller index, expiry, [idem]; ARGV run_id, created_at, ttl (s),
-# max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, request JSON,
-# body, [idem value]. The hash's field names are written here rather than sent with each run;
-# an empty started_at, caller, webhook or secrets means the run has none, and is not stored.
+# max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, webhook_url,
+# request JSON, body, [idem value]. The hash's field names are written here rather than sent
+# with each run; an empty optional field means the run has none, and it is not stored.
 _CREATE = """
 local idem = KEYS[7]
 if idem then
@@ -140,8 +157,8 @@ if idem then
   if existing then return {'replay', existing} end
 end
 if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
-local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[12], 'body', ARGV[13]}
-for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets'}) do
+local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[13], 'body', ARGV[14]}
+for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url'}) do
   local value = ARGV[7 + i]
   if value ~= '' then
     fields[#fields + 1] = name
@@ -160,7 +177,7 @@ redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', 
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[14], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[15], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -291,7 +308,7 @@ return redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
 # Report an attempt. KEYS run, events, deliveries, expiry; ARGV token, delivery JSON, final
 # ("1"/"0"), next attempt time, run id, retention (ms), event JSON, now. The event log gets the
 # run's TTL each time: after a redelivery it may have expired, and XADD would make it anew
-# without one.
+# without one. A final delivery needs its URL no more.
 _RECORD_DELIVERY = (
     _SCHEDULE
     + """
@@ -299,6 +316,7 @@ if redis.call('HGET', KEYS[1], 'dlv_seq') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[7])
 if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], 'webhook_url')
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
@@ -313,13 +331,19 @@ return 1
 """
 )
 
-# KEYS run, events, deliveries, expiry; ARGV now, pending delivery JSON, run id, ttl (s). The
-# event log lives as long as the run again, as it does from create on.
+# KEYS run, events, deliveries, expiry; ARGV now, pending delivery JSON, run id, ttl (s), sealed
+# URL or "". The event log lives as long as the run again, as it does from create on.
+# 2: no URL given and the run's own was deleted when its last delivery ended.
 _REDELIVER = (
     _SCHEDULE
     + """
 local state, webhook = unpack(redis.call('HMGET', KEYS[1], 'state', 'webhook'))
 if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled') then return 0 end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'webhook_url', ARGV[5])
+elseif redis.call('HEXISTS', KEYS[1], 'webhook_url') == 0 then
+  return 2
+end
 redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
@@ -329,6 +353,27 @@ schedule(KEYS[4], ARGV[1], tonumber(ARGV[4]) * 1000, ARGV[3])
 return 1
 """
 )
+
+# Claim the keys for a deployment and its upstream, unless they are another upstream's and the
+# change was not asked for. KEYS deployment; ARGV upstream, deployment, "1" to allow a change.
+# Returns the upstream and deployment found when it refuses.
+_BIND = """
+local current = redis.call('HGET', KEYS[1], 'upstream')
+if current and current ~= ARGV[1] and ARGV[3] ~= '1' then
+  return {current, redis.call('HGET', KEYS[1], 'deployment') or ''}
+end
+redis.call('HSET', KEYS[1], 'upstream', ARGV[1], 'deployment', ARGV[2])
+return false
+"""
+
+# A write that leaves nothing behind: refused like any write when Redis cannot take one
+# (OOM under maxmemory, MISCONF after a failed save, READONLY on a replica).
+# KEYS probe; ARGV none.
+_PROBE = """
+redis.call('SET', KEYS[1], '1')
+redis.call('DEL', KEYS[1])
+return 1
+"""
 
 # Drop index entries of runs found not running, unless a claim re-indexed them meanwhile
 # (a claim writes a score past the cutoff). KEYS[1] leases; ARGV cutoff, then run ids.
@@ -358,6 +403,10 @@ class _StoreErrors:
         # BusyLoadingError (Redis still loading its data) is a ConnectionError.
         if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
+        refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
+        if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
+            # Like an unreachable Redis, it may pass (memory freed, disk fixed): retry later.
+            raise StoreUnavailable(f"redis refuses writes: {exc}") from exc
         if isinstance(exc, redis_errors.RedisError):
             raise StoreError(f"redis command failed: {exc}") from exc
 
@@ -443,6 +492,7 @@ class _Scripts:
     take_delivery: AsyncScript
     record_delivery: AsyncScript
     redeliver: AsyncScript
+    probe: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> _Scripts:
@@ -456,6 +506,7 @@ class _Scripts:
             take_delivery=script(_TAKE_DELIVERY),
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
+            probe=script(_PROBE),
         )
 
 
@@ -470,8 +521,12 @@ class RedisRunStore:
         stale_entry_idle: float = STALE_ENTRY_IDLE,
         sealer: Sealer | None = None,
         strict: bool = False,
+        identity: Identity | None = None,
     ) -> None:
         self.prefix = key_prefix
+        #: Checked and recorded at open (see _BIND); None for a gateway that executes no runs.
+        self.identity = identity
+        self._bound = identity is None
         #: Wait for a replica to have each new run before create() returns (WAIT 1).
         self.strict = strict
         self.sealer = sealer or Sealer()
@@ -484,6 +539,7 @@ class RedisRunStore:
         self.deliveries = f"{tag}:deliveries"
         self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
+        self.deployment_key = f"{tag}:deployment"
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
@@ -518,6 +574,29 @@ class RedisRunStore:
     async def open(self) -> None:
         with _STORE_ERRORS:
             await self._create_group()
+        await self._bind()
+
+    async def _bind(self) -> None:
+        """Claim the keys for this gateway's deployment and upstream (ConfigError if they are another's)."""
+        if self._bound or self.identity is None:
+            return
+        identity = self.identity
+        args = [identity.upstream, identity.deployment, "1" if identity.allow_upstream_change else "0"]
+        with _STORE_ERRORS:
+            found = await self._redis.eval(_BIND, 1, self.deployment_key, *args)
+            legacy = self.prefix != LEGACY_PREFIX and await self._redis.exists(f"{{{LEGACY_PREFIX}}}:index")
+        if found is not None:
+            upstream, deployment = (_text(value) for value in found)
+            raise identity.conflict(f"Redis key prefix {self.prefix!r}", deployment, upstream)
+        self._bound = True
+        if legacy:
+            logger.warning(
+                "this Redis holds runs under the key prefix %r, which this gateway (prefix %r) does not serve; "
+                "set store.key_prefix: %s to serve them (see docs/fleets.md)",
+                LEGACY_PREFIX,
+                self.prefix,
+                LEGACY_PREFIX,
+            )
 
     async def _create_group(self) -> None:
         # From id 0, so that entries added before the group existed are delivered too.
@@ -537,12 +616,17 @@ class RedisRunStore:
 
     async def ping(self) -> None:
         with _STORE_ERRORS:
-            await self._redis.ping()
+            await self._scripts.probe([f"{self.tag}:probe"], [])
+        try:
+            # Redis may have been down when the gateway started: the check is made once it is up.
+            await self._bind()
+        except ConfigError as exc:
+            raise StoreError(str(exc)) from exc
 
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
     ) -> Created:
-        request, secrets = self.sealer.split(run.request)
+        request, secrets, webhook_url = self.sealer.split(run.request)
         keys = [
             self.run_key(run.run_id),
             self.events_key(run.run_id),
@@ -564,6 +648,7 @@ class RedisRunStore:
             run.caller,
             "1" if run.request.webhook_url else "",
             secrets or b"",
+            webhook_url or b"",
             dump_request(request),
             body,
         ]
@@ -809,17 +894,20 @@ class RedisRunStore:
                     pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
                 tokens = await pipe.execute() if run_ids else []
             taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
-            # Each run with its result, so that an attempt needs no read of its own.
+            # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, _ in taken:
                     pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
                     pipe.hmget(self.run_key(run_id), _RESULT_FIELDS)
+                    pipe.hget(self.run_key(run_id), "webhook_url")
                 replies = await pipe.execute() if taken else []
         due = []
         for index, (run_id, token) in enumerate(taken):
-            run = _decode_run(run_id, replies[2 * index])
+            fields, result, url = replies[3 * index : 3 * index + 3]
+            run = _decode_run(run_id, fields)
             if run is not None:
-                due.append(DueDelivery(run, token, _decode_result(replies[2 * index + 1]), prefetched=True))
+                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, url))
+                due.append(DueDelivery(run, token, _decode_result(result), prefetched=True))
         return due
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
@@ -838,12 +926,16 @@ class RedisRunStore:
         with _STORE_ERRORS:
             return bool(await self._scripts.record_delivery(keys, args))
 
-    async def redeliver(self, run_id: str) -> bool:
+    async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
         at = now()
-        args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL]
+        sealed = self.sealer.seal_url(webhook_url) if webhook_url is not None else b""
+        args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL, sealed]
         with _STORE_ERRORS:
             keys = [self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry]
-            return bool(await self._scripts.redeliver(keys, args))
+            answer = await self._scripts.redeliver(keys, args)
+        if answer == 2:
+            raise WebhookUrlDeleted()
+        return bool(answer)
 
     async def queued_count(self) -> int:
         # Cancelling a queued run deletes its entry; entries of runs expired unclaimed
@@ -860,7 +952,8 @@ class RedisRunStore:
                 settings |= await self._redis.config_get("save")
             except redis_errors.ResponseError:
                 # Managed Redis services often disable CONFIG: say so rather than guess.
-                return {"durability": "unknown (CONFIG GET is not allowed on this Redis)", "warnings": []}
+                unknown = "unknown (CONFIG GET is not allowed on this Redis)"
+                return {"durability": unknown, "warnings": [], "sealing": self.sealer.sealing}
         config = {_text(k): _text(v or "") for k, v in cast(dict[Any, Any], settings).items()}
         warnings = []
         policy = config.get("maxmemory-policy", "noeviction")
@@ -877,7 +970,9 @@ class RedisRunStore:
             promise = f"appendfsync {fsync}: up to one second of accepted runs can be lost if Redis itself crashes"
         if self.strict:
             promise += "; strict: each run reached a replica before its 202"
-        return {"durability": promise, "warnings": warnings}
+        if self.sealer.sealing == "plaintext":
+            warnings.append("store.plaintext: credentials and webhook URLs are stored in the clear")
+        return {"durability": promise, "warnings": warnings, "sealing": self.sealer.sealing}
 
     async def purge(self) -> None:
         # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
