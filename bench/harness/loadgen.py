@@ -3,6 +3,7 @@
 Each command is bounded in count and in time and prints one JSON object on stdout:
   capacity  submit N async runs, probe health and status while they are held, wait for all
   rate      submit async runs at a fixed rate and time each until its webhook (or its done state)
+  wave      submit N async runs that the upstream answers all at one moment; time each webhook
   transfer  stream a large upload or download through a URL, checking the byte count
   ws        WebSocket connections each echoing one message at a time: messages per second
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import json
 import random
@@ -361,6 +363,67 @@ async def _download(session: aiohttp.ClientSession, url: str, size: int) -> tupl
         return resp.status, seen
 
 
+# --- wave ---------------------------------------------------------------------------------------
+
+
+async def wave(args: argparse.Namespace) -> dict[str, Any]:
+    """N runs held until one wall-clock moment, then answered together: how soon each webhook comes.
+
+    The upstream (peers/upstream_app.py, ``?until=``) stamps its answer with the wall-clock time
+    it was sent, and the gateway delivers that body as the webhook's: each lag is the receiver's
+    clock minus that stamp, one machine's clock on both sides.
+    """
+    lags: dict[str, float] = {}
+    duplicates = 0
+    expected = args.n
+    all_in = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal duplicates
+        arrived = time.time()
+        body = await request.read()
+        run_id = request.headers.get("Asyncgate-Run-Id", "")
+        duplicates += run_id in lags
+        lags.setdefault(run_id, arrived - json.loads(body)["answered_at"])
+        if len(lags) >= expected:
+            all_in.set()
+        return web.Response(status=204)
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hook", hook)
+    runner = web.AppRunner(hook_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    until = time.time() + args.hold
+    webhook = urllib.parse.quote(f"http://127.0.0.1:{port}/hook", safe="")
+    url = f"{args.url}/wave?until={until:.3f}&async=true&webhookEndpoint={webhook}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=HEADERS) as session:
+            t0 = time.monotonic()
+            results = await bounded_gather(args.concurrency, [lambda: submit(session, url) for _ in range(args.n)])
+            submit_s = time.monotonic() - t0
+            expected = accepted = sum(1 for r in results if r[0])
+            if len(lags) >= expected:
+                all_in.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), max(0.0, until + args.wait - time.time()))
+    finally:
+        await runner.cleanup()
+    values = list(lags.values())
+    return {
+        "submitted": args.n,
+        "accepted": accepted,
+        "refused": dict(collections.Counter(str(r[2] or "no answer") for r in results if not r[0])),
+        "submit_seconds": round(submit_s, 3),
+        "delivered": len(values),
+        "within_2s": sum(1 for v in values if v <= 2.0),
+        "lag": summary(values),
+        "duplicates": duplicates,
+    }
+
+
 # --- command line -----------------------------------------------------------------------------------
 
 
@@ -462,6 +525,12 @@ def _parser() -> argparse.ArgumentParser:
     rat.add_argument("--duration", type=float, required=True)
     rat.add_argument("--wait", type=float, default=15.0, help="longest wait for one run to end, seconds")
     rat.add_argument("--poll-ms", type=float, default=POLL_S * 1000)
+    wav = sub.add_parser("wave")
+    wav.add_argument("--url", required=True)
+    wav.add_argument("--n", type=int, required=True)
+    wav.add_argument("--concurrency", type=int, default=64)
+    wav.add_argument("--hold", type=float, required=True, help="seconds from the first submit to the answers")
+    wav.add_argument("--wait", type=float, default=60.0, help="longest wait for the webhooks after the answers")
     tra = sub.add_parser("transfer")
     tra.add_argument("--url", required=True)
     tra.add_argument("--direction", choices=["up", "down"], required=True)
@@ -478,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    command = {"capacity": capacity, "rate": rate, "transfer": transfer, "ws": ws}[args.cmd]
+    command = {"capacity": capacity, "rate": rate, "wave": wave, "transfer": transfer, "ws": ws}[args.cmd]
     try:
         import uvloop
     except ImportError:

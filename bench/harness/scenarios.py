@@ -8,6 +8,7 @@ import functools
 import json
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -103,13 +104,16 @@ class Bench:
         upstream: Server,
         *,
         redis: Server | None,
-        core: int = SUT_CORE,
+        core: int | None = SUT_CORE,
         env: dict[str, str] | None = None,
         name: str = "gateway",
+        workers: int = 1,
     ) -> Server:
         if self.gateway is None:
             raise BenchError(f"no gateway: {self.gateway_missing}")
-        return services.start_gateway(self.sup, self.gateway, upstream, redis=redis, core=core, env=env, name=name)
+        return services.start_gateway(
+            self.sup, self.gateway, upstream, redis=redis, core=core, env=env, name=name, workers=workers
+        )
 
     def redis(self) -> Server:
         return services.start_redis(self.sup, self.workdir, durable=self.durable_redis)
@@ -789,6 +793,172 @@ def _measure_with_cpu(bench: Bench, gateway: Server, path: str, load: Load) -> t
     return result, used / elapsed
 
 
+# --- S6: a wave of completions --------------------------------------------------------------------
+
+
+WAVE_COLUMNS = ["system", "runs", "delivered", "within_2s", "lag_p50_ms", "lag_p99_ms", "lag_max_ms",
+                "wave_cpu_s", "submit_s", "other_cpu_pct", "note"]  # fmt: skip
+WAVE_RUNS = 5_000
+WAVE_HOLD_S = 20.0
+
+
+def s6(bench: Bench) -> None:
+    runs = WAVE_RUNS if bench.plan.rounds > 1 else 1_000
+    bench.log(f"S6: {runs:,} runs held {WAVE_HOLD_S:g} s, answered at one moment, each with a webhook")
+    rows: list[dict[str, Any]] = []
+    if bench.gateway_missing is None:
+        rows += [_wave(bench, store, runs) for store in ("redis", "embedded")]
+    else:
+        rows.append({"system": "asyncgate", "note": f"not run: {bench.gateway_missing}"})
+    notes = [
+        f"Upstream: bench/peers/upstream_app.py on core {LOAD_CORE}, answering every run at one wall-clock moment "
+        f"({WAVE_HOLD_S:g} s after the first submit) with its answer's time in the body, which the gateway "
+        "delivers as the webhook's body (webhooks.format body); lag = webhook received - upstream's answer.",
+        f"wave_cpu_s: CPU seconds the gateway (core {SUT_CORE}) used from the answers until the last webhook "
+        "arrived (or the wait ended).",
+    ]
+    bench.sections.append(Section(f"S6 - a wave of {runs:,} completions", WAVE_COLUMNS, rows, notes))
+    for row in rows:
+        label = str(row["system"]).removeprefix("asyncgate ")
+        bench.checks += [
+            Check(
+                "S6",
+                f"{label}: every webhook delivered",
+                row.get("delivered"),
+                f"= {runs:,}",
+                None if row.get("delivered") is None else row["delivered"] == runs,
+            ),  # fmt: skip
+            at_most("S6", f"{label}: answer-to-webhook p99", row.get("lag_p99_ms"), 2000, " ms"),
+        ]
+
+
+def _wave(bench: Bench, store: str, runs: int) -> dict[str, Any]:
+    system = f"asyncgate {store}"
+    row: dict[str, Any] = {"system": system, "runs": runs}
+    upstream = services.start_py_upstream(bench.sup, delay=0)
+    redis = bench.redis() if store == "redis" else None
+    env = {**WEBHOOK_ENV, "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(runs), "ASYNCGATE_LIMITS_MAX_QUEUED": str(2 * runs)}
+    try:
+        with bench.serving(lambda: bench.start_gateway(upstream, redis=redis, env=env)) as gateway:
+            argv = [sys.executable, "-m", "harness.loadgen", "wave", "--url", gateway.url, "--n", str(runs),
+                    "--hold", str(WAVE_HOLD_S), "--wait", "60"]  # fmt: skip
+            bench.wait_quiet()
+            cpu: list[float] = []
+            sampler = threading.Timer(WAVE_HOLD_S, lambda: cpu.append(process_seconds(gateway.child.pid)))
+            with OtherLoad() as other:
+                sampler.start()
+                out = _loadgen(argv, timeout=WAVE_HOLD_S + 180)
+                sampler.join()
+            row["wave_cpu_s"] = round(process_seconds(gateway.child.pid) - cpu[0], 2) if cpu else None
+            row["other_cpu_pct"] = other.mean_pct
+    except BenchError as exc:
+        bench.log(f"  {system} failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    finally:
+        bench.sup.stop(upstream.child)
+        if redis is not None:
+            bench.sup.stop(redis.child)
+    lag = out["lag"]
+    row.update(delivered=out["delivered"], within_2s=out["within_2s"], lag_p50_ms=lag["p50_ms"],
+               lag_p99_ms=lag["p99_ms"], lag_max_ms=lag["max_ms"], submit_s=out["submit_seconds"])  # fmt: skip
+    problems = []
+    if out["accepted"] != runs:
+        problems.append(f"{runs - out['accepted']} submits refused {_statuses(out['refused'])}")
+    if out["duplicates"]:
+        problems.append(f"{out['duplicates']} duplicate webhooks")
+    row["note"] = "; ".join(problems)
+    bench.log(f"  {system}: lag p50 {lag['p50_ms']} ms p99 {lag['p99_ms']} ms, {out['delivered']}/{runs}")
+    return row
+
+
+# --- workers: one gateway process per core of a pod ---------------------------------------------------
+
+
+WORKERS_COLUMNS = ["scenario", "workers", "rps", "p99_ms", "cores", "cores_per_worker", "rps_per_core",
+                   "per_core_vs_one", "other_cpu_pct", "note"]  # fmt: skip
+
+
+def workers(bench: Bench) -> None:
+    bench.log("Workers: `asyncgate serve --workers 2` against one worker, neither pinned")
+    if bench.gateway_missing is not None:
+        bench.sections.append(
+            Section("Workers", WORKERS_COLUMNS, [{"scenario": "S1/S3", "note": bench.gateway_missing}])
+        )
+        return
+    upstream = services.start_nginx_upstream(bench.sup, bench.workdir)
+    redis = bench.redis()
+    rows: list[dict[str, Any]] = []
+    try:
+        get = Load(CONNECTIONS, bench.plan.measure_s)
+        post = Load(CONNECTIONS, bench.plan.measure_s, method="POST", body_bytes=1024, auth=CLIENT_AUTH)
+        for scenario, path, load, env in (
+            ("S1", "/1k", get, {}),
+            ("S3 intake-only", ASYNC_PATH, post, INTAKE_ONLY_ENV),
+        ):
+            one: dict[str, Any] = {}
+            for count in (1, 2):
+                services.flush_redis(redis)
+                row = _with_workers(bench, scenario, path, load, upstream, redis, env, count)
+                if count == 1:
+                    one = row
+                row["per_core_vs_one"] = ratio(row.get("rps_per_core"), one.get("rps_per_core"))
+                rows.append(row)
+    finally:
+        bench.sup.stop(redis.child)
+        bench.sup.stop(upstream.child)
+    notes = [
+        "`asyncgate serve --workers N` with Redis, unpinned (both runs): wrk (64 connections), the nginx upstream "
+        "and Redis share the machine's two cores with the gateway. cores: CPU the gateway's processes used during "
+        "the measurement (warm-up excluded), from /proc/<pid>/stat; cores_per_worker: each worker's share.",
+        "per_core_vs_one: throughput per core the gateway used, against one worker's in the same run. What it "
+        "shows: whether a second process loses work to sharing the socket, the store or the kernel's accept "
+        "spread. What it cannot show: scaling past two cores, or throughput with a core to spare for the load "
+        "generator (with two workers the gateway competes with wrk, nginx and Redis for the same two cores).",
+    ]
+    bench.sections.append(Section("Workers - one port, N processes", WORKERS_COLUMNS, rows, notes))
+    for row in rows:
+        if row["workers"] == 2:
+            check = at_least("workers", f"{row['scenario']}: per core, 2 workers vs 1", row.get("per_core_vs_one"), 0.9)
+            bench.checks.append(check)
+
+
+def _with_workers(
+    bench: Bench, scenario: str, path: str, load: Load, upstream: Server, redis: Server, env: dict[str, str], count: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"scenario": scenario, "workers": count}
+    try:
+        start = functools.partial(bench.start_gateway, upstream, redis=redis, env=env, core=None, workers=count)
+        with bench.serving(start) as gateway:
+            pids = _worker_pids(gateway.child.pid) if count > 1 else [gateway.child.pid]
+            marks: list[list[float]] = []
+
+            def mark() -> None:
+                marks.append([process_seconds(pid) for pid in pids] + [time.monotonic()])
+
+            result = bench.measure(gateway.url + path, load, None, after_warmup=mark)
+            mark()
+    except Exception as exc:
+        bench.log(f"  workers {scenario} x{count} failed: {exc}")
+        row["note"] = f"error: {brief(exc)}"
+        return row
+    elapsed = marks[1][-1] - marks[0][-1]
+    per_worker = [(after - before) / elapsed for before, after in zip(marks[0][:-1], marks[1][:-1], strict=True)]
+    cores = sum(per_worker)
+    row.update(rps=result.ok_rps, p99_ms=result.p99_ms, cores=round(cores, 2), other_cpu_pct=result.other_cpu_pct,
+               cores_per_worker=" / ".join(f"{c:.2f}" for c in per_worker),
+               rps_per_core=round(result.ok_rps / cores) if cores else None)  # fmt: skip
+    failures = result.errors + result.non_2xx
+    row["note"] = f"{failures} failed" if failures else ""
+    bench.log(f"  {scenario} x{count}: {result.ok_rps:,.0f} req/s on {cores:.2f} cores")
+    return row
+
+
+def _worker_pids(parent: int) -> list[int]:
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
 # --- WS: WebSocket relay ------------------------------------------------------------------------------
 
 WS_MESSAGE_BYTES = 1024
@@ -867,6 +1037,8 @@ SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "S3": s3,
     "S4": s4,
     "S5": s5,
+    "S6": s6,
     "SCALE": scale_out,
+    "WORKERS": workers,
     "WS": ws_relay,
 }

@@ -199,9 +199,10 @@ def start_gateway(
     upstream: Server,
     *,
     redis: Server | None,
-    core: int = SUT_CORE,
+    core: int | None = SUT_CORE,
     env: dict[str, str] | None = None,
     name: str = "gateway",
+    workers: int = 1,
 ) -> Server:
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="asyncgate-bench-"))
@@ -209,6 +210,8 @@ def start_gateway(
             "--data-dir", str(data_dir)]  # fmt: skip
     if redis is not None:
         argv += ["--redis-url", redis.url]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     child = sup.spawn(name, argv, core=core, env={**dict(command.env), **GATEWAY_ENV, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/_asyncgate/healthz", child, START_TIMEOUT_S)

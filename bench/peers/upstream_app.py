@@ -1,7 +1,9 @@
 """A small ASGI upstream for the scenarios nginx cannot serve: slow runs and big transfers.
 
-Every path reads the request body to the end, waits BENCH_DELAY seconds (0: answers at once)
-and answers 200 {"received": <bytes>}; GET /__download?bytes=N streams N zero bytes;
+Every path reads the request body to the end, waits BENCH_DELAY seconds (0: answers at once),
+or until the wall-clock time ``?until=<epoch seconds>`` when the query names one (a wave of runs
+all answered at one moment), and answers 200 {"received": <bytes>, "answered_at": <epoch seconds>};
+GET /__download?bytes=N streams N zero bytes;
 GET /__stats reports requests in flight now, the peak and the total; POST /__reset zeroes them.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -42,9 +45,10 @@ class Upstream:
             size = int(parse_qs(scope["query_string"].decode())["bytes"][0])
             await _download(send, size)
         else:
-            await self._run(receive, send)
+            until = parse_qs(scope["query_string"].decode()).get("until")
+            await self._run(receive, send, float(until[0]) if until else None)
 
-    async def _run(self, receive: Receive, send: Send) -> None:
+    async def _run(self, receive: Receive, send: Send, until: float | None) -> None:
         self.inflight += 1
         self.total += 1
         self.peak = max(self.peak, self.inflight)
@@ -55,9 +59,11 @@ class Upstream:
                 received += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            if self.delay > 0:
+            if until is not None:
+                await asyncio.sleep(max(0.0, until - time.time()))
+            elif self.delay > 0:
                 await asyncio.sleep(self.delay)
-            await _json(send, {"received": received})
+            await _json(send, {"received": received, "answered_at": time.time()})
         finally:
             self.inflight -= 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from asyncgate import __version__, logs
+from asyncgate import __version__, logs, workers
 from asyncgate.app import Gateway, create_app
 from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, load
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--workers", type=int, help="gateway processes on the one port (default 1; more need Redis)")
 
     check = commands.add_parser(
         "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
@@ -68,12 +70,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "store.data_dir": args.data_dir,
         "server.log_format": args.log_format,
         "server.log_level": args.log_level,
+        "server.workers": args.workers,
     }
 
 
-def serve(config: Config, tracing: Tracing = NO_TRACING) -> None:
-    """Run the gateway until a signal stops it; ConfigError if the store refused it at startup."""
+def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:
+    """Run the gateway until a signal drains it; the exit status. ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
+    if config.server.workers > 1:
+        # OpenTelemetry's span processors restart their export thread in each forked worker.
+        worker = functools.partial(_serve_worker, config, tracing)
+        return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
+    return _serve_on(config, tracing, None)
+
+
+def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
+    """One of several workers: a refusal at startup is one line and status 2, as for one gateway."""
+    try:
+        return _serve_on(config, tracing, sock)
+    except ConfigError as exc:
+        print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
+    """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
     gateway = create_app(config, tracing)
     server_config = uvicorn.Config(
         gateway,
@@ -91,12 +112,13 @@ def serve(config: Config, tracing: Tracing = NO_TRACING) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
     try:
-        DrainingServer(server_config, gateway).run()
+        DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
     except SystemExit:
         # uvicorn exits with status 3 when the app's startup fails.
         if gateway.refused is not None:
             raise gateway.refused from None
         raise
+    return 0
 
 
 class DrainingServer(uvicorn.Server):
@@ -164,11 +186,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
             return 0
         config = load(args.config, environ=env, overrides=_overrides(args))
         tracing = from_environ(env)
-        serve(config, tracing)
+        return serve(config, tracing)
     except ConfigError as exc:
         print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class ServerConfig:
     prefix: str = "/_asyncgate"
     log_format: str = "text"
     log_level: str = "info"
+    #: Gateway processes serving the one port (asyncgate.workers); more than one needs Redis.
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,7 @@ class WebhooksConfig:
     #: Delay before each attempt, in seconds; the number of entries is the number of attempts.
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     #: Deliveries in flight at once per gateway; the rest wait their turn in the store.
-    max_concurrency: int = 16
+    max_concurrency: int = 128
     #: Networks (CIDR) or host names webhooks may reach although they are private.
     allow: tuple[str, ...] = ()
 
@@ -465,6 +467,9 @@ def _validate_store(config: Config, complete: bool) -> None:
         # Only once complete: a file checked on its own may leave the Redis URL to a variable.
         message = "false needs store.redis_url: the embedded store serves one process, so no run would execute"
         raise ConfigError("runs.execute", message)
+    if complete and config.server.workers > 1 and store.redis_url is None:
+        message = "more than 1 needs store.redis_url: the embedded store (one SQLite file) serves one process"
+        raise ConfigError("server.workers", message)
     if store.redis_url is not None:
         redis = urlsplit(store.redis_url)
         if redis.scheme not in REDIS_SCHEMES:

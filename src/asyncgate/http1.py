@@ -46,6 +46,10 @@ class UpstreamError(Exception):
     """The upstream could not be reached, or broke the exchange off."""
 
 
+class ConnectFailed(UpstreamError):
+    """No connection could be made: nothing was sent, so another address may be tried."""
+
+
 class UpstreamTimeout(TimeoutError):
     """The upstream stayed silent longer than the read timeout, or took too long to connect."""
 
@@ -390,11 +394,15 @@ class ConnectionPool:
         limit: int,
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        address: str | None = None,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) origin: {origin!r}")
         self._host = parts.hostname
+        #: Where to connect, when not to the origin's host (an address checked beforehand);
+        #: Host and the TLS server name stay the origin's.
+        self._address = address or parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         self.host_header = parts.netloc.rpartition("@")[2].encode("idna")
@@ -442,7 +450,7 @@ class ConnectionPool:
             async with asyncio.timeout(limit):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(self),
-                    self._host,
+                    self._address,
                     self._port,
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
@@ -450,7 +458,7 @@ class ConnectionPool:
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to the upstream took longer than {limit:g} s") from None
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to the upstream ({exc.__class__.__name__})") from exc
+            raise ConnectFailed(f"cannot connect to the upstream ({exc.__class__.__name__})") from exc
         return connection
 
     def _put_back(self, connection: _Connection | None) -> None:

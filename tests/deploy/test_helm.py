@@ -170,7 +170,7 @@ def test_schema_config_keys_are_asyncgates_own_keys() -> None:
     # The keys the chart sets itself are deliberately absent from `config`.
     # shutdown.pre_stop_delay is the kubelet's preStop sleep there (shutdown.preStopSleepSeconds).
     chart_owned = {
-        "server": {"host", "port"},
+        "server": {"host", "port", "workers"},
         "store": {"redis_url", "data_dir"},
         "shutdown": {"drain_timeout", "pre_stop_delay"},
     }
@@ -508,8 +508,9 @@ def test_sidecar_without_model_server_serves_your_pods(chart: helm_python.Chart)
         {**UPSTREAM, "replicaCount": 3},
         {**UPSTREAM, "autoscaling": {"enabled": True}},
         {**load_values("sidecar"), "redis": {}},
+        {**UPSTREAM, "workers": 2},
     ],
-    ids=["replicas", "autoscaling", "sidecar-replicas"],
+    ids=["replicas", "autoscaling", "sidecar-replicas", "workers"],
 )
 def test_more_than_one_replica_without_redis_fails_the_render(chart: helm_python.Chart, values: dict[str, Any]) -> None:
     message = render_error(chart, values)
@@ -556,6 +557,12 @@ def test_inconsistent_values_fail_with_a_message_naming_the_keys(
     chart: helm_python.Chart, values: dict[str, Any], expected: str
 ) -> None:
     assert expected in render_error(chart, values)
+
+
+def test_workers_value_reaches_the_config_file(chart: helm_python.Chart) -> None:
+    values = {**UPSTREAM, "workers": 4, "redis": {"url": "redis://r:6379/0"}}
+    config_map = only(render(chart, values), "ConfigMap")
+    assert yaml.safe_load(config_map["data"]["config.yaml"])["server"]["workers"] == 4
 
 
 def test_longer_drain_raises_the_default_grace_period(chart: helm_python.Chart) -> None:

@@ -239,6 +239,9 @@ Included by each template that depends on them, so `helm template -s` fails the 
 {{- if gt (int .Values.replicaCount) 1 }}
 {{- fail (printf "replicaCount is %d but no Redis is configured: the embedded store allows one replica. Set redis.url, redis.existingSecret or redis.bundled.enabled, or replicaCount: 1" (int .Values.replicaCount)) }}
 {{- end }}
+{{- if gt (int .Values.workers) 1 }}
+{{- fail (printf "workers is %d but no Redis is configured: the embedded store serves one process. Set redis.url, redis.existingSecret or redis.bundled.enabled, or workers: 1" (int .Values.workers)) }}
+{{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- fail "autoscaling.enabled needs Redis: the embedded store allows one replica. Set redis.url, redis.existingSecret or redis.bundled.enabled" }}
 {{- end }}
@@ -274,6 +277,7 @@ Included by each template that depends on them, so `helm template -s` fails the 
 {{- $server := get $config "server" | default dict }}
 {{- $_ := set $server "host" "0.0.0.0" }}
 {{- $_ := set $server "port" (int .Values.containerPort) }}
+{{- $_ := set $server "workers" (int .Values.workers) }}
 {{- $_ := set $config "server" $server }}
 {{- $store := get $config "store" | default dict }}
 {{- $_ := set $store "data_dir" "/var/lib/asyncgate" }}

@@ -131,6 +131,9 @@ class DueDelivery:
 
     run: Run
     token: int
+    #: The run's result, when the store read it along with the run (``prefetched``).
+    result: RunResult | None = None
+    prefetched: bool = False
 
 
 class RunStore(Protocol):

@@ -491,6 +491,13 @@ def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _decode_result(fields: Fields) -> RunResult | None:
+    status, headers, body = fields
+    if status is None or headers is None:
+        return None
+    return RunResult(status=int(status), headers=load_headers(headers), body=body or b"")
+
+
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
     caller, cancel, delivery, _ = rest
@@ -741,10 +748,7 @@ class RedisRunStore:
 
     async def result(self, run_id: str) -> RunResult | None:
         with _STORE_ERRORS:
-            status, headers, body = cast(Fields, await self._redis.hmget(self.run_key(run_id), _RESULT_FIELDS))
-        if status is None or headers is None:
-            return None
-        return RunResult(status=int(status), headers=load_headers(headers), body=body or b"")
+            return _decode_result(cast(Fields, await self._redis.hmget(self.run_key(run_id), _RESULT_FIELDS)))
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         if limit <= 0:
@@ -976,22 +980,28 @@ class RedisRunStore:
         with _STORE_ERRORS:
             members = await self._redis.zrangebyscore(self.deliveries, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
-            taken: list[tuple[str, int]] = []
-            for run_id in run_ids:
-                keys = (self.run_key(run_id), self.deliveries)
-                token = await self._scripts.take_delivery(keys, [at, at + lease, run_id])
-                if token:
-                    taken.append((run_id, int(token)))
-            runs = await self._runs([run_id for run_id, _ in taken])
+            # One round trip for the batch, not one per delivery (bench S6: a wave of completions).
+            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
+                tokens = await pipe.execute() if run_ids else []
+            taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
+            # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, _ in taken:
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                    pipe.hmget(self.run_key(run_id), _RESULT_FIELDS)
                     pipe.hget(self.run_key(run_id), "webhook_url")
-                urls = await pipe.execute()
-        return [
-            DueDelivery(dataclasses.replace(run, request=self.sealer.join_webhook(run.request, url)), token)
-            for (_, token), run, url in zip(taken, runs, urls, strict=True)
-            if run is not None
-        ]
+                replies = await pipe.execute() if taken else []
+        due = []
+        for index, (run_id, token) in enumerate(taken):
+            fields, result, url = replies[3 * index : 3 * index + 3]
+            run = _decode_run(run_id, fields)
+            if run is not None:
+                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, url))
+                due.append(DueDelivery(run, token, _decode_result(result), prefetched=True))
+        return due
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
         final = delivery.state.is_final
