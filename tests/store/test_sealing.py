@@ -261,6 +261,25 @@ def test_redis_keys_of_a_deployment_refuse_another_upstream(redis_server: RedisS
     run(other.close())
 
 
+def test_a_store_that_never_opened_claims_nothing_of_another_upstreams_deployment(
+    redis_server: RedisServer, run: Runner
+) -> None:
+    # As for a gateway started while Redis was down: its first claim makes the check open() would have.
+    prefix = f"test-{os.urandom(6).hex()}"
+    sealer = Sealer([Secret(ENCRYPTION_KEY)])
+    owner = RedisRunStore(redis_server.url, prefix, sealer=sealer, identity=Identity("d", "http://a:1"))
+    run(owner.open())
+    queued = new_run()
+    run(owner.create(queued, b"body"))
+    late = RedisRunStore(redis_server.url, prefix, sealer=sealer, identity=Identity("d", "http://b:1"))
+    with pytest.raises(StoreError, match="accepted for http://a:1, not http://b:1"):
+        run(late.claim("late", 10, 0, 30))
+    assert run(owner.get(queued.run_id)).state is RunState.QUEUED  # type: ignore[union-attr]
+    assert [claimed.run_id for claimed in run(owner.claim("owner", 10, 0, 30))] == [queued.run_id]
+    run(late.close())
+    run(owner.close())
+
+
 # --- a store that answers but cannot write ---------------------------------------------------------
 
 

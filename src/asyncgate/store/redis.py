@@ -753,6 +753,13 @@ class RedisRunStore:
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         if limit <= 0:
             return []
+        if not self._bound:
+            # Redis was down when the gateway started: no run is taken before the keys are known
+            # to be this deployment's and upstream's (a conflict keeps refusing, as readyz says).
+            try:
+                await self._bind()
+            except ConfigError as exc:
+                raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
             try:
                 entries = await self._stale_entries(limit) or await self._read_queue(limit, wait)
