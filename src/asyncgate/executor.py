@@ -22,6 +22,7 @@ from asyncgate.output import Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
+from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
 
@@ -35,8 +36,6 @@ FinishedCallback = Callable[[Run, Outcome], Awaitable[None]]
 
 #: Pause before asking an unreachable store for work again.
 STORE_RETRY_DELAY = 1.0
-#: Longest wait for a cancelled task of the executor to end on shutdown.
-STOP_TIMEOUT = 10.0
 #: Longest pause between renewal attempts while the store cannot be reached.
 RENEW_RETRY_DELAY = 0.25
 #: Expired runs handled per recovery pass.
@@ -61,15 +60,6 @@ class Held:
     phase: Phase = Phase.STARTING
     #: A client asked to cancel it: the task's CancelledError is that cancel, not a shutdown.
     cancelling: bool = False
-
-
-async def _settle(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for cancelled tasks to end, a bounded time: a shutdown must not hang on one."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
-    for task in pending:
-        logger.warning("%s did not end within %ss of being stopped", task.get_name(), STOP_TIMEOUT)
 
 
 def owner_id() -> str:
@@ -161,20 +151,20 @@ class Executor:
         self.stop_claiming()
         assert self._drain_started is not None
         if self._claimer is not None:
-            await _settle([self._claimer])
+            await settle([self._claimer])
         left = drain_timeout - (time.monotonic() - self._drain_started)
         if self._held and left > 0:
             await asyncio.wait([held.task for held in self._held.values()], timeout=left)
         remaining = list(self._held.values())
         for held in remaining:
             held.task.cancel()
-        await _settle([held.task for held in remaining])
+        await settle([held.task for held in remaining])
         for held in remaining:
             await self._hand_back(held)
         self._stopping = True
         for loop in self._loops:
             loop.cancel()
-        await _settle(self._loops)
+        await settle(self._loops)
 
     async def _claim_loop(self) -> None:
         while self._drain_started is None:

@@ -29,6 +29,7 @@ from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
+from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
 logger = logging.getLogger("asyncgate.webhooks")
@@ -163,7 +164,7 @@ class WebhookDispatcher:
         tasks = [task for task in (self._loop, *self._sending) if task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await settle(tasks)
         if self._client is not None:
             await self._client.close()
 
