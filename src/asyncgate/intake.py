@@ -332,6 +332,19 @@ def idempotency_key(caller: str, key: str) -> str:
     return hashlib.sha256(f"{caller}\x00{key}".encode()).hexdigest()
 
 
+class RouteLimits:
+    """The limits a request gets: its route policy's, else the gateway's own (HTTP and WebSocket alike)."""
+
+    def __init__(self, config: Config) -> None:
+        self._default = Limits.of(config)
+        self._policies = RoutePolicies(config.routes)
+        self._by_route = {route.name: Limits.of(config, route) for route in config.routes}
+
+    def __call__(self, scope: Scope) -> Limits:
+        route = self._policies.match(scope["method"], scope["path"]) if self._policies else None
+        return self._default if route is None else self._by_route[route.name]
+
+
 class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
@@ -343,16 +356,10 @@ class Intake:
         self.store = store
         self.access = access
         self.metrics = metrics
-        self.limits = Limits.of(config)
+        #: The limits of the route policy a request matches, else the gateway's own.
+        self.limits_for = RouteLimits(config)
         self.links = RunLinks(config.server.prefix)
         self.retry_after = str(retry_after(config.runs.retry_after))
-        self.policies = RoutePolicies(config.routes)
-        self._route_limits = {route.name: Limits.of(config, route) for route in config.routes}
-
-    def limits_for(self, scope: Scope) -> Limits:
-        """The limits of the route policy the request matches, else the gateway's own."""
-        route = self.policies.match(scope["method"], scope["path"]) if self.policies else None
-        return self.limits if route is None else self._route_limits[route.name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
         with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:

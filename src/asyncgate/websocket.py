@@ -36,8 +36,7 @@ from starlette.types import Scope
 from asyncgate.config import Config
 from asyncgate.errors import ClientError
 from asyncgate.headers import RawHeaders
-from asyncgate.intake import Limits, classify
-from asyncgate.policies import RoutePolicies
+from asyncgate.intake import Limits, RouteLimits, classify
 from asyncgate.proxy import forwarded_headers
 from asyncgate.wsframes import FrameMeter, close_frame
 
@@ -403,19 +402,6 @@ class WebSocketTunnel(asyncio.Protocol):
             self._end()  # the upstream's refusal stalled mid-body
 
 
-def _route_limits(config: Config) -> Callable[[Scope], Limits]:
-    """intake's choice of limits for a request, by the route policy it matches."""
-    policies = RoutePolicies(config.routes)
-    default = Limits.of(config)
-    by_route = {route.name: Limits.of(config, route) for route in config.routes}
-
-    def limits_for(scope: Scope) -> Limits:
-        route = policies.match(scope["method"], scope["path"]) if policies else None
-        return default if route is None else by_route[route.name]
-
-    return limits_for
-
-
 def tunnel_protocol(config: Config, check: Check) -> type[WebSocketTunnel]:
     """The WebSocket protocol class for ``uvicorn.Config(ws=...)``, relaying to ``config.upstream``;
     ``check`` says why a request head could be misread (``server.request_problem``)."""
@@ -428,7 +414,7 @@ def tunnel_protocol(config: Config, check: Check) -> type[WebSocketTunnel]:
         base_path=parts.path.rstrip("/").encode("latin-1"),
         ssl=ssl.create_default_context() if secure else None,
         prefix=config.server.prefix,
-        limits_for=_route_limits(config),
+        limits_for=RouteLimits(config),
         check=check,
         connect_timeout=config.proxy.connect_timeout,
         read_timeout=config.proxy.read_timeout,

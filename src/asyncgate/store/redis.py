@@ -553,7 +553,6 @@ class _Scripts:
     finish: AsyncScript
     requeue: AsyncScript
     cancel: AsyncScript
-    take_delivery: AsyncScript
     record_delivery: AsyncScript
     append_output: AsyncScript
     redeliver: AsyncScript
@@ -570,7 +569,6 @@ class _Scripts:
             finish=script(_FINISH),
             requeue=script(_REQUEUE),
             cancel=script(_CANCEL),
-            take_delivery=script(_TAKE_DELIVERY),
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
             append_output=script(_APPEND_OUTPUT),
