@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import yaml
 from starlette.datastructures import Secret
 
-from asyncgate.errors import ConfigError
-from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.errors import BlockedDestination, ConfigError, InvalidSecret
+from asyncgate.netguard import Allowlist, check_url_literal
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
-from asyncgate.signing import InvalidSecret, secret_key
+from asyncgate.signing import secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
 #: Redis URL schemes: one server, Redis Cluster, a Sentinel-managed primary (store/connect.py).

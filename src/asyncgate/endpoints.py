@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
 from asyncgate.feeds import render_event
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
@@ -25,7 +25,7 @@ from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
-from asyncgate.store.base import CancelResult, WebhookUrlDeleted
+from asyncgate.store.base import CancelResult
 from asyncgate.waiting import wait_until_final
 
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.

@@ -14,8 +14,11 @@ from asyncgate import preferences
 from asyncgate.config import Config
 from asyncgate.errors import (
     BadRequest,
-    ClientError,
+    BlockedDestination,
+    ClientDisconnected,
+    HTTPError,
     PayloadTooLarge,
+    QueueFull,
     ServiceUnavailable,
     StoreError,
     StoreUnavailable,
@@ -25,13 +28,13 @@ from asyncgate.errors import (
 from asyncgate.headers import NOT_REPLAYED
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.netguard import Allowlist, check_url_literal
 from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
-from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
+from asyncgate.proxy import raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.store.base import Created, Idempotency, RunStore
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -370,7 +373,7 @@ class Intake:
             created, status = await self._accept(scope, receive, intent, span)
         except ClientDisconnected:
             return
-        except ClientError as error:
+        except HTTPError as error:
             self.metrics.runs_refused.labels(error.code).inc()
             span.finish(error.status_code, error.code)
             await send_error(send, error)

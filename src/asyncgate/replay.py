@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+from asyncgate.errors import ResultTooLarge, UpstreamError, UpstreamTimeout
 from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
 from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
-from asyncgate.upstream import Response, Upstream, UpstreamError
+from asyncgate.upstream import Response, Upstream
 
 RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
 ATTEMPT_HEADER_RAW = ATTEMPT_HEADER.encode("ascii")
-
-
-class ResultTooLarge(Exception):
-    """The upstream's body grew past limits.max_result_bytes."""
 
 
 def outcome_of(result: RunResult) -> Outcome:
@@ -108,7 +105,7 @@ async def _send(
                     return Outcome(RunState.FAILED, error=error, status=status)
             finally:
                 response.release()
-    except TimeoutError:
+    except (TimeoutError, UpstreamTimeout):
         error = RunError(ErrorCode.TIMEOUT, f"the upstream did not answer within {request.timeout:g} s")
         return Outcome(RunState.FAILED, error=error)
     except UpstreamError as exc:

@@ -21,11 +21,10 @@ import orjson
 
 from asyncgate import __version__
 from asyncgate.config import Config
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import BlockedDestination, StoreError, StoreUnavailable, UpstreamError, UpstreamTimeout
 from asyncgate.hookclient import WebhookClient
-from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
+from asyncgate.netguard import Allowlist, Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
@@ -274,7 +273,7 @@ class WebhookDispatcher:
             answer = await self._client.post(run.request.webhook_url, body, headers)
         except BlockedDestination as exc:
             return Attempt(None, f"blocked_destination: {exc}", final=True)
-        except TimeoutError:
+        except (TimeoutError, UpstreamTimeout):
             return Attempt(None, "the receiver did not answer in time")
         except OSError as exc:  # the name did not resolve (socket.gaierror)
             return Attempt(None, f"the receiver's name did not resolve ({exc.__class__.__name__})")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from asyncgate.errors import QueueFull
 from asyncgate.runs import Delivery, DeliveryState, ErrorCode, Outcome, Run, RunError, RunResult, RunState, mask_url
-from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, QueueFull, RunStore
+from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from tests.store.conftest import Queue, Runner, new_run

@@ -10,8 +10,9 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+from asyncgate.errors import InvalidSignature
 from asyncgate.runs import RunState
-from asyncgate.signing import InvalidSignature, verify
+from asyncgate.signing import verify
 
 #: How far a delivery's timestamp may be from the receiver's clock, in seconds (replay protection).
 DEFAULT_TOLERANCE = 300
