@@ -25,7 +25,7 @@ from asyncgate.errors import BlockedDestination, StoreError, StoreUnavailable, U
 from asyncgate.hookclient import WebhookClient
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, Resolver
-from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
+from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
 from asyncgate.signing import secret_key, signature_header
 from asyncgate.store.base import DueDelivery, RunStore
 from asyncgate.tasks import settle
@@ -167,12 +167,8 @@ class WebhookDispatcher:
         if self._client is not None:
             await self._client.close()
 
-    async def run_finished(self, run: Run, outcome: Outcome) -> None:
-        """A run ended here: look for its delivery now rather than at the next poll."""
-        if run.request.webhook_url is not None:
-            self._wake.set()
-
     def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll (a run with a webhook ended here)."""
         self._wake.set()
 
     async def _dispatch(self) -> None:
