@@ -11,7 +11,8 @@ Each part of the gateway depends on the roles it uses, never on the whole store:
 ``RunStore`` is all four: what the factory builds. Two implementations: ``RedisRunStore``
 (shared by any number of replicas) and ``EmbeddedRunStore`` (SQLite on local disk, for one
 node with nothing else installed). ``tests/store/contract/`` runs each role's tests over both,
-and fails when a role has a method no contract test exercises.
+and fails when a role has a method no contract test exercises: a new method goes in the role
+of the part that calls it, with a test in that role's class marked ``@pytest.mark.exercises``.
 
 Fencing: every write made on behalf of an attempt names that attempt, and the store refuses
 it unless the run is still ``running`` under that very attempt. A holder that lost its run
