@@ -34,7 +34,7 @@ from asyncgate.principal import Access
 from asyncgate.proxy import raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, RunStore
+from asyncgate.store.base import Created, Idempotency, Records
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -352,7 +352,7 @@ class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
     def __init__(
-        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+        self, config: Config, store: Records, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
     ) -> None:
         self.config = config
         self.tracing = tracing
