@@ -20,6 +20,8 @@ class RouteKey:
     """One key a route takes: what it defaults to and means (docs), and its JSON schema (Helm)."""
 
     name: str
+    #: The value the example file shows.
+    example: str
     default: str
     doc: str
     schema: dict[str, Any]
@@ -31,16 +33,22 @@ class RouteKey:
 ROUTE_DECLARATIONS = (
     RouteKey(
         "name",
+        "batch",
         "its index",
         "what readyz, the OpenAPI document and a run's status (`route`) call it: letters, digits, `.`, `_`, `~`, "
         "`-`, unique",
         {"type": "string", "pattern": f"^{_NAME}$"},
     ),
     RouteKey(
-        "methods", "any", "a method or a list of them", {"type": ["string", "array"], "items": {"type": "string"}}
+        "methods",
+        "[POST]",
+        "any",
+        "a method or a list of them",
+        {"type": ["string", "array"], "items": {"type": "string"}},
     ),
     RouteKey(
         "path",
+        "/v1/batch/*",
         "(required)",
         "a pattern over the request's decoded path: `*` matches within one segment, `**` across segments "
         "(`/v1/**` is all under `/v1/`, not `/v1` itself), any other character itself",
@@ -48,12 +56,14 @@ ROUTE_DECLARATIONS = (
     ),
     RouteKey(
         "async",
+        "always",
         "`client`",
         "`client`: the client decides; `always`: every request is a run; `never`: every request passes through",
         {"enum": [mode.value for mode in AsyncMode]},
     ),
     RouteKey(
         "idempotent",
+        "true",
         "by method",
         "`true`: a run is re-sent after a lost holder whatever its method; `false`: never re-sent, not even a GET; "
         "unset: GET, HEAD, OPTIONS, TRACE, PUT, DELETE and keyed requests are",
@@ -62,6 +72,7 @@ ROUTE_DECLARATIONS = (
     ),
     RouteKey(
         "timeout",
+        "2h",
         "`runs.timeout`",
         "a run's time limit, and the ceiling of `Asyncgate-Timeout` on the route",
         {"type": ["string", "number"]},
@@ -69,6 +80,7 @@ ROUTE_DECLARATIONS = (
     ),
     RouteKey(
         "max_attempts",
+        "5",
         "`runs.max_attempts`",
         "attempts before a run whose holder keeps dying fails",
         {"type": "integer", "minimum": 1},
@@ -76,6 +88,7 @@ ROUTE_DECLARATIONS = (
     ),
     RouteKey(
         "max_body_bytes",
+        "1MiB",
         "`limits.max_body_bytes`",
         "the largest body of an asynchronous request on the route (413 past it)",
         {"type": ["string", "integer"]},
@@ -83,6 +96,7 @@ ROUTE_DECLARATIONS = (
     ),
     RouteKey(
         "webhook",
+        "https://hooks.example.com/done",
         "`webhooks.default_url`",
         "the route's default webhook: a URL (checked like a caller's, see `webhooks.allow`), or "
         "`{url: ..., events: [completed]}`; `completed` (a run's end) is the only event",

@@ -52,7 +52,7 @@ class ServerConfig:
         pattern=r"(/[A-Za-z0-9._~-]+)+",
         shape="a path such as /_asyncgate",
     )
-    log_format: LogFormat = setting("text", "format of log lines", flag="--log-format")
+    log_format: LogFormat = setting("text", "text: lines for people; json: one JSON object a line", flag="--log-format")
     log_level: LogLevel = setting("info", "least severe level logged", flag="--log-level")
     workers: int = setting(
         1,
@@ -84,7 +84,9 @@ class StoreConfig:
         "full", "embedded store: full survives power loss, normal only process crashes"
     )
     durability: Durability = setting(
-        "default", "strict: with Redis, each run must reach a replica (WAIT 1) before its 202"
+        "default",
+        "default: as the Redis server's own settings promise; strict: with Redis, each run must reach a replica "
+        "(WAIT 1) before its 202",
     )
     encryption_key: tuple[Secret, ...] = secrets(
         "Fernet keys sealing credentials and webhook URLs at rest; first seals, all open (rotation); "

@@ -26,7 +26,7 @@ _SIZE_UNITS = {
 }
 #: What a duration (``2.5``, ``500ms``) and a size (``16MiB``) look like as text; the Helm schema uses them too.
 DURATION_TEXT = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*"
-SIZE_TEXT = r"\s*(\d+)\s*([a-zA-Z]*)\s*"
+SIZE_TEXT = r"\s*(\d+)\s*([kKmMgG][iI]?[bB]|[bB])?\s*"
 _ZERO = ("0", "0s", "0.0")
 
 
@@ -68,9 +68,9 @@ def parse_size(key: str, value: Any) -> int:
         size = value
     elif isinstance(value, str):
         match = re.fullmatch(SIZE_TEXT, value)
-        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        if match is None:
             raise ConfigError(key, f"expected a size such as 16MiB, got {value!r}")
-        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
     else:
         raise ConfigError(key, f"expected a size, got {type(value).__name__}")
     if size <= 0:
