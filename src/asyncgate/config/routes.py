@@ -6,8 +6,7 @@ import dataclasses
 import re
 from typing import Any
 
-from asyncgate.config.keys import Key, KeyInfo, Unit
-from asyncgate.config.values import check_webhook_url, coerce, parse_duration, parse_size
+from asyncgate.config.values import check_webhook_url, parse_duration, parse_size, positive_int
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
@@ -106,7 +105,6 @@ ROUTE_DECLARATIONS = (
 )
 ROUTE_KEYS = tuple(key.name for key in ROUTE_DECLARATIONS)
 _RUN_ONLY_KEYS = tuple(key.name for key in ROUTE_DECLARATIONS if key.run_only)
-_ATTEMPTS = KeyInfo("attempts", Unit.NONE)
 
 
 def _route_methods(key: str, value: Any) -> frozenset[str]:
@@ -165,7 +163,6 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
     events: tuple[str, ...] = ("completed",)
     if entry.get("webhook") is not None:
         webhook_url, events = _route_webhook(f"{where}.webhook", entry["webhook"], allow)
-    attempts = Key(f"{where}.max_attempts", int, None, _ATTEMPTS)
     return RoutePolicy(
         name=entry.get("name", str(index)),
         path=entry["path"],
@@ -173,7 +170,7 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
         mode=mode,
         idempotent=entry.get("idempotent"),
         timeout=parse_duration(f"{where}.timeout", entry["timeout"]) if "timeout" in entry else None,
-        max_attempts=coerce(attempts, entry["max_attempts"], from_text=False) if "max_attempts" in entry else None,
+        max_attempts=positive_int(f"{where}.max_attempts", entry["max_attempts"]) if "max_attempts" in entry else None,
         max_body_bytes=parse_size(f"{where}.max_body_bytes", entry["max_body_bytes"])
         if "max_body_bytes" in entry
         else None,

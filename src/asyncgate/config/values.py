@@ -78,6 +78,17 @@ def parse_size(key: str, value: Any) -> int:
     return size
 
 
+def positive_int(name: str, value: Any, *, from_text: bool = False) -> int:
+    """A whole number above zero; ``from_text``: it may be written as a string (an environment variable)."""
+    if from_text and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"expected an integer, got {value!r}")
+    if value <= 0:
+        raise ConfigError(name, "must be greater than zero")
+    return value
+
+
 def _maybe_zero_duration(name: str, value: Any) -> float:
     if not isinstance(value, bool) and str(value).strip() in _ZERO:
         return 0.0
@@ -113,13 +124,7 @@ def _list(key: Key, value: Any, from_text: bool) -> Any:
 def _scalar(key: Key, value: Any, from_text: bool) -> Any:
     base = key.base
     if base is int:
-        if from_text and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key.name, f"expected an integer, got {value!r}")
-        if value <= 0:
-            raise ConfigError(key.name, "must be greater than zero")
-        return value
+        return positive_int(key.name, value, from_text=from_text)
     if base is float:
         if from_text and isinstance(value, str):
             try:
