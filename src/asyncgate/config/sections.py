@@ -7,14 +7,13 @@ docs/configuration.md and the chart's ``values.schema.json`` (docs/configuration
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 from typing import Any, Literal
 
 from starlette.datastructures import Secret
 
 from asyncgate.config.keys import duration, durations, secret, secrets, setting, size, strings
+from asyncgate.config.values import fernet_key
 from asyncgate.netguard import Allowlist
 from asyncgate.policies import RoutePolicy
 from asyncgate.signing import SigningSecret
@@ -28,18 +27,6 @@ AccessMode = Literal["header", "open"]
 
 #: Delays before each webhook attempt: the first at once, the last past a day after the run.
 DEFAULT_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
-_KEEP_SECRET = "better given from a Kubernetes Secret (extraEnv) than in the ConfigMap"
-
-
-def fernet_key(value: str) -> Secret:
-    """A Fernet key (32 url-safe base64 bytes), held as a Secret; ValueError otherwise."""
-    try:
-        key = base64.urlsafe_b64decode(value.encode())
-    except (ValueError, binascii.Error):
-        key = b""
-    if len(key) != 32:
-        raise ValueError("an encryption key must be 32 url-safe base64 bytes (Fernet.generate_key())")
-    return Secret(value)
 
 
 @dataclasses.dataclass(frozen=True)

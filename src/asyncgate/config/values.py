@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from typing import Any
@@ -87,6 +89,17 @@ def positive_int(name: str, value: Any, *, from_text: bool = False) -> int:
     if value <= 0:
         raise ConfigError(name, "must be greater than zero")
     return value
+
+
+def fernet_key(value: str) -> Secret:
+    """A Fernet key (32 url-safe base64 bytes), held as a Secret; ValueError otherwise."""
+    try:
+        key = base64.urlsafe_b64decode(value.encode())
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise ValueError("an encryption key must be 32 url-safe base64 bytes (Fernet.generate_key())")
+    return Secret(value)
 
 
 def _maybe_zero_duration(name: str, value: Any) -> float:
