@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 ENV_PREFIX = "ASYNCGATE_"
 
@@ -73,40 +73,60 @@ class KeyInfo:
     see: str | None = None
 
 
-def setting(default: Any, doc: str, **info: Any) -> Any:
+class Extras(TypedDict, total=False):
+    """What a declaration may add besides its default and meaning (see KeyInfo)."""
+
+    example: Any
+    flag: str
+    chart: str
+    pattern: str
+    shape: str
+    more: tuple[str, ...]
+    see: str
+    zero: bool
+
+
+def setting(default: Any, doc: str, **info: Unpack[Extras]) -> Any:
     """A plain key: its annotation (str, int, float, bool, a ``Literal`` or ``X | None``) says how to parse it."""
-    return dataclasses.field(default=default, metadata={"key": KeyInfo(doc, **info)})
+    return _field(default, KeyInfo(doc, **info))
 
 
-def duration(default: float, doc: str, **info: Any) -> Any:
-    """A duration in seconds, written ``30``, ``500ms``, ``10m``, ``12h``, ``1d``."""
-    return setting(default, doc, unit=Unit.DURATION, **info)
+def _field(default: Any, info: KeyInfo) -> Any:
+    return dataclasses.field(default=default, metadata={"key": info})
 
 
-def size(default: int, doc: str, **info: Any) -> Any:
+def duration(default: float, doc: str, **info: Unpack[Extras]) -> Any:
+    """A duration in seconds, written ``30``, ``500ms``, ``10m``, ``12h``, ``1d``; ``zero=True`` allows 0 (none)."""
+    return _field(default, KeyInfo(doc, unit=Unit.DURATION, **info))
+
+
+def size(default: int, doc: str, **info: Unpack[Extras]) -> Any:
     """A size in bytes, written ``1024``, ``64KiB``, ``16MiB``, ``1GB``."""
-    return setting(default, doc, unit=Unit.SIZE, **info)
+    return _field(default, KeyInfo(doc, unit=Unit.SIZE, **info))
 
 
-def secret(doc: str, **info: Any) -> Any:
+def secret(doc: str, **info: Unpack[Extras]) -> Any:
     """An optional credential of at least 16 characters (``Secret | None``)."""
-    return setting(None, doc, unit=Unit.SECRET, **info)
+    return _field(None, KeyInfo(doc, unit=Unit.SECRET, **info))
 
 
-def strings(doc: str, convert: Convert | None = None, **info: Any) -> Any:
+def strings(doc: str, convert: Convert | None = None, **info: Unpack[Extras]) -> Any:
     """A list of non-empty strings, empty by default; ``convert`` builds the parsed value from the tuple."""
     default = convert(()) if convert is not None else ()
-    return setting(default, doc, is_list=True, convert=convert, example=[], **info)
+    info.setdefault("example", [])
+    return _field(default, KeyInfo(doc, is_list=True, convert=convert, **info))
 
 
-def secrets(doc: str, convert: Convert, **info: Any) -> Any:
+def secrets(doc: str, convert: Convert, **info: Unpack[Extras]) -> Any:
     """A list of credentials, empty by default; ``convert`` checks and wraps one item."""
-    return setting((), doc, unit=Unit.SECRET, is_list=True, convert=convert, example=[], **info)
+    info.setdefault("example", [])
+    return _field((), KeyInfo(doc, unit=Unit.SECRET, is_list=True, convert=convert, **info))
 
 
-def durations(default: tuple[float, ...], doc: str, **info: Any) -> Any:
+def durations(default: tuple[float, ...], doc: str, **info: Unpack[Extras]) -> Any:
     """A non-empty list of durations; zero is allowed (at once)."""
-    return setting(default, doc, unit=Unit.DURATION, is_list=True, zero=True, **info)
+    info["zero"] = True
+    return _field(default, KeyInfo(doc, unit=Unit.DURATION, is_list=True, **info))
 
 
 @dataclasses.dataclass(frozen=True)
