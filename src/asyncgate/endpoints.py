@@ -20,7 +20,6 @@ from asyncgate.feeds import render_event
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
-from asyncgate.netguard import Allowlist
 from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
@@ -173,7 +172,7 @@ def _webhook_url(request: Request) -> str | None:
     urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
     if len(urls) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
-    allow = Allowlist.parse(services(request).config.webhooks.allow)
+    allow = services(request).config.webhooks.allow
     return validate_webhook_url(urls[0], allow) if urls else None
 
 

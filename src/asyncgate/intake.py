@@ -266,7 +266,7 @@ class Limits:
 
     @classmethod
     def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
-        allow = Allowlist.parse(config.webhooks.allow)
+        allow = config.webhooks.allow
         if route is None:
             return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
         timeout = route.timeout or config.runs.timeout

@@ -24,9 +24,9 @@ from asyncgate.config import Config
 from asyncgate.errors import BlockedDestination, StoreError, StoreUnavailable, UpstreamError, UpstreamTimeout
 from asyncgate.hookclient import WebhookClient
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, Resolver
+from asyncgate.netguard import Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
-from asyncgate.signing import secret_key, signature_header
+from asyncgate.signing import signature_header
 from asyncgate.store.base import Deliveries, DueDelivery, Records
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
@@ -146,11 +146,11 @@ class WebhookDispatcher:
         self.config = config
         self.tracing = tracing
         self.metrics = metrics
-        self.allow = Allowlist.parse(config.webhooks.allow)
+        self.allow = config.webhooks.allow
         #: Name resolution, injectable so tests can make a name answer any address.
         self.resolver = resolver
         self.store = store
-        self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
+        self._keys = [secret.key for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
