@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
 from asyncgate.feeds import render_event
-from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
+from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
@@ -79,9 +80,9 @@ def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
 
 def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
     links = _links(request)
-    headers = {"Link": links.header(run.run_id)}
+    headers: dict[str, str] = {LINK: links.header(run.run_id)}
     if not run.state.is_final:
-        headers["Retry-After"] = str(_poll_after(request))
+        headers[RETRY_AFTER] = str(_poll_after(request))
     return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
 
 
@@ -128,7 +129,7 @@ async def run_status(request: Request) -> Response:
         # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
         # The body is the status document, the "short hypertext note" RFC 9110 asks of a 303.
         links = _links(request)
-        headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
+        headers: dict[str, str] = {LOCATION: links.urls(run.run_id)[RESULT], LINK: links.header(run.run_id)}
         return JSONResponse(status_document(run, links), status_code=303, headers=headers)
     return _status_response(request, run)
 
@@ -170,7 +171,7 @@ async def cancel_run(request: Request) -> Response:
 
 def _webhook_url(request: Request) -> str | None:
     """The URL a redelivery names, given as at submission (?webhookEndpoint= or Asyncgate-Webhook)."""
-    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
+    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK)]
     if len(urls) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     allow = Allowlist.parse(services(request).config.webhooks.allow)
@@ -232,10 +233,10 @@ _EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 async def run_events(request: Request) -> Response:
     run = await _run_or_404(request)
-    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get("after")
     if after is not None and not _EVENT_ID.fullmatch(after):
-        raise BadRequest("Last-Event-ID must be the id of an event of this stream", code="invalid_parameter")
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
+    headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
     stream = _event_stream(services(request), run, after)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 

@@ -14,12 +14,11 @@ from starlette.responses import Response
 
 from asyncgate import __version__
 from asyncgate.config import Config
+from asyncgate.headers import IDEMPOTENT_REPLAY, RUN_ID
 from asyncgate.intake import (
     ASYNC_PARAM,
     MAX_IDEMPOTENCY_KEY,
     QUEUE_RETRY_AFTER,
-    REPLAY_HEADER,
-    RUN_ID_HEADER,
     STORE_RETRY_AFTER,
     WEBHOOK_PARAM,
 )
@@ -301,7 +300,7 @@ def _submission_path(config: Config) -> Schema:
         webhook_param=WEBHOOK_PARAM,
         max_body=config.limits.max_body_bytes,
         max_wait=config.limits.max_wait,
-        run_id_header=RUN_ID_HEADER,
+        run_id_header=RUN_ID,
     ) + _routes_text(config)
     path_item: Schema = {
         "summary": "Any upstream path: submit a request asynchronously",
@@ -375,7 +374,7 @@ def _submission_operation(config: Config, method: str) -> Schema:
                 "description": "`respond-async`, when the request asked with `Prefer`.",
                 "schema": {"type": "string", "const": "respond-async"},
             },
-            REPLAY_HEADER: {
+            IDEMPOTENT_REPLAY: {
                 "description": "`true` when an `Idempotency-Key` named an existing run: this is that run.",
                 "schema": {"type": "string", "const": "true"},
             },
@@ -417,9 +416,9 @@ def _submission_operation(config: Config, method: str) -> Schema:
         ),
         "default": {
             "description": "The upstream's own response: a synchronous request passed through, or the result "
-            f"of a run that ended within `Prefer: wait` (then with `{RUN_ID_HEADER}`). `502` "
+            f"of a run that ended within `Prefer: wait` (then with `{RUN_ID}`). `502` "
             "(`upstream_unreachable`) and `504` (`upstream_timeout`) are the gateway's, for synchronous requests.",
-            "headers": {RUN_ID_HEADER: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
+            "headers": {RUN_ID: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
             "content": {"*/*": {"schema": {}}},
         },
     }

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from asyncgate.headers import IDEMPOTENCY_KEY
+
 #: Bumped whenever the stored JSON form of a run changes shape.
 SCHEMA_VERSION = 1
 
@@ -322,6 +324,7 @@ def load_error(data: bytes | str | None) -> RunError | None:
 
 #: Methods RFC 9110 defines as idempotent: sending them twice has the effect of sending once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENCY_KEY = IDEMPOTENCY_KEY.lower()
 
 
 def safe_to_resend(request: RunRequest) -> bool:
@@ -333,7 +336,7 @@ def safe_to_resend(request: RunRequest) -> bool:
         return request.idempotent
     if request.method.upper() in IDEMPOTENT_METHODS:
         return True
-    return any(name.lower() == "idempotency-key" for name, _ in request.headers)
+    return any(name.lower() == _IDEMPOTENCY_KEY for name, _ in request.headers)
 
 
 def recovery_outcome(run: Run, max_attempts: int) -> Outcome | None:
