@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from asyncgate import endpoints, ui
+from asyncgate import endpoints, openapi, ui
 from asyncgate.config import Config
 from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
 from asyncgate.executor import Executor
@@ -52,7 +52,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def control_app(config: Config, services: Services) -> Starlette:
     """The gateway's own API, mounted under its prefix."""
     app = Starlette(
-        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *ui.routes(config)])],
+        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *openapi.routes(), *ui.routes(config)])],
         exception_handlers={ClientError: _client_error, HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.services = services

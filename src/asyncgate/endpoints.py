@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from asyncgate.config import Config
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
 from asyncgate.feeds import render_event
 from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
@@ -22,7 +23,7 @@ from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
-from asyncgate.openapi import openapi_endpoint, route_policies
+from asyncgate.policies import effective
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
@@ -306,6 +307,17 @@ async def metrics(request: Request) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def route_policies(config: Config) -> list[dict[str, Any]]:
+    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
+    defaults = {
+        "timeout": config.runs.timeout,
+        "max_attempts": config.runs.max_attempts,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "webhook": config.webhooks.default_url,
+    }
+    return [effective(route, defaults) for route in config.routes]
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -332,7 +344,6 @@ def routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         # Before /runs/{run_id}; run ids are 22 characters long, so none is "counts".
         Route("/runs/counts", count_runs, methods=["GET"]),

@@ -11,9 +11,11 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from asyncgate import __version__
 from asyncgate.config import Config
+from asyncgate.endpoints import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, route_policies
 from asyncgate.headers import IDEMPOTENT_REPLAY, RUN_ID
 from asyncgate.intake import (
     ASYNC_PARAM,
@@ -23,19 +25,14 @@ from asyncgate.intake import (
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
-from asyncgate.policies import AsyncMode, effective
+from asyncgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from asyncgate.policies import AsyncMode
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
 
 Schema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-#: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
-#: Runs GET /runs/counts examines at most (``endpoints.COUNT_LIMIT``).
-COUNT_LIMIT = 10_000
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 _INTRO = """\
 asyncgate sits in front of a synchronous HTTP server and gives every endpoint an asynchronous mode.
@@ -187,17 +184,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
     return document
 
 
-def route_policies(config: Config) -> list[dict[str, Any]]:
-    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
-    defaults = {
-        "timeout": config.runs.timeout,
-        "max_attempts": config.runs.max_attempts,
-        "max_body_bytes": config.limits.max_body_bytes,
-        "webhook": config.webhooks.default_url,
-    }
-    return [effective(route, defaults) for route in config.routes]
-
-
 _ROUTES = """
 
 **Route policies** (`routes:` in the configuration, matched in order, first match wins; each is
@@ -224,6 +210,10 @@ async def openapi_endpoint(request: Request) -> Response:
     """``GET {prefix}/openapi.json``."""
     config: Config = request.app.state.services.config
     return JSONResponse(openapi_document(config))
+
+
+def routes() -> list[Route]:
+    return [Route("/openapi.json", openapi_endpoint, methods=["GET"])]
 
 
 # Small builders ---------------------------------------------------------------------------------
@@ -674,7 +664,7 @@ def _operations_paths(prefix: str) -> dict[str, Schema]:
         "metrics",
         "operations",
         "Prometheus metrics",
-        {"200": {"description": "The text exposition format.", "content": {PROMETHEUS_TEXT: {"schema": {}}}}},
+        {"200": {"description": "The text exposition format.", "content": {METRICS_CONTENT_TYPE: {"schema": {}}}}},
         security=public,
     )
     document = _operation(
