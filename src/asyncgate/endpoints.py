@@ -36,6 +36,14 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 200
 #: Runs one count examines at most, newest first, so that counting a large store stays quick.
 COUNT_LIMIT = 10_000
+#: Query parameters: the status's long poll, an event stream's resumption, the listing's filter and pages.
+WAIT_PARAM = "wait"
+AFTER_PARAM = "after"
+STATUS_PARAM = "status"
+LIMIT_PARAM = "limit"
+CURSOR_PARAM = "cursor"
+#: How long an EventSource waits before reconnecting, sent as the stream's first line.
+RECONNECT_MS = 1000
 
 
 def services(request: Request) -> Services:
@@ -118,7 +126,7 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
 
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
-    wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    wait = _seconds(request, WAIT_PARAM, services(request).config.limits.max_wait)
     redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
@@ -205,7 +213,7 @@ async def redeliver_webhook(request: Request) -> Response:
 async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client disconnects, which also leaves the run's
     # feed: no task and no blocking read outlive the client.
-    yield b"retry: 1000\n\n"
+    yield b"retry: %d\n\n" % RECONNECT_MS
     async with contextlib.aclosing(svc.feeds.follow(run.run_id, after)) as batches:
         async for batch in batches:
             for event, encoded in batch:
@@ -234,7 +242,7 @@ _EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 async def run_events(request: Request) -> Response:
     run = await _run_or_404(request)
-    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get("after")
+    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get(AFTER_PARAM)
     if after is not None and not _EVENT_ID.fullmatch(after):
         raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
     headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
@@ -245,21 +253,21 @@ async def run_events(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     params = request.query_params
     state = None
-    if "status" in params:
+    if STATUS_PARAM in params:
         try:
-            state = RunState(params["status"])
+            state = RunState(params[STATUS_PARAM])
         except ValueError:
             allowed = ", ".join(s.value for s in RunState)
-            raise BadRequest(f"status must be one of {allowed}", code="invalid_parameter") from None
+            raise BadRequest(f"{STATUS_PARAM} must be one of {allowed}", code="invalid_parameter") from None
     try:
-        limit = int(params.get("limit", DEFAULT_PAGE))
+        limit = int(params.get(LIMIT_PARAM, DEFAULT_PAGE))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
-    cursor = params.get("cursor")
+        raise BadRequest(f"{LIMIT_PARAM} must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    cursor = params.get(CURSOR_PARAM)
     if cursor is not None and not _is_cursor(cursor):
-        raise BadRequest("cursor must be the next_cursor of a previous page", code="invalid_parameter")
+        raise BadRequest(f"{CURSOR_PARAM} must be the next_cursor of a previous page", code="invalid_parameter")
     svc = services(request)
     principal = svc.access.principal(request.scope)
     caller = None if principal.sees_all else principal.caller

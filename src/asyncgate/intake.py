@@ -42,9 +42,10 @@ ASYNC_PARAM = "async"
 WEBHOOK_PARAM = "webhookEndpoint"
 MAX_IDEMPOTENCY_KEY = 255
 
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
-_MAX_WEBHOOK_URL = 2048
+#: The values ?async= takes (any case), paired: true, false, 1, 0, yes, no.
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+MAX_WEBHOOK_URL = 2048
 #: How long a client should wait before retrying when the store cannot take the run.
 STORE_RETRY_AFTER = 1
 #: How long a client refused for a full queue should wait before trying again.
@@ -73,9 +74,9 @@ class Intent:
 
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in _FALSE:
+    if lowered in FALSE_WORDS:
         return False
     raise BadRequest(f"{ASYNC_PARAM} must be true or false, got {value!r}", code="invalid_parameter")
 
@@ -99,8 +100,8 @@ def validate_webhook_url(url: str, allow: Allowlist | None = None) -> str:
 
     A host name is resolved and checked only at delivery: its addresses may change meanwhile.
     """
-    if len(url) > _MAX_WEBHOOK_URL:
-        raise BadRequest(f"{WEBHOOK_PARAM} is longer than {_MAX_WEBHOOK_URL} characters", code="invalid_webhook_url")
+    if len(url) > MAX_WEBHOOK_URL:
+        raise BadRequest(f"{WEBHOOK_PARAM} is longer than {MAX_WEBHOOK_URL} characters", code="invalid_webhook_url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port

@@ -14,18 +14,35 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from asyncgate import __version__
+from asyncgate import headers as h
 from asyncgate.config import Config
-from asyncgate.endpoints import COUNT_LIMIT, DEFAULT_PAGE, MAX_PAGE, route_policies
-from asyncgate.headers import IDEMPOTENT_REPLAY, RUN_ID
+from asyncgate.endpoints import (
+    AFTER_PARAM,
+    CANCEL_CONFIRM_SECONDS,
+    COUNT_LIMIT,
+    CURSOR_PARAM,
+    DEFAULT_PAGE,
+    LIMIT_PARAM,
+    MAX_PAGE,
+    RECONNECT_MS,
+    STATUS_PARAM,
+    WAIT_PARAM,
+    route_policies,
+)
+from asyncgate.feeds import READ_WAIT
 from asyncgate.intake import (
     ASYNC_PARAM,
+    FALSE_WORDS,
     MAX_IDEMPOTENCY_KEY,
+    MAX_WEBHOOK_URL,
     QUEUE_RETRY_AFTER,
     STORE_RETRY_AFTER,
+    TRUE_WORDS,
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from asyncgate.output import CHUNKS, MAX_PIECE, NDJSON, SSE
 from asyncgate.policies import AsyncMode
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
@@ -119,7 +136,7 @@ an `event` name and a JSON `data` line:
   later `output` events are still sent live, marked `"kept": false`, but are not kept for a
   stream resumed or opened later (`data` is an `OutputDroppedEvent`).
 
-The stream starts with `retry: 1000`, sends a `: keep-alive` comment every 15 s while idle, and
+The stream starts with `retry: {reconnect}`, sends a `: keep-alive` comment every {keep_alive:g} s while idle, and
 ends once the final state and the webhook events logged by then are sent. To resume after a
 broken connection, send the last `id` received as `Last-Event-ID` (browsers' `EventSource` does
 so by itself) or as `?after=`: the stream goes on after that event. Ids are opaque strings.
@@ -245,7 +262,7 @@ def _error_response(description: str, *codes: tuple[str, str], retry_after: bool
         "content": _json(_ref("schemas", "Error"), **{code: _error(code, message) for code, message in codes}),
     }
     if retry_after:
-        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
+        response["headers"] = {h.RETRY_AFTER: _ref("headers", "RetryAfter")}
     return response
 
 
@@ -290,7 +307,7 @@ def _submission_path(config: Config) -> Schema:
         webhook_param=WEBHOOK_PARAM,
         max_body=config.limits.max_body_bytes,
         max_wait=config.limits.max_wait,
-        run_id_header=RUN_ID,
+        run_id_header=h.RUN_ID,
     ) + _routes_text(config)
     path_item: Schema = {
         "summary": "Any upstream path: submit a request asynchronously",
@@ -318,33 +335,33 @@ def _submission_params(config: Config) -> list[Schema]:
             ASYNC_PARAM,
             "`true` (or `1`, `yes`) makes the request asynchronous; `false` (`0`, `no`) keeps it synchronous "
             "even with `Prefer: respond-async`.",
-            {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+            {"type": "string", "enum": [word for pair in zip(TRUE_WORDS, FALSE_WORDS, strict=True) for word in pair]},
         ),
         _query_param(
             WEBHOOK_PARAM,
             "An absolute http(s) URL (percent-encoded) to POST the upstream's response body to when the run "
             "ends. Needs an asynchronous request.",
-            {"type": "string", "format": "uri", "maxLength": 2048},
+            {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL},
         ),
         _header_param(
-            "Prefer",
+            h.PREFER,
             "`respond-async` makes the request asynchronous (RFC 7240); `wait=N` waits up to N seconds "
             f"(at most {config.limits.max_wait:g}) for the upstream's response before answering 202. "
             "Other preferences are forwarded to the upstream.",
-            {"type": "string", "examples": ["respond-async", "respond-async, wait=10"]},
+            {"type": "string", "examples": [h.RESPOND_ASYNC, f"{h.RESPOND_ASYNC}, {h.WAIT_PREFERENCE}=10"]},
         ),
         _header_param(
-            "Asyncgate-Webhook",
+            h.WEBHOOK,
             f"The webhook URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
         ),
         _header_param(
-            "Asyncgate-Timeout",
+            h.TIMEOUT,
             f"The run's own time limit in seconds, shorter than `runs.timeout` ({config.runs.timeout:g}).",
             {"type": "number", "exclusiveMinimum": 0, "maximum": config.runs.timeout},
         ),
         _header_param(
-            "Idempotency-Key",
+            h.IDEMPOTENCY_KEY,
             "Submitting the same request again with the same key (per caller) returns the run it made "
             "instead of a new one, with `Asyncgate-Idempotent-Replay: true`; a different request with that "
             "key is refused (422). A keyed POST may also be re-sent safely after a gateway crash.",
@@ -357,14 +374,14 @@ def _submission_operation(config: Config, method: str) -> Schema:
     accepted: Schema = {
         "description": "The run is stored and queued; follow it at `Location`.",
         "headers": {
-            "Location": _ref("headers", "Location"),
-            "Retry-After": _ref("headers", "PollAfter"),
-            "Link": _ref("headers", "Link"),
-            "Preference-Applied": {
+            h.LOCATION: _ref("headers", "Location"),
+            h.RETRY_AFTER: _ref("headers", "PollAfter"),
+            h.LINK: _ref("headers", "Link"),
+            h.PREFERENCE_APPLIED: {
                 "description": "`respond-async`, when the request asked with `Prefer`.",
-                "schema": {"type": "string", "const": "respond-async"},
+                "schema": {"type": "string", "const": h.RESPOND_ASYNC},
             },
-            IDEMPOTENT_REPLAY: {
+            h.IDEMPOTENT_REPLAY: {
                 "description": "`true` when an `Idempotency-Key` named an existing run: this is that run.",
                 "schema": {"type": "string", "const": "true"},
             },
@@ -378,10 +395,10 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_parameter", f"{ASYNC_PARAM} must be true or false, got 'maybe'"),
             ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
             ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
-            ("invalid_header", "asyncgate-webhook is given more than once"),
-            ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
-            ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
-            ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
+            ("invalid_header", f"{h.WEBHOOK.lower()} is given more than once"),
+            ("invalid_timeout", f"{h.TIMEOUT} must be a number of seconds in (0, {config.runs.timeout:g}]"),
+            ("invalid_idempotency_key", f"{h.IDEMPOTENCY_KEY} must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            ("webhook_requires_async", f"{WEBHOOK_PARAM}, {h.WEBHOOK} and {h.TIMEOUT} need ..."),
             ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
             ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
         ),
@@ -406,9 +423,9 @@ def _submission_operation(config: Config, method: str) -> Schema:
         ),
         "default": {
             "description": "The upstream's own response: a synchronous request passed through, or the result "
-            f"of a run that ended within `Prefer: wait` (then with `{RUN_ID}`). `502` "
+            f"of a run that ended within `Prefer: wait` (then with `{h.RUN_ID}`). `502` "
             "(`upstream_unreachable`) and `504` (`upstream_timeout`) are the gateway's, for synchronous requests.",
-            "headers": {RUN_ID: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
+            "headers": {h.RUN_ID: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
             "content": {"*/*": {"schema": {}}},
         },
     }
@@ -444,13 +461,13 @@ def _run_paths(config: Config) -> dict[str, Schema]:
 def _list_operation(config: Config) -> Schema:
     statuses = [state.value for state in RunState]
     params = [
-        _query_param("status", "Only runs in this state.", {"type": "string", "enum": statuses}),
+        _query_param(STATUS_PARAM, "Only runs in this state.", {"type": "string", "enum": statuses}),
         _query_param(
-            "limit",
+            LIMIT_PARAM,
             f"Runs per page, 1 to {MAX_PAGE}.",
             {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
         ),
-        _query_param("cursor", "The `next_cursor` of the previous page.", {"type": "string"}),
+        _query_param(CURSOR_PARAM, "The `next_cursor` of the previous page.", {"type": "string"}),
     ]
     responses = {
         "200": {"description": "One page of runs, newest first.", "content": _json(_ref("schemas", "RunList"))},
@@ -477,11 +494,11 @@ def _status_response(description: str) -> Schema:
     return {
         "description": description,
         "headers": {
-            "Retry-After": {
+            h.RETRY_AFTER: {
                 "description": "While the run is not final: poll again after this many seconds (`runs.retry_after`).",
                 "schema": {"type": "integer", "minimum": 1},
             },
-            "Link": _ref("headers", "Link"),
+            h.LINK: _ref("headers", "Link"),
         },
         "content": _json(_ref("schemas", "RunStatus")),
     }
@@ -499,7 +516,7 @@ A run that is not final, or ended without an upstream response, gets its status 
 
 def _status_operation(config: Config) -> Schema:
     wait = _query_param(
-        "wait",
+        WAIT_PARAM,
         "Long-poll: answer as soon as the run is final, or after this many seconds "
         f"(0 to `limits.max_wait`, {config.limits.max_wait:g}).",
         {"type": "number", "minimum": 0, "maximum": config.limits.max_wait},
@@ -509,12 +526,12 @@ def _status_operation(config: Config) -> Schema:
         "description": f"`?{REDIRECT_PARAM}={REDIRECT_TO_RESULT}` and the run has a result: fetch it at `Location`. "
         "The body is the run's status.",
         "headers": {
-            "Location": {
+            h.LOCATION: {
                 "description": f"The run's result, `{config.server.prefix}/runs/{{run_id}}/result`.",
                 "schema": {"type": "string"},
                 "required": True,
             },
-            "Link": _ref("headers", "Link"),
+            h.LINK: _ref("headers", "Link"),
         },
         "content": _json(_ref("schemas", "RunStatus")),
     }
@@ -531,7 +548,8 @@ def _cancel_operation(config: Config) -> Schema:
     responses = {
         "200": _status_response("The run is cancelled (a queued run at once, a running one once its call is aborted)."),
         "202": _status_response(
-            "Cancellation was asked of the gateway holding the run, which has not confirmed it within 5 s; "
+            "Cancellation was asked of the gateway holding the run, which has not confirmed it within "
+            f"{CANCEL_CONFIRM_SECONDS:g} s; "
             "the run is still `running`."
         ),
         "409": _error_response(
@@ -573,12 +591,12 @@ def _result_operation(config: Config) -> Schema:
 
 def _events_operation(config: Config) -> Schema:
     params = [
-        _header_param("Last-Event-ID", "Resume after this event id.", {"type": "string"}),
-        _query_param("after", "Resume after this event id (when the header cannot be sent).", {"type": "string"}),
+        _header_param(h.LAST_EVENT_ID, "Resume after this event id.", {"type": "string"}),
+        _query_param(AFTER_PARAM, "Resume after this event id (when the header cannot be sent).", {"type": "string"}),
     ]
     stream = {
         "description": "The event stream; it ends after the run's final state.",
-        "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}},
+        "headers": {h.CACHE_CONTROL: {"schema": {"type": "string", "const": "no-cache"}}},
         "content": {
             "text/event-stream": {
                 "schema": _ref("schemas", "ServerSentEvent"),
@@ -587,7 +605,14 @@ def _events_operation(config: Config) -> Schema:
         },
     }
     responses = {"200": stream, "400": _ref("responses", "InvalidParameter"), **_run_errors(config)}
-    return _operation("streamRunEvents", "runs", "The run's events", responses, parameters=params, description=_EVENTS)
+    return _operation(
+        "streamRunEvents",
+        "runs",
+        "The run's events",
+        responses,
+        parameters=params,
+        description=_EVENTS.format(reconnect=RECONNECT_MS, keep_alive=READ_WAIT),
+    )
 
 
 def _redeliver_operation(config: Config) -> Schema:
@@ -615,10 +640,10 @@ def _redeliver_operation(config: Config) -> Schema:
             WEBHOOK_PARAM,
             "Where to deliver. The run's own URL is deleted once its delivery is final, so a redelivery "
             "then names one (the same or another); without one, the run's own URL while it is stored.",
-            {"type": "string", "format": "uri", "maxLength": 2048},
+            {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL},
         ),
         _header_param(
-            "Asyncgate-Webhook",
+            h.WEBHOOK,
             f"The URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
         ),
@@ -698,13 +723,13 @@ def _webhook_operation(config: Config) -> Schema:
         content = {"*/*": {"schema": {}}}
     signature = "One `v1,<base64>` per signing secret, space-separated."
     params = [
-        _header_param("webhook-id", "`msg_<run_id>`, the same on every attempt.", {"type": "string"}, True),
-        _header_param("webhook-timestamp", "Unix seconds of this attempt.", {"type": "string"}, True),
-        _header_param("webhook-signature", signature, {"type": "string"}, signed),
-        _header_param("Asyncgate-Run-Id", "The run.", {"type": "string"}, True),
-        _header_param("Asyncgate-Status", "The run's final state.", _final_states(), True),
+        _header_param(h.WEBHOOK_ID, "`msg_<run_id>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_TIMESTAMP, "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_SIGNATURE, signature, {"type": "string"}, signed),
+        _header_param(h.RUN_ID, "The run.", {"type": "string"}, True),
+        _header_param(h.RUN_STATUS, "The run's final state.", _final_states(), True),
         _header_param(
-            "Asyncgate-Upstream-Status",
+            h.UPSTREAM_STATUS,
             "The upstream's status, empty when there was no upstream response.",
             {"type": "string", "pattern": "^([1-5][0-9][0-9])?$"},
             True,
@@ -1025,7 +1050,7 @@ def _output_schemas() -> dict[str, Schema]:
                 "seq": {"type": "integer", "description": "0, 1, 2... within the attempt: a gap shows output missed."},
                 "format": {
                     "type": "string",
-                    "enum": ["sse", "ndjson", "chunks"],
+                    "enum": [SSE, NDJSON, CHUNKS],
                     "description": "How the answer is cut into events; in the attempt's first output event only.",
                 },
                 "content_type": {"type": "string", "description": "The answer's; first output event only."},
@@ -1035,7 +1060,8 @@ def _output_schemas() -> dict[str, Schema]:
                 "sse_id": {"type": "string", "description": "The upstream SSE stream's last event id, if any."},
                 "partial": {
                     "const": True,
-                    "description": "A piece of a line or event longer than 64 KiB: the next event continues it.",
+                    "description": f"A piece of a line or event longer than {MAX_PIECE // 1024} KiB: "
+                    "the next event continues it.",
                 },
                 "kept": {
                     "const": False,
