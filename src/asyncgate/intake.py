@@ -8,7 +8,7 @@ import logging
 from urllib.parse import unquote_plus, urlsplit
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asyncgate import headers as h
 from asyncgate import preferences
@@ -339,12 +339,20 @@ class RouteLimits:
 
 
 class Intake:
-    """Accepts asynchronous requests: 202 once the run is stored, never before."""
+    """Every request outside the gateway's prefix: asynchronous ones are accepted (202 once the run
+    is stored, never before) or refused; the others go on to ``passthrough``."""
 
     def __init__(
-        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+        self,
+        config: Config,
+        store: RunStore,
+        access: Access,
+        metrics: Metrics,
+        passthrough: ASGIApp,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
+        self.passthrough = passthrough
         self.tracing = tracing
         self.store = store
         self.access = access
@@ -353,10 +361,29 @@ class Intake:
         self.limits_for = RouteLimits(config)
         self.links = RunLinks(config.server.prefix)
         self.retry_after = str(retry_after(config.runs.retry_after))
+        #: With route policies, every request is matched (a route may make it async unasked).
+        self._routes = bool(config.routes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The cheap look first: most requests are the pass-through, the hot path.
+        if not (self._routes or looks_async(scope)):
+            await self.passthrough(scope, receive, send)
+            return
+        try:
+            intent = classify(scope, self.limits_for(scope))
+        except ClientError as error:
+            await self._refuse(send, error)
+            return
+        if intent is None:
+            await self.passthrough(scope, receive, send)
+            return
         with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:
             await self._serve(scope, receive, send, intent, span)
+
+    async def _refuse(self, send: Send, error: ClientError) -> None:
+        """Answer a refused submission; the one place refusals are counted."""
+        self.metrics.runs_refused.labels(error.code).inc()
+        await send_error(send, error)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, intent: Intent, span: Span) -> None:
         try:
@@ -364,9 +391,8 @@ class Intake:
         except ClientDisconnected:
             return
         except ClientError as error:
-            self.metrics.runs_refused.labels(error.code).inc()
             span.finish(error.status_code, error.code)
-            await send_error(send, error)
+            await self._refuse(send, error)
             return
         if not created.replayed:
             self.metrics.runs_accepted.inc()
