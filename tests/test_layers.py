@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "asyncgate.errors",
                 "asyncgate.headers",
                 "asyncgate.runs",
+                "asyncgate.status",
                 "asyncgate.signing",
                 "asyncgate.links",
                 "asyncgate.preferences",

@@ -30,6 +30,7 @@ from asyncgate.config import Config, load
 from asyncgate.links import RunLinks
 from asyncgate.openapi import openapi_document
 from asyncgate.runs import Run, RunRequest, RunState
+from asyncgate.status import status_document
 from tests.e2e.conftest import Gateway, Receiver, Upstream
 from tests.support.redis_server import RedisServer
 from tests.support.sealing import ENCRYPTION_KEY
@@ -124,7 +125,7 @@ def test_status_documents_its_links_retry_after_and_opt_in_redirect() -> None:
 def test_run_status_schema_names_exactly_what_the_status_resource_holds() -> None:
     schemas = openapi_document(config_for())["components"]["schemas"]
     request = RunRequest("POST", "/predict", "", (), "https://hooks.example.com/x", 10.0)
-    public = endpoints.status_document(Run("r", RunState.QUEUED, request, created_at=0.0), RunLinks("/_asyncgate"))
+    public = status_document(Run("r", RunState.QUEUED, request, created_at=0.0), RunLinks("/_asyncgate"))
     assert set(schemas["RunStatus"]["properties"]) == set(public) == set(schemas["RunStatus"]["required"])
     assert set(schemas["RunUrls"]["properties"]) == set(public["urls"]) == set(schemas["RunUrls"]["required"])
     assert set(schemas["WebhookStatus"]["properties"]) == set(public["webhook"])

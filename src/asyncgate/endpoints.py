@@ -27,6 +27,7 @@ from asyncgate.policies import effective
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
+from asyncgate.status import status_document
 from asyncgate.store.base import CancelResult, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
@@ -80,11 +81,6 @@ def _links(request: Request) -> RunLinks:
 def _poll_after(request: Request) -> int:
     """Seconds a client polling an unfinished run should wait before asking again."""
     return retry_after(services(request).config.runs.retry_after)
-
-
-def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
-    """The run's status resource: its public fields and the URLs of what can be done with it."""
-    return {**run.to_public(), "urls": links.urls(run.run_id)}
 
 
 def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:

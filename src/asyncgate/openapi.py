@@ -7,6 +7,7 @@ the live routes and runs schemathesis against a real gateway, so it cannot drift
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -46,6 +47,7 @@ from asyncgate.output import CHUNKS, MAX_PIECE, NDJSON, SSE
 from asyncgate.policies import AsyncMode
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
+from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind
 
 Schema = dict[str, Any]
 
@@ -852,9 +854,9 @@ def _schemas(prefix: str) -> dict[str, Schema]:
                 "message": {"type": "string"},
             },
         },
-        "RunStatus": _run_status_schema(timestamp, prefix),
+        "RunStatus": _run_status_schema(prefix),
         "RunUrls": _run_urls_schema(),
-        "WebhookStatus": _webhook_status_schema(timestamp),
+        "WebhookStatus": _fields_schema(WEBHOOK_STATUS),
         "RunList": {
             "type": "object",
             "required": ["runs", "next_cursor"],
@@ -964,25 +966,33 @@ def _route_policy_schema() -> Schema:
     }
 
 
-def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
-    properties: Schema = {
-        "run_id": {"type": "string"},
-        "status": _ref("schemas", "RunState"),
-        "created_at": {"type": "string", "format": "date-time"},
-        "started_at": {**timestamp, "description": "When the current attempt started; null while queued."},
-        "finished_at": {**timestamp, "description": "null until the run is final."},
-        "method": {"type": "string"},
-        "path": {"type": "string", "description": "As the client sent it, without the query."},
-        "upstream_status": {"type": ["integer", "null"]},
-        "error": {**_nullable(_ref("schemas", "RunError")), "description": "Why the run failed or was cancelled."},
-        "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
-        "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
-        "urls": _ref("schemas", "RunUrls"),
-        "route": {
-            "type": ["string", "null"],
-            "description": "The route policy that applied (its name, else its index in `routes:`); null for none.",
-        },
+def _field_schema(kind: Kind) -> Schema:
+    """The JSON schema of a status field's kind."""
+    schemas: dict[Kind, Schema] = {
+        Kind.TEXT: {"type": "string"},
+        Kind.OPTIONAL_TEXT: {"type": ["string", "null"]},
+        Kind.COUNT: {"type": "integer", "minimum": 0},
+        Kind.OPTIONAL_INT: {"type": ["integer", "null"]},
+        Kind.TIME: {"type": "string", "format": "date-time"},
+        Kind.OPTIONAL_TIME: {"type": ["string", "null"], "format": "date-time"},
+        Kind.STATE: _ref("schemas", "RunState"),
+        Kind.DELIVERY_STATE: {"type": "string", "enum": [state.value for state in DeliveryState]},
+        Kind.ERROR: _nullable(_ref("schemas", "RunError")),
+        Kind.WEBHOOK: _nullable(_ref("schemas", "WebhookStatus")),
+        Kind.URLS: _ref("schemas", "RunUrls"),
     }
+    return schemas[kind]
+
+
+def _fields_schema(fields: Sequence[Field[Any]]) -> Schema:
+    properties = {
+        field.name: {**_field_schema(field.kind), **({"description": field.description} if field.description else {})}
+        for field in fields
+    }
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _run_status_schema(prefix: str) -> Schema:
     run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
         "run_id": "q3Jx0V2kS1uVw2yWb7m1bA",
@@ -996,10 +1006,10 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "error": None,
         "attempt": 1,
         "webhook": None,
-        "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "route": None,
+        "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
     }
-    return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
+    return {**_fields_schema(RUN_STATUS), "examples": [example]}
 
 
 def _run_urls_schema() -> Schema:
@@ -1015,21 +1025,6 @@ def _run_urls_schema() -> Schema:
         "description": f"The run's URLs; the `Link` header names the same, each with its key as `rel`. {relative}",
         "required": list(described),
         "properties": {name: {"type": "string", "description": text} for name, text in described.items()},
-    }
-
-
-def _webhook_status_schema(timestamp: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": ["url", "state", "attempts", "last_status", "last_error", "next_attempt_at"],
-        "properties": {
-            "url": {"type": "string", "description": "The webhook URL, credentials and query values masked."},
-            "state": {"type": "string", "enum": [state.value for state in DeliveryState]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "last_status": {"type": ["integer", "null"]},
-            "last_error": {"type": ["string", "null"]},
-            "next_attempt_at": {**timestamp, "description": "When the next attempt is due; null once final."},
-        },
     }
 
 

@@ -206,36 +206,6 @@ class Run:
         """The Standard Webhooks message id: the same on every attempt, so receivers de-duplicate."""
         return f"msg_{self.run_id}"
 
-    def to_public(self) -> dict[str, Any]:
-        """The status resource: what a client may see (never headers, body or webhook secrets)."""
-        return {
-            "run_id": self.run_id,
-            "status": self.state.value,
-            "created_at": rfc3339(self.created_at),
-            "started_at": rfc3339(self.started_at),
-            "finished_at": rfc3339(self.finished_at),
-            "method": self.request.method,
-            "path": self.request.path,
-            "upstream_status": self.upstream_status,
-            "error": dataclasses.asdict(self.error) if self.error else None,
-            "attempt": self.attempt,
-            "webhook": self._public_delivery(),
-            "route": self.request.route,
-        }
-
-    def _public_delivery(self) -> dict[str, Any] | None:
-        if self.request.webhook_url is None:
-            return None
-        delivery = self.delivery or Delivery(DeliveryState.PENDING)
-        return {
-            "url": mask_url(self.request.webhook_url),
-            "state": delivery.state.value,
-            "attempts": delivery.attempts,
-            "last_status": delivery.last_status,
-            "last_error": delivery.last_error,
-            "next_attempt_at": rfc3339(delivery.next_attempt_at) if not delivery.state.is_final else None,
-        }
-
 
 def mask_url(url: str) -> str:
     """The URL with credentials and query values hidden: they are often tokens."""

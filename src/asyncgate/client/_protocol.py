@@ -301,6 +301,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             attempt=int(data.get("attempt", 0)),
             webhook=_webhook(data.get("webhook")),
             urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
+            route=None if data.get("route") is None else str(data["route"]),
             raw=dict(data),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
