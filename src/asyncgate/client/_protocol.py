@@ -24,7 +24,9 @@ from asyncgate.client._models import ErrorDetail, Result, RunEvent, RunPage, Run
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 from asyncgate.client.errors import APIError, ProtocolError, RunCancelled, RunFailed, TransportError
 from asyncgate.headers import (
+    ACCEPT,
     AUTHORIZATION,
+    CACHE_CONTROL,
     CONTENT_TYPE,
     IDEMPOTENCY_KEY,
     IDEMPOTENT_REPLAY,
@@ -206,7 +208,7 @@ def resend_webhook_call(endpoints: Endpoints, run_id: str, webhook: str | None =
 
 
 def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = None) -> Call:
-    headers = [("Accept", "text/event-stream"), ("Cache-Control", "no-cache")]
+    headers = [(ACCEPT, "text/event-stream"), (CACHE_CONTROL, "no-cache")]
     if last_event_id is not None:
         headers.append((LAST_EVENT_ID, last_event_id))
     return Call("GET", endpoints.run(run_id) + "/events", headers=tuple(headers))
