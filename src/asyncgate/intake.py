@@ -1,4 +1,5 @@
-"""Async intake: is this request asynchronous? If so, validate it, store it durably, answer 202."""
+"""Async intake: is this request asynchronous? If so, validate it, store it durably, answer 202;
+if not, pass it through."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
-from asyncgate.headers import NOT_REPLAYED, raw_path, upstream_request_headers
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
@@ -269,7 +269,7 @@ def looks_async(scope: Scope) -> bool:
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
-_NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
+_NOT_REPLAYED = frozenset(name.decode("ascii") for name in h.NOT_REPLAYED)
 _PREFER = h.PREFER.lower()
 _ASYNC_PARAM = ASYNC_PARAM.encode("ascii")
 _WEBHOOK_PARAM = WEBHOOK_PARAM.encode("ascii")
@@ -301,7 +301,7 @@ def replay_headers(scope: Scope, intent: Intent) -> tuple[tuple[str, str], ...]:
     """The headers the upstream will get: the client's, with the gateway's own removed."""
     headers = [
         (name, value)
-        for name, value in upstream_request_headers(scope)
+        for name, value in h.upstream_request_headers(scope)
         # Hop-by-hop fields are gone already; Expect and Content-Length belong to this exchange
         # (headers.NOT_REPLAYED); Asyncgate-* fields belong to the gateway, and a client must not
         # be able to forge a run id or a replay marker.
@@ -428,7 +428,7 @@ class Intake:
         body = await read_body(scope, receive, body_limit)
         request = RunRequest(
             method=scope["method"],
-            path=raw_path(scope),
+            path=h.raw_path(scope),
             query=intent.query,
             # Traced, the stored context names the intake span: the run's later spans nest under it.
             headers=with_span(replay_headers(scope, intent), span.headers),
