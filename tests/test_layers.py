@@ -86,7 +86,11 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("app", frozenset({"asyncgate.app"})),
-    ("cli", frozenset({"asyncgate.cli", "asyncgate.__main__", "asyncgate.workers"})),
+    (
+        "cli",
+        # configdoc: ``python -m asyncgate.configdoc`` writes the configuration reference.
+        frozenset({"asyncgate.cli", "asyncgate.__main__", "asyncgate.workers", "asyncgate.configdoc"}),
+    ),
 )
 #: The SDK and its command line ship with the gateway but stand apart from it: besides its own
 #: modules, it may import only the leaves (the wire's names: states, headers, signatures), and

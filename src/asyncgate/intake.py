@@ -32,7 +32,7 @@ from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.store.base import Created, Idempotency, QueueFull, Records
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -253,7 +253,7 @@ class Limits:
 
     @classmethod
     def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
-        allow = Allowlist.parse(config.webhooks.allow)
+        allow = config.webhooks.allow
         if route is None:
             return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
         timeout = route.timeout or config.runs.timeout
@@ -345,7 +345,7 @@ class Intake:
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: Records,
         access: Access,
         metrics: Metrics,
         passthrough: ASGIApp,
