@@ -14,20 +14,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from starlette.datastructures import Secret
-
 from asyncgate.errors import InvalidSecret, InvalidSignature
 
 SECRET_PREFIX = "whsec_"
-
-
-class SigningSecret(Secret):
-    """A ``whsec_...`` secret, checked and decoded once (by the configuration); its repr is masked."""
-
-    def __init__(self, value: str) -> None:
-        super().__init__(value)
-        #: The HMAC key bytes.
-        self.key = secret_key(value)
 
 
 def secret_key(secret: str) -> bytes:
