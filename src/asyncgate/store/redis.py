@@ -941,8 +941,10 @@ class RedisRunStore:
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        # Only a read that waits holds a connection of its own; others share the bounded pool.
+        client = self._blocking if block else self._redis
         with _STORE_ERRORS:
-            reply = await self._blocking.xread({self.events_key(run_id): after or "0-0"}, block=block)
+            reply = await client.xread({self.events_key(run_id): after or "0-0"}, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [
             Event(entry_id.decode(), orjson.loads(fields[b"data"]))
