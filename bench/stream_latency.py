@@ -2,11 +2,15 @@
 
     python bench/stream_latency.py --runs 1 --listeners 100 --seconds 10
     python bench/stream_latency.py --runs 100 --listeners 1 --seconds 10
+    python bench/stream_latency.py --runs 1000 --listeners 1 --seconds 10 --clients 8
+    python bench/stream_latency.py --runs 1 --listeners 1000 --interval 0.5      # memory per listener
+    python bench/stream_latency.py --runs 1000 --listeners 10 --interval 1 --clients 8
+    python bench/stream_latency.py ... --source /path/to/other/checkout            # the same, another version
 
 Starts a throwaway redis-server, a token-streaming upstream (one SSE event every --interval s,
 carrying the time it was written), a gateway that executes runs and one that executes none
 (``runs.execute: false``), submits --runs runs through the first and follows each with
---listeners event streams on the second. Prints the latency percentiles of every output event
+--listeners event streams on the second, from --clients processes. Prints the latency percentiles of every output event
 received, the gateways' resident memory before and after the listeners connected, and the CPU
 seconds each gateway spent per relayed event.
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -26,6 +32,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -106,29 +113,64 @@ async def listen(
                 return
 
 
-async def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int]) -> None:
-    count = int(args.seconds / args.interval)
+async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    latencies: list[float] = []
+    stamped: list[float] = []
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-        rss_before = [rss_kib(pid) for pid in pids]
-        submit = f"{holder}/tokens?count={count}&interval={args.interval}&async=true"
-        submitted = await asyncio.gather(*(client.get(submit) for _ in range(args.runs)))
-        run_ids = [response.json()["run_id"] for response in submitted]
-        latencies: list[float] = []
-        stamped: list[float] = []
-        readies = [asyncio.Event() for _ in range(args.runs * args.listeners)]
-        cpu_before = [cpu_seconds(pid) for pid in pids]
-        tasks = [
-            asyncio.create_task(
-                listen(client, f"{other}/_asyncgate/runs/{run_id}/events", latencies, stamped, readies[n])
-            )
-            for n, run_id in enumerate(run_id for run_id in run_ids for _ in range(args.listeners))
-        ]
-        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 60)
-        await asyncio.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
-        rss_during = [rss_kib(pid) for pid in pids]
-        await asyncio.wait_for(asyncio.gather(*tasks), args.seconds * 4 + 60)
-        cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
+        readies = [asyncio.Event() for _ in urls]
+        tasks = [asyncio.create_task(listen(client, url, latencies, stamped, readies[n])) for n, url in enumerate(urls)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 120)
+        ready.set()
+        await asyncio.gather(*tasks)
+    results.put((latencies, stamped))
+
+
+def listeners_main(urls: list[str], ready: Any, results: Any) -> None:
+    """One of --clients processes, so that the listeners' side of the bench is not the bottleneck."""
+    asyncio.run(listen_all(urls, ready, results))
+
+
+def submit_runs(holder: str, runs: int, count: int, interval: float) -> list[str]:
+    async def submit() -> list[str]:
+        async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+            url = f"{holder}/tokens?count={count}&interval={interval}&async=true"
+            responses = await asyncio.gather(*(client.get(url) for _ in range(runs)))
+            return [response.json()["run_id"] for response in responses]
+
+    return asyncio.run(submit())
+
+
+def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int]) -> None:
+    count = int(args.seconds / args.interval)
+    rss_before = [rss_kib(pid) for pid in pids]
+    run_ids = submit_runs(holder, args.runs, count, args.interval)
+    urls = [f"{other}/_asyncgate/runs/{run_id}/events" for run_id in run_ids for _ in range(args.listeners)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    clients = max(1, min(args.clients, len(urls)))
+    readies = [context.Event() for _ in range(clients)]
+    cpu_before = [cpu_seconds(pid) for pid in pids]
+    processes = [
+        context.Process(target=listeners_main, args=(urls[n::clients], readies[n], results), daemon=True)
+        for n in range(clients)
+    ]
+    for process in processes:
+        process.start()
+    for ready in readies:
+        if not ready.wait(180):
+            raise SystemExit("the listeners did not all connect")
+    time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
+    rss_during = [rss_kib(pid) for pid in pids]
+    latencies: list[float] = []
+    stamped: list[float] = []
+    for _ in processes:
+        got, holder_side = results.get(timeout=args.seconds * 4 + 120)
+        latencies += got
+        stamped += holder_side
+    for process in processes:
+        process.join(30)
+    cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
     latencies.sort()
     listeners = args.runs * args.listeners
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
@@ -153,11 +195,20 @@ def main() -> None:
     parser.add_argument("--listeners", type=int, default=100, help="listeners per run")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument("--clients", type=int, default=4, help="processes the listeners are spread over")
+    parser.add_argument(
+        "--source", type=Path, help="run the gateways from this checkout's src/ (compare a branch with another)"
+    )
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
         upstream_main(args.upstream_server)
         return
+    # Each listener is a socket in a client process and one in the listening gateway.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.runs * args.listeners + 1000:
+        print(f"warning: at most {hard} open files per process (ulimit -Hn)", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="asyncgate-stream-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -175,6 +226,7 @@ def main() -> None:
             **os.environ,
             "ASYNCGATE_ACCESS_MODE": "open",
             "ASYNCGATE_STORE_PLAINTEXT": "true",
+            **({"PYTHONPATH": str(args.source.resolve() / "src")} if args.source else {}),
             "ASYNCGATE_DEPLOYMENT": "stream-bench",
             "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
             "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
@@ -191,7 +243,7 @@ def main() -> None:
         holder, other = f"http://127.0.0.1:{holder_port}", f"http://127.0.0.1:{other_port}"
         for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
             wait_ready(url)
-        asyncio.run(measure(args, holder, other, (processes[2].pid, processes[3].pid)))
+        measure(args, holder, other, (processes[2].pid, processes[3].pid))
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -32,6 +32,10 @@ READ_WAIT = 15.0
 #: Longest the feeds' read of the store blocks. Short, because redis-py lets a cancelled command
 #: finish first: the reader stops (its last feed gone, the gateway stopping) within this long.
 FEED_BLOCK = 1.0
+#: After a read that found events, the reader waits this long before the next, when it follows
+#: several runs: one read of all their logs returns as soon as any has news, so with many runs
+#: streaming, reading again at once would cost a read of every log per event, not per batch.
+FEED_GATHER = 0.005
 #: Pause before a feed reads again after the store failed.
 STORE_RETRY_DELAY = 1.0
 
@@ -103,6 +107,7 @@ class Feeds:
         #: Readers not yet ended: the current one, and any cancelled one still finishing its read.
         self._readers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._interrupting = False
 
     @property
     def _tasks(self) -> set[asyncio.Task[None]]:
@@ -142,7 +147,8 @@ class Feeds:
                     self._reader = asyncio.create_task(self._read(), name="asyncgate-feeds")
                     self._readers.add(self._reader)
                     self._reader.add_done_callback(self._readers.discard)
-            else:
+            elif not self._interrupting:
+                self._interrupting = True  # one wake per read is enough, however many join meanwhile
                 await self._interrupt()  # the reader's read in progress lacks this run
         feed.listeners += 1
         return feed
@@ -178,6 +184,7 @@ class Feeds:
                 continue
             if asyncio.current_task() is not self._reader:
                 return  # cancelled (its last feed left), but its read ended first: a new reader reads now
+            self._interrupting = False
             for run_id, events in found.items():
                 feed = watched[run_id]
                 if self._feeds.get(run_id) is not feed:
@@ -187,6 +194,8 @@ class Feeds:
                     # After the final state only webhook changes follow, which listeners read
                     # on their own as they finish; a later listener makes a new feed.
                     del self._feeds[run_id]
+            if found and len(watched) > 1:
+                await asyncio.sleep(FEED_GATHER)
 
     async def close(self) -> None:
         """Stop the reader (the gateway is shutting down)."""
