@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -93,7 +94,12 @@ def unix(rfc3339: str) -> float:
 
 
 async def listen(
-    client: httpx.AsyncClient, url: str, latencies: list[float], stamped: list[float], ready: asyncio.Event
+    client: httpx.AsyncClient,
+    url: str,
+    latencies: list[float],
+    stamped: list[float],
+    finals: list[str],
+    ready: asyncio.Event,
 ) -> None:
     async with client.stream("GET", url, timeout=None) as response:
         ready.set()
@@ -109,7 +115,8 @@ async def listen(
                 # The holder stamps each event (ms precision) as it parses it: the split shows
                 # whether time goes reading the upstream or relaying through the store.
                 stamped.append(unix(event["at"]) - written)
-            elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled"):
+            elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled", "lost"):
+                finals.append(line[7:])
                 return
 
 
@@ -117,13 +124,17 @@ async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     latencies: list[float] = []
     stamped: list[float] = []
+    finals: list[str] = []
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         readies = [asyncio.Event() for _ in urls]
-        tasks = [asyncio.create_task(listen(client, url, latencies, stamped, readies[n])) for n, url in enumerate(urls)]
+        tasks = [
+            asyncio.create_task(listen(client, url, latencies, stamped, finals, readies[n]))
+            for n, url in enumerate(urls)
+        ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 120)
         ready.set()
         await asyncio.gather(*tasks)
-    results.put((latencies, stamped))
+    results.put((latencies, stamped, finals))
 
 
 def listeners_main(urls: list[str], ready: Any, results: Any) -> None:
@@ -164,17 +175,19 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     rss_during = [rss_kib(pid) for pid in pids]
     latencies: list[float] = []
     stamped: list[float] = []
+    finals: list[str] = []
     for _ in processes:
-        got, holder_side = results.get(timeout=args.seconds * 4 + 120)
+        got, holder_side, ends = results.get(timeout=args.seconds * 4 + 120)
         latencies += got
         stamped += holder_side
+        finals += ends
     for process in processes:
         process.join(30)
     cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
     latencies.sort()
     listeners = args.runs * args.listeners
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
-    print(f"output events received: {len(latencies)}")
+    print(f"output events received: {len(latencies)}; runs ended {dict(collections.Counter(finals))}")
     for quantile in (0.5, 0.9, 0.99):
         print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
     print(f"  max: {latencies[-1] * 1000:.1f} ms")
