@@ -18,7 +18,6 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate.config import Config
 from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
-from asyncgate.feeds import render_event
 from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
 from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
@@ -236,8 +235,8 @@ async def _event_stream(svc: Services, run_id: str, after: str | None) -> AsyncG
                 yield encoded
                 if event.is_final:
                     # What the log already holds after the final state (webhook changes), then the end.
-                    for later in await svc.records.events(run_id, event.id, 0):
-                        yield render_event(run_id, later)
+                    for _, later in await svc.feeds.after_final(run_id, event.id):
+                        yield later
                     return
             if not batch:
                 if await svc.records.get(run_id) is None:

@@ -108,6 +108,8 @@ class Feeds:
         self._readers: set[asyncio.Task[None]] = set()
         self._closed = False
         self._interrupting = False
+        #: Reads of what follows a run's final event, shared by the listeners reaching it at once.
+        self._tails: dict[tuple[str, str], asyncio.Task[list[Rendered]]] = {}
 
     @property
     def _tasks(self) -> set[asyncio.Task[None]]:
@@ -197,10 +199,25 @@ class Feeds:
             if found and len(watched) > 1:
                 await asyncio.sleep(FEED_GATHER)
 
+    async def after_final(self, run_id: str, final_id: str) -> list[Rendered]:
+        """What the run's log holds after its final event (webhook changes), read once for all
+        the listeners asking at the same time: a thousand listeners of a run end together."""
+        key = (run_id, final_id)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = asyncio.create_task(self._tail(run_id, final_id), name=f"asyncgate-tail-{run_id}")
+            tail.add_done_callback(lambda _: self._tails.pop(key, None))
+        return await asyncio.shield(tail)  # a listener leaving does not cancel the others' read
+
+    async def _tail(self, run_id: str, final_id: str) -> list[Rendered]:
+        return [(event, self.render(run_id, event)) for event in await self.store.events(run_id, final_id, 0)]
+
     async def close(self) -> None:
         """Stop the reader (the gateway is shutting down)."""
         self._closed = True  # in case the store's client swallows the cancel
-        readers = list(self._readers)
-        for reader in readers:
+        for tail in self._tails.values():
+            tail.cancel()
+        readers = [*self._readers, *self._tails.values()]
+        for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)

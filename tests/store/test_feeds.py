@@ -12,7 +12,7 @@ import orjson
 from asyncgate import feeds
 from asyncgate.feeds import Feeds, Rendered
 from asyncgate.store.base import Event, RunStore
-from tests.store.conftest import Queue, Runner, claim_one
+from tests.store.conftest import RETENTION, Queue, Runner, claim_one, ok
 
 
 class CountingStore:
@@ -21,11 +21,14 @@ class CountingStore:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.blocking_reads = 0
+        self.reads = 0
         self.watched: list[set[str]] = []
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         if wait > 0:
             self.blocking_reads += 1
+        else:
+            self.reads += 1
         return await self.store.events(run_id, after, wait)
 
     async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
@@ -161,3 +164,20 @@ def test_one_read_serves_every_followed_run(store: RunStore, run: Runner, queue:
     got = run(scenario())
     assert [seqs(batch) for batch in got] == [[0], [0], [0]]
     assert [orjson.loads(batch[0][1].split(b"data: ")[1])["run_id"] for batch in got] == [q.run_id for q in runs]
+
+
+def test_listeners_ending_together_read_the_rest_of_the_log_once(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    run(store.finish(queued.run_id, 1, ok(), RETENTION))
+    final = run(store.events(queued.run_id, None, 0))[-1]
+    assert final.is_final
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+
+    async def scenario() -> list[list[Rendered]]:
+        return await asyncio.gather(*(shared.after_final(queued.run_id, final.id) for _ in range(50)))
+
+    tails = run(scenario())
+    assert counting.reads == 1
+    assert all(tail == tails[0] for tail in tails)
