@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,8 +101,11 @@ async def listen(
     stamped: list[float],
     finals: list[str],
     ready: asyncio.Event,
+    connecting: asyncio.Semaphore,
 ) -> None:
-    async with client.stream("GET", url, timeout=None) as response:
+    async with connecting:  # browsers do not all connect in the same millisecond either
+        response = await client.send(client.build_request("GET", url, timeout=None), stream=True)
+    async with response:
         ready.set()
         since = time.time()
         async for line in response.aiter_lines():
@@ -127,11 +131,12 @@ async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
     finals: list[str] = []
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         readies = [asyncio.Event() for _ in urls]
+        connecting = asyncio.Semaphore(50)
         tasks = [
-            asyncio.create_task(listen(client, url, latencies, stamped, finals, readies[n]))
+            asyncio.create_task(listen(client, url, latencies, stamped, finals, readies[n], connecting))
             for n, url in enumerate(urls)
         ]
-        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 120)
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
         ready.set()
         await asyncio.gather(*tasks)
     results.put((latencies, stamped, finals))
@@ -169,7 +174,7 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     for process in processes:
         process.start()
     for ready in readies:
-        if not ready.wait(180):
+        if not ready.wait(600):
             raise SystemExit("the listeners did not all connect")
     time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
     rss_during = [rss_kib(pid) for pid in pids]
@@ -217,6 +222,7 @@ def main() -> None:
     if args.upstream_server:
         upstream_main(args.upstream_server)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` stops the servers
     # Each listener is a socket in a client process and one in the listening gateway.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
