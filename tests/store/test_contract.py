@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
@@ -357,7 +357,7 @@ def test_cancellations_tell_every_listener_which_run_to_abort(store: RunStore, r
     claim_one(store, run)
 
     async def scenario() -> str:
-        stream = store.cancellations()
+        stream: AsyncGenerator[str, None] = store.cancellations()
         heard = asyncio.ensure_future(anext(stream))
         try:
             # A listener may still be subscribing: the request is repeated until it is heard,

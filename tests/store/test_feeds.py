@@ -51,7 +51,7 @@ def test_listeners_of_a_run_share_one_read_and_one_encoding(store: RunStore, run
     queued = queue()
     claim_one(store, run)
     counting = CountingStore(store)
-    shared = Feeds(counting)  # type: ignore[arg-type]
+    shared = Feeds(counting)  # __getattr__ lends it the rest of the store
 
     async def scenario() -> tuple[list[Rendered], list[Rendered]]:
         first, second = shared.follow(queued.run_id, None), shared.follow(queued.run_id, None)
