@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import httpx
 import pytest
@@ -181,9 +181,9 @@ class CountingResolver:
         return self.answers[min(len(self.calls), len(self.answers)) - 1]
 
 
-def blocked_reason(fn: object, *args: object) -> str:
+def blocked_reason(fn: Callable[..., object], *args: object) -> str:
     with pytest.raises(BlockedDestination) as caught:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
     return caught.value.reason
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,8 +190,12 @@ def seed_runs(gateway: Gateway, receiver: Receiver) -> dict[str, str]:
     }
     wait_until(lambda: status(runs["cancelled"])["status"] == "running", message="run to cancel started")
     assert gateway.client.delete(f"{gateway.prefix}/runs/{runs['cancelled']}", headers=CALLER).status_code == 200
+
+    def finished(name: str) -> bool:
+        return status(runs[name])["status"] in {"succeeded", "failed"}
+
     for name in ("succeeded", "failed", "webhook"):
-        wait_until(lambda n=name: status(runs[n])["status"] in {"succeeded", "failed"}, message=name)  # type: ignore[misc]
+        wait_until(functools.partial(finished, name), message=name)
     wait_until(lambda: (status(runs["webhook"])["webhook"] or {}).get("state") == "delivered", message="delivery")
     return runs
 

@@ -76,10 +76,12 @@ class Gateway:
     def redis_keys(self) -> set[str]:
         """The kinds of Redis keys under the gateway's prefix (run, events, idem, index...)."""
         store = self.config.store
+        prefix = store.key_prefix
+        assert prefix is not None  # load() fills it in
         client = redis.Redis.from_url(str(store.redis_url))
         try:
-            keys = client.scan_iter(match=f"{{{store.key_prefix}}}:*", count=1000)
-            return {key.decode()[len(store.key_prefix) + 3 :].split(":")[0] for key in keys}
+            keys = client.scan_iter(match=f"{{{prefix}}}:*", count=1000)
+            return {key.decode()[len(prefix) + 3 :].split(":")[0] for key in keys}
         finally:
             client.close()
 

@@ -4,6 +4,7 @@ while runs are queued, running and finished."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import uuid
@@ -78,6 +79,11 @@ def status(gateway: Gateway, run_id: str) -> dict[str, Any]:
     return gateway.run(run_id)
 
 
+def delivered(gateway: Gateway, run_id: str) -> bool:
+    state: str = status(gateway, run_id)["webhook"]["state"]
+    return state == "delivered"
+
+
 def test_no_credential_or_webhook_token_rests_in_the_clear(
     make_gateway: GatewayFactory,
     upstream: Upstream,
@@ -110,7 +116,7 @@ def test_no_credential_or_webhook_token_rests_in_the_clear(
             assert gateway.wait_final(run_id)["status"] == "succeeded"
         assert_no_canary(at_rest(gateway, clients), "the runs are finished")
         for run_id in (running_id, queued_id):
-            wait_until(lambda run_id=run_id: status(gateway, run_id)["webhook"]["state"] == "delivered")  # type: ignore[misc]
+            wait_until(functools.partial(delivered, gateway, run_id))
         assert_no_canary(at_rest(gateway, clients), "the webhooks are delivered")
         # The receiver got the real URL, with its token; the status shows it masked.
         deliveries = receiver.deliveries.for_run(queued_id)
@@ -145,7 +151,7 @@ def test_the_webhook_url_is_deleted_from_the_run_once_delivered(
             assert db.execute("SELECT webhook_url FROM runs WHERE run_id = ?", (run_id,)).fetchone() == (None,)
         db.close()
     else:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+        client: redis.Redis | redis.RedisCluster = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
         if store_kind == "cluster":
             client = redis.RedisCluster(host="127.0.0.1", port=request.getfixturevalue("cluster_server").nodes[0].port)
         try:
