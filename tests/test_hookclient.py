@@ -71,3 +71,58 @@ def test_a_name_answering_a_refused_address_sends_nothing(receiver: ServerThread
     with pytest.raises(BlockedDestination):
         asyncio.run(go())
     assert deliveries.all() == []
+
+
+def test_a_redirect_is_an_answer_and_never_followed(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1")
+    deliveries.script = [(302, {"Location": "http://169.254.169.254/latest/meta-data/"})]
+
+    async def go() -> int:
+        client = WebhookClient(LOOPBACK, resolve, limit=4, timeout=5)
+        try:
+            return (await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})).status
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == 302
+    assert [d["path"] for d in deliveries.all()] == ["/done"]
+
+
+def test_the_name_is_looked_up_once_so_it_cannot_rebind_after_the_check(
+    receiver: ServerThread, deliveries: Deliveries
+) -> None:
+    # A second lookup would answer the metadata service: there is none.
+    calls: list[tuple[str, int]] = []
+    answers = [["127.0.0.1"], ["169.254.169.254"]]
+
+    async def rebinding(host: str, port: int) -> Sequence[str]:
+        calls.append((host, port))
+        return answers[len(calls) - 1]
+
+    async def go() -> int:
+        client = WebhookClient(LOOPBACK, rebinding, limit=4, timeout=5)
+        try:
+            return (await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})).status
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == 200
+    assert calls == [("hooks.test", receiver.port)]
+    [delivery] = deliveries.all()
+    assert delivery["headers"]["host"] == f"hooks.test:{receiver.port}"
+
+
+def test_loopback_is_refused_unless_allowlisted(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1")
+
+    async def go() -> None:
+        client = WebhookClient(Allowlist(), resolve, limit=4, timeout=5)
+        try:
+            await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})
+        finally:
+            await client.close()
+
+    with pytest.raises(BlockedDestination) as caught:
+        asyncio.run(go())
+    assert caught.value.reason == "loopback"
+    assert deliveries.all() == []
