@@ -15,8 +15,9 @@ from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
+from tests.support.gateway_process import Replicas
 from tests.support.receiver import Deliveries, receiver_app
-from tests.support.redis_server import RedisCluster, RedisSentinel
+from tests.support.redis_server import RedisCluster, RedisSentinel, RedisServer
 from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
@@ -123,6 +124,20 @@ def sentinel_server() -> Iterator[RedisSentinel]:
     sentinel.start()
     yield sentinel
     sentinel.cleanup()
+
+
+@pytest.fixture
+def replicas(upstream: Upstream, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
+    """Gateway processes sharing one Redis: a single server with AOF, or (param "cluster") a Cluster."""
+    redis: RedisServer | RedisCluster = (
+        RedisCluster() if getattr(request, "param", "") == "cluster" else RedisServer(appendonly=True)
+    )
+    redis.start()
+    fleet = Replicas(upstream.url, redis, tmp_path)
+    yield fleet
+    for replica in fleet.started:
+        replica.stop()
+    redis.cleanup()
 
 
 @pytest.fixture(params=["redis", "embedded"])
