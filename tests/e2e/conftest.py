@@ -15,6 +15,7 @@ from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
+from tests.support.browser import Browser
 from tests.support.gateway_process import Replicas
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisCluster, RedisSentinel, RedisServer
@@ -124,6 +125,14 @@ def sentinel_server() -> Iterator[RedisSentinel]:
     sentinel.start()
     yield sentinel
     sentinel.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for a module's dashboard tests (tests/support/browser.py)."""
+    started = Browser()
+    yield started
+    started.quit()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from asyncgate.runs import (
 from asyncgate.store.factory import build_store
 from asyncgate.ui import CONTENT_SECURITY_POLICY
 from tests.e2e.conftest import Upstream
-from tests.e2e.dashboard import ADMIN, TOKEN_A, TOKEN_B, Site, list_loaded, screenshots_dir, visit, wait_page
+from tests.e2e.dashboard import ADMIN, TOKEN_A, TOKEN_B, Site, list_loaded, screenshots_dir, serving, visit, wait_page
 from tests.support.browser import Browser, screenshot, structure
 
 MARKUP = (
@@ -132,25 +132,14 @@ class Hostile:
             site.wait_final(run_id)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    started = Browser()
-    yield started
-    started.quit()
-
-
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def hostile(
     request: pytest.FixtureRequest, browser: Browser, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hostile]:
     site = Site(request.param, upstream, request, tmp_path_factory.mktemp("data"))
     seeded = seed_hostile_run(site.config)
-    site.start()
-    try:
+    with serving(site, browser):
         yield Hostile(site, seeded)
-    finally:
-        browser.driver.get("about:blank")
-        site.stop()
 
 
 @pytest.fixture(scope="module")
