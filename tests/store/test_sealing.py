@@ -9,7 +9,6 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.store.sealing import KEY_FILE, PLACEHOLDER, Sealer
 from tests.store.conftest import Runner, new_run, stored
+from tests.support.at_rest import redis_key, sqlite_files
 from tests.support.redis_server import RedisServer
 from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.wait import wait_until
@@ -45,32 +45,16 @@ def at_rest(store: RunStore) -> bytes:
     if isinstance(store, RedisRunStore):
         client = redis.Redis.from_url(_url(store))
         try:
-            keys = list(client.scan_iter(match=f"{store.tag}:*"))
-            return b"".join((client.dump(key) or b"") + str(_values(client, key)).encode() for key in keys)
+            return b"".join(redis_key(client, key) for key in client.scan_iter(match=f"{store.tag}:*"))
         finally:
             client.close()
     assert isinstance(store, EmbeddedRunStore)
-    files = b"".join(path.read_bytes() for path in store.data_dir.glob(f"{DATABASE_FILE}*"))
-    with sqlite3.connect(store.data_dir / DATABASE_FILE) as db:
-        rows = [db.execute(f"SELECT * FROM {table}").fetchall() for table in ("runs", "events", "meta")]
-    db.close()
-    return files + str(rows).encode()
+    return sqlite_files(store.data_dir)
 
 
 def _url(store: RedisRunStore) -> str:
     kwargs = store._redis.get_connection_kwargs()
     return f"redis://{kwargs['host']}:{kwargs['port']}/0"
-
-
-def _values(client: redis.Redis, key: bytes) -> object:
-    kind = client.type(key)
-    if kind == b"hash":
-        return client.hgetall(key)
-    if kind == b"stream":
-        return client.xrange(key)
-    if kind == b"zset":
-        return client.zrange(key, 0, -1)
-    return client.get(key) if kind == b"string" else None
 
 
 def stored_webhook_url(store: RunStore, run_id: str) -> bytes | None:
@@ -287,14 +271,6 @@ def test_a_store_that_never_opened_claims_nothing_of_another_upstreams_deploymen
 
 
 # --- a store that answers but cannot write ---------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def test_redis_out_of_memory_fails_the_ping_and_the_create(private_redis: RedisServer, run: Runner) -> None:
