@@ -56,6 +56,14 @@ SETTINGS: dict[str, Any] = {
     "webhooks.allow": ["127.0.0.1"],
 }
 EXAMPLES_PER_OPERATION = 40
+#: Every property test here: a fixed number of examples, derandomised, with nothing kept between runs.
+EXAMPLES = settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def config_for(**overrides: Any) -> Config:
@@ -253,13 +261,7 @@ def test_live_gateway_answers_as_documented(live: Live, label: str) -> None:
         ]
 
     @given(case=st.one_of(strategies))
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @EXAMPLES
     def conforms(case: Any) -> None:
         response = case.call(base_url=live.gateway.url, headers=CALLER, timeout=15)
         checks = CHECKS
@@ -280,13 +282,7 @@ def test_live_submission_answers_as_documented(live: Live, method: str) -> None:
     strategies = [operation.as_strategy(mode, headers=CALLER, path_parameters={"path": "echo"}) for mode in modes]
 
     @given(case=st.one_of(strategies))
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @EXAMPLES
     def conforms(case: Any) -> None:
         # Webhooks go to the local receiver, never to whatever host was generated; and one way of
         # naming it is kept (both is a 400), so that more cases become runs.
