@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from asyncgate.hookclient import WebhookClient
+from asyncgate.hookclient import HookAnswer, WebhookClient
 from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.servers import ServerThread
@@ -58,33 +58,30 @@ def test_a_refused_address_is_skipped_and_the_name_goes_in_host(receiver: Server
     assert {d["headers"]["webhook-id"] for d in sent} == {"msg_1"}
 
 
-def test_a_name_answering_a_refused_address_sends_nothing(receiver: ServerThread, deliveries: Deliveries) -> None:
-    _, resolve = answering("127.0.0.1", "169.254.169.254")
+def post_once(allow: Allowlist, resolve: Resolver, url: str) -> HookAnswer:
+    """One delivery by a client of its own."""
 
-    async def go() -> None:
-        client = WebhookClient(LOOPBACK, resolve, limit=4, timeout=5)
+    async def go() -> HookAnswer:
+        client = WebhookClient(allow, resolve, limit=4, timeout=5)
         try:
-            await client.post(f"http://hooks.test:{receiver.port}/", b"x", {})
+            return await client.post(url, b"{}", {})
         finally:
             await client.close()
 
+    return asyncio.run(go())
+
+
+def test_a_name_answering_a_refused_address_sends_nothing(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1", "169.254.169.254")
     with pytest.raises(BlockedDestination):
-        asyncio.run(go())
+        post_once(LOOPBACK, resolve, f"http://hooks.test:{receiver.port}/")
     assert deliveries.all() == []
 
 
 def test_a_redirect_is_an_answer_and_never_followed(receiver: ServerThread, deliveries: Deliveries) -> None:
     _, resolve = answering("127.0.0.1")
     deliveries.script = [(302, {"Location": "http://169.254.169.254/latest/meta-data/"})]
-
-    async def go() -> int:
-        client = WebhookClient(LOOPBACK, resolve, limit=4, timeout=5)
-        try:
-            return (await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})).status
-        finally:
-            await client.close()
-
-    assert asyncio.run(go()) == 302
+    assert post_once(LOOPBACK, resolve, f"http://hooks.test:{receiver.port}/done").status == 302
     assert [d["path"] for d in deliveries.all()] == ["/done"]
 
 
@@ -99,30 +96,15 @@ def test_the_name_is_looked_up_once_so_it_cannot_rebind_after_the_check(
         calls.append((host, port))
         return answers[len(calls) - 1]
 
-    async def go() -> int:
-        client = WebhookClient(LOOPBACK, rebinding, limit=4, timeout=5)
-        try:
-            return (await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})).status
-        finally:
-            await client.close()
-
-    assert asyncio.run(go()) == 200
+    assert post_once(LOOPBACK, rebinding, f"http://hooks.test:{receiver.port}/done").status == 200
     assert calls == [("hooks.test", receiver.port)]
     [delivery] = deliveries.all()
     assert delivery["headers"]["host"] == f"hooks.test:{receiver.port}"
 
 
-def test_loopback_is_refused_unless_allowlisted(receiver: ServerThread, deliveries: Deliveries) -> None:
+def test_loopback_is_refused_without_the_allowlist(receiver: ServerThread, deliveries: Deliveries) -> None:
     _, resolve = answering("127.0.0.1")
-
-    async def go() -> None:
-        client = WebhookClient(Allowlist(), resolve, limit=4, timeout=5)
-        try:
-            await client.post(f"http://hooks.test:{receiver.port}/done", b"{}", {})
-        finally:
-            await client.close()
-
     with pytest.raises(BlockedDestination) as caught:
-        asyncio.run(go())
+        post_once(Allowlist(), resolve, f"http://hooks.test:{receiver.port}/done")
     assert caught.value.reason == "loopback"
     assert deliveries.all() == []
