@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from asyncgate.errors import BlockedDestination
 from asyncgate.netguard import (
     Allowlist,
-    BlockedDestination,
     check_ip,
     check_url_literal,
     classify,

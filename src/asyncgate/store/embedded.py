@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     Delivery,
     DeliveryState,
@@ -46,8 +46,6 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     state_event,
 )

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     Delivery,
     ErrorCode,
@@ -45,8 +45,6 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     pending_delivery,
     state_event,
