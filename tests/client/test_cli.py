@@ -435,12 +435,14 @@ def test_every_command_can_name_its_caller(make_gateway: Any, capsys: pytest.Cap
 
 
 def test_the_client_command_line_imports_none_of_the_servers_machinery() -> None:
-    # The client shares only pure leaves with the gateway (run states, webhook signing).
+    # The client shares only pure leaves with the gateway (run states, signing, header names, errors).
     script = "import sys, asyncgate.client.cli; print(' '.join(sorted(sys.modules)))"
     loaded = set(
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     )
     assert {name for name in loaded if name.startswith("asyncgate.") and not name.startswith("asyncgate.client")} <= {
+        "asyncgate.errors",
+        "asyncgate.headers",
         "asyncgate.runs",
         "asyncgate.signing",
     }

@@ -38,8 +38,9 @@ def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Replicas, up
     get_run = first.client.get(f"/echo?delay=3&tag={tag}g&async=true").json()["run_id"]
     post_run = first.client.post(f"/echo?delay=3&tag={tag}p&async=true", content=b"charge").json()["run_id"]
     wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="both calls reached the upstream")
-    second = replicas()
+    # Killed before the next one starts: a slow start must not outlast the calls it interrupts.
     first.process.kill()
+    second = replicas()
 
     recovered = final(second, get_run)
     assert recovered["status"] == "succeeded"
@@ -58,8 +59,8 @@ def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(replicas:
     tag = uuid.uuid4().hex[:8]
     run_id = first.client.get(f"/echo?delay=2&tag={tag}&async=true").json()["run_id"]
     wait_until(lambda: arrivals(upstream, tag), message="first attempt arrived")
+    first.process.send_signal(signal.SIGSTOP)  # before the next one starts, which may take longer than the call
     second = replicas()
-    first.process.send_signal(signal.SIGSTOP)
     done = final(second, run_id)
     assert done["attempt"] == 2
     first.process.send_signal(signal.SIGCONT)
