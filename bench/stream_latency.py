@@ -105,7 +105,7 @@ async def listen(
 ) -> None:
     async with connecting:  # browsers do not all connect in the same millisecond either
         response = await client.send(client.build_request("GET", url, timeout=None), stream=True)
-    async with response:
+    try:
         ready.set()
         since = time.time()
         async for line in response.aiter_lines():
@@ -122,6 +122,8 @@ async def listen(
             elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled", "lost"):
                 finals.append(line[7:])
                 return
+    finally:
+        await response.aclose()
 
 
 async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
