@@ -103,10 +103,15 @@ async def listen(
     ready: asyncio.Event,
     connecting: asyncio.Semaphore,
 ) -> None:
-    async with connecting:  # browsers do not all connect in the same millisecond either
-        response = await client.send(client.build_request("GET", url, timeout=None), stream=True)
     try:
-        ready.set()
+        async with connecting:  # browsers do not all connect in the same millisecond either
+            response = await client.send(client.build_request("GET", url, timeout=None), stream=True)
+    except httpx.HTTPError as exc:
+        finals.append(f"not connected ({type(exc).__name__})")
+        return
+    finally:
+        ready.set()  # connected, or given up: the measurement must not wait for it
+    try:
         since = time.time()
         async for line in response.aiter_lines():
             if line.startswith("data: ") and '"event":"output"' in line:
@@ -122,6 +127,9 @@ async def listen(
             elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled", "lost"):
                 finals.append(line[7:])
                 return
+        finals.append("stream ended before the run")
+    except httpx.HTTPError as exc:
+        finals.append(f"stream broken ({type(exc).__name__})")
     finally:
         await response.aclose()
 
