@@ -26,7 +26,9 @@ from asyncgate.store.base import Event, Records
 logger = logging.getLogger("asyncgate.feeds")
 
 #: Recent events a feed keeps for its listeners; a listener further behind reads the store.
-FEED_BUFFER = 512
+#: Listeners keeping up need the last one or two; 64 output events of a token every 50 ms
+#: are 3 s of lag, and cost a replica at most ~64 KiB per run followed.
+FEED_BUFFER = 64
 #: A listener's stream gets a keep-alive comment this often while idle, so proxies keep it open.
 READ_WAIT = 15.0
 #: Longest the feeds' read of the store blocks. Short, because redis-py lets a cancelled command
