@@ -148,6 +148,7 @@ class Feeds:
             reader = self._reader
             if reader is None or reader.done() or reader.cancelling():
                 if not self._closed:
+                    self._interrupting = False  # a wake asked of a reader now gone
                     self._reader = asyncio.create_task(self._read(), name="asyncgate-feeds")
                     self._readers.add(self._reader)
                     self._reader.add_done_callback(self._readers.discard)
