@@ -193,13 +193,15 @@ if idem then
   fields[#fields + 1] = 'idem_key'
   fields[#fields + 1] = idem
 end
+fields[#fields + 1] = 'entry'
+fields[#fields + 1] = redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+-- A run without a caller is listed in the one index (its caller's index is that same key).
+if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
 if idem then redis.call('SET', idem, ARGV[15], 'EX', ARGV[3]) end
 return {'created'}
