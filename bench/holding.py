@@ -44,6 +44,8 @@ from tests.support.wait import wait_until  # noqa: E402
 
 PREFIX = b"{bench}"
 BODY = b"x" * 1024
+#: Commands that take this long or more are reported: the target is that none takes 1 ms.
+SLOW_US = 500
 
 
 class Monitor:
@@ -101,6 +103,14 @@ def info(redis: RedisServer) -> tuple[int, float]:
     return total, cpu
 
 
+def memory(redis: RedisServer, pid: int) -> tuple[int, int]:
+    """Redis's used_memory and the gateway's resident set, in bytes."""
+    used = int(re.search(rb"used_memory:(\d+)", redis.command(b"INFO", b"memory")).group(1))  # type: ignore[union-attr]
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+    return used, rss
+
+
 def window(redis: RedisServer, seconds: float) -> tuple[float, float]:
     """Commands per second (the bench's own INFO taken off) and Redis CPU in % of a core."""
     total0, cpu0 = info(redis)
@@ -114,6 +124,19 @@ def window(redis: RedisServer, seconds: float) -> tuple[float, float]:
 def finished(client: httpx.Client) -> int:
     text = client.get("/_asyncgate/metrics").text
     return int(sum(float(v) for v in re.findall(r"^asyncgate_runs_finished_total\{[^}]*\} ([\d.e+]+)$", text, re.M)))
+
+
+def slowlog(redis: RedisServer) -> str:
+    """How many commands blocked Redis for SLOW_US or more, and the latest ones."""
+    count = int(re.search(rb":(\d+)", redis.command(b"SLOWLOG", b"LEN")).group(1))  # type: ignore[union-attr]
+    reply = redis.command(b"SLOWLOG", b"GET", b"10")
+    # Each entry: id, timestamp, duration in microseconds, then the command's arguments.
+    entries = re.findall(rb"\*[46]\r\n:\d+\r\n:\d+\r\n:(\d+)\r\n\*\d+\r\n\$\d+\r\n([A-Za-z]+)", reply)
+    if not count:
+        return f"no command or script blocked Redis for {SLOW_US} us or more"
+    slowest = sorted(((int(us), name.decode().lower()) for us, name in entries), reverse=True)
+    shown = ", ".join(f"{name} {us} us" for us, name in slowest[:10])
+    return f"{count} commands blocked Redis for {SLOW_US} us or more; the latest: {shown}"
 
 
 def held(redis: RedisServer) -> int:
@@ -147,6 +170,9 @@ def main() -> None:
 
     redis = RedisServer()
     redis.start()
+    # Every command or script that blocks Redis for SLOW_US or more is logged (SLOWLOG).
+    redis.command(b"CONFIG", b"SET", b"slowlog-log-slower-than", b"%d" % SLOW_US)
+    redis.command(b"CONFIG", b"SET", b"slowlog-max-len", b"1000")
     upstream = ServerThread(upstream_app(Calls())).start()
     port = free_port()
     env = {
@@ -179,19 +205,20 @@ def main() -> None:
             time.sleep(6)  # past the first heartbeat and recovery pass
             idle, idle_cpu = window(redis, args.seconds)
             print(f"idle: {idle:.1f} commands/s, Redis CPU {idle_cpu:.2f} %")
+            used0, rss0 = memory(redis, gateway.pid)
 
             monitor = Monitor(redis.port)
             time.sleep(args.seconds / 2)
             idle_client, idle_lua, _ = monitor.read()
             idle_span = args.seconds / 2
-            total0, _ = info(redis)
+            total0, cpu0 = info(redis)
             client0, lua0, names0 = monitor.read()
             done0 = finished(client)
             started = time.monotonic()
             submit(base, "/echo?async=true", args.lives, BODY)
             wait_until(lambda: finished(client) - done0 >= args.lives, timeout=120, message="every run finished")
             elapsed = time.monotonic() - started
-            total1, _ = info(redis)
+            total1, cpu1 = info(redis)
             client1, lua1, names1 = monitor.read()
             monitor.close()
             executed = (total1 - total0 - 1 - idle * elapsed) / args.lives
@@ -200,7 +227,8 @@ def main() -> None:
             print(
                 f"one run's life ({args.lives} runs submitted together, {elapsed:.1f} s): "
                 f"{executed:.1f} commands executed per run; client commands per run {trips:.1f}, "
-                f"script commands per run {inside:.1f}"
+                f"script commands per run {inside:.1f}; Redis CPU per run {(cpu1 - cpu0) / args.lives * 1e6:.0f} us "
+                "(MONITOR on: more than without)"
             )
             per_name = {n: (names1.get(n, 0) - names0.get(n, 0)) / args.lives for n in names1}
             print("  per run: " + ", ".join(f"{n} {c:.2f}" for n, c in sorted(per_name.items()) if c))
@@ -211,7 +239,13 @@ def main() -> None:
                 wait_until(lambda count=count: held(redis) >= count, timeout=300, message=f"{count} runs held")
                 time.sleep(6)
                 rate, cpu = window(redis, args.seconds)
-                print(f"held {count}: {rate:.1f} commands/s ({rate - idle:+.1f} vs idle), Redis CPU {cpu:.2f} %")
+                used, rss = memory(redis, gateway.pid)
+                print(
+                    f"held {count}: {rate:.1f} commands/s ({rate - idle:+.1f} vs idle), Redis CPU {cpu:.2f} %; "
+                    f"per held run: Redis {(used - used0) / count / 1024:.2f} KiB, gateway RSS "
+                    f"{(rss - rss0) / count / 1024:.1f} KiB (the lives' finished runs included)"
+                )
+        print(slowlog(redis))
     finally:
         gateway.kill()
         gateway.wait()
