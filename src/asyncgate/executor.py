@@ -21,7 +21,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.output import Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
-from asyncgate.store.base import Liveness, RunStore
+from asyncgate.store.base import Execution, Liveness
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -76,7 +76,7 @@ class Executor:
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: Execution,
         upstream: Upstream,
         on_finished: FinishedCallback,
         metrics: Metrics,

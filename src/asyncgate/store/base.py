@@ -1,8 +1,18 @@
-"""The RunStore protocol: everything the gateway keeps, behind one small interface.
+"""The run store's interface: everything the gateway keeps, in four roles.
 
-Two implementations: ``RedisRunStore`` (shared by any number of replicas) and
-``EmbeddedRunStore`` (SQLite on local disk, for one node with nothing else installed).
-``tests/store/test_contract.py`` runs the same tests over both.
+Each part of the gateway depends on the roles it uses, never on the whole store::
+
+    Lifecycle    open, close, ping, durability      the app's lifespan, readiness
+    Records      create, get, result, events, ...   intake, the API, event feeds
+    Execution    claim, renew, finish, requeue, ... the executor (and its output log)
+    Deliveries   due_deliveries, record_delivery,   the webhook dispatcher, redelivery
+                 redeliver
+
+``RunStore`` is all four: what the factory builds. Two implementations: ``RedisRunStore``
+(shared by any number of replicas) and ``EmbeddedRunStore`` (SQLite on local disk, for one
+node with nothing else installed). ``tests/store/contract/`` runs each role's tests over both,
+and fails when a role has a method no contract test exercises: a new method goes in the role
+of the part that calls it, with a test in that role's class marked ``@pytest.mark.exercises``.
 
 Fencing: every write made on behalf of an attempt names that attempt, and the store refuses
 it unless the run is still ``running`` under that very attempt. A holder that lost its run
@@ -17,7 +27,7 @@ told so by its next one, and must let go of everything it holds (see docs/leases
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -154,8 +164,8 @@ class DueDelivery:
     prefetched: bool = False
 
 
-class RunStore(Protocol):
-    """Durable storage of runs, their request bodies and results, and the queue of work."""
+class Lifecycle(Protocol):
+    """The store as a resource: opened and closed by the app, checked by readiness."""
 
     #: Seals credentials and webhook URLs at rest; ``sealer.sealing`` says whether it does.
     sealer: Sealer
@@ -168,6 +178,13 @@ class RunStore(Protocol):
 
     async def ping(self) -> None:
         """Return when the store answers and takes writes; raise ``StoreError`` saying why otherwise."""
+
+    async def durability(self) -> dict[str, Any]:
+        """What the store promises about accepted runs, and any setting that breaks the promise."""
+
+
+class Records(Protocol):
+    """Runs as callers see them: accepted by intake, read, listed, followed and cancelled by the API."""
 
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
@@ -182,8 +199,24 @@ class RunStore(Protocol):
     async def get(self, run_id: str) -> Run | None:
         """The run, or None if it never existed or has expired."""
 
-    async def request_body(self, run_id: str) -> bytes | None:
-        """The stored request body of the run, or None when the run is unknown."""
+    async def result(self, run_id: str) -> RunResult | None:
+        """The upstream's stored response, or None if the run has none (yet)."""
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+
+
+class Execution(Protocol):
+    """The queue of work and the attempts on it, as the executor uses them: claims, leases,
+    outcomes, recovery of lost runs, and the housekeeping of its recovery loop."""
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Take up to ``limit`` queued runs for ``owner``, waiting at most ``wait`` s for one.
@@ -191,6 +224,9 @@ class RunStore(Protocol):
         Each returned run is ``running``, its attempt incremented, ``started_at`` set, and
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
         """
+
+    async def request_body(self, run_id: str) -> bytes | None:
+        """The stored request body of the run, or None when the run is unknown."""
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         """Extend the lease of the attempt, and say whether it still holds the run."""
@@ -217,6 +253,15 @@ class RunStore(Protocol):
         not be used again.
         """
 
+    async def append_output(
+        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+    ) -> list[str] | None:
+        """Log ``events`` (output of the attempt) and remove the events ``drop`` names, fenced.
+
+        Returns the new events' ids, or None, writing nothing, unless the run is ``running``
+        under ``attempt``.
+        """
+
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
 
@@ -224,19 +269,28 @@ class RunStore(Protocol):
         with a webhook gets a pending delivery in the same step, so no finished run can lose it.
         """
 
-    async def cancel(self, run_id: str, retention: float) -> CancelResult:
-        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+    def cancellations(self) -> AsyncGenerator[str, None]:
+        """The ids of runs whose cancellation is asked from now on, from any replica.
 
-    def cancellations(self) -> Any:
-        """An async iterator of run ids whose cancellation was asked, from any replica."""
+        Never ends by itself (it raises ``StoreError`` if the store is lost); ``aclose()`` it to
+        stop listening. A cancel asked while nobody listens is not heard: ``renew`` finds it.
+        """
 
-    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
-        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+    async def expired(self, limit: int) -> list[Run]:
+        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
 
-    async def list_runs(
-        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
-    ) -> tuple[list[Run], str | None]:
-        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+    async def requeue(self, run_id: str, attempt: int) -> bool:
+        """Hand a running attempt back to the queue, fenced like ``finish``."""
+
+    async def queued_count(self) -> int:
+        """Runs accepted and not started, across every gateway."""
+
+    async def purge(self) -> None:
+        """Housekeeping: forget index entries and rows of runs past their retention."""
+
+
+class Deliveries(Protocol):
+    """Webhook deliveries of finished runs: taken and recorded by the dispatcher, asked again by the API."""
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
         """Take up to ``limit`` webhook deliveries whose next attempt is due, for ``lease`` s."""
@@ -249,29 +303,6 @@ class RunStore(Protocol):
         given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
         when the run's URL is gone (deleted once its last delivery ended) and none is given."""
 
-    async def queued_count(self) -> int:
-        """Runs accepted and not started, across every gateway."""
 
-    async def durability(self) -> dict[str, Any]:
-        """What the store promises about accepted runs, and any setting that breaks the promise."""
-
-    async def purge(self) -> None:
-        """Housekeeping: forget index entries and rows of runs past their retention."""
-
-    async def result(self, run_id: str) -> RunResult | None:
-        """The upstream's stored response, or None if the run has none (yet)."""
-
-    async def expired(self, limit: int) -> list[Run]:
-        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
-
-    async def requeue(self, run_id: str, attempt: int) -> bool:
-        """Hand a running attempt back to the queue, fenced like ``finish``."""
-
-    async def append_output(
-        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
-    ) -> list[str] | None:
-        """Log ``events`` (output of the attempt) and remove the events ``drop`` names, fenced.
-
-        Returns the new events' ids, or None, writing nothing, unless the run is ``running``
-        under ``attempt``.
-        """
+class RunStore(Lifecycle, Records, Execution, Deliveries, Protocol):
+    """Every role at once: what the store factory builds and the app hands, by role, to each part."""
