@@ -10,9 +10,10 @@ command it executes, those inside scripts included (INFO ``total_commands_proces
 CPU it used (INFO ``used_cpu_sys`` + ``used_cpu_user``).
 
 1. idle: the gateway holds nothing for ``--seconds``: its heartbeat, recovery passes, claim loop.
-2. lives: ``--lives`` runs (``POST /echo``, 1 KiB) submitted together and run to their end; the
-   commands executed and the client commands (round trips, pipelined ones counted each; from
-   MONITOR, which tells a script's commands from the client's) per run, the idle rate taken off.
+2. lives: ``--lives`` runs (``POST /echo``, 1 KiB) submitted together and run to their end, twice:
+   the commands executed and Redis's CPU per run; then, under MONITOR (which tells a script's
+   commands from the client's), the gateway's own commands per run (round trips at most:
+   pipelined ones count each), the idle rate taken off.
 3. held: for each N of ``--held``, N runs wait on an upstream that answers after an hour; once
    the gateway holds them all, the same window as idle.
 """
@@ -207,6 +208,20 @@ def main() -> None:
             print(f"idle: {idle:.1f} commands/s, Redis CPU {idle_cpu:.2f} %")
             used0, rss0 = memory(redis, gateway.pid)
 
+            # Once without MONITOR, which costs Redis CPU of its own: commands and CPU per run.
+            total0, cpu0 = info(redis)
+            done0 = finished(client)
+            started = time.monotonic()
+            submit(base, "/echo?async=true", args.lives, BODY)
+            wait_until(lambda: finished(client) - done0 >= args.lives, timeout=120, message="every run finished")
+            elapsed = time.monotonic() - started
+            total1, cpu1 = info(redis)
+            executed = (total1 - total0 - 1 - idle * elapsed) / args.lives
+            print(
+                f"one run's life ({args.lives} runs submitted together, {elapsed:.1f} s): "
+                f"{executed:.1f} commands executed per run, Redis CPU {(cpu1 - cpu0) / args.lives * 1e6:.0f} us per run"
+            )
+
             monitor = Monitor(redis.port)
             time.sleep(args.seconds / 2)
             idle_client, idle_lua, _ = monitor.read()
@@ -225,10 +240,8 @@ def main() -> None:
             trips = (client1 - client0 - idle_client / idle_span * elapsed) / args.lives
             inside = (lua1 - lua0 - idle_lua / idle_span * elapsed) / args.lives
             print(
-                f"one run's life ({args.lives} runs submitted together, {elapsed:.1f} s): "
-                f"{executed:.1f} commands executed per run; client commands per run {trips:.1f}, "
-                f"script commands per run {inside:.1f}; Redis CPU per run {(cpu1 - cpu0) / args.lives * 1e6:.0f} us "
-                "(MONITOR on: more than without)"
+                f"again under MONITOR: {executed:.1f} commands executed per run, of which {trips:.1f} sent by the "
+                f"gateway (round trips at most) and {inside:.1f} run by its scripts"
             )
             per_name = {n: (names1.get(n, 0) - names0.get(n, 0)) / args.lives for n in names1}
             print("  per run: " + ", ".join(f"{n} {c:.2f}" for n, c in sorted(per_name.items()) if c))
