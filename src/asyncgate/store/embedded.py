@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     Delivery,
     DeliveryState,
@@ -47,8 +47,6 @@ from asyncgate.store.base import (
     Identity,
     Lease,
     Liveness,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     state_event,
 )

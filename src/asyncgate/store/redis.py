@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     Delivery,
     ErrorCode,
@@ -46,8 +46,6 @@ from asyncgate.store.base import (
     Identity,
     Lease,
     Liveness,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     pending_delivery,
     state_event,
