@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import os
 import re
 import resource
@@ -125,6 +126,10 @@ def window(redis: RedisServer, seconds: float) -> tuple[float, float]:
 def finished(client: httpx.Client) -> int:
     text = client.get("/_asyncgate/metrics").text
     return int(sum(float(v) for v in re.findall(r"^asyncgate_runs_finished_total\{[^}]*\} ([\d.e+]+)$", text, re.M)))
+
+
+def holds(redis: RedisServer, count: int) -> bool:
+    return held(redis) >= count
 
 
 def slowlog(redis: RedisServer) -> str:
@@ -249,7 +254,7 @@ def main() -> None:
             for count in counts:
                 more = count - held(redis)
                 submit(base, "/sleep?seconds=3600&async=true", more)
-                wait_until(lambda count=count: held(redis) >= count, timeout=300, message=f"{count} runs held")
+                wait_until(functools.partial(holds, redis, count), timeout=300, message=f"{count} runs held")
                 time.sleep(6)
                 rate, cpu = window(redis, args.seconds)
                 used, rss = memory(redis, gateway.pid)

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
+from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL
 from asyncgate.store.factory import build_store
-from asyncgate.store.redis import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, RedisRunStore
+from asyncgate.store.redis import RedisRunStore
 from tests.store.conftest import Runner, new_run
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -286,7 +287,11 @@ def test_a_heartbeat_that_ran_out_while_others_beat_is_refused_for_good(
     assert raw(client.zscore(redis_store.leases, queued.run_id)) is None  # no lease of its own
 
     # Another gateway goes on beating while gw-a's heartbeat runs out: its run is anyone's.
-    wait_until(lambda: run(redis_store.keep_alive("gw-b", LEASE, 10.0, 0.0)) and run(redis_store.expired(10)))
+    def lapsed() -> bool:
+        run(redis_store.keep_alive("gw-b", LEASE, 10.0, 0.0))
+        return bool(run(redis_store.expired(10)))
+
+    wait_until(lapsed, message="gw-a's heartbeat to run out")
     assert [r.run_id for r in run(redis_store.expired(10))] == [claimed.run_id]
     assert run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
     assert run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost

@@ -285,7 +285,8 @@ local function close_run(webhook, idem, caller)
   local ttl = ARGV[4]
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
-  -- Not declared in KEYS, so standalone Redis only: the key a run names lives as long as it.
+  -- The key a run names lives as long as it. Not in KEYS (it is read by the caller's HMGET), but
+  -- it carries the deployment's hash tag, so on a Cluster it is in the slot of the declared keys.
   if idem then redis.call('PEXPIRE', idem, ttl) end
   redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + tonumber(ttl) / 1000, ARGV[5] .. ' ' .. (caller or ''))
 end
