@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 
-from asyncgate import __version__, logs, workers
+from asyncgate import __version__, collector, logs, workers
 from asyncgate.app import Gateway, create_app
 from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, declared_keys, load
@@ -97,6 +97,7 @@ def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
 def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
     """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
     gateway = create_app(config, tracing)
+    collector.tune()
     server_config = uvicorn.Config(
         gateway,
         host=config.server.host,
