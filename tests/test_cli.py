@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from asyncgate import cli
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -135,3 +138,22 @@ def test_a_second_sigterm_cuts_the_pre_stop_delay_short(tmp_path: Path) -> None:
             process.kill()
         assert process.stderr is not None
         assert "a second signal cut the pre-stop delay short" in process.stderr.read().decode()
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield command
+                yield from _commands(command)
+
+
+def test_every_command_and_argument_has_help() -> None:
+    """A new user's `asyncgate X --help` says what X does and what each of its arguments is."""
+    commands = list(_commands(cli._parser()))
+    assert len(commands) == 10  # serve, check-config, runs and its seven commands
+    for command in commands:
+        assert command.description, command.prog
+        for action in command._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{command.prog} {action.dest}"

@@ -37,14 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML configuration file")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Each key is read from the --config file, then its ASYNCGATE_* environment "
+        "variable, then the flag below, the later winning; every key and its variable: docs/configuration.md.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration file (config.example.yaml shows every key)")
     _add_config_flags(serve)
 
+    check_help = "validate a configuration file, with the ASYNCGATE_* variables, as serve would"
     check = commands.add_parser(
-        "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
+        "check-config",
+        help=check_help,
+        description=f"{check_help[0].upper()}{check_help[1:]}: print 'FILE: ok' and exit 0, or the error on one line "
+        "and exit 2.",
     )
-    check.add_argument("file")
+    check.add_argument("file", help="the YAML configuration file")
     add_runs_commands(commands)
     return parser
 

@@ -47,6 +47,7 @@ EXIT_INTERRUPTED = 130
 
 #: How often the live progress line is redrawn on a terminal, in seconds.
 FRAME_INTERVAL = 0.1
+RUN_ID_HELP = "the run's id, as submit printed it (after -- if it starts with -)"
 
 
 # Arguments --------------------------------------------------------------------------------------
@@ -120,8 +121,8 @@ def add_runs_commands(subparsers: Any) -> None:
     )
     commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
 
-    submit = commands.add_parser("submit", parents=[common], help="submit a request as a run; print its id")
-    submit.add_argument("method")
+    submit = _command(commands, "submit", common, "submit a request as a run; print its id")
+    submit.add_argument("method", help="the request's HTTP method, e.g. POST")
     submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
     body = submit.add_mutually_exclusive_group()
     body.add_argument("-d", "--data", type=_data, help="the request body, sent as is: TEXT, @FILE, or - for stdin")
@@ -133,7 +134,11 @@ def add_runs_commands(subparsers: Any) -> None:
         help="a JSON request body, checked and sent with Content-Type: application/json: TEXT, @FILE, or -",
     )
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
-    submit.add_argument("--idempotency-key", metavar="KEY")
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="submitting the same request with the same KEY again gives the same run, not a second one",
+    )
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
     submit.add_argument(
         "--follow",
@@ -143,27 +148,35 @@ def add_runs_commands(subparsers: Any) -> None:
     )
 
     for name, text in (("status", "show a run's status"), ("cancel", "cancel a run")):
-        command = commands.add_parser(name, parents=[common], help=text)
-        command.add_argument("run_id")
+        command = _command(commands, name, common, text)
+        command.add_argument("run_id", help=RUN_ID_HELP)
 
-    wait = commands.add_parser("wait", parents=[common], help="follow a run to its end; non-zero unless it succeeded")
-    wait.add_argument("run_id")
+    wait = _command(commands, "wait", common, "follow a run to its end; non-zero unless it succeeded")
+    wait.add_argument("run_id", help=RUN_ID_HELP)
     wait.add_argument("--timeout", type=_positive, metavar="SECONDS", help="give up after this long (exit 3)")
 
-    result = commands.add_parser("result", parents=[common], help="print the upstream's response to a run")
-    result.add_argument("run_id")
+    result = _command(commands, "result", common, "print the upstream's response to a run")
+    result.add_argument("run_id", help=RUN_ID_HELP)
     result.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     result.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE")
 
-    events = commands.add_parser(
-        "events", parents=[common], help="print a run's events as they happen, to its end; non-zero unless it succeeded"
+    events = _command(
+        commands, "events", common, "print a run's events as they happen, to its end; non-zero unless it succeeded"
     )
-    events.add_argument("run_id")
+    events.add_argument("run_id", help=RUN_ID_HELP)
 
-    listing = commands.add_parser("list", parents=[common], help="list runs, newest first")
-    listing.add_argument("--status", choices=[state.value for state in RunState])
-    listing.add_argument("--limit", type=int, default=50)
+    listing = _command(commands, "list", common, "list runs, newest first")
+    listing.add_argument("--status", choices=[state.value for state in RunState], help="only runs in this state")
+    listing.add_argument("--limit", type=int, default=50, help="runs a page (default 50)")
     listing.add_argument("--cursor", help="the next_cursor of a previous page")
+
+
+def _command(commands: Any, name: str, common: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
+    """A ``runs`` command whose one line shows in ``runs --help`` and heads its own ``--help``."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, parents=[common], help=text, description=text[0].upper() + text[1:] + "."
+    )
+    return parser
 
 
 # Commands ---------------------------------------------------------------------------------------
