@@ -76,8 +76,9 @@ def test_submit_wait_and_result(shell: Shell, gateway: Gateway, tmp_path: Path) 
     code, out, err = shell("wait", run_id, "--timeout", "15")
     assert code == 0
     assert re.fullmatch(rf"{run_id} succeeded \(upstream 200\) after \d+\.\ds\n", out), out
-    # Not a terminal: a plain line per state seen, no spinner, no carriage returns.
-    assert err.splitlines()[-1].startswith(f"{run_id} succeeded after ") and "\r" not in err
+    # Not a terminal: a plain line per state seen, no spinner, no carriage returns; the end is said once, on out.
+    assert err.splitlines()[-1].startswith(f"{run_id} running after ") and "\r" not in err
+    assert "succeeded" not in err
 
     code, out, err = shell("result", run_id)
     assert (code, err) == (0, "")
@@ -177,10 +178,11 @@ def test_answer_excerpt_shows_the_first_lines() -> None:
 
 def test_wait_shows_each_state_change(shell: Shell) -> None:
     run_id = shell.submit("GET", "/sleep?seconds=1")
-    code, _, err = shell("wait", run_id)
+    code, out, err = shell("wait", run_id)
     assert code == 0
-    assert [line.split()[1] for line in err.splitlines()] == ["queued", "running", "succeeded"]
-    seconds = [float(line.split()[-1].rstrip("s")) for line in err.splitlines()]
+    # The states on err as they change; the end once, on out.
+    assert [line.split()[1] for line in err.splitlines()] == ["queued", "running"]
+    seconds = [float(line.split()[-1].rstrip("s")) for line in [*err.splitlines(), out]]
     assert seconds[0] == 0.0 and 1.0 <= seconds[2] - seconds[1] < 2.0, seconds
 
 
@@ -397,6 +399,7 @@ def test_progress_elsewhere_prints_a_line_per_change_and_json_mode_prints_nothin
     log = io.StringIO()
     progress = Progress(log, "r1", tty=False, clock=lambda: 50.0)
     changes = [(RunState.QUEUED, 10.0), (RunState.QUEUED, 10.5), (RunState.RUNNING, 11.25), (RunState.QUEUED, None)]
+    changes.append((RunState.SUCCEEDED, None))  # the report says how it ended, once
     for state, at in changes:
         progress.update(state, at)
         progress.tick()
