@@ -340,3 +340,13 @@ def test_shell_quoting_of_the_docs_is_valid() -> None:
             if block.lang == "sh":
                 for command in commands(block.text):
                     shlex.split(command.line.split("\n")[0], comments=True)
+
+
+def test_a_curl_piped_to_another_command_is_silent() -> None:
+    """Without -s, curl draws its progress meter over the page's output when its own output is a pipe."""
+    for name in PAGES:
+        for block in blocks(name):
+            if block.lang == "sh":
+                for command in commands(block.text):
+                    for piped in re.findall(r"\bcurl\b([^|]*)\|(?!\|)", command.line):
+                        assert re.search(r"\s-[a-zA-Z]*s", piped), f"{name}: curl{piped}| shows a progress meter"
