@@ -37,7 +37,7 @@ import httpx
 import pytest
 import yaml
 
-from asyncgate.config import Config
+from asyncgate.config import Config, declared_keys
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -350,3 +350,9 @@ def test_a_curl_piped_to_another_command_is_silent() -> None:
                 for command in commands(block.text):
                     for piped in re.findall(r"\bcurl\b([^|]*)\|(?!\|)", command.line):
                         assert re.search(r"\s-[a-zA-Z]*s", piped), f"{name}: curl{piped}| shows a progress meter"
+
+
+def test_the_configuration_page_lists_every_flag_of_serve() -> None:
+    layers = (DOCS / "configuration.md").read_text().partition("3. the flags of `asyncgate serve`:")[2]
+    listed = re.findall(r"`(--[a-z-]+)`", layers.partition("\n\n")[0])
+    assert sorted(listed) == sorted(str(key.info.flag) for key in declared_keys().values() if key.info.flag)
