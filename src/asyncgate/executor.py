@@ -287,8 +287,9 @@ class Executor:
         }
         if run.started_at is not None:
             extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
-        why = f" {code}" if code else ""
-        logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
+        upstream = "" if outcome.upstream_status is None else f" (upstream {outcome.upstream_status})"
+        why = f": {code}" if code else ""
+        logger.info("run %s %s%s%s", run.run_id, outcome.state, upstream, why, extra=extra)
         if run.request.webhook_url is not None:
             self.wake_webhooks()
 
