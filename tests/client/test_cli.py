@@ -138,7 +138,10 @@ def test_the_gateway_and_the_caller_come_from_the_environment_and_flags_win(
     elsewhere = {**environ, "ASYNCGATE_URL": f"http://127.0.0.1:{free_port()}"}
     assert main(["runs", "status", *prefix, "--gateway", gateway.url, "--", run_id], elsewhere) == 0
     assert main(["runs", "status", *prefix, "--", run_id], elsewhere) == 4
-    assert "cannot reach the gateway at http://127.0.0.1:" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert refused.startswith("asyncgate: cannot reach the gateway at http://127.0.0.1:"), refused
+    # In words, with httpx's name for it; not the exception's repr.
+    assert refused.endswith(f"GET {gateway.prefix}/runs/{run_id}: [Errno 111] Connection refused (ConnectError)\n")
 
 
 def test_events_prints_each_event_to_the_end(shell: Shell) -> None:

@@ -238,6 +238,12 @@ def retry_after(response: httpx.Response, default: float = DEFAULT_RETRY_AFTER) 
     return float(value) if value.isdigit() else default
 
 
+def transport_error(call: Call, exc: Exception) -> TransportError:
+    """The call could not be made: what happened in words, and httpx's name for it."""
+    what = str(exc) or "no detail"
+    return TransportError(f"{call.method} {call.url}: {what} ({type(exc).__name__})")
+
+
 def api_error(response: httpx.Response) -> APIError:
     """The APIError for a 4xx/5xx answer, from its ``{"error": {"code", "message"}}`` body if it has one."""
     code, message = f"http_{response.status_code}", response.reason_phrase or "error"
