@@ -218,6 +218,22 @@ def test_binary_results_in_json_are_base64(shell: Shell) -> None:
     assert base64.b64decode(result["body_base64"]) == bytes(range(256)) + bytes(range(44))
 
 
+def test_binary_result_is_not_written_to_a_terminal(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = shell.submit("GET", "/stream?size=300")
+    assert shell("wait", run_id)[0] == 0
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    gateway = ["--gateway", shell.gateway.url, "--prefix", shell.gateway.prefix]
+    assert main(["runs", "result", *gateway, "--", run_id]) == 2
+    assert screen.getvalue() == ""
+    assert capsys.readouterr().err == (
+        "asyncgate: the answer is 300 bytes that are not text; "
+        "write them with -o FILE, or pipe them to another command\n"
+    )
+
+
 def test_result_to_a_file(shell: Shell, tmp_path: Path) -> None:
     run_id = shell.submit("GET", "/stream?size=300")
     shell("wait", run_id)

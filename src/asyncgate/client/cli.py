@@ -295,6 +295,14 @@ def _result(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
     if args.output:
         Path(args.output).write_bytes(result.content)
+    elif out.isatty() and not is_text(result.content):
+        # As curl does: raw bytes can leave a terminal in a state its user cannot read.
+        print(
+            f"asyncgate: the answer is {len(result.content)} bytes that are not text; "
+            "write them with -o FILE, or pipe them to another command",
+            file=err,
+        )
+        return EXIT_USAGE
     else:
         _write_bytes(out, result.content)
         if is_text(result.content) and not result.content.endswith(b"\n"):
