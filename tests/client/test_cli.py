@@ -329,11 +329,20 @@ def test_a_run_id_that_starts_with_a_dash_goes_after_a_double_dash(capsys: pytes
         ["runs", "list", "--status", "paused"],
         ["runs", "submit", "POST", "/x", "--json-body", "{not json"],
         ["runs", "submit", "POST", "/x", "-d", "x", "--json-body", "{}"],
+        ["runs", "submit", "POST", "predict"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_a_url_for_a_path_is_a_usage_error_naming_the_gateway_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "submit", "POST", "http://127.0.0.1:8080/predict"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "asyncgate runs submit: error: argument path: expected a path that starts with /, as in /predict, "
+        "got 'http://127.0.0.1:8080/predict' (the gateway's URL is --gateway or $ASYNCGATE_URL)"
+    )
 
 
 def test_as_a_process(gateway: Gateway) -> None:

@@ -80,6 +80,13 @@ def _json_body(value: str) -> bytes:
     return body
 
 
+def _path(value: str) -> str:
+    if value.startswith("/"):
+        return value
+    hint = " (the gateway's URL is --gateway or $ASYNCGATE_URL)" if "://" in value else ""
+    raise argparse.ArgumentTypeError(f"expected a path that starts with /, as in /predict, got {value!r}{hint}")
+
+
 def _positive(value: str) -> float:
     try:
         seconds = float(value)
@@ -123,7 +130,7 @@ def add_runs_commands(subparsers: Any) -> None:
 
     submit = _command(commands, "submit", common, "submit a request as a run; print its id")
     submit.add_argument("method", help="the request's HTTP method, e.g. POST")
-    submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
+    submit.add_argument("path", type=_path, help="path and query on the gateway, e.g. /predict?x=1")
     body = submit.add_mutually_exclusive_group()
     body.add_argument("-d", "--data", type=_data, help="the request body, sent as is: TEXT, @FILE, or - for stdin")
     body.add_argument(
