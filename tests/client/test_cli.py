@@ -20,7 +20,7 @@ import pytest
 from asyncgate.client import Result, RunState, _render
 from asyncgate.client._render import Progress, answer_excerpt
 from asyncgate.client.cli import main
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, Upstream
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -330,11 +330,38 @@ def test_a_run_id_that_starts_with_a_dash_goes_after_a_double_dash(capsys: pytes
         ["runs", "submit", "POST", "/x", "--json-body", "{not json"],
         ["runs", "submit", "POST", "/x", "-d", "x", "--json-body", "{}"],
         ["runs", "submit", "POST", "predict"],
+        ["runs", "list", "--limit", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_a_gateway_url_without_its_scheme_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "status", "r1"], {"ASYNCGATE_URL": "127.0.0.1:8080"}) == 2
+    assert capsys.readouterr().err == (
+        "asyncgate: the gateway's URL must start with http:// or https://, got '127.0.0.1:8080'\n"
+    )
+
+
+def test_an_answer_that_is_not_the_gateways_says_to_check_the_url(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runs", "status", "--gateway", upstream.url, "--", "r1"]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        "asyncgate: the gateway refused: http_404: Not Found (HTTP 404)",
+        f"asyncgate: that answer is not asyncgate's: is {upstream.url} a gateway, with its API at /_asyncgate "
+        "(--gateway, --prefix)?",
+    ]
+
+
+def test_result_to_a_file_that_cannot_be_written(shell: Shell, tmp_path: Path) -> None:
+    run_id = shell.submit("GET", "/echo")
+    shell("wait", run_id)
+    code, out, err = shell("result", run_id, "-o", str(tmp_path / "missing" / "out.json"))
+    assert (code, out) == (2, "")
+    assert err == f"asyncgate: cannot write {tmp_path / 'missing' / 'out.json'}: No such file or directory\n"
 
 
 def test_a_url_for_a_path_is_a_usage_error_naming_the_gateway_flag(capsys: pytest.CaptureFixture[str]) -> None:

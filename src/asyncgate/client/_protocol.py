@@ -217,7 +217,8 @@ def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = N
 def list_call(
     endpoints: Endpoints, status: str | None = None, limit: int | None = None, cursor: str | None = None
 ) -> Call:
-    params = [(name, str(value)) for name, value in (("status", status), ("limit", limit), ("cursor", cursor)) if value]
+    pairs = (("status", status), ("limit", limit), ("cursor", cursor))
+    params = [(name, str(value)) for name, value in pairs if value is not None]
     return Call("GET", endpoints.runs, params=tuple(params))
 
 

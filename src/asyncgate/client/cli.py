@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from asyncgate.client import (
     APIError,
@@ -85,6 +86,12 @@ def _path(value: str) -> str:
         return value
     hint = " (the gateway's URL is --gateway or $ASYNCGATE_URL)" if "://" in value else ""
     raise argparse.ArgumentTypeError(f"expected a path that starts with /, as in /predict, got {value!r}{hint}")
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {value!r}")
+    return int(value)
 
 
 def _positive(value: str) -> float:
@@ -174,7 +181,7 @@ def add_runs_commands(subparsers: Any) -> None:
 
     listing = _command(commands, "list", common, "list runs, newest first")
     listing.add_argument("--status", choices=[state.value for state in RunState], help="only runs in this state")
-    listing.add_argument("--limit", type=int, default=50, help="runs a page (default 50)")
+    listing.add_argument("--limit", type=_count, default=50, help="runs a page (default 50)")
     listing.add_argument("--cursor", help="the next_cursor of a previous page")
 
 
@@ -194,6 +201,9 @@ def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None
     out, err = sys.stdout, sys.stderr
     flags = args.gateway, args.token, list(args.header)
     args.gateway, args.header = connection(args.gateway, args.token, args.header, environ)
+    if urlsplit(args.gateway).scheme not in {"http", "https"}:
+        print(f"asyncgate: the gateway's URL must start with http:// or https://, got {args.gateway!r}", file=err)
+        return EXIT_USAGE
     try:
         return _COMMANDS[args.runs_command](args, out, err)
     except KeyboardInterrupt:
@@ -201,6 +211,12 @@ def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None
         return EXIT_INTERRUPTED
     except APIError as exc:
         print(f"asyncgate: the gateway refused: {exc.code}: {exc.message} (HTTP {exc.status_code})", file=err)
+        if exc.code == f"http_{exc.status_code}":  # the client's code for an answer without the gateway's error body
+            print(
+                f"asyncgate: that answer is not asyncgate's: is {args.gateway} a gateway, with its API at "
+                f"{args.prefix} (--gateway, --prefix)?",
+                file=err,
+            )
     except TransportError as exc:
         print(f"asyncgate: cannot reach the gateway at {args.gateway}: {exc}", file=err)
     except ProtocolError as exc:
@@ -301,7 +317,11 @@ def _result(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.writelines(f"{name}: {value}\n" for name, value in result.headers.multi_items())
         out.write("\n")
     if args.output:
-        Path(args.output).write_bytes(result.content)
+        try:
+            Path(args.output).write_bytes(result.content)
+        except OSError as exc:
+            print(f"asyncgate: cannot write {args.output}: {exc.strerror}", file=err)
+            return EXIT_USAGE
     elif out.isatty() and not is_text(result.content):
         # As curl does: raw bytes can leave a terminal in a state its user cannot read.
         print(
