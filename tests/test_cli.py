@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from asyncgate import cli
 from tests.support.redis_server import free_port
@@ -80,6 +82,23 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, workers: str) -> None:
+    """The port is bound before the gateway starts: no "asyncgate ready" for a gateway that cannot listen."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "ASYNCGATE_STORE_PLAINTEXT": "true"}
+        flags = ["--port", str(port), "--workers", workers, "--data-dir", str(tmp_path / "d")]
+        if workers != "1":
+            flags += ["--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--deployment", "walk"]
+        result = run_cli("serve", "--upstream", f"http://127.0.0.1:{free_port()}", *flags, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"asyncgate: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "d").exists()
 
 
 def _serve(tmp_path: Path, port: int, pre_stop_delay: str) -> subprocess.Popen[bytes]:

@@ -83,11 +83,18 @@ def _plain(markdown: str) -> str:
 def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:
     """Run the gateway until a signal drains it; the exit status. ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
+    # Bound before the gateway starts, so a port in use is one line, not a gateway that says it
+    # is ready and then fails to listen.
+    try:
+        sock = workers.bind(config.server.host, config.server.port)
+    except OSError as exc:
+        print(f"asyncgate: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
+        return 2
     if config.server.workers > 1:
         # OpenTelemetry's span processors restart their export thread in each forked worker.
         worker = functools.partial(_serve_worker, config, tracing)
-        return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
-    return _serve_on(config, tracing, None)
+        return workers.supervise(config.server.workers, sock, worker)
+    return _serve_on(config, tracing, sock)
 
 
 def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
@@ -99,8 +106,8 @@ def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
         return 2
 
 
-def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
-    """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
+def _serve_on(config: Config, tracing: Tracing, sock: socket.socket) -> int:
+    """One gateway process, on ``sock``, bound by ``serve`` (with workers, by the parent)."""
     gateway = create_app(config, tracing)
     server_config = uvicorn.Config(
         gateway,
@@ -118,7 +125,7 @@ def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> i
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
     try:
-        DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
+        DrainingServer(server_config, gateway).run(sockets=[sock])
     except SystemExit:
         # uvicorn exits with status 3 when the app's startup fails.
         if gateway.refused is not None:
