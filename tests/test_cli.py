@@ -101,6 +101,17 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, workers: 
     assert not (tmp_path / "d").exists()
 
 
+def test_serve_with_an_unusable_data_dir_says_why_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    data_dir = tmp_path / "file" / "d"
+    result = run_cli(
+        "serve", "--upstream", "http://127.0.0.1:1", "--port", str(free_port()), "--data-dir", str(data_dir)
+    )
+    assert result.returncode == 3  # uvicorn's status for an application that failed to start
+    assert result.stderr.count(f"cannot use {data_dir}") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def _serve(tmp_path: Path, port: int, pre_stop_delay: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ASYNCGATE_SHUTDOWN_PRE_STOP_DELAY": pre_stop_delay}
     upstream = f"http://127.0.0.1:{free_port()}"
