@@ -57,7 +57,8 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
     process = subprocess.Popen(
         [*ASYNCGATE, "serve", "--upstream", upstream, "--port", str(port), "--data-dir", str(tmp_path / "d")],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -69,6 +70,10 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
                 return False
 
         wait_until(ready, timeout=20, message="gateway ready")
+        assert process.stderr is not None
+        # Every line up to uvicorn's "startup complete" is written before the gateway answers.
+        says = [process.stderr.readline() for _ in range(6)]
+        assert says[-1].endswith(f"listening on {base} (Ctrl-C or SIGTERM drains and stops it)\n"), says
         anonymous = httpx.post(f"{base}/predict?async=true", content=b"{}", timeout=5)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "credentials_required"
@@ -82,6 +87,8 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
