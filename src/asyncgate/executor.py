@@ -385,7 +385,9 @@ class Executor:
                 self._grace_logged = resume
                 # After an outage, or the first start of a fleet: the store cannot tell them apart.
                 logger.info(
-                    "no gateway reached the store for a while: lost runs are looked for in %.1fs", resume - now()
+                    "lost runs are looked for in %.1fs: no gateway had reached the store for a while "
+                    "(a first start, or after an outage; live holders renew their leases meanwhile)",
+                    resume - now(),
                 )
             return
         for run in await self.store.expired(RECOVERY_BATCH):
