@@ -294,8 +294,9 @@ class Executor:
         }
         if run.started_at is not None:
             extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
-        why = f" {code}" if code else ""
-        logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
+        upstream = "" if outcome.upstream_status is None else f" (upstream {outcome.upstream_status})"
+        why = f": {code}" if code else ""
+        logger.info("run %s %s%s%s", run.run_id, outcome.state, upstream, why, extra=extra)
         if run.request.webhook_url is not None:
             self.wake_webhooks()
 
@@ -401,7 +402,9 @@ class Executor:
                 self._grace_logged = resume
                 # After an outage, or the first start of a fleet: the store cannot tell them apart.
                 logger.info(
-                    "no gateway reached the store for a while: lost runs are looked for in %.1fs", resume - now()
+                    "lost runs are looked for in %.1fs: no gateway had reached the store for a while "
+                    "(a first start, or after an outage; live holders renew their leases meanwhile)",
+                    resume - now(),
                 )
             return
         for _ in range(RECOVERY_ROUNDS):
