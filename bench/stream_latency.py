@@ -203,6 +203,8 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     listeners = args.runs * args.listeners
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
     print(f"output events received: {len(latencies)}; runs ended {dict(collections.Counter(finals))}")
+    if not latencies or not stamped:
+        raise SystemExit("no output event was received live: raise --seconds (the listeners connect too late)")
     for quantile in (0.5, 0.9, 0.99):
         print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
     print(f"  max: {latencies[-1] * 1000:.1f} ms")
