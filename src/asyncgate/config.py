@@ -25,6 +25,7 @@ from starlette.datastructures import Secret
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
+from asyncgate.runs import MAX_PRIORITY
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
@@ -81,6 +82,8 @@ class LimitsConfig:
     max_connections: int = 1024
     #: Runs accepted and not yet started, across every gateway sharing the store; past it, 429.
     max_queued: int = 10_000
+    #: Runs one caller may hold queued or running at once, across every gateway; past it, 429. None: no cap.
+    max_per_caller: int | None = None
     #: Longest a client may ask to wait (?wait=N, Prefer: wait=N), in seconds.
     max_wait: float = 60.0
     #: A request head must arrive within this; a body must keep a minimum rate after it.
@@ -524,9 +527,33 @@ def _check_webhook_url(key: str, url: str, allow: Allowlist) -> None:
 
 _MAX_WEBHOOK_URL = 2048
 #: The keys a route takes (docs/configuration.md, "Routes"); any other is refused.
-ROUTE_KEYS = ("name", "methods", "path", "async", "idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+ROUTE_KEYS = (
+    "name",
+    "methods",
+    "path",
+    "async",
+    "idempotent",
+    "timeout",
+    "max_attempts",
+    "max_body_bytes",
+    "webhook",
+    "priority",
+    "priority_max",
+    "queue_deadline",
+    "share",
+)
 #: Route settings that only runs use, so a route that never makes runs cannot hold them.
-_RUN_ONLY_KEYS = ("idempotent", "timeout", "max_attempts", "max_body_bytes", "webhook")
+_RUN_ONLY_KEYS = (
+    "idempotent",
+    "timeout",
+    "max_attempts",
+    "max_body_bytes",
+    "webhook",
+    "priority",
+    "priority_max",
+    "queue_deadline",
+    "share",
+)
 
 
 def _route_methods(key: str, value: Any) -> frozenset[str]:
@@ -546,6 +573,28 @@ def _route_webhook(key: str, value: Any, allow: Allowlist) -> tuple[str, tuple[s
     if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
         raise ConfigError(f"{key}.events", f"expected a list of {', '.join(sorted(WEBHOOK_EVENTS))}")
     return spec["url"], tuple(dict.fromkeys(events))
+
+
+def _priority(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PRIORITY:
+        raise ConfigError(key, f"expected a priority from 0 (lowest) to {MAX_PRIORITY}, got {value!r}")
+    return value
+
+
+def _queue_settings(where: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A route's priority, priority_max, queue_deadline and share, as RoutePolicy fields."""
+    found: dict[str, Any] = {}
+    if "priority" in entry:
+        found["priority"] = _priority(f"{where}.priority", entry["priority"])
+    if "priority_max" in entry:
+        found["priority_max"] = _priority(f"{where}.priority_max", entry["priority_max"])
+        if found["priority_max"] < found.get("priority", 0):
+            raise ConfigError(f"{where}.priority_max", "must not be lower than the route's priority")
+    if "queue_deadline" in entry:
+        found["queue_deadline"] = parse_duration(f"{where}.queue_deadline", entry["queue_deadline"])
+    if "share" in entry:
+        found["share"] = _coerce(f"{where}.share", "int", entry["share"], False)
+    return found
 
 
 def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
@@ -590,6 +639,7 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
         webhook_url=webhook_url,
         webhook_events=events,
         pattern=compile_pattern(path),
+        **_queue_settings(where, entry),
     )
 
 

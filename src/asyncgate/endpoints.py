@@ -25,7 +25,7 @@ from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
-from asyncgate.store.base import CancelResult, WebhookUrlDeleted
+from asyncgate.store.base import CancelResult, QueuePosition, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
@@ -77,12 +77,27 @@ def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
     return {**run.to_public(), "urls": links.urls(run.run_id)}
 
 
-def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
+def _status_response(
+    request: Request, run: Run, status_code: int = 200, queue: QueuePosition | None = None
+) -> Response:
     links = _links(request)
     headers = {"Link": links.header(run.run_id)}
     if not run.state.is_final:
         headers["Retry-After"] = str(_poll_after(request))
-    return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
+    document = status_document(run, links)
+    if queue is not None:
+        document["queue"] = {"ahead": queue.ahead, "estimated_wait": queue.wait}
+    return JSONResponse(document, status_code=status_code, headers=headers)
+
+
+async def _queue_position(request: Request, run: Run) -> QueuePosition | None:
+    """Where a queued run stands; None for any other, or when the store cannot say right now."""
+    if run.state is not RunState.QUEUED:
+        return None
+    try:
+        return await services(request).store.queue_position(run)
+    except StoreError:
+        return None  # the status itself was read: a position is a nicety
 
 
 def _has_result(run: Run) -> bool:
@@ -130,7 +145,7 @@ async def run_status(request: Request) -> Response:
         links = _links(request)
         headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
         return JSONResponse(status_document(run, links), status_code=303, headers=headers)
-    return _status_response(request, run)
+    return _status_response(request, run, queue=await _queue_position(request, run))
 
 
 async def run_result(request: Request) -> Response:

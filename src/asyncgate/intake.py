@@ -31,7 +31,7 @@ from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.store.base import UNFINISHED_TTL, Created, Idempotency, QueueFull, RunStore, Share, ShareExceeded
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -43,6 +43,8 @@ RESPOND_ASYNC = "respond-async"
 WAIT_PREFERENCE = "wait"
 WEBHOOK_HEADER = b"asyncgate-webhook"
 TIMEOUT_HEADER = b"asyncgate-timeout"
+PRIORITY_HEADER = b"asyncgate-priority"
+QUEUE_DEADLINE_HEADER = b"asyncgate-queue-deadline"
 IDEMPOTENCY_HEADER = b"idempotency-key"
 PREFER_HEADER = b"prefer"
 #: A request carrying it is an executor's replay of a run.
@@ -60,6 +62,8 @@ _MAX_WEBHOOK_URL = 2048
 STORE_RETRY_AFTER = 1
 #: How long a client refused for a full queue should wait before trying again.
 QUEUE_RETRY_AFTER = 5
+#: How long a caller refused for holding its whole share should wait: about as long as one of its runs takes.
+SHARE_RETRY_AFTER = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,10 @@ class Intent:
     idempotency_key: str | None = None
     #: The route policy the request matched, if any.
     route: RoutePolicy | None = None
+    #: The run's priority: the route's, or what the caller asked within the route's bounds.
+    priority: int = 0
+    #: Seconds the run may wait for its first start (the route's, or less if the caller asked).
+    queue_deadline: float | None = None
 
 
 def _flag(value: str) -> bool:
@@ -163,6 +171,34 @@ def _timeout(value: str | None, maximum: float) -> float | None:
     return seconds
 
 
+def _priority(value: str | None, route: RoutePolicy | None) -> int:
+    default = route.priority if route else 0
+    if value is None:
+        return default
+    highest = route.highest_priority if route else 0
+    if not (value.strip().isdigit() and int(value) <= highest):
+        raise BadRequest(
+            f"Asyncgate-Priority must be a whole number from 0 to {highest} on this path", code="invalid_priority"
+        )
+    return int(value)
+
+
+def _queue_deadline(value: str | None, route: RoutePolicy | None) -> float | None:
+    allowed = route.queue_deadline if route else None
+    if value is None:
+        return allowed
+    maximum = allowed or float(UNFINISHED_TTL)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= maximum:
+        raise BadRequest(
+            f"Asyncgate-Queue-Deadline must be a number of seconds in (0, {maximum:g}]", code="invalid_queue_deadline"
+        )
+    return seconds
+
+
 def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(
@@ -207,13 +243,16 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, TIMEOUT_HEADER)
+    priority_header = _single(headers, PRIORITY_HEADER)
+    deadline_header = _single(headers, QUEUE_DEADLINE_HEADER)
     is_async = flags == {True} or (preferred and flags != {False})
     if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
         is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
-        if webhooks or timeout_header is not None:
+        if webhooks or timeout_header is not None or priority_header is not None or deadline_header is not None:
             raise BadRequest(
-                f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need an asynchronous request "
+                f"{WEBHOOK_PARAM}, Asyncgate-Webhook, Asyncgate-Timeout, Asyncgate-Priority and "
+                "Asyncgate-Queue-Deadline need an asynchronous request "
                 f"(add {ASYNC_PARAM}=true)",
                 code="webhook_requires_async",
             )
@@ -229,6 +268,8 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         timeout=_timeout(timeout_header, limits.max_timeout),
         idempotency_key=_idempotency_key(_single(headers, IDEMPOTENCY_HEADER)),
         route=limits.route,
+        priority=_priority(priority_header, limits.route),
+        queue_deadline=_queue_deadline(deadline_header, limits.route),
     )
 
 
@@ -280,8 +321,18 @@ def looks_async(scope: Scope) -> bool:
 
 
 _NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
-_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER})
-_CLASSIFIED = frozenset({REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER})
+_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, PRIORITY_HEADER, QUEUE_DEADLINE_HEADER})
+_CLASSIFIED = frozenset(
+    {
+        REPLAY_MARKER,
+        PREFER_HEADER,
+        WEBHOOK_HEADER,
+        TIMEOUT_HEADER,
+        IDEMPOTENCY_HEADER,
+        PRIORITY_HEADER,
+        QUEUE_DEADLINE_HEADER,
+    }
+)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -343,6 +394,10 @@ class RouteLimits:
     def __call__(self, scope: Scope) -> Limits:
         route = self._policies.match(scope["method"], scope["path"]) if self._policies else None
         return self._default if route is None else self._by_route[route.name]
+
+    def route(self, name: str | None) -> RoutePolicy | None:
+        limits = self._by_route.get(name) if name is not None else None
+        return limits.route if limits is not None else None
 
 
 class Intake:
@@ -420,15 +475,25 @@ class Intake:
             request = dataclasses.replace(
                 request, route=route.name, idempotent=route.idempotent, max_attempts=route.max_attempts
             )
-        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
+        created_at = now()
+        if intent.priority or intent.queue_deadline is not None:
+            deadline = None if intent.queue_deadline is None else created_at + intent.queue_deadline
+            request = dataclasses.replace(request, priority=intent.priority, queue_deadline=deadline)
+        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=created_at, caller=caller)
         idempotency = None
         if intent.idempotency_key is not None:
             fingerprint = request_fingerprint(request.method, request.path, request.query, body)
             idempotency = Idempotency(idempotency_key(caller, intent.idempotency_key), fingerprint)
         try:
             created = await self.store.create(
-                run, body, idempotency=idempotency, max_queued=self.config.limits.max_queued
+                run, body, idempotency=idempotency, max_queued=self.config.limits.max_queued, shares=self._shares(run)
             )
+        except ShareExceeded as exc:
+            raise TooManyRequests(
+                f"this caller holds {exc.limit} runs queued or running{exc.where}; retry once one has ended",
+                code="share_exceeded",
+                retry_after=SHARE_RETRY_AFTER,
+            ) from None
         except QueueFull:
             raise TooManyRequests(
                 f"the gateway holds {self.config.limits.max_queued} queued runs; retry later",
@@ -450,6 +515,16 @@ class Intake:
             existing = await self.store.get(created.run_id)
             return created, existing.state.value if existing else RunState.QUEUED.value
         return created, run.state.value
+
+    def _shares(self, run: Run) -> tuple[Share, ...]:
+        """The caps on the caller's runs that this run counts against: the gateway's, its route's."""
+        route = self.limits_for.route(run.request.route)
+        shares = []
+        if self.config.limits.max_per_caller is not None:
+            shares.append(Share(run.caller, self.config.limits.max_per_caller))
+        if route is not None and route.share is not None:
+            shares.append(Share(f"{run.caller} {route.name}", route.share, f" on route {route.name}"))
+        return tuple(shares)
 
     async def _wait_for_result(self, run_id: str, wait: float) -> RunResult | None:
         """The run's upstream response if it finishes within ``wait`` s, else None (the 202 follows)."""

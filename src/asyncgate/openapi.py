@@ -20,13 +20,14 @@ from asyncgate.intake import (
     QUEUE_RETRY_AFTER,
     REPLAY_HEADER,
     RUN_ID_HEADER,
+    SHARE_RETRY_AFTER,
     STORE_RETRY_AFTER,
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.policies import AsyncMode, effective
 from asyncgate.responses import JSONResponse
-from asyncgate.runs import DeliveryState, ErrorCode, RunState
+from asyncgate.runs import MAX_PRIORITY, DeliveryState, ErrorCode, RunState
 
 Schema = dict[str, Any]
 
@@ -56,8 +57,9 @@ The workflow:
    `Retry-After: {retry_after}`, `{{"run_id": "...", "status": "queued"}}`.
 2. **Follow**: poll `GET {prefix}/runs/{{run_id}}` (`Retry-After` says when to ask again), long-poll
    it with `?wait=N`, or stream its state changes from `GET {prefix}/runs/{{run_id}}/events`.
-   A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`
-   or `cancelled`.
+   A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`,
+   `cancelled`, or `expired` (still queued at its queue deadline: never sent). While queued, its
+   status shows `queue`: the runs ahead of it and a rough estimate of the wait.
 3. **Fetch the result**: `GET {prefix}/runs/{{run_id}}/result` answers exactly what the upstream
    answered (status, headers, body). Or ask the status to send you there: with
    `?{redirect}={to_result}`, a finished run's status answers `303 See Other` to its result.
@@ -113,7 +115,7 @@ an `event` name and a JSON `data` line:
 
 * `queued`, `running`: the run entered that state (`data` is a `StateEvent`); a run whose holder
   was lost goes back to `queued` and then `running` again with the next `attempt`;
-* `succeeded`, `failed`, `cancelled`: the final state, with `upstream_status` and `error`;
+* `succeeded`, `failed`, `cancelled`, `expired`: the final state, with `upstream_status` and `error`;
 * `webhook`: the webhook delivery changed (`data` is a `WebhookEvent`);
 * `output`: while the run works, what a streaming upstream answers (`text/event-stream`,
   `application/x-ndjson`, or a chunked body without a length), as it arrives: one event per
@@ -130,7 +132,7 @@ so by itself) or as `?after=`: the stream goes on after that event. Ids are opaq
 """
 
 _WEBHOOK = """\
-When a run with a webhook ends (`succeeded`, `failed` or `cancelled`), the gateway POSTs to the
+When a run with a webhook ends (`succeeded`, `failed`, `cancelled` or `expired`), the gateway POSTs to the
 webhook URL {body}
 
 The delivery is signed per Standard Webhooks v1 when `webhooks.signing_secrets` is set
@@ -195,6 +197,7 @@ def route_policies(config: Config) -> list[dict[str, Any]]:
         "max_attempts": config.runs.max_attempts,
         "max_body_bytes": config.limits.max_body_bytes,
         "webhook": config.webhooks.default_url,
+        "share": config.limits.max_per_caller,
     }
     return [effective(route, defaults) for route in config.routes]
 
@@ -355,6 +358,18 @@ def _submission_params(config: Config) -> list[Schema]:
             {"type": "number", "exclusiveMinimum": 0, "maximum": config.runs.timeout},
         ),
         _header_param(
+            "Asyncgate-Priority",
+            "The run's priority, from 0 (lowest) to the route's `priority_max`: higher priorities are claimed first "
+            "(the route's `priority` when absent). Outside the route's bounds, 400 `invalid_priority`.",
+            {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        ),
+        _header_param(
+            "Asyncgate-Queue-Deadline",
+            "Seconds the run may wait in the queue; still queued after it, it ends `expired` and is never sent. "
+            "At most the route's `queue_deadline`.",
+            {"type": "number", "exclusiveMinimum": 0},
+        ),
+        _header_param(
             "Idempotency-Key",
             "Submitting the same request again with the same key (per caller) returns the run it made "
             "instead of a new one, with `Asyncgate-Idempotent-Replay: true`; a different request with that "
@@ -392,6 +407,8 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_header", "asyncgate-webhook is given more than once"),
             ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
             ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            ("invalid_priority", "Asyncgate-Priority must be a whole number from 0 to 5 on this path"),
+            ("invalid_queue_deadline", "Asyncgate-Queue-Deadline must be a number of seconds in (0, 30]"),
             ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
             ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
             ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
@@ -405,9 +422,12 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("idempotency_key_reused", "this Idempotency-Key was used for a different request"),
         ),
         "429": _error_response(
-            f"`limits.max_queued` ({config.limits.max_queued}) runs are waiting already; retry after "
-            f"`Retry-After` ({QUEUE_RETRY_AFTER} s). Nothing was stored.",
+            f"`limits.max_queued` ({config.limits.max_queued}) runs are waiting already (retry after "
+            f"`Retry-After`, {QUEUE_RETRY_AFTER} s), or the caller holds its share of runs queued or running "
+            f"(`limits.max_per_caller`, a route's `share`; retry after `Retry-After`, {SHARE_RETRY_AFTER} s). "
+            "Nothing was stored.",
             ("queue_full", f"the gateway holds {config.limits.max_queued} queued runs; retry later"),
+            ("share_exceeded", "this caller holds 20 runs queued or running on route batch; retry once one has ended"),
             retry_after=True,
         ),
         "503": _error_response(
@@ -946,6 +966,10 @@ def _route_policy_schema() -> Schema:
                 "description": "The default webhook (URL masked) and the events it gets.",
                 "properties": {"url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}},
             },
+            "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+            "priority_max": {"type": "integer", "description": "The highest priority a caller may ask for."},
+            "queue_deadline": {"type": ["number", "null"], "description": "Seconds a run may wait queued."},
+            "share": {"type": ["integer", "null"], "description": "Runs one caller may hold queued or running."},
         },
     }
 
@@ -985,7 +1009,35 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "route": None,
     }
-    return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
+    optional: Schema = {
+        "priority": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PRIORITY,
+            "description": "Only when not 0: higher priorities are claimed first.",
+        },
+        "queue_deadline": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Only when the run has one: still queued then, it ends `expired` and is never sent.",
+        },
+        "queue": {
+            "type": "object",
+            "description": "Only while queued: the runs claimed before this one (higher priorities, then older), "
+            "and a rough wait in seconds (the runs ahead divided by the recent claim rate; null when unknown).",
+            "required": ["ahead", "estimated_wait"],
+            "properties": {
+                "ahead": {"type": "integer", "minimum": 0},
+                "estimated_wait": {"type": ["number", "null"]},
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "required": list(properties),
+        "properties": properties | optional,
+        "examples": [example],
+    }
 
 
 def _run_urls_schema() -> Schema:

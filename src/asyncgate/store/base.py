@@ -11,6 +11,7 @@ it unless the run is still ``running`` under that very attempt. A holder that lo
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 from enum import StrEnum
@@ -31,6 +32,73 @@ PURGE_ROUNDS = 20
 
 class QueueFull(Exception):
     """The store holds limits.max_queued runs that have not started; nothing was stored."""
+
+
+class ShareExceeded(Exception):
+    """The caller holds its whole share of runs queued or running (a ``Share``); nothing was stored."""
+
+    def __init__(self, share: Share) -> None:
+        super().__init__(share.key)
+        self.limit = share.limit
+        self.where = share.where
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """A cap on the runs one caller holds queued or running: ``key`` names the counter, shared by
+    every gateway; each run counted is uncounted when it ends, whichever way it ends."""
+
+    key: str
+    limit: int
+    #: Where the cap applies, for the refusal's message (" on route batch"); empty for the gateway's own.
+    where: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuePosition:
+    """Where a queued run stands: runs claimed before it, and a rough wait in seconds (None: unknown)."""
+
+    ahead: int
+    wait: float | None
+
+
+#: Every this many claim batches, a gateway takes the oldest run of the lowest non-empty priority
+#: level first, so a flood of higher priorities delays lower ones but never stops them.
+STARVATION_ROUND = 4
+#: Queued runs past their deadline ended per sweep round, at most.
+EXPIRE_BATCH = 500
+
+
+class ClaimRate:
+    """Runs claimed per second, over the last ``window`` s, from samples of a running total of claims.
+
+    The rough wait a queued run's status shows is the runs ahead of it divided by this rate.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def observe(self, total: int, at: float) -> None:
+        samples = self._samples
+        if samples and at - samples[-1][0] < 1.0:
+            samples[-1] = (samples[-1][0], total)  # one sample a second is plenty, whatever the traffic
+        else:
+            samples.append((at, total))
+        while len(samples) > 2 and at - samples[1][0] >= self.window:
+            samples.popleft()
+
+    def per_second(self, at: float) -> float | None:
+        """The rate, or None before two samples a second apart exist (or when nothing was claimed)."""
+        if len(self._samples) < 2:
+            return None
+        (first, start), (_, end) = self._samples[0], self._samples[-1]
+        elapsed = at - first
+        return (end - start) / elapsed if elapsed >= 1.0 and end > start else None
+
+    def wait(self, ahead: int, at: float) -> float | None:
+        rate = self.per_second(at)
+        return None if rate is None else round((ahead + 1) / rate, 1)
 
 
 class WebhookUrlDeleted(Exception):
@@ -152,13 +220,21 @@ class RunStore(Protocol):
         """Return when the store answers and takes writes; raise ``StoreError`` saying why otherwise."""
 
     async def create(
-        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+        self,
+        run: Run,
+        body: bytes,
+        *,
+        idempotency: Idempotency | None = None,
+        max_queued: int = 0,
+        shares: Sequence[Share] = (),
     ) -> Created:
-        """Store a new ``queued`` run and its request body, and queue it, all or nothing.
+        """Store a new ``queued`` run and its request body, and queue it at its priority, all or nothing.
 
-        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not, and
-        ``QueueFull`` when ``max_queued`` (> 0) runs are waiting already. With an idempotency
-        key that already names a live run, stores nothing and says which run it names.
+        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not,
+        ``QueueFull`` when ``max_queued`` (> 0) runs are waiting already, and ``ShareExceeded``
+        when a share's counter is at its limit (else every share's counter counts the run, until
+        it ends). With an idempotency key that already names a live run, stores nothing and says
+        which run it names.
         """
 
     async def get(self, run_id: str) -> Run | None:
@@ -169,6 +245,9 @@ class RunStore(Protocol):
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Take up to ``limit`` queued runs for ``owner``, waiting at most ``wait`` s for one.
+
+        Higher priorities first, oldest first within one; every STARVATION_ROUND-th call starts
+        with the oldest run of the lowest priority that has any.
 
         Each returned run is ``running``, its attempt incremented, ``started_at`` set, and
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
@@ -232,6 +311,16 @@ class RunStore(Protocol):
 
     async def result(self, run_id: str) -> RunResult | None:
         """The upstream's stored response, or None if the run has none (yet)."""
+
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        """End ``expired`` (kept ``retention`` s) up to ``limit`` runs still waiting for their first
+        start past their queue deadline, each with its webhook delivery like any end; return them."""
+
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        """Where the queued ``run`` stands in the queue, or None if it is not queued."""
+
+    async def share_counts(self) -> dict[str, int]:
+        """Every share counter that is not zero, by its key (a run's end must bring its own back)."""
 
     async def expired(self, limit: int) -> list[Run]:
         """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""

@@ -17,6 +17,8 @@ from redis.commands.core import AsyncScript
 
 from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
 from asyncgate.runs import (
+    EXPIRED_OUTCOME,
+    MAX_PRIORITY,
     Delivery,
     ErrorCode,
     Outcome,
@@ -37,8 +39,10 @@ from asyncgate.runs import (
 from asyncgate.store.base import (
     PURGE_BATCH,
     PURGE_ROUNDS,
+    STARVATION_ROUND,
     UNFINISHED_TTL,
     CancelResult,
+    ClaimRate,
     Created,
     DueDelivery,
     Event,
@@ -46,6 +50,9 @@ from asyncgate.store.base import (
     Identity,
     Lease,
     QueueFull,
+    QueuePosition,
+    Share,
+    ShareExceeded,
     WebhookUrlDeleted,
     delivery_event,
     pending_delivery,
@@ -70,7 +77,9 @@ logger = logging.getLogger("asyncgate.store")
 #                             final), cancel ("1" once asked while running), delivery (JSON of
 #                             runs.Delivery), dlv_seq (fences delivery attempts), idem_key (the
 #                             idempotency key naming the run), entry (the id of its last queue
-#                             entry, deleted if it is cancelled).
+#                             entry, deleted if it is cancelled), priority (when not 0),
+#                             deadline (its queue deadline, when it has one), shares (the
+#                             {P}:shares fields counting it, newline-separated, until it ends).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -79,6 +88,21 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
+#   {P}:ranked        zset    Queued runs of priority 1 and more (those of priority 0 are in
+#                             {P}:queue): member run id, score rank_score() (higher priorities
+#                             first, then oldest). Taken by claim() through the claim script,
+#                             which removes the member; a member whose run is not queued is
+#                             dropped when met. {P}:queue is level 0, the lowest.
+#   {P}:wake          stream  One entry per run queued in {P}:ranked, read through the same
+#                             consumer group, only to wake a claim blocked on {P}:queue.
+#                             Capped (MAXLEN ~) at WAKE_MAXLEN.
+#   {P}:deadlines     zset    Queued runs with a queue deadline: member run id, score the
+#                             deadline. expire_queued() ends those past it (or drops the member
+#                             of a run that started meanwhile).
+#   {P}:shares        hash    Field a share's key (store/base.py Share), value the runs it
+#                             counts queued or running; counted by the create script,
+#                             uncounted by every script that ends a run; deleted at zero.
+#   {P}:claimed       string  Runs claimed so far, by every gateway: the rate of the queue.
 #   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
 #                             expired() need not scan. A hint only; the run hash is the truth.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
@@ -129,6 +153,12 @@ _WRITES_REFUSED = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS"})
 RENEW_BATCH = 500
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
+#: Wake entries kept at most: each only wakes a blocked claim, so old ones matter to nobody.
+WAKE_MAXLEN = 1000
+#: Entries of {P}:queue counted when showing a run's position; past it, the position is a lower bound.
+POSITION_SCAN = 1000
+#: A priority's band in {P}:ranked scores: wider than any time in milliseconds (2**41 ms is 69 years).
+_RANK_BAND = 2**41
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
 # so per-replica names would only pile up dead consumers in the group after each restart.
@@ -151,18 +181,28 @@ _RUN_FIELDS = (
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
-# Store a new run unless its idempotency key names one already or the queue is full.
-# KEYS run, events, queue, index, caller index, expiry, [idem]; ARGV run_id, created_at, ttl (s),
-# max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, webhook_url,
-# request JSON, body, [idem value]. The hash's field names are written here rather than sent
-# with each run; an empty optional field means the run has none, and it is not stored.
+# Store a new run unless its idempotency key names one already, the queue is full, or a share
+# is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
+# shares, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
+# started_at, caller, webhook, secrets, webhook_url, request JSON, body, priority, rank score,
+# deadline, the number of shares n, n pairs of share key and limit, [idem value]. The hash's
+# field names are written here rather than sent with each run; an empty optional field means
+# the run has none, and it is not stored. Priority 0 (every run when no route sets one) is the
+# one stream, as it always was; higher ones go to the ranked set, and wake a blocked claim.
 _CREATE = """
-local idem = KEYS[7]
+local idem = KEYS[11]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'replay', existing} end
 end
-if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
+if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) + redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[4]) then
+  return {'full'}
+end
+local shares = tonumber(ARGV[18])
+for i = 1, shares do
+  local held = redis.call('HGET', KEYS[10], ARGV[17 + 2 * i])
+  if held and tonumber(held) >= tonumber(ARGV[18 + 2 * i]) then return {'share', tostring(i)} end
+end
 local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[13], 'body', ARGV[14]}
 for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url'}) do
   local value = ARGV[7 + i]
@@ -175,15 +215,35 @@ if idem then
   fields[#fields + 1] = 'idem_key'
   fields[#fields + 1] = idem
 end
+if shares > 0 then
+  local keys = {}
+  for i = 1, shares do
+    keys[i] = ARGV[17 + 2 * i]
+    redis.call('HINCRBY', KEYS[10], keys[i], 1)
+  end
+  fields[#fields + 1] = 'shares'
+  fields[#fields + 1] = table.concat(keys, '\\n')
+end
+if ARGV[17] ~= '' then
+  fields[#fields + 1] = 'deadline'
+  fields[#fields + 1] = ARGV[17]
+  redis.call('ZADD', KEYS[9], ARGV[17], ARGV[1])
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
+if ARGV[15] == '0' then
+  redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
+else
+  redis.call('HSET', KEYS[1], 'priority', ARGV[15])
+  redis.call('ZADD', KEYS[7], ARGV[16], ARGV[1])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[19 + 2 * shares], '*', 'w', '1')
+end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[15], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[20 + 2 * shares], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -208,13 +268,21 @@ local function schedule(expiry, at, ttl, run_id)
 end
 """
 
-# The end of a run (finished or cancelled): its event, its delivery if it has a webhook, and
-# its retention. KEYS run, events, deliveries, expiry; ARGV[1..5] event JSON, pending delivery
-# JSON, now, retention (ms), run id. A pending delivery keeps the run until it is final.
+# The end of a run (finished, cancelled or expired): its event, its delivery if it has a webhook,
+# its retention, and its shares uncounted. KEYS run, events, deliveries, expiry; ARGV[1..5] event
+# JSON, pending delivery JSON, now, retention (ms), run id; ``shares`` the {P}:shares key. A
+# pending delivery keeps the run until it is final.
 _CLOSE = (
     _SCHEDULE
     + """
-local function close_run()
+local function close_run(shares)
+  local counted = redis.call('HGET', KEYS[1], 'shares')
+  if counted then
+    for key in string.gmatch(counted, '[^\\n]+') do
+      if redis.call('HINCRBY', shares, key, -1) <= 0 then redis.call('HDEL', shares, key) end
+    end
+    redis.call('HDEL', KEYS[1], 'shares')
+  end
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
   local ttl = ARGV[4]
   if redis.call('HGET', KEYS[1], 'webhook') == '1' then
@@ -301,7 +369,7 @@ return ids
 """
 )
 
-# KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
+# KEYS run, events, deliveries, expiry, shares; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
     _CLOSE
     + """
@@ -309,13 +377,14 @@ local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel', 'secrets')
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-close_run()
+close_run(KEYS[5])
 return 1
 """
 )
 
-# KEYS run, events, deliveries, expiry, queue; ARGV as _CLOSE, then the cancelled run's field
-# pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
+# KEYS run, events, deliveries, expiry, queue, shares, ranked, deadlines; ARGV as _CLOSE, then
+# the cancelled run's field pairs. The run's queue entry goes too: the queue's length is the
+# number of runs waiting.
 _CANCEL = (
     _CLOSE
     + """
@@ -328,21 +397,63 @@ end
 if state ~= 'queued' then return 'finished' end
 local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('ZREM', KEYS[8], ARGV[5])
 redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-close_run()
+close_run(KEYS[6])
 return 'cancelled'
 """
 )
 
-# KEYS run, events, queue; ARGV attempt, event JSON, run id.
+# End a run still waiting for its first start past its queue deadline. KEYS as _CANCEL; ARGV
+# as _CLOSE, then the deadline's cutoff (now), then the expired run's field pairs. Returns the
+# run's status fields (as _RUN_FIELDS), or false when it is not due (started, cancelled, gone,
+# or its deadline moved): its member is dropped then too.
+_EXPIRE = (
+    _CLOSE
+    + """
+redis.call('ZREM', KEYS[8], ARGV[5])
+local state, attempt, deadline = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt', 'deadline'))
+if state ~= 'queued' or attempt ~= '0' or not deadline or tonumber(deadline) >= tonumber(ARGV[6]) then return false end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+close_run(KEYS[6])
+return true
+"""
+)
+
+# Take a queued run from the ranked set: as _CLAIM, and its member goes, whether or not it is
+# still queued (a cancelled or expired run's member is dropped here). KEYS run, events, ranked;
+# ARGV now, owner, lease_until, run id, then the fields to return.
+_CLAIM_RANKED = """
+redis.call('ZREM', KEYS[3], ARGV[4])
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'owner', ARGV[2], 'lease_until', ARGV[3])
+local event = {event='running', status='running', attempt=attempt, at=tonumber(ARGV[1])}
+redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
+"""
+
+# KEYS run, events, queue, ranked, wake; ARGV attempt, event JSON, run id, rank score of each
+# priority (index 1 for priority 1, and so on), wake MAXLEN. A run keeps its priority.
 _REQUEUE = (
     _HOLDS
     + """
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
+local priority = tonumber(redis.call('HGET', KEYS[1], 'priority') or '0')
+if priority > 0 then
+  redis.call('ZADD', KEYS[4], ARGV[3 + priority], ARGV[3])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[#ARGV], '*', 'w', '1')
+else
+  redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
+end
 return 1
 """
 )
@@ -397,7 +508,9 @@ _REDELIVER = (
     _SCHEDULE
     + """
 local state, webhook = unpack(redis.call('HMGET', KEYS[1], 'state', 'webhook'))
-if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled') then return 0 end
+if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' and state ~= 'expired') then
+  return 0
+end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_url', ARGV[5])
 elseif redis.call('HEXISTS', KEYS[1], 'webhook_url') == 0 then
@@ -432,6 +545,12 @@ _PROBE = """
 redis.call('SET', KEYS[1], '1')
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+# How many entries of the queue come before one, counting at most ARGV[2]: Redis has no rank
+# for streams, and counting here spares sending the entries. KEYS queue; ARGV entry id, the cap.
+_ENTRIES_BEFORE = """
+return #redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', ARGV[2])
 """
 
 # Drop index entries of runs found not running, unless a claim re-indexed them meanwhile
@@ -519,6 +638,11 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
     )
 
 
+def rank_score(priority: int, at: float) -> int:
+    """A run's score in {P}:ranked: higher priorities lower (taken first), then earlier queued."""
+    return (MAX_PRIORITY - priority) * _RANK_BAND + int(at * 1000)
+
+
 def _pairs(fields: dict[str, Any]) -> list[Any]:
     """HSET arguments for the fields that have a value."""
     return [item for name, value in fields.items() if value is not None for item in (name, value)]
@@ -588,8 +712,14 @@ class RedisRunStore:
         sealer: Sealer | None = None,
         strict: bool = False,
         identity: Identity | None = None,
+        ranked: bool = False,
     ) -> None:
         self.prefix = key_prefix
+        #: Claims look at {P}:ranked (runs of priority 1 and more): some route gives priorities,
+        #: or some were found there. Otherwise the claim is the one stream read it always was.
+        self.ranked = ranked
+        self._claims = 0
+        self.claim_rate = ClaimRate()
         #: Checked and recorded at open (see _BIND); None for a gateway that executes no runs.
         self.identity = identity
         self._bound = identity is None
@@ -599,6 +729,11 @@ class RedisRunStore:
         #: Every key starts with this hash tag: one slot, so every script may touch any key.
         self.tag = tag = f"{{{key_prefix}}}"
         self.queue = f"{tag}:queue"
+        self.ranked_key = f"{tag}:ranked"
+        self.wake = f"{tag}:wake"
+        self.deadlines = f"{tag}:deadlines"
+        self.shares = f"{tag}:shares"
+        self.claimed = f"{tag}:claimed"
         self.leases = f"{tag}:leases"
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
@@ -667,11 +802,12 @@ class RedisRunStore:
 
     async def _create_group(self) -> None:
         # From id 0, so that entries added before the group existed are delivered too.
-        try:
-            await self._redis.xgroup_create(self.queue, self.group, id="0", mkstream=True)
-        except redis_errors.ResponseError as exc:
-            if _error_code(exc) != "BUSYGROUP":  # another replica made it first
-                raise
+        for stream in (self.queue, self.wake):
+            try:
+                await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if _error_code(exc) != "BUSYGROUP":  # another replica made it first
+                    raise
 
     async def close(self) -> None:
         for client in (self._redis, self._blocking):
@@ -691,7 +827,13 @@ class RedisRunStore:
             raise StoreError(str(exc)) from exc
 
     async def create(
-        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+        self,
+        run: Run,
+        body: bytes,
+        *,
+        idempotency: Idempotency | None = None,
+        max_queued: int = 0,
+        shares: Sequence[Share] = (),
     ) -> Created:
         request, secrets, webhook_url = self.sealer.split(run.request)
         keys = [
@@ -701,7 +843,12 @@ class RedisRunStore:
             self.index,
             self.caller_index(run.caller),
             self.expiry,
+            self.ranked_key,
+            self.wake,
+            self.deadlines,
+            self.shares,
         ]
+        priority = run.request.priority
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
         args: list[Any] = [
             run.run_id,
@@ -718,6 +865,12 @@ class RedisRunStore:
             webhook_url or b"",
             dump_request(request),
             body,
+            priority,
+            rank_score(priority, run.created_at) if priority else 0,
+            "" if run.request.queue_deadline is None else run.request.queue_deadline,
+            len(shares),
+            *(part for share in shares for part in (share.key, share.limit)),
+            WAKE_MAXLEN,
         ]
         if idempotency is not None:
             keys.append(f"{self.tag}:idem:{idempotency.key}")
@@ -730,6 +883,8 @@ class RedisRunStore:
                 raise StoreUnavailable("no replica confirmed the run in time (store.durability: strict)")
         if reply[0] == b"full":
             raise QueueFull()
+        if reply[0] == b"share":
+            raise ShareExceeded(shares[int(reply[1]) - 1])
         if reply[0] == b"replay" and idempotency is not None:
             run_id, _, fingerprint = reply[1].decode().partition(" ")
             return Created(run_id, replayed=True, same_request=fingerprint == idempotency.fingerprint)
@@ -760,6 +915,8 @@ class RedisRunStore:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
             try:
+                if self.ranked:
+                    return await self._claim_ranked(owner, limit, wait, lease)
                 entries = await self._stale_entries(limit) or await self._read_queue(limit, wait)
             except redis_errors.ResponseError as exc:
                 if _error_code(exc) != "NOGROUP":
@@ -778,11 +935,84 @@ class RedisRunStore:
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
 
+    async def _claim_ranked(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        """Claim with priorities: {P}:ranked highest first, then {P}:queue (priority 0); every
+        STARVATION_ROUND-th call takes the oldest run of the lowest non-empty priority first."""
+        self._claims += 1
+        runs = await self._claim_bottom(owner, lease) if self._claims % STARVATION_ROUND == 0 else []
+        room = limit - len(runs)
+        if room > 0:
+            top = cast(list[bytes], await self._redis.zrange(self.ranked_key, 0, room - 1))
+            runs += await self._take_ranked([member.decode() for member in top], owner, lease)
+        room = limit - len(runs)
+        if room <= 0:
+            return runs
+        entries = await self._stale_entries(room)
+        if not entries:
+            # Blocks on both streams only when nothing was found: a wake entry means a ranked run
+            # arrived, taken by the next call (the executor calls again at once).
+            block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 and not runs else None
+            streams: dict[Any, Any] = {self.queue: ">", self.wake: ">"}
+            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, streams, count=room, block=block)
+            for stream, read in cast(list[tuple[bytes, list[Entry]]], reply or []):
+                if stream.decode() == self.wake:
+                    wakes = [entry_id for entry_id, _ in read]
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.xack(self.wake, self.group, *wakes)
+                        pipe.xdel(self.wake, *wakes)
+                        await pipe.execute()
+                else:
+                    entries = read
+        return runs + (await self._take(entries, owner, lease) if entries else [])
+
+    async def _claim_bottom(self, owner: str, lease: float) -> list[Run]:
+        """The oldest run of the lowest priority that has queued runs, claimed (the starvation round)."""
+        if await self._redis.xlen(self.queue):
+            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=1)
+            entries = [entry for _, read in cast(list[tuple[bytes, list[Entry]]], reply or []) for entry in read]
+            return await self._take(entries, owner, lease) if entries else []
+        last = cast(list[tuple[bytes, float]], await self._redis.zrange(self.ranked_key, -1, -1, withscores=True))
+        if not last:
+            return []
+        band = int(last[0][1]) // _RANK_BAND * _RANK_BAND
+        oldest = cast(list[bytes], await self._redis.zrangebyscore(self.ranked_key, band, "+inf", start=0, num=1))
+        return await self._take_ranked([member.decode() for member in oldest], owner, lease)
+
+    async def _take_ranked(self, run_ids: list[str], owner: str, lease: float) -> list[Run]:
+        if not run_ids:
+            return []
+        started = now()
+        lease_until = started + lease
+        async with self._redis.pipeline(transaction=False) as pipe:
+            # Indexed before the claim, as in _take.
+            pipe.zadd(self.leases, dict.fromkeys(run_ids, lease_until))
+            for run_id in run_ids:
+                keys = (self.run_key(run_id), self.events_key(run_id), self.ranked_key)
+                args = (started, owner, lease_until, run_id, *_RUN_FIELDS, "secrets")
+                pipe.eval(_CLAIM_RANKED, 3, *keys, *args)
+            pipe.incrby(self.claimed, len(run_ids))
+            replies = await pipe.execute()
+        self.claim_rate.observe(int(replies[-1]), started)
+        return self._claimed_runs(run_ids, replies[1:-1])
+
+    def _claimed_runs(self, run_ids: list[str], claimed: list[Any]) -> list[Run]:
+        runs = []
+        for run_id, fields in zip(run_ids, claimed, strict=True):
+            run = _decode_run(run_id, fields[:-1]) if fields else None
+            if run is not None:
+                # Only the holder of a run ever sees its credentials, to replay them.
+                runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, fields[-1])))
+        return runs
+
     async def _stale_entries(self, limit: int) -> list[Entry]:
         """Entries whose reader died before acking them; looked for once per idle period."""
         if time.monotonic() < self._next_stale_check:
             return []
         self._next_stale_check = time.monotonic() + self.stale_entry_idle
+        # Runs of priority 1 and more are claimed apart; a gateway whose routes give none still
+        # claims any found (the routes changed with runs queued), so none is stranded.
+        if not self.ranked and await self._redis.zcard(self.ranked_key):
+            self.ranked = True
         idle_ms = int(self.stale_entry_idle * 1000)
         reply = await self._redis.xautoclaim(self.queue, self.group, _CONSUMER, idle_ms, "0-0", count=limit)
         return cast(list[Entry], reply[1])
@@ -804,15 +1034,11 @@ class RedisRunStore:
             ids = [entry_id for entry_id, _ in entries]
             pipe.xack(self.queue, self.group, *ids)
             pipe.xdel(self.queue, *ids)
+            # The claim rate every gateway shares (queue_position's wait), at no extra round trip.
+            pipe.incrby(self.claimed, len(run_ids))
             replies = await pipe.execute()
-        claimed = replies[1 : 1 + len(run_ids)] if run_ids else []
-        runs = []
-        for run_id, fields in zip(run_ids, claimed, strict=True):
-            run = _decode_run(run_id, fields[:-1]) if fields else None
-            if run is not None:
-                # Only the holder of a run ever sees its credentials, to replay them.
-                runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, fields[-1])))
-        return runs
+        self.claim_rate.observe(int(replies[-1]), started)
+        return self._claimed_runs(run_ids, replies[1 : 1 + len(run_ids)] if run_ids else [])
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease
@@ -845,7 +1071,7 @@ class RedisRunStore:
             raise ValueError(f"a run cannot finish as {outcome.state}")
         event = state_event(outcome.state, attempt, now(), outcome)
         args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.shares)
         with _STORE_ERRORS:
             finished = await self._scripts.finish(keys, args)
             if finished:
@@ -857,8 +1083,10 @@ class RedisRunStore:
         with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
-            keys = (self.run_key(run_id), self.events_key(run_id), self.queue)
-            requeued = await self._scripts.requeue(keys, [attempt, event, run_id])
+            keys = (self.run_key(run_id), self.events_key(run_id), self.queue, self.ranked_key, self.wake)
+            at = now()
+            scores = [rank_score(priority, at) for priority in range(1, MAX_PRIORITY + 1)]
+            requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *scores, WAKE_MAXLEN])
         return bool(requeued)
 
     async def append_output(
@@ -910,13 +1138,72 @@ class RedisRunStore:
         event = state_event(RunState.CANCELLED, 0, at)
         error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue)
+        keys = self._ending_keys(run_id)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
         with _STORE_ERRORS:
             result = CancelResult((await self._scripts.cancel(keys, args)).decode())
             if result is CancelResult.REQUESTED:
                 await self._redis.publish(self.cancel_channel, run_id)
         return result
+
+    def _ending_keys(self, run_id: str) -> tuple[str, ...]:
+        """The keys of the scripts that end a queued run (cancel, expire)."""
+        return (
+            self.run_key(run_id),
+            self.events_key(run_id),
+            self.deliveries,
+            self.expiry,
+            self.queue,
+            self.shares,
+            self.ranked_key,
+            self.deadlines,
+        )
+
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        at = now()
+        with _STORE_ERRORS:
+            due = await self._redis.zrangebyscore(self.deadlines, "-inf", at, start=0, num=limit)
+            run_ids = [member.decode() for member in cast(list[bytes], due)]
+            if not run_ids:
+                return []
+            error = dump_error(EXPIRED_OUTCOME.error)
+            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    event = state_event(RunState.EXPIRED, 0, at, EXPIRED_OUTCOME)
+                    fields = {"state": RunState.EXPIRED.value, "finished_at": at, "error": error}
+                    args = [*self._close_args(run_id, event, retention), at, *_pairs(fields)]
+                    pipe.eval(_EXPIRE, len(self._ending_keys(run_id)), *self._ending_keys(run_id), *args)
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                replies = await pipe.execute()
+        pairs = zip(run_ids, replies[::2], replies[1::2], strict=True)
+        return [run for run_id, ended, fields in pairs if ended and (run := _decode_run(run_id, fields)) is not None]
+
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        with _STORE_ERRORS:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.run_key(run.run_id), "state", "entry")
+                pipe.zrank(self.ranked_key, run.run_id)
+                pipe.zcard(self.ranked_key)
+                pipe.get(self.claimed)
+                (state, entry), rank, ranked, claimed = await pipe.execute()
+            if state != b"queued":
+                return None
+            if rank is not None:
+                ahead = int(rank)
+            else:
+                before = (
+                    0 if entry is None else await self._redis.eval(_ENTRIES_BEFORE, 1, self.queue, entry, POSITION_SCAN)
+                )
+                ahead = int(ranked) + int(before)
+        at = now()
+        self.claim_rate.observe(int(claimed or 0), at)
+        return QueuePosition(ahead, self.claim_rate.wait(ahead, at))
+
+    async def share_counts(self) -> dict[str, int]:
+        with _STORE_ERRORS:
+            counts = cast(dict[bytes, bytes], await self._redis.hgetall(self.shares))
+        return {key.decode(): int(value) for key, value in counts.items()}
 
     async def cancellations(self) -> AsyncIterator[str]:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
@@ -1039,7 +1326,10 @@ class RedisRunStore:
         # Cancelling a queued run deletes its entry; entries of runs expired unclaimed
         # (UNFINISHED_TTL) stay until read or trimmed: an overcount that errs on the side of refusing work.
         with _STORE_ERRORS:
-            return int(await self._redis.xlen(self.queue))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(self.queue)
+                pipe.zcard(self.ranked_key)
+                return sum(int(count) for count in await pipe.execute())
 
     async def durability(self) -> dict[str, Any]:
         with _STORE_ERRORS:
@@ -1111,7 +1401,7 @@ class RedisRunStore:
                     pipe.zrem(self.caller_index(caller), *run_ids)
             every = [run_id for run_ids in gone.values() for run_id in run_ids]
             if every:
-                for key in (self.index, self.leases, self.deliveries):
+                for key in (self.index, self.leases, self.deliveries, self.ranked_key, self.deadlines):
                     pipe.zrem(key, *every)
                 pipe.zrem(self.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
             if alive:
