@@ -13,8 +13,8 @@
   const OPEN = meta("asyncgate-mode") === "open";
   const HEADER = meta("asyncgate-header");
   const TOKEN_KEY = "asyncgate.token";
-  const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
-  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
+  const FINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
   const DELIVERY_FINAL = new Set(["delivered", "failed", "gone"]);
   // SVG is left out on purpose: it can carry script, and is offered as a download instead.
   const RASTER = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp"]);

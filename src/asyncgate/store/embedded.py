@@ -196,7 +196,7 @@ WHERE run_id IN (
     SELECT run_id FROM runs WHERE state = 'queued'
     ORDER BY CASE WHEN :lowest THEN priority ELSE -priority END, seq LIMIT :limit
 )
-RETURNING seq, {_COLUMNS}, secrets
+RETURNING -priority, seq, {_COLUMNS}, secrets
 """
 _EXPIRE_QUEUED = f"""
 UPDATE runs SET state = 'expired', finished_at = :now, error = :error, body = NULL, secrets = NULL
@@ -429,15 +429,15 @@ def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer:
         "lowest": False,
     }
     with _transaction(db):
-        rows = []
+        bottom = []
         if lowest:
-            rows = db.execute(_CLAIM, params | {"limit": 1, "lowest": True}).fetchall()
-            params["limit"] = limit - len(rows)
-        if params["limit"] > 0:
-            rows += db.execute(_CLAIM, params).fetchall()
+            bottom = db.execute(_CLAIM, params | {"limit": 1, "lowest": True}).fetchall()
+            params["limit"] = limit - len(bottom)
+        rows = db.execute(_CLAIM, params).fetchall() if params["limit"] > 0 else []
         runs = []
-        for row in sorted(rows):
-            run = _decode_run(row[1:-1])
+        # In the order they were taken (RETURNING keeps none): the bottom's, then by priority and age.
+        for row in bottom + sorted(rows):
+            run = _decode_run(row[2:-1])
             # Only the holder of a run ever sees its credentials, to replay them.
             runs.append(dataclasses.replace(run, request=sealer.join(run.request, row[-1])))
         for run in runs:

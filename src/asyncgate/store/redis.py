@@ -89,8 +89,9 @@ logger = logging.getLogger("asyncgate.store")
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
 #   {P}:ranked        zset    Queued runs of priority 1 and more (those of priority 0 are in
-#                             {P}:queue): member run id, score rank_score() (higher priorities
-#                             first, then oldest). Taken by claim() through the claim script,
+#                             {P}:queue): member run id, score rank_band(priority) plus the
+#                             next number of {P}:ranked:seq (a counter; no TTL): higher
+#                             priorities first, then first in. Taken by claim() through the claim script,
 #                             which removes the member; a member whose run is not queued is
 #                             dropped when met. {P}:queue is level 0, the lowest.
 #   {P}:wake          stream  One entry per run queued in {P}:ranked, read through the same
@@ -157,7 +158,8 @@ _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 WAKE_MAXLEN = 1000
 #: Entries of {P}:queue counted when showing a run's position; past it, the position is a lower bound.
 POSITION_SCAN = 1000
-#: A priority's band in {P}:ranked scores: wider than any time in milliseconds (2**41 ms is 69 years).
+#: A priority's band in {P}:ranked scores: more runs than a deployment will ever queue, and ten
+#: bands stay below 2**53, where a score (a double) is still exact.
 _RANK_BAND = 2**41
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
@@ -183,14 +185,14 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
 # is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
-# shares, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
-# started_at, caller, webhook, secrets, webhook_url, request JSON, body, priority, rank score,
+# shares, ranked sequence, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
+# started_at, caller, webhook, secrets, webhook_url, request JSON, body, priority, its rank band,
 # deadline, the number of shares n, n pairs of share key and limit, [idem value]. The hash's
 # field names are written here rather than sent with each run; an empty optional field means
 # the run has none, and it is not stored. Priority 0 (every run when no route sets one) is the
 # one stream, as it always was; higher ones go to the ranked set, and wake a blocked claim.
 _CREATE = """
-local idem = KEYS[11]
+local idem = KEYS[12]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'replay', existing} end
@@ -237,7 +239,7 @@ if ARGV[15] == '0' then
   redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 else
   redis.call('HSET', KEYS[1], 'priority', ARGV[15])
-  redis.call('ZADD', KEYS[7], ARGV[16], ARGV[1])
+  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[16] + redis.call('INCR', KEYS[11])), ARGV[1])
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[19 + 2 * shares], '*', 'w', '1')
 end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
@@ -439,8 +441,9 @@ redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 """
 
-# KEYS run, events, queue, ranked, wake; ARGV attempt, event JSON, run id, rank score of each
-# priority (index 1 for priority 1, and so on), wake MAXLEN. A run keeps its priority.
+# KEYS run, events, queue, ranked, wake, ranked sequence; ARGV attempt, event JSON, run id, the
+# rank band of each priority (index 1 for priority 1, and so on), wake MAXLEN. A run keeps its
+# priority, and goes to the back of its level.
 _REQUEUE = (
     _HOLDS
     + """
@@ -449,7 +452,7 @@ redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 local priority = tonumber(redis.call('HGET', KEYS[1], 'priority') or '0')
 if priority > 0 then
-  redis.call('ZADD', KEYS[4], ARGV[3 + priority], ARGV[3])
+  redis.call('ZADD', KEYS[4], string.format('%.0f', ARGV[3 + priority] + redis.call('INCR', KEYS[6])), ARGV[3])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[#ARGV], '*', 'w', '1')
 else
   redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
@@ -638,9 +641,10 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
     )
 
 
-def rank_score(priority: int, at: float) -> int:
-    """A run's score in {P}:ranked: higher priorities lower (taken first), then earlier queued."""
-    return (MAX_PRIORITY - priority) * _RANK_BAND + int(at * 1000)
+def rank_band(priority: int) -> int:
+    """Where a priority's scores in {P}:ranked start: higher priorities lower (taken first). The
+    scripts add the next number of {P}:ranked:seq, so that a level is first in, first out."""
+    return (MAX_PRIORITY - priority) * _RANK_BAND
 
 
 def _pairs(fields: dict[str, Any]) -> list[Any]:
@@ -730,6 +734,7 @@ class RedisRunStore:
         self.tag = tag = f"{{{key_prefix}}}"
         self.queue = f"{tag}:queue"
         self.ranked_key = f"{tag}:ranked"
+        self.ranked_seq = f"{tag}:ranked:seq"
         self.wake = f"{tag}:wake"
         self.deadlines = f"{tag}:deadlines"
         self.shares = f"{tag}:shares"
@@ -744,6 +749,7 @@ class RedisRunStore:
         self.deployment_key = f"{tag}:deployment"
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
+        self._next_ranked_check = 0.0
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
         # retried script whose first reply was lost would be refused by its own fence, so
         # callers decide (the executor retries StoreUnavailable, intake answers 503).
@@ -847,6 +853,7 @@ class RedisRunStore:
             self.wake,
             self.deadlines,
             self.shares,
+            self.ranked_seq,
         ]
         priority = run.request.priority
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
@@ -866,7 +873,7 @@ class RedisRunStore:
             dump_request(request),
             body,
             priority,
-            rank_score(priority, run.created_at) if priority else 0,
+            rank_band(priority),
             "" if run.request.queue_deadline is None else run.request.queue_deadline,
             len(shares),
             *(part for share in shares for part in (share.key, share.limit)),
@@ -915,7 +922,7 @@ class RedisRunStore:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
             try:
-                if self.ranked:
+                if self.ranked or await self._found_ranked():
                     return await self._claim_ranked(owner, limit, wait, lease)
                 entries = await self._stale_entries(limit) or await self._read_queue(limit, wait)
             except redis_errors.ResponseError as exc:
@@ -934,6 +941,16 @@ class RedisRunStore:
         reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=limit, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
+
+    async def _found_ranked(self) -> bool:
+        """Whether runs of priority 1 and more wait although no route of this gateway gives any
+        (the routes changed with runs queued): then it claims them too, so none is stranded.
+        Looked for once per idle period, as stale entries are."""
+        if time.monotonic() < self._next_ranked_check:
+            return False
+        self._next_ranked_check = time.monotonic() + self.stale_entry_idle
+        self.ranked = bool(await self._redis.zcard(self.ranked_key))
+        return self.ranked
 
     async def _claim_ranked(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Claim with priorities: {P}:ranked highest first, then {P}:queue (priority 0); every
@@ -1009,10 +1026,6 @@ class RedisRunStore:
         if time.monotonic() < self._next_stale_check:
             return []
         self._next_stale_check = time.monotonic() + self.stale_entry_idle
-        # Runs of priority 1 and more are claimed apart; a gateway whose routes give none still
-        # claims any found (the routes changed with runs queued), so none is stranded.
-        if not self.ranked and await self._redis.zcard(self.ranked_key):
-            self.ranked = True
         idle_ms = int(self.stale_entry_idle * 1000)
         reply = await self._redis.xautoclaim(self.queue, self.group, _CONSUMER, idle_ms, "0-0", count=limit)
         return cast(list[Entry], reply[1])
@@ -1083,10 +1096,16 @@ class RedisRunStore:
         with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
-            keys = (self.run_key(run_id), self.events_key(run_id), self.queue, self.ranked_key, self.wake)
-            at = now()
-            scores = [rank_score(priority, at) for priority in range(1, MAX_PRIORITY + 1)]
-            requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *scores, WAKE_MAXLEN])
+            keys = (
+                self.run_key(run_id),
+                self.events_key(run_id),
+                self.queue,
+                self.ranked_key,
+                self.wake,
+                self.ranked_seq,
+            )
+            bands = [rank_band(priority) for priority in range(1, MAX_PRIORITY + 1)]
+            requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *bands, WAKE_MAXLEN])
         return bool(requeued)
 
     async def append_output(
