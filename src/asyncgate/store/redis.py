@@ -90,7 +90,7 @@ logger = logging.getLogger("asyncgate.store")
 #                             deleted, so the stream holds only work not yet taken.
 #   {P}:ranked        zset    Queued runs of priority 1 and more (those of priority 0 are in
 #                             {P}:queue): member run id, score rank_band(priority) plus the
-#                             next number of {P}:ranked:seq (a counter; no TTL): higher
+#                             next number of {P}:counters ranked_seq: higher
 #                             priorities first, then first in. Taken by claim() through the claim script,
 #                             which removes the member; a member whose run is not queued is
 #                             dropped when met. {P}:queue is level 0, the lowest.
@@ -103,7 +103,8 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:shares        hash    Field a share's key (store/base.py Share), value the runs it
 #                             counts queued or running; counted by the create script,
 #                             uncounted by every script that ends a run; deleted at zero.
-#   {P}:claimed       string  Runs claimed so far, by every gateway: the rate of the queue.
+#   {P}:counters      hash    claimed: runs claimed so far by every gateway (the queue's rate);
+#                             ranked_seq: see {P}:ranked. No TTL: one small key per deployment.
 #   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
 #                             expired() need not scan. A hint only; the run hash is the truth.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
@@ -185,7 +186,7 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
 # is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
-# shares, ranked sequence, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
+# shares, counters, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
 # started_at, caller, webhook, secrets, webhook_url, request JSON, body, priority, its rank band,
 # deadline, the number of shares n, n pairs of share key and limit, [idem value]. The hash's
 # field names are written here rather than sent with each run; an empty optional field means
@@ -239,7 +240,8 @@ if ARGV[15] == '0' then
   redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 else
   redis.call('HSET', KEYS[1], 'priority', ARGV[15])
-  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[16] + redis.call('INCR', KEYS[11])), ARGV[1])
+  local seq = redis.call('HINCRBY', KEYS[11], 'ranked_seq', 1)
+  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[16] + seq), ARGV[1])
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[19 + 2 * shares], '*', 'w', '1')
 end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
@@ -441,7 +443,7 @@ redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 """
 
-# KEYS run, events, queue, ranked, wake, ranked sequence; ARGV attempt, event JSON, run id, the
+# KEYS run, events, queue, ranked, wake, counters; ARGV attempt, event JSON, run id, the
 # rank band of each priority (index 1 for priority 1, and so on), wake MAXLEN. A run keeps its
 # priority, and goes to the back of its level.
 _REQUEUE = (
@@ -452,7 +454,8 @@ redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 local priority = tonumber(redis.call('HGET', KEYS[1], 'priority') or '0')
 if priority > 0 then
-  redis.call('ZADD', KEYS[4], string.format('%.0f', ARGV[3 + priority] + redis.call('INCR', KEYS[6])), ARGV[3])
+  local seq = redis.call('HINCRBY', KEYS[6], 'ranked_seq', 1)
+  redis.call('ZADD', KEYS[4], string.format('%.0f', ARGV[3 + priority] + seq), ARGV[3])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[#ARGV], '*', 'w', '1')
 else
   redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
@@ -643,7 +646,7 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
 
 def rank_band(priority: int) -> int:
     """Where a priority's scores in {P}:ranked start: higher priorities lower (taken first). The
-    scripts add the next number of {P}:ranked:seq, so that a level is first in, first out."""
+    scripts add the next number of a counter, so that a level is first in, first out."""
     return (MAX_PRIORITY - priority) * _RANK_BAND
 
 
@@ -734,11 +737,10 @@ class RedisRunStore:
         self.tag = tag = f"{{{key_prefix}}}"
         self.queue = f"{tag}:queue"
         self.ranked_key = f"{tag}:ranked"
-        self.ranked_seq = f"{tag}:ranked:seq"
+        self.counters = f"{tag}:counters"
         self.wake = f"{tag}:wake"
         self.deadlines = f"{tag}:deadlines"
         self.shares = f"{tag}:shares"
-        self.claimed = f"{tag}:claimed"
         self.leases = f"{tag}:leases"
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
@@ -807,8 +809,9 @@ class RedisRunStore:
             )
 
     async def _create_group(self) -> None:
-        # From id 0, so that entries added before the group existed are delivered too.
-        for stream in (self.queue, self.wake):
+        # From id 0, so that entries added before the group existed are delivered too. The wake
+        # stream only where priorities are in use: a deployment without them keeps the keys it had.
+        for stream in (self.queue, self.wake) if self.ranked else (self.queue,):
             try:
                 await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
             except redis_errors.ResponseError as exc:
@@ -853,7 +856,7 @@ class RedisRunStore:
             self.wake,
             self.deadlines,
             self.shares,
-            self.ranked_seq,
+            self.counters,
         ]
         priority = run.request.priority
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
@@ -949,7 +952,9 @@ class RedisRunStore:
         if time.monotonic() < self._next_ranked_check:
             return False
         self._next_ranked_check = time.monotonic() + self.stale_entry_idle
-        self.ranked = bool(await self._redis.zcard(self.ranked_key))
+        if await self._redis.zcard(self.ranked_key):
+            self.ranked = True
+            await self._create_group()
         return self.ranked
 
     async def _claim_ranked(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
@@ -1007,7 +1012,7 @@ class RedisRunStore:
                 keys = (self.run_key(run_id), self.events_key(run_id), self.ranked_key)
                 args = (started, owner, lease_until, run_id, *_RUN_FIELDS, "secrets")
                 pipe.eval(_CLAIM_RANKED, 3, *keys, *args)
-            pipe.incrby(self.claimed, len(run_ids))
+            pipe.hincrby(self.counters, "claimed", len(run_ids))
             replies = await pipe.execute()
         self.claim_rate.observe(int(replies[-1]), started)
         return self._claimed_runs(run_ids, replies[1:-1])
@@ -1048,7 +1053,7 @@ class RedisRunStore:
             pipe.xack(self.queue, self.group, *ids)
             pipe.xdel(self.queue, *ids)
             # The claim rate every gateway shares (queue_position's wait), at no extra round trip.
-            pipe.incrby(self.claimed, len(run_ids))
+            pipe.hincrby(self.counters, "claimed", len(run_ids))
             replies = await pipe.execute()
         self.claim_rate.observe(int(replies[-1]), started)
         return self._claimed_runs(run_ids, replies[1 : 1 + len(run_ids)] if run_ids else [])
@@ -1102,7 +1107,7 @@ class RedisRunStore:
                 self.queue,
                 self.ranked_key,
                 self.wake,
-                self.ranked_seq,
+                self.counters,
             )
             bands = [rank_band(priority) for priority in range(1, MAX_PRIORITY + 1)]
             requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *bands, WAKE_MAXLEN])
@@ -1204,7 +1209,7 @@ class RedisRunStore:
                 pipe.hmget(self.run_key(run.run_id), "state", "entry")
                 pipe.zrank(self.ranked_key, run.run_id)
                 pipe.zcard(self.ranked_key)
-                pipe.get(self.claimed)
+                pipe.hget(self.counters, "claimed")
                 (state, entry), rank, ranked, claimed = await pipe.execute()
             if state != b"queued":
                 return None
