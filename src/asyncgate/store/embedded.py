@@ -124,7 +124,6 @@ CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE INDEX IF NOT EXISTS runs_caller ON runs (caller, created_at);
 CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state IN ('pending', 'delivering');
-CREATE INDEX IF NOT EXISTS runs_queue ON runs (seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS runs_leases ON runs (lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
 -- How many runs are queued, kept by triggers: counting the queue at each submission (for
@@ -143,7 +142,10 @@ BEGIN UPDATE queue_length SET runs = runs - 1; END;
 """
 # Made after the columns a file from an older version lacks have been added (see _connect).
 _QUEUE_SCHEMA = """
+-- The queue, in claim order: higher priorities first, then oldest. It replaces the index on
+-- seq alone of the versions without priorities, so a queued run costs no more index to keep.
 CREATE INDEX IF NOT EXISTS runs_ranked ON runs (priority DESC, seq) WHERE state = 'queued';
+DROP INDEX IF EXISTS runs_queue;
 CREATE INDEX IF NOT EXISTS runs_deadlines ON runs (queue_deadline)
 WHERE state = 'queued' AND queue_deadline IS NOT NULL;
 -- Runs queued or running per share (store/base.py Share): counted at create, and uncounted by
@@ -189,15 +191,21 @@ VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :reque
     :secrets, :webhook_url, :priority, :queue_deadline, :share, :route_share)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim. Highest
-# priority first, then oldest; ``:lowest`` reverses the priority order (the starvation round).
-_CLAIM = f"""
+# priority first, then oldest: the order of the index runs_ranked, so no sort.
+_TAKE = """
 UPDATE runs SET state = 'running', attempt = attempt + 1, started_at = :now, owner = :owner, lease_until = :lease_until
-WHERE run_id IN (
-    SELECT run_id FROM runs WHERE state = 'queued'
-    ORDER BY CASE WHEN :lowest THEN priority ELSE -priority END, seq LIMIT :limit
-)
-RETURNING -priority, seq, {_COLUMNS}, secrets
+WHERE run_id IN ({which})
+RETURNING -priority, seq, {columns}, secrets
 """
+_CLAIM = _TAKE.format(
+    which="SELECT run_id FROM runs WHERE state = 'queued' ORDER BY priority DESC, seq LIMIT :limit", columns=_COLUMNS
+)
+# The starvation round's run: the oldest of the lowest priority that has queued runs.
+_CLAIM_BOTTOM = _TAKE.format(
+    which="SELECT run_id FROM runs WHERE state = 'queued' AND priority = "
+    "(SELECT min(priority) FROM runs WHERE state = 'queued') ORDER BY seq LIMIT 1",
+    columns=_COLUMNS,
+)
 _EXPIRE_QUEUED = f"""
 UPDATE runs SET state = 'expired', finished_at = :now, error = :error, body = NULL, secrets = NULL
 WHERE run_id IN (
@@ -421,17 +429,11 @@ def _create(
 
 def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer, lowest: bool) -> list[Run]:
     started = now()
-    params: dict[str, Any] = {
-        "now": started,
-        "owner": owner,
-        "lease_until": started + lease,
-        "limit": limit,
-        "lowest": False,
-    }
+    params: dict[str, Any] = {"now": started, "owner": owner, "lease_until": started + lease, "limit": limit}
     with _transaction(db):
         bottom = []
         if lowest:
-            bottom = db.execute(_CLAIM, params | {"limit": 1, "lowest": True}).fetchall()
+            bottom = db.execute(_CLAIM_BOTTOM, params).fetchall()
             params["limit"] = limit - len(bottom)
         rows = db.execute(_CLAIM, params).fetchall() if params["limit"] > 0 else []
         runs = []
