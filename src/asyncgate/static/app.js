@@ -745,6 +745,11 @@
       definition(details, "Path", el("span", { class: "mono wrap", text: run.path }), "d-path");
       definition(details, "Status", run.status, "d-status");
       definition(details, "Attempt", run.attempt, "d-attempt");
+      if (run.priority) definition(details, "Priority", run.priority, "d-priority");
+      if (run.queue) {
+        const wait = run.queue.estimated_wait === null ? "" : `, about ${formatDuration(run.queue.estimated_wait * 1000)}`;
+        definition(details, "In the queue", `${run.queue.ahead} ahead${wait}`, "d-queue");
+      }
       definition(details, "Created", timeCell(run.created_at), "d-created");
       definition(details, "Started", timeCell(run.started_at), "d-started");
       definition(details, "Finished", timeCell(run.finished_at), "d-finished");
