@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from tests.e2e.conftest import Gateway, GatewayFactory, Receiver, Upstream
 from tests.e2e.test_run_control import calls_with
@@ -39,7 +40,9 @@ def share_counts(gateway: Gateway) -> dict[str, int]:
     """The share counters, read behind the gateway's back: every run's end must bring its own back."""
     store = gateway.config.store
     if store.redis_url:
-        client = redis.Redis.from_url(store.redis_url)
+        cluster = store.redis_url.startswith("redis+cluster://")
+        first = "redis://" + store.redis_url.split("://", 1)[1].split(",")[0]
+        client: Any = RedisCluster.from_url(first) if cluster else redis.Redis.from_url(store.redis_url)
         try:
             return {k.decode(): int(v) for k, v in client.hgetall(f"{{{store.key_prefix}}}:shares").items()}
         finally:
@@ -59,7 +62,8 @@ def flood_then_vip(first: Gateway, second: Gateway, upstream: Upstream) -> None:
     flood = []
     for index in range(SHARE):
         client = (first, second)[index % 2].client
-        response = submit(client, f"/sleep?seconds=0.3&tag={tag}&who=flood{index}", FLOOD)
+        # Long enough that none ends (giving its share back) before the refusals below.
+        response = submit(client, f"/sleep?seconds=1&tag={tag}&who=flood{index}", FLOOD)
         assert response.status_code == 202, response.text
         flood.append(response.json()["run_id"])
     for gateway in (first, second):
@@ -107,7 +111,8 @@ def test_a_flood_is_capped_by_its_share_and_a_high_priority_run_overtakes_it(
     flood_then_vip(gateway, gateway, upstream)
 
 
-@pytest.mark.parametrize("store_kind", ["redis"])
+# On a Cluster too: every key of a deployment, the new ones included, is in one slot.
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"])
 def test_two_replicas_share_the_counters_and_the_priority_order(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
