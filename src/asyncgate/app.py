@@ -128,7 +128,7 @@ class Gateway:
     async def startup(self) -> None:
         svc = self.services
         try:
-            await svc.store.open()
+            await svc.lifecycle.open()
         except StoreUnavailable as exc:
             # Redis down at start: serve anyway (not ready, submissions get 503) and let the
             # executor retry, rather than crash-loop until Redis is back.
@@ -146,7 +146,7 @@ class Gateway:
             self.config.deployment,
             svc.store_kind,
             where,
-            svc.store.sealer.sealing,
+            svc.lifecycle.sealer.sealing,
             role,
         )
 
@@ -163,7 +163,7 @@ class Gateway:
         await svc.webhooks.stop()
         await svc.feeds.close()
         await svc.upstream.close()
-        await svc.store.close()
+        await svc.lifecycle.close()
         await self.tracing.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -174,7 +174,7 @@ class Gateway:
         except ConfigError as exc:
             # Said once, by the CLI, as any configuration error: one line, exit status 2.
             self.refused = exc
-            await self.services.store.close()
+            await self.services.lifecycle.close()
             await send({"type": "lifespan.startup.failed", "message": ""})
             return
         except Exception as exc:

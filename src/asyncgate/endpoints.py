@@ -20,7 +20,6 @@ from asyncgate.feeds import render_event
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
-from asyncgate.netguard import Allowlist
 from asyncgate.openapi import openapi_endpoint, route_policies
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
@@ -54,7 +53,7 @@ async def _run_or_404(request: Request) -> Run:
     svc = services(request)
     principal = svc.access.principal(request.scope)
     try:
-        run = await svc.store.get(request.path_params["run_id"])
+        run = await svc.records.get(request.path_params["run_id"])
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if run is None or not principal.can_see(run):
@@ -95,7 +94,7 @@ async def _queue_position(request: Request, run: Run) -> QueuePosition | None:
     if run.state is not RunState.QUEUED:
         return None
     try:
-        return await services(request).store.queue_position(run)
+        return await services(request).records.queue_position(run)
     except StoreError:
         return None  # the status itself was read: a position is a nicety
 
@@ -135,7 +134,7 @@ async def run_status(request: Request) -> Response:
     redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
-            run = await wait_until_final(services(request).store, run.run_id, wait) or run
+            run = await wait_until_final(services(request).records, run.run_id, wait) or run
         except StoreError as exc:
             raise _unavailable(exc) from exc
     if redirect and _has_result(run):
@@ -151,7 +150,7 @@ async def run_status(request: Request) -> Response:
 async def run_result(request: Request) -> Response:
     run = await _run_or_404(request)
     try:
-        result = await services(request).store.result(run.run_id)
+        result = await services(request).records.result(run.run_id)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if result is not None:
@@ -166,12 +165,12 @@ async def cancel_run(request: Request) -> Response:
     svc = services(request)
     run_id = (await _run_or_404(request)).run_id
     try:
-        outcome = await svc.store.cancel(run_id, svc.config.runs.retention)
+        outcome = await svc.records.cancel(run_id, svc.config.runs.retention)
         if outcome is CancelResult.REQUESTED:
             svc.executor.cancel_local(run_id)
-            run = await wait_until_final(svc.store, run_id, CANCEL_CONFIRM_SECONDS)
+            run = await wait_until_final(svc.records, run_id, CANCEL_CONFIRM_SECONDS)
         else:
-            run = await svc.store.get(run_id)
+            run = await svc.records.get(run_id)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if outcome is CancelResult.MISSING or run is None:
@@ -188,7 +187,7 @@ def _webhook_url(request: Request) -> str | None:
     urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
     if len(urls) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
-    allow = Allowlist.parse(services(request).config.webhooks.allow)
+    allow = services(request).config.webhooks.allow
     return validate_webhook_url(urls[0], allow) if urls else None
 
 
@@ -201,9 +200,9 @@ async def redeliver_webhook(request: Request) -> Response:
         raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     url = _webhook_url(request)
     try:
-        if not await svc.store.redeliver(run.run_id, url):
+        if not await svc.deliveries.redeliver(run.run_id, url):
             raise _not_found()
-        run = await svc.store.get(run.run_id) or run
+        run = await svc.records.get(run.run_id) or run
     except WebhookUrlDeleted:
         raise Conflict(
             f"the run's webhook URL was deleted when its last delivery ended; name it again with ?{WEBHOOK_PARAM}=",
@@ -225,11 +224,11 @@ async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIter
                 yield encoded
                 if event.is_final:
                     # What the log already holds after the final state (webhook changes), then the end.
-                    for later in await svc.store.events(run.run_id, event.id, 0):
+                    for later in await svc.records.events(run.run_id, event.id, 0):
                         yield render_event(run.run_id, later)
                     return
             if not batch:
-                if await svc.store.get(run.run_id) is None:
+                if await svc.records.get(run.run_id) is None:
                     return
                 yield b": keep-alive\n\n"
 
@@ -277,7 +276,7 @@ async def list_runs(request: Request) -> Response:
     principal = svc.access.principal(request.scope)
     caller = None if principal.sees_all else principal.caller
     try:
-        runs, cursor = await svc.store.list_runs(caller, state, limit, cursor)
+        runs, cursor = await svc.records.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     links = _links(request)
@@ -296,7 +295,7 @@ async def count_runs(request: Request) -> Response:
     # obeys exactly the listing's access rule.
     try:
         while examined < COUNT_LIMIT:
-            runs, cursor = await svc.store.list_runs(caller, None, MAX_PAGE, cursor)
+            runs, cursor = await svc.records.list_runs(caller, None, MAX_PAGE, cursor)
             for run in runs:
                 counts[run.state] += 1
             examined += len(runs)
@@ -314,7 +313,7 @@ async def metrics(request: Request) -> Response:
         # The executor's recovery loop keeps this gauge current; a replica without one reads it
         # at scrape time, so that queue-depth dashboards and autoscalers see it on every replica.
         try:
-            svc.metrics.runs_queued.set(await svc.store.queued_count())
+            svc.metrics.runs_queued.set(await svc.execution.queued_count())
         except StoreError:
             svc.metrics.store_errors.inc()
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
@@ -329,8 +328,8 @@ async def readyz(request: Request) -> Response:
     if svc.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
-        await svc.store.ping()
-        report = await svc.store.durability()
+        await svc.lifecycle.ping()
+        report = await svc.lifecycle.durability()
     except StoreError as exc:
         # The reason comes from the store (unreachable, refusing writes, another upstream's
         # runs), never from a request, and holds no secret: Redis errors name no credentials.

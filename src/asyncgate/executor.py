@@ -31,7 +31,7 @@ from asyncgate.runs import (
     past_deadline,
     recovery_outcome,
 )
-from asyncgate.store.base import EXPIRE_BATCH, Lease, RunStore
+from asyncgate.store.base import EXPIRE_BATCH, Execution, Lease
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -83,7 +83,7 @@ class Executor:
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: Execution,
         upstream: Upstream,
         on_finished: FinishedCallback,
         metrics: Metrics,

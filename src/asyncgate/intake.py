@@ -31,7 +31,7 @@ from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import UNFINISHED_TTL, Created, Idempotency, QueueFull, RunStore, Share, ShareExceeded
+from asyncgate.store.base import UNFINISHED_TTL, Created, Idempotency, QueueFull, Records, Share, ShareExceeded
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -304,7 +304,7 @@ class Limits:
 
     @classmethod
     def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
-        allow = Allowlist.parse(config.webhooks.allow)
+        allow = config.webhooks.allow
         if route is None:
             return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
         timeout = route.timeout or config.runs.timeout
@@ -404,7 +404,7 @@ class Intake:
     """Accepts asynchronous requests: 202 once the run is stored, never before."""
 
     def __init__(
-        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+        self, config: Config, store: Records, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
     ) -> None:
         self.config = config
         self.tracing = tracing

@@ -44,7 +44,7 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
 
 
 class OutputLog(Protocol):
-    """The part of the store output is written to (``RunStore.append_output``)."""
+    """The part of the store output is written to (``store.base.Execution.append_output``)."""
 
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]

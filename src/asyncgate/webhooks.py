@@ -1,6 +1,6 @@
 """Durable webhook delivery: every finished run's delivery is in the store until it is final.
 
-A run that finishes gets a pending delivery in the same store write (see RunStore.finish), so
+A run that finishes gets a pending delivery in the same store write (``Execution.finish``), so
 no crash can lose it. Any gateway takes due deliveries from the store, sends them, and records
 each attempt; a gateway that dies mid-attempt leaves a lease that runs out, and the delivery
 is due again. Deliveries are at-least-once: receivers de-duplicate on ``webhook-id``.
@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,10 +25,10 @@ from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.hookclient import WebhookClient
 from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
+from asyncgate.netguard import BlockedDestination, Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
-from asyncgate.signing import secret_key, signature_header
-from asyncgate.store.base import DueDelivery, RunStore
+from asyncgate.signing import signature_header
+from asyncgate.store.base import Deliveries, DueDelivery, Records
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
@@ -128,13 +128,18 @@ def log_attempt(run_id: str, attempts: int, delivery: Delivery) -> None:
     logger.log(level, "run %s: webhook attempt %d %s: %s", run_id, attempts, outcome, delivery.last_error, extra=extra)
 
 
+class DeliveryStore(Deliveries, Records, Protocol):
+    """The roles of the store the dispatcher uses: its deliveries, and the results they send
+    (``Records.result``, when the store did not read it along with the delivery)."""
+
+
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: DeliveryStore,
         metrics: Metrics,
         resolver: Resolver | None = None,
         tracing: Tracing = NO_TRACING,
@@ -142,11 +147,11 @@ class WebhookDispatcher:
         self.config = config
         self.tracing = tracing
         self.metrics = metrics
-        self.allow = Allowlist.parse(config.webhooks.allow)
+        self.allow = config.webhooks.allow
         #: Name resolution, injectable so tests can make a name answer any address.
         self.resolver = resolver
         self.store = store
-        self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
+        self._keys = [secret.key for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()

@@ -1,8 +1,18 @@
-"""The RunStore protocol: everything the gateway keeps, behind one small interface.
+"""The run store's interface: everything the gateway keeps, in four roles.
 
-Two implementations: ``RedisRunStore`` (shared by any number of replicas) and
-``EmbeddedRunStore`` (SQLite on local disk, for one node with nothing else installed).
-``tests/store/test_contract.py`` runs the same tests over both.
+Each part of the gateway depends on the roles it uses, never on the whole store::
+
+    Lifecycle    open, close, ping, durability      the app's lifespan, readiness
+    Records      create, get, result, events, ...   intake, the API, event feeds
+    Execution    claim, renew, finish, requeue, ... the executor (and its output log)
+    Deliveries   due_deliveries, record_delivery,   the webhook dispatcher, redelivery
+                 redeliver
+
+``RunStore`` is all four: what the factory builds. Two implementations: ``RedisRunStore``
+(shared by any number of replicas) and ``EmbeddedRunStore`` (SQLite on local disk, for one
+node with nothing else installed). ``tests/store/contract/`` runs each role's tests over both,
+and fails when a role has a method no contract test exercises: a new method goes in the role
+of the part that calls it, with a test in that role's class marked ``@pytest.mark.exercises``.
 
 Fencing: every write made on behalf of an attempt names that attempt, and the store refuses
 it unless the run is still ``running`` under that very attempt. A holder that lost its run
@@ -13,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -204,8 +214,8 @@ class DueDelivery:
     prefetched: bool = False
 
 
-class RunStore(Protocol):
-    """Durable storage of runs, their request bodies and results, and the queue of work."""
+class Lifecycle(Protocol):
+    """The store as a resource: opened and closed by the app, checked by readiness."""
 
     #: Seals credentials and webhook URLs at rest; ``sealer.sealing`` says whether it does.
     sealer: Sealer
@@ -218,6 +228,13 @@ class RunStore(Protocol):
 
     async def ping(self) -> None:
         """Return when the store answers and takes writes; raise ``StoreError`` saying why otherwise."""
+
+    async def durability(self) -> dict[str, Any]:
+        """What the store promises about accepted runs, and any setting that breaks the promise."""
+
+
+class Records(Protocol):
+    """Runs as callers see them: accepted by intake, read, listed, followed and cancelled by the API."""
 
     async def create(
         self,
@@ -240,8 +257,30 @@ class RunStore(Protocol):
     async def get(self, run_id: str) -> Run | None:
         """The run, or None if it never existed or has expired."""
 
-    async def request_body(self, run_id: str) -> bytes | None:
-        """The stored request body of the run, or None when the run is unknown."""
+    async def result(self, run_id: str) -> RunResult | None:
+        """The upstream's stored response, or None if the run has none (yet)."""
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        """Where the queued ``run`` stands in the queue, or None if it is not queued."""
+
+    async def share_counts(self) -> dict[str, int]:
+        """Every share counter that is not zero, by its key (a run's end must bring its own back)."""
+
+
+class Execution(Protocol):
+    """The queue of work and the attempts on it, as the executor uses them: claims, leases,
+    outcomes, recovery of lost runs, and the housekeeping of its recovery loop."""
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Take up to ``limit`` queued runs for ``owner``, waiting at most ``wait`` s for one.
@@ -252,6 +291,9 @@ class RunStore(Protocol):
         Each returned run is ``running``, its attempt incremented, ``started_at`` set, and
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
         """
+
+    async def request_body(self, run_id: str) -> bytes | None:
+        """The stored request body of the run, or None when the run is unknown."""
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         """Extend the lease of the attempt, and say whether it still holds the run."""
@@ -268,6 +310,15 @@ class RunStore(Protocol):
         gateway that asks, before their runs may be recovered. Else the time returned is past.
         """
 
+    async def append_output(
+        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
+    ) -> list[str] | None:
+        """Log ``events`` (output of the attempt) and remove the events ``drop`` names, fenced.
+
+        Returns the new events' ids, or None, writing nothing, unless the run is ``running``
+        under ``attempt``.
+        """
+
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
 
@@ -275,19 +326,32 @@ class RunStore(Protocol):
         with a webhook gets a pending delivery in the same step, so no finished run can lose it.
         """
 
-    async def cancel(self, run_id: str, retention: float) -> CancelResult:
-        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+    def cancellations(self) -> AsyncGenerator[str, None]:
+        """The ids of runs whose cancellation is asked from now on, from any replica.
 
-    def cancellations(self) -> Any:
-        """An async iterator of run ids whose cancellation was asked, from any replica."""
+        Never ends by itself (it raises ``StoreError`` if the store is lost); ``aclose()`` it to
+        stop listening. A cancel asked while nobody listens is not heard: ``renew`` finds it.
+        """
 
-    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
-        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+    async def expired(self, limit: int) -> list[Run]:
+        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
 
-    async def list_runs(
-        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
-    ) -> tuple[list[Run], str | None]:
-        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        """End ``expired`` (kept ``retention`` s) up to ``limit`` runs still waiting for their first
+        start past their queue deadline, each with its webhook delivery like any end; return them."""
+
+    async def requeue(self, run_id: str, attempt: int) -> bool:
+        """Hand a running attempt back to the queue, fenced like ``finish``."""
+
+    async def queued_count(self) -> int:
+        """Runs accepted and not started, across every gateway."""
+
+    async def purge(self) -> None:
+        """Housekeeping: forget index entries and rows of runs past their retention."""
+
+
+class Deliveries(Protocol):
+    """Webhook deliveries of finished runs: taken and recorded by the dispatcher, asked again by the API."""
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
         """Take up to ``limit`` webhook deliveries whose next attempt is due, for ``lease`` s."""
@@ -300,39 +364,6 @@ class RunStore(Protocol):
         given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
         when the run's URL is gone (deleted once its last delivery ended) and none is given."""
 
-    async def queued_count(self) -> int:
-        """Runs accepted and not started, across every gateway."""
 
-    async def durability(self) -> dict[str, Any]:
-        """What the store promises about accepted runs, and any setting that breaks the promise."""
-
-    async def purge(self) -> None:
-        """Housekeeping: forget index entries and rows of runs past their retention."""
-
-    async def result(self, run_id: str) -> RunResult | None:
-        """The upstream's stored response, or None if the run has none (yet)."""
-
-    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
-        """End ``expired`` (kept ``retention`` s) up to ``limit`` runs still waiting for their first
-        start past their queue deadline, each with its webhook delivery like any end; return them."""
-
-    async def queue_position(self, run: Run) -> QueuePosition | None:
-        """Where the queued ``run`` stands in the queue, or None if it is not queued."""
-
-    async def share_counts(self) -> dict[str, int]:
-        """Every share counter that is not zero, by its key (a run's end must bring its own back)."""
-
-    async def expired(self, limit: int) -> list[Run]:
-        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
-
-    async def requeue(self, run_id: str, attempt: int) -> bool:
-        """Hand a running attempt back to the queue, fenced like ``finish``."""
-
-    async def append_output(
-        self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
-    ) -> list[str] | None:
-        """Log ``events`` (output of the attempt) and remove the events ``drop`` names, fenced.
-
-        Returns the new events' ids, or None, writing nothing, unless the run is ``running``
-        under ``attempt``.
-        """
+class RunStore(Lifecycle, Records, Execution, Deliveries, Protocol):
+    """Every role at once: what the store factory builds and the app hands, by role, to each part."""

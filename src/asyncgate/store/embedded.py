@@ -10,7 +10,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -931,7 +931,7 @@ class EmbeddedRunStore:
                 listener.put_nowait(run_id)
         return result
 
-    async def cancellations(self) -> AsyncIterator[str]:
+    async def cancellations(self) -> AsyncGenerator[str, None]:
         listener: asyncio.Queue[str] = asyncio.Queue()
         self._cancel_listeners.append(listener)
         try:

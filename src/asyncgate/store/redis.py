@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -1229,7 +1229,7 @@ class RedisRunStore:
             counts = cast(dict[bytes, bytes], await self._redis.hgetall(self.shares))
         return {key.decode(): int(value) for key, value in counts.items()}
 
-    async def cancellations(self) -> AsyncIterator[str]:
+    async def cancellations(self) -> AsyncGenerator[str, None]:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
         pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
         try:
