@@ -784,6 +784,8 @@ class RedisRunStore:
     async def open(self) -> None:
         with _STORE_ERRORS:
             await self._create_group()
+            # Made at once, as the stream is: a deployment's standing keys are there from its start.
+            await self._redis.hsetnx(self.counters, "claimed", 0)
         await self._bind()
 
     async def _bind(self) -> None:
