@@ -13,8 +13,8 @@ import yaml
 from asyncgate import configdoc
 from asyncgate.config import ConfigError, Unit, declared_keys, load
 from asyncgate.config.reference import duration_text, size_text, value_text
+from asyncgate.config.values import SigningSecret
 from asyncgate.netguard import Allowlist
-from asyncgate.signing import SigningSecret
 
 REPO = Path(__file__).parent.parent
 KEYS = declared_keys()

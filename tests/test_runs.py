@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from asyncgate.links import RunLinks
 from asyncgate.runs import (
     ErrorCode,
     Run,
@@ -16,6 +17,7 @@ from asyncgate.runs import (
     recovery_outcome,
     rfc3339,
 )
+from asyncgate.status import status_document
 
 
 def request(method: str = "POST", headers: tuple[tuple[str, str], ...] = ()) -> RunRequest:
@@ -81,6 +83,7 @@ def test_priority_and_deadline_are_stored_only_when_set() -> None:
     assert b"priority" not in dump_request(plain) and b"queue_deadline" not in dump_request(plain)
     ranked = dataclasses.replace(plain, priority=7, queue_deadline=123.5)
     assert load_request(dump_request(ranked)) == ranked
-    public = Run("r", RunState.QUEUED, ranked, created_at=1.0).to_public()
+    links = RunLinks("/_asyncgate")
+    public = status_document(Run("r", RunState.QUEUED, ranked, created_at=1.0), links)
     assert (public["priority"], public["queue_deadline"]) == (7, "1970-01-01T00:02:03.500Z")
-    assert "priority" not in Run("r", RunState.QUEUED, plain, created_at=1.0).to_public()
+    assert "priority" not in status_document(Run("r", RunState.QUEUED, plain, created_at=1.0), links)

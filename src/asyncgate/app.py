@@ -11,16 +11,16 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from asyncgate import endpoints, ui
+from asyncgate import endpoints, openapi, ui
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
+from asyncgate.errors import BadRequest, ConfigError, HTTPError, ServerError, StoreUnavailable
 from asyncgate.executor import Executor
-from asyncgate.intake import Intake, classify, looks_async
+from asyncgate.intake import Intake
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
 from asyncgate.proxy import Proxy
-from asyncgate.responses import JSONResponse, error_response, send_error
+from asyncgate.responses import error_body, error_response, send_error
 from asyncgate.services import Services
 from asyncgate.store.base import RunStore
 from asyncgate.store.factory import build_store
@@ -31,38 +31,39 @@ from asyncgate.webhooks import WebhookDispatcher
 logger = logging.getLogger("asyncgate")
 
 
-async def _client_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ClientError)
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
     return error_response(exc)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own refusals (no such route, wrong method) in the gateway's error shape.
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"code": code, "message": exc.detail}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    body = error_body(code, exc.detail)
+    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    body = {"error": {"code": "internal_error", "message": "the gateway failed to handle the request"}}
-    return JSONResponse(body, status_code=500)
+    return error_response(ServerError("the gateway failed to handle the request"))
 
 
 def control_app(config: Config, services: Services) -> Starlette:
     """The gateway's own API, mounted under its prefix."""
     app = Starlette(
-        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *ui.routes(config)])],
-        exception_handlers={ClientError: _client_error, HTTPException: _http_error, Exception: _internal_error},
+        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *openapi.routes(), *ui.routes(config)])],
+        exception_handlers={HTTPError: _gateway_error, HTTPException: _starlette_error, Exception: _internal_error},
     )
     app.state.services = services
     return app
 
 
 class Gateway:
-    """The ASGI app: the gateway's API under its prefix, async intake, and the pass-through.
+    """The ASGI app: the gateway's API under its prefix; every other request goes to the intake,
+    which accepts it as a run or passes it through.
 
-    The pass-through is dispatched here, before any framework code, because it is the hot path.
+    Dispatched here, before any framework code, because the pass-through is the hot path.
     """
 
     def __init__(
@@ -78,19 +79,17 @@ class Gateway:
         metrics = Metrics()
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
-        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing)
+        executor = Executor(config, store, upstream, webhooks.wake, metrics, tracing)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)
-        self.intake = Intake(config, store, access, metrics, tracing)
+        self.intake = Intake(config, store, access, metrics, self.proxy, tracing)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
         #: Why the store refused this gateway at startup (its deployment's runs are another
         #: upstream's); the CLI prints it as a configuration error.
         self.refused: ConfigError | None = None
-        #: With route policies, every request is matched (a route may make it async unasked).
-        self._routes = bool(config.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -102,28 +101,14 @@ class Gateway:
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
-            elif self._routes or looks_async(scope):
-                await self._maybe_async(scope, receive, send)
             else:
-                await self.proxy(scope, receive, send)
+                await self.intake(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
             # Served with server.uvicorn_options, WebSocket upgrades are spliced to the upstream
             # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
-
-    async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            intent = classify(scope, self.intake.limits_for(scope))
-        except ClientError as error:
-            self.services.metrics.runs_refused.labels(error.code).inc()
-            await send_error(send, error)
-            return
-        if intent is None:
-            await self.proxy(scope, receive, send)
-        else:
-            await self.intake(scope, receive, send, intent)
 
     async def startup(self) -> None:
         svc = self.services

@@ -15,16 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError
+from asyncgate.config import Config
+from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
 from asyncgate.feeds import render_event
-from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
+from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
-from asyncgate.openapi import openapi_endpoint, route_policies
+from asyncgate.policies import effective
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState
 from asyncgate.services import Services
-from asyncgate.store.base import CancelResult, QueuePosition, WebhookUrlDeleted
+from asyncgate.status import status_document
+from asyncgate.store.base import CancelResult, QueuePosition
 from asyncgate.waiting import wait_until_final
 
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
@@ -33,6 +36,14 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 200
 #: Runs one count examines at most, newest first, so that counting a large store stays quick.
 COUNT_LIMIT = 10_000
+#: Query parameters: the status's long poll, an event stream's resumption, the listing's filter and pages.
+WAIT_PARAM = "wait"
+AFTER_PARAM = "after"
+STATUS_PARAM = "status"
+LIMIT_PARAM = "limit"
+CURSOR_PARAM = "cursor"
+#: How long an EventSource waits before reconnecting, sent as the stream's first line.
+RECONNECT_MS = 1000
 
 
 def services(request: Request) -> Services:
@@ -71,18 +82,13 @@ def _poll_after(request: Request) -> int:
     return retry_after(services(request).config.runs.retry_after)
 
 
-def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
-    """The run's status resource: its public fields and the URLs of what can be done with it."""
-    return {**run.to_public(), "urls": links.urls(run.run_id)}
-
-
 def _status_response(
     request: Request, run: Run, status_code: int = 200, queue: QueuePosition | None = None
 ) -> Response:
     links = _links(request)
-    headers = {"Link": links.header(run.run_id)}
+    headers: dict[str, str] = {LINK: links.header(run.run_id)}
     if not run.state.is_final:
-        headers["Retry-After"] = str(_poll_after(request))
+        headers[RETRY_AFTER] = str(_poll_after(request))
     document = status_document(run, links)
     if queue is not None:
         document["queue"] = {"ahead": queue.ahead, "estimated_wait": queue.wait}
@@ -130,7 +136,7 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
 
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
-    wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    wait = _seconds(request, WAIT_PARAM, services(request).config.limits.max_wait)
     redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
@@ -142,7 +148,7 @@ async def run_status(request: Request) -> Response:
         # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
         # The body is the status document, the "short hypertext note" RFC 9110 asks of a 303.
         links = _links(request)
-        headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
+        headers: dict[str, str] = {LOCATION: links.urls(run.run_id)[RESULT], LINK: links.header(run.run_id)}
         return JSONResponse(status_document(run, links), status_code=303, headers=headers)
     return _status_response(request, run, queue=await _queue_position(request, run))
 
@@ -184,7 +190,7 @@ async def cancel_run(request: Request) -> Response:
 
 def _webhook_url(request: Request) -> str | None:
     """The URL a redelivery names, given as at submission (?webhookEndpoint= or Asyncgate-Webhook)."""
-    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
+    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK)]
     if len(urls) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     allow = services(request).config.webhooks.allow
@@ -217,7 +223,7 @@ async def redeliver_webhook(request: Request) -> Response:
 async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client disconnects, which also leaves the run's
     # feed: no task and no blocking read outlive the client.
-    yield b"retry: 1000\n\n"
+    yield b"retry: %d\n\n" % RECONNECT_MS
     async with contextlib.aclosing(svc.feeds.follow(run.run_id, after)) as batches:
         async for batch in batches:
             for event, encoded in batch:
@@ -246,10 +252,10 @@ _EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 async def run_events(request: Request) -> Response:
     run = await _run_or_404(request)
-    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get(AFTER_PARAM)
     if after is not None and not _EVENT_ID.fullmatch(after):
-        raise BadRequest("Last-Event-ID must be the id of an event of this stream", code="invalid_parameter")
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
+    headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
     stream = _event_stream(services(request), run, after)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -257,21 +263,21 @@ async def run_events(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     params = request.query_params
     state = None
-    if "status" in params:
+    if STATUS_PARAM in params:
         try:
-            state = RunState(params["status"])
+            state = RunState(params[STATUS_PARAM])
         except ValueError:
             allowed = ", ".join(s.value for s in RunState)
-            raise BadRequest(f"status must be one of {allowed}", code="invalid_parameter") from None
+            raise BadRequest(f"{STATUS_PARAM} must be one of {allowed}", code="invalid_parameter") from None
     try:
-        limit = int(params.get("limit", DEFAULT_PAGE))
+        limit = int(params.get(LIMIT_PARAM, DEFAULT_PAGE))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
-    cursor = params.get("cursor")
+        raise BadRequest(f"{LIMIT_PARAM} must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    cursor = params.get(CURSOR_PARAM)
     if cursor is not None and not _is_cursor(cursor):
-        raise BadRequest("cursor must be the next_cursor of a previous page", code="invalid_parameter")
+        raise BadRequest(f"{CURSOR_PARAM} must be the next_cursor of a previous page", code="invalid_parameter")
     svc = services(request)
     principal = svc.access.principal(request.scope)
     caller = None if principal.sees_all else principal.caller
@@ -319,6 +325,18 @@ async def metrics(request: Request) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
 
+def route_policies(config: Config) -> list[dict[str, Any]]:
+    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
+    defaults = {
+        "timeout": config.runs.timeout,
+        "max_attempts": config.runs.max_attempts,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "webhook": config.webhooks.default_url,
+        "share": config.limits.max_per_caller,
+    }
+    return [effective(route, defaults) for route in config.routes]
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -345,7 +363,6 @@ def routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         # Before /runs/{run_id}; run ids are 22 characters long, so none is "counts".
         Route("/runs/counts", count_runs, methods=["GET"]),

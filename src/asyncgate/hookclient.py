@@ -15,7 +15,9 @@ from collections import OrderedDict
 
 import httpx
 
-from asyncgate.http1 import ConnectFailed, ConnectionPool
+from asyncgate.errors import ConnectFailed
+from asyncgate.headers import RETRY_AFTER_RAW
+from asyncgate.http1 import ConnectionPool
 from asyncgate.netguard import Allowlist, Resolver, check_url_literal, resolve_checked
 
 #: Pools kept at once; past it the least recently used is closed (receivers are usually few).
@@ -41,8 +43,9 @@ class WebhookClient:
         self._pools: OrderedDict[tuple[str, str], ConnectionPool] = OrderedDict()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> HookAnswer:
-        """Deliver once. Raises BlockedDestination, TimeoutError, OSError (a name that did not
-        resolve) or http1.UpstreamError (no connection, or one broken off)."""
+        """Deliver once. Raises BlockedDestination, TimeoutError (the attempt's time ran out),
+        OSError (a name that did not resolve) or UpstreamError (no connection, one broken off,
+        or UpstreamTimeout: too slow to connect)."""
         check_url_literal(url, self.allow)
         parsed = httpx.URL(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -66,7 +69,7 @@ class WebhookClient:
                 pass  # the receiver's body is not wanted, but read so the connection can be kept
         finally:
             response.release()
-        retry_after = next((v.decode("latin-1") for n, v in response.raw_headers if n.lower() == b"retry-after"), None)
+        retry_after = next((v.decode("latin-1") for n, v in response.raw_headers if n.lower() == RETRY_AFTER_RAW), None)
         return HookAnswer(response.status, retry_after)
 
     async def _pool(self, origin: str, address: str) -> ConnectionPool:

@@ -31,6 +31,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from asyncgate.errors import BlockedDestination
+from asyncgate.headers import CONNECTION, HOST
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Answers the addresses of ``(host, port)`` as text; the default is the event loop's getaddrinfo.
@@ -100,15 +103,6 @@ _GLOBAL_UNICAST_V6 = _net("2000::/3")
 _HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
 # A label that inet_aton or the WHATWG URL parser would read as a number: 127, 0177, 0x7f, 0x.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
-
-
-class BlockedDestination(Exception):
-    """Raised when a webhook destination is refused; ``reason`` names the rule (``"loopback"``...)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,11 +312,11 @@ async def pinned_request(
     original = httpx.URL(url)
     pinned = pin_url(original, ip)
     sent = dict(headers or {})
-    sent["Host"] = original.netloc.decode("ascii")
+    sent[HOST] = original.netloc.decode("ascii")
     extensions: dict[str, Any] = dict(kwargs.pop("extensions", None) or {})
     if original.scheme == "https":
         extensions["sni_hostname"] = _ascii_host(original)
-        sent["Connection"] = "close"
+        sent[CONNECTION] = "close"
     return await client.request(method, pinned, headers=sent, extensions=extensions, follow_redirects=False, **kwargs)
 
 

@@ -4,87 +4,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
-from asyncgate.errors import ClientError
-from asyncgate.headers import HOP_BY_HOP, RawHeaders, connection_tokens, forwarded_for
+from asyncgate.errors import BadGateway, ClientDisconnected, GatewayTimeout, HTTPError, UpstreamError, UpstreamTimeout
+from asyncgate.headers import CONTENT_LENGTH_RAW, TRANSFER_ENCODING_RAW, forwarded_headers, raw_target, response_headers
 from asyncgate.metrics import Metrics
 from asyncgate.responses import send_error
-from asyncgate.upstream import Body, Response, Upstream, UpstreamError
+from asyncgate.upstream import Body, Response, Upstream
 
 logger = logging.getLogger("asyncgate.proxy")
 #: One line per synchronous request: method, path (never the query), status, time to headers.
 access_log = logging.getLogger("asyncgate.access")
-
-# Set by the gateway from the request itself; a client's values are replaced, not believed.
-_FORWARDING = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"})
-
-
-class BadGateway(ClientError):
-    """The upstream could not be reached or broke the connection before answering."""
-
-    status_code = 502
-    code = "upstream_unreachable"
-
-
-class GatewayTimeout(ClientError):
-    """The upstream did not answer in time."""
-
-    status_code = 504
-    code = "upstream_timeout"
-
-
-class ClientDisconnected(Exception):
-    """The client went away while its request body was still being read."""
-
-
-def forwarded_headers(scope: Scope) -> RawHeaders:
-    """The client's end-to-end headers plus X-Forwarded-For, -Proto and -Host."""
-    raw: RawHeaders = scope["headers"]
-    named = connection_tokens(raw)
-    host = None
-    xff = None
-    headers: RawHeaders = []
-    for name, value in raw:
-        if name in _FORWARDING:
-            if name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            continue
-        if name in HOP_BY_HOP or name in named:
-            continue
-        headers.append((name, value))
-    chain = forwarded_for(xff, scope.get("client"))
-    if chain is not None:
-        headers.append((b"X-Forwarded-For", chain))
-    headers.append((b"X-Forwarded-Proto", b"https" if scope.get("scheme") == "https" else b"http"))
-    if host is not None:
-        headers.append((b"X-Forwarded-Host", host))
-    return headers
-
-
-def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
-    """``forwarded_headers`` as text, as a run stores them."""
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in forwarded_headers(scope)]
-
-
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
-    """The upstream's response headers without hop-by-hop fields; repeated fields kept in order."""
-    named = connection_tokens(raw)
-    return [(name, value) for name, value in raw if (low := name.lower()) not in HOP_BY_HOP and low not in named]
 
 
 def body_framing(scope: Scope) -> tuple[bool, int | None]:
     """Whether the request has a body, and its Content-Length when it gives one."""
     chunked = False
     for name, value in scope["headers"]:
-        if name == b"content-length":
+        if name == CONTENT_LENGTH_RAW:
             length = int(value)  # the server parsed it already: one valid value
             return length > 0, length
-        if name == b"transfer-encoding":
+        if name == TRANSFER_ENCODING_RAW:
             chunked = True
     return chunked, None
 
@@ -102,17 +44,6 @@ async def request_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
-
-
-def raw_path(scope: Scope) -> str:
-    raw = scope.get("raw_path")
-    return raw.decode("latin-1") if raw else str(scope["path"])
-
-
-def raw_target(scope: Scope) -> tuple[bytes, bytes]:
-    """The path and query exactly as the client encoded them."""
-    raw = scope.get("raw_path")
-    return (raw if raw else scope["path"].encode("latin-1")), scope["query_string"]
 
 
 class Proxy:
@@ -146,7 +77,7 @@ class Proxy:
             )
         except ClientDisconnected:
             return
-        except TimeoutError:
+        except UpstreamTimeout:
             await self._fail(scope, send, GatewayTimeout("the upstream did not answer in time"), started)
             return
         except UpstreamError as exc:
@@ -167,7 +98,7 @@ class Proxy:
             fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": ms}
             access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, ms, extra=fields)
 
-    async def _fail(self, scope: Scope, send: Send, error: ClientError, started: float) -> None:
+    async def _fail(self, scope: Scope, send: Send, error: HTTPError, started: float) -> None:
         self._done(scope, error.status_code, started)
         await send_error(send, error)
 
@@ -186,7 +117,7 @@ class Proxy:
         try:
             async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, UpstreamError, ClientDisconnected) as exc:
+        except (UpstreamError, ClientDisconnected) as exc:
             # The status line is gone already: the only honest signal left is to cut the
             # connection, which the ASGI server does when the response is left incomplete.
             logger.warning("upstream broke off its response: %s", exc.__class__.__name__)

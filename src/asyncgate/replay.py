@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
-from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
+from asyncgate.errors import ResultTooLarge, UpstreamError, UpstreamTimeout
+from asyncgate.headers import ATTEMPT, CONTENT_LENGTH_RAW, NOT_REPLAYED, RUN_ID, encode, end_to_end
 from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
-from asyncgate.upstream import Response, Upstream, UpstreamError
+from asyncgate.upstream import Response, Upstream
 
-RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
-ATTEMPT_HEADER_RAW = ATTEMPT_HEADER.encode("ascii")
-
-
-class ResultTooLarge(Exception):
-    """The upstream's body grew past limits.max_result_bytes."""
+#: As the upstream sees them, on every request the executor replays.
+_RUN_ID = RUN_ID.encode("ascii")
+_ATTEMPT = ATTEMPT.encode("ascii")
 
 
 def outcome_of(result: RunResult) -> Outcome:
@@ -55,7 +52,7 @@ async def _read_body(response: Response, limit: int, sink: OutputSink | None) ->
 
 def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
     # Content-Length is recomputed when the result is served; framing belongs to each hop.
-    kept = end_to_end(response.raw_headers, drop=frozenset({b"content-length"}))
+    kept = end_to_end(response.raw_headers, drop=frozenset({CONTENT_LENGTH_RAW}))
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in kept)
 
 
@@ -84,7 +81,7 @@ async def _send(
     request = run.request
     # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
     headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
-    headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
+    headers += ((_RUN_ID, run.run_id.encode("ascii")), (_ATTEMPT, str(run.attempt).encode()))
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:
         # The run's own timeout bounds the whole exchange, connect to last byte.
@@ -108,7 +105,7 @@ async def _send(
                     return Outcome(RunState.FAILED, error=error, status=status)
             finally:
                 response.release()
-    except TimeoutError:
+    except (TimeoutError, UpstreamTimeout):
         error = RunError(ErrorCode.TIMEOUT, f"the upstream did not answer within {request.timeout:g} s")
         return Outcome(RunState.FAILED, error=error)
     except UpstreamError as exc:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from asyncgate.headers import IDEMPOTENCY_KEY
+
 #: Bumped whenever the stored JSON form of a run changes shape.
 SCHEMA_VERSION = 1
 
@@ -217,42 +219,6 @@ class Run:
         """The Standard Webhooks message id: the same on every attempt, so receivers de-duplicate."""
         return f"msg_{self.run_id}"
 
-    def to_public(self) -> dict[str, Any]:
-        """The status resource: what a client may see (never headers, body or webhook secrets)."""
-        public = {
-            "run_id": self.run_id,
-            "status": self.state.value,
-            "created_at": rfc3339(self.created_at),
-            "started_at": rfc3339(self.started_at),
-            "finished_at": rfc3339(self.finished_at),
-            "method": self.request.method,
-            "path": self.request.path,
-            "upstream_status": self.upstream_status,
-            "error": dataclasses.asdict(self.error) if self.error else None,
-            "attempt": self.attempt,
-            "webhook": self._public_delivery(),
-            "route": self.request.route,
-        }
-        # Shown only when set, so that a gateway without priorities or deadlines shows what it always did.
-        if self.request.priority:
-            public["priority"] = self.request.priority
-        if self.request.queue_deadline is not None:
-            public["queue_deadline"] = rfc3339(self.request.queue_deadline)
-        return public
-
-    def _public_delivery(self) -> dict[str, Any] | None:
-        if self.request.webhook_url is None:
-            return None
-        delivery = self.delivery or Delivery(DeliveryState.PENDING)
-        return {
-            "url": mask_url(self.request.webhook_url),
-            "state": delivery.state.value,
-            "attempts": delivery.attempts,
-            "last_status": delivery.last_status,
-            "last_error": delivery.last_error,
-            "next_attempt_at": rfc3339(delivery.next_attempt_at) if not delivery.state.is_final else None,
-        }
-
 
 def mask_url(url: str) -> str:
     """The URL with credentials and query values hidden: they are often tokens."""
@@ -348,6 +314,7 @@ def load_error(data: bytes | str | None) -> RunError | None:
 
 #: Methods RFC 9110 defines as idempotent: sending them twice has the effect of sending once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENCY_KEY = IDEMPOTENCY_KEY.lower()
 
 
 def safe_to_resend(request: RunRequest) -> bool:
@@ -359,7 +326,7 @@ def safe_to_resend(request: RunRequest) -> bool:
         return request.idempotent
     if request.method.upper() in IDEMPOTENT_METHODS:
         return True
-    return any(name.lower() == "idempotency-key" for name, _ in request.headers)
+    return any(name.lower() == _IDEMPOTENCY_KEY for name, _ in request.headers)
 
 
 #: How a run still queued past its queue deadline ends.

@@ -14,26 +14,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from starlette.datastructures import Secret
+from asyncgate.errors import InvalidSecret, InvalidSignature
 
 SECRET_PREFIX = "whsec_"
-
-
-class InvalidSecret(ValueError):
-    """A signing secret is not of the ``whsec_<base64>`` form."""
-
-
-class InvalidSignature(ValueError):
-    """A delivery's signature does not match, or its timestamp is too far from now."""
-
-
-class SigningSecret(Secret):
-    """A ``whsec_...`` secret, checked and decoded once (by the configuration); its repr is masked."""
-
-    def __init__(self, value: str) -> None:
-        super().__init__(value)
-        #: The HMAC key bytes.
-        self.key = secret_key(value)
 
 
 def secret_key(secret: str) -> bytes:

@@ -21,12 +21,21 @@ import orjson
 
 from asyncgate import __version__
 from asyncgate.config import Config
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import BlockedDestination, StoreError, StoreUnavailable, UpstreamError, UpstreamTimeout
+from asyncgate.headers import (
+    CONTENT_TYPE,
+    RUN_ID,
+    RUN_STATUS,
+    UPSTREAM_STATUS,
+    USER_AGENT,
+    WEBHOOK_ID,
+    WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP,
+)
 from asyncgate.hookclient import WebhookClient
-from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import BlockedDestination, Resolver
-from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
+from asyncgate.netguard import Resolver
+from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
 from asyncgate.signing import signature_header
 from asyncgate.store.base import Deliveries, DueDelivery, Records
 from asyncgate.tasks import settle
@@ -92,7 +101,7 @@ def next_delivery(
 
 def envelope(run: Run, result: RunResult | None) -> bytes:
     """The JSON envelope (``webhooks.format: envelope``): the outcome with the result inside."""
-    content_type = result.header("content-type") if result else None
+    content_type = result.header(CONTENT_TYPE) if result else None
     payload: Any = None
     if result is not None:
         if content_type and "json" in content_type.lower():
@@ -173,12 +182,8 @@ class WebhookDispatcher:
         if self._client is not None:
             await self._client.close()
 
-    async def run_finished(self, run: Run, outcome: Outcome) -> None:
-        """A run ended here: look for its delivery now rather than at the next poll."""
-        if run.request.webhook_url is not None:
-            self._wake.set()
-
     def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll (a run with a webhook ended here)."""
         self._wake.set()
 
     async def _dispatch(self) -> None:
@@ -250,20 +255,20 @@ class WebhookDispatcher:
     def request_headers(self, run: Run, body: bytes, content_type: str | None, trace: Headers = ()) -> dict[str, str]:
         """The delivery's headers; ``trace`` names its span, else the submission's trace context goes on."""
         timestamp = int(now())
-        headers = {
-            "webhook-id": run.webhook_id,
-            "webhook-timestamp": str(timestamp),
-            "Asyncgate-Run-Id": run.run_id,
-            "Asyncgate-Status": run.state.value,
-            "Asyncgate-Upstream-Status": "" if run.upstream_status is None else str(run.upstream_status),
-            "User-Agent": f"asyncgate/{__version__}",
+        headers: dict[str, str] = {
+            WEBHOOK_ID: run.webhook_id,
+            WEBHOOK_TIMESTAMP: str(timestamp),
+            RUN_ID: run.run_id,
+            RUN_STATUS: run.state.value,
+            UPSTREAM_STATUS: "" if run.upstream_status is None else str(run.upstream_status),
+            USER_AGENT: f"asyncgate/{__version__}",
         }
         if content_type:
-            headers["Content-Type"] = content_type
+            headers[CONTENT_TYPE] = content_type
         # The receiver's spans belong to the submitter's trace (W3C Trace Context and Baggage).
         headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
         if self._keys:
-            headers["webhook-signature"] = signature_header(self._keys, run.webhook_id, timestamp, body)
+            headers[WEBHOOK_SIGNATURE] = signature_header(self._keys, run.webhook_id, timestamp, body)
         return headers
 
     async def _send(self, run: Run, result: RunResult | None, trace: Headers = ()) -> Attempt:
@@ -273,13 +278,13 @@ class WebhookDispatcher:
             body, content_type = envelope(run, result), "application/json"
         else:
             body = result.body if result is not None else b""
-            content_type = result.header("content-type") if result is not None else None
+            content_type = result.header(CONTENT_TYPE) if result is not None else None
         headers = self.request_headers(run, body, content_type, trace)
         try:
             answer = await self._client.post(run.request.webhook_url, body, headers)
         except BlockedDestination as exc:
             return Attempt(None, f"blocked_destination: {exc}", final=True)
-        except TimeoutError:
+        except (TimeoutError, UpstreamTimeout):
             return Attempt(None, "the receiver did not answer in time")
         except OSError as exc:  # the name did not resolve (socket.gaierror)
             return Attempt(None, f"the receiver's name did not resolve ({exc.__class__.__name__})")

@@ -52,6 +52,9 @@ class RunStatus:
     #: The run's URLs by name (``status``, ``result``, ``events``, ``cancel``), paths on the
     #: gateway; empty from a gateway too old to send them.
     urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The route policy that applied to the run (its name, else its index in the gateway's
+    #: ``routes:``); None for none, or from a gateway too old to send it.
+    route: str | None = None
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     @property

@@ -23,6 +23,21 @@ import httpx
 from asyncgate.client._models import ErrorDetail, Result, RunEvent, RunPage, RunStatus, Submitted, WebhookStatus
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 from asyncgate.client.errors import APIError, ProtocolError, RunCancelled, RunFailed, TransportError
+from asyncgate.headers import (
+    ACCEPT,
+    AUTHORIZATION,
+    CACHE_CONTROL,
+    CONTENT_TYPE,
+    IDEMPOTENCY_KEY,
+    IDEMPOTENT_REPLAY,
+    LAST_EVENT_ID,
+    LOCATION,
+    PREFER,
+    RESPOND_ASYNC,
+    RETRY_AFTER,
+    TIMEOUT,
+    WEBHOOK,
+)
 from asyncgate.runs import RunState
 
 if TYPE_CHECKING:
@@ -36,12 +51,6 @@ URL_ENV = "ASYNCGATE_URL"
 #: The caller's token, sent as ``Authorization: Bearer <token>`` when no token is passed.
 TOKEN_ENV = "ASYNCGATE_TOKEN"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
-RESPOND_ASYNC = "respond-async"
-WEBHOOK_HEADER = "Asyncgate-Webhook"
-TIMEOUT_HEADER = "Asyncgate-Timeout"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
 
 #: The longest long poll asked for. The gateway allows 60 s; half that stays under the idle
 #: timeout of most load balancers between the client and the gateway.
@@ -110,8 +119,8 @@ def connection(
     env = os.environ if environ is None else environ
     pairs = _pairs(headers)
     token = token if token is not None else env.get(TOKEN_ENV)
-    if token and not any(name.lower() == "authorization" for name, _ in pairs):
-        pairs.append(("Authorization", f"Bearer {token}"))
+    if token and not any(name.lower() == AUTHORIZATION.lower() for name, _ in pairs):
+        pairs.append((AUTHORIZATION, f"Bearer {token}"))
     return base_url or env.get(URL_ENV) or DEFAULT_URL, pairs
 
 
@@ -165,15 +174,15 @@ def submit_call(
     body = content.encode() if isinstance(content, str) else content
     if json is not None:
         body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
-        if not any(name.lower() == "content-type" for name, _ in pairs):
-            pairs.append(("Content-Type", "application/json"))
-    pairs.append(("Prefer", RESPOND_ASYNC))
+        if not any(name.lower() == CONTENT_TYPE.lower() for name, _ in pairs):
+            pairs.append((CONTENT_TYPE, "application/json"))
+    pairs.append((PREFER, RESPOND_ASYNC))
     if webhook is not None:
-        pairs.append((WEBHOOK_HEADER, webhook))
+        pairs.append((WEBHOOK, webhook))
     if idempotency_key is not None:
-        pairs.append((IDEMPOTENCY_HEADER, idempotency_key))
+        pairs.append((IDEMPOTENCY_KEY, idempotency_key))
     if timeout is not None:
-        pairs.append((TIMEOUT_HEADER, _seconds(timeout)))
+        pairs.append((TIMEOUT, _seconds(timeout)))
     return Call(method.upper(), path, params=_params(params), headers=tuple(pairs), content=body)
 
 
@@ -194,14 +203,14 @@ def cancel_call(endpoints: Endpoints, run_id: str) -> Call:
 
 def resend_webhook_call(endpoints: Endpoints, run_id: str, webhook: str | None = None) -> Call:
     # The gateway deletes a run's webhook URL once its delivery is final: a resend then names it.
-    headers = ((WEBHOOK_HEADER, webhook),) if webhook is not None else ()
+    headers = ((WEBHOOK, webhook),) if webhook is not None else ()
     return Call("POST", endpoints.run(run_id) + "/webhook", headers=headers)
 
 
 def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = None) -> Call:
-    headers = [("Accept", "text/event-stream"), ("Cache-Control", "no-cache")]
+    headers = [(ACCEPT, "text/event-stream"), (CACHE_CONTROL, "no-cache")]
     if last_event_id is not None:
-        headers.append(("Last-Event-ID", last_event_id))
+        headers.append((LAST_EVENT_ID, last_event_id))
     return Call("GET", endpoints.run(run_id) + "/events", headers=tuple(headers))
 
 
@@ -225,7 +234,7 @@ def timeout_for(base: httpx.Timeout, call: Call) -> httpx.Timeout:
 
 def retry_after(response: httpx.Response, default: float = DEFAULT_RETRY_AFTER) -> float:
     """The response's Retry-After in seconds (delta-seconds only), or ``default``."""
-    value = response.headers.get("retry-after", "").strip()
+    value = response.headers.get(RETRY_AFTER, "").strip()
     return float(value) if value.isdigit() else default
 
 
@@ -294,6 +303,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             attempt=int(data.get("attempt", 0)),
             webhook=_webhook(data.get("webhook")),
             urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
+            route=None if data.get("route") is None else str(data["route"]),
             raw=dict(data),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -312,8 +322,8 @@ def parse_submitted(response: httpx.Response) -> Submitted:
         run_id, state = str(data["run_id"]), RunState(data.get("status", RunState.QUEUED))
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"not a 202 run body: {data!r:.300}") from exc
-    replayed = response.headers.get(REPLAY_HEADER, "").lower() == "true"
-    return Submitted(run_id, state, response.headers.get("location"), replayed)
+    replayed = response.headers.get(IDEMPOTENT_REPLAY, "").lower() == "true"
+    return Submitted(run_id, state, response.headers.get(LOCATION), replayed)
 
 
 def parse_status(response: httpx.Response) -> RunStatus:
@@ -518,7 +528,7 @@ class EventsPlan:
             self._hint = retry_after(response, default=0)
             return False
         raise_for_error(response)
-        content_type = response.headers.get("content-type", "")
+        content_type = response.headers.get(CONTENT_TYPE, "")
         if response.status_code != 200 or not content_type.startswith("text/event-stream"):
             raise ProtocolError(f"expected an event stream, got {response.status_code} {content_type!r}")
         return True

@@ -13,10 +13,9 @@ from typing import Any, Literal
 from starlette.datastructures import Secret
 
 from asyncgate.config.keys import duration, durations, secret, secrets, setting, size, strings
-from asyncgate.config.values import fernet_key
+from asyncgate.config.values import SigningSecret, fernet_key
 from asyncgate.netguard import Allowlist
 from asyncgate.policies import RoutePolicy
-from asyncgate.signing import SigningSecret
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Secret
 
 from asyncgate.config.keys import Key, Unit
-from asyncgate.errors import ConfigError
-from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.errors import BlockedDestination, ConfigError, InvalidSecret
+from asyncgate.netguard import Allowlist, check_url_literal
+from asyncgate.signing import secret_key
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -113,7 +114,7 @@ def _converted(key: Key, value: Any) -> Any:
         return value
     try:
         return key.info.convert(value)
-    except ValueError as exc:
+    except (ValueError, InvalidSecret) as exc:
         raise ConfigError(key.name, str(exc)) from None
 
 
@@ -203,3 +204,16 @@ def check_webhook_url(key: str, url: str, allow: Allowlist) -> None:
         check_url_literal(url, allow)
     except BlockedDestination as exc:
         raise ConfigError(key, f"refused destination ({exc}); see webhooks.allow") from None
+
+
+class SigningSecret(Secret):
+    """A ``whsec_...`` secret, checked and decoded once (by the configuration); its repr is masked.
+
+    Here rather than in signing.py, which the SDK's webhook verifier imports without the
+    server's dependencies (starlette's Secret among them).
+    """
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        #: The HMAC key bytes.
+        self.key = secret_key(value)

@@ -40,19 +40,6 @@ PURGE_BATCH = 500
 PURGE_ROUNDS = 20
 
 
-class QueueFull(Exception):
-    """The store holds limits.max_queued runs that have not started; nothing was stored."""
-
-
-class ShareExceeded(Exception):
-    """The caller holds its whole share of runs queued or running (a ``Share``); nothing was stored."""
-
-    def __init__(self, share: Share) -> None:
-        super().__init__(share.key)
-        self.limit = share.limit
-        self.where = share.where
-
-
 @dataclasses.dataclass(frozen=True)
 class Share:
     """A cap on the runs one caller holds queued or running: ``key`` names the counter, shared by
@@ -109,10 +96,6 @@ class ClaimRate:
     def wait(self, ahead: int, at: float) -> float | None:
         rate = self.per_second(at)
         return None if rate is None else round((ahead + 1) / rate, 1)
-
-
-class WebhookUrlDeleted(Exception):
-    """A redelivery named no URL, and the run's own was deleted when its last delivery ended."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     EXPIRED_OUTCOME,
     Delivery,
@@ -49,11 +49,8 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
     QueuePosition,
     Share,
-    ShareExceeded,
-    WebhookUrlDeleted,
     delivery_event,
     state_event,
 )
@@ -389,7 +386,7 @@ def _count_shares(db: sqlite3.Connection, shares: Sequence[Share]) -> None:
     for share in shares:
         row = db.execute("SELECT runs FROM shares WHERE name = :name", {"name": share.key}).fetchone()
         if row is not None and row[0] >= share.limit:
-            raise ShareExceeded(share)
+            raise ShareExceeded(share.key, share.limit, share.where)
         db.execute(
             "INSERT INTO shares (name, runs) VALUES (:name, 1) ON CONFLICT (name) DO UPDATE SET runs = runs + 1",
             {"name": share.key},

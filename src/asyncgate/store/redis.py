@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     EXPIRED_OUTCOME,
     MAX_PRIORITY,
@@ -49,11 +49,8 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
     QueuePosition,
     Share,
-    ShareExceeded,
-    WebhookUrlDeleted,
     delivery_event,
     pending_delivery,
     state_event,
@@ -896,7 +893,8 @@ class RedisRunStore:
         if reply[0] == b"full":
             raise QueueFull()
         if reply[0] == b"share":
-            raise ShareExceeded(shares[int(reply[1]) - 1])
+            share = shares[int(reply[1]) - 1]
+            raise ShareExceeded(share.key, share.limit, share.where)
         if reply[0] == b"replay" and idempotency is not None:
             run_id, _, fingerprint = reply[1].decode().partition(" ")
             return Created(run_id, replayed=True, same_request=fingerprint == idempotency.fingerprint)

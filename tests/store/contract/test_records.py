@@ -8,19 +8,9 @@ import time
 
 import pytest
 
+from asyncgate.errors import QueueFull, ShareExceeded
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState
-from asyncgate.store.base import (
-    CancelResult,
-    Created,
-    Event,
-    Idempotency,
-    Lease,
-    QueueFull,
-    Records,
-    RunStore,
-    Share,
-    ShareExceeded,
-)
+from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, Records, RunStore, Share
 from tests.store.conftest import BINARY, LEASE, RETENTION, Queue, Runner, claim_ids, claim_one, new_run, ok, queue_at
 
 
