@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import uuid
 from pathlib import Path
@@ -51,6 +52,12 @@ def share_counts(gateway: Gateway) -> dict[str, int]:
         return dict(db.execute("SELECT name, runs FROM shares").fetchall())
 
 
+def succeeded(gateway: Gateway, run_id: str, who: dict[str, str]) -> dict[str, Any] | None:
+    """The run's status once it succeeded, else None."""
+    status: dict[str, Any] = gateway.client.get(f"{gateway.prefix}/runs/{run_id}", headers=who).json()
+    return status if status["status"] == "succeeded" else None
+
+
 def started_order(upstream: Upstream, tag: str) -> list[str]:
     """The ``who`` of each upstream call carrying ``tag``, in the order the upstream saw them."""
     return [str(call["query"]).split("who=")[1].split("&")[0] for call in calls_with(upstream, tag)]
@@ -84,14 +91,7 @@ def flood_then_vip(first: Gateway, second: Gateway, upstream: Upstream) -> None:
     vip_id = vip.json()["run_id"]
     assert first.client.get(f"{first.prefix}/runs/{vip_id}", headers=VIP).json()["priority"] == 9
     for run_id, who in [(vip_id, VIP), *((run_id, FLOOD) for run_id in flood)]:
-        done = wait_until(
-            lambda run_id=run_id, who=who: (
-                (r := first.client.get(f"{first.prefix}/runs/{run_id}", headers=who).json())["status"] == "succeeded"
-                and r
-            ),
-            timeout=20,
-            message=f"run {run_id}",
-        )
+        done = wait_until(functools.partial(succeeded, first, run_id, who), timeout=20, message=run_id)
         assert "queue" not in done
     order = started_order(upstream, tag)
     assert "over" not in "".join(order)
