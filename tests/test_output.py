@@ -55,6 +55,10 @@ class MemoryLog:
             del self.events[entry_id]
         return ids
 
+    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+        ids = await self.append_output(run_id, attempt, [event], [])
+        return ids[0] if ids else None
+
 
 def sink(
     log: MemoryLog, form: str, content_type: str = "", max_events: int = 100, max_bytes: int = 10_000
@@ -240,3 +244,36 @@ async def test_abort_writes_nothing_more() -> None:
     log.gate.set()
     await asyncio.sleep(0)
     assert log.writes == []
+
+
+@in_loop
+async def test_an_asyncgate_progress_event_becomes_a_report_in_order_with_the_output() -> None:
+    log = MemoryLog()
+    out = sink(log, "sse", "text/event-stream")
+    stream = (
+        b"data: one\n\n"
+        b'event: asyncgate.progress\ndata: {"progress": 0.5, "message": "half"}\n\n'
+        b'event: asyncgate.progress\ndata: {"percent": 75}\n\n'
+        b"data: two\n\n"
+        b"event: asyncgate.progress\ndata: not json\n\n"
+    )
+    await out.feed(stream)
+    await out.close()
+    events = list(log.events.values())
+    assert [e["event"] for e in events] == ["output", "progress", "progress", "output", "output"]
+    assert {k: events[1][k] for k in ("attempt", "progress", "message")} == {
+        "attempt": 1,
+        "progress": 0.5,
+        "message": "half",
+    }
+    assert (events[2]["progress"], events[2]["message"]) == (0.75, None)
+    # Reports do not take output sequence numbers; a malformed one is relayed as output, not dropped.
+    assert [e["seq"] for e in events if e["event"] == "output"] == [0, 1, 2]
+    assert events[4]["sse_event"] == "asyncgate.progress" and events[4]["data"] == "not json"
+    # Each report is its own write, between the output written before and after it.
+    assert [[e["event"] for e in write] for write, _ in log.writes] == [
+        ["output"],
+        ["progress"],
+        ["progress"],
+        ["output", "output"],
+    ]

@@ -19,6 +19,7 @@ from asyncgate.intake import Intake, classify, looks_async
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
+from asyncgate.progress import redacted_path
 from asyncgate.proxy import Proxy
 from asyncgate.responses import JSONResponse, error_response, send_error
 from asyncgate.services import Services
@@ -44,7 +45,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    # A progress URL's last segment is a capability: never logged.
+    logger.error("unhandled error in %s %s", request.method, redacted_path(request.url.path), exc_info=exc)
     body = {"error": {"code": "internal_error", "message": "the gateway failed to handle the request"}}
     return JSONResponse(body, status_code=500)
 
@@ -149,6 +151,10 @@ class Gateway:
             svc.store.sealer.sealing,
             role,
         )
+
+    def listening(self, port: int) -> None:
+        """The server bound ``port``; for a server started on port 0 (tests, embedding)."""
+        self.services.executor.listening(port)
 
     def begin_drain(self) -> None:
         """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""

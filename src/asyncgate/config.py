@@ -121,6 +121,9 @@ class RunsConfig:
     output_max_events: int = 10_000
     #: Bytes of output data a run keeps.
     output_max_bytes: int = 1024 * 1024
+    #: Where the upstream reaches this gateway to report progress (progress.py), e.g. its Service
+    #: URL; None: its loopback address, and no progress URL for an upstream on another host.
+    progress_base_url: str | None = None
     #: False: this gateway accepts runs, answers for them and delivers their webhooks, but
     #: executes none; other replicas sharing its Redis do (an intake-only replica).
     execute: bool = True
@@ -504,6 +507,9 @@ def _validate(config: Config, complete: bool) -> None:
         raise ConfigError("server.prefix", f"expected a path such as /_asyncgate, got {prefix!r}")
     if not 0 < config.server.port < 65536:
         raise ConfigError("server.port", "must be between 1 and 65535")
+    base = config.runs.progress_base_url
+    if base is not None and (urlsplit(base).scheme not in {"http", "https"} or not urlsplit(base).hostname):
+        raise ConfigError("runs.progress_base_url", f"expected an http:// or https:// URL, got {base!r}")
     if config.runs.lease_renewal >= config.runs.lease:
         raise ConfigError("runs.lease_renewal", "must be shorter than runs.lease")
 

@@ -15,6 +15,7 @@ from typing import ParamSpec, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
+from asyncgate import progress
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.metrics import Metrics
@@ -86,6 +87,11 @@ class Executor:
         self.upstream = upstream
         self.on_finished = on_finished
         self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes)
+        #: Where the upstream reaches this gateway to report progress; None announces no URL.
+        self.progress_base = config.runs.progress_base_url or progress.default_base_url(
+            config.upstream, config.server.host, config.server.port
+        )
+        self._progress_key: bytes | None = None
         self.owner = owner_id()
         #: The attempt this gateway holds of each run. One per run: a newer claim of a run means
         #: the store took the older attempt back, so the older one is stale and is dropped (#22).
@@ -121,6 +127,26 @@ class Executor:
             asyncio.create_task(self._recovery_loop(), name="asyncgate-recover"),
             asyncio.create_task(self._cancel_loop(), name="asyncgate-cancel"),
         ]
+
+    def listening(self, port: int) -> None:
+        """The server listens on ``port`` (one chosen at bind time, as with port 0): the default
+        progress URL names it. A configured ``runs.progress_base_url`` stays as it is."""
+        if self.config.runs.progress_base_url is None:
+            self.progress_base = progress.default_base_url(self.config.upstream, self.config.server.host, port)
+
+    async def _progress_url(self, run: Run) -> str | None:
+        """The capability URL announced to this attempt, or None when none can be."""
+        if self.progress_base is None:
+            return None
+        if self._progress_key is None:
+            try:
+                self._progress_key = await self.store.progress_key()
+            except StoreError as exc:
+                # Progress is a convenience: the run goes on without a URL this time.
+                logger.warning("run %s: no progress URL: %s", run.run_id, exc, extra={"run_id": run.run_id})
+                return None
+        secret = progress.token(self._progress_key, run.run_id, run.attempt)
+        return self.progress_base + progress.callback_path(self.config.server.prefix, run.run_id, run.attempt, secret)
 
     def cancel_local(self, run_id: str) -> bool:
         """Abort the upstream call of a run this gateway holds; False if it holds none."""
@@ -255,9 +281,9 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
-            return await replay(
-                self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing, self.output
-            )
+            progress_url = await self._progress_url(held.run)
+            limit = self.config.limits.max_result_bytes
+            return await replay(self.upstream, held.run, body, limit, self.tracing, self.output, progress_url)
         except asyncio.CancelledError:
             if not held.cancelling or held.task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel

@@ -25,6 +25,7 @@ from asyncgate.intake import (
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.policies import AsyncMode, effective
+from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES, PROGRESS_URL_HEADER
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import DeliveryState, ErrorCode, RunState
 
@@ -121,7 +122,10 @@ an `event` name and a JSON `data` line:
   does not stream has none; the result is always the whole response;
 * `output_dropped`: the run's output passed `runs.output_max_events` or `runs.output_max_bytes`;
   later `output` events are still sent live, marked `"kept": false`, but are not kept for a
-  stream resumed or opened later (`data` is an `OutputDroppedEvent`).
+  stream resumed or opened later (`data` is an `OutputDroppedEvent`);
+* `progress`: the upstream reported its progress, by an `asyncgate.progress` event in its SSE
+  answer or a POST to the URL its request announced (`data` is a `ProgressEvent`); the run's
+  status shows the latest report.
 
 The stream starts with `retry: 1000`, sends a `: keep-alive` comment every 15 s while idle, and
 ends once the final state and the webhook events logged by then are sent. To resume after a
@@ -449,7 +453,62 @@ def _run_paths(config: Config) -> dict[str, Schema]:
         f"{runs}/{{run_id}}/result": {**run_id, "get": _result_operation(config)},
         f"{runs}/{{run_id}}/events": {**run_id, "get": _events_operation(config)},
         f"{runs}/{{run_id}}/webhook": {**run_id, "post": _redeliver_operation(config)},
+        f"{runs}/{{run_id}}/attempts/{{attempt}}/progress/{{token}}": {
+            **run_id,
+            "post": _progress_operation(),
+        },
     }
+
+
+_PROGRESS = f"""\
+Where an upstream reports its progress while it works on a run: the executor announces this URL
+to each attempt in the `{PROGRESS_URL_HEADER}` request header. The URL is a capability: its last
+segment is a signature of the run and the attempt, valid only while that attempt runs; it needs no
+caller credentials, and lets its holder do nothing but report. Any replica takes it.
+
+A report is `{{"progress": 0.42, "message": "step 3 of 7"}}` (`progress` from 0 to 1, or `percent`
+from 0 to 100; `message` at most {MAX_MESSAGE_BYTES} bytes; at least one of them). Each becomes a
+`progress` event of the run, and the latest its status's `progress`. A run's log keeps its first
+{KEPT_REPORTS} reports; past them each replaces the previous one.
+"""
+
+
+def _progress_operation() -> Schema:
+    params = [
+        {"name": "attempt", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+        {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
+    responses = {
+        "204": {"description": "Reported."},
+        "400": _error_response(
+            "Not a progress report; nothing changed.",
+            ("invalid_progress", "progress must be between 0 and 1"),
+        ),
+        "404": _error_response(
+            "No such progress URL: the token does not match the run and attempt.",
+            ("not_found", "no such progress URL"),
+        ),
+        "410": _error_response(
+            "The attempt is over (finished, cancelled, or replaced by another): stop reporting.",
+            ("attempt_over", "this attempt of the run is over: stop reporting its progress"),
+        ),
+        "413": _error_response(
+            f"The report is longer than {MAX_REPORT_BYTES} bytes.",
+            ("progress_too_large", f"a progress report is at most {MAX_REPORT_BYTES} bytes"),
+        ),
+        "503": _ref("responses", "StoreUnavailable"),
+    }
+    body = {"required": True, "content": _json(_ref("schemas", "ProgressReport"))}
+    return _operation(
+        "reportProgress",
+        "runs",
+        "Report an attempt's progress (for the upstream)",
+        responses,
+        parameters=params,
+        requestBody=body,
+        description=_PROGRESS,
+        security=[],
+    )
 
 
 def _list_operation(config: Config) -> Schema:
@@ -968,6 +1027,10 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
             "type": ["string", "null"],
             "description": "The route policy that applied (its name, else its index in `routes:`); null for none.",
         },
+        "progress": {
+            **_nullable(_ref("schemas", "RunProgress")),
+            "description": "The latest progress the upstream reported; null before the first report.",
+        },
     }
     run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
@@ -984,6 +1047,7 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "webhook": None,
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "route": None,
+        "progress": {"value": 1.0, "message": "done", "attempt": 1, "at": "2026-11-23T10:05:40.870Z"},
     }
     return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
 
@@ -1069,6 +1133,48 @@ def _output_schemas() -> dict[str, Schema]:
     }
 
 
+def _progress_schemas() -> dict[str, Schema]:
+    fraction: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "The share done."}
+    message: Schema = {"type": ["string", "null"], "maxLength": MAX_MESSAGE_BYTES, "description": "What it does now."}
+    return {
+        "ProgressReport": {
+            "type": "object",
+            "description": "What an upstream reports: `progress` or `percent`, and/or `message`.",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "progress": {**fraction, "type": "number"},
+                "percent": {"type": "number", "minimum": 0, "maximum": 100, "description": "The share done, in %."},
+                "message": {**message, "type": "string"},
+            },
+        },
+        "RunProgress": {
+            "type": "object",
+            "description": "The latest progress reported for a run.",
+            "required": ["value", "message", "attempt", "at"],
+            "properties": {
+                "value": fraction,
+                "message": message,
+                "attempt": {"type": "integer", "description": "The attempt that reported it."},
+                "at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "ProgressEvent": {
+            "type": "object",
+            "description": "The `data` of a `progress` event: one report of the upstream.",
+            "required": ["event", "attempt", "progress", "message", "at", "run_id"],
+            "properties": {
+                "event": {"const": "progress"},
+                "attempt": {"type": "integer"},
+                "progress": fraction,
+                "message": message,
+                "at": {"type": "string", "format": "date-time"},
+                "run_id": {"type": "string"},
+            },
+        },
+    }
+
+
 def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
     delivery = {
         "type": "object",
@@ -1080,7 +1186,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
             "next_attempt_at": {"type": ["number", "null"], "description": "Unix seconds."},
         },
     }
-    names = [*(state.value for state in RunState), "webhook", "output", "output_dropped"]
+    names = [*(state.value for state in RunState), "webhook", "output", "output_dropped", "progress"]
     return {
         "ServerSentEvent": {
             "type": "object",
@@ -1098,6 +1204,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
                             _ref("schemas", "WebhookEvent"),
                             _ref("schemas", "OutputEvent"),
                             _ref("schemas", "OutputDroppedEvent"),
+                            _ref("schemas", "ProgressEvent"),
                         ]
                     },
                 },
@@ -1129,6 +1236,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
             },
         },
         **_output_schemas(),
+        **_progress_schemas(),
         "WebhookEnvelope": {
             "type": "object",
             "description": "The webhook body with `webhooks.format: envelope`.",

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from asyncgate import progress
 from asyncgate.errors import StoreError
 from asyncgate.runs import now
 
@@ -44,11 +45,13 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
 
 
 class OutputLog(Protocol):
-    """The part of the store output is written to (``RunStore.append_output``)."""
+    """The part of the store output is written to (``RunStore.append_output``, ``report_progress``)."""
 
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
     ) -> list[str] | None: ...
+
+    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None: ...
 
 
 def _header(headers: RawHeaders, name: bytes) -> bytes | None:
@@ -260,6 +263,11 @@ class OutputSink:
             self._writer = asyncio.create_task(self._write(), name=f"asyncgate-output-{self.run_id}")
 
     def _events(self, piece: dict[str, Any]) -> list[dict[str, Any]]:
+        if piece.get("sse_event") == progress.SSE_EVENT and not piece.get("partial"):
+            report = progress.report_in_stream(piece["data"])
+            if report is not None:
+                # A report in the stream, not output; a malformed one is relayed as output instead.
+                return [progress.progress_event(report, self.attempt, now())]
         event: dict[str, Any] = {"event": "output", "attempt": self.attempt, "seq": self._seq, "at": now()}
         if self._seq == 0:
             event["format"] = self._form
@@ -290,20 +298,41 @@ class OutputSink:
             while self._pending and self.holding:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
                 self._room.set()
-                drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
-                try:
-                    ids = await self.log.append_output(self.run_id, self.attempt, batch, drop)
-                except StoreError as exc:
-                    # Output is a convenience: the run and its result must not wait for it.
-                    logger.warning("run %s: output not written: %s", self.run_id, exc, extra={"run_id": self.run_id})
-                    continue
-                if ids is None:
-                    self.holding = False
-                    break
-                self._live.extend(i for i, event in zip(ids, batch, strict=True) if event.get("kept") is False)
+                for segment in _segments(batch):
+                    try:
+                        self.holding = await self._write_segment(segment)
+                    except StoreError as exc:
+                        # Output is a convenience: the run and its result must not wait for it.
+                        extra = {"run_id": self.run_id}
+                        logger.warning("run %s: output not written: %s", self.run_id, exc, extra=extra)
+                    if not self.holding:
+                        break
         finally:
             self._writer = None
             self._room.set()
+
+    async def _write_segment(self, segment: list[dict[str, Any]]) -> bool:
+        """Write output events, or one progress report; False once the store refuses (the attempt is over)."""
+        if segment[0]["event"] == "progress":
+            event_id = await self.log.report_progress(self.run_id, self.attempt, segment[0], progress.KEPT_REPORTS)
+            return event_id is not None
+        drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
+        ids = await self.log.append_output(self.run_id, self.attempt, segment, drop)
+        if ids is None:
+            return False
+        self._live.extend(i for i, event in zip(ids, segment, strict=True) if event.get("kept") is False)
+        return True
+
+
+def _segments(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A batch cut in store writes, in order: runs of output events, and each progress report alone."""
+    segments: list[list[dict[str, Any]]] = []
+    for event in batch:
+        if event["event"] == "progress" or not segments or segments[-1][0]["event"] == "progress":
+            segments.append([event])
+        else:
+            segments[-1].append(event)
+    return segments
 
 
 class Output:

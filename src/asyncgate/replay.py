@@ -7,12 +7,16 @@ import asyncio
 from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
 from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
 from asyncgate.output import Output, OutputSink
+from asyncgate.progress import PROGRESS_URL_HEADER
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
 from asyncgate.upstream import Response, Upstream, UpstreamError
 
 RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
 ATTEMPT_HEADER_RAW = ATTEMPT_HEADER.encode("ascii")
+PROGRESS_URL_HEADER_RAW = PROGRESS_URL_HEADER.encode("ascii")
+#: Never replayed as the client sent it: only the executor announces a progress URL.
+_DROPPED = NOT_REPLAYED | {PROGRESS_URL_HEADER.lower().encode("ascii")}
 
 
 class ResultTooLarge(Exception):
@@ -66,25 +70,35 @@ async def replay(
     max_result_bytes: int,
     tracing: Tracing = NO_TRACING,
     output: Output | None = None,
+    progress_url: str | None = None,
 ) -> Outcome:
     """Send the run's request (marked with its id and attempt) and wait for the whole answer.
 
     Traced, the request names the attempt's span, so the upstream's own spans nest under it.
     With ``output``, a streaming answer is relayed as the run's output events as it arrives.
+    With ``progress_url``, the request announces where the upstream may report its progress.
     """
     with tracing.upstream_attempt(run) as span:
-        outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output)
+        announced = ((PROGRESS_URL_HEADER_RAW, progress_url.encode("ascii")),) if progress_url else ()
+        outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output, announced)
         span.finish(outcome.upstream_status, outcome.error.code if outcome.error else None)
         return outcome
 
 
 async def _send(
-    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers, output: Output | None
+    upstream: Upstream,
+    run: Run,
+    body: bytes,
+    max_result_bytes: int,
+    trace: Headers,
+    output: Output | None,
+    announced: tuple[tuple[bytes, bytes], ...],
 ) -> Outcome:
     request = run.request
     # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
-    headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
+    headers = end_to_end(encode(with_span(request.headers, trace)), drop=_DROPPED)
     headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
+    headers += announced
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:
         # The run's own timeout bounds the whole exchange, connect to last byte.

@@ -183,6 +183,27 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """The latest progress an attempt reported (progress.py): a fraction done and/or a message."""
+
+    value: float | None
+    message: str | None
+    attempt: int
+    at: float
+
+    def to_public(self) -> dict[str, Any]:
+        return {"value": self.value, "message": self.message, "attempt": self.attempt, "at": rfc3339(self.at)}
+
+
+def load_progress(data: bytes | str | None) -> Progress | None:
+    """The latest report from its stored form, the JSON of its ``progress`` event."""
+    if not data:
+        return None
+    raw = orjson.loads(data)
+    return Progress(raw.get("progress"), raw.get("message"), int(raw["attempt"]), float(raw["at"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     run_id: str
     state: RunState
@@ -198,6 +219,8 @@ class Run:
     #: A client asked to cancel the run while it was running.
     cancel_requested: bool = False
     delivery: Delivery | None = None
+    #: The latest progress reported by an attempt, if any did.
+    progress: Progress | None = None
 
     @property
     def webhook_id(self) -> str:
@@ -219,6 +242,7 @@ class Run:
             "attempt": self.attempt,
             "webhook": self._public_delivery(),
             "route": self.request.route,
+            "progress": self.progress.to_public() if self.progress else None,
         }
 
     def _public_delivery(self) -> dict[str, Any] | None:

@@ -20,7 +20,16 @@ from urllib.parse import quote
 
 import httpx
 
-from asyncgate.client._models import ErrorDetail, Result, RunEvent, RunPage, RunStatus, Submitted, WebhookStatus
+from asyncgate.client._models import (
+    ErrorDetail,
+    Result,
+    RunEvent,
+    RunPage,
+    RunProgress,
+    RunStatus,
+    Submitted,
+    WebhookStatus,
+)
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 from asyncgate.client.errors import APIError, ProtocolError, RunCancelled, RunFailed, TransportError
 from asyncgate.runs import RunState
@@ -277,6 +286,18 @@ def _webhook(data: Any) -> WebhookStatus | None:
     )
 
 
+def _progress(data: Any) -> RunProgress | None:
+    if not data:
+        return None
+    value = data.get("value")
+    return RunProgress(
+        value=None if value is None else float(value),
+        message=data.get("message"),
+        attempt=_optional_int(data.get("attempt")),
+        at=_time(data.get("at")),
+    )
+
+
 def run_status(data: Mapping[str, Any]) -> RunStatus:
     """A RunStatus from the status JSON; ProtocolError if it is not one."""
     try:
@@ -295,6 +316,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             webhook=_webhook(data.get("webhook")),
             urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
             raw=dict(data),
+            progress=_progress(data.get("progress")),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"not a run status: {dict(data)!r:.300}") from exc

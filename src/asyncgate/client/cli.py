@@ -412,8 +412,11 @@ async def _watch(run: AsyncRun, progress: Progress, on_event: Callable[[RunEvent
         async for event in run.stream():
             if on_event is not None:
                 on_event(event)
+            at = event.at.timestamp() if event.at else None
             if event.state is not None:
-                progress.update(event.state, event.at.timestamp() if event.at else None)
+                progress.update(event.state, at)
+            elif (report := event.progress) is not None:
+                progress.progress(report, at)
 
     task = asyncio.create_task(follow())
     try:

@@ -247,3 +247,15 @@ class RunStore(Protocol):
         Returns the new events' ids, or None, writing nothing, unless the run is ``running``
         under ``attempt``.
         """
+
+    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+        """Log a ``progress`` event of the attempt and make it the run's latest report, fenced.
+
+        Past ``kept`` reports of the run, each new one replaces the previous in the log (the
+        status keeps the latest in any case). Returns the event's id, or None, writing nothing,
+        unless the run is ``running`` under ``attempt``.
+        """
+
+    async def progress_key(self) -> bytes:
+        """The key that signs progress URLs, the same for every gateway sharing the store; made
+        on first use."""

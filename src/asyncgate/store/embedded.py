@@ -8,6 +8,7 @@ import dataclasses
 import fcntl
 import functools
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from asyncgate.runs import (
     dump_request,
     load_error,
     load_headers,
+    load_progress,
     load_request,
     now,
 )
@@ -95,7 +97,10 @@ CREATE TABLE IF NOT EXISTS runs (
     dlv_next_at REAL,
     dlv_seq INTEGER NOT NULL DEFAULT 0,
     secrets BLOB,
-    webhook_url BLOB
+    webhook_url BLOB,
+    progress BLOB,
+    progress_n INTEGER NOT NULL DEFAULT 0,
+    progress_id INTEGER
 );
 -- Whose runs these are: 'deployment', and 'upstream' (the URL the runs were accepted for).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,10 +137,17 @@ CREATE TRIGGER IF NOT EXISTS queue_delete AFTER DELETE ON runs WHEN OLD.state = 
 BEGIN UPDATE queue_length SET runs = runs - 1; END;
 """
 _QUEUE_LENGTH = "SELECT runs FROM queue_length"
+#: Columns added after the first release, with their declarations, for files made before.
+_ADDED_COLUMNS = (
+    ("webhook_url", "BLOB"),
+    ("progress", "BLOB"),
+    ("progress_n", "INTEGER NOT NULL DEFAULT 0"),
+    ("progress_id", "INTEGER"),
+)
 
 _COLUMNS = (
     "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
-    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at"
+    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
 _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
@@ -207,7 +219,7 @@ SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER
 
 def _decode_run(row: tuple[Any, ...]) -> Run:
     run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = row
-    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at = rest
+    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress = rest
     delivery = None
     if dlv_state is not None:
         delivery = Delivery(DeliveryState(dlv_state), dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at)
@@ -224,6 +236,7 @@ def _decode_run(row: tuple[Any, ...]) -> Run:
         caller=caller,
         cancel_requested=bool(cancel_requested),
         delivery=delivery,
+        progress=load_progress(progress),
     )
 
 
@@ -239,9 +252,11 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
-        # A file made before webhook URLs were sealed apart lacks their column.
-        if "webhook_url" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
-            db.execute("ALTER TABLE runs ADD COLUMN webhook_url BLOB")
+        # A file made by an older version lacks the columns added since (sealed webhook URLs, progress).
+        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for name, declaration in _ADDED_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
     except BaseException:
         db.close()
         raise
@@ -381,6 +396,33 @@ def _append_output(
         ids = [str(db.execute(_EVENT, {"run_id": run_id, "data": orjson.dumps(event)}).lastrowid) for event in events]
         db.executemany("DELETE FROM events WHERE seq = ? AND run_id = ?", [(int(seq), run_id) for seq in drop])
     return ids
+
+
+_REPORT_PROGRESS = f"""
+UPDATE runs SET progress = :data, progress_n = progress_n + 1 WHERE {_FENCE} RETURNING progress_n, progress_id
+"""
+
+
+def _report_progress(db: sqlite3.Connection, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+    data = orjson.dumps(event)
+    with _transaction(db):
+        found = db.execute(_REPORT_PROGRESS, {"run_id": run_id, "attempt": attempt, "data": data}).fetchone()
+        if found is None:
+            return None
+        count, previous = found
+        seq = db.execute(_EVENT, {"run_id": run_id, "data": data}).lastrowid
+        # Past the kept bound each report replaces the previous one in the log (as in Redis).
+        if count > kept + 1 and previous is not None:
+            db.execute("DELETE FROM events WHERE seq = ? AND run_id = ?", (previous, run_id))
+        db.execute("UPDATE runs SET progress_id = ? WHERE run_id = ?", (seq, run_id))
+    return str(seq)
+
+
+def _progress_key(db: sqlite3.Connection) -> bytes:
+    with _transaction(db):
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('progress_key', ?)", (secrets.token_hex(32),))
+        (value,) = db.execute("SELECT value FROM meta WHERE name = 'progress_key'").fetchone()
+    return bytes.fromhex(value)
 
 
 def _requeue(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
@@ -588,6 +630,7 @@ class EmbeddedRunStore:
         # Group commit: writes arriving while a commit is on disk wait to share the next one.
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._progress_key: bytes | None = None
 
     async def open(self) -> None:
         try:
@@ -794,6 +837,17 @@ class EmbeddedRunStore:
         if ids:
             self._notify()
         return ids
+
+    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+        event_id = await self._write(_report_progress, run_id, attempt, event, kept)
+        if event_id is not None:
+            self._notify()
+        return event_id
+
+    async def progress_key(self) -> bytes:
+        if self._progress_key is None:
+            self._progress_key = await self._write(_progress_key)
+        return self._progress_key
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         requeued = await self._write(_requeue, run_id, attempt)

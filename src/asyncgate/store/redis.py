@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -31,6 +32,7 @@ from asyncgate.runs import (
     load_delivery,
     load_error,
     load_headers,
+    load_progress,
     load_request,
     now,
 )
@@ -70,7 +72,9 @@ logger = logging.getLogger("asyncgate.store")
 #                             final), cancel ("1" once asked while running), delivery (JSON of
 #                             runs.Delivery), dlv_seq (fences delivery attempts), idem_key (the
 #                             idempotency key naming the run), entry (the id of its last queue
-#                             entry, deleted if it is cancelled).
+#                             entry, deleted if it is cancelled), progress (JSON of the latest
+#                             progress event), progress_n (reports made), progress_id (the
+#                             event id of the latest, deleted by the next past the kept bound).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -91,6 +95,8 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
 #   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
 #                             accepted for). Written by executing gateways at start; no TTL.
+#   {P}:progress_key  string  The key signing progress URLs (progress.py), random, made by the
+#                             first gateway needing it (SET NX); no TTL.
 #   {P}:probe         string  Written and deleted at once by each readiness check (never stays).
 #   {P}:alive         hash    When a gateway last reached the store (seen) and, after a silence
 #                             of every gateway, the time before which no lease is judged expired
@@ -147,6 +153,7 @@ _RUN_FIELDS = (
     "caller",
     "cancel",
     "delivery",
+    "progress",
     "lease_until",
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
@@ -298,6 +305,23 @@ local ids = {}
 for i = 1, count do ids[i] = redis.call('XADD', KEYS[2], '*', 'data', ARGV[2 + i]) end
 if #ARGV > 2 + count then redis.call('XDEL', KEYS[2], unpack(ARGV, 3 + count)) end
 return ids
+"""
+)
+
+# A progress report, fenced like output; past the kept bound each report replaces the previous
+# one in the log, so a chatty upstream holds the log to that bound plus one.
+# KEYS run, events; ARGV attempt, event JSON, kept bound.
+_REPORT_PROGRESS = (
+    _HOLDS
+    + """
+local id = redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+local count = redis.call('HINCRBY', KEYS[1], 'progress_n', 1)
+if count > tonumber(ARGV[3]) + 1 then
+  local previous = redis.call('HGET', KEYS[1], 'progress_id')
+  if previous then redis.call('XDEL', KEYS[2], previous) end
+end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'progress_id', id)
+return id
 """
 )
 
@@ -500,7 +524,7 @@ def _decode_result(fields: Fields) -> RunResult | None:
 
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
-    caller, cancel, delivery, _ = rest
+    caller, cancel, delivery, progress, _ = rest
     if state is None or request is None or created_at is None:
         return None
     return Run(
@@ -516,6 +540,7 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
         caller=caller.decode() if caller else "",
         cancel_requested=cancel == b"1",
         delivery=load_delivery(delivery),
+        progress=load_progress(progress),
     )
 
 
@@ -555,6 +580,7 @@ class _Scripts:
     cancel: AsyncScript
     record_delivery: AsyncScript
     append_output: AsyncScript
+    report_progress: AsyncScript
     redeliver: AsyncScript
     probe: AsyncScript
 
@@ -572,6 +598,7 @@ class _Scripts:
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
             append_output=script(_APPEND_OUTPUT),
+            report_progress=script(_REPORT_PROGRESS),
             probe=script(_PROBE),
         )
 
@@ -607,6 +634,8 @@ class RedisRunStore:
         self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.deployment_key = f"{tag}:deployment"
+        self.progress_key_key = f"{tag}:progress_key"
+        self._progress_key: bytes | None = None
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
@@ -868,6 +897,23 @@ class RedisRunStore:
         with _STORE_ERRORS:
             reply = await self._scripts.append_output([self.run_key(run_id), self.events_key(run_id)], args)
         return [entry_id.decode() for entry_id in reply] if isinstance(reply, list) else None
+
+    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+        args: list[bytes | int] = [attempt, orjson.dumps(event), kept]
+        with _STORE_ERRORS:
+            reply = await self._scripts.report_progress([self.run_key(run_id), self.events_key(run_id)], args)
+        return reply.decode() if isinstance(reply, bytes) else None
+
+    async def progress_key(self) -> bytes:
+        if self._progress_key is None:
+            with _STORE_ERRORS:
+                # Whichever gateway comes first makes the key; the others read it.
+                await self._redis.set(self.progress_key_key, secrets.token_bytes(32), nx=True)
+                key = await self._redis.get(self.progress_key_key)
+            if not isinstance(key, bytes) or not key:
+                raise StoreError("the progress key vanished as it was made")
+            self._progress_key = key
+        return self._progress_key
 
     async def expired(self, limit: int) -> list[Run]:
         if limit <= 0:
