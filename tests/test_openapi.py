@@ -127,7 +127,10 @@ def test_run_status_schema_names_exactly_what_the_status_resource_holds() -> Non
     public = endpoints.status_document(Run("r", RunState.QUEUED, request, created_at=0.0), RunLinks("/_asyncgate"))
     assert set(schemas["RunStatus"]["properties"]) == set(public) == set(schemas["RunStatus"]["required"])
     assert set(schemas["RunUrls"]["properties"]) == set(public["urls"]) == set(schemas["RunUrls"]["required"])
-    assert set(schemas["WebhookStatus"]["properties"]) == set(public["webhook"])
+    assert set(schemas["WebhookStatus"]["properties"]) == set(public["webhook"]) | {"events"}
+    lifecycle = dataclasses.replace(request, webhook_events=("start", "completed"))
+    with_events = endpoints.status_document(Run("r", RunState.QUEUED, lifecycle, created_at=0.0), RunLinks("/x"))
+    assert set(schemas["WebhookStatus"]["properties"]) == set(with_events["webhook"])
     assert schemas["RunState"]["enum"] == [state.value for state in RunState]
 
 
@@ -146,7 +149,11 @@ def test_webhook_delivery_is_described_in_the_webhooks_section() -> None:
         "Asyncgate-Run-Id": True,
         "Asyncgate-Status": True,
         "Asyncgate-Upstream-Status": True,
+        "Asyncgate-Webhook-Event": False,
+        "Asyncgate-Webhook-Sequence": False,
     }
+    lifecycle = openapi_document(signed)["webhooks"]["runLifecycle"]["post"]
+    assert {param["name"] for param in lifecycle["parameters"]} >= {"webhook-id", "Asyncgate-Webhook-Sequence"}
     envelope = openapi_document(config_for(**{"webhooks.format": "envelope"}))["webhooks"]["runFinished"]["post"]
     assert envelope["requestBody"]["content"] == {
         "application/json": {"schema": {"$ref": "#/components/schemas/WebhookEnvelope"}}

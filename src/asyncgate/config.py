@@ -25,6 +25,7 @@ from starlette.datastructures import Secret
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
+from asyncgate.runs import WEBHOOK_EVENTS as RUN_WEBHOOK_EVENTS
 from asyncgate.signing import InvalidSecret, secret_key
 
 ENV_PREFIX = "ASYNCGATE_"
@@ -149,6 +150,13 @@ class WebhooksConfig:
     max_concurrency: int = 128
     #: Networks (CIDR) or host names webhooks may reach although they are private.
     allow: tuple[str, ...] = ()
+    #: A run's ``output`` webhook delivery is cut this long after its first output event...
+    output_batch_interval: float = 1.0
+    #: ...or once it holds this many bytes of output data, whichever comes first.
+    output_batch_bytes: int = 64 * 1024
+    #: Lifecycle deliveries (start, output, progress) a run may have waiting; past it, later
+    #: output and progress deliveries are dropped, and the next delivery says how many.
+    max_pending_events: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +224,7 @@ _DURATIONS = {
     "runs.poll_interval",
     "runs.retry_after",
     "webhooks.timeout",
+    "webhooks.output_batch_interval",
     "shutdown.drain_timeout",
     "shutdown.pre_stop_delay",
     "limits.max_wait",
@@ -232,6 +241,7 @@ _SIZES = {
     "limits.max_header_bytes",
     "proxy.websocket_max_message_bytes",
     "runs.output_max_bytes",
+    "webhooks.output_batch_bytes",
 }
 _CHOICES = {
     "server.log_format": {"text", "json"},
@@ -551,7 +561,7 @@ def _route_webhook(key: str, value: Any, allow: Allowlist) -> tuple[str, tuple[s
     events = spec.get("events", ["completed"])
     if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
         raise ConfigError(f"{key}.events", f"expected a list of {', '.join(sorted(WEBHOOK_EVENTS))}")
-    return spec["url"], tuple(dict.fromkeys(events))
+    return spec["url"], tuple(event for event in RUN_WEBHOOK_EVENTS if event in events)
 
 
 def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:

@@ -19,6 +19,7 @@ from asyncgate import progress
 from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError
 from asyncgate.feeds import render_event
 from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.lifecycle import progress_body
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.netguard import Allowlist
@@ -247,8 +248,10 @@ async def report_progress(request: Request) -> Response:
         raise NotFound("no such progress URL", code="not_found")
     report = progress.parse_report(await _body_up_to(request, progress.MAX_REPORT_BYTES))
     event = progress.progress_event(report, attempt, now())
+    hook = progress_body(run_id, event)
     try:
-        event_id = await svc.store.report_progress(run_id, attempt, event, progress.KEPT_REPORTS)
+        kept, max_hooks = progress.KEPT_REPORTS, svc.config.webhooks.max_pending_events
+        event_id = await svc.store.report_progress(run_id, attempt, event, kept, hook, max_hooks)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if event_id is None:

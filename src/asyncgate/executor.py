@@ -18,8 +18,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_ra
 from asyncgate import progress
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.lifecycle import queue_start
 from asyncgate.metrics import Metrics
-from asyncgate.output import Output
+from asyncgate.output import HookLimits, Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
 from asyncgate.store.base import Lease, RunStore
@@ -86,7 +87,9 @@ class Executor:
         self.store = store
         self.upstream = upstream
         self.on_finished = on_finished
-        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes)
+        hooks = config.webhooks
+        limits = HookLimits(hooks.output_batch_interval, hooks.output_batch_bytes, hooks.max_pending_events)
+        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes, limits)
         #: Where the upstream reaches this gateway to report progress; None announces no URL.
         self.progress_base = config.runs.progress_base_url or progress.default_base_url(
             config.upstream, config.server.host, config.server.port
@@ -281,6 +284,7 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
+            await queue_start(self.store, held.run, self.config.webhooks.max_pending_events)
             progress_url = await self._progress_url(held.run)
             limit = self.config.limits.max_result_bytes
             return await replay(self.upstream, held.run, body, limit, self.tracing, self.output, progress_url)

@@ -30,7 +30,7 @@ from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
-from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
+from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Run, RunRequest, RunResult, RunState, new_run_id, now
 from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
@@ -42,6 +42,8 @@ WEBHOOK_PARAM = "webhookEndpoint"
 RESPOND_ASYNC = "respond-async"
 WAIT_PREFERENCE = "wait"
 WEBHOOK_HEADER = b"asyncgate-webhook"
+WEBHOOK_EVENTS_PARAM = "webhookEvents"
+WEBHOOK_EVENTS_HEADER = b"asyncgate-webhook-events"
 TIMEOUT_HEADER = b"asyncgate-timeout"
 IDEMPOTENCY_HEADER = b"idempotency-key"
 PREFER_HEADER = b"prefer"
@@ -80,6 +82,8 @@ class Intent:
     idempotency_key: str | None = None
     #: The route policy the request matched, if any.
     route: RoutePolicy | None = None
+    #: The webhook events asked for (runs.WEBHOOK_EVENTS), in their order.
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
 
 
 def _flag(value: str) -> bool:
@@ -98,7 +102,7 @@ def split_query(query: str) -> tuple[str, dict[str, list[str]]]:
     for part in query.split("&"):
         key, _, value = part.partition("=")
         name = unquote_plus(key)
-        if name in (ASYNC_PARAM, WEBHOOK_PARAM):
+        if name in (ASYNC_PARAM, WEBHOOK_PARAM, WEBHOOK_EVENTS_PARAM):
             ours.setdefault(name, []).append(unquote_plus(value))
         else:
             kept.append(part)
@@ -149,6 +153,20 @@ def _single(headers: dict[bytes, list[str]], name: bytes) -> str | None:
     if len(values) > 1:
         raise BadRequest(f"{name.decode()} is given more than once", code="invalid_header")
     return values[0]
+
+
+def webhook_events(values: list[str]) -> tuple[str, ...] | None:
+    """The events named by ``webhookEvents`` values (comma-separated), in their order; None if none
+    was given. BadRequest for an unknown name or an empty list."""
+    if not values:
+        return None
+    names = {name.strip() for value in values for name in value.split(",")} - {""}
+    unknown = sorted(names - set(WEBHOOK_EVENTS))
+    if unknown or not names:
+        known = ", ".join(WEBHOOK_EVENTS)
+        what = f"unknown webhook event {unknown[0]!r}" if unknown else "no webhook event named"
+        raise BadRequest(f"{what}: {WEBHOOK_EVENTS_PARAM} takes {known}", code="invalid_webhook_events")
+    return tuple(event for event in WEBHOOK_EVENTS if event in names)
 
 
 def _timeout(value: str | None, maximum: float) -> float | None:
@@ -207,22 +225,33 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, TIMEOUT_HEADER)
+    events = webhook_events([*ours.get(WEBHOOK_EVENTS_PARAM, []), *headers.get(WEBHOOK_EVENTS_HEADER, [])])
     is_async = flags == {True} or (preferred and flags != {False})
     if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
         is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
-        if webhooks or timeout_header is not None:
+        if webhooks or timeout_header is not None or events is not None:
             raise BadRequest(
-                f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need an asynchronous request "
+                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need an "
+                "asynchronous request "
                 f"(add {ASYNC_PARAM}=true)",
                 code="webhook_requires_async",
             )
         return None
     wait = _wait(prefs, limits.max_wait) if preferred else None
     honoured = frozenset({RESPOND_ASYNC, WAIT_PREFERENCE}) if wait is not None else frozenset({RESPOND_ASYNC})
+    webhook_url = validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook
+    if events is not None and webhook_url is None:
+        raise BadRequest(f"{WEBHOOK_EVENTS_PARAM} needs a webhook ({WEBHOOK_PARAM})", code="invalid_webhook_events")
+    if events is None:
+        # A route's default webhook comes with the events the route names; any other, completed alone.
+        route = limits.route
+        own_default = not webhooks and route is not None and route.webhook_url is not None
+        events = route.webhook_events if own_default and route is not None else DEFAULT_WEBHOOK_EVENTS
     return Intent(
         query=query,
-        webhook_url=validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook,
+        webhook_url=webhook_url,
+        webhook_events=events,
         preferred=preferred,
         prefer=tuple(preferences.without(prefer_values, honoured)),
         wait=wait,
@@ -274,14 +303,16 @@ class Limits:
 def looks_async(scope: Scope) -> bool:
     """A cheap first look on the hot path: could this request concern the gateway at all?"""
     query: bytes = scope["query_string"]
-    if b"async" in query or b"webhookEndpoint" in query:
+    if b"async" in query or b"webhook" in query:
         return True
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
 _NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
-_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER})
-_CLASSIFIED = frozenset({REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER})
+_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, WEBHOOK_EVENTS_HEADER, TIMEOUT_HEADER})
+_CLASSIFIED = frozenset(
+    {REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, WEBHOOK_EVENTS_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER}
+)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -414,6 +445,7 @@ class Intake:
             # Traced, the stored context names the intake span: the run's later spans nest under it.
             headers=with_span(replay_headers(scope, intent), span.headers),
             webhook_url=intent.webhook_url,
+            webhook_events=intent.webhook_events,
             timeout=intent.timeout or (route.timeout if route else None) or self.config.runs.timeout,
         )
         if route is not None:

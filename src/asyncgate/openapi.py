@@ -21,15 +21,19 @@ from asyncgate.intake import (
     REPLAY_HEADER,
     RUN_ID_HEADER,
     STORE_RETRY_AFTER,
+    WEBHOOK_EVENTS_PARAM,
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.policies import AsyncMode, effective
 from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES, PROGRESS_URL_HEADER
 from asyncgate.responses import JSONResponse
-from asyncgate.runs import DeliveryState, ErrorCode, RunState
+from asyncgate.runs import WEBHOOK_EVENTS, DeliveryState, ErrorCode, RunState
 
 Schema = dict[str, Any]
+
+_EVENT_NAMES = "|".join(WEBHOOK_EVENTS)
+_EVENT_LIST = ", ".join(WEBHOOK_EVENTS)
 
 OPENAPI_VERSION = "3.1.0"
 #: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
@@ -182,7 +186,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
             **_run_paths(config),
             **_operations_paths(prefix),
         },
-        "webhooks": {"runFinished": {"post": _webhook_operation(config)}},
+        "webhooks": {
+            "runFinished": {"post": _webhook_operation(config)},
+            "runLifecycle": {"post": _lifecycle_operation(config)},
+        },
         "components": _components(config),
     }
     if _access_required(config):
@@ -341,6 +348,13 @@ def _submission_params(config: Config) -> list[Schema]:
             "ends. Needs an asynchronous request.",
             {"type": "string", "format": "uri", "maxLength": 2048},
         ),
+        _query_param(
+            WEBHOOK_EVENTS_PARAM,
+            "The webhook events to deliver, comma-separated: `start` (an attempt sends its request), `output` "
+            "(a streaming answer, in batches), `progress` (the upstream's reports), `completed` (the run's end, "
+            "today's delivery). Default `completed` alone. Needs a webhook.",
+            {"type": "string", "pattern": f"^\\s*({_EVENT_NAMES})\\s*(,\\s*({_EVENT_NAMES})\\s*)*$"},
+        ),
         _header_param(
             "Prefer",
             "`respond-async` makes the request asynchronous (RFC 7240); `wait=N` waits up to N seconds "
@@ -352,6 +366,11 @@ def _submission_params(config: Config) -> list[Schema]:
             "Asyncgate-Webhook",
             f"The webhook URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
+        ),
+        _header_param(
+            "Asyncgate-Webhook-Events",
+            f"The webhook events, as a header instead of (or besides) `{WEBHOOK_EVENTS_PARAM}`.",
+            {"type": "string"},
         ),
         _header_param(
             "Asyncgate-Timeout",
@@ -391,6 +410,7 @@ def _submission_operation(config: Config, method: str) -> Schema:
         "400": _error_response(
             "The gateway's parameters or headers are malformed; nothing was stored.",
             ("invalid_parameter", f"{ASYNC_PARAM} must be true or false, got 'maybe'"),
+            ("invalid_webhook_events", f"unknown webhook event 'logs': {WEBHOOK_EVENTS_PARAM} takes {_EVENT_LIST}"),
             ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
             ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
             ("invalid_header", "asyncgate-webhook is given more than once"),
@@ -779,6 +799,16 @@ def _webhook_operation(config: Config) -> Schema:
             {"type": "string", "pattern": "^([1-5][0-9][0-9])?$"},
             True,
         ),
+        _header_param(
+            "Asyncgate-Webhook-Event",
+            f"`completed`; only when the run's `{WEBHOOK_EVENTS_PARAM}` asked for more than completed.",
+            {"const": "completed"},
+        ),
+        _header_param(
+            "Asyncgate-Webhook-Sequence",
+            "The delivery's place among the run's deliveries, the highest; only with `Asyncgate-Webhook-Event`.",
+            {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        ),
     ]
     retried = "Not delivered: retried on the schedule (a 3xx is not followed; Retry-After is honoured on 429 and 503)."
     responses = {
@@ -795,6 +825,112 @@ def _webhook_operation(config: Config) -> Schema:
         "parameters": params,
         "requestBody": {"required": False, "content": content},
         "responses": responses,
+    }
+
+
+_LIFECYCLE = """\
+A run whose request named `{param}` with `start`, `output` or `progress` gets a delivery for each
+such event while it works, to its webhook URL, before its `completed` one (if it asked for that):
+
+* `start`: an attempt sends its request upstream (once per attempt);
+* `output`: a streaming answer's output events, in batches cut after
+  `webhooks.output_batch_interval` ({interval:g} s) or at `webhooks.output_batch_bytes`
+  ({batch} bytes), whichever comes first;
+* `progress`: an upstream's progress report; a report waiting behind another delivery is replaced
+  by a later one (the latest wins).
+
+Deliveries of a run are sent one at a time, in order, each signed like the completed one, with a
+`webhook-id` of its own (`msg_<run_id>_<sequence>`, the same on every attempt) and
+`Asyncgate-Webhook-Sequence`: 1, 2, 3..., `completed` having the highest. Each is retried on
+`webhooks.schedule` like the completed delivery; the next waits for it. At most
+`webhooks.max_pending_events` ({pending}) wait per run; past them output and progress deliveries
+are dropped, and the next delivery's `dropped` says how many.
+"""
+
+
+def _lifecycle_operation(config: Config) -> Schema:
+    hooks = config.webhooks
+    params = [
+        _header_param("webhook-id", "`msg_<run_id>_<sequence>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param("webhook-timestamp", "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param("webhook-signature", "One `v1,<base64>` per signing secret.", {"type": "string"}),
+        _header_param("Asyncgate-Run-Id", "The run.", {"type": "string"}, True),
+        _header_param(
+            "Asyncgate-Webhook-Event", "The event.", {"type": "string", "enum": ["start", "output", "progress"]}, True
+        ),
+        _header_param(
+            "Asyncgate-Webhook-Sequence",
+            "The delivery's place among the run's deliveries: order and de-duplicate by it.",
+            {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            True,
+        ),
+    ]
+    body = {
+        "oneOf": [
+            _ref("schemas", "WebhookStart"),
+            _ref("schemas", "WebhookOutput"),
+            _ref("schemas", "WebhookProgress"),
+        ]
+    }
+    responses = {
+        "2XX": {"description": "Delivered; the run's next delivery follows."},
+        "410": {"description": "Gone: this delivery is not tried again; the next follows."},
+        "default": {"description": "Not delivered: retried on the schedule; the run's next deliveries wait."},
+    }
+    return {
+        "operationId": "runLifecycle",
+        "summary": "A run started, streamed output or reported progress: the deliveries it asked for",
+        "description": _LIFECYCLE.format(
+            param=WEBHOOK_EVENTS_PARAM,
+            interval=hooks.output_batch_interval,
+            batch=hooks.output_batch_bytes,
+            pending=hooks.max_pending_events,
+        ),
+        "parameters": params,
+        "requestBody": {"required": True, "content": _json(body)},
+        "responses": responses,
+    }
+
+
+def _lifecycle_schemas() -> dict[str, Schema]:
+    common: Schema = {
+        "run_id": {"type": "string"},
+        "attempt": {"type": "integer", "minimum": 1},
+        "dropped": {"type": "integer", "description": "Deliveries dropped just before this one (queue full)."},
+    }
+    at: Schema = {"type": "string", "format": "date-time"}
+    return {
+        "WebhookStart": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "at"],
+            "properties": {"type": {"const": "run.start"}, **common, "at": at},
+        },
+        "WebhookOutput": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "from_seq", "to_seq", "events"],
+            "properties": {
+                "type": {"const": "run.output"},
+                **common,
+                "from_seq": {"type": "integer"},
+                "to_seq": {"type": "integer"},
+                "events": {
+                    "type": "array",
+                    "description": "Output events as the event stream has them, less `event`, `attempt` and `run_id`.",
+                    "items": {"type": "object"},
+                },
+            },
+        },
+        "WebhookProgress": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "progress", "message", "at"],
+            "properties": {
+                "type": {"const": "run.progress"},
+                **common,
+                "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "message": {"type": ["string", "null"]},
+                "at": at,
+            },
+        },
     }
 
 
@@ -1079,6 +1215,11 @@ def _webhook_status_schema(timestamp: Schema) -> Schema:
             "last_status": {"type": ["integer", "null"]},
             "last_error": {"type": ["string", "null"]},
             "next_attempt_at": {**timestamp, "description": "When the next attempt is due; null once final."},
+            "events": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+                "description": f"The events asked for (`{WEBHOOK_EVENTS_PARAM}`); absent for `completed` alone.",
+            },
         },
     }
 
@@ -1237,6 +1378,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
         },
         **_output_schemas(),
         **_progress_schemas(),
+        **_lifecycle_schemas(),
         "WebhookEnvelope": {
             "type": "object",
             "description": "The webhook body with `webhooks.format: envelope`.",

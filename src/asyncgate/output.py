@@ -16,12 +16,13 @@ import asyncio
 import base64
 import codecs
 import collections
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from asyncgate import progress
+from asyncgate import lifecycle, progress
 from asyncgate.errors import StoreError
 from asyncgate.runs import now
 
@@ -51,7 +52,11 @@ class OutputLog(Protocol):
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
     ) -> list[str] | None: ...
 
-    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None: ...
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None: ...
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool: ...
 
 
 def _header(headers: RawHeaders, name: bytes) -> bytes | None:
@@ -210,9 +215,21 @@ class OutputSink:
     """One attempt's output: parses what the upstream streams and writes it to the store in batches."""
 
     def __init__(
-        self, log: OutputLog, run_id: str, attempt: int, form: str, content_type: str, max_events: int, max_bytes: int
+        self,
+        log: OutputLog,
+        run_id: str,
+        attempt: int,
+        form: str,
+        content_type: str,
+        max_events: int,
+        max_bytes: int,
+        hooks: lifecycle.OutputHooks | None = None,
+        max_hooks: int = 1000,
     ) -> None:
         self.log = log
+        #: Output webhook deliveries, when the run's webhook asked for them.
+        self.hooks = hooks
+        self.max_hooks = max_hooks
         self.run_id = run_id
         self.attempt = attempt
         self.max_events = max_events
@@ -247,12 +264,16 @@ class OutputSink:
         self._add(self._parser.end())
         if self._writer is not None:
             await asyncio.shield(self._writer)
+        if self.hooks is not None:
+            await self.hooks.close()
 
     def abort(self) -> None:
         """Stop writing (the call was cancelled): what is pending is not written."""
         self._pending.clear()
         if self._writer is not None:
             self._writer.cancel()
+        if self.hooks is not None:
+            self.hooks.abort()
 
     def _add(self, pieces: list[dict[str, Any]]) -> None:
         if not self.holding:
@@ -314,13 +335,17 @@ class OutputSink:
     async def _write_segment(self, segment: list[dict[str, Any]]) -> bool:
         """Write output events, or one progress report; False once the store refuses (the attempt is over)."""
         if segment[0]["event"] == "progress":
-            event_id = await self.log.report_progress(self.run_id, self.attempt, segment[0], progress.KEPT_REPORTS)
+            hook = lifecycle.progress_body(self.run_id, segment[0])
+            kept = progress.KEPT_REPORTS
+            event_id = await self.log.report_progress(self.run_id, self.attempt, segment[0], kept, hook, self.max_hooks)
             return event_id is not None
         drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
         ids = await self.log.append_output(self.run_id, self.attempt, segment, drop)
         if ids is None:
             return False
         self._live.extend(i for i, event in zip(ids, segment, strict=True) if event.get("kept") is False)
+        if self.hooks is not None:
+            self.hooks.add(segment)
         return True
 
 
@@ -335,18 +360,37 @@ def _segments(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return segments
 
 
+@dataclasses.dataclass(frozen=True)
+class HookLimits:
+    """How output webhook deliveries are cut (webhooks.output_batch_*), and how many may wait."""
+
+    interval: float = 1.0
+    max_bytes: int = 64 * 1024
+    max_pending: int = 1000
+
+
 class Output:
     """Makes a sink for each attempt whose response streams; configured once per gateway."""
 
-    def __init__(self, log: OutputLog, max_events: int, max_bytes: int) -> None:
+    def __init__(self, log: OutputLog, max_events: int, max_bytes: int, hooks: HookLimits | None = None) -> None:
         self.log = log
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.hook_limits = hooks or HookLimits()
 
-    def sink(self, run_id: str, attempt: int, headers: RawHeaders) -> OutputSink | None:
+    def sink(self, run_id: str, attempt: int, headers: RawHeaders, output_hooks: bool = False) -> OutputSink | None:
+        """A sink for a response that streams, else None; ``output_hooks``: the run's webhook asked for output."""
         headers = list(headers)
         form = stream_format(headers)
         if form is None:
             return None
         content_type = (_header(headers, b"content-type") or b"").decode("latin-1")
-        return OutputSink(self.log, run_id, attempt, form, content_type, self.max_events, self.max_bytes)
+        limits = self.hook_limits
+        hooks = None
+        if output_hooks:
+            hooks = lifecycle.OutputHooks(
+                self.log, run_id, attempt, limits.interval, limits.max_bytes, limits.max_pending
+            )
+        return OutputSink(
+            self.log, run_id, attempt, form, content_type, self.max_events, self.max_bytes, hooks, limits.max_pending
+        )

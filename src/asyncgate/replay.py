@@ -112,7 +112,9 @@ async def _send(
             )
             try:
                 status, result_headers = response.status, _result_headers(response)
-                sink = output.sink(run.run_id, run.attempt, response.raw_headers) if output else None
+                sink = None
+                if output is not None:
+                    sink = output.sink(run.run_id, run.attempt, response.raw_headers, run.request.hooks("output"))
                 try:
                     content = await _read_body(response, max_result_bytes, sink)
                 except ResultTooLarge:

@@ -132,6 +132,12 @@ class RunError:
     message: str
 
 
+#: Webhook events a run may ask for, in the order they happen; ``completed`` alone is the default.
+WEBHOOK_EVENTS = ("start", "output", "progress", "completed")
+COMPLETED = "completed"
+DEFAULT_WEBHOOK_EVENTS = (COMPLETED,)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """The request to replay against the upstream; its body is stored beside it."""
@@ -152,6 +158,19 @@ class RunRequest:
     idempotent: bool | None = None
     #: The route's attempt limit; None leaves it to runs.max_attempts.
     max_attempts: int | None = None
+    #: The webhook events the caller asked for (WEBHOOK_EVENTS), in their order.
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+
+    def hooks(self, event: str) -> bool:
+        """Whether the run's webhook is to get ``event`` deliveries."""
+        return self.webhook_url is not None and event in self.webhook_events
+
+    @property
+    def lifecycle_events(self) -> tuple[str, ...]:
+        """The events asked for besides ``completed``: deliveries queued while the run works."""
+        if self.webhook_url is None:
+            return ()
+        return tuple(event for event in self.webhook_events if event != COMPLETED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +240,8 @@ class Run:
     delivery: Delivery | None = None
     #: The latest progress reported by an attempt, if any did.
     progress: Progress | None = None
+    #: Lifecycle webhook deliveries queued for the run so far (each numbered in turn).
+    hook_seq: int = 0
 
     @property
     def webhook_id(self) -> str:
@@ -249,7 +270,7 @@ class Run:
         if self.request.webhook_url is None:
             return None
         delivery = self.delivery or Delivery(DeliveryState.PENDING)
-        return {
+        public: dict[str, Any] = {
             "url": mask_url(self.request.webhook_url),
             "state": delivery.state.value,
             "attempts": delivery.attempts,
@@ -257,6 +278,9 @@ class Run:
             "last_error": delivery.last_error,
             "next_attempt_at": rfc3339(delivery.next_attempt_at) if not delivery.state.is_final else None,
         }
+        if self.request.webhook_events != DEFAULT_WEBHOOK_EVENTS:
+            public["events"] = list(self.request.webhook_events)
+        return public
 
 
 def mask_url(url: str) -> str:
@@ -290,6 +314,8 @@ def dump_request(request: RunRequest) -> bytes:
     }
     if request.route is not None:
         data.update((name, getattr(request, name)) for name in _POLICY_FIELDS)
+    if request.webhook_events != DEFAULT_WEBHOOK_EVENTS:
+        data["webhook_events"] = request.webhook_events  # written only when asked: older gateways read the rest
     return orjson.dumps(data)
 
 
@@ -305,6 +331,7 @@ def load_request(data: bytes | str) -> RunRequest:
         route=raw.get("route"),
         idempotent=raw.get("idempotent"),
         max_attempts=raw.get("max_attempts"),
+        webhook_events=tuple(raw.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS),
     )
 
 

@@ -17,8 +17,8 @@ def test_a_report_is_logged_and_becomes_the_runs_latest_progress(store: RunStore
     queued = queue()
     claimed = claim_one(store, run)
     assert run(store.get(queued.run_id)).progress is None  # type: ignore[union-attr]
-    first = run(store.report_progress(queued.run_id, claimed.attempt, report(0.25, "a"), 10))
-    second = run(store.report_progress(queued.run_id, claimed.attempt, report(0.5, "b"), 10))
+    first = run(store.report_progress(queued.run_id, claimed.attempt, report(0.25, "a"), 10, b"{}", 10))
+    second = run(store.report_progress(queued.run_id, claimed.attempt, report(0.5, "b"), 10, b"{}", 10))
     assert first is not None and second is not None
 
     current = run(store.get(queued.run_id))
@@ -37,7 +37,7 @@ def test_reports_past_the_kept_bound_replace_each_other_in_the_log(store: RunSto
     queued = queue()
     claim_one(store, run)
     for step in range(6):
-        assert run(store.report_progress(queued.run_id, 1, report(step / 10), 2)) is not None
+        assert run(store.report_progress(queued.run_id, 1, report(step / 10), 2, b"{}", 10)) is not None
     kept = [e.data["progress"] for e in run(store.events(queued.run_id, None, 0)) if e.data["event"] == "progress"]
     assert kept == [0.0, 0.1, 0.5]
     latest = run(store.get(queued.run_id))
@@ -47,10 +47,10 @@ def test_reports_past_the_kept_bound_replace_each_other_in_the_log(store: RunSto
 def test_report_progress_is_fenced_by_the_attempt(store: RunStore, run: Runner, queue: Queue) -> None:
     queued = queue()
     claim_one(store, run, lease=LEASE)
-    assert run(store.report_progress(queued.run_id, 2, report(0.1), 10)) is None
-    assert run(store.report_progress("no-such-run", 1, report(0.1), 10)) is None
+    assert run(store.report_progress(queued.run_id, 2, report(0.1), 10, b"{}", 10)) is None
+    assert run(store.report_progress("no-such-run", 1, report(0.1), 10, b"{}", 10)) is None
     assert run(store.finish(queued.run_id, 1, ok(), RETENTION))
-    assert run(store.report_progress(queued.run_id, 1, report(0.9), 10)) is None
+    assert run(store.report_progress(queued.run_id, 1, report(0.9), 10, b"{}", 10)) is None
     assert [e.data["event"] for e in run(store.events(queued.run_id, None, 0))] == ["queued", "running", "succeeded"]
     finished = run(store.get(queued.run_id))
     assert finished is not None and finished.progress is None

@@ -48,6 +48,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 RESPOND_ASYNC = "respond-async"
 WEBHOOK_HEADER = "Asyncgate-Webhook"
+WEBHOOK_EVENTS_HEADER = "Asyncgate-Webhook-Events"
 TIMEOUT_HEADER = "Asyncgate-Timeout"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
@@ -164,8 +165,10 @@ def submit_call(
     webhook: str | None = None,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    webhook_events: Sequence[str] | None = None,
 ) -> Call:
-    """The request that submits ``method path`` as a run (``Prefer: respond-async``)."""
+    """The request that submits ``method path`` as a run (``Prefer: respond-async``); ``webhook_events``
+    names the webhook deliveries wanted (``start``, ``output``, ``progress``, ``completed``)."""
     if not path.startswith("/"):
         raise ValueError(f"the path must start with /, got {path!r}")
     if json is not None and content is not None:
@@ -179,6 +182,8 @@ def submit_call(
     pairs.append(("Prefer", RESPOND_ASYNC))
     if webhook is not None:
         pairs.append((WEBHOOK_HEADER, webhook))
+    if webhook_events is not None:
+        pairs.append((WEBHOOK_EVENTS_HEADER, ",".join(webhook_events)))
     if idempotency_key is not None:
         pairs.append((IDEMPOTENCY_HEADER, idempotency_key))
     if timeout is not None:

@@ -132,6 +132,11 @@ def add_runs_commands(subparsers: Any) -> None:
         help="a JSON request body, checked and sent with Content-Type: application/json: TEXT, @FILE, or -",
     )
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
+    submit.add_argument(
+        "--webhook-events",
+        metavar="EVENTS",
+        help="webhook deliveries wanted, comma-separated: start, output, progress, completed (default completed)",
+    )
     submit.add_argument("--idempotency-key", metavar="KEY")
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
     submit.add_argument(
@@ -229,6 +234,7 @@ def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             content=args.data if args.json_body is None else args.json_body,
             headers=headers,
             webhook=args.webhook,
+            webhook_events=args.webhook_events.split(",") if args.webhook_events else None,
             idempotency_key=args.idempotency_key,
             timeout=args.timeout,
         )

@@ -20,6 +20,7 @@ import orjson
 
 from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import (
+    COMPLETED,
     Delivery,
     DeliveryState,
     ErrorCode,
@@ -44,7 +45,9 @@ from asyncgate.store.base import (
     CancelResult,
     Created,
     DueDelivery,
+    DueHook,
     Event,
+    Hook,
     Idempotency,
     Identity,
     Lease,
@@ -100,7 +103,22 @@ CREATE TABLE IF NOT EXISTS runs (
     webhook_url BLOB,
     progress BLOB,
     progress_n INTEGER NOT NULL DEFAULT 0,
-    progress_id INTEGER
+    progress_id INTEGER,
+    hook_events TEXT,
+    hook_seq INTEGER NOT NULL DEFAULT 0,
+    hook_token INTEGER NOT NULL DEFAULT 0,
+    hook_next_at REAL,
+    hook_dropped INTEGER NOT NULL DEFAULT 0
+);
+-- Lifecycle webhook deliveries waiting (start, output, progress), sent in seq order per run.
+CREATE TABLE IF NOT EXISTS hooks (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, seq)
 );
 -- Whose runs these are: 'deployment', and 'upstream' (the URL the runs were accepted for).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,11 +161,16 @@ _ADDED_COLUMNS = (
     ("progress", "BLOB"),
     ("progress_n", "INTEGER NOT NULL DEFAULT 0"),
     ("progress_id", "INTEGER"),
+    ("hook_events", "TEXT"),
+    ("hook_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("hook_token", "INTEGER NOT NULL DEFAULT 0"),
+    ("hook_next_at", "REAL"),
+    ("hook_dropped", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 _COLUMNS = (
     "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
-    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress"
+    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress, hook_seq"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
 _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
@@ -155,9 +178,9 @@ _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
 INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets,
-    webhook_url)
+    webhook_url, hook_events)
 VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook,
-    :secrets, :webhook_url)
+    :secrets, :webhook_url, :hook_events)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim.
 _CLAIM = f"""
@@ -194,6 +217,7 @@ _TAKE_DELIVERIES = """
 UPDATE runs SET dlv_state = 'delivering', dlv_next_at = :lease_until, dlv_seq = dlv_seq + 1
 WHERE run_id IN (
     SELECT run_id FROM runs WHERE dlv_state IN ('pending', 'delivering') AND dlv_next_at <= :now
+        AND NOT EXISTS (SELECT 1 FROM hooks WHERE hooks.run_id = runs.run_id)
     ORDER BY dlv_next_at LIMIT :limit
 )
 RETURNING run_id, dlv_seq
@@ -219,7 +243,8 @@ SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER
 
 def _decode_run(row: tuple[Any, ...]) -> Run:
     run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = row
-    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress = rest
+    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, *more = rest
+    progress, hook_seq = more
     delivery = None
     if dlv_state is not None:
         delivery = Delivery(DeliveryState(dlv_state), dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at)
@@ -237,6 +262,7 @@ def _decode_run(row: tuple[Any, ...]) -> Run:
         cancel_requested=bool(cancel_requested),
         delivery=delivery,
         progress=load_progress(progress),
+        hook_seq=hook_seq,
     )
 
 
@@ -257,6 +283,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         for name, declaration in _ADDED_COLUMNS:
             if name not in columns:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_hooks ON runs (hook_next_at) WHERE hook_next_at IS NOT NULL")
     except BaseException:
         db.close()
         raise
@@ -399,17 +426,98 @@ def _append_output(
 
 
 _REPORT_PROGRESS = f"""
-UPDATE runs SET progress = :data, progress_n = progress_n + 1 WHERE {_FENCE} RETURNING progress_n, progress_id
+UPDATE runs SET progress = :data, progress_n = progress_n + 1 WHERE {_FENCE}
+RETURNING progress_n, progress_id, hook_events
 """
 
 
-def _report_progress(db: sqlite3.Connection, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
+def _add_hook(db: sqlite3.Connection, run_id: str, event: str, body: bytes, max_hooks: int) -> None:
+    """Queue a lifecycle delivery of a run found holding (see RunStore.add_hook)."""
+    (waiting,) = db.execute("SELECT count(*) FROM hooks WHERE run_id = ?", (run_id,)).fetchone()
+    if event == "progress" and waiting >= 2:
+        last = db.execute("SELECT seq, event FROM hooks WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,))
+        seq, kind = last.fetchone()
+        if kind == "progress":
+            db.execute("UPDATE hooks SET body = ? WHERE run_id = ? AND seq = ?", (body, run_id, seq))
+            return
+    if waiting >= max_hooks:
+        db.execute("UPDATE runs SET hook_dropped = hook_dropped + 1 WHERE run_id = ?", (run_id,))
+        return
+    (dropped,) = db.execute("SELECT hook_dropped FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    (seq,) = db.execute(
+        "UPDATE runs SET hook_seq = hook_seq + 1, hook_dropped = 0, hook_next_at = coalesce(hook_next_at, ?) "
+        "WHERE run_id = ? RETURNING hook_seq",
+        (now(), run_id),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO hooks (run_id, seq, event, body, dropped) VALUES (?, ?, ?, ?, ?)",
+        (run_id, seq, event, body, dropped),
+    )
+
+
+def _queue_hook(db: sqlite3.Connection, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+    with _transaction(db):
+        if db.execute(f"SELECT 1 FROM runs WHERE {_FENCE}", {"run_id": run_id, "attempt": attempt}).fetchone() is None:
+            return False
+        _add_hook(db, run_id, event, body, max_hooks)
+    return True
+
+
+_TAKE_HOOKS = """
+UPDATE runs SET hook_next_at = :lease_until, hook_token = hook_token + 1
+WHERE run_id IN (SELECT run_id FROM runs WHERE hook_next_at <= :now ORDER BY hook_next_at LIMIT :limit)
+RETURNING run_id, hook_token
+"""
+
+
+def _take_hooks(db: sqlite3.Connection, limit: int, lease: float, sealer: Sealer) -> list[DueHook]:
+    at = now()
+    due = []
+    with _transaction(db):
+        for run_id, token in db.execute(_TAKE_HOOKS, {"now": at, "lease_until": at + lease, "limit": limit}).fetchall():
+            first = db.execute(
+                "SELECT seq, event, body, attempts, dropped FROM hooks WHERE run_id = ? ORDER BY seq LIMIT 1", (run_id,)
+            ).fetchone()
+            if first is None:
+                db.execute("UPDATE runs SET hook_next_at = NULL WHERE run_id = ?", (run_id,))
+                continue
+            row = db.execute(f"SELECT {_COLUMNS}, webhook_url FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            run = _decode_run(row[:-1])
+            run = dataclasses.replace(run, request=sealer.join_webhook(run.request, row[-1]))
+            seq, event, body, attempts, dropped = first
+            due.append(DueHook(run, Hook(seq, event, bytes(body), attempts, dropped), token))
+    return due
+
+
+def _record_hook(
+    db: sqlite3.Connection, run_id: str, token: int, seq: int, attempts: int, next_at: float | None
+) -> bool:
+    with _transaction(db):
+        held = db.execute("SELECT 1 FROM runs WHERE run_id = ? AND hook_token = ?", (run_id, token)).fetchone()
+        first = db.execute("SELECT min(seq) FROM hooks WHERE run_id = ?", (run_id,)).fetchone()
+        if held is None or first[0] != seq:
+            return False
+        if next_at is not None:
+            db.execute("UPDATE hooks SET attempts = ? WHERE run_id = ? AND seq = ?", (attempts, run_id, seq))
+            db.execute("UPDATE runs SET hook_next_at = ? WHERE run_id = ?", (next_at, run_id))
+            return True
+        db.execute("DELETE FROM hooks WHERE run_id = ? AND seq = ?", (run_id, seq))
+        more = db.execute("SELECT 1 FROM hooks WHERE run_id = ? LIMIT 1", (run_id,)).fetchone()
+        db.execute("UPDATE runs SET hook_next_at = ? WHERE run_id = ?", (now() if more else None, run_id))
+    return True
+
+
+def _report_progress(
+    db: sqlite3.Connection, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+) -> str | None:
     data = orjson.dumps(event)
     with _transaction(db):
         found = db.execute(_REPORT_PROGRESS, {"run_id": run_id, "attempt": attempt, "data": data}).fetchone()
         if found is None:
             return None
-        count, previous = found
+        count, previous, wanted = found
+        if "progress" in (wanted or "").split(","):
+            _add_hook(db, run_id, "progress", hook, max_hooks)
         seq = db.execute(_EVENT, {"run_id": run_id, "data": data}).lastrowid
         # Past the kept bound each report replaces the previous one in the log (as in Redis).
         if count > kept + 1 and previous is not None:
@@ -527,7 +635,7 @@ def _purge(db: sqlite3.Connection, limit: int) -> int:
     with _transaction(db):
         params = {"now": now(), "unfinished": UNFINISHED_TTL, "limit": limit}
         due = db.execute(_DUE, params).fetchall()
-        for table in ("events", "idempotency", "runs"):
+        for table in ("events", "idempotency", "hooks", "runs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", due)
     return len(due)
 
@@ -753,7 +861,8 @@ class EmbeddedRunStore:
             "webhook_url": webhook_url,
             "body": body,
             "caller": run.caller,
-            "webhook": 1 if run.request.webhook_url else 0,
+            "webhook": 1 if run.request.hooks(COMPLETED) else 0,
+            "hook_events": ",".join(run.request.lifecycle_events) or None,
         }
         created = await self._write(_create, params, idempotency, max_queued)
         if not created.replayed:
@@ -838,11 +947,24 @@ class EmbeddedRunStore:
             self._notify()
         return ids
 
-    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
-        event_id = await self._write(_report_progress, run_id, attempt, event, kept)
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        event_id = await self._write(_report_progress, run_id, attempt, event, kept, hook, max_hooks)
         if event_id is not None:
             self._notify()
         return event_id
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        return await self._write(_queue_hook, run_id, attempt, event, body, max_hooks)
+
+    async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
+        if limit <= 0:
+            return []
+        return await self._write(_take_hooks, limit, lease, self.sealer)
+
+    async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
+        return await self._write(_record_hook, run_id, token, seq, attempts, next_at)
 
     async def progress_key(self) -> bytes:
         if self._progress_key is None:

@@ -18,6 +18,7 @@ from redis.commands.core import AsyncScript
 
 from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
 from asyncgate.runs import (
+    COMPLETED,
     Delivery,
     ErrorCode,
     Outcome,
@@ -43,6 +44,7 @@ from asyncgate.store.base import (
     CancelResult,
     Created,
     DueDelivery,
+    DueHook,
     Event,
     Idempotency,
     Identity,
@@ -50,6 +52,7 @@ from asyncgate.store.base import (
     QueueFull,
     WebhookUrlDeleted,
     delivery_event,
+    load_hook,
     pending_delivery,
     state_event,
 )
@@ -74,7 +77,10 @@ logger = logging.getLogger("asyncgate.store")
 #                             idempotency key naming the run), entry (the id of its last queue
 #                             entry, deleted if it is cancelled), progress (JSON of the latest
 #                             progress event), progress_n (reports made), progress_id (the
-#                             event id of the latest, deleted by the next past the kept bound).
+#                             event id of the latest, deleted by the next past the kept bound),
+#                             hook_events (the lifecycle webhook events asked for, "start,output"),
+#                             hook_seq (lifecycle deliveries numbered so far), hook_token (fences
+#                             their attempts), hook_dropped (deliveries not queued, queue full).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -92,6 +98,11 @@ logger = logging.getLogger("asyncgate.store")
 #                             each run found gone drops its entries from the indexes above.
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
+#   {P}:hooks:<id>    list    The run's lifecycle webhook deliveries waiting, first to send first:
+#                             JSON {seq, event, attempts, body[, dropped]}; TTL of the run when
+#                             last written.
+#   {P}:hookruns      zset    Runs with lifecycle deliveries waiting: member run id, score when the
+#                             first is due (or a taken attempt's lease runs out).
 #   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
 #   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
 #                             accepted for). Written by executing gateways at start; no TTL.
@@ -154,6 +165,7 @@ _RUN_FIELDS = (
     "cancel",
     "delivery",
     "progress",
+    "hook_seq",
     "lease_until",
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
@@ -161,7 +173,7 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 # Store a new run unless its idempotency key names one already or the queue is full.
 # KEYS run, events, queue, index, caller index, expiry, [idem]; ARGV run_id, created_at, ttl (s),
 # max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, webhook_url,
-# request JSON, body, [idem value]. The hash's field names are written here rather than sent
+# hook_events, request JSON, body, [idem value]. The hash's field names are written here rather than sent
 # with each run; an empty optional field means the run has none, and it is not stored.
 _CREATE = """
 local idem = KEYS[7]
@@ -170,8 +182,8 @@ if idem then
   if existing then return {'replay', existing} end
 end
 if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
-local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[13], 'body', ARGV[14]}
-for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url'}) do
+local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[14], 'body', ARGV[15]}
+for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url', 'hook_events'}) do
   local value = ARGV[7 + i]
   if value ~= '' then
     fields[#fields + 1] = name
@@ -190,7 +202,7 @@ redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', 
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[15], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[16], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -308,12 +320,60 @@ return ids
 """
 )
 
+# Queue a lifecycle delivery of the run (see add_hook()): a progress delivery replaces one
+# waiting last, unless that one is the first (it may be being sent); with ``max`` waiting, it is
+# counted as dropped, and the next one queued carries the count. Defines add_hook(run, hooks,
+# hookruns, event, body, max, now, run id).
+_ADD_HOOK = """
+local function add_hook(run, hooks, hookruns, event, body, max, at, run_id)
+  local waiting = redis.call('LLEN', hooks)
+  if event == 'progress' and waiting >= 2 then
+    local last = cjson.decode(redis.call('LINDEX', hooks, -1))
+    if last.event == 'progress' then
+      last.body = body
+      redis.call('LSET', hooks, -1, cjson.encode(last))
+      return
+    end
+  end
+  if waiting >= tonumber(max) then
+    redis.call('HINCRBY', run, 'hook_dropped', 1)
+    return
+  end
+  local entry = {seq = redis.call('HINCRBY', run, 'hook_seq', 1), event = event, attempts = 0, body = body}
+  local dropped = tonumber(redis.call('HGET', run, 'hook_dropped') or '0')
+  if dropped > 0 then
+    entry.dropped = dropped
+    redis.call('HDEL', run, 'hook_dropped')
+  end
+  redis.call('RPUSH', hooks, cjson.encode(entry))
+  redis.call('PEXPIRE', hooks, redis.call('PTTL', run))
+  if waiting == 0 then redis.call('ZADD', hookruns, 'NX', at, run_id) end
+end
+"""
+
+# KEYS run, hooks, hookruns; ARGV attempt, event, body, max, now, run id.
+_QUEUE_HOOK = (
+    _HOLDS
+    + _ADD_HOOK
+    + """
+add_hook(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return 1
+"""
+)
+
 # A progress report, fenced like output; past the kept bound each report replaces the previous
-# one in the log, so a chatty upstream holds the log to that bound plus one.
-# KEYS run, events; ARGV attempt, event JSON, kept bound.
+# one in the log, so a chatty upstream holds the log to that bound plus one. A run whose webhook
+# asked for progress gets its delivery queued in the same step.
+# KEYS run, events, hooks, hookruns; ARGV attempt, event JSON, kept bound, hook body, max hooks,
+# now, run id.
 _REPORT_PROGRESS = (
     _HOLDS
+    + _ADD_HOOK
     + """
+local wanted = redis.call('HGET', KEYS[1], 'hook_events')
+if wanted and string.find(',' .. wanted .. ',', ',progress,', 1, true) then
+  add_hook(KEYS[1], KEYS[3], KEYS[4], 'progress', ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+end
 local id = redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
 local count = redis.call('HINCRBY', KEYS[1], 'progress_n', 1)
 if count > tonumber(ARGV[3]) + 1 then
@@ -324,6 +384,47 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'progress_id', id)
 return id
 """
 )
+
+# Take the first queued lifecycle delivery of a run for one attempt. KEYS run, hooks, hookruns;
+# ARGV now, lease_until, run id. Returns the token fencing the attempt and the delivery's JSON.
+_TAKE_HOOK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return false
+end
+local first = redis.call('LINDEX', KEYS[2], 0)
+if not first then redis.call('ZREM', KEYS[3], ARGV[3]) return false end
+local due = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if due and tonumber(due) > tonumber(ARGV[1]) then return false end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return {redis.call('HINCRBY', KEYS[1], 'hook_token', 1), first}
+"""
+
+# Report an attempt at the first queued lifecycle delivery. KEYS run, hooks, hookruns,
+# deliveries; ARGV token, seq, attempts, next attempt time ("" once over), now, run id. Once the
+# queue is empty, the run's completed delivery (waiting for it) is due at once.
+_RECORD_HOOK = """
+if redis.call('HGET', KEYS[1], 'hook_token') ~= ARGV[1] then return 0 end
+local raw = redis.call('LINDEX', KEYS[2], 0)
+if not raw then return 0 end
+local first = cjson.decode(raw)
+if string.format('%d', first.seq) ~= ARGV[2] then return 0 end
+if ARGV[4] ~= '' then
+  first.attempts = tonumber(ARGV[3])
+  redis.call('LSET', KEYS[2], 0, cjson.encode(first))
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+  return 1
+end
+redis.call('LPOP', KEYS[2])
+if redis.call('LLEN', KEYS[2]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+else
+  redis.call('ZREM', KEYS[3], ARGV[6])
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[5], ARGV[6])
+end
+return 1
+"""
 
 # KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
 _FINISH = (
@@ -371,8 +472,14 @@ return 1
 """
 )
 
-# Take a due delivery for one attempt. KEYS run, deliveries; ARGV now, lease_until, run id.
+# Take a due delivery for one attempt. KEYS run, deliveries, hooks; ARGV now, lease_until, run id.
+# While lifecycle deliveries of the run wait, completed waits too (it is always the last): it is
+# looked at again in a second, or as soon as the last of them is over (_RECORD_HOOK).
 _TAKE_DELIVERY = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + 1, ARGV[3])
+  return false
+end
 local raw = redis.call('HGET', KEYS[1], 'delivery')
 if not raw then redis.call('ZREM', KEYS[2], ARGV[3]) return false end
 local delivery = cjson.decode(raw)
@@ -524,7 +631,7 @@ def _decode_result(fields: Fields) -> RunResult | None:
 
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
-    caller, cancel, delivery, progress, _ = rest
+    caller, cancel, delivery, progress, hook_seq, _ = rest
     if state is None or request is None or created_at is None:
         return None
     return Run(
@@ -541,6 +648,7 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
         cancel_requested=cancel == b"1",
         delivery=load_delivery(delivery),
         progress=load_progress(progress),
+        hook_seq=int(hook_seq or 0),
     )
 
 
@@ -581,6 +689,8 @@ class _Scripts:
     record_delivery: AsyncScript
     append_output: AsyncScript
     report_progress: AsyncScript
+    queue_hook: AsyncScript
+    record_hook: AsyncScript
     redeliver: AsyncScript
     probe: AsyncScript
 
@@ -599,6 +709,8 @@ class _Scripts:
             redeliver=script(_REDELIVER),
             append_output=script(_APPEND_OUTPUT),
             report_progress=script(_REPORT_PROGRESS),
+            queue_hook=script(_QUEUE_HOOK),
+            record_hook=script(_RECORD_HOOK),
             probe=script(_PROBE),
         )
 
@@ -630,6 +742,7 @@ class RedisRunStore:
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
         self.deliveries = f"{tag}:deliveries"
+        self.hookruns = f"{tag}:hookruns"
         self.alive = f"{tag}:alive"
         self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
@@ -659,6 +772,9 @@ class RedisRunStore:
 
     def events_key(self, run_id: str) -> str:
         return f"{self.tag}:events:{run_id}"
+
+    def hooks_key(self, run_id: str) -> str:
+        return f"{self.tag}:hooks:{run_id}"
 
     def caller_index(self, caller: str) -> str:
         return f"{self.index}:{caller}" if caller else self.index
@@ -742,9 +858,10 @@ class RedisRunStore:
             run.attempt,
             "" if run.started_at is None else run.started_at,
             run.caller,
-            "1" if run.request.webhook_url else "",
+            "1" if run.request.hooks(COMPLETED) else "",
             secrets or b"",
             webhook_url or b"",
+            ",".join(run.request.lifecycle_events),
             dump_request(request),
             body,
         ]
@@ -898,11 +1015,53 @@ class RedisRunStore:
             reply = await self._scripts.append_output([self.run_key(run_id), self.events_key(run_id)], args)
         return [entry_id.decode() for entry_id in reply] if isinstance(reply, list) else None
 
-    async def report_progress(self, run_id: str, attempt: int, event: dict[str, Any], kept: int) -> str | None:
-        args: list[bytes | int] = [attempt, orjson.dumps(event), kept]
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        keys = (self.run_key(run_id), self.events_key(run_id), self.hooks_key(run_id), self.hookruns)
+        args: list[bytes | int | float | str] = [attempt, orjson.dumps(event), kept, hook, max_hooks, now(), run_id]
         with _STORE_ERRORS:
-            reply = await self._scripts.report_progress([self.run_key(run_id), self.events_key(run_id)], args)
+            reply = await self._scripts.report_progress(keys, args)
         return reply.decode() if isinstance(reply, bytes) else None
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+        with _STORE_ERRORS:
+            return bool(await self._scripts.queue_hook(keys, [attempt, event, body, max_hooks, now(), run_id]))
+
+    async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
+        if limit <= 0:
+            return []
+        at = now()
+        with _STORE_ERRORS:
+            members = await self._redis.zrangebyscore(self.hookruns, "-inf", at, start=0, num=limit)
+            run_ids = [member.decode() for member in cast(list[bytes], members)]
+            if not run_ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+                    pipe.eval(_TAKE_HOOK, 3, *keys, at, at + lease, run_id)
+                replies = await pipe.execute()
+            taken = [(run_id, reply) for run_id, reply in zip(run_ids, replies, strict=True) if reply]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, _ in taken:
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                    pipe.hget(self.run_key(run_id), "webhook_url")
+                runs = await pipe.execute() if taken else []
+        due = []
+        for index, (run_id, (token, raw)) in enumerate(taken):
+            run = _decode_run(run_id, runs[2 * index])
+            if run is not None:
+                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, runs[2 * index + 1]))
+                due.append(DueHook(run, load_hook(raw), int(token)))
+        return due
+
+    async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
+        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns, self.deliveries)
+        args = [token, seq, attempts, "" if next_at is None else next_at, now(), run_id]
+        with _STORE_ERRORS:
+            return bool(await self._scripts.record_hook(keys, args))
 
     async def progress_key(self) -> bytes:
         if self._progress_key is None:
@@ -1035,7 +1194,8 @@ class RedisRunStore:
             # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in run_ids:
-                    pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
+                    keys = (self.run_key(run_id), self.deliveries, self.hooks_key(run_id))
+                    pipe.eval(_TAKE_DELIVERY, 3, *keys, at, at + lease, run_id)
                 tokens = await pipe.execute() if run_ids else []
             taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
             # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
