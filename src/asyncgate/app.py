@@ -80,7 +80,7 @@ class Gateway:
         metrics = Metrics()
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
-        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing)
+        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing, webhooks.wake_hooks)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)

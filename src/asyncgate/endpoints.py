@@ -256,6 +256,7 @@ async def report_progress(request: Request) -> Response:
         raise _unavailable(exc) from exc
     if event_id is None:
         raise Gone("this attempt of the run is over: stop reporting its progress", code="attempt_over")
+    svc.webhooks.wake_hooks()  # in case the run's webhook asked for progress
     return Response(status_code=204)
 
 

@@ -80,8 +80,11 @@ class Executor:
         on_finished: FinishedCallback,
         metrics: Metrics,
         tracing: Tracing = NO_TRACING,
+        on_hook: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        #: Called when a lifecycle webhook delivery was queued here, to send it without waiting.
+        self.on_hook = on_hook
         self.tracing = tracing
         self.metrics = metrics
         self.store = store
@@ -89,7 +92,7 @@ class Executor:
         self.on_finished = on_finished
         hooks = config.webhooks
         limits = HookLimits(hooks.output_batch_interval, hooks.output_batch_bytes, hooks.max_pending_events)
-        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes, limits)
+        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes, limits, on_hook)
         #: Where the upstream reaches this gateway to report progress; None announces no URL.
         self.progress_base = config.runs.progress_base_url or progress.default_base_url(
             config.upstream, config.server.host, config.server.port
@@ -284,7 +287,7 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
-            await queue_start(self.store, held.run, self.config.webhooks.max_pending_events)
+            await queue_start(self.store, held.run, self.config.webhooks.max_pending_events, self.on_hook)
             progress_url = await self._progress_url(held.run)
             limit = self.config.limits.max_result_bytes
             return await replay(self.upstream, held.run, body, limit, self.tracing, self.output, progress_url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -76,8 +77,19 @@ class OutputHooks:
     Owned by the attempt's output sink: ``close`` queues what is left, ``abort`` drops it.
     """
 
-    def __init__(self, queue: HookQueue, run_id: str, attempt: int, interval: float, max_bytes: int, max_hooks: int):
+    def __init__(
+        self,
+        queue: HookQueue,
+        run_id: str,
+        attempt: int,
+        interval: float,
+        max_bytes: int,
+        max_hooks: int,
+        queued: Callable[[], None] | None = None,
+    ) -> None:
         self.queue = queue
+        #: Called after each delivery queued (the dispatcher then sends it without waiting).
+        self.queued = queued
         self.run_id = run_id
         self.attempt = attempt
         self.interval = interval
@@ -152,15 +164,18 @@ class OutputHooks:
                     continue
                 if not queued:
                     self._batch, self._ready = [], []  # the attempt no longer holds the run
+                elif self.queued is not None:
+                    self.queued()
         finally:
             self._task = None
 
 
-async def queue_start(queue: HookQueue, run: Run, max_hooks: int) -> None:
+async def queue_start(queue: HookQueue, run: Run, max_hooks: int, queued: Callable[[], None] | None = None) -> None:
     """Queue the ``start`` delivery of an attempt about to send its request, if it was asked for."""
     if not run.request.hooks("start"):
         return
     try:
-        await queue.add_hook(run.run_id, run.attempt, "start", start_body(run, now()), max_hooks)
+        if await queue.add_hook(run.run_id, run.attempt, "start", start_body(run, now()), max_hooks) and queued:
+            queued()
     except StoreError as exc:
         logger.warning("run %s: start webhook not queued: %s", run.run_id, exc, extra={"run_id": run.run_id})

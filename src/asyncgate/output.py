@@ -19,7 +19,7 @@ import collections
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from asyncgate import lifecycle, progress
@@ -225,11 +225,14 @@ class OutputSink:
         max_bytes: int,
         hooks: lifecycle.OutputHooks | None = None,
         max_hooks: int = 1000,
+        on_hook: Callable[[], None] | None = None,
     ) -> None:
         self.log = log
         #: Output webhook deliveries, when the run's webhook asked for them.
         self.hooks = hooks
         self.max_hooks = max_hooks
+        #: Told when a report may have queued a progress delivery.
+        self.on_hook = on_hook
         self.run_id = run_id
         self.attempt = attempt
         self.max_events = max_events
@@ -338,6 +341,8 @@ class OutputSink:
             hook = lifecycle.progress_body(self.run_id, segment[0])
             kept = progress.KEPT_REPORTS
             event_id = await self.log.report_progress(self.run_id, self.attempt, segment[0], kept, hook, self.max_hooks)
+            if event_id is not None and self.on_hook is not None:
+                self.on_hook()
             return event_id is not None
         drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
         ids = await self.log.append_output(self.run_id, self.attempt, segment, drop)
@@ -372,8 +377,16 @@ class HookLimits:
 class Output:
     """Makes a sink for each attempt whose response streams; configured once per gateway."""
 
-    def __init__(self, log: OutputLog, max_events: int, max_bytes: int, hooks: HookLimits | None = None) -> None:
+    def __init__(
+        self,
+        log: OutputLog,
+        max_events: int,
+        max_bytes: int,
+        hooks: HookLimits | None = None,
+        on_hook: Callable[[], None] | None = None,
+    ) -> None:
         self.log = log
+        self.on_hook = on_hook
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.hook_limits = hooks or HookLimits()
@@ -389,8 +402,17 @@ class Output:
         hooks = None
         if output_hooks:
             hooks = lifecycle.OutputHooks(
-                self.log, run_id, attempt, limits.interval, limits.max_bytes, limits.max_pending
+                self.log, run_id, attempt, limits.interval, limits.max_bytes, limits.max_pending, self.on_hook
             )
         return OutputSink(
-            self.log, run_id, attempt, form, content_type, self.max_events, self.max_bytes, hooks, limits.max_pending
+            self.log,
+            run_id,
+            attempt,
+            form,
+            content_type,
+            self.max_events,
+            self.max_bytes,
+            hooks,
+            limits.max_pending,
+            self.on_hook,
         )

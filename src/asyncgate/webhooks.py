@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Coroutine, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -158,6 +159,10 @@ class WebhookDispatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._client: WebhookClient | None = None
+        #: Lifecycle deliveries are looked for when one was queued here or delivered, when the last
+        #: look found some, and else once per IDLE_POLL: most rounds (a wave of completions) need none.
+        self._hooks_wanted = True
+        self._next_hook_look = 0.0
 
     def start(self) -> None:
         limit, timeout = self.config.webhooks.max_concurrency, self.config.webhooks.timeout
@@ -181,6 +186,24 @@ class WebhookDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def wake_hooks(self) -> None:
+        """A lifecycle delivery was queued here: look for due ones now."""
+        self._hooks_wanted = True
+        self._wake.set()
+
+    async def _due_hooks(self, room: int, lease: float) -> list[DueHook]:
+        moment = time.monotonic()
+        if room <= 0 or not (self._hooks_wanted or moment >= self._next_hook_look):
+            return []
+        self._next_hook_look = moment + IDLE_POLL
+        try:
+            hooks = await self.store.due_hooks(room, lease)
+        except StoreError as exc:
+            logger.warning("cannot take lifecycle webhook deliveries: %s", exc)
+            return []
+        self._hooks_wanted = bool(hooks)
+        return hooks
+
     async def _dispatch(self) -> None:
         lease = self.config.webhooks.timeout + LEASE_MARGIN
         limit = self.config.webhooks.max_concurrency
@@ -201,11 +224,7 @@ class WebhookDispatcher:
                 due = []
             for item in due:
                 self._spawn(self._deliver(item), item.run.run_id)
-            try:
-                hooks = await self.store.due_hooks(room - len(due), lease)
-            except StoreError as exc:
-                logger.warning("cannot take lifecycle webhook deliveries: %s", exc)
-                hooks = []
+            hooks = await self._due_hooks(room - len(due), lease)
             for hook in hooks:
                 self._spawn(self._deliver_hook(hook), hook.run.run_id)
             self.metrics.webhooks_sending.set(len(self._sending))
@@ -295,7 +314,7 @@ class WebhookDispatcher:
                 level, "run %s: %s webhook #%d %s: %s", run.run_id, hook.event, hook.seq, outcome, why, extra=extra
             )
         if next_at is None or next_at <= now():
-            self._wake.set()  # the run's next delivery (or its completed one) is due now
+            self.wake_hooks()  # the run's next delivery (or its completed one) is due now
 
     def hook_headers(self, run: Run, hook: Hook, body: bytes, trace: Headers = ()) -> dict[str, str]:
         """A lifecycle delivery's headers: its own webhook-id, its event and its place in the run's order."""
