@@ -211,7 +211,8 @@ class Page:
         cwd = os.getcwd()
         os.chdir(self.workdir)
         try:
-            exec(compile(code, f"docs:{block.text[:40]!r}", "exec"), self.namespace)
+            # dont_inherit: the page's code runs as a reader's would, without this module's __future__ imports.
+            exec(compile(code, f"docs:{block.text[:40]!r}", "exec", dont_inherit=True), self.namespace)
         finally:
             os.chdir(cwd)
 

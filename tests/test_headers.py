@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-from asyncgate.headers import end_to_end, forwarded_for
-from asyncgate.proxy import response_headers, upstream_request_headers
+from asyncgate.headers import end_to_end, forwarded_for, response_headers, upstream_request_headers
 
 
 def test_end_to_end_drops_hop_by_hop_and_connection_named_fields() -> None:

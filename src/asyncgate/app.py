@@ -11,11 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
-from asyncgate import endpoints, ui
+from asyncgate import endpoints, openapi, ui
 from asyncgate.config import Config
 from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
 from asyncgate.executor import Executor
-from asyncgate.intake import Intake, classify, looks_async
+from asyncgate.intake import Intake
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
@@ -54,7 +54,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def control_app(config: Config, services: Services) -> Starlette:
     """The gateway's own API, mounted under its prefix."""
     app = Starlette(
-        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *ui.routes(config)])],
+        routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *openapi.routes(), *ui.routes(config)])],
         exception_handlers={ClientError: _client_error, HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.services = services
@@ -62,9 +62,10 @@ def control_app(config: Config, services: Services) -> Starlette:
 
 
 class Gateway:
-    """The ASGI app: the gateway's API under its prefix, async intake, and the pass-through.
+    """The ASGI app: the gateway's API under its prefix; every other request goes to the intake,
+    which accepts it as a run or passes it through.
 
-    The pass-through is dispatched here, before any framework code, because it is the hot path.
+    Dispatched here, before any framework code, because the pass-through is the hot path.
     """
 
     def __init__(
@@ -84,15 +85,13 @@ class Gateway:
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)
-        self.intake = Intake(config, store, access, metrics, tracing)
+        self.intake = Intake(config, store, access, metrics, self.proxy, tracing)
         self.control = control_app(config, self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
         #: Why the store refused this gateway at startup (its deployment's runs are another
         #: upstream's); the CLI prints it as a configuration error.
         self.refused: ConfigError | None = None
-        #: With route policies, every request is matched (a route may make it async unasked).
-        self._routes = bool(config.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -104,10 +103,8 @@ class Gateway:
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
                 await self.control(scope, receive, send)
-            elif self._routes or looks_async(scope):
-                await self._maybe_async(scope, receive, send)
             else:
-                await self.proxy(scope, receive, send)
+                await self.intake(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -115,22 +112,10 @@ class Gateway:
             # before any app sees them (websocket.py); under another server, refuse rather than hang.
             await send({"type": "websocket.close", "code": 1008})
 
-    async def _maybe_async(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            intent = classify(scope, self.intake.limits_for(scope))
-        except ClientError as error:
-            self.services.metrics.runs_refused.labels(error.code).inc()
-            await send_error(send, error)
-            return
-        if intent is None:
-            await self.proxy(scope, receive, send)
-        else:
-            await self.intake(scope, receive, send, intent)
-
     async def startup(self) -> None:
         svc = self.services
         try:
-            await svc.store.open()
+            await svc.lifecycle.open()
         except StoreUnavailable as exc:
             # Redis down at start: serve anyway (not ready, submissions get 503) and let the
             # executor retry, rather than crash-loop until Redis is back.
@@ -148,7 +133,7 @@ class Gateway:
             self.config.deployment,
             svc.store_kind,
             where,
-            svc.store.sealer.sealing,
+            svc.lifecycle.sealer.sealing,
             role,
         )
 
@@ -169,7 +154,7 @@ class Gateway:
         await svc.webhooks.stop()
         await svc.feeds.close()
         await svc.upstream.close()
-        await svc.store.close()
+        await svc.lifecycle.close()
         await self.tracing.shutdown()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -180,7 +165,7 @@ class Gateway:
         except ConfigError as exc:
             # Said once, by the CLI, as any configuration error: one line, exit status 2.
             self.refused = exc
-            await self.services.store.close()
+            await self.services.lifecycle.close()
             await send({"type": "lifespan.startup.failed", "message": ""})
             return
         except Exception as exc:

@@ -20,12 +20,16 @@ import uvicorn
 from asyncgate import __version__, logs, workers
 from asyncgate.app import Gateway, create_app
 from asyncgate.client.cli import add_runs_commands, run_runs_command
-from asyncgate.config import Config, load
+from asyncgate.config import Config, declared_keys, load
+from asyncgate.config.keys import UNSET
+from asyncgate.config.reference import value_text
 from asyncgate.errors import ConfigError
 from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing, from_environ
 
 logger = logging.getLogger("asyncgate")
+#: The configuration keys that ``asyncgate serve`` takes as flags too.
+_FLAGGED = [key for key in declared_keys().values() if key.info.flag is not None]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,22 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--upstream", help="URL of the server to front, e.g. http://127.0.0.1:8000")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="YAML configuration file")
-    serve.add_argument("--deployment", help="the deployment this gateway belongs to (default: derived from --upstream)")
-    serve.add_argument("--redis-url", help="Redis URL; without one the embedded store is used")
-    serve.add_argument(
-        "--allow-upstream-change",
-        action="store_true",
-        default=None,
-        help="take over the deployment's runs although they were accepted for another upstream",
-    )
-    serve.add_argument("--data-dir", help="directory of the embedded store (default ./asyncgate-data)")
-    serve.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
-    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--workers", type=int, help="gateway processes on the one port (default 1; more need Redis)")
+    _add_config_flags(serve)
 
     check = commands.add_parser(
         "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
@@ -59,19 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_flags(serve: argparse.ArgumentParser) -> None:
+    """A flag for each configuration key declared with one (config/sections.py); it overrides file and environment."""
+    for key in _FLAGGED:
+        shown = "" if key.info.example is not UNSET else f" (default {value_text(key)})"
+        options: dict[str, Any] = {"dest": key.name, "help": _plain(key.info.doc) + shown}
+        if key.base is bool:
+            options |= {"action": "store_true", "default": None}
+        elif key.choices:
+            options["choices"] = key.choices
+        else:
+            options |= {"metavar": key.name.rpartition(".")[2].upper(), "type": int if key.base is int else str}
+        serve.add_argument(str(key.info.flag), **options)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "upstream": args.upstream,
-        "deployment": args.deployment,
-        "store.allow_upstream_change": args.allow_upstream_change,
-        "server.host": args.host,
-        "server.port": args.port,
-        "store.redis_url": args.redis_url,
-        "store.data_dir": args.data_dir,
-        "server.log_format": args.log_format,
-        "server.log_level": args.log_level,
-        "server.workers": args.workers,
-    }
+    return {key.name: getattr(args, key.name) for key in _FLAGGED}
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "").replace("%", "%%")
 
 
 def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:

@@ -16,17 +16,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from asyncgate import progress
+from asyncgate.config import Config
 from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError
 from asyncgate.feeds import render_event
-from asyncgate.intake import WEBHOOK_HEADER, WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
+from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.lifecycle import progress_body
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
-from asyncgate.netguard import Allowlist
-from asyncgate.openapi import openapi_endpoint, route_policies
+from asyncgate.policies import effective
 from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, now
 from asyncgate.services import Services
+from asyncgate.status import status_document
 from asyncgate.store.base import CancelResult, WebhookUrlDeleted
 from asyncgate.waiting import wait_until_final
 
@@ -36,6 +38,14 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 200
 #: Runs one count examines at most, newest first, so that counting a large store stays quick.
 COUNT_LIMIT = 10_000
+#: Query parameters: the status's long poll, an event stream's resumption, the listing's filter and pages.
+WAIT_PARAM = "wait"
+AFTER_PARAM = "after"
+STATUS_PARAM = "status"
+LIMIT_PARAM = "limit"
+CURSOR_PARAM = "cursor"
+#: How long an EventSource waits before reconnecting, sent as the stream's first line.
+RECONNECT_MS = 1000
 
 
 def services(request: Request) -> Services:
@@ -56,7 +66,7 @@ async def _run_or_404(request: Request) -> Run:
     svc = services(request)
     principal = svc.access.principal(request.scope)
     try:
-        run = await svc.store.get(request.path_params["run_id"])
+        run = await svc.records.get(request.path_params["run_id"])
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if run is None or not principal.can_see(run):
@@ -74,16 +84,11 @@ def _poll_after(request: Request) -> int:
     return retry_after(services(request).config.runs.retry_after)
 
 
-def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
-    """The run's status resource: its public fields and the URLs of what can be done with it."""
-    return {**run.to_public(), "urls": links.urls(run.run_id)}
-
-
 def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
     links = _links(request)
-    headers = {"Link": links.header(run.run_id)}
+    headers: dict[str, str] = {LINK: links.header(run.run_id)}
     if not run.state.is_final:
-        headers["Retry-After"] = str(_poll_after(request))
+        headers[RETRY_AFTER] = str(_poll_after(request))
     return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
 
 
@@ -118,11 +123,11 @@ def _seconds(request: Request, name: str, maximum: float) -> float | None:
 
 async def run_status(request: Request) -> Response:
     run = await _run_or_404(request)
-    wait = _seconds(request, "wait", services(request).config.limits.max_wait)
+    wait = _seconds(request, WAIT_PARAM, services(request).config.limits.max_wait)
     redirect = _redirect(request)
     if wait and not run.state.is_final:
         try:
-            run = await wait_until_final(services(request).store, run.run_id, wait) or run
+            run = await wait_until_final(services(request).records, run.run_id, wait) or run
         except StoreError as exc:
             raise _unavailable(exc) from exc
     if redirect and _has_result(run):
@@ -130,7 +135,7 @@ async def run_status(request: Request) -> Response:
         # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
         # The body is the status document, the "short hypertext note" RFC 9110 asks of a 303.
         links = _links(request)
-        headers = {"Location": links.urls(run.run_id)[RESULT], "Link": links.header(run.run_id)}
+        headers: dict[str, str] = {LOCATION: links.urls(run.run_id)[RESULT], LINK: links.header(run.run_id)}
         return JSONResponse(status_document(run, links), status_code=303, headers=headers)
     return _status_response(request, run)
 
@@ -138,7 +143,7 @@ async def run_status(request: Request) -> Response:
 async def run_result(request: Request) -> Response:
     run = await _run_or_404(request)
     try:
-        result = await services(request).store.result(run.run_id)
+        result = await services(request).records.result(run.run_id)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if result is not None:
@@ -153,12 +158,12 @@ async def cancel_run(request: Request) -> Response:
     svc = services(request)
     run_id = (await _run_or_404(request)).run_id
     try:
-        outcome = await svc.store.cancel(run_id, svc.config.runs.retention)
+        outcome = await svc.records.cancel(run_id, svc.config.runs.retention)
         if outcome is CancelResult.REQUESTED:
             svc.executor.cancel_local(run_id)
-            run = await wait_until_final(svc.store, run_id, CANCEL_CONFIRM_SECONDS)
+            run = await wait_until_final(svc.records, run_id, CANCEL_CONFIRM_SECONDS)
         else:
-            run = await svc.store.get(run_id)
+            run = await svc.records.get(run_id)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if outcome is CancelResult.MISSING or run is None:
@@ -172,10 +177,10 @@ async def cancel_run(request: Request) -> Response:
 
 def _webhook_url(request: Request) -> str | None:
     """The URL a redelivery names, given as at submission (?webhookEndpoint= or Asyncgate-Webhook)."""
-    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK_HEADER.decode())]
+    urls = [*request.query_params.getlist(WEBHOOK_PARAM), *request.headers.getlist(WEBHOOK)]
     if len(urls) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
-    allow = Allowlist.parse(services(request).config.webhooks.allow)
+    allow = services(request).config.webhooks.allow
     return validate_webhook_url(urls[0], allow) if urls else None
 
 
@@ -188,9 +193,9 @@ async def redeliver_webhook(request: Request) -> Response:
         raise Conflict("the run has not finished yet", code="run_not_finished", retry_after=_poll_after(request))
     url = _webhook_url(request)
     try:
-        if not await svc.store.redeliver(run.run_id, url):
+        if not await svc.deliveries.redeliver(run.run_id, url):
             raise _not_found()
-        run = await svc.store.get(run.run_id) or run
+        run = await svc.records.get(run.run_id) or run
     except WebhookUrlDeleted:
         raise Conflict(
             f"the run's webhook URL was deleted when its last delivery ended; name it again with ?{WEBHOOK_PARAM}=",
@@ -205,18 +210,18 @@ async def redeliver_webhook(request: Request) -> Response:
 async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client disconnects, which also leaves the run's
     # feed: no task and no blocking read outlive the client.
-    yield b"retry: 1000\n\n"
+    yield b"retry: %d\n\n" % RECONNECT_MS
     async with contextlib.aclosing(svc.feeds.follow(run.run_id, after)) as batches:
         async for batch in batches:
             for event, encoded in batch:
                 yield encoded
                 if event.is_final:
                     # What the log already holds after the final state (webhook changes), then the end.
-                    for later in await svc.store.events(run.run_id, event.id, 0):
+                    for later in await svc.records.events(run.run_id, event.id, 0):
                         yield render_event(run.run_id, later)
                     return
             if not batch:
-                if await svc.store.get(run.run_id) is None:
+                if await svc.records.get(run.run_id) is None:
                     return
                 yield b": keep-alive\n\n"
 
@@ -241,7 +246,7 @@ async def report_progress(request: Request) -> Response:
     run_id, attempt_text = request.path_params["run_id"], request.path_params["attempt"]
     attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 10 else 0
     try:
-        key = await svc.store.progress_key()
+        key = await svc.execution.progress_key()
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if attempt < 1 or not progress.token_matches(key, run_id, attempt, request.path_params["token"]):
@@ -251,7 +256,7 @@ async def report_progress(request: Request) -> Response:
     hook = progress_body(run_id, event)
     try:
         kept, max_hooks = progress.KEPT_REPORTS, svc.config.webhooks.max_pending_events
-        event_id = await svc.store.report_progress(run_id, attempt, event, kept, hook, max_hooks)
+        event_id = await svc.execution.report_progress(run_id, attempt, event, kept, hook, max_hooks)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     if event_id is None:
@@ -273,10 +278,10 @@ _EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 async def run_events(request: Request) -> Response:
     run = await _run_or_404(request)
-    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get(AFTER_PARAM)
     if after is not None and not _EVENT_ID.fullmatch(after):
-        raise BadRequest("Last-Event-ID must be the id of an event of this stream", code="invalid_parameter")
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
+    headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
     stream = _event_stream(services(request), run, after)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -284,26 +289,26 @@ async def run_events(request: Request) -> Response:
 async def list_runs(request: Request) -> Response:
     params = request.query_params
     state = None
-    if "status" in params:
+    if STATUS_PARAM in params:
         try:
-            state = RunState(params["status"])
+            state = RunState(params[STATUS_PARAM])
         except ValueError:
             allowed = ", ".join(s.value for s in RunState)
-            raise BadRequest(f"status must be one of {allowed}", code="invalid_parameter") from None
+            raise BadRequest(f"{STATUS_PARAM} must be one of {allowed}", code="invalid_parameter") from None
     try:
-        limit = int(params.get("limit", DEFAULT_PAGE))
+        limit = int(params.get(LIMIT_PARAM, DEFAULT_PAGE))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
-    cursor = params.get("cursor")
+        raise BadRequest(f"{LIMIT_PARAM} must be a whole number from 1 to {MAX_PAGE}", code="invalid_parameter")
+    cursor = params.get(CURSOR_PARAM)
     if cursor is not None and not _is_cursor(cursor):
-        raise BadRequest("cursor must be the next_cursor of a previous page", code="invalid_parameter")
+        raise BadRequest(f"{CURSOR_PARAM} must be the next_cursor of a previous page", code="invalid_parameter")
     svc = services(request)
     principal = svc.access.principal(request.scope)
     caller = None if principal.sees_all else principal.caller
     try:
-        runs, cursor = await svc.store.list_runs(caller, state, limit, cursor)
+        runs, cursor = await svc.records.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
         raise _unavailable(exc) from exc
     links = _links(request)
@@ -322,7 +327,7 @@ async def count_runs(request: Request) -> Response:
     # obeys exactly the listing's access rule.
     try:
         while examined < COUNT_LIMIT:
-            runs, cursor = await svc.store.list_runs(caller, None, MAX_PAGE, cursor)
+            runs, cursor = await svc.records.list_runs(caller, None, MAX_PAGE, cursor)
             for run in runs:
                 counts[run.state] += 1
             examined += len(runs)
@@ -340,10 +345,21 @@ async def metrics(request: Request) -> Response:
         # The executor's recovery loop keeps this gauge current; a replica without one reads it
         # at scrape time, so that queue-depth dashboards and autoscalers see it on every replica.
         try:
-            svc.metrics.runs_queued.set(await svc.store.queued_count())
+            svc.metrics.runs_queued.set(await svc.execution.queued_count())
         except StoreError:
             svc.metrics.store_errors.inc()
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def route_policies(config: Config) -> list[dict[str, Any]]:
+    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
+    defaults = {
+        "timeout": config.runs.timeout,
+        "max_attempts": config.runs.max_attempts,
+        "max_body_bytes": config.limits.max_body_bytes,
+        "webhook": config.webhooks.default_url,
+    }
+    return [effective(route, defaults) for route in config.routes]
 
 
 async def healthz(request: Request) -> Response:
@@ -355,8 +371,8 @@ async def readyz(request: Request) -> Response:
     if svc.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
-        await svc.store.ping()
-        report = await svc.store.durability()
+        await svc.lifecycle.ping()
+        report = await svc.lifecycle.durability()
     except StoreError as exc:
         # The reason comes from the store (unreachable, refusing writes, another upstream's
         # runs), never from a request, and holds no secret: Redis errors name no credentials.
@@ -372,7 +388,6 @@ def routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         Route("/runs", list_runs, methods=["GET"]),
         # Before /runs/{run_id}; run ids are 22 characters long, so none is "counts".
         Route("/runs/counts", count_runs, methods=["GET"]),

@@ -120,3 +120,7 @@ class ServiceUnavailable(ClientError):
 
     status_code = 503
     code = "unavailable"
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was still being read."""

@@ -23,7 +23,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.output import HookLimits, Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
-from asyncgate.store.base import Lease, RunStore
+from asyncgate.store.base import Execution, Lease
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -75,7 +75,7 @@ class Executor:
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: Execution,
         upstream: Upstream,
         on_finished: FinishedCallback,
         metrics: Metrics,

@@ -19,7 +19,7 @@ import orjson
 
 from asyncgate.errors import StoreError
 from asyncgate.runs import rfc3339
-from asyncgate.store.base import Event, RunStore
+from asyncgate.store.base import Event, Records
 
 logger = logging.getLogger("asyncgate.feeds")
 
@@ -95,7 +95,7 @@ class _Feed:
 class Feeds:
     """The feeds of one replica, by run id; each lives while it has listeners."""
 
-    def __init__(self, store: RunStore, render: Render = render_event) -> None:
+    def __init__(self, store: Records, render: Render = render_event) -> None:
         self.store = store
         self.render = render
         self._feeds: dict[str, _Feed] = {}

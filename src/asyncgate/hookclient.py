@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import httpx
 
+from asyncgate.headers import RETRY_AFTER_RAW
 from asyncgate.http1 import ConnectFailed, ConnectionPool
 from asyncgate.netguard import Allowlist, Resolver, check_url_literal, resolve_checked
 
@@ -66,7 +67,7 @@ class WebhookClient:
                 pass  # the receiver's body is not wanted, but read so the connection can be kept
         finally:
             response.release()
-        retry_after = next((v.decode("latin-1") for n, v in response.raw_headers if n.lower() == b"retry-after"), None)
+        retry_after = next((v.decode("latin-1") for n, v in response.raw_headers if n.lower() == RETRY_AFTER_RAW), None)
         return HookAnswer(response.status, retry_after)
 
     async def _pool(self, origin: str, address: str) -> ConnectionPool:

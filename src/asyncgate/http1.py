@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from asyncgate.headers import CONTENT_LENGTH_RAW, HOST_RAW, TRANSFER_ENCODING_RAW
+
 RawHeaders = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -39,7 +41,7 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 #: since some servers answer 411 to a POST without any length.
 _WITH_CONTENT = frozenset({b"POST", b"PUT", b"PATCH"})
 #: Framing is the client's to write; a caller's values would contradict it.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_FRAMING = frozenset({CONTENT_LENGTH_RAW, TRANSFER_ENCODING_RAW, HOST_RAW})
 
 
 class UpstreamError(Exception):
@@ -368,9 +370,9 @@ def _has_framing(headers: RawHeaders) -> bool:
     length = False
     for name, value in headers:
         lowered = name.lower()
-        if lowered == b"transfer-encoding":
+        if lowered == TRANSFER_ENCODING_RAW:
             codings = value if codings is None else codings + b"," + value
-        elif lowered == b"content-length":
+        elif lowered == CONTENT_LENGTH_RAW:
             length = True
     if codings is not None:
         return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"

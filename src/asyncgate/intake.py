@@ -1,4 +1,5 @@
-"""Async intake: is this request asynchronous? If so, validate it, store it durably, answer 202."""
+"""Async intake: is this request asynchronous? If so, validate it, store it durably, answer 202;
+if not, pass it through."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import logging
 from urllib.parse import unquote_plus, urlsplit
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from asyncgate import headers as h
 from asyncgate import preferences
 from asyncgate.config import Config
 from asyncgate.errors import (
     BadRequest,
+    ClientDisconnected,
     ClientError,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -22,16 +25,14 @@ from asyncgate.errors import (
     TooManyRequests,
     UnprocessableContent,
 )
-from asyncgate.headers import NOT_REPLAYED
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
 from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
-from asyncgate.proxy import ClientDisconnected, raw_path, upstream_request_headers
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, QueueFull, RunStore
+from asyncgate.store.base import Created, Idempotency, QueueFull, Records
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -39,25 +40,13 @@ logger = logging.getLogger("asyncgate.intake")
 
 ASYNC_PARAM = "async"
 WEBHOOK_PARAM = "webhookEndpoint"
-RESPOND_ASYNC = "respond-async"
-WAIT_PREFERENCE = "wait"
-WEBHOOK_HEADER = b"asyncgate-webhook"
 WEBHOOK_EVENTS_PARAM = "webhookEvents"
-WEBHOOK_EVENTS_HEADER = b"asyncgate-webhook-events"
-TIMEOUT_HEADER = b"asyncgate-timeout"
-IDEMPOTENCY_HEADER = b"idempotency-key"
-PREFER_HEADER = b"prefer"
-#: A request carrying it is an executor's replay of a run.
-REPLAY_MARKER = b"asyncgate-run-id"
-REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
 MAX_IDEMPOTENCY_KEY = 255
-#: Present on every request the executor replays, so a replay can never become async again.
-RUN_ID_HEADER = "Asyncgate-Run-Id"
-ATTEMPT_HEADER = "Asyncgate-Attempt"
 
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
-_MAX_WEBHOOK_URL = 2048
+#: The values ?async= takes (any case), paired: true, false, 1, 0, yes, no.
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+MAX_WEBHOOK_URL = 2048
 #: How long a client should wait before retrying when the store cannot take the run.
 STORE_RETRY_AFTER = 1
 #: How long a client refused for a full queue should wait before trying again.
@@ -88,9 +77,9 @@ class Intent:
 
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in _FALSE:
+    if lowered in FALSE_WORDS:
         return False
     raise BadRequest(f"{ASYNC_PARAM} must be true or false, got {value!r}", code="invalid_parameter")
 
@@ -114,8 +103,8 @@ def validate_webhook_url(url: str, allow: Allowlist | None = None) -> str:
 
     A host name is resolved and checked only at delivery: its addresses may change meanwhile.
     """
-    if len(url) > _MAX_WEBHOOK_URL:
-        raise BadRequest(f"{WEBHOOK_PARAM} is longer than {_MAX_WEBHOOK_URL} characters", code="invalid_webhook_url")
+    if len(url) > MAX_WEBHOOK_URL:
+        raise BadRequest(f"{WEBHOOK_PARAM} is longer than {MAX_WEBHOOK_URL} characters", code="invalid_webhook_url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -140,8 +129,8 @@ def _gateway_headers(scope: Scope) -> dict[bytes, list[str]] | None:
     found: dict[bytes, list[str]] = {}
     for name, value in scope["headers"]:
         if name in _CLASSIFIED:
-            if name == REPLAY_MARKER:
-                return None
+            if name == h.RUN_ID_RAW:
+                return None  # present on every request an executor replays
             found.setdefault(name, []).append(value.decode("latin-1"))
     return found
 
@@ -177,20 +166,20 @@ def _timeout(value: str | None, maximum: float) -> float | None:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds <= maximum:
-        raise BadRequest(f"Asyncgate-Timeout must be a number of seconds in (0, {maximum:g}]", code="invalid_timeout")
+        raise BadRequest(f"{h.TIMEOUT} must be a number of seconds in (0, {maximum:g}]", code="invalid_timeout")
     return seconds
 
 
 def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(
-            f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key"
+            f"{h.IDEMPOTENCY_KEY} must hold 1 to {MAX_IDEMPOTENCY_KEY} characters", code="invalid_idempotency_key"
         )
     return value
 
 
 def _wait(prefs: list[preferences.Preference], maximum: float) -> float | None:
-    value = next((p.value for p in prefs if p.name == WAIT_PREFERENCE), None)
+    value = next((p.value for p in prefs if p.name == h.WAIT_PREFERENCE), None)
     if value is None:
         return None
     try:
@@ -199,7 +188,8 @@ def _wait(prefs: list[preferences.Preference], maximum: float) -> float | None:
         seconds = -1.0
     if not seconds >= 0:  # also refuses NaN, as ?wait= does
         raise BadRequest(
-            f"Prefer: wait must be a number of seconds (at most {maximum:g} is honoured)", code="invalid_parameter"
+            f"{h.PREFER}: {h.WAIT_PREFERENCE} must be a number of seconds (at most {maximum:g} is honoured)",
+            code="invalid_parameter",
         )
     # RFC 7240 leaves the server free to wait less than asked; it never waits past its cap.
     return max(0.0, min(seconds, maximum))
@@ -215,31 +205,30 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     flags = {_flag(value) for value in ours.get(ASYNC_PARAM, [])}
     if len(flags) > 1:
         raise BadRequest(f"{ASYNC_PARAM} is given more than once with different values", code="invalid_parameter")
-    prefer_values = headers.get(PREFER_HEADER, [])
+    prefer_values = headers.get(h.PREFER_RAW, [])
     prefs = preferences.parse(prefer_values)
-    preferred = any(p.name == RESPOND_ASYNC for p in prefs)
+    preferred = any(p.name == h.RESPOND_ASYNC for p in prefs)
     webhooks = ours.get(WEBHOOK_PARAM, [])
-    header_webhook = _single(headers, WEBHOOK_HEADER)
+    header_webhook = _single(headers, h.WEBHOOK_RAW)
     if header_webhook is not None:
         webhooks.append(header_webhook)
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
-    timeout_header = _single(headers, TIMEOUT_HEADER)
-    events = webhook_events([*ours.get(WEBHOOK_EVENTS_PARAM, []), *headers.get(WEBHOOK_EVENTS_HEADER, [])])
+    timeout_header = _single(headers, h.TIMEOUT_RAW)
+    events = webhook_events([*ours.get(WEBHOOK_EVENTS_PARAM, []), *headers.get(h.WEBHOOK_EVENTS_RAW, [])])
     is_async = flags == {True} or (preferred and flags != {False})
     if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
         is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
         if webhooks or timeout_header is not None or events is not None:
             raise BadRequest(
-                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need an "
-                "asynchronous request "
-                f"(add {ASYNC_PARAM}=true)",
+                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, {h.WEBHOOK} and {h.TIMEOUT} need an asynchronous "
+                f"request (add {ASYNC_PARAM}=true)",
                 code="webhook_requires_async",
             )
         return None
     wait = _wait(prefs, limits.max_wait) if preferred else None
-    honoured = frozenset({RESPOND_ASYNC, WAIT_PREFERENCE}) if wait is not None else frozenset({RESPOND_ASYNC})
+    honoured = frozenset({h.RESPOND_ASYNC, h.WAIT_PREFERENCE}) if wait is not None else frozenset({h.RESPOND_ASYNC})
     webhook_url = validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook
     if events is not None and webhook_url is None:
         raise BadRequest(f"{WEBHOOK_EVENTS_PARAM} needs a webhook ({WEBHOOK_PARAM})", code="invalid_webhook_events")
@@ -256,7 +245,7 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         prefer=tuple(preferences.without(prefer_values, honoured)),
         wait=wait,
         timeout=_timeout(timeout_header, limits.max_timeout),
-        idempotency_key=_idempotency_key(_single(headers, IDEMPOTENCY_HEADER)),
+        idempotency_key=_idempotency_key(_single(headers, h.IDEMPOTENCY_KEY_RAW)),
         route=limits.route,
     )
 
@@ -267,7 +256,7 @@ def _route_mode(route: RoutePolicy, asked: bool, flags: set[bool]) -> bool:
         if asked:
             raise BadRequest(
                 f"requests to {route.path} are never asynchronous (route {route.name}); "
-                f"send it without {ASYNC_PARAM}=true or Prefer: respond-async",
+                f"send it without {ASYNC_PARAM}=true or {h.PREFER}: {h.RESPOND_ASYNC}",
                 code="async_not_allowed",
             )
         return False
@@ -292,7 +281,7 @@ class Limits:
 
     @classmethod
     def of(cls, config: Config, route: RoutePolicy | None = None) -> Limits:
-        allow = Allowlist.parse(config.webhooks.allow)
+        allow = config.webhooks.allow
         if route is None:
             return cls(config.limits.max_wait, config.runs.timeout, config.webhooks.default_url, allow)
         timeout = route.timeout or config.runs.timeout
@@ -303,22 +292,26 @@ class Limits:
 def looks_async(scope: Scope) -> bool:
     """A cheap first look on the hot path: could this request concern the gateway at all?"""
     query: bytes = scope["query_string"]
-    if b"async" in query or b"webhook" in query:
+    if _ASYNC_PARAM in query or _WEBHOOK in query:
         return True
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
 
-_NOT_REPLAYED = frozenset(name.decode("ascii") for name in NOT_REPLAYED)
-_GATEWAY_HEADERS = frozenset({PREFER_HEADER, WEBHOOK_HEADER, WEBHOOK_EVENTS_HEADER, TIMEOUT_HEADER})
+_NOT_REPLAYED = frozenset(name.decode("ascii") for name in h.NOT_REPLAYED)
+_PREFER = h.PREFER.lower()
+_ASYNC_PARAM = ASYNC_PARAM.encode("ascii")
+#: Both webhookEndpoint and webhookEvents.
+_WEBHOOK = b"webhook"
+_GATEWAY_HEADERS = frozenset({h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW})
 _CLASSIFIED = frozenset(
-    {REPLAY_MARKER, PREFER_HEADER, WEBHOOK_HEADER, WEBHOOK_EVENTS_HEADER, TIMEOUT_HEADER, IDEMPOTENCY_HEADER}
+    {h.RUN_ID_RAW, h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW, h.IDEMPOTENCY_KEY_RAW}
 )
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+        if name == h.CONTENT_LENGTH_RAW and value.strip().isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -339,13 +332,13 @@ def replay_headers(scope: Scope, intent: Intent) -> tuple[tuple[str, str], ...]:
     """The headers the upstream will get: the client's, with the gateway's own removed."""
     headers = [
         (name, value)
-        for name, value in upstream_request_headers(scope)
+        for name, value in h.upstream_request_headers(scope)
         # Hop-by-hop fields are gone already; Expect and Content-Length belong to this exchange
         # (headers.NOT_REPLAYED); Asyncgate-* fields belong to the gateway, and a client must not
         # be able to forge a run id or a replay marker.
-        if (low := name.lower()) not in _NOT_REPLAYED and low != "prefer" and not low.startswith("asyncgate-")
+        if (low := name.lower()) not in _NOT_REPLAYED and low != _PREFER and not low.startswith(h.GATEWAY_PREFIX)
     ]
-    headers.extend(("Prefer", value) for value in intent.prefer)
+    headers.extend((h.PREFER, value) for value in intent.prefer)
     return tuple(headers)
 
 
@@ -377,12 +370,20 @@ class RouteLimits:
 
 
 class Intake:
-    """Accepts asynchronous requests: 202 once the run is stored, never before."""
+    """Every request outside the gateway's prefix: asynchronous ones are accepted (202 once the run
+    is stored, never before) or refused; the others go on to ``passthrough``."""
 
     def __init__(
-        self, config: Config, store: RunStore, access: Access, metrics: Metrics, tracing: Tracing = NO_TRACING
+        self,
+        config: Config,
+        store: Records,
+        access: Access,
+        metrics: Metrics,
+        passthrough: ASGIApp,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.config = config
+        self.passthrough = passthrough
         self.tracing = tracing
         self.store = store
         self.access = access
@@ -391,10 +392,29 @@ class Intake:
         self.limits_for = RouteLimits(config)
         self.links = RunLinks(config.server.prefix)
         self.retry_after = str(retry_after(config.runs.retry_after))
+        #: With route policies, every request is matched (a route may make it async unasked).
+        self._routes = bool(config.routes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, intent: Intent) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The cheap look first: most requests are the pass-through, the hot path.
+        if not (self._routes or looks_async(scope)):
+            await self.passthrough(scope, receive, send)
+            return
+        try:
+            intent = classify(scope, self.limits_for(scope))
+        except ClientError as error:
+            await self._refuse(send, error)
+            return
+        if intent is None:
+            await self.passthrough(scope, receive, send)
+            return
         with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:
             await self._serve(scope, receive, send, intent, span)
+
+    async def _refuse(self, send: Send, error: ClientError) -> None:
+        """Answer a refused submission; the one place refusals are counted."""
+        self.metrics.runs_refused.labels(error.code).inc()
+        await send_error(send, error)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, intent: Intent, span: Span) -> None:
         try:
@@ -402,9 +422,8 @@ class Intake:
         except ClientDisconnected:
             return
         except ClientError as error:
-            self.metrics.runs_refused.labels(error.code).inc()
             span.finish(error.status_code, error.code)
-            await send_error(send, error)
+            await self._refuse(send, error)
             return
         if not created.replayed:
             self.metrics.runs_accepted.inc()
@@ -413,23 +432,23 @@ class Intake:
                 logger.info("run %s accepted: %s %s", created.run_id, scope["method"], scope["path"], extra=extra)
         # Azure's asynchronous request-reply: where to look (Location), when (Retry-After), and
         # the run's other resources by name (Link), so a client needs no knowledge of the paths.
-        headers = {
-            "Location": self.links.status(created.run_id),
-            "Retry-After": self.retry_after,
-            "Link": self.links.header(created.run_id),
+        headers: dict[str, str] = {
+            h.LOCATION: self.links.status(created.run_id),
+            h.RETRY_AFTER: self.retry_after,
+            h.LINK: self.links.header(created.run_id),
         }
         if created.replayed:
-            headers[REPLAY_HEADER] = "true"
+            headers[h.IDEMPOTENT_REPLAY] = "true"
         elif intent.wait:
             result = await self._wait_for_result(created.run_id, intent.wait)
             if result is not None:
                 response = stored_response(result)
-                response.raw_headers.append((RUN_ID_HEADER.lower().encode(), created.run_id.encode()))
+                response.raw_headers.append((h.RUN_ID_RAW, created.run_id.encode()))
                 span.finish(result.status)
                 await response(scope, receive, send)
                 return
         if intent.preferred:
-            headers["Preference-Applied"] = RESPOND_ASYNC
+            headers[h.PREFERENCE_APPLIED] = h.RESPOND_ASYNC
         span.finish(202)
         await send_json(send, 202, orjson.dumps({"run_id": created.run_id, "status": status}), headers)
 
@@ -440,7 +459,7 @@ class Intake:
         body = await read_body(scope, receive, body_limit)
         request = RunRequest(
             method=scope["method"],
-            path=raw_path(scope),
+            path=h.raw_path(scope),
             query=intent.query,
             # Traced, the stored context names the intake span: the run's later spans nest under it.
             headers=with_span(replay_headers(scope, intent), span.headers),
@@ -476,7 +495,7 @@ class Intake:
             ) from exc
         if not created.same_request:
             raise UnprocessableContent(
-                "this Idempotency-Key was used for a different request", code="idempotency_key_reused"
+                f"this {h.IDEMPOTENCY_KEY} was used for a different request", code="idempotency_key_reused"
             )
         if created.replayed:
             existing = await self.store.get(created.run_id)

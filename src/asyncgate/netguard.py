@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from asyncgate.headers import CONNECTION, HOST
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Answers the addresses of ``(host, port)`` as text; the default is the event loop's getaddrinfo.
@@ -318,11 +320,11 @@ async def pinned_request(
     original = httpx.URL(url)
     pinned = pin_url(original, ip)
     sent = dict(headers or {})
-    sent["Host"] = original.netloc.decode("ascii")
+    sent[HOST] = original.netloc.decode("ascii")
     extensions: dict[str, Any] = dict(kwargs.pop("extensions", None) or {})
     if original.scheme == "https":
         extensions["sni_hostname"] = _ascii_host(original)
-        sent["Connection"] = "close"
+        sent[CONNECTION] = "close"
     return await client.request(method, pinned, headers=sent, extensions=extensions, follow_redirects=False, **kwargs)
 
 

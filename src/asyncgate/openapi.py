@@ -7,28 +7,49 @@ the live routes and runs schemathesis against a real gateway, so it cannot drift
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from asyncgate import __version__
+from asyncgate import headers as h
 from asyncgate.config import Config
+from asyncgate.endpoints import (
+    AFTER_PARAM,
+    CANCEL_CONFIRM_SECONDS,
+    COUNT_LIMIT,
+    CURSOR_PARAM,
+    DEFAULT_PAGE,
+    LIMIT_PARAM,
+    MAX_PAGE,
+    RECONNECT_MS,
+    STATUS_PARAM,
+    WAIT_PARAM,
+    route_policies,
+)
+from asyncgate.feeds import READ_WAIT
 from asyncgate.intake import (
     ASYNC_PARAM,
+    FALSE_WORDS,
     MAX_IDEMPOTENCY_KEY,
+    MAX_WEBHOOK_URL,
     QUEUE_RETRY_AFTER,
-    REPLAY_HEADER,
-    RUN_ID_HEADER,
     STORE_RETRY_AFTER,
+    TRUE_WORDS,
     WEBHOOK_EVENTS_PARAM,
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
-from asyncgate.policies import AsyncMode, effective
-from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES, PROGRESS_URL_HEADER
+from asyncgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from asyncgate.output import CHUNKS, MAX_PIECE, NDJSON, SSE
+from asyncgate.policies import AsyncMode
+from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES
 from asyncgate.responses import JSONResponse
 from asyncgate.runs import WEBHOOK_EVENTS, DeliveryState, ErrorCode, RunState
+from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind
 
 Schema = dict[str, Any]
 
@@ -36,12 +57,6 @@ _EVENT_NAMES = "|".join(WEBHOOK_EVENTS)
 _EVENT_LIST = ", ".join(WEBHOOK_EVENTS)
 
 OPENAPI_VERSION = "3.1.0"
-#: Page sizes of GET /runs (``asyncgate.endpoints`` enforces them; a test checks they agree).
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
-#: Runs GET /runs/counts examines at most (``endpoints.COUNT_LIMIT``).
-COUNT_LIMIT = 10_000
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 _INTRO = """\
 asyncgate sits in front of a synchronous HTTP server and gives every endpoint an asynchronous mode.
@@ -131,7 +146,7 @@ an `event` name and a JSON `data` line:
   answer or a POST to the URL its request announced (`data` is a `ProgressEvent`); the run's
   status shows the latest report.
 
-The stream starts with `retry: 1000`, sends a `: keep-alive` comment every 15 s while idle, and
+The stream starts with `retry: {reconnect}`, sends a `: keep-alive` comment every {keep_alive:g} s while idle, and
 ends once the final state and the webhook events logged by then are sent. To resume after a
 broken connection, send the last `id` received as `Last-Event-ID` (browsers' `EventSource` does
 so by itself) or as `?after=`: the stream goes on after that event. Ids are opaque strings.
@@ -199,17 +214,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
     return document
 
 
-def route_policies(config: Config) -> list[dict[str, Any]]:
-    """Each route policy with the settings in force on it (the gateway's where it sets none)."""
-    defaults = {
-        "timeout": config.runs.timeout,
-        "max_attempts": config.runs.max_attempts,
-        "max_body_bytes": config.limits.max_body_bytes,
-        "webhook": config.webhooks.default_url,
-    }
-    return [effective(route, defaults) for route in config.routes]
-
-
 _ROUTES = """
 
 **Route policies** (`routes:` in the configuration, matched in order, first match wins; each is
@@ -236,6 +240,10 @@ async def openapi_endpoint(request: Request) -> Response:
     """``GET {prefix}/openapi.json``."""
     config: Config = request.app.state.services.config
     return JSONResponse(openapi_document(config))
+
+
+def routes() -> list[Route]:
+    return [Route("/openapi.json", openapi_endpoint, methods=["GET"])]
 
 
 # Small builders ---------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ def _error_response(description: str, *codes: tuple[str, str], retry_after: bool
         "content": _json(_ref("schemas", "Error"), **{code: _error(code, message) for code, message in codes}),
     }
     if retry_after:
-        response["headers"] = {"Retry-After": _ref("headers", "RetryAfter")}
+        response["headers"] = {h.RETRY_AFTER: _ref("headers", "RetryAfter")}
     return response
 
 
@@ -312,7 +320,7 @@ def _submission_path(config: Config) -> Schema:
         webhook_param=WEBHOOK_PARAM,
         max_body=config.limits.max_body_bytes,
         max_wait=config.limits.max_wait,
-        run_id_header=RUN_ID_HEADER,
+        run_id_header=h.RUN_ID,
     ) + _routes_text(config)
     path_item: Schema = {
         "summary": "Any upstream path: submit a request asynchronously",
@@ -340,13 +348,13 @@ def _submission_params(config: Config) -> list[Schema]:
             ASYNC_PARAM,
             "`true` (or `1`, `yes`) makes the request asynchronous; `false` (`0`, `no`) keeps it synchronous "
             "even with `Prefer: respond-async`.",
-            {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+            {"type": "string", "enum": [word for pair in zip(TRUE_WORDS, FALSE_WORDS, strict=True) for word in pair]},
         ),
         _query_param(
             WEBHOOK_PARAM,
             "An absolute http(s) URL (percent-encoded) to POST the upstream's response body to when the run "
             "ends. Needs an asynchronous request.",
-            {"type": "string", "format": "uri", "maxLength": 2048},
+            {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL},
         ),
         _query_param(
             WEBHOOK_EVENTS_PARAM,
@@ -356,29 +364,29 @@ def _submission_params(config: Config) -> list[Schema]:
             {"type": "string", "pattern": f"^\\s*({_EVENT_NAMES})\\s*(,\\s*({_EVENT_NAMES})\\s*)*$"},
         ),
         _header_param(
-            "Prefer",
+            h.PREFER,
             "`respond-async` makes the request asynchronous (RFC 7240); `wait=N` waits up to N seconds "
             f"(at most {config.limits.max_wait:g}) for the upstream's response before answering 202. "
             "Other preferences are forwarded to the upstream.",
-            {"type": "string", "examples": ["respond-async", "respond-async, wait=10"]},
+            {"type": "string", "examples": [h.RESPOND_ASYNC, f"{h.RESPOND_ASYNC}, {h.WAIT_PREFERENCE}=10"]},
         ),
         _header_param(
-            "Asyncgate-Webhook",
+            h.WEBHOOK,
             f"The webhook URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
         ),
         _header_param(
-            "Asyncgate-Webhook-Events",
+            h.WEBHOOK_EVENTS,
             f"The webhook events, as a header instead of (or besides) `{WEBHOOK_EVENTS_PARAM}`.",
             {"type": "string"},
         ),
         _header_param(
-            "Asyncgate-Timeout",
+            h.TIMEOUT,
             f"The run's own time limit in seconds, shorter than `runs.timeout` ({config.runs.timeout:g}).",
             {"type": "number", "exclusiveMinimum": 0, "maximum": config.runs.timeout},
         ),
         _header_param(
-            "Idempotency-Key",
+            h.IDEMPOTENCY_KEY,
             "Submitting the same request again with the same key (per caller) returns the run it made "
             "instead of a new one, with `Asyncgate-Idempotent-Replay: true`; a different request with that "
             "key is refused (422). A keyed POST may also be re-sent safely after a gateway crash.",
@@ -391,14 +399,14 @@ def _submission_operation(config: Config, method: str) -> Schema:
     accepted: Schema = {
         "description": "The run is stored and queued; follow it at `Location`.",
         "headers": {
-            "Location": _ref("headers", "Location"),
-            "Retry-After": _ref("headers", "PollAfter"),
-            "Link": _ref("headers", "Link"),
-            "Preference-Applied": {
+            h.LOCATION: _ref("headers", "Location"),
+            h.RETRY_AFTER: _ref("headers", "PollAfter"),
+            h.LINK: _ref("headers", "Link"),
+            h.PREFERENCE_APPLIED: {
                 "description": "`respond-async`, when the request asked with `Prefer`.",
-                "schema": {"type": "string", "const": "respond-async"},
+                "schema": {"type": "string", "const": h.RESPOND_ASYNC},
             },
-            REPLAY_HEADER: {
+            h.IDEMPOTENT_REPLAY: {
                 "description": "`true` when an `Idempotency-Key` named an existing run: this is that run.",
                 "schema": {"type": "string", "const": "true"},
             },
@@ -413,10 +421,10 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_webhook_events", f"unknown webhook event 'logs': {WEBHOOK_EVENTS_PARAM} takes {_EVENT_LIST}"),
             ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
             ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
-            ("invalid_header", "asyncgate-webhook is given more than once"),
-            ("invalid_timeout", "Asyncgate-Timeout must be a number of seconds in (0, 43200]"),
-            ("invalid_idempotency_key", f"Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
-            ("webhook_requires_async", f"{WEBHOOK_PARAM}, Asyncgate-Webhook and Asyncgate-Timeout need ..."),
+            ("invalid_header", f"{h.WEBHOOK.lower()} is given more than once"),
+            ("invalid_timeout", f"{h.TIMEOUT} must be a number of seconds in (0, {config.runs.timeout:g}]"),
+            ("invalid_idempotency_key", f"{h.IDEMPOTENCY_KEY} must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            ("webhook_requires_async", f"{WEBHOOK_PARAM}, {h.WEBHOOK} and {h.TIMEOUT} need ..."),
             ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
             ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
         ),
@@ -441,9 +449,9 @@ def _submission_operation(config: Config, method: str) -> Schema:
         ),
         "default": {
             "description": "The upstream's own response: a synchronous request passed through, or the result "
-            f"of a run that ended within `Prefer: wait` (then with `{RUN_ID_HEADER}`). `502` "
+            f"of a run that ended within `Prefer: wait` (then with `{h.RUN_ID}`). `502` "
             "(`upstream_unreachable`) and `504` (`upstream_timeout`) are the gateway's, for synchronous requests.",
-            "headers": {RUN_ID_HEADER: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
+            "headers": {h.RUN_ID: {"description": "The run, when it was one.", "schema": {"type": "string"}}},
             "content": {"*/*": {"schema": {}}},
         },
     }
@@ -482,7 +490,7 @@ def _run_paths(config: Config) -> dict[str, Schema]:
 
 _PROGRESS = f"""\
 Where an upstream reports its progress while it works on a run: the executor announces this URL
-to each attempt in the `{PROGRESS_URL_HEADER}` request header. The URL is a capability: its last
+to each attempt in the `{h.PROGRESS_URL}` request header. The URL is a capability: its last
 segment is a signature of the run and the attempt, valid only while that attempt runs; it needs no
 caller credentials, and lets its holder do nothing but report. Any replica takes it.
 
@@ -534,13 +542,13 @@ def _progress_operation() -> Schema:
 def _list_operation(config: Config) -> Schema:
     statuses = [state.value for state in RunState]
     params = [
-        _query_param("status", "Only runs in this state.", {"type": "string", "enum": statuses}),
+        _query_param(STATUS_PARAM, "Only runs in this state.", {"type": "string", "enum": statuses}),
         _query_param(
-            "limit",
+            LIMIT_PARAM,
             f"Runs per page, 1 to {MAX_PAGE}.",
             {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
         ),
-        _query_param("cursor", "The `next_cursor` of the previous page.", {"type": "string"}),
+        _query_param(CURSOR_PARAM, "The `next_cursor` of the previous page.", {"type": "string"}),
     ]
     responses = {
         "200": {"description": "One page of runs, newest first.", "content": _json(_ref("schemas", "RunList"))},
@@ -567,11 +575,11 @@ def _status_response(description: str) -> Schema:
     return {
         "description": description,
         "headers": {
-            "Retry-After": {
+            h.RETRY_AFTER: {
                 "description": "While the run is not final: poll again after this many seconds (`runs.retry_after`).",
                 "schema": {"type": "integer", "minimum": 1},
             },
-            "Link": _ref("headers", "Link"),
+            h.LINK: _ref("headers", "Link"),
         },
         "content": _json(_ref("schemas", "RunStatus")),
     }
@@ -589,7 +597,7 @@ A run that is not final, or ended without an upstream response, gets its status 
 
 def _status_operation(config: Config) -> Schema:
     wait = _query_param(
-        "wait",
+        WAIT_PARAM,
         "Long-poll: answer as soon as the run is final, or after this many seconds "
         f"(0 to `limits.max_wait`, {config.limits.max_wait:g}).",
         {"type": "number", "minimum": 0, "maximum": config.limits.max_wait},
@@ -599,12 +607,12 @@ def _status_operation(config: Config) -> Schema:
         "description": f"`?{REDIRECT_PARAM}={REDIRECT_TO_RESULT}` and the run has a result: fetch it at `Location`. "
         "The body is the run's status.",
         "headers": {
-            "Location": {
+            h.LOCATION: {
                 "description": f"The run's result, `{config.server.prefix}/runs/{{run_id}}/result`.",
                 "schema": {"type": "string"},
                 "required": True,
             },
-            "Link": _ref("headers", "Link"),
+            h.LINK: _ref("headers", "Link"),
         },
         "content": _json(_ref("schemas", "RunStatus")),
     }
@@ -621,7 +629,8 @@ def _cancel_operation(config: Config) -> Schema:
     responses = {
         "200": _status_response("The run is cancelled (a queued run at once, a running one once its call is aborted)."),
         "202": _status_response(
-            "Cancellation was asked of the gateway holding the run, which has not confirmed it within 5 s; "
+            "Cancellation was asked of the gateway holding the run, which has not confirmed it within "
+            f"{CANCEL_CONFIRM_SECONDS:g} s; "
             "the run is still `running`."
         ),
         "409": _error_response(
@@ -663,12 +672,12 @@ def _result_operation(config: Config) -> Schema:
 
 def _events_operation(config: Config) -> Schema:
     params = [
-        _header_param("Last-Event-ID", "Resume after this event id.", {"type": "string"}),
-        _query_param("after", "Resume after this event id (when the header cannot be sent).", {"type": "string"}),
+        _header_param(h.LAST_EVENT_ID, "Resume after this event id.", {"type": "string"}),
+        _query_param(AFTER_PARAM, "Resume after this event id (when the header cannot be sent).", {"type": "string"}),
     ]
     stream = {
         "description": "The event stream; it ends after the run's final state.",
-        "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}},
+        "headers": {h.CACHE_CONTROL: {"schema": {"type": "string", "const": "no-cache"}}},
         "content": {
             "text/event-stream": {
                 "schema": _ref("schemas", "ServerSentEvent"),
@@ -677,7 +686,14 @@ def _events_operation(config: Config) -> Schema:
         },
     }
     responses = {"200": stream, "400": _ref("responses", "InvalidParameter"), **_run_errors(config)}
-    return _operation("streamRunEvents", "runs", "The run's events", responses, parameters=params, description=_EVENTS)
+    return _operation(
+        "streamRunEvents",
+        "runs",
+        "The run's events",
+        responses,
+        parameters=params,
+        description=_EVENTS.format(reconnect=RECONNECT_MS, keep_alive=READ_WAIT),
+    )
 
 
 def _redeliver_operation(config: Config) -> Schema:
@@ -705,10 +721,10 @@ def _redeliver_operation(config: Config) -> Schema:
             WEBHOOK_PARAM,
             "Where to deliver. The run's own URL is deleted once its delivery is final, so a redelivery "
             "then names one (the same or another); without one, the run's own URL while it is stored.",
-            {"type": "string", "format": "uri", "maxLength": 2048},
+            {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL},
         ),
         _header_param(
-            "Asyncgate-Webhook",
+            h.WEBHOOK,
             f"The URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
         ),
@@ -754,7 +770,7 @@ def _operations_paths(prefix: str) -> dict[str, Schema]:
         "metrics",
         "operations",
         "Prometheus metrics",
-        {"200": {"description": "The text exposition format.", "content": {PROMETHEUS_TEXT: {"schema": {}}}}},
+        {"200": {"description": "The text exposition format.", "content": {METRICS_CONTENT_TYPE: {"schema": {}}}}},
         security=public,
     )
     document = _operation(
@@ -788,24 +804,24 @@ def _webhook_operation(config: Config) -> Schema:
         content = {"*/*": {"schema": {}}}
     signature = "One `v1,<base64>` per signing secret, space-separated."
     params = [
-        _header_param("webhook-id", "`msg_<run_id>`, the same on every attempt.", {"type": "string"}, True),
-        _header_param("webhook-timestamp", "Unix seconds of this attempt.", {"type": "string"}, True),
-        _header_param("webhook-signature", signature, {"type": "string"}, signed),
-        _header_param("Asyncgate-Run-Id", "The run.", {"type": "string"}, True),
-        _header_param("Asyncgate-Status", "The run's final state.", _final_states(), True),
+        _header_param(h.WEBHOOK_ID, "`msg_<run_id>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_TIMESTAMP, "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_SIGNATURE, signature, {"type": "string"}, signed),
+        _header_param(h.RUN_ID, "The run.", {"type": "string"}, True),
+        _header_param(h.RUN_STATUS, "The run's final state.", _final_states(), True),
         _header_param(
-            "Asyncgate-Upstream-Status",
+            h.UPSTREAM_STATUS,
             "The upstream's status, empty when there was no upstream response.",
             {"type": "string", "pattern": "^([1-5][0-9][0-9])?$"},
             True,
         ),
         _header_param(
-            "Asyncgate-Webhook-Event",
+            h.WEBHOOK_EVENT,
             f"`completed`; only when the run's `{WEBHOOK_EVENTS_PARAM}` asked for more than completed.",
             {"const": "completed"},
         ),
         _header_param(
-            "Asyncgate-Webhook-Sequence",
+            h.WEBHOOK_SEQUENCE,
             "The delivery's place among the run's deliveries, the highest; only with `Asyncgate-Webhook-Event`.",
             {"type": "string", "pattern": "^[1-9][0-9]*$"},
         ),
@@ -851,15 +867,13 @@ are dropped, and the next delivery's `dropped` says how many.
 def _lifecycle_operation(config: Config) -> Schema:
     hooks = config.webhooks
     params = [
-        _header_param("webhook-id", "`msg_<run_id>_<sequence>`, the same on every attempt.", {"type": "string"}, True),
-        _header_param("webhook-timestamp", "Unix seconds of this attempt.", {"type": "string"}, True),
-        _header_param("webhook-signature", "One `v1,<base64>` per signing secret.", {"type": "string"}),
-        _header_param("Asyncgate-Run-Id", "The run.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_ID, "`msg_<run_id>_<sequence>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_TIMESTAMP, "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_SIGNATURE, "One `v1,<base64>` per signing secret.", {"type": "string"}),
+        _header_param(h.RUN_ID, "The run.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_EVENT, "The event.", {"type": "string", "enum": ["start", "output", "progress"]}, True),
         _header_param(
-            "Asyncgate-Webhook-Event", "The event.", {"type": "string", "enum": ["start", "output", "progress"]}, True
-        ),
-        _header_param(
-            "Asyncgate-Webhook-Sequence",
+            h.WEBHOOK_SEQUENCE,
             "The delivery's place among the run's deliveries: order and de-duplicate by it.",
             {"type": "string", "pattern": "^[1-9][0-9]*$"},
             True,
@@ -1033,9 +1047,9 @@ def _schemas(prefix: str) -> dict[str, Schema]:
                 "message": {"type": "string"},
             },
         },
-        "RunStatus": _run_status_schema(timestamp, prefix),
+        "RunStatus": _run_status_schema(prefix),
         "RunUrls": _run_urls_schema(),
-        "WebhookStatus": _webhook_status_schema(timestamp),
+        "WebhookStatus": _fields_schema(WEBHOOK_STATUS),
         "RunList": {
             "type": "object",
             "required": ["runs", "next_cursor"],
@@ -1145,29 +1159,35 @@ def _route_policy_schema() -> Schema:
     }
 
 
-def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
-    properties: Schema = {
-        "run_id": {"type": "string"},
-        "status": _ref("schemas", "RunState"),
-        "created_at": {"type": "string", "format": "date-time"},
-        "started_at": {**timestamp, "description": "When the current attempt started; null while queued."},
-        "finished_at": {**timestamp, "description": "null until the run is final."},
-        "method": {"type": "string"},
-        "path": {"type": "string", "description": "As the client sent it, without the query."},
-        "upstream_status": {"type": ["integer", "null"]},
-        "error": {**_nullable(_ref("schemas", "RunError")), "description": "Why the run failed or was cancelled."},
-        "attempt": {"type": "integer", "minimum": 0, "description": "1 on the first sending; 0 before it."},
-        "webhook": {**_nullable(_ref("schemas", "WebhookStatus")), "description": "null without a webhook."},
-        "urls": _ref("schemas", "RunUrls"),
-        "route": {
-            "type": ["string", "null"],
-            "description": "The route policy that applied (its name, else its index in `routes:`); null for none.",
-        },
-        "progress": {
-            **_nullable(_ref("schemas", "RunProgress")),
-            "description": "The latest progress the upstream reported; null before the first report.",
-        },
+def _field_schema(kind: Kind) -> Schema:
+    """The JSON schema of a status field's kind."""
+    schemas: dict[Kind, Schema] = {
+        Kind.TEXT: {"type": "string"},
+        Kind.OPTIONAL_TEXT: {"type": ["string", "null"]},
+        Kind.COUNT: {"type": "integer", "minimum": 0},
+        Kind.OPTIONAL_INT: {"type": ["integer", "null"]},
+        Kind.TIME: {"type": "string", "format": "date-time"},
+        Kind.OPTIONAL_TIME: {"type": ["string", "null"], "format": "date-time"},
+        Kind.STATE: _ref("schemas", "RunState"),
+        Kind.DELIVERY_STATE: {"type": "string", "enum": [state.value for state in DeliveryState]},
+        Kind.ERROR: _nullable(_ref("schemas", "RunError")),
+        Kind.WEBHOOK: _nullable(_ref("schemas", "WebhookStatus")),
+        Kind.URLS: _ref("schemas", "RunUrls"),
+        Kind.EVENTS: {"type": "array", "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
+        Kind.PROGRESS: _nullable(_ref("schemas", "RunProgress")),
     }
+    return schemas[kind]
+
+
+def _fields_schema(fields: Sequence[Field[Any]]) -> Schema:
+    properties = {
+        field.name: {**_field_schema(field.kind), **({"description": field.description} if field.description else {})}
+        for field in fields
+    }
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _run_status_schema(prefix: str) -> Schema:
     run = f"{prefix}/runs/q3Jx0V2kS1uVw2yWb7m1bA"
     example = {
         "run_id": "q3Jx0V2kS1uVw2yWb7m1bA",
@@ -1181,11 +1201,11 @@ def _run_status_schema(timestamp: Schema, prefix: str) -> Schema:
         "error": None,
         "attempt": 1,
         "webhook": None,
-        "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "route": None,
+        "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "progress": {"value": 1.0, "message": "done", "attempt": 1, "at": "2026-11-23T10:05:40.870Z"},
     }
-    return {"type": "object", "required": list(properties), "properties": properties, "examples": [example]}
+    return {**_fields_schema(RUN_STATUS), "examples": [example]}
 
 
 def _run_urls_schema() -> Schema:
@@ -1201,26 +1221,6 @@ def _run_urls_schema() -> Schema:
         "description": f"The run's URLs; the `Link` header names the same, each with its key as `rel`. {relative}",
         "required": list(described),
         "properties": {name: {"type": "string", "description": text} for name, text in described.items()},
-    }
-
-
-def _webhook_status_schema(timestamp: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": ["url", "state", "attempts", "last_status", "last_error", "next_attempt_at"],
-        "properties": {
-            "url": {"type": "string", "description": "The webhook URL, credentials and query values masked."},
-            "state": {"type": "string", "enum": [state.value for state in DeliveryState]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "last_status": {"type": ["integer", "null"]},
-            "last_error": {"type": ["string", "null"]},
-            "next_attempt_at": {**timestamp, "description": "When the next attempt is due; null once final."},
-            "events": {
-                "type": "array",
-                "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
-                "description": f"The events asked for (`{WEBHOOK_EVENTS_PARAM}`); absent for `completed` alone.",
-            },
-        },
     }
 
 
@@ -1241,7 +1241,7 @@ def _output_schemas() -> dict[str, Schema]:
                 "seq": {"type": "integer", "description": "0, 1, 2... within the attempt: a gap shows output missed."},
                 "format": {
                     "type": "string",
-                    "enum": ["sse", "ndjson", "chunks"],
+                    "enum": [SSE, NDJSON, CHUNKS],
                     "description": "How the answer is cut into events; in the attempt's first output event only.",
                 },
                 "content_type": {"type": "string", "description": "The answer's; first output event only."},
@@ -1251,7 +1251,8 @@ def _output_schemas() -> dict[str, Schema]:
                 "sse_id": {"type": "string", "description": "The upstream SSE stream's last event id, if any."},
                 "partial": {
                     "const": True,
-                    "description": "A piece of a line or event longer than 64 KiB: the next event continues it.",
+                    "description": f"A piece of a line or event longer than {MAX_PIECE // 1024} KiB: "
+                    "the next event continues it.",
                 },
                 "kept": {
                     "const": False,

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from asyncgate import lifecycle, progress
 from asyncgate.errors import StoreError
+from asyncgate.headers import CONTENT_LENGTH_RAW, CONTENT_TYPE_RAW, TRANSFER_ENCODING_RAW
 from asyncgate.runs import now
 
 logger = logging.getLogger("asyncgate.output")
@@ -46,7 +47,7 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
 
 
 class OutputLog(Protocol):
-    """The part of the store output is written to (``RunStore.append_output``, ``report_progress``)."""
+    """The part of the store output is written to (``store.base.Execution``: ``append_output``, ``report_progress``)."""
 
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
@@ -69,13 +70,13 @@ def _header(headers: RawHeaders, name: bytes) -> bytes | None:
 def stream_format(headers: RawHeaders) -> str | None:
     """How a response's body is relayed as output, or None when it does not stream."""
     headers = list(headers)
-    media = (_header(headers, b"content-type") or b"").split(b";")[0].strip().lower()
+    media = (_header(headers, CONTENT_TYPE_RAW) or b"").split(b";")[0].strip().lower()
     if media == b"text/event-stream":
         return SSE
     if media in (b"application/x-ndjson", b"application/jsonl", b"application/jsonlines"):
         return NDJSON
-    chunked = b"chunked" in (_header(headers, b"transfer-encoding") or b"").lower()
-    if chunked and _header(headers, b"content-length") is None:
+    chunked = b"chunked" in (_header(headers, TRANSFER_ENCODING_RAW) or b"").lower()
+    if chunked and _header(headers, CONTENT_LENGTH_RAW) is None:
         return CHUNKS
     return None
 
@@ -397,7 +398,7 @@ class Output:
         form = stream_format(headers)
         if form is None:
             return None
-        content_type = (_header(headers, b"content-type") or b"").decode("latin-1")
+        content_type = (_header(headers, CONTENT_TYPE_RAW) or b"").decode("latin-1")
         limits = self.hook_limits
         hooks = None
         if output_hooks:

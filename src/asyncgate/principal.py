@@ -16,6 +16,7 @@ from starlette.types import Scope
 
 from asyncgate.config import AccessConfig
 from asyncgate.errors import ClientError, TooManyRequests
+from asyncgate.headers import AUTHORIZATION_RAW, PROXY_AUTHORIZATION_RAW
 from asyncgate.runs import Run
 
 #: Domain separation, so the fingerprint of a token is not a plain hash of it.
@@ -24,7 +25,7 @@ _CONTEXT = b"asyncgate-caller-v1\x00"
 _TRACKED_CALLERS = 10_000
 _WINDOW = 60.0
 #: Headers whose values are ``auth-scheme [ 1*SP credentials ]`` (RFC 9110 section 11.4).
-_SCHEMED_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
+_SCHEMED_HEADERS = frozenset({AUTHORIZATION_RAW, PROXY_AUTHORIZATION_RAW})
 
 
 def canonical_credentials(value: bytes) -> bytes:

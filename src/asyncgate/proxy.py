@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
-from asyncgate.errors import ClientError
-from asyncgate.headers import HOP_BY_HOP, RawHeaders, connection_tokens, forwarded_for
+from asyncgate.errors import ClientDisconnected, ClientError
+from asyncgate.headers import CONTENT_LENGTH_RAW, TRANSFER_ENCODING_RAW, forwarded_headers, raw_target, response_headers
 from asyncgate.metrics import Metrics
 from asyncgate.responses import send_error
 from asyncgate.upstream import Body, Response, Upstream, UpstreamError
@@ -17,9 +17,6 @@ from asyncgate.upstream import Body, Response, Upstream, UpstreamError
 logger = logging.getLogger("asyncgate.proxy")
 #: One line per synchronous request: method, path (never the query), status, time to headers.
 access_log = logging.getLogger("asyncgate.access")
-
-# Set by the gateway from the request itself; a client's values are replaced, not believed.
-_FORWARDING = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"})
 
 
 class BadGateway(ClientError):
@@ -36,55 +33,14 @@ class GatewayTimeout(ClientError):
     code = "upstream_timeout"
 
 
-class ClientDisconnected(Exception):
-    """The client went away while its request body was still being read."""
-
-
-def forwarded_headers(scope: Scope) -> RawHeaders:
-    """The client's end-to-end headers plus X-Forwarded-For, -Proto and -Host."""
-    raw: RawHeaders = scope["headers"]
-    named = connection_tokens(raw)
-    host = None
-    xff = None
-    headers: RawHeaders = []
-    for name, value in raw:
-        if name in _FORWARDING:
-            if name == b"host":
-                host = value
-            elif name == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            continue
-        if name in HOP_BY_HOP or name in named:
-            continue
-        headers.append((name, value))
-    chain = forwarded_for(xff, scope.get("client"))
-    if chain is not None:
-        headers.append((b"X-Forwarded-For", chain))
-    headers.append((b"X-Forwarded-Proto", b"https" if scope.get("scheme") == "https" else b"http"))
-    if host is not None:
-        headers.append((b"X-Forwarded-Host", host))
-    return headers
-
-
-def upstream_request_headers(scope: Scope) -> list[tuple[str, str]]:
-    """``forwarded_headers`` as text, as a run stores them."""
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in forwarded_headers(scope)]
-
-
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> RawHeaders:
-    """The upstream's response headers without hop-by-hop fields; repeated fields kept in order."""
-    named = connection_tokens(raw)
-    return [(name, value) for name, value in raw if (low := name.lower()) not in HOP_BY_HOP and low not in named]
-
-
 def body_framing(scope: Scope) -> tuple[bool, int | None]:
     """Whether the request has a body, and its Content-Length when it gives one."""
     chunked = False
     for name, value in scope["headers"]:
-        if name == b"content-length":
+        if name == CONTENT_LENGTH_RAW:
             length = int(value)  # the server parsed it already: one valid value
             return length > 0, length
-        if name == b"transfer-encoding":
+        if name == TRANSFER_ENCODING_RAW:
             chunked = True
     return chunked, None
 
@@ -102,17 +58,6 @@ async def request_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
-
-
-def raw_path(scope: Scope) -> str:
-    raw = scope.get("raw_path")
-    return raw.decode("latin-1") if raw else str(scope["path"])
-
-
-def raw_target(scope: Scope) -> tuple[bytes, bytes]:
-    """The path and query exactly as the client encoded them."""
-    raw = scope.get("raw_path")
-    return (raw if raw else scope["path"].encode("latin-1")), scope["query_string"]
 
 
 class Proxy:

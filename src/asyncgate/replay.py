@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncgate.headers import NOT_REPLAYED, encode, end_to_end
-from asyncgate.intake import ATTEMPT_HEADER, RUN_ID_HEADER
+from asyncgate.headers import ATTEMPT, CONTENT_LENGTH_RAW, NOT_REPLAYED, PROGRESS_URL, RUN_ID, encode, end_to_end, raw
 from asyncgate.output import Output, OutputSink
-from asyncgate.progress import PROGRESS_URL_HEADER
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
 from asyncgate.upstream import Response, Upstream, UpstreamError
 
-RUN_ID_HEADER_RAW = RUN_ID_HEADER.encode("ascii")
-ATTEMPT_HEADER_RAW = ATTEMPT_HEADER.encode("ascii")
-PROGRESS_URL_HEADER_RAW = PROGRESS_URL_HEADER.encode("ascii")
+#: As the upstream sees them, on every request the executor replays.
+_RUN_ID = RUN_ID.encode("ascii")
+_ATTEMPT = ATTEMPT.encode("ascii")
+_PROGRESS_URL = PROGRESS_URL.encode("ascii")
 #: Never replayed as the client sent it: only the executor announces a progress URL.
-_DROPPED = NOT_REPLAYED | {PROGRESS_URL_HEADER.lower().encode("ascii")}
+_DROPPED = NOT_REPLAYED | {raw(PROGRESS_URL)}
 
 
 class ResultTooLarge(Exception):
@@ -59,7 +58,7 @@ async def _read_body(response: Response, limit: int, sink: OutputSink | None) ->
 
 def _result_headers(response: Response) -> tuple[tuple[str, str], ...]:
     # Content-Length is recomputed when the result is served; framing belongs to each hop.
-    kept = end_to_end(response.raw_headers, drop=frozenset({b"content-length"}))
+    kept = end_to_end(response.raw_headers, drop=frozenset({CONTENT_LENGTH_RAW}))
     return tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in kept)
 
 
@@ -79,7 +78,7 @@ async def replay(
     With ``progress_url``, the request announces where the upstream may report its progress.
     """
     with tracing.upstream_attempt(run) as span:
-        announced = ((PROGRESS_URL_HEADER_RAW, progress_url.encode("ascii")),) if progress_url else ()
+        announced = ((_PROGRESS_URL, progress_url.encode("ascii")),) if progress_url else ()
         outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output, announced)
         span.finish(outcome.upstream_status, outcome.error.code if outcome.error else None)
         return outcome
@@ -97,7 +96,7 @@ async def _send(
     request = run.request
     # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
     headers = end_to_end(encode(with_span(request.headers, trace)), drop=_DROPPED)
-    headers += ((RUN_ID_HEADER_RAW, run.run_id.encode("ascii")), (ATTEMPT_HEADER_RAW, str(run.attempt).encode()))
+    headers += ((_RUN_ID, run.run_id.encode("ascii")), (_ATTEMPT, str(run.attempt).encode()))
     headers += announced
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import Send
 
 from asyncgate.errors import ClientError
-from asyncgate.headers import encode
+from asyncgate.headers import CONTENT_LENGTH_RAW, CONTENT_TYPE_RAW, encode
 from asyncgate.runs import RunResult
 
 #: Statuses that must not carry Content-Length (RFC 9110 §8.6).
@@ -43,7 +43,7 @@ async def send_json(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """Send a complete JSON response on a raw ASGI connection."""
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw = [(CONTENT_TYPE_RAW, b"application/json"), (CONTENT_LENGTH_RAW, str(len(body)).encode())]
     if headers:
         raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -60,5 +60,5 @@ def stored_response(result: RunResult) -> Response:
     response.body = result.body
     response.raw_headers = encode(result.headers)
     if result.status not in _BODYLESS:
-        response.raw_headers.append((b"content-length", str(len(result.body)).encode()))
+        response.raw_headers.append((CONTENT_LENGTH_RAW, str(len(result.body)).encode()))
     return response

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from asyncgate.headers import IDEMPOTENCY_KEY
+
 #: Bumped whenever the stored JSON form of a run changes shape.
 SCHEMA_VERSION = 1
 
@@ -248,40 +250,6 @@ class Run:
         """The Standard Webhooks message id: the same on every attempt, so receivers de-duplicate."""
         return f"msg_{self.run_id}"
 
-    def to_public(self) -> dict[str, Any]:
-        """The status resource: what a client may see (never headers, body or webhook secrets)."""
-        return {
-            "run_id": self.run_id,
-            "status": self.state.value,
-            "created_at": rfc3339(self.created_at),
-            "started_at": rfc3339(self.started_at),
-            "finished_at": rfc3339(self.finished_at),
-            "method": self.request.method,
-            "path": self.request.path,
-            "upstream_status": self.upstream_status,
-            "error": dataclasses.asdict(self.error) if self.error else None,
-            "attempt": self.attempt,
-            "webhook": self._public_delivery(),
-            "route": self.request.route,
-            "progress": self.progress.to_public() if self.progress else None,
-        }
-
-    def _public_delivery(self) -> dict[str, Any] | None:
-        if self.request.webhook_url is None:
-            return None
-        delivery = self.delivery or Delivery(DeliveryState.PENDING)
-        public: dict[str, Any] = {
-            "url": mask_url(self.request.webhook_url),
-            "state": delivery.state.value,
-            "attempts": delivery.attempts,
-            "last_status": delivery.last_status,
-            "last_error": delivery.last_error,
-            "next_attempt_at": rfc3339(delivery.next_attempt_at) if not delivery.state.is_final else None,
-        }
-        if self.request.webhook_events != DEFAULT_WEBHOOK_EVENTS:
-            public["events"] = list(self.request.webhook_events)
-        return public
-
 
 def mask_url(url: str) -> str:
     """The URL with credentials and query values hidden: they are often tokens."""
@@ -373,6 +341,7 @@ def load_error(data: bytes | str | None) -> RunError | None:
 
 #: Methods RFC 9110 defines as idempotent: sending them twice has the effect of sending once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENCY_KEY = IDEMPOTENCY_KEY.lower()
 
 
 def safe_to_resend(request: RunRequest) -> bool:
@@ -384,7 +353,7 @@ def safe_to_resend(request: RunRequest) -> bool:
         return request.idempotent
     if request.method.upper() in IDEMPOTENT_METHODS:
         return True
-    return any(name.lower() == "idempotency-key" for name, _ in request.headers)
+    return any(name.lower() == _IDEMPOTENCY_KEY for name, _ in request.headers)
 
 
 def recovery_outcome(run: Run, max_attempts: int) -> Outcome | None:

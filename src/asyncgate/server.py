@@ -38,6 +38,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from asyncgate.config import Config
+from asyncgate.headers import (
+    CONNECTION,
+    CONNECTION_RAW,
+    CONTENT_LENGTH_RAW,
+    EXPECT_RAW,
+    HOST_RAW,
+    TRANSFER_ENCODING_RAW,
+)
 from asyncgate.responses import error_body, send_json
 from asyncgate.websocket import tunnel_protocol
 
@@ -196,11 +204,11 @@ def request_problem(scope: Scope) -> str | None:
     codings: list[bytes] = []
     hosts = 0
     for name, value in scope["headers"]:
-        if name == b"content-length":
+        if name == CONTENT_LENGTH_RAW:
             lengths.append(value)
-        elif name == b"transfer-encoding":
+        elif name == TRANSFER_ENCODING_RAW:
             codings.append(value)
-        elif name == b"host":
+        elif name == HOST_RAW:
             hosts += 1
     if len(lengths) > 1:
         return "more than one Content-Length"
@@ -265,7 +273,7 @@ class StrictRequests:
 
 
 def expects_continue(scope: Scope) -> bool:
-    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"])
+    return any(name == EXPECT_RAW and value.lower() == b"100-continue" for name, value in scope["headers"])
 
 
 class ContinueGuard:
@@ -290,14 +298,14 @@ class ContinueGuard:
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start" and not self.asked:
-            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            message = {**message, "headers": [*message.get("headers", ()), (CONNECTION_RAW, b"close")]}
         await self._send(message)
 
 
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     # Closing matters as much as the status: the bytes after an ambiguous request may be a
     # second, smuggled request that must never be parsed.
-    await send_json(send, status, error_body(code, message), {"Connection": "close"})
+    await send_json(send, status, error_body(code, message), {CONNECTION: "close"})
 
 
 def head_problem(context: bytes, data: bytes) -> tuple[str | None, bytes]:
@@ -423,12 +431,12 @@ class FramedSend:
         """The head of a response to HTTP/1.0: without a length, its body runs until the close."""
         headers = list(message.get("headers", ()))
         names = {name.lower() for name, _ in headers}
-        if b"content-length" in names or self.cycle.scope["method"] == "HEAD":
+        if CONTENT_LENGTH_RAW in names or self.cycle.scope["method"] == "HEAD":
             return message
         self.until_close = True
         self.cycle.chunked_encoding = False
-        if b"transfer-encoding" in names:
-            message = {**message, "headers": [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]}
+        if TRANSFER_ENCODING_RAW in names:
+            message = {**message, "headers": [(n, v) for n, v in headers if n.lower() != TRANSFER_ENCODING_RAW]}
         return message
 
 

@@ -10,7 +10,7 @@ from asyncgate.executor import Executor
 from asyncgate.feeds import Feeds
 from asyncgate.metrics import Metrics
 from asyncgate.principal import Access
-from asyncgate.store.base import RunStore
+from asyncgate.store.base import Deliveries, Execution, Lifecycle, Records, RunStore
 from asyncgate.upstream import Upstream
 from asyncgate.webhooks import WebhookDispatcher
 
@@ -18,6 +18,7 @@ from asyncgate.webhooks import WebhookDispatcher
 @dataclasses.dataclass
 class Services:
     config: Config
+    #: The whole store, for the app's wiring; handlers reach it by role (``records`` and the rest).
     store: RunStore
     upstream: Upstream
     webhooks: WebhookDispatcher
@@ -30,7 +31,23 @@ class Services:
     @functools.cached_property
     def feeds(self) -> Feeds:
         """The replica's shared readers of event logs, for SSE listeners."""
-        return Feeds(self.store)
+        return Feeds(self.records)
+
+    @property
+    def records(self) -> Records:
+        return self.store
+
+    @property
+    def deliveries(self) -> Deliveries:
+        return self.store
+
+    @property
+    def execution(self) -> Execution:
+        return self.store
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self.store
 
     @property
     def store_kind(self) -> str:

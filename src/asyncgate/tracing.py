@@ -14,12 +14,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 from asyncgate.errors import ConfigError
+from asyncgate.headers import BAGGAGE, TRACEPARENT, TRACESTATE
 from asyncgate.runs import Headers, Run
 
 #: The W3C Trace Context and Baggage fields a run carries from its submission to its calls.
-TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+TRACE_HEADERS = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE, BAGGAGE))
 #: The fields that name a span: replaced on a call the gateway traces, so the callee nests under it.
-SPAN_HEADERS = frozenset({"traceparent", "tracestate"})
+SPAN_HEADERS = frozenset(name.lower() for name in (TRACEPARENT, TRACESTATE))
 #: Exporters OTEL_TRACES_EXPORTER may name here; an OTLP exporter speaks HTTP/protobuf.
 EXPORTERS = frozenset({"otlp", "console"})
 OTLP_PROTOCOL = "http/protobuf"

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from asyncgate.config import Config
 from asyncgate.errors import NotFound
+from asyncgate.headers import CACHE_CONTROL
 
 STATIC = Path(__file__).parent / "static"
 
@@ -36,7 +37,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
     # Revalidated on every load (cheap with the ETag), so an upgraded gateway serves its own script.
-    "Cache-Control": "no-cache",
+    CACHE_CONTROL: "no-cache",
 }
 #: The files the dashboard is made of, and their media types; nothing else is served.
 ASSETS = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from asyncgate.runs import Run
-from asyncgate.store.base import RunStore
+from asyncgate.store.base import Records
 
 
-async def wait_until_final(store: RunStore, run_id: str, seconds: float) -> Run | None:
+async def wait_until_final(store: Records, run_id: str, seconds: float) -> Run | None:
     """The run once it is final, or as it is after ``seconds`` s; None if there is no such run."""
     deadline = time.monotonic() + seconds
     after: str | None = None

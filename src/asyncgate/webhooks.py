@@ -1,6 +1,6 @@
 """Durable webhook delivery: every finished run's delivery is in the store until it is final.
 
-A run that finishes gets a pending delivery in the same store write (see RunStore.finish), so
+A run that finishes gets a pending delivery in the same store write (``Execution.finish``), so
 no crash can lose it. Any gateway takes due deliveries from the store, sends them, and records
 each attempt; a gateway that dies mid-attempt leaves a lease that runs out, and the delivery
 is due again. Deliveries are at-least-once: receivers de-duplicate on ``webhook-id``.
@@ -16,20 +16,32 @@ import random
 import time
 from collections.abc import Coroutine, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from asyncgate import __version__
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.headers import (
+    CONTENT_TYPE,
+    RUN_ID,
+    RUN_STATUS,
+    UPSTREAM_STATUS,
+    USER_AGENT,
+    WEBHOOK_EVENT,
+    WEBHOOK_ID,
+    WEBHOOK_SEQUENCE,
+    WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP,
+)
 from asyncgate.hookclient import WebhookClient
 from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
+from asyncgate.netguard import BlockedDestination, Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
-from asyncgate.signing import secret_key, signature_header
-from asyncgate.store.base import DueDelivery, DueHook, Hook, RunStore
+from asyncgate.signing import signature_header
+from asyncgate.store.base import Deliveries, DueDelivery, DueHook, Hook, Records
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
@@ -43,11 +55,6 @@ IDLE_POLL = 1.0
 BATCH_FRACTION = 4
 #: Jitter applied to every backoff delay, as a fraction of it, so retries do not stampede.
 JITTER = 0.1
-#: The webhook event a delivery reports (``start``, ``output``, ``progress``, ``completed``); sent
-#: only to receivers that asked for more than ``completed``, as is the sequence.
-EVENT_HEADER = "Asyncgate-Webhook-Event"
-#: A delivery's place among its run's deliveries: 1, 2, 3...; ``completed`` has the highest.
-SEQUENCE_HEADER = "Asyncgate-Webhook-Sequence"
 #: A Retry-After longer than this is not believed.
 MAX_RETRY_AFTER = 86400.0
 
@@ -98,7 +105,7 @@ def next_delivery(
 
 def envelope(run: Run, result: RunResult | None) -> bytes:
     """The JSON envelope (``webhooks.format: envelope``): the outcome with the result inside."""
-    content_type = result.header("content-type") if result else None
+    content_type = result.header(CONTENT_TYPE) if result else None
     payload: Any = None
     if result is not None:
         if content_type and "json" in content_type.lower():
@@ -134,13 +141,18 @@ def log_attempt(run_id: str, attempts: int, delivery: Delivery) -> None:
     logger.log(level, "run %s: webhook attempt %d %s: %s", run_id, attempts, outcome, delivery.last_error, extra=extra)
 
 
+class DeliveryStore(Deliveries, Records, Protocol):
+    """The roles of the store the dispatcher uses: its deliveries, and the results they send
+    (``Records.result``, when the store did not read it along with the delivery)."""
+
+
 class WebhookDispatcher:
     """Takes due deliveries from the store and sends them, ``webhooks.max_concurrency`` at once."""
 
     def __init__(
         self,
         config: Config,
-        store: RunStore,
+        store: DeliveryStore,
         metrics: Metrics,
         resolver: Resolver | None = None,
         tracing: Tracing = NO_TRACING,
@@ -148,11 +160,11 @@ class WebhookDispatcher:
         self.config = config
         self.tracing = tracing
         self.metrics = metrics
-        self.allow = Allowlist.parse(config.webhooks.allow)
+        self.allow = config.webhooks.allow
         #: Name resolution, injectable so tests can make a name answer any address.
         self.resolver = resolver
         self.store = store
-        self._keys = [secret_key(str(secret)) for secret in config.webhooks.signing_secrets]
+        self._keys = [secret.key for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -321,40 +333,40 @@ class WebhookDispatcher:
         timestamp = int(now())
         message_id = f"{run.webhook_id}_{hook.seq}"
         headers = {
-            "webhook-id": message_id,
-            "webhook-timestamp": str(timestamp),
-            "Asyncgate-Run-Id": run.run_id,
-            EVENT_HEADER: hook.event,
-            SEQUENCE_HEADER: str(hook.seq),
-            "Content-Type": "application/json",
-            "User-Agent": f"asyncgate/{__version__}",
+            WEBHOOK_ID: message_id,
+            WEBHOOK_TIMESTAMP: str(timestamp),
+            RUN_ID: run.run_id,
+            WEBHOOK_EVENT: hook.event,
+            WEBHOOK_SEQUENCE: str(hook.seq),
+            CONTENT_TYPE: "application/json",
+            USER_AGENT: f"asyncgate/{__version__}",
         }
         headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
         if self._keys:
-            headers["webhook-signature"] = signature_header(self._keys, message_id, timestamp, body)
+            headers[WEBHOOK_SIGNATURE] = signature_header(self._keys, message_id, timestamp, body)
         return headers
 
     def request_headers(self, run: Run, body: bytes, content_type: str | None, trace: Headers = ()) -> dict[str, str]:
         """The delivery's headers; ``trace`` names its span, else the submission's trace context goes on."""
         timestamp = int(now())
-        headers = {
-            "webhook-id": run.webhook_id,
-            "webhook-timestamp": str(timestamp),
-            "Asyncgate-Run-Id": run.run_id,
-            "Asyncgate-Status": run.state.value,
-            "Asyncgate-Upstream-Status": "" if run.upstream_status is None else str(run.upstream_status),
-            "User-Agent": f"asyncgate/{__version__}",
+        headers: dict[str, str] = {
+            WEBHOOK_ID: run.webhook_id,
+            WEBHOOK_TIMESTAMP: str(timestamp),
+            RUN_ID: run.run_id,
+            RUN_STATUS: run.state.value,
+            UPSTREAM_STATUS: "" if run.upstream_status is None else str(run.upstream_status),
+            USER_AGENT: f"asyncgate/{__version__}",
         }
         if content_type:
-            headers["Content-Type"] = content_type
+            headers[CONTENT_TYPE] = content_type
         if run.request.lifecycle_events:
             # Only a receiver that asked for more than completed sees these: it orders by them.
-            headers[EVENT_HEADER] = "completed"
-            headers[SEQUENCE_HEADER] = str(run.hook_seq + 1)
+            headers[WEBHOOK_EVENT] = "completed"
+            headers[WEBHOOK_SEQUENCE] = str(run.hook_seq + 1)
         # The receiver's spans belong to the submitter's trace (W3C Trace Context and Baggage).
         headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
         if self._keys:
-            headers["webhook-signature"] = signature_header(self._keys, run.webhook_id, timestamp, body)
+            headers[WEBHOOK_SIGNATURE] = signature_header(self._keys, run.webhook_id, timestamp, body)
         return headers
 
     async def _send(self, run: Run, result: RunResult | None, trace: Headers = ()) -> Attempt:
@@ -364,7 +376,7 @@ class WebhookDispatcher:
             body, content_type = envelope(run, result), "application/json"
         else:
             body = result.body if result is not None else b""
-            content_type = result.header("content-type") if result is not None else None
+            content_type = result.header(CONTENT_TYPE) if result is not None else None
         return await self._post(run.request.webhook_url, body, self.request_headers(run, body, content_type, trace))
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:

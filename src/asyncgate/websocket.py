@@ -35,9 +35,8 @@ from starlette.types import Scope
 
 from asyncgate.config import Config
 from asyncgate.errors import ClientError
-from asyncgate.headers import RawHeaders
+from asyncgate.headers import UPGRADE_RAW, RawHeaders, forwarded_headers
 from asyncgate.intake import Limits, RouteLimits, classify
-from asyncgate.proxy import forwarded_headers
 from asyncgate.wsframes import FrameMeter, close_frame
 
 logger = logging.getLogger("asyncgate.websocket")
@@ -320,7 +319,7 @@ class WebSocketTunnel(asyncio.Protocol):
 
     def _upstream_head(self, scope: Scope, target: bytes, headers: RawHeaders) -> bytes:
         gateway = self.gateway
-        upgrade = next((value for name, value in headers if name == b"upgrade"), b"websocket")
+        upgrade = next((value for name, value in headers if name == UPGRADE_RAW), b"websocket")
         parts = [b"GET ", gateway.base_path, target, b" HTTP/1.1\r\nHost: ", gateway.host_header, b"\r\n"]
         for name, value in forwarded_headers(scope):
             parts += (name, b": ", value, b"\r\n")

@@ -43,6 +43,7 @@ STATUS: dict[str, Any] = {
         "events": "/_asyncgate/runs/r1/events",
         "cancel": "/_asyncgate/runs/r1",
     },
+    "route": "predict",
 }
 
 
@@ -198,12 +199,19 @@ def test_run_status_parses_every_field() -> None:
     assert status.webhook is not None
     assert (status.webhook.state, status.webhook.attempts, status.webhook.last_status) == ("pending", 1, 503)
     assert status.urls == STATUS["urls"]
+    assert status.route == "predict"
     assert status.raw == STATUS
 
 
 def test_run_status_tolerates_a_minimal_body_and_refuses_a_wrong_one() -> None:
     status = protocol.run_status({"run_id": "r1", "status": "queued"})
-    assert (status.state, status.created_at, status.error, status.webhook) == (RunState.QUEUED, None, None, None)
+    assert (status.state, status.created_at, status.error, status.webhook, status.route) == (
+        RunState.QUEUED,
+        None,
+        None,
+        None,
+        None,
+    )
     assert status.urls == {}
     for bad in ({"run_id": "r1"}, {"run_id": "r1", "status": "paused"}, {**STATUS, "created_at": "yesterday"}):
         with pytest.raises(ProtocolError, match="not a run status"):

@@ -124,7 +124,7 @@ def test_a_receiver_that_asked_for_nothing_sees_no_change(make_gateway: GatewayF
     assert headers["webhook-id"] == f"msg_{run_id}"
     assert "asyncgate-webhook-event" not in headers and "asyncgate-webhook-sequence" not in headers
     assert headers["asyncgate-status"] == "succeeded"
-    assert "events" not in gateway.wait_final(run_id)["webhook"]
+    assert gateway.wait_final(run_id)["webhook"]["events"] == ["completed"]
     assert len(receiver.deliveries.for_run(run_id)) == 1
 
 

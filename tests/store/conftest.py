@@ -1,8 +1,9 @@
-"""Fixtures for the run store tests: an event loop runner, and each store opened on a clean slate."""
+"""Fixtures and helpers for the run store tests: an event loop runner, each store on a clean slate, runs."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 from starlette.datastructures import Secret
 
-from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
+from asyncgate.runs import Outcome, Run, RunRequest, RunResult, RunState, new_run_id, now
 from asyncgate.store.base import RunStore
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
@@ -19,6 +20,10 @@ from asyncgate.store.sealing import Sealer
 from tests.support.sealing import ENCRYPTION_KEY
 
 T = TypeVar("T")
+
+LEASE = 30.0
+RETENTION = 3600.0
+BINARY = bytes(range(256)) * 4
 
 
 class Runner(Protocol):
@@ -56,6 +61,32 @@ def store(request: pytest.FixtureRequest, run: Runner, tmp_path: Path) -> Iterat
 def new_run(method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> Run:
     request = RunRequest(method=method, path="/jobs/a%2Fb", query="x=1", headers=headers, webhook_url=None, timeout=60)
     return Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+
+def with_webhook(queued: Run) -> Run:
+    return dataclasses.replace(queued, request=dataclasses.replace(queued.request, webhook_url="http://hooks/x?t=1"))
+
+
+def ok(body: bytes = b'{"done":true}') -> Outcome:
+    headers = (("content-type", "application/json"), ("set-cookie", "a=1"), ("set-cookie", "b=2"))
+    return Outcome(RunState.SUCCEEDED, result=RunResult(status=201, headers=headers, body=body))
+
+
+def claim_one(store: RunStore, run: Runner, owner: str = "owner-a", lease: float = LEASE) -> Run:
+    claimed = run(store.claim(owner, 1, 0, lease))
+    assert len(claimed) == 1
+    return claimed[0]
+
+
+def finish_one(store: RunStore, run: Runner, queued: Run, retention: float = RETENTION) -> Run:
+    """Store ``queued``, claim and finish it; returns it as stored."""
+    run(store.create(queued, b"payload"))
+    claimed = claim_one(store, run)
+    assert claimed.run_id == queued.run_id
+    assert run(store.finish(queued.run_id, 1, ok(), retention)) is True
+    finished = run(store.get(queued.run_id))
+    assert finished is not None
+    return finished
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import orjson
 from asyncgate import feeds
 from asyncgate.feeds import Feeds, Rendered
 from asyncgate.store.base import Event, RunStore
-from tests.store.conftest import Queue, Runner
-from tests.store.test_contract import claim_one
+from tests.store.conftest import Queue, Runner, claim_one
 
 
 class CountingStore:
@@ -51,7 +50,7 @@ def test_listeners_of_a_run_share_one_read_and_one_encoding(store: RunStore, run
     queued = queue()
     claim_one(store, run)
     counting = CountingStore(store)
-    shared = Feeds(counting)  # type: ignore[arg-type]
+    shared = Feeds(counting)
 
     async def scenario() -> tuple[list[Rendered], list[Rendered]]:
         first, second = shared.follow(queued.run_id, None), shared.follow(queued.run_id, None)

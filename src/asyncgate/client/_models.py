@@ -32,6 +32,8 @@ class WebhookStatus:
     last_status: int | None
     last_error: str | None
     next_attempt_at: datetime | None
+    #: The webhook events the run asked for (``start``, ``output``, ``progress``, ``completed``).
+    events: tuple[str, ...] = ("completed",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,9 @@ class RunStatus:
     #: The run's URLs by name (``status``, ``result``, ``events``, ``cancel``), paths on the
     #: gateway; empty from a gateway too old to send them.
     urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The route policy that applied to the run (its name, else its index in the gateway's
+    #: ``routes:``); None for none, or from a gateway too old to send it.
+    route: str | None = None
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
     #: The latest progress the upstream reported; None before the first report (or from an older gateway).
     progress: RunProgress | None = None

@@ -32,6 +32,22 @@ from asyncgate.client._models import (
 )
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 from asyncgate.client.errors import APIError, ProtocolError, RunCancelled, RunFailed, TransportError
+from asyncgate.headers import (
+    ACCEPT,
+    AUTHORIZATION,
+    CACHE_CONTROL,
+    CONTENT_TYPE,
+    IDEMPOTENCY_KEY,
+    IDEMPOTENT_REPLAY,
+    LAST_EVENT_ID,
+    LOCATION,
+    PREFER,
+    RESPOND_ASYNC,
+    RETRY_AFTER,
+    TIMEOUT,
+    WEBHOOK,
+    WEBHOOK_EVENTS,
+)
 from asyncgate.runs import RunState
 
 if TYPE_CHECKING:
@@ -45,13 +61,6 @@ URL_ENV = "ASYNCGATE_URL"
 #: The caller's token, sent as ``Authorization: Bearer <token>`` when no token is passed.
 TOKEN_ENV = "ASYNCGATE_TOKEN"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-
-RESPOND_ASYNC = "respond-async"
-WEBHOOK_HEADER = "Asyncgate-Webhook"
-WEBHOOK_EVENTS_HEADER = "Asyncgate-Webhook-Events"
-TIMEOUT_HEADER = "Asyncgate-Timeout"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-REPLAY_HEADER = "Asyncgate-Idempotent-Replay"
 
 #: The longest long poll asked for. The gateway allows 60 s; half that stays under the idle
 #: timeout of most load balancers between the client and the gateway.
@@ -120,8 +129,8 @@ def connection(
     env = os.environ if environ is None else environ
     pairs = _pairs(headers)
     token = token if token is not None else env.get(TOKEN_ENV)
-    if token and not any(name.lower() == "authorization" for name, _ in pairs):
-        pairs.append(("Authorization", f"Bearer {token}"))
+    if token and not any(name.lower() == AUTHORIZATION.lower() for name, _ in pairs):
+        pairs.append((AUTHORIZATION, f"Bearer {token}"))
     return base_url or env.get(URL_ENV) or DEFAULT_URL, pairs
 
 
@@ -177,17 +186,17 @@ def submit_call(
     body = content.encode() if isinstance(content, str) else content
     if json is not None:
         body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
-        if not any(name.lower() == "content-type" for name, _ in pairs):
-            pairs.append(("Content-Type", "application/json"))
-    pairs.append(("Prefer", RESPOND_ASYNC))
+        if not any(name.lower() == CONTENT_TYPE.lower() for name, _ in pairs):
+            pairs.append((CONTENT_TYPE, "application/json"))
+    pairs.append((PREFER, RESPOND_ASYNC))
     if webhook is not None:
-        pairs.append((WEBHOOK_HEADER, webhook))
+        pairs.append((WEBHOOK, webhook))
     if webhook_events is not None:
-        pairs.append((WEBHOOK_EVENTS_HEADER, ",".join(webhook_events)))
+        pairs.append((WEBHOOK_EVENTS, ",".join(webhook_events)))
     if idempotency_key is not None:
-        pairs.append((IDEMPOTENCY_HEADER, idempotency_key))
+        pairs.append((IDEMPOTENCY_KEY, idempotency_key))
     if timeout is not None:
-        pairs.append((TIMEOUT_HEADER, _seconds(timeout)))
+        pairs.append((TIMEOUT, _seconds(timeout)))
     return Call(method.upper(), path, params=_params(params), headers=tuple(pairs), content=body)
 
 
@@ -208,14 +217,14 @@ def cancel_call(endpoints: Endpoints, run_id: str) -> Call:
 
 def resend_webhook_call(endpoints: Endpoints, run_id: str, webhook: str | None = None) -> Call:
     # The gateway deletes a run's webhook URL once its delivery is final: a resend then names it.
-    headers = ((WEBHOOK_HEADER, webhook),) if webhook is not None else ()
+    headers = ((WEBHOOK, webhook),) if webhook is not None else ()
     return Call("POST", endpoints.run(run_id) + "/webhook", headers=headers)
 
 
 def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = None) -> Call:
-    headers = [("Accept", "text/event-stream"), ("Cache-Control", "no-cache")]
+    headers = [(ACCEPT, "text/event-stream"), (CACHE_CONTROL, "no-cache")]
     if last_event_id is not None:
-        headers.append(("Last-Event-ID", last_event_id))
+        headers.append((LAST_EVENT_ID, last_event_id))
     return Call("GET", endpoints.run(run_id) + "/events", headers=tuple(headers))
 
 
@@ -239,7 +248,7 @@ def timeout_for(base: httpx.Timeout, call: Call) -> httpx.Timeout:
 
 def retry_after(response: httpx.Response, default: float = DEFAULT_RETRY_AFTER) -> float:
     """The response's Retry-After in seconds (delta-seconds only), or ``default``."""
-    value = response.headers.get("retry-after", "").strip()
+    value = response.headers.get(RETRY_AFTER, "").strip()
     return float(value) if value.isdigit() else default
 
 
@@ -288,6 +297,7 @@ def _webhook(data: Any) -> WebhookStatus | None:
         last_status=_optional_int(data.get("last_status")),
         last_error=data.get("last_error"),
         next_attempt_at=_time(data.get("next_attempt_at")),
+        events=tuple(str(event) for event in data.get("events") or ("completed",)),
     )
 
 
@@ -320,6 +330,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             attempt=int(data.get("attempt", 0)),
             webhook=_webhook(data.get("webhook")),
             urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
+            route=None if data.get("route") is None else str(data["route"]),
             raw=dict(data),
             progress=_progress(data.get("progress")),
         )
@@ -339,8 +350,8 @@ def parse_submitted(response: httpx.Response) -> Submitted:
         run_id, state = str(data["run_id"]), RunState(data.get("status", RunState.QUEUED))
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"not a 202 run body: {data!r:.300}") from exc
-    replayed = response.headers.get(REPLAY_HEADER, "").lower() == "true"
-    return Submitted(run_id, state, response.headers.get("location"), replayed)
+    replayed = response.headers.get(IDEMPOTENT_REPLAY, "").lower() == "true"
+    return Submitted(run_id, state, response.headers.get(LOCATION), replayed)
 
 
 def parse_status(response: httpx.Response) -> RunStatus:
@@ -542,7 +553,7 @@ class EventsPlan:
             self._hint = retry_after(response, default=0)
             return False
         raise_for_error(response)
-        content_type = response.headers.get("content-type", "")
+        content_type = response.headers.get(CONTENT_TYPE, "")
         if response.status_code != 200 or not content_type.startswith("text/event-stream"):
             raise ProtocolError(f"expected an event stream, got {response.status_code} {content_type!r}")
         return True

@@ -35,6 +35,7 @@ from asyncgate.client import (
 )
 from asyncgate.client._protocol import DEFAULT_PREFIX, DEFAULT_URL, TOKEN_ENV, URL_ENV, connection
 from asyncgate.client._render import OutputPrinter, Progress, answer_excerpt, describe, event_line, is_text, table
+from asyncgate.headers import CONTENT_TYPE
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -225,8 +226,8 @@ def _print_json(out: TextIO, data: Any) -> None:
 
 def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     headers = list(args.header)
-    if args.json_body is not None and not any(name.lower() == "content-type" for name, _ in headers):
-        headers.append(("Content-Type", "application/json"))
+    if args.json_body is not None and not any(name.lower() == CONTENT_TYPE.lower() for name, _ in headers):
+        headers.append((CONTENT_TYPE, "application/json"))
     with _client(args) as client:
         run = client.submit(
             args.method,

@@ -10,6 +10,15 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+from asyncgate.headers import (
+    CONTENT_TYPE,
+    RUN_ID,
+    RUN_STATUS,
+    UPSTREAM_STATUS,
+    WEBHOOK_ID,
+    WEBHOOK_SIGNATURE,
+    WEBHOOK_TIMESTAMP,
+)
 from asyncgate.runs import RunState
 from asyncgate.signing import InvalidSignature, verify
 
@@ -46,9 +55,9 @@ def verify_webhook(
     """
     fields = {name.lower(): value for name, value in headers.items()}
     try:
-        webhook_id = fields["webhook-id"]
-        timestamp = fields["webhook-timestamp"]
-        signature = fields["webhook-signature"]
+        webhook_id = fields[WEBHOOK_ID.lower()]
+        timestamp = fields[WEBHOOK_TIMESTAMP.lower()]
+        signature = fields[WEBHOOK_SIGNATURE.lower()]
     except KeyError as exc:
         raise InvalidSignature(f"the {exc.args[0]} header is missing") from None
     secrets = [secret] if isinstance(secret, str) else list(secret)
@@ -68,14 +77,14 @@ def verify_webhook(
 
 
 def _delivery(fields: Mapping[str, str], webhook_id: str, timestamp: int, body: bytes) -> WebhookDelivery:
-    status = fields.get("asyncgate-status")
-    upstream = fields.get("asyncgate-upstream-status", "")
+    status = fields.get(RUN_STATUS.lower())
+    upstream = fields.get(UPSTREAM_STATUS.lower(), "")
     return WebhookDelivery(
         webhook_id=webhook_id,
         timestamp=timestamp,
-        run_id=fields.get("asyncgate-run-id"),
+        run_id=fields.get(RUN_ID.lower()),
         status=RunState(status) if status in set(RunState) else None,
         upstream_status=int(upstream) if upstream.isdigit() else None,
-        content_type=fields.get("content-type"),
+        content_type=fields.get(CONTENT_TYPE.lower()),
         body=body,
     )

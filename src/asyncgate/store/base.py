@@ -1,8 +1,18 @@
-"""The RunStore protocol: everything the gateway keeps, behind one small interface.
+"""The run store's interface: everything the gateway keeps, in four roles.
 
-Two implementations: ``RedisRunStore`` (shared by any number of replicas) and
-``EmbeddedRunStore`` (SQLite on local disk, for one node with nothing else installed).
-``tests/store/test_contract.py`` runs the same tests over both.
+Each part of the gateway depends on the roles it uses, never on the whole store::
+
+    Lifecycle    open, close, ping, durability      the app's lifespan, readiness
+    Records      create, get, result, events, ...   intake, the API, event feeds
+    Execution    claim, renew, finish, requeue, ... the executor (and its output log)
+    Deliveries   due_deliveries, record_delivery,   the webhook dispatcher, redelivery
+                 redeliver
+
+``RunStore`` is all four: what the factory builds. Two implementations: ``RedisRunStore``
+(shared by any number of replicas) and ``EmbeddedRunStore`` (SQLite on local disk, for one
+node with nothing else installed). ``tests/store/contract/`` runs each role's tests over both,
+and fails when a role has a method no contract test exercises: a new method goes in the role
+of the part that calls it, with a test in that role's class marked ``@pytest.mark.exercises``.
 
 Fencing: every write made on behalf of an attempt names that attempt, and the store refuses
 it unless the run is still ``running`` under that very attempt. A holder that lost its run
@@ -12,7 +22,7 @@ it unless the run is still ``running`` under that very attempt. A holder that lo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -175,8 +185,8 @@ def load_hook(raw: bytes | str) -> Hook:
     )
 
 
-class RunStore(Protocol):
-    """Durable storage of runs, their request bodies and results, and the queue of work."""
+class Lifecycle(Protocol):
+    """The store as a resource: opened and closed by the app, checked by readiness."""
 
     #: Seals credentials and webhook URLs at rest; ``sealer.sealing`` says whether it does.
     sealer: Sealer
@@ -189,6 +199,13 @@ class RunStore(Protocol):
 
     async def ping(self) -> None:
         """Return when the store answers and takes writes; raise ``StoreError`` saying why otherwise."""
+
+    async def durability(self) -> dict[str, Any]:
+        """What the store promises about accepted runs, and any setting that breaks the promise."""
+
+
+class Records(Protocol):
+    """Runs as callers see them: accepted by intake, read, listed, followed and cancelled by the API."""
 
     async def create(
         self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
@@ -203,8 +220,24 @@ class RunStore(Protocol):
     async def get(self, run_id: str) -> Run | None:
         """The run, or None if it never existed or has expired."""
 
-    async def request_body(self, run_id: str) -> bytes | None:
-        """The stored request body of the run, or None when the run is unknown."""
+    async def result(self, run_id: str) -> RunResult | None:
+        """The upstream's stored response, or None if the run has none (yet)."""
+
+    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
+        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+
+    async def list_runs(
+        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
+
+    async def cancel(self, run_id: str, retention: float) -> CancelResult:
+        """Cancel a queued run at once, or flag a running one for its holder to abort."""
+
+
+class Execution(Protocol):
+    """The queue of work and the attempts on it, as the executor uses them: claims, leases,
+    outcomes, recovery of lost runs, and the housekeeping of its recovery loop."""
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Take up to ``limit`` queued runs for ``owner``, waiting at most ``wait`` s for one.
@@ -212,6 +245,9 @@ class RunStore(Protocol):
         Each returned run is ``running``, its attempt incremented, ``started_at`` set, and
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
         """
+
+    async def request_body(self, run_id: str) -> bytes | None:
+        """The stored request body of the run, or None when the run is unknown."""
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         """Extend the lease of the attempt, and say whether it still holds the run."""
@@ -228,56 +264,6 @@ class RunStore(Protocol):
         gateway that asks, before their runs may be recovered. Else the time returned is past.
         """
 
-    async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
-        """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
-
-        Returns False, changing nothing, unless the run is ``running`` under ``attempt``. A run
-        with a webhook gets a pending delivery in the same step, so no finished run can lose it.
-        """
-
-    async def cancel(self, run_id: str, retention: float) -> CancelResult:
-        """Cancel a queued run at once, or flag a running one for its holder to abort."""
-
-    def cancellations(self) -> Any:
-        """An async iterator of run ids whose cancellation was asked, from any replica."""
-
-    async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
-        """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
-
-    async def list_runs(
-        self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
-    ) -> tuple[list[Run], str | None]:
-        """Runs newest first (only ``caller``'s unless None), and the cursor of the next page."""
-
-    async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
-        """Take up to ``limit`` webhook deliveries whose next attempt is due, for ``lease`` s."""
-
-    async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
-        """Record an attempt's outcome, fenced by ``token``; a final delivery starts retention."""
-
-    async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
-        """Make a finished run's delivery pending again (same webhook-id), to ``webhook_url`` if
-        given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
-        when the run's URL is gone (deleted once its last delivery ended) and none is given."""
-
-    async def queued_count(self) -> int:
-        """Runs accepted and not started, across every gateway."""
-
-    async def durability(self) -> dict[str, Any]:
-        """What the store promises about accepted runs, and any setting that breaks the promise."""
-
-    async def purge(self) -> None:
-        """Housekeeping: forget index entries and rows of runs past their retention."""
-
-    async def result(self, run_id: str) -> RunResult | None:
-        """The upstream's stored response, or None if the run has none (yet)."""
-
-    async def expired(self, limit: int) -> list[Run]:
-        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
-
-    async def requeue(self, run_id: str, attempt: int) -> bool:
-        """Hand a running attempt back to the queue, fenced like ``finish``."""
-
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
     ) -> list[str] | None:
@@ -286,6 +272,32 @@ class RunStore(Protocol):
         Returns the new events' ids, or None, writing nothing, unless the run is ``running``
         under ``attempt``.
         """
+
+    async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
+        """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
+
+        Returns False, changing nothing, unless the run is ``running`` under ``attempt``. A run
+        with a webhook gets a pending delivery in the same step, so no finished run can lose it.
+        """
+
+    def cancellations(self) -> AsyncGenerator[str, None]:
+        """The ids of runs whose cancellation is asked from now on, from any replica.
+
+        Never ends by itself (it raises ``StoreError`` if the store is lost); ``aclose()`` it to
+        stop listening. A cancel asked while nobody listens is not heard: ``renew`` finds it.
+        """
+
+    async def expired(self, limit: int) -> list[Run]:
+        """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
+
+    async def requeue(self, run_id: str, attempt: int) -> bool:
+        """Hand a running attempt back to the queue, fenced like ``finish``."""
+
+    async def queued_count(self) -> int:
+        """Runs accepted and not started, across every gateway."""
+
+    async def purge(self) -> None:
+        """Housekeeping: forget index entries and rows of runs past their retention."""
 
     async def report_progress(
         self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
@@ -298,6 +310,10 @@ class RunStore(Protocol):
         writing nothing, unless the run is ``running`` under ``attempt``.
         """
 
+    async def progress_key(self) -> bytes:
+        """The key that signs progress URLs, the same for every gateway sharing the store; made
+        on first use."""
+
     async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
         """Queue a lifecycle delivery of the run, numbered after the last, fenced like ``finish``.
 
@@ -307,6 +323,21 @@ class RunStore(Protocol):
         run is ``running`` under ``attempt``.
         """
 
+
+class Deliveries(Protocol):
+    """Webhook deliveries of finished runs: taken and recorded by the dispatcher, asked again by the API."""
+
+    async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        """Take up to ``limit`` webhook deliveries whose next attempt is due, for ``lease`` s."""
+
+    async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
+        """Record an attempt's outcome, fenced by ``token``; a final delivery starts retention."""
+
+    async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
+        """Make a finished run's delivery pending again (same webhook-id), to ``webhook_url`` if
+        given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
+        when the run's URL is gone (deleted once its last delivery ended) and none is given."""
+
     async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
         """Take the first queued lifecycle delivery of up to ``limit`` runs whose next attempt is
         due, each for ``lease`` s; a run's ``completed`` delivery waits until its queue is empty."""
@@ -315,6 +346,6 @@ class RunStore(Protocol):
         """Report the attempt at delivery ``seq``, fenced by ``token``: with ``next_at`` None it is
         over (delivered, or given up) and leaves the queue; else it is tried again then."""
 
-    async def progress_key(self) -> bytes:
-        """The key that signs progress URLs, the same for every gateway sharing the store; made
-        on first use."""
+
+class RunStore(Lifecycle, Records, Execution, Deliveries, Protocol):
+    """Every role at once: what the store factory builds and the app hands, by role, to each part."""

@@ -11,7 +11,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -992,7 +992,7 @@ class EmbeddedRunStore:
                 listener.put_nowait(run_id)
         return result
 
-    async def cancellations(self) -> AsyncIterator[str]:
+    async def cancellations(self) -> AsyncGenerator[str, None]:
         listener: asyncio.Queue[str] = asyncio.Queue()
         self._cancel_listeners.append(listener)
         try:

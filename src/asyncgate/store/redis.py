@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -1123,7 +1123,7 @@ class RedisRunStore:
                 await self._redis.publish(self.cancel_channel, run_id)
         return result
 
-    async def cancellations(self) -> AsyncIterator[str]:
+    async def cancellations(self) -> AsyncGenerator[str, None]:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
         pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
         try:

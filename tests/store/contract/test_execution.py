@@ -1,0 +1,493 @@
+"""The Execution role over both stores: claims, leases, outcomes, recovery, output and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from asyncgate.progress import progress_event
+from asyncgate.runs import ErrorCode, Outcome, Progress, Run, RunError, RunState, now
+from asyncgate.store.base import CancelResult, Created, Execution, Idempotency, Lease, RunStore
+from tests.store.conftest import BINARY, LEASE, RETENTION, Queue, Runner, claim_one, new_run, ok
+from tests.support.wait import wait_until
+
+#: Clock readings travel as text through Redis: equal to a microsecond.
+EPSILON = 1e-5
+
+
+def claim_all(store: RunStore, run: Runner, count: int, lease: float) -> list[Run]:
+    claimed: list[Run] = []
+
+    def more() -> bool:
+        claimed.extend(run(store.claim("me", count - len(claimed), 0.1, lease)))
+        return len(claimed) >= count
+
+    wait_until(more, timeout=10, message=f"{count} runs claimed")
+    return claimed
+
+
+def report(value: float, message: str | None = None, attempt: int = 1) -> dict[str, object]:
+    return progress_event({"progress": value, "message": message}, attempt, 1000.0 + value)
+
+
+def output(seq: int, **extra: object) -> dict[str, object]:
+    return {"event": "output", "attempt": 1, "seq": seq, "at": 1.0, "data": f"token-{seq}", **extra}
+
+
+class TestExecution:
+    role = Execution
+
+    @pytest.mark.exercises("claim")
+    def test_claim_returns_the_run_running_with_attempt_1(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        before = time.time()
+
+        claimed = claim_one(store, run)
+
+        assert claimed.run_id == queued.run_id
+        assert claimed.state is RunState.RUNNING
+        assert claimed.attempt == 1
+        assert claimed.started_at is not None and before <= claimed.started_at <= time.time()
+        assert claimed.request == queued.request
+        assert run(store.get(queued.run_id)) == claimed
+
+    @pytest.mark.exercises("claim")
+    def test_claim_with_nothing_queued_returns_empty_within_wait(self, store: RunStore, run: Runner) -> None:
+        assert run(store.claim("owner-a", 5, 0, LEASE)) == []
+
+        started = time.monotonic()
+        assert run(store.claim("owner-a", 5, 0.3, LEASE)) == []
+        assert time.monotonic() - started < 2.0
+
+    @pytest.mark.exercises("claim")
+    def test_a_waiting_claim_takes_a_run_created_meanwhile(self, store: RunStore, run: Runner) -> None:
+        queued = new_run()
+
+        async def scenario() -> tuple[list[Run], float]:
+            started = time.monotonic()
+            waiting = asyncio.create_task(store.claim("owner-a", 1, 10.0, LEASE))
+            await store.create(queued, b"")
+            return await waiting, time.monotonic() - started
+
+        claimed, elapsed = run(scenario())
+
+        assert [c.run_id for c in claimed] == [queued.run_id]
+        assert elapsed < 5.0
+
+    @pytest.mark.exercises("claim")
+    def test_claim_respects_limit_and_fifo_order(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        first, second, third = queue(), queue(), queue()
+
+        assert [c.run_id for c in run(store.claim("owner-a", 2, 0, LEASE))] == [first.run_id, second.run_id]
+        assert [c.run_id for c in run(store.claim("owner-a", 2, 0, LEASE))] == [third.run_id]
+        assert run(store.claim("owner-a", 2, 0, LEASE)) == []
+
+    @pytest.mark.exercises("claim")
+    def test_concurrent_claims_never_share_a_run(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        created = {queue().run_id for _ in range(50)}
+
+        async def drain(owner: str) -> list[str]:
+            taken: list[str] = []
+            while batch := await store.claim(owner, 7, 0, LEASE):
+                taken += [claimed.run_id for claimed in batch]
+            return taken
+
+        async def both() -> list[list[str]]:
+            return list(await asyncio.gather(drain("owner-a"), drain("owner-b"), drain("owner-c")))
+
+        taken = run(both())
+
+        everything = [run_id for batch in taken for run_id in batch]
+        assert len(everything) == len(set(everything)) == 50
+        assert set(everything) == created
+
+    @pytest.mark.exercises("finish")
+    def test_finish_stores_outcome_and_binary_result(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queue()
+        claimed = claim_one(store, run)
+        outcome = ok(body=BINARY)
+
+        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is True
+
+        finished = run(store.get(claimed.run_id))
+        assert finished is not None
+        assert finished.state is RunState.SUCCEEDED
+        assert finished.attempt == 1
+        assert finished.upstream_status == 201
+        assert finished.error is None
+        assert finished.started_at == claimed.started_at
+        assert finished.finished_at is not None and finished.finished_at >= (claimed.started_at or 0)
+        assert run(store.result(claimed.run_id)) == outcome.result
+
+    @pytest.mark.exercises("finish")
+    def test_finish_without_a_result_keeps_the_error(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queue()
+        claimed = claim_one(store, run)
+        error = RunError(ErrorCode.RESULT_TOO_LARGE, "the body was over 1 KiB")
+        outcome = Outcome(RunState.FAILED, error=error, status=200)
+
+        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is True
+
+        finished = run(store.get(claimed.run_id))
+        assert finished is not None
+        assert (finished.state, finished.upstream_status, finished.error) == (RunState.FAILED, 200, error)
+        assert run(store.result(claimed.run_id)) is None
+
+    @pytest.mark.exercises("finish", "request_body")
+    def test_finish_drops_the_request_body(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queue(body=b"payload")
+        claimed = claim_one(store, run)
+
+        run(store.finish(claimed.run_id, 1, ok(), RETENTION))
+
+        assert run(store.request_body(claimed.run_id)) is None
+
+    @pytest.mark.exercises("finish", "request_body")
+    def test_finish_of_another_attempt_is_refused_and_changes_nothing(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queue(body=b"payload")
+        claimed = claim_one(store, run)
+
+        assert run(store.finish(claimed.run_id, 2, ok(), RETENTION)) is False
+        assert run(store.finish(claimed.run_id, 0, ok(), RETENTION)) is False
+
+        assert run(store.get(claimed.run_id)) == claimed
+        assert run(store.result(claimed.run_id)) is None
+        assert run(store.request_body(claimed.run_id)) == b"payload"
+
+    @pytest.mark.exercises("finish")
+    def test_finish_of_a_queued_run_is_refused(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+
+        assert run(store.finish(queued.run_id, 0, ok(), RETENTION)) is False
+        assert run(store.finish(queued.run_id, 1, ok(), RETENTION)) is False
+
+        assert run(store.get(queued.run_id)) == queued
+        assert claim_one(store, run).run_id == queued.run_id
+
+    @pytest.mark.exercises("finish")
+    def test_finish_twice_is_refused_and_keeps_the_first_outcome(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queue()
+        claimed = claim_one(store, run)
+        run(store.finish(claimed.run_id, 1, ok(b"first"), RETENTION))
+        first = run(store.get(claimed.run_id))
+
+        cancelled = Outcome(RunState.CANCELLED, error=RunError("cancelled", "too late"))
+        assert run(store.finish(claimed.run_id, 1, cancelled, RETENTION)) is False
+
+        assert run(store.get(claimed.run_id)) == first
+        assert run(store.result(claimed.run_id)) == ok(b"first").result
+
+    @pytest.mark.exercises("finish")
+    def test_finish_of_an_unknown_run_is_refused(self, store: RunStore, run: Runner) -> None:
+        assert run(store.finish("no-such-run", 1, ok(), RETENTION)) is False
+
+    @pytest.mark.exercises("finish", "request_body")
+    def test_a_finished_run_expires_after_its_retention(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        claim_one(store, run)
+        run(store.finish(queued.run_id, 1, ok(), 0.5))
+        assert run(store.get(queued.run_id)) is not None
+
+        wait_until(lambda: run(store.get(queued.run_id)) is None, timeout=5, message="the run to expire")
+
+        assert run(store.result(queued.run_id)) is None
+        assert run(store.request_body(queued.run_id)) is None
+
+    @pytest.mark.exercises("renew")
+    def test_renew_holds_only_for_the_current_attempt(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        assert run(store.renew(queued.run_id, 0, LEASE)) is Lease.LOST
+        claimed = claim_one(store, run)
+
+        assert run(store.renew(claimed.run_id, 1, LEASE)) is Lease.HELD
+        assert run(store.renew(claimed.run_id, 2, LEASE)) is Lease.LOST
+        assert run(store.renew("no-such-run", 1, LEASE)) is Lease.LOST
+
+        run(store.finish(claimed.run_id, 1, ok(), RETENTION))
+        assert run(store.renew(claimed.run_id, 1, LEASE)) is Lease.LOST
+
+    @pytest.mark.exercises("renew_all", "expired")
+    def test_renew_all_answers_per_attempt_like_renew(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        held, stale, cancelled = queue(), queue(), queue()
+        claimed = claim_all(store, run, 3, lease=0.5)
+        assert sorted(r.run_id for r in claimed) == sorted([held.run_id, stale.run_id, cancelled.run_id])
+        queued = queue()
+        run(store.cancel(cancelled.run_id, LEASE))
+        asked = [(held.run_id, 1), (stale.run_id, 2), (cancelled.run_id, 1), (queued.run_id, 0), ("no-such-run", 1)]
+        assert run(store.renew_all(asked, LEASE)) == [Lease.HELD, Lease.LOST, Lease.CANCEL, Lease.LOST, Lease.LOST]
+        assert run(store.renew_all([], LEASE)) == []
+        # Renewed past the short lease of the claim: only the attempt renewed under another number lapses.
+        lapsed = wait_until(lambda: run(store.expired(10)), timeout=5, message="the unrenewed lease to lapse")
+        assert [r.run_id for r in lapsed] == [stale.run_id]
+
+    @pytest.mark.exercises("renew_all")
+    def test_renew_all_renews_more_runs_than_one_script_takes(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        for _ in range(600):
+            queue()
+        claimed = claim_all(store, run, 600, LEASE)
+        leases = run(store.renew_all([(r.run_id, r.attempt) for r in claimed], LEASE))
+        assert leases == [Lease.HELD] * 600
+
+    @pytest.mark.exercises("heartbeat")
+    def test_heartbeat_grants_a_grace_after_a_silence_only(self, store: RunStore, run: Runner) -> None:
+        # The first heartbeat ever follows an unknown silence: a grace.
+        before = now()
+        resume = run(store.heartbeat(0.5, 2.0))
+        assert before + 2.0 - EPSILON <= resume <= now() + 2.0
+        # Heartbeats closer together than the quiet period keep that grace, and add none.
+        assert run(store.heartbeat(0.5, 2.0)) == resume
+        assert run(store.heartbeat(10.0, 2.0)) == resume
+        # A silence longer than the quiet period: a new grace, from now, for every caller.
+        silence = wait_until(lambda: now() - before > 0.6 and now(), timeout=5)
+        later = run(store.heartbeat(0.5, 2.0))
+        assert silence + 2.0 - EPSILON <= later <= now() + 2.0
+        assert run(store.heartbeat(0.5, 2.0)) == later
+
+    @pytest.mark.exercises("requeue", "claim", "request_body", "renew", "finish")
+    def test_requeue_then_claim_gives_attempt_2_and_fences_attempt_1(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue(body=b"payload")
+        claim_one(store, run, owner="owner-a")
+
+        assert run(store.requeue(queued.run_id, 2)) is False
+        assert run(store.requeue(queued.run_id, 1)) is True
+        assert run(store.get(queued.run_id)) == Run(
+            run_id=queued.run_id, state=RunState.QUEUED, request=queued.request, created_at=queued.created_at, attempt=1
+        )
+        assert run(store.requeue(queued.run_id, 1)) is False
+
+        again = claim_one(store, run, owner="owner-b")
+        assert (again.run_id, again.attempt, again.state) == (queued.run_id, 2, RunState.RUNNING)
+        assert run(store.request_body(queued.run_id)) == b"payload"
+        assert run(store.finish(queued.run_id, 1, ok(b"stale"), RETENTION)) is False
+        assert run(store.renew(queued.run_id, 1, LEASE)) is Lease.LOST
+        assert run(store.finish(queued.run_id, 2, ok(b"fresh"), RETENTION)) is True
+        assert run(store.result(queued.run_id)) == ok(b"fresh").result
+
+    @pytest.mark.exercises("requeue")
+    def test_a_requeued_run_goes_to_the_back_of_the_queue(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        first = queue()
+        claim_one(store, run)
+        second = queue()
+
+        run(store.requeue(first.run_id, 1))
+
+        assert [c.run_id for c in run(store.claim("owner-a", 5, 0, LEASE))] == [second.run_id, first.run_id]
+
+    @pytest.mark.exercises("expired")
+    def test_expired_finds_a_lapsed_lease_but_not_a_renewed_one(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        lapsed, renewed = queue(), queue()
+        run(store.claim("owner-a", 2, 0, 0.2))
+        assert run(store.renew(renewed.run_id, 1, LEASE)) is Lease.HELD
+
+        found = wait_until(lambda: run(store.expired(10)), timeout=5, message="the lapsed lease to show up")
+
+        assert [r.run_id for r in found] == [lapsed.run_id]
+        assert (found[0].state, found[0].attempt) == (RunState.RUNNING, 1)
+
+    @pytest.mark.exercises("expired")
+    def test_expired_skips_runs_finished_or_requeued(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        finished, requeued, lapsed = queue(), queue(), queue()
+        run(store.claim("owner-a", 3, 0, 0.2))
+        run(store.finish(finished.run_id, 1, ok(), RETENTION))
+        run(store.requeue(requeued.run_id, 1))
+
+        found = wait_until(lambda: run(store.expired(10)), timeout=5, message="the lapsed lease to show up")
+
+        assert [r.run_id for r in found] == [lapsed.run_id]
+
+    @pytest.mark.exercises("expired")
+    def test_expired_respects_its_limit(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        for _ in range(3):
+            queue()
+        run(store.claim("owner-a", 3, 0, 0.1))
+
+        wait_until(lambda: len(run(store.expired(10))) == 3, timeout=5)
+
+        assert len(run(store.expired(2))) == 2
+
+    @pytest.mark.exercises("cancellations")
+    def test_cancellations_tell_every_listener_which_run_to_abort(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue()
+        claim_one(store, run)
+
+        async def scenario() -> str:
+            stream = store.cancellations()
+            heard = asyncio.ensure_future(anext(stream))
+            try:
+                # A listener may still be subscribing: the request is repeated until it is heard,
+                # as a holder's lease renewal would find the flag.
+                deadline = time.monotonic() + 5
+                while not heard.done() and time.monotonic() < deadline:
+                    assert await store.cancel(queued.run_id, RETENTION) is CancelResult.REQUESTED
+                    await asyncio.wait({heard}, timeout=0.05)
+                return await heard
+            finally:
+                heard.cancel()
+                await stream.aclose()
+
+        assert run(scenario()) == queued.run_id
+
+    @pytest.mark.exercises("append_output")
+    def test_output_is_logged_between_the_state_events_and_resumes_after_an_id(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue()
+        claimed = claim_one(store, run)
+        ids = run(store.append_output(queued.run_id, claimed.attempt, [output(0), output(1)], []))
+        assert ids is not None and len(ids) == 2
+        more = run(store.append_output(queued.run_id, claimed.attempt, [output(2)], []))
+        assert run(store.finish(queued.run_id, claimed.attempt, ok(), RETENTION))
+
+        events = run(store.events(queued.run_id, None, 0))
+        assert [e.data["event"] for e in events] == ["queued", "running", "output", "output", "output", "succeeded"]
+        assert [e.data for e in events[2:5]] == [output(0), output(1), output(2)]
+        assert [e.id for e in events[2:5]] == [*ids, *(more or [])]
+        assert [e.data.get("seq") for e in run(store.events(queued.run_id, ids[0], 0))] == [1, 2, None]
+
+    @pytest.mark.exercises("append_output")
+    def test_append_output_drops_the_events_it_names(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        claimed = claim_one(store, run)
+        ids = run(store.append_output(queued.run_id, 1, [output(0), output(1, kept=False)], []))
+        assert ids is not None
+        assert run(store.append_output(queued.run_id, 1, [output(2, kept=False)], [ids[1]])) is not None
+        outputs = [e.data["seq"] for e in run(store.events(queued.run_id, None, 0)) if e.data["event"] == "output"]
+        assert outputs == [0, 2]
+        assert claimed.state is RunState.RUNNING
+
+    @pytest.mark.exercises("append_output")
+    def test_append_output_is_fenced_by_the_attempt(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        claim_one(store, run, lease=LEASE)
+        assert run(store.append_output(queued.run_id, 2, [output(0)], [])) is None
+        assert run(store.append_output("no-such-run", 1, [output(0)], [])) is None
+        assert run(store.finish(queued.run_id, 1, ok(), RETENTION))
+        assert run(store.append_output(queued.run_id, 1, [output(0)], [])) is None
+        assert [e.data["event"] for e in run(store.events(queued.run_id, None, 0))] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
+
+    @pytest.mark.exercises("queued_count")
+    def test_queued_count_follows_create_claim_cancel_and_requeue(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        assert run(store.queued_count()) == 0
+        first, second, third = queue(), queue(), queue()
+        assert run(store.queued_count()) == 3
+
+        claim_one(store, run)
+        assert run(store.queued_count()) == 2
+        run(store.cancel(second.run_id, RETENTION))
+        assert run(store.queued_count()) == 1
+        run(store.requeue(first.run_id, 1))
+        assert run(store.queued_count()) == 2
+        assert [c.run_id for c in run(store.claim("owner-a", 5, 0, LEASE))] == [third.run_id, first.run_id]
+        assert run(store.queued_count()) == 0
+
+    @pytest.mark.exercises("purge", "expired")
+    def test_purge_forgets_expired_runs_their_listing_events_and_keys(self, store: RunStore, run: Runner) -> None:
+        key = Idempotency(key="purged-key", fingerprint="f")
+        gone, kept = dataclasses.replace(new_run(), caller="alice"), dataclasses.replace(new_run(), caller="alice")
+        run(store.create(gone, b"", idempotency=key))
+        claim_one(store, run)
+        run(store.finish(gone.run_id, 1, ok(), 0.2))
+        run(store.create(kept, b""))
+        wait_until(lambda: run(store.get(gone.run_id)) is None, timeout=5, message="the run to expire")
+
+        run(store.purge())
+
+        assert run(store.list_runs("alice", None, 10, None)) == ([kept], None)
+        assert run(store.list_runs(None, None, 10, None)) == ([kept], None)
+        assert run(store.events(gone.run_id, None, 0)) == []
+        assert run(store.expired(10)) == []
+        again = new_run()
+        assert run(store.create(again, b"", idempotency=key)) == Created(again.run_id)
+        run(store.purge())
+        assert run(store.get(kept.run_id)) == kept
+
+    @pytest.mark.exercises("add_hook")
+    def test_add_hook_queues_numbered_deliveries_fenced_by_the_attempt(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue()
+        claimed = claim_one(store, run)
+        assert run(store.add_hook(queued.run_id, claimed.attempt, "start", b'{"n": 1}', 10))
+        assert run(store.add_hook(queued.run_id, claimed.attempt, "output", b'{"n": 2}', 10))
+        assert not run(store.add_hook(queued.run_id, claimed.attempt + 1, "output", b'{"n": 3}', 10))
+        assert not run(store.add_hook("no-such-run", 1, "output", b'{"n": 4}', 10))
+        current = run(store.get(queued.run_id))
+        assert current is not None and current.hook_seq == 2
+        assert run(store.finish(queued.run_id, claimed.attempt, ok(), RETENTION))
+        assert not run(store.add_hook(queued.run_id, claimed.attempt, "output", b'{"n": 5}', 10))
+
+    @pytest.mark.exercises("report_progress")
+    def test_a_report_is_logged_and_becomes_the_runs_latest_progress(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue()
+        claimed = claim_one(store, run)
+        assert run(store.get(queued.run_id)).progress is None  # type: ignore[union-attr]
+        first = run(store.report_progress(queued.run_id, claimed.attempt, report(0.25, "a"), 10, b"{}", 10))
+        second = run(store.report_progress(queued.run_id, claimed.attempt, report(0.5, "b"), 10, b"{}", 10))
+        assert first is not None and second is not None
+
+        current = run(store.get(queued.run_id))
+        assert current is not None and current.progress == Progress(0.5, "b", 1, 1000.5)
+        events = run(store.events(queued.run_id, None, 0))
+        assert [e.data["event"] for e in events] == ["queued", "running", "progress", "progress"]
+        assert [e.id for e in events[2:]] == [first, second]
+        assert events[3].data == report(0.5, "b")
+        # The latest report stays in the status once the run is over.
+        assert run(store.finish(queued.run_id, claimed.attempt, ok(), RETENTION))
+        finished = run(store.get(queued.run_id))
+        assert finished is not None and finished.progress == Progress(0.5, "b", 1, 1000.5)
+
+    @pytest.mark.exercises("report_progress")
+    def test_reports_past_the_kept_bound_replace_each_other_in_the_log(
+        self, store: RunStore, run: Runner, queue: Queue
+    ) -> None:
+        queued = queue()
+        claim_one(store, run)
+        for step in range(6):
+            assert run(store.report_progress(queued.run_id, 1, report(step / 10), 2, b"{}", 10)) is not None
+        kept = [e.data["progress"] for e in run(store.events(queued.run_id, None, 0)) if e.data["event"] == "progress"]
+        assert kept == [0.0, 0.1, 0.5]
+        latest = run(store.get(queued.run_id))
+        assert latest is not None and latest.progress is not None and latest.progress.value == 0.5
+
+    @pytest.mark.exercises("report_progress")
+    def test_report_progress_is_fenced_by_the_attempt(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        claim_one(store, run, lease=LEASE)
+        assert run(store.report_progress(queued.run_id, 2, report(0.1), 10, b"{}", 10)) is None
+        assert run(store.report_progress("no-such-run", 1, report(0.1), 10, b"{}", 10)) is None
+        assert run(store.finish(queued.run_id, 1, ok(), RETENTION))
+        assert run(store.report_progress(queued.run_id, 1, report(0.9), 10, b"{}", 10)) is None
+        assert [e.data["event"] for e in run(store.events(queued.run_id, None, 0))] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
+        finished = run(store.get(queued.run_id))
+        assert finished is not None and finished.progress is None
+
+    @pytest.mark.exercises("progress_key")
+    def test_the_progress_key_is_made_once_and_kept(self, store: RunStore, run: Runner) -> None:
+        key = run(store.progress_key())
+        assert len(key) == 32
+        assert run(store.progress_key()) == key
