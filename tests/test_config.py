@@ -53,6 +53,23 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
     assert info.value.key == key
 
 
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("not-a-whsec", "must start with whsec_"),
+        ("whsec_!!!", "must be base64"),
+        ("whsec_c2hvcnQ=", "at least 16 bytes"),
+    ],
+)
+def test_a_malformed_signing_secret_is_a_config_error_naming_its_key(secret: str, why: str) -> None:
+    environ = {"ASYNCGATE_UPSTREAM": "http://a:1", "ASYNCGATE_WEBHOOKS_SIGNING_SECRETS": secret}
+    with pytest.raises(ConfigError) as info:
+        load(None, environ=environ)
+    assert info.value.key == "webhooks.signing_secrets"
+    assert why in info.value.message
+    assert secret not in str(info.value)
+
+
 def test_unknown_environment_variable_is_an_error() -> None:
     with pytest.raises(ConfigError) as info:
         load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1", "ASYNCGATE_LIMITS_MAX_INFLITE": "3"})

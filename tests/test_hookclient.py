@@ -7,8 +7,9 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from asyncgate.errors import BlockedDestination
 from asyncgate.hookclient import WebhookClient
-from asyncgate.netguard import Allowlist, BlockedDestination, Resolver
+from asyncgate.netguard import Allowlist, Resolver
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.servers import ServerThread
 

@@ -16,7 +16,8 @@ from typing import Any
 import h11
 import pytest
 
-from asyncgate.http1 import HIGH_WATER, ConnectionPool, Response, UpstreamError, UpstreamTimeout
+from asyncgate.errors import UpstreamError, UpstreamTimeout
+from asyncgate.http1 import HIGH_WATER, ConnectionPool, Response
 
 WAIT = 5.0
 
@@ -309,6 +310,32 @@ def test_read_timeout_on_silence() -> None:
         pool = pool_for(origin)
         with pytest.raises(UpstreamTimeout):
             await pool.request(b"GET", b"/", [], read_timeout=0.2)
+        never.set()
+        await pool.close()
+        srv.close()
+
+    run(test)
+
+
+def test_read_timeout_on_a_reused_connection_is_not_retried() -> None:
+    """A silent upstream took the request: a GET is sent again only when a stale connection dropped it."""
+
+    async def test() -> None:
+        never = asyncio.Event()
+
+        async def answer(seen: Seen, connection: int, request: int) -> bytes | None:
+            if request == 1 and connection == 1:
+                return OK_HELLO
+            await never.wait()
+            return None
+
+        script, srv, origin = await server(answer)
+        pool = pool_for(origin)
+        assert await read_all(await pool.request(b"GET", b"/", [])) == b"hello"
+        with pytest.raises(UpstreamTimeout):
+            await pool.request(b"GET", b"/slow", [], read_timeout=0.2)
+        assert [seen.target for seen in script.requests] == [b"/", b"/slow"]
+        assert script.connections == 1
         never.set()
         await pool.close()
         srv.close()

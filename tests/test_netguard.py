@@ -9,9 +9,9 @@ from collections.abc import Iterator, Sequence
 import httpx
 import pytest
 
+from asyncgate.errors import BlockedDestination
 from asyncgate.netguard import (
     Allowlist,
-    BlockedDestination,
     check_ip,
     check_url_literal,
     classify,

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from asyncgate import endpoints, openapi, ui
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, ClientError, ConfigError, StoreUnavailable
+from asyncgate.errors import BadRequest, ConfigError, HTTPError, ServerError, StoreUnavailable
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake
 from asyncgate.metrics import Metrics
@@ -21,7 +21,7 @@ from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
 from asyncgate.progress import redacted_path
 from asyncgate.proxy import Proxy
-from asyncgate.responses import JSONResponse, error_response, send_error
+from asyncgate.responses import error_body, error_response, send_error
 from asyncgate.services import Services
 from asyncgate.store.base import RunStore
 from asyncgate.store.factory import build_store
@@ -32,30 +32,30 @@ from asyncgate.webhooks import WebhookDispatcher
 logger = logging.getLogger("asyncgate")
 
 
-async def _client_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ClientError)
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
     return error_response(exc)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own refusals (no such route, wrong method) in the gateway's error shape.
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"code": code, "message": exc.detail}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    body = error_body(code, exc.detail)
+    return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # A progress URL's last segment is a capability: never logged.
     logger.error("unhandled error in %s %s", request.method, redacted_path(request.url.path), exc_info=exc)
-    body = {"error": {"code": "internal_error", "message": "the gateway failed to handle the request"}}
-    return JSONResponse(body, status_code=500)
+    return error_response(ServerError("the gateway failed to handle the request"))
 
 
 def control_app(config: Config, services: Services) -> Starlette:
     """The gateway's own API, mounted under its prefix."""
     app = Starlette(
         routes=[Mount(config.server.prefix, routes=[*endpoints.routes(), *openapi.routes(), *ui.routes(config)])],
-        exception_handlers={ClientError: _client_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPError: _gateway_error, HTTPException: _starlette_error, Exception: _internal_error},
     )
     app.state.services = services
     return app
@@ -81,7 +81,7 @@ class Gateway:
         metrics = Metrics()
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
-        executor = Executor(config, store, upstream, webhooks.run_finished, metrics, tracing, webhooks.wake_hooks)
+        executor = Executor(config, store, upstream, webhooks.wake, metrics, tracing, webhooks.wake_hooks)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from asyncgate import progress
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError
+from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
 from asyncgate.feeds import render_event
 from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
 from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
@@ -29,7 +29,7 @@ from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, now
 from asyncgate.services import Services
 from asyncgate.status import status_document
-from asyncgate.store.base import CancelResult, WebhookUrlDeleted
+from asyncgate.store.base import CancelResult
 from asyncgate.waiting import wait_until_final
 
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.

@@ -33,9 +33,6 @@ logger = logging.getLogger("asyncgate.executor")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Called once a run's final state is recorded, e.g. to deliver its webhook.
-FinishedCallback = Callable[[Run, Outcome], Awaitable[None]]
-
 #: Pause before asking an unreachable store for work again.
 STORE_RETRY_DELAY = 1.0
 #: Longest pause between renewal attempts while the store cannot be reached.
@@ -77,7 +74,7 @@ class Executor:
         config: Config,
         store: Execution,
         upstream: Upstream,
-        on_finished: FinishedCallback,
+        wake_webhooks: Callable[[], None],
         metrics: Metrics,
         tracing: Tracing = NO_TRACING,
         on_hook: Callable[[], None] | None = None,
@@ -89,7 +86,9 @@ class Executor:
         self.metrics = metrics
         self.store = store
         self.upstream = upstream
-        self.on_finished = on_finished
+        #: Called when a run with a webhook has finished here, so its delivery goes now rather
+        #: than at the dispatcher's next poll.
+        self.wake_webhooks = wake_webhooks
         hooks = config.webhooks
         limits = HookLimits(hooks.output_batch_interval, hooks.output_batch_bytes, hooks.max_pending_events)
         self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes, limits, on_hook)
@@ -309,9 +308,9 @@ class Executor:
                 extra={"run_id": run.run_id},
             )
             return
-        await self._finished(run, outcome)
+        self._finished(run, outcome)
 
-    async def _finished(self, run: Run, outcome: Outcome) -> None:
+    def _finished(self, run: Run, outcome: Outcome) -> None:
         code = outcome.error.code if outcome.error else ""
         self.metrics.runs_finished.labels(outcome.state.value, code).inc()
         extra: dict[str, object] = {
@@ -323,7 +322,8 @@ class Executor:
             extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
         why = f" {code}" if code else ""
         logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
-        await self.on_finished(run, outcome)
+        if run.request.webhook_url is not None:
+            self.wake_webhooks()
 
     async def _with_store_retries(self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         # A run's upstream answer is too valuable to drop because the store blinked: keep
@@ -440,7 +440,7 @@ class Executor:
             return
         if await self.store.finish(run.run_id, run.attempt, outcome, self.config.runs.retention):
             self.metrics.runs_reclaimed.labels("failed").inc()
-            await self._finished(run, outcome)
+            self._finished(run, outcome)
 
     async def _hand_back(self, held: Held) -> None:
         if held.phase is Phase.STARTING:

@@ -15,8 +15,9 @@ from collections import OrderedDict
 
 import httpx
 
+from asyncgate.errors import ConnectFailed
 from asyncgate.headers import RETRY_AFTER_RAW
-from asyncgate.http1 import ConnectFailed, ConnectionPool
+from asyncgate.http1 import ConnectionPool
 from asyncgate.netguard import Allowlist, Resolver, check_url_literal, resolve_checked
 
 #: Pools kept at once; past it the least recently used is closed (receivers are usually few).
@@ -42,8 +43,9 @@ class WebhookClient:
         self._pools: OrderedDict[tuple[str, str], ConnectionPool] = OrderedDict()
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> HookAnswer:
-        """Deliver once. Raises BlockedDestination, TimeoutError, OSError (a name that did not
-        resolve) or http1.UpstreamError (no connection, or one broken off)."""
+        """Deliver once. Raises BlockedDestination, TimeoutError (the attempt's time ran out),
+        OSError (a name that did not resolve) or UpstreamError (no connection, one broken off,
+        or UpstreamTimeout: too slow to connect)."""
         check_url_literal(url, self.allow)
         parsed = httpx.URL(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from asyncgate.errors import ConnectFailed, UpstreamError, UpstreamTimeout
 from asyncgate.headers import CONTENT_LENGTH_RAW, HOST_RAW, TRANSFER_ENCODING_RAW
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -42,22 +43,6 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE
 _WITH_CONTENT = frozenset({b"POST", b"PUT", b"PATCH"})
 #: Framing is the client's to write; a caller's values would contradict it.
 _FRAMING = frozenset({CONTENT_LENGTH_RAW, TRANSFER_ENCODING_RAW, HOST_RAW})
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, or broke the exchange off."""
-
-
-class ConnectFailed(UpstreamError):
-    """No connection could be made: nothing was sent, so another address may be tried."""
-
-
-class UpstreamTimeout(TimeoutError):
-    """The upstream stayed silent longer than the read timeout, or took too long to connect."""
-
-
-class _LengthMismatch(Exception):
-    """A streamed request body that does not match the Content-Length sent for it."""
 
 
 class _Connection(asyncio.Protocol):
@@ -526,6 +511,8 @@ class ConnectionPool:
             connection.response = response
             try:
                 await self._exchange(connection, response, head, body, content_length)
+            except UpstreamTimeout:
+                raise  # the upstream took the request and is slow: sending it again would only double the wait
             except UpstreamError:
                 # A keep-alive connection the server closed as the request went out: nothing
                 # was answered, so a request that may be sent twice goes out on a fresh one.
@@ -597,16 +584,17 @@ async def _send_body(
             else:
                 sent += len(chunk)
                 if sent > content_length:
-                    raise _LengthMismatch(f"the request body is longer than its Content-Length ({content_length})")
+                    # The connection is cut before the upstream misreads the rest as another request.
+                    too_long = f"the request body is longer than its Content-Length ({content_length})"
+                    response._fail(UpstreamError(too_long))
+                    return
                 connection.write(chunk)
             response.touch()
             await connection.drain()
         if content_length is None:
             connection.write(b"0\r\n\r\n")
         elif sent != content_length:
-            raise _LengthMismatch(f"the request body ended at {sent} of its {content_length} bytes")
-    except _LengthMismatch as exc:
-        response._fail(UpstreamError(str(exc)))  # the connection is cut before the upstream misreads it
+            response._fail(UpstreamError(f"the request body ended at {sent} of its {content_length} bytes"))
     except UpstreamError:
         return  # the answer side reports the broken connection
     except BaseException as exc:

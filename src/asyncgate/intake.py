@@ -16,9 +16,11 @@ from asyncgate import preferences
 from asyncgate.config import Config
 from asyncgate.errors import (
     BadRequest,
+    BlockedDestination,
     ClientDisconnected,
-    ClientError,
+    HTTPError,
     PayloadTooLarge,
+    QueueFull,
     ServiceUnavailable,
     StoreError,
     StoreUnavailable,
@@ -27,12 +29,12 @@ from asyncgate.errors import (
 )
 from asyncgate.links import RunLinks, retry_after
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.netguard import Allowlist, check_url_literal
 from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, QueueFull, Records
+from asyncgate.store.base import Created, Idempotency, Records
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -402,7 +404,7 @@ class Intake:
             return
         try:
             intent = classify(scope, self.limits_for(scope))
-        except ClientError as error:
+        except HTTPError as error:
             await self._refuse(send, error)
             return
         if intent is None:
@@ -411,7 +413,7 @@ class Intake:
         with self.tracing.intake(scope["headers"], scope["method"], scope["path"]) as span:
             await self._serve(scope, receive, send, intent, span)
 
-    async def _refuse(self, send: Send, error: ClientError) -> None:
+    async def _refuse(self, send: Send, error: HTTPError) -> None:
         """Answer a refused submission; the one place refusals are counted."""
         self.metrics.runs_refused.labels(error.code).inc()
         await send_error(send, error)
@@ -421,7 +423,7 @@ class Intake:
             created, status = await self._accept(scope, receive, intent, span)
         except ClientDisconnected:
             return
-        except ClientError as error:
+        except HTTPError as error:
             span.finish(error.status_code, error.code)
             await self._refuse(send, error)
             return

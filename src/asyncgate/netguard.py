@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from asyncgate.errors import BlockedDestination
 from asyncgate.headers import CONNECTION, HOST
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,15 +103,6 @@ _GLOBAL_UNICAST_V6 = _net("2000::/3")
 _HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")
 # A label that inet_aton or the WHATWG URL parser would read as a number: 127, 0177, 0x7f, 0x.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
-
-
-class BlockedDestination(Exception):
-    """Raised when a webhook destination is refused; ``reason`` names the rule (``"loopback"``...)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclasses.dataclass(frozen=True)

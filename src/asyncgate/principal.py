@@ -15,7 +15,7 @@ import time
 from starlette.types import Scope
 
 from asyncgate.config import AccessConfig
-from asyncgate.errors import ClientError, TooManyRequests
+from asyncgate.errors import TooManyRequests, Unauthenticated
 from asyncgate.headers import AUTHORIZATION_RAW, PROXY_AUTHORIZATION_RAW
 from asyncgate.runs import Run
 
@@ -38,13 +38,6 @@ def canonical_credentials(value: bytes) -> bytes:
     if not space:
         return value  # no scheme to speak of: a bare token, whose case matters
     return scheme[:1].upper() + scheme[1:].lower() + b" " + rest.lstrip(b" ")
-
-
-class Unauthenticated(ClientError):
-    """The request names no caller, and runs must belong to someone (access.mode: header)."""
-
-    status_code = 401
-    code = "credentials_required"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,29 +8,15 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
-from asyncgate.errors import ClientDisconnected, ClientError
+from asyncgate.errors import BadGateway, ClientDisconnected, GatewayTimeout, HTTPError, UpstreamError, UpstreamTimeout
 from asyncgate.headers import CONTENT_LENGTH_RAW, TRANSFER_ENCODING_RAW, forwarded_headers, raw_target, response_headers
 from asyncgate.metrics import Metrics
 from asyncgate.responses import send_error
-from asyncgate.upstream import Body, Response, Upstream, UpstreamError
+from asyncgate.upstream import Body, Response, Upstream
 
 logger = logging.getLogger("asyncgate.proxy")
 #: One line per synchronous request: method, path (never the query), status, time to headers.
 access_log = logging.getLogger("asyncgate.access")
-
-
-class BadGateway(ClientError):
-    """The upstream could not be reached or broke the connection before answering."""
-
-    status_code = 502
-    code = "upstream_unreachable"
-
-
-class GatewayTimeout(ClientError):
-    """The upstream did not answer in time."""
-
-    status_code = 504
-    code = "upstream_timeout"
 
 
 def body_framing(scope: Scope) -> tuple[bool, int | None]:
@@ -91,7 +77,7 @@ class Proxy:
             )
         except ClientDisconnected:
             return
-        except TimeoutError:
+        except UpstreamTimeout:
             await self._fail(scope, send, GatewayTimeout("the upstream did not answer in time"), started)
             return
         except UpstreamError as exc:
@@ -112,7 +98,7 @@ class Proxy:
             fields = {"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": ms}
             access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, ms, extra=fields)
 
-    async def _fail(self, scope: Scope, send: Send, error: ClientError, started: float) -> None:
+    async def _fail(self, scope: Scope, send: Send, error: HTTPError, started: float) -> None:
         self._done(scope, error.status_code, started)
         await send_error(send, error)
 
@@ -131,7 +117,7 @@ class Proxy:
         try:
             async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, UpstreamError, ClientDisconnected) as exc:
+        except (UpstreamError, ClientDisconnected) as exc:
             # The status line is gone already: the only honest signal left is to cut the
             # connection, which the ASGI server does when the response is left incomplete.
             logger.warning("upstream broke off its response: %s", exc.__class__.__name__)

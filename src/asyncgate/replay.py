@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from asyncgate.errors import ResultTooLarge, UpstreamError, UpstreamTimeout
 from asyncgate.headers import ATTEMPT, CONTENT_LENGTH_RAW, NOT_REPLAYED, PROGRESS_URL, RUN_ID, encode, end_to_end, raw
 from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
-from asyncgate.upstream import Response, Upstream, UpstreamError
+from asyncgate.upstream import Response, Upstream
 
 #: As the upstream sees them, on every request the executor replays.
 _RUN_ID = RUN_ID.encode("ascii")
@@ -16,10 +17,6 @@ _ATTEMPT = ATTEMPT.encode("ascii")
 _PROGRESS_URL = PROGRESS_URL.encode("ascii")
 #: Never replayed as the client sent it: only the executor announces a progress URL.
 _DROPPED = NOT_REPLAYED | {raw(PROGRESS_URL)}
-
-
-class ResultTooLarge(Exception):
-    """The upstream's body grew past limits.max_result_bytes."""
 
 
 def outcome_of(result: RunResult) -> Outcome:
@@ -123,7 +120,7 @@ async def _send(
                     return Outcome(RunState.FAILED, error=error, status=status)
             finally:
                 response.release()
-    except TimeoutError:
+    except (TimeoutError, UpstreamTimeout):
         error = RunError(ErrorCode.TIMEOUT, f"the upstream did not answer within {request.timeout:g} s")
         return Outcome(RunState.FAILED, error=error)
     except UpstreamError as exc:

@@ -9,7 +9,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Send
 
-from asyncgate.errors import ClientError
+from asyncgate.errors import HTTPError
 from asyncgate.headers import CONTENT_LENGTH_RAW, CONTENT_TYPE_RAW, encode
 from asyncgate.runs import RunResult
 
@@ -18,6 +18,7 @@ _BODYLESS = frozenset({204, 304})
 
 
 def error_body(code: str, message: str) -> bytes:
+    """The one shape of every error the gateway answers: ``{"error": {"code", "message"}}``."""
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
@@ -28,12 +29,10 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(error: ClientError) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": error.code, "message": error.message}},
-        status_code=error.status_code,
-        headers=error.headers,
-    )
+def error_response(error: HTTPError) -> Response:
+    """The error as a starlette response, for handlers and exception handlers."""
+    body = error_body(error.code, error.message)
+    return Response(body, status_code=error.status_code, headers=error.headers, media_type="application/json")
 
 
 async def send_json(
@@ -50,7 +49,8 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: ClientError) -> None:
+async def send_error(send: Send, error: HTTPError) -> None:
+    """The error written straight to ASGI, for the paths that skip starlette."""
     await send_json(send, error.status_code, error_body(error.code, error.message), error.headers)
 
 

@@ -14,15 +14,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
+from asyncgate.errors import InvalidSecret, InvalidSignature
+
 SECRET_PREFIX = "whsec_"
-
-
-class InvalidSecret(ValueError):
-    """A signing secret is not of the ``whsec_<base64>`` form."""
-
-
-class InvalidSignature(ValueError):
-    """A delivery's signature does not match, or its timestamp is too far from now."""
 
 
 def secret_key(secret: str) -> bytes:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from asyncgate.config import Config
-from asyncgate.http1 import Body, ConnectionPool, Response, UpstreamError, UpstreamTimeout
+from asyncgate.http1 import Body, ConnectionPool, Response
 
-__all__ = ["Body", "Response", "Upstream", "UpstreamError", "UpstreamTimeout"]
+__all__ = ["Body", "Response", "Upstream"]
 
 
 class Upstream(ConnectionPool):

@@ -22,7 +22,7 @@ import orjson
 
 from asyncgate import __version__
 from asyncgate.config import Config
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import BlockedDestination, StoreError, StoreUnavailable, UpstreamError, UpstreamTimeout
 from asyncgate.headers import (
     CONTENT_TYPE,
     RUN_ID,
@@ -36,10 +36,9 @@ from asyncgate.headers import (
     WEBHOOK_TIMESTAMP,
 )
 from asyncgate.hookclient import WebhookClient
-from asyncgate.http1 import UpstreamError
 from asyncgate.metrics import Metrics
-from asyncgate.netguard import BlockedDestination, Resolver
-from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
+from asyncgate.netguard import Resolver
+from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
 from asyncgate.signing import signature_header
 from asyncgate.store.base import Deliveries, DueDelivery, DueHook, Hook, Records
 from asyncgate.tasks import settle
@@ -190,12 +189,8 @@ class WebhookDispatcher:
         if self._client is not None:
             await self._client.close()
 
-    async def run_finished(self, run: Run, outcome: Outcome) -> None:
-        """A run ended here: look for its delivery now rather than at the next poll."""
-        if run.request.webhook_url is not None:
-            self._wake.set()
-
     def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll (a run with a webhook ended here)."""
         self._wake.set()
 
     def wake_hooks(self) -> None:
@@ -385,7 +380,7 @@ class WebhookDispatcher:
             answer = await self._client.post(url, body, headers)
         except BlockedDestination as exc:
             return Attempt(None, f"blocked_destination: {exc}", final=True)
-        except TimeoutError:
+        except (TimeoutError, UpstreamTimeout):
             return Attempt(None, "the receiver did not answer in time")
         except OSError as exc:  # the name did not resolve (socket.gaierror)
             return Attempt(None, f"the receiver's name did not resolve ({exc.__class__.__name__})")

@@ -30,13 +30,13 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-import orjson
 from starlette.types import Scope
 
 from asyncgate.config import Config
-from asyncgate.errors import ClientError
+from asyncgate.errors import BadGateway, BadRequest, GatewayTimeout, HTTPError, NotFound
 from asyncgate.headers import UPGRADE_RAW, RawHeaders, forwarded_headers
 from asyncgate.intake import Limits, RouteLimits, classify
+from asyncgate.responses import error_body
 from asyncgate.wsframes import FrameMeter, close_frame
 
 logger = logging.getLogger("asyncgate.websocket")
@@ -75,11 +75,12 @@ def parse_head(data: bytes) -> tuple[bytes, bytes, RawHeaders]:
     return method, target, headers
 
 
-def _json_response(status: int, reason: bytes, code: str, message: str) -> bytes:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+def _json_response(error: HTTPError) -> bytes:
+    """The error as a whole HTTP/1.1 response, written on the raw connection before any app sees it."""
+    body = error_body(error.code, error.message)
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
-        status,
-        reason,
+        error.status_code,
+        HTTPStatus(error.status_code).phrase.encode(),
         len(body),
     )
     return head + body
@@ -248,12 +249,12 @@ class WebSocketTunnel(asyncio.Protocol):
         try:
             method, target, headers = parse_head(data)
         except ValueError:
-            self._refuse(400, b"Bad Request", "malformed_request", "the upgrade request could not be read")
+            self._refuse(BadRequest("the upgrade request could not be read", code="malformed_request"))
             return
         scope = self._scope(method, target, headers)
         refusal = self._refusal(scope)
         if refusal is not None:
-            self._refuse(*refusal)
+            self._refuse(refusal)
             return
         gateway = self.gateway
         try:
@@ -267,14 +268,14 @@ class WebSocketTunnel(asyncio.Protocol):
                 )
         except (OSError, TimeoutError) as exc:
             logger.warning("WebSocket upstream unreachable: %s", exc.__class__.__name__)
-            self._refuse(502, b"Bad Gateway", "upstream_unreachable", "the upstream could not be reached")
+            self._refuse(BadGateway("the upstream could not be reached"))
             return
         self._write_upstream(self._upstream_head(scope, target, headers))
         try:
             async with asyncio.timeout(gateway.read_timeout):
                 await self._answer
         except TimeoutError:
-            self._refuse(504, b"Gateway Timeout", "upstream_timeout", "the upstream did not answer in time")
+            self._refuse(GatewayTimeout("the upstream did not answer in time"))
             return
         self._relay_answer()
 
@@ -292,27 +293,27 @@ class WebSocketTunnel(asyncio.Protocol):
             "scheme": "wss" if self.client.get_extra_info("sslcontext") is not None else "ws",
         }
 
-    def _refusal(self, scope: Scope) -> tuple[int, bytes, str, str] | None:
+    def _refusal(self, scope: Scope) -> HTTPError | None:
         gateway = self.gateway
         problem = gateway.check(scope)
         if problem is not None:
-            return 400, b"Bad Request", "malformed_request", problem
+            return BadRequest(problem, code="malformed_request")
         if not scope["raw_path"].startswith(b"/"):
-            return 400, b"Bad Request", "invalid_target", "the request target must be a path"
+            return BadRequest("the request target must be a path", code="invalid_target")
         path: str = scope["path"]
         if path == gateway.prefix or path.startswith(gateway.prefix + "/"):
-            return 404, b"Not Found", "not_found", "the gateway's own API has no WebSocket endpoint"
+            return NotFound("the gateway's own API has no WebSocket endpoint")
         try:
             intent = classify(scope, gateway.limits_for(scope))
-        except ClientError as error:
-            return error.status_code, HTTPStatus(error.status_code).phrase.encode(), error.code, error.message
+        except HTTPError as error:
+            return error
         if intent is not None:
-            return 400, b"Bad Request", "websocket_not_async", "a WebSocket cannot be asynchronous: drop the async flag"
+            return BadRequest("a WebSocket cannot be asynchronous: drop the async flag", code="websocket_not_async")
         return None
 
-    def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+    def _refuse(self, error: HTTPError) -> None:
         if not self.client.is_closing():
-            self.client.write(_json_response(status, reason, code, message))
+            self.client.write(_json_response(error))
             close_soon(self.client)
         if self.upstream is not None and self.upstream.transport is not None:
             close_soon(self.upstream.transport)
@@ -330,7 +331,7 @@ class WebSocketTunnel(asyncio.Protocol):
         answer = self._answer_head
         head_end = answer.find(b"\r\n\r\n")
         if head_end < 0:
-            self._refuse(502, b"Bad Gateway", "upstream_unreachable", "the upstream broke off its answer")
+            self._refuse(BadGateway("the upstream broke off its answer"))
             return
         self._answer_head = b""
         if answer[9:12] != b"101":

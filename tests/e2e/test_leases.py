@@ -13,7 +13,7 @@ import pytest
 from asyncgate.config import load
 from asyncgate.executor import Executor
 from asyncgate.metrics import Metrics
-from asyncgate.runs import Outcome, Run, RunRequest, RunState, new_run_id, now
+from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.upstream import Upstream as UpstreamPool
 from tests.e2e.conftest import GatewayFactory, Upstream
@@ -93,12 +93,11 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
         overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "runs.lease": 30, "access.mode": "open"},
     )
     tag = uuid.uuid4().hex[:8]
-    request = RunRequest(method="POST", path="/echo", query=f"tag={tag}", headers=(), webhook_url=None, timeout=60)
+    # With a webhook, a run that finished here would wake the dispatcher.
+    hook = "http://hooks.example/done"
+    request = RunRequest(method="POST", path="/echo", query=f"tag={tag}", headers=(), webhook_url=hook, timeout=60)
     run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
-    finished: list[Outcome] = []
-
-    async def on_finished(run: Run, outcome: Outcome) -> None:
-        finished.append(outcome)
+    woken: list[str] = []
 
     async def scenario() -> Run | None:
         store = SlowReply(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
@@ -107,7 +106,7 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
         await pool.open()
         try:
             await store.create(run, b"charge")
-            executor = Executor(config, store, pool, on_finished, Metrics())
+            executor = Executor(config, store, pool, lambda: woken.append("webhooks"), Metrics())
             executor.start()
             await asyncio.wait_for(store.claimed.wait(), timeout=10)
             # SIGTERM in the moment between the store's claim and its reply.
@@ -125,5 +124,46 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
     # this one was never sent.
     assert after.state is RunState.QUEUED
     assert after.attempt == 1
-    assert finished == []
+    assert woken == []
     assert [c for c in upstream.calls.all() if tag in c.get("query", "")] == []
+
+
+def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does_not(
+    redis_server: RedisServer, upstream: Upstream
+) -> None:
+    config = load(
+        None, environ={}, overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open"}
+    )
+    tag = uuid.uuid4().hex[:8]
+
+    def queued(webhook_url: str | None) -> Run:
+        request = RunRequest("GET", "/echo", f"tag={tag}", (), webhook_url=webhook_url, timeout=60)
+        return Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+    with_hook, without = queued("http://hooks.example/done"), queued(None)
+    woken: list[str] = []
+
+    async def scenario() -> list[RunState]:
+        store = RedisRunStore(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        pool = UpstreamPool(config)
+        await store.open()
+        await pool.open()
+        try:
+            for run in (with_hook, without):
+                await store.create(run, b"")
+            executor = Executor(config, store, pool, lambda: woken.append("webhooks"), Metrics())
+            executor.start()
+            states: list[RunState] = []
+            async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
+                while not all(state.is_final for state in states) or not states:
+                    await asyncio.sleep(0.01)
+                    states = [stored.state for run in (with_hook, without) if (stored := await store.get(run.run_id))]
+            # Stopped, the executor has no task left that could still wake anything.
+            await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+            return states
+        finally:
+            await pool.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == [RunState.SUCCEEDED, RunState.SUCCEEDED]
+    assert woken == ["webhooks"]

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from asyncgate.config import Config, StoreConfig
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import QueueFull, StoreError, StoreUnavailable
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store import embedded as embedded_module
-from asyncgate.store.base import CancelResult, Created, Idempotency, QueueFull
+from asyncgate.store.base import CancelResult, Created, Idempotency
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.factory import build_store
 from tests.store.conftest import Runner, new_run

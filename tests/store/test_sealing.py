@@ -17,9 +17,9 @@ import redis
 from cryptography.fernet import Fernet
 from starlette.datastructures import Secret
 
-from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
-from asyncgate.store.base import Identity, RunStore, WebhookUrlDeleted
+from asyncgate.store.base import Identity, RunStore
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.store.sealing import KEY_FILE, PLACEHOLDER, Sealer

@@ -33,8 +33,8 @@ from asyncgate.client.errors import (
     WaitTimeout,
 )
 from asyncgate.client.webhook import WebhookDelivery, verify_webhook
+from asyncgate.errors import InvalidSecret, InvalidSignature
 from asyncgate.runs import RunState
-from asyncgate.signing import InvalidSecret, InvalidSignature
 
 __all__ = [
     "APIError",

@@ -9,8 +9,8 @@
         ├── RunCancelled        the run was cancelled
         └── WaitTimeout         the run was not final within the caller's timeout
 
-A webhook receiver gets ``InvalidSignature`` (from ``asyncgate.signing``, re-exported by
-``asyncgate.client``) from ``verify_webhook``.
+A webhook receiver gets ``InvalidSignature`` (from the gateway's own tree in ``asyncgate.errors``,
+re-exported by ``asyncgate.client``) from ``verify_webhook``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
+from asyncgate.errors import InvalidSignature
 from asyncgate.headers import (
     CONTENT_TYPE,
     RUN_ID,
@@ -20,7 +21,7 @@ from asyncgate.headers import (
     WEBHOOK_TIMESTAMP,
 )
 from asyncgate.runs import RunState
-from asyncgate.signing import InvalidSignature, verify
+from asyncgate.signing import verify
 
 #: How far a delivery's timestamp may be from the receiver's clock, in seconds (replay protection).
 DEFAULT_TOLERANCE = 300

@@ -41,7 +41,8 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
-#: Turns one already type-checked list item (or the whole list) into its parsed form; ValueError names the problem.
+#: Turns one already type-checked list item (or the whole list) into its parsed form; ValueError (or
+#: InvalidSecret, from a SigningSecret) names the problem.
 Convert = Callable[[Any], Any]
 
 

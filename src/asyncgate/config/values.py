@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Secret
 
 from asyncgate.config.keys import Key, Unit
-from asyncgate.errors import ConfigError
-from asyncgate.netguard import Allowlist, BlockedDestination, check_url_literal
+from asyncgate.errors import BlockedDestination, ConfigError, InvalidSecret
+from asyncgate.netguard import Allowlist, check_url_literal
 from asyncgate.signing import secret_key
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -114,7 +114,7 @@ def _converted(key: Key, value: Any) -> Any:
         return value
     try:
         return key.info.convert(value)
-    except ValueError as exc:
+    except (ValueError, InvalidSecret) as exc:
         raise ConfigError(key.name, str(exc)) from None
 
 

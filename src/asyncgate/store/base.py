@@ -41,14 +41,6 @@ PURGE_BATCH = 500
 PURGE_ROUNDS = 20
 
 
-class QueueFull(Exception):
-    """The store holds limits.max_queued runs that have not started; nothing was stored."""
-
-
-class WebhookUrlDeleted(Exception):
-    """A redelivery named no URL, and the run's own was deleted when its last delivery ended."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Identity:
     """Whose runs a store holds: a deployment, and the upstream its runs were accepted for."""

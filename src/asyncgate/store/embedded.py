@@ -18,7 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.errors import QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     COMPLETED,
     Delivery,
@@ -51,8 +51,6 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     state_event,
 )

@@ -16,7 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import ConfigError, StoreError, StoreUnavailable
+from asyncgate.errors import ConfigError, QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     COMPLETED,
     Delivery,
@@ -49,8 +49,6 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
-    QueueFull,
-    WebhookUrlDeleted,
     delivery_event,
     load_hook,
     pending_delivery,

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from asyncgate.errors import QueueFull
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState
-from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, QueueFull, Records, RunStore
+from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, Records, RunStore
 from tests.store.conftest import BINARY, LEASE, RETENTION, Queue, Runner, claim_one, new_run, ok
 
 
