@@ -14,3 +14,12 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that reconfigure it (maxmemory, stops)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()

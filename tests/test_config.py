@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncgate.config import ConfigError, load, parse_duration, parse_size
+from asyncgate.config import load, parse_duration, parse_size
+from asyncgate.errors import ConfigError
 
 
 def test_defaults_need_only_an_upstream() -> None:

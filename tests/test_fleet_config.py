@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from starlette.datastructures import Secret
 
-from asyncgate.config import AccessConfig, ConfigError, derive_deployment, load
-from asyncgate.errors import BadRequest
+from asyncgate.config import AccessConfig, derive_deployment, load
+from asyncgate.errors import BadRequest, ConfigError
 from asyncgate.intake import classify
 from asyncgate.principal import Access, canonical_credentials
 from tests.support.sealing import ENCRYPTION_KEY, ENCRYPTION_KEY_ENV
@@ -231,7 +232,7 @@ def test_the_credentials_themselves_stay_case_sensitive() -> None:
 
 
 def test_the_admin_token_is_recognised_whatever_the_schemes_case() -> None:
-    access = Access(AccessConfig(admin_token=_secret("admin-token-0123456789")))
+    access = Access(AccessConfig(admin_token=Secret("admin-token-0123456789")))
     assert access.principal({"headers": [(b"authorization", b"bearer admin-token-0123456789")]}).sees_all
     assert not access.principal({"headers": [(b"authorization", b"bearer ADMIN-token-0123456789")]}).sees_all
 
@@ -240,9 +241,3 @@ def test_another_header_is_not_read_as_a_scheme() -> None:
     access = Access(AccessConfig(header="X-Api-Key"))
     first = access.principal({"headers": [(b"x-api-key", b"key one")]}).caller
     assert first != access.principal({"headers": [(b"x-api-key", b"KEY one")]}).caller
-
-
-def _secret(value: str) -> object:
-    from starlette.datastructures import Secret
-
-    return Secret(value)

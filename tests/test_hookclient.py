@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from asyncgate.errors import BlockedDestination
-from asyncgate.hookclient import WebhookClient
+from asyncgate.hookclient import HookAnswer, WebhookClient
 from asyncgate.netguard import Allowlist, Resolver
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.servers import ServerThread
@@ -59,16 +59,53 @@ def test_a_refused_address_is_skipped_and_the_name_goes_in_host(receiver: Server
     assert {d["headers"]["webhook-id"] for d in sent} == {"msg_1"}
 
 
-def test_a_name_answering_a_refused_address_sends_nothing(receiver: ServerThread, deliveries: Deliveries) -> None:
-    _, resolve = answering("127.0.0.1", "169.254.169.254")
+def post_once(allow: Allowlist, resolve: Resolver, url: str) -> HookAnswer:
+    """One delivery by a client of its own."""
 
-    async def go() -> None:
-        client = WebhookClient(LOOPBACK, resolve, limit=4, timeout=5)
+    async def go() -> HookAnswer:
+        client = WebhookClient(allow, resolve, limit=4, timeout=5)
         try:
-            await client.post(f"http://hooks.test:{receiver.port}/", b"x", {})
+            return await client.post(url, b"{}", {})
         finally:
             await client.close()
 
+    return asyncio.run(go())
+
+
+def test_a_name_answering_a_refused_address_sends_nothing(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1", "169.254.169.254")
     with pytest.raises(BlockedDestination):
-        asyncio.run(go())
+        post_once(LOOPBACK, resolve, f"http://hooks.test:{receiver.port}/")
+    assert deliveries.all() == []
+
+
+def test_a_redirect_is_an_answer_and_never_followed(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1")
+    deliveries.script = [(302, {"Location": "http://169.254.169.254/latest/meta-data/"})]
+    assert post_once(LOOPBACK, resolve, f"http://hooks.test:{receiver.port}/done").status == 302
+    assert [d["path"] for d in deliveries.all()] == ["/done"]
+
+
+def test_the_name_is_looked_up_once_so_it_cannot_rebind_after_the_check(
+    receiver: ServerThread, deliveries: Deliveries
+) -> None:
+    # A second lookup would answer the metadata service: there is none.
+    calls: list[tuple[str, int]] = []
+    answers = [["127.0.0.1"], ["169.254.169.254"]]
+
+    async def rebinding(host: str, port: int) -> Sequence[str]:
+        calls.append((host, port))
+        return answers[len(calls) - 1]
+
+    assert post_once(LOOPBACK, rebinding, f"http://hooks.test:{receiver.port}/done").status == 200
+    assert calls == [("hooks.test", receiver.port)]
+    [delivery] = deliveries.all()
+    assert delivery["headers"]["host"] == f"hooks.test:{receiver.port}"
+
+
+def test_loopback_is_refused_without_the_allowlist(receiver: ServerThread, deliveries: Deliveries) -> None:
+    _, resolve = answering("127.0.0.1")
+    with pytest.raises(BlockedDestination) as caught:
+        post_once(Allowlist(), resolve, f"http://hooks.test:{receiver.port}/done")
+    assert caught.value.reason == "loopback"
     assert deliveries.all() == []

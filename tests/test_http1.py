@@ -306,7 +306,7 @@ def test_read_timeout_on_silence() -> None:
             await never.wait()
             return None
 
-        script, srv, origin = await server(answer)
+        _, srv, origin = await server(answer)
         pool = pool_for(origin)
         with pytest.raises(UpstreamTimeout):
             await pool.request(b"GET", b"/", [], read_timeout=0.2)
@@ -360,7 +360,7 @@ def test_slow_reader_pauses_the_upstream_socket() -> None:
     size = 8 * 1024 * 1024
 
     async def test() -> None:
-        script, srv, origin = await server(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size))
+        _, srv, origin = await server(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size))
         pool = pool_for(origin)
         response = await pool.request(b"GET", b"/big", [])
         deadline = asyncio.get_running_loop().time() + WAIT

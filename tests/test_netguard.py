@@ -1,12 +1,11 @@
-"""The outbound address guard: the refusal corpus, the allowlist, resolution and pinned requests."""
+"""The outbound address guard: the refusal corpus, the allowlist and resolution (tests/test_hookclient.py: delivery)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-import httpx
 import pytest
 
 from asyncgate.errors import BlockedDestination
@@ -15,12 +14,8 @@ from asyncgate.netguard import (
     check_ip,
     check_url_literal,
     classify,
-    pinned_request,
-    request_checked,
     resolve_checked,
 )
-from tests.support.receiver import Deliveries, receiver_app
-from tests.support.servers import ServerThread
 
 NOTHING = Allowlist()
 
@@ -181,9 +176,9 @@ class CountingResolver:
         return self.answers[min(len(self.calls), len(self.answers)) - 1]
 
 
-def blocked_reason(fn: object, *args: object) -> str:
+def blocked_reason(fn: Callable[..., object], *args: object) -> str:
     with pytest.raises(BlockedDestination) as caught:
-        fn(*args)  # type: ignore[operator]
+        fn(*args)
     return caught.value.reason
 
 
@@ -316,140 +311,3 @@ def test_default_resolver_answers_localhost() -> None:
     allow_localhost = Allowlist.parse(["localhost"])
     addresses = asyncio.run(resolve_checked("localhost", 80, allow_localhost))
     assert addresses and all(ip.is_loopback for ip in addresses)
-
-
-class Recorder:
-    """An httpx MockTransport handler that records requests and answers a fixed response."""
-
-    def __init__(self, response: httpx.Response | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self.response = response or httpx.Response(204)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.response
-
-
-def test_rebinding_cannot_move_the_request_after_the_check() -> None:
-    # The first answer is public; a second lookup would answer loopback. There must be none.
-    resolver = CountingResolver(["93.184.215.14"], ["127.0.0.1"])
-    recorder = Recorder()
-
-    async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-            return await request_checked(
-                client, "POST", "https://rebind.example:8443/hook?x=1", NOTHING, resolver=resolver, content=b"done"
-            )
-
-    response = asyncio.run(go())
-    assert response.status_code == 204
-    assert resolver.calls == [("rebind.example", 8443)]
-    [sent] = recorder.requests
-    assert str(sent.url) == "https://93.184.215.14:8443/hook?x=1"
-    assert sent.headers["host"] == "rebind.example:8443"
-    assert sent.headers["connection"] == "close"
-    assert sent.extensions["sni_hostname"] == "rebind.example"
-    assert sent.content == b"done"
-
-
-def test_name_resolving_to_a_forbidden_address_sends_nothing() -> None:
-    resolver = CountingResolver(["169.254.169.254"])
-    recorder = Recorder()
-
-    async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-            await request_checked(client, "POST", "http://metadata.example/", NOTHING, resolver=resolver)
-
-    with pytest.raises(BlockedDestination) as caught:
-        asyncio.run(go())
-    assert caught.value.reason == "metadata"
-    assert recorder.requests == []
-
-
-def test_redirects_are_never_followed() -> None:
-    recorder = Recorder(httpx.Response(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}))
-    resolver = CountingResolver(["8.8.8.8"])
-
-    async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(recorder), follow_redirects=True) as client:
-            return await request_checked(client, "POST", "http://hooks.example/", NOTHING, resolver=resolver)
-
-    response = asyncio.run(go())
-    assert response.status_code == 302
-    assert [str(r.url) for r in recorder.requests] == ["http://8.8.8.8/"]
-
-
-def test_pinned_request_refuses_a_follow_redirects_argument() -> None:
-    async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(Recorder())) as client:
-            await pinned_request(
-                client, "GET", "http://hooks.example/", ipaddress.ip_address("8.8.8.8"), follow_redirects=True
-            )
-
-    with pytest.raises(TypeError):
-        asyncio.run(go())
-
-
-def test_pinned_ipv6_address_is_bracketed() -> None:
-    recorder = Recorder()
-
-    async def go() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-            await pinned_request(client, "GET", "http://hooks.example/x", ipaddress.ip_address("2606:4700:4700::1111"))
-
-    asyncio.run(go())
-    [sent] = recorder.requests
-    assert str(sent.url) == "http://[2606:4700:4700::1111]/x"
-    assert sent.headers["host"] == "hooks.example"
-    assert "sni_hostname" not in sent.extensions
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[ServerThread, Deliveries]]:
-    deliveries = Deliveries()
-    server = ServerThread(receiver_app(deliveries)).start()
-    yield server, deliveries
-    server.stop()
-
-
-def test_pinned_request_reaches_the_checked_address_with_the_original_host(
-    receiver: tuple[ServerThread, Deliveries],
-) -> None:
-    server, deliveries = receiver
-
-    async def go() -> httpx.Response:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-            url = f"http://localhost:{server.port}/hook"
-            return await pinned_request(client, "POST", url, ipaddress.ip_address("127.0.0.1"), content=b"payload")
-
-    response = asyncio.run(go())
-    assert response.status_code == 200
-    [delivery] = deliveries.all()
-    assert delivery["path"] == "/hook"
-    assert delivery["headers"]["host"] == f"localhost:{server.port}"
-    assert delivery["body"] == b"payload"
-
-
-def test_real_delivery_to_an_allowlisted_network_and_refusal_without_it(
-    receiver: tuple[ServerThread, Deliveries],
-) -> None:
-    server, deliveries = receiver
-    url = f"http://hooks.test:{server.port}/done"
-
-    async def go(allow: Allowlist, resolver: CountingResolver) -> httpx.Response:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-            return await request_checked(client, "POST", url, allow, resolver=resolver, content=b"{}")
-
-    with pytest.raises(BlockedDestination) as caught:
-        asyncio.run(go(NOTHING, CountingResolver(["127.0.0.1"])))
-    assert caught.value.reason == "loopback"
-    assert deliveries.all() == []
-
-    # Allowed, and a second lookup would rebind to the metadata service: there is none.
-    resolver = CountingResolver(["127.0.0.1"], ["169.254.169.254"])
-    response = asyncio.run(go(Allowlist.parse(["127.0.0.1/32"]), resolver))
-    assert response.status_code == 200
-    assert resolver.calls == [("hooks.test", server.port)]
-    [delivery] = deliveries.all()
-    assert delivery["headers"]["host"] == f"hooks.test:{server.port}"
-    assert delivery["body"] == b"{}"

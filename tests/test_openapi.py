@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,14 @@ SETTINGS: dict[str, Any] = {
     "webhooks.allow": ["127.0.0.1"],
 }
 EXAMPLES_PER_OPERATION = 40
+#: Every property test here: a fixed number of examples, derandomised, with nothing kept between runs.
+EXAMPLES = settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def config_for(**overrides: Any) -> Config:
@@ -190,8 +199,12 @@ def seed_runs(gateway: Gateway, receiver: Receiver) -> dict[str, str]:
     }
     wait_until(lambda: status(runs["cancelled"])["status"] == "running", message="run to cancel started")
     assert gateway.client.delete(f"{gateway.prefix}/runs/{runs['cancelled']}", headers=CALLER).status_code == 200
+
+    def finished(name: str) -> bool:
+        return status(runs[name])["status"] in {"succeeded", "failed"}
+
     for name in ("succeeded", "failed", "webhook"):
-        wait_until(lambda n=name: status(runs[n])["status"] in {"succeeded", "failed"}, message=name)  # type: ignore[misc]
+        wait_until(functools.partial(finished, name), message=name)
     wait_until(lambda: (status(runs["webhook"])["webhook"] or {}).get("state") == "delivered", message="delivery")
     return runs
 
@@ -249,13 +262,7 @@ def test_live_gateway_answers_as_documented(live: Live, label: str) -> None:
         ]
 
     @given(case=st.one_of(strategies))
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @EXAMPLES
     def conforms(case: Any) -> None:
         response = case.call(base_url=live.gateway.url, headers=CALLER, timeout=15)
         checks = CHECKS
@@ -276,13 +283,7 @@ def test_live_submission_answers_as_documented(live: Live, method: str) -> None:
     strategies = [operation.as_strategy(mode, headers=CALLER, path_parameters={"path": "echo"}) for mode in modes]
 
     @given(case=st.one_of(strategies))
-    @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @EXAMPLES
     def conforms(case: Any) -> None:
         # Webhooks go to the local receiver, never to whatever host was generated; and one way of
         # naming it is kept (both is a 400), so that more cases become runs.

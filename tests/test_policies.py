@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from asyncgate.config import ConfigError, load
+from asyncgate.config import load
+from asyncgate.errors import ConfigError
 from asyncgate.policies import AsyncMode, RoutePolicies, compile_pattern
 from asyncgate.runs import Run, RunRequest, RunState, dump_request, load_request, recovery_outcome
 
 #: A dozen routes, one of each kind of setting: what a platform team's file looks like.
-DOZEN = [
+DOZEN: list[dict[str, Any]] = [
     {"name": "health", "methods": ["GET"], "path": "/healthz/**", "async": "never"},
     {"name": "batch", "methods": ["POST"], "path": "/v1/batch/*", "async": "always", "timeout": "2h"},
     {"name": "embed", "methods": "POST", "path": "/v1/embeddings", "idempotent": True, "max_attempts": 5},
@@ -49,17 +50,23 @@ def test_patterns_star_stays_in_a_segment_and_double_star_crosses_them() -> None
     assert not compile_pattern("/a.b").fullmatch("/axb")
 
 
+def matched(policies: RoutePolicies, method: str, path: str) -> str:
+    route = policies.match(method, path)
+    assert route is not None, (method, path)
+    return route.name
+
+
 def test_a_dozen_routes_load_and_the_first_match_wins() -> None:
     config = config_with(DOZEN)
     policies = RoutePolicies(config.routes)
     names = [route.name for route in config.routes]
     assert names == [str(r.get("name", index)) for index, r in enumerate(DOZEN)]
-    assert policies.match("GET", "/healthz/live").name == "health"  # type: ignore[union-attr]
-    assert policies.match("POST", "/healthz/live").name == "rest"  # type: ignore[union-attr]
-    assert policies.match("POST", "/v1/batch/jobs").name == "batch"  # type: ignore[union-attr]
-    assert policies.match("POST", "/v1/batch/jobs/1").name == "rest"  # type: ignore[union-attr]
-    assert policies.match("PUT", "/v1/items/7").name == "put"  # type: ignore[union-attr]
-    assert policies.match("POST", "/v1/charge/x").name == "3"  # type: ignore[union-attr]
+    assert matched(policies, "GET", "/healthz/live") == "health"
+    assert matched(policies, "POST", "/healthz/live") == "rest"
+    assert matched(policies, "POST", "/v1/batch/jobs") == "batch"
+    assert matched(policies, "POST", "/v1/batch/jobs/1") == "rest"
+    assert matched(policies, "PUT", "/v1/items/7") == "put"
+    assert matched(policies, "POST", "/v1/charge/x") == "3"
     batch = config.routes[1]
     assert (batch.mode, batch.timeout, batch.methods) == (AsyncMode.ALWAYS, 7200.0, frozenset({"POST"}))
     assert config.routes[4].max_body_bytes == 64 * 1024

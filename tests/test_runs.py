@@ -40,6 +40,12 @@ def test_request_round_trip_keeps_repeated_headers() -> None:
     assert load_request(dump_request(original)) == original
 
 
+def test_a_request_stored_by_an_earlier_gateway_still_loads() -> None:
+    stored = b'{"v":1,"method":"POST","path":"/p","query":"","headers":[["A","b"]],"webhook_url":null,"timeout":30.0}'
+    assert load_request(stored) == RunRequest("POST", "/p", "", (("A", "b"),), None, 30.0)
+    assert b'"v"' not in dump_request(load_request(stored))
+
+
 def test_rfc3339() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
     assert rfc3339(None) is None

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .procs import OUR_SESSIONS
+from .procs import OUR_SESSIONS, proc_stats
 
 SAMPLE_S = 1.0
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -22,19 +22,8 @@ QUIET_PCT = 15.0
 
 def _cpu_by_pid() -> dict[int, tuple[int, float]]:
     """pid -> (session id, CPU seconds so far)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        # fields[3] is the session id; [11], [12] are utime and stime in clock ticks.
-        found[int(entry)] = (int(fields[3]), (int(fields[11]) + int(fields[12])) / TICKS)
-    return found
+    # fields[3] is the session id; [11], [12] are utime and stime in clock ticks.
+    return {pid: (int(fields[3]), (int(fields[11]) + int(fields[12])) / TICKS) for pid, fields in proc_stats()}
 
 
 def process_seconds(pid: int) -> float:

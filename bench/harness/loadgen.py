@@ -252,7 +252,7 @@ async def rate(args: argparse.Namespace) -> dict[str, Any]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]
     webhook = f"http://127.0.0.1:{port}/hook" if api.mode == "gateway" else None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=HEADERS) as session:
@@ -395,7 +395,7 @@ async def wave(args: argparse.Namespace) -> dict[str, Any]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]
     until = time.time() + args.hold
     webhook = urllib.parse.quote(f"http://127.0.0.1:{port}/hook", safe="")
     url = f"{args.url}/wave?until={until:.3f}&async=true&webhookEndpoint={webhook}"

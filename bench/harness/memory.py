@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
+
+from .procs import proc_stats
 
 SAMPLE_S = 0.05
 REFRESH_EVERY = 20
@@ -23,19 +24,7 @@ def _status_kib(pid: int, key: str) -> int:
 
 def group_pids(pgid: int) -> list[int]:
     """Every live process in group `pgid` (field 5 of /proc/<pid>/stat)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, fields in proc_stats() if int(fields[2]) == pgid]
 
 
 def rss_mib(pgid: int, pids: list[int] | None = None) -> float:

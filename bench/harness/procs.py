@@ -34,6 +34,20 @@ class BenchError(Exception):
     """A peer, the gateway or a tool did not behave; the message says which and why."""
 
 
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Each live process: its pid and the fields of /proc/<pid>/stat after its name ([2] is its
+    process group, [3] its session, [11] and [12] its user and system CPU in clock ticks)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        yield int(entry), stat[stat.rfind(")") + 2 :].split()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,15 +68,6 @@ def pin_self(core: int) -> None:
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with _OPENER.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def http_post(url: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST")
-    try:
-        with _OPENER.open(request, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -16,8 +16,8 @@ import os
 from typing import Annotated, Any
 
 import httpx
-from celery import Celery  # type: ignore[import-untyped]
-from celery.result import AsyncResult  # type: ignore[import-untyped]
+from celery import Celery
+from celery.result import AsyncResult
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
@@ -45,7 +45,7 @@ def _upstream() -> httpx.Client:
     return _client
 
 
-@celery.task(name="call_upstream")  # type: ignore[untyped-decorator]
+@celery.task(name="call_upstream")
 def call_upstream(method: str, path: str, body: str) -> dict[str, Any]:
     response = _upstream().request(method, path, content=body.encode("latin-1"))
     return {"status_code": response.status_code, "body": response.text}

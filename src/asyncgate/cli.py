@@ -1,4 +1,8 @@
-"""The command line: ``asyncgate serve`` and ``asyncgate check-config``."""
+"""The ``asyncgate`` command: ``serve`` runs a gateway, ``check-config`` checks its configuration.
+
+``asyncgate runs ...`` is a client of a gateway, not part of one: it lives with the client
+(asyncgate.client.cli, which imports none of the server's machinery) and is mounted here.
+"""
 
 from __future__ import annotations
 

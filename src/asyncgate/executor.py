@@ -121,10 +121,6 @@ class Executor:
         self._resume_at = 0.0
         self._grace_logged = 0.0
 
-    @property
-    def inflight(self) -> int:
-        return len(self._held)
-
     def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_loop(), name="asyncgate-claim")
         self._loops = [

@@ -1,10 +1,10 @@
 """The webhook client: asyncgate's own HTTP/1.1 client (http1.py), a keep-alive pool per checked address.
 
 httpx was most of a delivery's cost: under a wave of 5,000 completions (bench S6) it took about
-40 % of the gateway's CPU. Every request is checked as ``netguard.request_checked`` checks one:
-the URL's literal, then every address its name resolves to, and the connection made to a
-checked address (pools are keyed by it), so a name cannot rebind to an internal address between
-check and use. Redirects are never followed: a 3xx is an answer like any other.
+40 % of the gateway's CPU. Every request is checked by netguard.py: the URL's literal, then every
+address its name resolves to (``resolve_checked``), and the connection made to a checked address
+(pools are keyed by it), so a name cannot rebind to an internal address between check and use.
+Redirects are never followed: a 3xx is an answer like any other.
 """
 
 from __future__ import annotations

@@ -7,15 +7,15 @@ smokescreen:
 * only ``http`` and ``https``; an IP literal in the URL is checked at once, and odd numeric
   spellings (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``) are refused outright;
 * a hostname is resolved once, **every** address it answers is checked, and the request then goes
-  to a checked address (``pinned_request``), so a second lookup cannot rebind it elsewhere;
+  to a checked address (hookclient.py connects to it), so a second lookup cannot rebind it elsewhere;
 * redirects are never followed (a redirect would be an unchecked destination);
 * ``Allowlist`` names networks and hosts that are reachable anyway, for in-cluster receivers.
 
 Usage::
 
     allow = Allowlist.parse(["10.20.0.0/16", "hooks.internal"])
-    check_url_literal(url, allow)                       # at intake: BlockedDestination -> 400
-    response = await request_checked(client, "POST", url, allow, content=body)   # at delivery
+    check_url_literal(url, allow)                           # at intake: BlockedDestination -> 400
+    addresses = await resolve_checked(host, port, allow)    # at delivery: connect to one of these
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ import ipaddress
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from asyncgate.errors import BlockedDestination
-from asyncgate.headers import CONNECTION, HOST
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -284,66 +282,3 @@ async def resolve_checked(
         for ip in addresses:
             check_ip(ip, allow)
     return addresses
-
-
-def pin_url(url: httpx.URL, ip: IPAddress) -> httpx.URL:
-    """``url`` with its host replaced by ``ip``; httpx brackets an IPv6 address itself."""
-    return url.copy_with(host=str(ip))
-
-
-async def pinned_request(
-    client: httpx.AsyncClient,
-    method: str,
-    url: str | httpx.URL,
-    ip: IPAddress,
-    *,
-    headers: dict[str, str] | None = None,
-    **kwargs: Any,
-) -> httpx.Response:
-    """Send a request to ``ip`` as though to ``url``'s host: no lookup, no redirect.
-
-    ``Host`` carries the original host and port. For https the name also goes into the TLS
-    handshake (httpcore's ``sni_hostname`` extension is both the SNI and the name the certificate
-    is verified against), and the connection is not kept alive: httpx pools connections by the
-    URL's host, here the address, and a pooled TLS connection verified for one name must not
-    carry a request for another name that shares the address. Passing ``follow_redirects`` is
-    a TypeError: redirects are never followed.
-    """
-    original = httpx.URL(url)
-    pinned = pin_url(original, ip)
-    sent = dict(headers or {})
-    sent[HOST] = original.netloc.decode("ascii")
-    extensions: dict[str, Any] = dict(kwargs.pop("extensions", None) or {})
-    if original.scheme == "https":
-        extensions["sni_hostname"] = _ascii_host(original)
-        sent[CONNECTION] = "close"
-    return await client.request(method, pinned, headers=sent, extensions=extensions, follow_redirects=False, **kwargs)
-
-
-async def request_checked(
-    client: httpx.AsyncClient,
-    method: str,
-    url: str,
-    allow: Allowlist,
-    *,
-    resolver: Resolver | None = None,
-    resolve_timeout: float = RESOLVE_TIMEOUT,
-    **kwargs: Any,
-) -> httpx.Response:
-    """Check ``url``, resolve its host once, and send the request to the first checked address.
-
-    The next address is tried only when connecting fails (nothing was sent yet). Raises
-    BlockedDestination before anything is sent to a refused destination.
-    """
-    check_url_literal(url, allow)
-    parsed = httpx.URL(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    addresses = await resolve_checked(
-        _ascii_host(parsed), port, allow, resolver=resolver, resolve_timeout=resolve_timeout
-    )
-    for ip in addresses[:-1]:
-        try:
-            return await pinned_request(client, method, parsed, ip, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            continue
-    return await pinned_request(client, method, parsed, addresses[-1], **kwargs)

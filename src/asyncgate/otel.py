@@ -64,8 +64,6 @@ def _run_attributes(run: Run) -> dict[str, str | int]:
 class OpenTelemetryTracing(Tracing):
     """Spans for intake, queue wait, upstream attempts and webhook deliveries, through ``provider``."""
 
-    enabled = True
-
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("asyncgate", __version__)

@@ -1,4 +1,4 @@
-"""Runs: their states, legal transitions, ids, and their one serialised form (orjson, versioned)."""
+"""Runs: their states, legal transitions, ids, and their one serialised form (orjson)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from asyncgate.headers import IDEMPOTENCY_KEY
-
-#: Bumped whenever the stored JSON form of a run changes shape.
-SCHEMA_VERSION = 1
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -270,9 +267,11 @@ def mask_url(url: str) -> str:
 _POLICY_FIELDS = ("route", "idempotent", "max_attempts")
 
 
+# The stored form grows by optional fields only (as _POLICY_FIELDS did): every gateway of a rolling
+# update reads every record, so no reader needs a version to tell forms apart. Records written
+# before the unread "v": 1 went still carry it; it is ignored.
 def dump_request(request: RunRequest) -> bytes:
     data: dict[str, Any] = {
-        "v": SCHEMA_VERSION,
         "method": request.method,
         "path": request.path,
         "query": request.query,

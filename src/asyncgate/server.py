@@ -484,13 +484,11 @@ def _h11_protocol() -> type[asyncio.Protocol]:
 
 def uvicorn_options(config: Config, http: HttpParser = "auto") -> dict[str, Any]:
     """The uvicorn.Config keyword arguments that make the server safe to face clients directly."""
-    # limits.request_timeout and limits.max_header_bytes may not exist in Config yet.
-    request_timeout = float(getattr(config.limits, "request_timeout", DEFAULT_REQUEST_TIMEOUT))
-    max_header_bytes = int(getattr(config.limits, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES))
+    limits = config.limits
     return {
-        "http": protocol_class(http, request_timeout, max_header_bytes),
+        "http": protocol_class(http, limits.request_timeout, limits.max_header_bytes),
         # h11 enforces its own bound on an incomplete head; it answers 400 rather than 431.
-        "h11_max_incomplete_event_size": max_header_bytes,
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
         # X-Forwarded-For from a peer is data to append to, never the client's address.
         "proxy_headers": False,
         # The upstream's own Server and Date headers pass through; uvicorn must not add a second.

@@ -54,8 +54,6 @@ _NO_SPAN = nullcontext(Span())
 class Tracing:
     """Tracing off: every hook is free. asyncgate.otel's subclass records spans."""
 
-    enabled = False
-
     def intake(self, raw_headers: list[tuple[bytes, bytes]], method: str, path: str) -> AbstractContextManager[Span]:
         """A submission being accepted, a child of the submitter's span."""
         return _NO_SPAN

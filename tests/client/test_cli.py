@@ -465,3 +465,19 @@ def test_every_command_can_name_its_caller(make_gateway: Any, capsys: pytest.Cap
     code, _, err = shell("status", run_id, "-H", "Authorization: Bearer someone-else")
     assert code == 4
     assert "run_not_found" in err
+
+
+def test_the_client_command_line_imports_none_of_the_servers_machinery() -> None:
+    # The client shares only pure leaves with the gateway (run states, signing, header names, errors).
+    script = "import sys, asyncgate.client.cli; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert {name for name in loaded if name.startswith("asyncgate.") and not name.startswith("asyncgate.client")} <= {
+        "asyncgate.errors",
+        "asyncgate.headers",
+        "asyncgate.runs",
+        "asyncgate.signing",
+    }
+    # (starlette's data structures come in with signing's SigningSecret: a Secret, not the server.)
+    assert not loaded & {"uvicorn", "starlette.applications", "redis", "asyncgate.app", "asyncgate.config"}

@@ -14,6 +14,7 @@ import yaml
 from cryptography.fernet import Fernet
 
 from asyncgate import config as asyncgate_config
+from asyncgate.errors import ConfigError
 from tests.deploy.test_helm import CHART, NAMESPACE, UPSTREAM, Manifest, config_file, container, env_of, only
 
 REDIS = {"redis": {"url": "redis://redis.shared.svc:6379/0"}}
@@ -106,7 +107,7 @@ def test_the_rendered_release_starts_sealed_under_its_own_prefix(chart: helm_pyt
     assert loaded.store.key_prefix == f"asyncgate:{NAMESPACE}.llama-asyncgate"
     assert [str(k) for k in loaded.store.encryption_key] == [key]
     # Without the Secret's variable the gateway would refuse to start: the chart always gives it.
-    with pytest.raises(asyncgate_config.ConfigError):
+    with pytest.raises(ConfigError):
         asyncgate_config.load(path, environ={"ASYNCGATE_STORE_REDIS_URL": REDIS["redis"]["url"]})
 
 

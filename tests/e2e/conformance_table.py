@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 
-from tests.support.rawupstream import Script, Step, answer
+from tests.support.rawupstream import Script, ScriptOptions, Step, answer
 
 #: What the gateway answers itself instead of relaying (docs/passthrough.md lists each).
 RELAYED = "relayed"
@@ -475,7 +475,7 @@ def _early_and_broken_cases() -> list[Case]:
         + b"0\r\n\r\n"
     )
     expect = "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
-    stalled = dict(then="stall", stall=0.6)
+    stalled: ScriptOptions = {"then": "stall", "stall": 0.6}
     return [
         Case(
             "early-413-close",

@@ -15,8 +15,10 @@ from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
+from tests.support.browser import Browser
+from tests.support.gateway_process import Replicas
 from tests.support.receiver import Deliveries, receiver_app
-from tests.support.redis_server import RedisCluster, RedisSentinel
+from tests.support.redis_server import RedisCluster, RedisSentinel, RedisServer
 from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
@@ -77,10 +79,12 @@ class Gateway:
     def redis_keys(self) -> set[str]:
         """The kinds of Redis keys under the gateway's prefix (run, events, idem, index...)."""
         store = self.config.store
+        prefix = store.key_prefix
+        assert prefix is not None  # load() fills it in
         client = redis.Redis.from_url(str(store.redis_url))
         try:
-            keys = client.scan_iter(match=f"{{{store.key_prefix}}}:*", count=1000)
-            return {key.decode()[len(store.key_prefix) + 3 :].split(":")[0] for key in keys}
+            keys = client.scan_iter(match=f"{{{prefix}}}:*", count=1000)
+            return {key.decode()[len(prefix) + 3 :].split(":")[0] for key in keys}
         finally:
             client.close()
 
@@ -122,6 +126,28 @@ def sentinel_server() -> Iterator[RedisSentinel]:
     sentinel.start()
     yield sentinel
     sentinel.cleanup()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for a module's dashboard tests (tests/support/browser.py)."""
+    started = Browser()
+    yield started
+    started.quit()
+
+
+@pytest.fixture
+def replicas(upstream: Upstream, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
+    """Gateway processes sharing one Redis: a single server with AOF, or (param "cluster") a Cluster."""
+    redis: RedisServer | RedisCluster = (
+        RedisCluster() if getattr(request, "param", "") == "cluster" else RedisServer(appendonly=True)
+    )
+    redis.start()
+    fleet = Replicas(upstream.url, redis, tmp_path)
+    yield fleet
+    for replica in fleet.started:
+        replica.stop()
+    redis.cleanup()
 
 
 @pytest.fixture(params=["redis", "embedded"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,17 @@ class Site:
             lambda: (r := self.api(f"/runs/{run_id}", token))["status"] in FINAL and r, 15, message=run_id
         )
         return found
+
+
+@contextlib.contextmanager
+def serving(site: Site, browser: Browser) -> Iterator[Site]:
+    """``site`` started, then stopped once ``browser`` has left it."""
+    site.start()
+    try:
+        yield site
+    finally:
+        browser.driver.get("about:blank")  # closes any event stream the page holds
+        site.stop()
 
 
 def visit(browser: Browser, site: Site, fragment: str = "/", token: str | None = None) -> None:

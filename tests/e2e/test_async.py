@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -17,8 +18,8 @@ from tests.support.wait import wait_until
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def submit(gateway: Gateway, path: str, body: bytes = b"", **kwargs: object) -> str:
-    response = gateway.client.post(path, content=body, **kwargs)  # type: ignore[arg-type]
+def submit(gateway: Gateway, path: str, body: bytes = b"", **kwargs: Any) -> str:
+    response = gateway.client.post(path, content=body, **kwargs)
     assert response.status_code == 202, response.text
     run_id: str = response.json()["run_id"]
     assert response.json() == {"run_id": run_id, "status": "queued"}

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from tests.e2e.test_faults import FAST_LEASES, Replica
+from tests.support.gateway_process import FAST_LEASES, GatewayProcess, start_replica
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
@@ -83,17 +83,17 @@ class Slot:
         self.logs = logs
         self.calls = Calls()
         self.upstream = ServerThread(upstream_app(self.calls)).start()
-        self.incarnations: list[Replica] = []
+        self.incarnations: list[GatewayProcess] = []
         #: Set while the gateway takes submissions (not killed, paused or draining).
         self.up = threading.Event()
 
     @property
-    def replica(self) -> Replica:
+    def replica(self) -> GatewayProcess:
         return self.incarnations[-1]
 
     def start(self) -> None:
         log = self.logs / f"gateway-{self.index}-{len(self.incarnations)}.log"
-        self.incarnations.append(Replica(self.upstream.url, self.redis_url, self.prefix, SETTINGS, log))
+        self.incarnations.append(start_replica(self.upstream.url, self.redis_url, self.prefix, SETTINGS, log))
         self.up.set()
 
     def stop(self) -> None:

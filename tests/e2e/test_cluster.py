@@ -40,5 +40,6 @@ def test_cancel_idempotency_and_listing(make_gateway: GatewayFactory, upstream: 
     again = holder.client.post("/echo?async=true", content=b"i", headers=key)
     assert again.json()["run_id"] == first
     assert again.headers["asyncgate-idempotent-replay"] == "true"
+    assert other.wait_final(first)["status"] == "succeeded"  # its end extends the key's TTL in the same script
     listed = [r["run_id"] for r in other.client.get(f"{other.prefix}/runs").json()["runs"]]
     assert listed[:2] == [first, running]

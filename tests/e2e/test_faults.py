@@ -7,108 +7,23 @@ request is safe to repeat; the stored result belongs to the run's last attempt.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import Upstream
-from tests.support.redis_server import RedisCluster, RedisServer, free_port
-from tests.support.sealing import ENCRYPTION_KEY_ENV
+from tests.support.gateway_process import GatewayProcess, Replicas
+from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_until
-
-FAST_LEASES = {
-    "ASYNCGATE_RUNS_LEASE": "1.5",
-    "ASYNCGATE_RUNS_LEASE_RENEWAL": "0.3",
-    "ASYNCGATE_RUNS_RECOVERY_INTERVAL": "0.3",
-    "ASYNCGATE_RUNS_POLL_INTERVAL": "0.2",
-    "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
-    "ASYNCGATE_ACCESS_MODE": "open",
-}
-
-
-class Replica:
-    def __init__(self, upstream: str, redis_url: str, prefix: str, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        # Settings come from the test alone, not from ASYNCGATE_* variables of the shell (or of
-        # the chaos test's own knobs, which the gateway would refuse as unknown).
-        inherited = {name: value for name, value in os.environ.items() if not name.startswith("ASYNCGATE_")}
-        environ = {**inherited, **FAST_LEASES, **ENCRYPTION_KEY_ENV, **env, "ASYNCGATE_STORE_KEY_PREFIX": prefix}
-        args = ["serve", "--upstream", upstream, "--port", str(self.port), "--redis-url", redis_url]
-        with log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "asyncgate", *args], env=environ, stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        self.client = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
-        wait_until(self._ready, timeout=20, message="replica ready")
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, "replica exited"
-        try:
-            return self.client.get("/_asyncgate/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.client.get(f"/_asyncgate/runs/{run_id}").json()
-        return data
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-        self.process.wait(timeout=10)
-
-
-class Replicas:
-    """Starts replica processes sharing one Redis, each logging to a file of its own."""
-
-    def __init__(self, upstream: str, redis: RedisServer | RedisCluster, logs: Path) -> None:
-        self.upstream = upstream
-        self.redis = redis
-        self.logs = logs
-        self.prefix = f"f{uuid.uuid4().hex[:10]}"
-        self.started: list[Replica] = []
-
-    def __call__(self, **env: str) -> Replica:
-        log = self.logs / f"replica-{len(self.started)}.log"
-        replica = Replica(self.upstream, self.redis.url, self.prefix, env, log)
-        self.started.append(replica)
-        return replica
-
-
-@pytest.fixture
-def replicas(upstream: Upstream, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
-    """Replica processes sharing one Redis: a single server with AOF, or (param "cluster") a Cluster."""
-    redis: RedisServer | RedisCluster = (
-        RedisCluster() if getattr(request, "param", "") == "cluster" else (RedisServer(appendonly=True))
-    )
-    redis.start()
-    fleet = Replicas(upstream.url, redis, tmp_path)
-    yield fleet
-    for replica in fleet.started:
-        replica.stop()
-    redis.cleanup()
 
 
 def arrivals(upstream: Upstream, tag: str) -> list[dict[str, Any]]:
     return [c for c in upstream.calls.all() if c.get("event") == "arrived" and tag in c["query"]]
 
 
-def final(replica: Replica, run_id: str, timeout: float = 20) -> dict[str, Any]:
+def final(replica: GatewayProcess, run_id: str, timeout: float = 20) -> dict[str, Any]:
     return wait_until(
         lambda: (r := replica.run(run_id))["status"] in ("succeeded", "failed", "cancelled") and r,
         timeout=timeout,
@@ -123,8 +38,9 @@ def test_sigkill_recovers_safe_runs_and_fails_unsafe_ones(replicas: Replicas, up
     get_run = first.client.get(f"/echo?delay=3&tag={tag}g&async=true").json()["run_id"]
     post_run = first.client.post(f"/echo?delay=3&tag={tag}p&async=true", content=b"charge").json()["run_id"]
     wait_until(lambda: len(arrivals(upstream, tag)) == 2, message="both calls reached the upstream")
-    second = replicas()
+    # Killed before the next one starts: a slow start must not outlast the calls it interrupts.
     first.process.kill()
+    second = replicas()
 
     recovered = final(second, get_run)
     assert recovered["status"] == "succeeded"
@@ -143,8 +59,8 @@ def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(replicas:
     tag = uuid.uuid4().hex[:8]
     run_id = first.client.get(f"/echo?delay=2&tag={tag}&async=true").json()["run_id"]
     wait_until(lambda: arrivals(upstream, tag), message="first attempt arrived")
+    first.process.send_signal(signal.SIGSTOP)  # before the next one starts, which may take longer than the call
     second = replicas()
-    first.process.send_signal(signal.SIGSTOP)
     done = final(second, run_id)
     assert done["attempt"] == 2
     first.process.send_signal(signal.SIGCONT)

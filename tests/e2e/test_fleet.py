@@ -9,13 +9,15 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
+from starlette.types import Message
 
 from asyncgate.app import Gateway as GatewayApp
-from asyncgate.config import ConfigError, load
+from asyncgate.config import Config, load
+from asyncgate.errors import ConfigError
 from tests.e2e.conftest import Gateway, GatewayFactory, Upstream
 from tests.e2e.test_async import submit
 from tests.support.redis_server import free_port
@@ -41,19 +43,19 @@ def tagged(upstream: Upstream, tag: str) -> list[str]:
     return [str(c["query"]) for c in upstream.calls.all() if tag in str(c.get("query", ""))]
 
 
-def refusal(config: Any) -> str:
+def refusal(config: Config) -> str:
     """Start a gateway that must refuse to start; the one line it refuses with."""
     app = GatewayApp(config)
-    inbox = [{"type": "lifespan.startup"}]
-    sent: list[dict[str, Any]] = []
+    inbox: list[Message] = [{"type": "lifespan.startup"}]
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return inbox.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(app(cast(Any, {"type": "lifespan"}), receive, send))  # type: ignore[arg-type]
+    asyncio.run(app({"type": "lifespan"}, receive, send))
     assert [message["type"] for message in sent] == ["lifespan.startup.failed"]
     assert app.refused is not None
     return str(app.refused)

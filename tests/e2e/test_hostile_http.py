@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from asyncgate.config import load
-from asyncgate.server import head_problem, protocol_class, uvicorn_options
+from asyncgate.server import HttpParser, head_problem, uvicorn_options
 from tests.e2e.conftest import Gateway, Upstream
 from tests.support.wait import wait_until
 
-PARSERS = ["h11", "httptools"]
+PARSERS: list[HttpParser] = ["h11", "httptools"]
 #: Short enough to keep the slow-client tests quick, long enough for a loaded CI machine.
 REQUEST_TIMEOUT = 1.0
 MAX_HEADER_BYTES = 8 * 1024
@@ -33,23 +33,23 @@ REFUSED_STATUSES = {400, 408, 431}
 
 
 @pytest.fixture(scope="module", params=PARSERS)
-def parser(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def parser(request: pytest.FixtureRequest) -> HttpParser:
+    parser: HttpParser = request.param
+    return parser
 
 
 @pytest.fixture(scope="module")
-def gateway(parser: str, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(parser: HttpParser, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     overrides = {
         "upstream": upstream.url,
         "store.data_dir": str(tmp_path_factory.mktemp(f"hostile-{parser}")),
         "runs.poll_interval": 0.2,
         "shutdown.drain_timeout": 1,
+        "limits.request_timeout": REQUEST_TIMEOUT,
+        "limits.max_header_bytes": MAX_HEADER_BYTES,
     }
     config = load(None, environ={}, overrides=overrides)
-    options = uvicorn_options(config, http=parser)  # type: ignore[arg-type]
-    # limits.request_timeout and max_header_bytes are not settings yet: shorten them here.
-    options["http"] = protocol_class(parser, REQUEST_TIMEOUT, MAX_HEADER_BYTES)  # type: ignore[arg-type]
-    server = Gateway(config, timeout_graceful_shutdown=2, **options)
+    server = Gateway(config, timeout_graceful_shutdown=2, **uvicorn_options(config, http=parser))
     yield server
     server.stop()
 
@@ -463,7 +463,7 @@ def test_trickled_heads_are_dropped_after_the_timeout_while_others_are_served(
     thread.start()
     try:
         # Meanwhile a well-behaved client is answered promptly, again and again.
-        latencies = []
+        latencies: list[float] = []
         while any(c.closed_after is None for c in clients) and len(latencies) < 200:
             began = time.monotonic()
             response = gateway.client.get("/echo/well-behaved")

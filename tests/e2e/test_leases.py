@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -32,14 +32,14 @@ def arrivals(upstream: Upstream, tag: str) -> list[dict[str, Any]]:
     return [c for c in upstream.calls.all() if c.get("event") == "arrived" and tag in c["query"]]
 
 
-def behind_the_back(url: str, prefix: str, step: Coroutine[Any, Any, T] | Any) -> T:
+def behind_the_back(url: str, prefix: str | None, step: Callable[[RedisRunStore], Awaitable[T]]) -> T:
     """Run ``step(store)`` on a store of its own, as another gateway (or an operator) would."""
 
     async def go() -> T:
+        assert prefix is not None  # load() fills it in
         store = RedisRunStore(url, key_prefix=prefix)
         try:
-            result: T = await step(store)
-            return result
+            return await step(store)
         finally:
             await store.close()
 

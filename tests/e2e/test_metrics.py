@@ -6,6 +6,7 @@ import platform
 import re
 from pathlib import Path
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncgate import __version__
@@ -14,16 +15,16 @@ from tests.e2e.test_async import submit
 from tests.support.wait import wait_until
 
 
-def scrape(gateway: Gateway) -> dict[str, object]:
+def scrape(gateway: Gateway) -> dict[str, Metric]:
     response = gateway.client.get(f"{gateway.prefix}/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return {family.name: family for family in text_string_to_metric_families(response.text)}
 
 
-def sample(families: dict[str, object], name: str, **labels: str) -> float:
+def sample(families: dict[str, Metric], name: str, **labels: str) -> float:
     family = families[name]
-    for s in family.samples:  # type: ignore[attr-defined]
+    for s in family.samples:
         if s.name.endswith(("_total", "_count")) or s.name == name:
             if all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
@@ -41,17 +42,17 @@ def test_metrics_count_what_happened(gateway: Gateway, receiver: Receiver) -> No
     wait_until(lambda: sample(scrape(gateway), "asyncgate_webhook_attempts", outcome="delivered") == 1)
     families = scrape(gateway)
 
-    assert families["asyncgate_runs_accepted"].type == "counter"  # type: ignore[attr-defined]
+    assert families["asyncgate_runs_accepted"].type == "counter"
     assert sample(families, "asyncgate_runs_accepted") == 2
     assert sample(families, "asyncgate_runs_finished", status="succeeded", error_code="") == 1
     assert sample(families, "asyncgate_runs_finished", status="failed", error_code="upstream_error") == 1
     assert sample(families, "asyncgate_sync_requests", status_class="2xx") == 1
     assert sample(families, "asyncgate_sync_requests", status_class="5xx") == 1
-    assert families["asyncgate_upstream_call_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
+    assert families["asyncgate_upstream_call_duration_seconds"].type == "histogram"
     assert sample(families, "asyncgate_upstream_call_duration_seconds") == 2
-    assert families["asyncgate_sync_request_duration_seconds"].type == "histogram"  # type: ignore[attr-defined]
-    assert families["asyncgate_runs_in_flight"].type == "gauge"  # type: ignore[attr-defined]
-    assert families["asyncgate_runs_queued"].type == "gauge"  # type: ignore[attr-defined]
+    assert families["asyncgate_sync_request_duration_seconds"].type == "histogram"
+    assert families["asyncgate_runs_in_flight"].type == "gauge"
+    assert families["asyncgate_runs_queued"].type == "gauge"
     assert sample(families, "asyncgate_runs_queued", scope="deployment") == 0
     assert sample(families, "asyncgate_build_info", version=__version__, python=platform.python_version()) == 1
     assert sample(families, "process_resident_memory_bytes") > 0
@@ -59,7 +60,7 @@ def test_metrics_count_what_happened(gateway: Gateway, receiver: Receiver) -> No
 
     for name, family in families.items():
         assert name.startswith(("asyncgate_", "process_", "python_")), name
-        for s in family.samples:  # type: ignore[attr-defined]
+        for s in family.samples:
             for value in s.labels.values():
                 assert ok not in value and failed not in value and "/" not in value, (name, s.labels)
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from tests.e2e import test_faults
 from tests.e2e.conftest import Gateway, GatewayFactory, Upstream
-from tests.e2e.test_faults import Replica
+from tests.support.gateway_process import Replicas
 from tests.support.wait import wait_until
-
-#: Gateway processes sharing one Redis, to kill one (the fixture of test_faults.py).
-replicas = test_faults.replicas
 
 SSE_RESULT = b"".join(b"id: %d\ndata: token-%d\n\n" % (i, i) for i in range(5)) + b"event: done\ndata: [DONE]\n\n"
 
@@ -133,7 +129,7 @@ def test_a_binary_stream_is_relayed_in_base64_chunks(gateway: Gateway) -> None:
 
 
 def test_a_holder_killed_mid_stream_shows_and_the_next_attempt_streams_again(
-    replicas: Callable[..., Replica], upstream: Upstream
+    replicas: Replicas, upstream: Upstream
 ) -> None:
     holder = replicas()
     tag = uuid.uuid4().hex[:8]

@@ -22,10 +22,6 @@ def store_kind() -> str:
     return "embedded"
 
 
-def last_call(upstream: Upstream) -> dict[str, object]:
-    return upstream.calls.all()[-1]
-
-
 def header_values(call: dict[str, object], name: str) -> list[str]:
     headers = call["headers"]
     assert isinstance(headers, list)

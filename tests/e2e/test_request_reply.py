@@ -39,7 +39,8 @@ def link_header(prefix: str, run_id: str) -> str:
 
 
 def links(response: httpx.Response) -> dict[str, str]:
-    return {rel: link["url"] for rel, link in response.links.items()}
+    # httpx keys a link by its rel, else by its URL, which every link has: the key is never None.
+    return {rel: link["url"] for rel, link in response.links.items() if rel is not None}
 
 
 def accepted(gateway: Gateway, path: str, **kwargs: Any) -> tuple[str, httpx.Response]:

@@ -69,8 +69,9 @@ def test_a_dozen_routes_are_served_and_reported(routed: Gateway) -> None:
 
 
 def test_never_refuses_the_async_flag_and_passes_through(routed: Gateway) -> None:
-    for request in ({"params": {"async": "true"}}, {"headers": {"Prefer": "respond-async"}}):
-        response = routed.client.post("/echo/sync/x", content=b"hi", **request)  # type: ignore[arg-type]
+    requests: list[dict[str, Any]] = [{"params": {"async": "true"}}, {"headers": {"Prefer": "respond-async"}}]
+    for request in requests:
+        response = routed.client.post("/echo/sync/x", content=b"hi", **request)
         assert response.status_code == 400
         assert response.headers["content-type"] == "application/json"
         assert response.json() == {

@@ -4,6 +4,7 @@ while runs are queued, running and finished."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import uuid
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from tests.e2e.conftest import Gateway, GatewayFactory, Receiver, Upstream
+from tests.support.at_rest import redis_key, sqlite_files
 from tests.support.wait import wait_until
 
 AUTH = "canary-auth-3e3e"
@@ -37,36 +39,12 @@ def redis_clients(request: pytest.FixtureRequest, store_kind: str) -> list[redis
     return [redis.Redis.from_url(request.getfixturevalue("redis_server").url)]
 
 
-def _values(client: redis.Redis, key: bytes) -> Any:
-    kind = client.type(key)
-    if kind == b"hash":
-        return client.hgetall(key)
-    if kind == b"stream":
-        return client.xrange(key)
-    if kind == b"zset":
-        return client.zrange(key, 0, -1, withscores=True)
-    if kind == b"string":
-        return client.get(key)
-    return None
-
-
 def at_rest(gateway: Gateway, clients: list[redis.Redis]) -> bytes:
     """Every byte the store holds: each key's DUMP and its values, or every SQLite file and row."""
     if not clients:
-        data_dir = Path(gateway.config.store.data_dir)
-        files = b"".join(
-            path.read_bytes() for path in sorted(data_dir.iterdir()) if path.name.startswith("asyncgate.db")
-        )
-        with sqlite3.connect(data_dir / "asyncgate.db") as db:
-            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            rows = [db.execute(f'SELECT * FROM "{table}"').fetchall() for table in tables]
-        db.close()
-        return files + repr(rows).encode()
-    chunks = []
-    for client in clients:
-        for key in client.scan_iter(count=1000):  # every key, not only the gateway's prefix
-            chunks.append(key + (client.dump(key) or b"") + repr(_values(client, key)).encode())
-    return b"\n".join(chunks)
+        return sqlite_files(Path(gateway.config.store.data_dir))
+    # Every key, not only the gateway's prefix.
+    return b"\n".join(redis_key(client, key) for client in clients for key in client.scan_iter(count=1000))
 
 
 def assert_no_canary(stored: bytes, moment: str) -> None:
@@ -76,6 +54,11 @@ def assert_no_canary(stored: bytes, moment: str) -> None:
 
 def status(gateway: Gateway, run_id: str) -> dict[str, Any]:
     return gateway.run(run_id)
+
+
+def delivered(gateway: Gateway, run_id: str) -> bool:
+    state: str = status(gateway, run_id)["webhook"]["state"]
+    return state == "delivered"
 
 
 def test_no_credential_or_webhook_token_rests_in_the_clear(
@@ -110,7 +93,7 @@ def test_no_credential_or_webhook_token_rests_in_the_clear(
             assert gateway.wait_final(run_id)["status"] == "succeeded"
         assert_no_canary(at_rest(gateway, clients), "the runs are finished")
         for run_id in (running_id, queued_id):
-            wait_until(lambda run_id=run_id: status(gateway, run_id)["webhook"]["state"] == "delivered")  # type: ignore[misc]
+            wait_until(functools.partial(delivered, gateway, run_id))
         assert_no_canary(at_rest(gateway, clients), "the webhooks are delivered")
         # The receiver got the real URL, with its token; the status shows it masked.
         deliveries = receiver.deliveries.for_run(queued_id)
@@ -145,7 +128,7 @@ def test_the_webhook_url_is_deleted_from_the_run_once_delivered(
             assert db.execute("SELECT webhook_url FROM runs WHERE run_id = ?", (run_id,)).fetchone() == (None,)
         db.close()
     else:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+        client: redis.Redis | redis.RedisCluster = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
         if store_kind == "cluster":
             client = redis.RedisCluster(host="127.0.0.1", port=request.getfixturevalue("cluster_server").nodes[0].port)
         try:

@@ -18,14 +18,6 @@ from tests.e2e.test_async import submit
 from tests.support.redis_server import RedisServer
 
 
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
 @pytest.mark.parametrize("store_kind", ["redis"])
 def test_redis_out_of_memory_is_reported_by_readyz_and_refuses_submissions(
     make_gateway: GatewayFactory, private_redis: RedisServer

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from asyncgate.otel import OpenTelemetryTracing
 from tests.e2e.conftest import GatewayFactory, Receiver, Upstream
+from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.sealing import ENCRYPTION_KEY_ENV
 from tests.support.servers import ServerThread
@@ -290,43 +291,8 @@ def collector() -> Iterator[Collector]:
     running.server.stop()
 
 
-class Process:
-    """``asyncgate serve`` as a real process, with the given environment."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "asyncgate", "serve", "--port", str(self.port), *args],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
-        wait_until(self._ready, timeout=20, message="gateway process ready")
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, self.process.communicate()[1].decode()
-        try:
-            return self.client.get("/_asyncgate/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.client.get(f"/_asyncgate/runs/{run_id}").json()
-        return data
-
-    def terminate(self) -> str:
-        """SIGTERM, as an orchestrator stops it: drain, hand back, flush; its stderr."""
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=30)
-        return err.decode()
-
-
 def test_otlp_spans_from_two_replica_processes_form_one_trace_across_a_resend(
-    collector: Collector, upstream: Upstream, receiver: Receiver, redis_server: RedisServer
+    collector: Collector, upstream: Upstream, receiver: Receiver, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = {
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -342,7 +308,7 @@ def test_otlp_spans_from_two_replica_processes_form_one_trace_across_a_resend(
         **ENCRYPTION_KEY_ENV,
     }
     args = ["--upstream", upstream.url, "--redis-url", redis_server.url]
-    first = Process(args, env)
+    first = GatewayProcess(args, env, tmp_path / "first.log")
     client = ClientTrace()
     hook = f"{receiver.url}/hook"
     submitted = first.client.get(
@@ -350,7 +316,7 @@ def test_otlp_spans_from_two_replica_processes_form_one_trace_across_a_resend(
     )
     run_id = submitted.json()["run_id"]
     wait_until(lambda: first.run(run_id)["status"] == "running", message="running")
-    second = Process(args, env)
+    second = GatewayProcess(args, env, tmp_path / "second.log")
     try:
         stderr = first.terminate()
         assert "queued again after attempt 1" in stderr and "Traceback" not in stderr, stderr

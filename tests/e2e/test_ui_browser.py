@@ -27,6 +27,7 @@ from tests.e2e.dashboard import (
     Site,
     list_loaded,
     screenshots_dir,
+    serving,
     visit,
     wait_page,
 )
@@ -38,21 +39,12 @@ FIRST_VIEW_BYTES = 100 * 1024
 RENDER_100_MS = 200
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    started = Browser()
-    yield started
-    started.quit()
-
-
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def site(
     request: pytest.FixtureRequest, browser: Browser, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    started = Site(request.param, upstream, request, tmp_path_factory.mktemp("data")).start()
-    yield started
-    browser.driver.get("about:blank")  # closes any event stream the page holds
-    started.stop()
+    with serving(Site(request.param, upstream, request, tmp_path_factory.mktemp("data")), browser) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from asyncgate.runs import (
 from asyncgate.store.factory import build_store
 from asyncgate.ui import CONTENT_SECURITY_POLICY
 from tests.e2e.conftest import Upstream
-from tests.e2e.dashboard import ADMIN, TOKEN_A, TOKEN_B, Site, list_loaded, screenshots_dir, visit, wait_page
+from tests.e2e.dashboard import ADMIN, TOKEN_A, TOKEN_B, Site, list_loaded, screenshots_dir, serving, visit, wait_page
 from tests.support.browser import Browser, screenshot, structure
 
 MARKUP = (
@@ -132,25 +132,14 @@ class Hostile:
             site.wait_final(run_id)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    started = Browser()
-    yield started
-    started.quit()
-
-
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def hostile(
     request: pytest.FixtureRequest, browser: Browser, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hostile]:
     site = Site(request.param, upstream, request, tmp_path_factory.mktemp("data"))
     seeded = seed_hostile_run(site.config)
-    site.start()
-    try:
+    with serving(site, browser):
         yield Hostile(site, seeded)
-    finally:
-        browser.driver.get("about:blank")
-        site.stop()
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +185,7 @@ def test_a_hostile_result_is_shown_as_text_or_not_at_all(
         assert shown["result"] == "text"
         assert MARKUP in browser.driver.find_element(By.ID, "result-body").text
     download = browser.driver.find_element(By.ID, "result-download")
-    assert download.get_attribute("href").startswith("blob:")
+    assert (download.get_attribute("href") or "").startswith("blob:")
 
 
 def test_hostile_paths_are_shown_as_text(browser: Browser, hostile: Hostile, shots: Path) -> None:
@@ -218,7 +207,10 @@ def test_hostile_errors_and_webhook_details_are_shown_as_text(browser: Browser, 
     wait_page(browser, "document.querySelectorAll('#timeline li').length >= 4")
     screenshot(browser, shots, "seeded")
     assert_nothing_ran(browser)
-    text = lambda element_id: browser.driver.find_element(By.ID, element_id).text  # noqa: E731
+
+    def text(element_id: str) -> str:
+        return browser.driver.find_element(By.ID, element_id).text
+
     assert text("d-path") == SEEDED_PATH
     assert text("d-error") == f"upstream_error: {SEEDED_ERROR}"
     assert text("w-url") == "https://hooks.example/<svg onload=window.__pwned=14>?token=***"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import tomllib
 from pathlib import Path
 
@@ -39,13 +40,15 @@ def test_counts_are_by_state_and_only_of_the_callers_runs(make_gateway: GatewayF
     failed = submit_as(gateway, TENANT_A, "/status/500?async=true")
     held = submit_as(gateway, TENANT_A, "/sleep?seconds=60&async=true")
     theirs = submit_as(gateway, TENANT_B)
+
+    def finished(run_id: str, caller: dict[str, str]) -> bool:
+        return gateway.client.get(f"{gateway.prefix}/runs/{run_id}", headers=caller).json()["status"] in {
+            "succeeded",
+            "failed",
+        }
+
     for run_id, caller in [*((r, TENANT_A) for r in (*done, failed)), (theirs, TENANT_B)]:
-        wait_until(
-            lambda r=run_id, c=caller: (
-                gateway.client.get(f"{gateway.prefix}/runs/{r}", headers=c).json()["status"]  # type: ignore[misc]
-                in {"succeeded", "failed"}
-            )
-        )
+        wait_until(functools.partial(finished, run_id, caller))
     wait_until(lambda: counts(gateway, TENANT_A)["counts"] == zero(succeeded=3, failed=1, running=1))
 
     assert counts(gateway, TENANT_A) == {"counts": zero(succeeded=3, failed=1, running=1), "total": 5, "complete": True}

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as connect_sync
+from websockets.typing import Subprotocol
 
 from asyncgate.config import load
 from asyncgate.server import protocol_class, uvicorn_options
@@ -64,13 +65,15 @@ def test_messages_echo_both_ways_text_and_binary(gateway: Gateway) -> None:
 
 def test_subprotocol_extensions_and_headers_are_negotiated_end_to_end(gateway: Gateway) -> None:
     with connect_sync(
-        ws_url(gateway, "/hello?x=1"), subprotocols=["chat.v1", "chat.v2"], additional_headers={"X-Token": "abc"}
+        ws_url(gateway, "/hello?x=1"),
+        subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")],
+        additional_headers={"X-Token": "abc"},
     ) as ws:
         seen = json.loads(ws.recv())
         # The client and the upstream agreed these between them, through the gateway.
         assert ws.subprotocol == seen["subprotocol"] == "chat.v2"
         assert [ext.name for ext in ws.protocol.extensions] == seen["extensions"] == ["permessage-deflate"]
-        assert ws.response.headers["Sec-WebSocket-Protocol"] == "chat.v2"
+        assert ws.response is not None and ws.response.headers["Sec-WebSocket-Protocol"] == "chat.v2"
     headers = {name.lower(): value for name, value in seen["headers"]}
     assert seen["path"] == "/hello?x=1"
     assert headers["x-token"] == "abc"
@@ -270,12 +273,17 @@ def tunnels(gateway: Gateway) -> list[WebSocketTunnel]:
     return [c for c in gateway.server.server.server_state.connections if isinstance(c, WebSocketTunnel)]
 
 
+def upstream_paused(tunnel: WebSocketTunnel) -> bool:
+    upstream = tunnel.upstream.transport if tunnel.upstream else None
+    return upstream is not None and not upstream.is_reading()
+
+
 def test_a_slow_client_slows_the_upstream_down(gateway: Gateway) -> None:
     count = 1024  # 64 MiB: more than every socket buffer on the way can hold
     with connect_sync(ws_url(gateway, f"/flood/{count}"), compression=None, max_size=None, max_queue=1) as ws:
         # The client reads nothing: the gateway stops reading the upstream rather than buffer.
         (tunnel,) = wait_until(lambda: [t for t in tunnels(gateway) if t.open], 5, message="the tunnel")
-        wait_until(lambda: tunnel.upstream and not tunnel.upstream.transport.is_reading(), 10, message="paused")
+        wait_until(lambda: upstream_paused(tunnel), 10, message="paused")
         assert tunnel.client.get_write_buffer_size() < 1024 * 1024
         received = sum(len(ws.recv(timeout=10)) for _ in range(count))  # then everything arrives
     assert received == count * 65536

@@ -58,6 +58,13 @@ def store(request: pytest.FixtureRequest, run: Runner, tmp_path: Path) -> Iterat
     run(store.close())
 
 
+def stored(store: RunStore, run: Runner, run_id: str) -> Run:
+    """The run as the store holds it; it must be there."""
+    found = run(store.get(run_id))
+    assert found is not None, run_id
+    return found
+
+
 def new_run(method: str = "GET", headers: tuple[tuple[str, str], ...] = ()) -> Run:
     request = RunRequest(method=method, path="/jobs/a%2Fb", query="x=1", headers=headers, webhook_url=None, timeout=60)
     return Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())

@@ -13,6 +13,12 @@ from tests.store.conftest import Runner
 from tests.support.redis_server import RedisServer
 
 
+def _connect(url: str, *, pool_size: int, pool_wait: float) -> aioredis.Redis:
+    client = connect(url, pool_size=pool_size, pool_wait=pool_wait)
+    assert isinstance(client, aioredis.Redis)  # a standalone URL, not a Cluster
+    return client
+
+
 def _pool(client: aioredis.Redis) -> WaitingConnectionPool:
     pool = client.connection_pool
     assert isinstance(pool, WaitingConnectionPool)
@@ -30,7 +36,7 @@ def test_a_burst_larger_than_the_pool_waits_and_every_command_succeeds(redis_ser
     key = f"test-{uuid.uuid4().hex}"
 
     async def burst() -> tuple[list[int], int]:
-        client = connect(redis_server.url, pool_size=4, pool_wait=10.0)
+        client = _connect(redis_server.url, pool_size=4, pool_wait=10.0)
         try:
             replies = await asyncio.gather(*(client.incr(key) for _ in range(200)))
             opened = len(_pool(client)._available_connections) + len(_pool(client)._in_use_connections)
@@ -50,9 +56,9 @@ def test_a_command_that_waits_too_long_for_a_connection_fails_as_unavailable(
     key = f"test-{uuid.uuid4().hex}"
 
     async def starved() -> None:
-        client = connect(redis_server.url, pool_size=1, pool_wait=0.2)
+        client = _connect(redis_server.url, pool_size=1, pool_wait=0.2)
         try:
-            holder = asyncio.create_task(client.blpop([key], timeout=2))  # holds the one connection
+            holder = asyncio.ensure_future(client.blpop([key], timeout=2))  # holds the one connection
             await _until_busy(client)
             with pytest.raises(aioredis.ConnectionError, match="no Redis connection free within 0.2 s"):
                 await client.ping()
@@ -68,13 +74,13 @@ def test_a_command_that_waits_too_long_for_a_connection_fails_as_unavailable(
 def test_a_waiter_cancelled_in_line_gives_back_nothing_it_did_not_take(redis_server: RedisServer, run: Runner) -> None:
     key = f"test-{uuid.uuid4().hex}"
 
-    async def cancelled_waiter() -> bytes | None:
-        client = connect(redis_server.url, pool_size=1, pool_wait=10.0)
+    async def cancelled_waiter() -> bytes | str | None:
+        client = _connect(redis_server.url, pool_size=1, pool_wait=10.0)
         helper = aioredis.Redis.from_url(redis_server.url)
         try:
-            holder = asyncio.create_task(client.blpop([key], timeout=5))
+            holder = asyncio.ensure_future(client.blpop([key], timeout=5))
             await _until_busy(client)
-            waiter = asyncio.create_task(client.ping())
+            waiter = asyncio.ensure_future(client.ping())
             await asyncio.sleep(0)
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -19,7 +19,7 @@ from asyncgate.store import embedded as embedded_module
 from asyncgate.store.base import CancelResult, Created, Idempotency
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.factory import build_store
-from tests.store.conftest import Runner, new_run
+from tests.store.conftest import Runner, new_run, stored
 from tests.support.wait import wait_until
 
 LEASE = 30.0
@@ -244,7 +244,7 @@ def test_a_write_that_fails_alone_is_undone_alone(
     run(embedded.create(existing, b"first"))
     sizes = _batches(monkeypatch)
 
-    async def together() -> list[Created | BaseException]:
+    async def together() -> tuple[Created | BaseException, Created | BaseException]:
         # The same run_id again breaks the primary key: its own change fails, in the same commit.
         writes = (embedded.create(existing, b"again"), embedded.create(fresh, b"fresh"))
         return await asyncio.gather(*writes, return_exceptions=True)
@@ -274,8 +274,8 @@ def test_claims_finishes_and_submissions_share_commits(
 
     finished, created = run(together())
     assert sizes == [2] and finished and created.run_id == later.run_id
-    assert run(embedded.get(first.run_id)).state is RunState.SUCCEEDED  # type: ignore[union-attr]
-    assert run(embedded.get(later.run_id)).state is RunState.QUEUED  # type: ignore[union-attr]
+    assert stored(embedded, run, first.run_id).state is RunState.SUCCEEDED
+    assert stored(embedded, run, later.run_id).state is RunState.QUEUED
 
 
 def _counted(data_dir: Path) -> int:

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
+from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL
 from asyncgate.store.factory import build_store
-from asyncgate.store.redis import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, RedisRunStore
+from asyncgate.store.redis import RedisRunStore
 from tests.store.conftest import Runner, new_run
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until

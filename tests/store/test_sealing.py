@@ -9,7 +9,6 @@ import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,8 @@ from asyncgate.store.base import Identity, RunStore
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.store.sealing import KEY_FILE, PLACEHOLDER, Sealer
-from tests.store.conftest import Runner, new_run
+from tests.store.conftest import Runner, new_run, stored
+from tests.support.at_rest import redis_key, sqlite_files
 from tests.support.redis_server import RedisServer
 from tests.support.sealing import ENCRYPTION_KEY
 from tests.support.wait import wait_until
@@ -45,16 +45,11 @@ def at_rest(store: RunStore) -> bytes:
     if isinstance(store, RedisRunStore):
         client = redis.Redis.from_url(_url(store))
         try:
-            keys = list(client.scan_iter(match=f"{store.tag}:*"))
-            return b"".join((client.dump(key) or b"") + str(_values(client, key)).encode() for key in keys)
+            return b"".join(redis_key(client, key) for key in client.scan_iter(match=f"{store.tag}:*"))
         finally:
             client.close()
     assert isinstance(store, EmbeddedRunStore)
-    files = b"".join(path.read_bytes() for path in store.data_dir.glob(f"{DATABASE_FILE}*"))
-    with sqlite3.connect(store.data_dir / DATABASE_FILE) as db:
-        rows = [db.execute(f"SELECT * FROM {table}").fetchall() for table in ("runs", "events", "meta")]
-    db.close()
-    return files + str(rows).encode()
+    return sqlite_files(store.data_dir)
 
 
 def _url(store: RedisRunStore) -> str:
@@ -62,29 +57,21 @@ def _url(store: RedisRunStore) -> str:
     return f"redis://{kwargs['host']}:{kwargs['port']}/0"
 
 
-def _values(client: redis.Redis, key: bytes) -> object:
-    kind = client.type(key)
-    if kind == b"hash":
-        return client.hgetall(key)
-    if kind == b"stream":
-        return client.xrange(key)
-    if kind == b"zset":
-        return client.zrange(key, 0, -1)
-    return client.get(key) if kind == b"string" else None
-
-
 def stored_webhook_url(store: RunStore, run_id: str) -> bytes | None:
     if isinstance(store, RedisRunStore):
         client = redis.Redis.from_url(_url(store))
         try:
-            return client.hget(store.run_key(run_id), "webhook_url")  # type: ignore[return-value]
+            stored_url = client.hget(store.run_key(run_id), "webhook_url")
         finally:
             client.close()
+        assert stored_url is None or isinstance(stored_url, bytes)  # redis-py types sync and async replies as one
+        return stored_url
     assert isinstance(store, EmbeddedRunStore)
     with sqlite3.connect(store.data_dir / DATABASE_FILE) as db:
         (value,) = db.execute("SELECT webhook_url FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     db.close()
-    return value  # type: ignore[no-any-return]
+    assert value is None or isinstance(value, bytes)
+    return value
 
 
 def finish_and_take_delivery(store: RunStore, run: Runner, queued: Run) -> int:
@@ -128,7 +115,8 @@ def test_the_webhook_url_is_deleted_once_the_delivery_is_final(
     with pytest.raises(WebhookUrlDeleted):
         run(store.redeliver(queued.run_id))
     # Refused, it changed nothing: the delivery is still final.
-    assert run(store.get(queued.run_id)).delivery.state is final  # type: ignore[union-attr]
+    delivery = stored(store, run, queued.run_id).delivery
+    assert delivery is not None and delivery.state is final
     # Named again, the URL is sealed and used.
     assert run(store.redeliver(queued.run_id, "https://hooks.example/again?t=x")) is True
     (due,) = run(store.due_deliveries(10, LEASE))
@@ -165,8 +153,10 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def opened(data_dir: Path, run: Runner, **options: object) -> EmbeddedRunStore:
-    store = EmbeddedRunStore(data_dir, **options)  # type: ignore[arg-type]
+def opened(
+    data_dir: Path, run: Runner, *, sealer: Sealer | None = None, identity: Identity | None = None
+) -> EmbeddedRunStore:
+    store = EmbeddedRunStore(data_dir, sealer=sealer, identity=identity)
     run(store.open())
     return store
 
@@ -274,21 +264,13 @@ def test_a_store_that_never_opened_claims_nothing_of_another_upstreams_deploymen
     late = RedisRunStore(redis_server.url, prefix, sealer=sealer, identity=Identity("d", "http://b:1"))
     with pytest.raises(StoreError, match="accepted for http://a:1, not http://b:1"):
         run(late.claim("late", 10, 0, 30))
-    assert run(owner.get(queued.run_id)).state is RunState.QUEUED  # type: ignore[union-attr]
+    assert stored(owner, run, queued.run_id).state is RunState.QUEUED
     assert [claimed.run_id for claimed in run(owner.claim("owner", 10, 0, 30))] == [queued.run_id]
     run(late.close())
     run(owner.close())
 
 
 # --- a store that answers but cannot write ---------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 def test_redis_out_of_memory_fails_the_ping_and_the_create(private_redis: RedisServer, run: Runner) -> None:

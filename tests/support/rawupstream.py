@@ -15,6 +15,7 @@ import socketserver
 import struct
 import threading
 import time
+from typing import Literal, TypedDict, Unpack
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -39,6 +40,18 @@ class Step:
     pause: float = 0.0
 
 
+Then = Literal["keep", "close", "reset", "stall"]
+
+
+class ScriptOptions(TypedDict, total=False):
+    """Script's fields after its steps, for answer()."""
+
+    read_body: bool
+    then: Then
+    interim: bytes
+    stall: float
+
+
 @dataclasses.dataclass(frozen=True)
 class Script:
     """How the upstream answers one request."""
@@ -48,15 +61,15 @@ class Script:
     #: Read the whole request body before answering (False: answer first, then read it).
     read_body: bool = True
     #: After the answer: "keep" the connection, "close" it, "reset" it (RST), or "stall" then close.
-    then: str = "keep"
+    then: Then = "keep"
     #: Interim bytes (a 100 Continue) sent after the head, before the body is read.
     interim: bytes = b""
     #: Seconds a "stall" lasts before the connection is closed.
     stall: float = 1.5
 
 
-def answer(data: bytes, **options: object) -> Script:
-    return Script((Step(data),), **options)  # type: ignore[arg-type]
+def answer(data: bytes, **options: Unpack[ScriptOptions]) -> Script:
+    return Script((Step(data),), **options)
 
 
 class _Stream:

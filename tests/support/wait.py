@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, message: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+def wait_until(
+    predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0, interval: float = 0.01, message: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy (False or None: not yet), and return that;
+    fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -44,8 +44,8 @@ class WebSocketUpstream:
         self.thread.start()
         wait_until(lambda: self._server is not None, 10, message="WebSocket upstream start")
         assert self._server is not None
-        self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int = next(iter(self._server.sockets)).getsockname()[1]
+        self.url: str = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         assert self._stop is not None

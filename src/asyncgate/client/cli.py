@@ -1,5 +1,8 @@
 """``asyncgate runs ...``: submit, follow and inspect runs from a shell, over ``asyncgate.client``.
 
+The ``asyncgate`` command (asyncgate/cli.py, the server's ``serve`` and ``check-config``) mounts
+these commands with ``add_runs_commands`` and ``run_runs_command``; ``main`` runs them alone.
+
 The gateway is ``--gateway``, else ``$ASYNCGATE_URL``, else http://127.0.0.1:8080; the caller's
 token is ``--token``, else ``$ASYNCGATE_TOKEN`` (sent as ``Authorization: Bearer``).
 

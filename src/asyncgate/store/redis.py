@@ -242,7 +242,8 @@ local function close_run()
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
   local idem = redis.call('HGET', KEYS[1], 'idem_key')
-  -- Not declared in KEYS, so standalone Redis only: the key a run names lives as long as it.
+  -- The key a run names lives as long as it. Not in KEYS (it is read here), but it carries the
+  -- deployment's hash tag, so on a Cluster it is in the slot of the keys the script declares.
   if idem then redis.call('PEXPIRE', idem, ttl) end
   schedule(KEYS[4], ARGV[3], ttl, ARGV[5])
 end
