@@ -38,6 +38,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "asyncgate.tasks",
                 "asyncgate.logs",
                 "asyncgate.wsframes",
+                "asyncgate.progress",
+                "asyncgate.lifecycle",
             }
         ),
     ),

@@ -123,6 +123,7 @@ class Gateway:
         await svc.upstream.open()
         svc.webhooks.start()
         if self.config.runs.execute:
+            await svc.executor.prepare()
             svc.executor.start()
         role = "" if self.config.runs.execute else " (runs.execute false: other replicas execute the runs)"
         store = self.config.store

@@ -135,6 +135,15 @@ class Executor:
         if self.config.runs.progress_base_url is None:
             self.progress_base = progress.default_base_url(self.config.upstream, self.config.server.host, port)
 
+    async def prepare(self) -> None:
+        """Read (or make) the key of progress URLs before the first run needs it; a store that
+        cannot be reached now is asked again by the first run."""
+        if self.progress_base is not None and self._progress_key is None:
+            try:
+                self._progress_key = await self.store.progress_key()
+            except StoreError as exc:
+                logger.warning("the key of progress URLs is not read yet: %s", exc)
+
     async def _progress_url(self, run: Run) -> str | None:
         """The capability URL announced to this attempt, or None when none can be."""
         if self.progress_base is None:
