@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
+from asyncgate import cli
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -52,7 +57,8 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
     process = subprocess.Popen(
         [*ASYNCGATE, "serve", "--upstream", upstream, "--port", str(port), "--data-dir", str(tmp_path / "d")],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -64,6 +70,10 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
                 return False
 
         wait_until(ready, timeout=20, message="gateway ready")
+        assert process.stderr is not None
+        # Every line up to uvicorn's "startup complete" is written before the gateway answers.
+        says = [process.stderr.readline() for _ in range(6)]
+        assert says[-1].endswith(f"listening on {base} (Ctrl-C or SIGTERM drains and stops it)\n"), says
         anonymous = httpx.post(f"{base}/predict?async=true", content=b"{}", timeout=5)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "credentials_required"
@@ -77,6 +87,36 @@ def test_serve_runs_on_the_embedded_store_and_stops_cleanly_on_sigterm(tmp_path:
         if process.poll() is None:
             process.kill()
             process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, workers: str) -> None:
+    """The port is bound before the gateway starts: no "asyncgate ready" for a gateway that cannot listen."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "ASYNCGATE_STORE_PLAINTEXT": "true"}
+        flags = ["--port", str(port), "--workers", workers, "--data-dir", str(tmp_path / "d")]
+        if workers != "1":
+            flags += ["--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--deployment", "walk"]
+        result = run_cli("serve", "--upstream", f"http://127.0.0.1:{free_port()}", *flags, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"asyncgate: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_with_an_unusable_data_dir_says_why_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    data_dir = tmp_path / "file" / "d"
+    result = run_cli(
+        "serve", "--upstream", "http://127.0.0.1:1", "--port", str(free_port()), "--data-dir", str(data_dir)
+    )
+    assert result.returncode == 3  # uvicorn's status for an application that failed to start
+    assert result.stderr.count(f"cannot use {data_dir}") == 1, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _serve(tmp_path: Path, port: int, pre_stop_delay: str) -> subprocess.Popen[bytes]:
@@ -135,3 +175,22 @@ def test_a_second_sigterm_cuts_the_pre_stop_delay_short(tmp_path: Path) -> None:
             process.kill()
         assert process.stderr is not None
         assert "a second signal cut the pre-stop delay short" in process.stderr.read().decode()
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield command
+                yield from _commands(command)
+
+
+def test_every_command_and_argument_has_help() -> None:
+    """A new user's `asyncgate X --help` says what X does and what each of its arguments is."""
+    commands = list(_commands(cli._parser()))
+    assert len(commands) == 10  # serve, check-config, runs and its seven commands
+    for command in commands:
+        assert command.description, command.prog
+        for action in command._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{command.prog} {action.dest}"

@@ -136,3 +136,12 @@ def test_the_pre_stop_delay_refuses_what_is_not_a_duration(value: object) -> Non
     with pytest.raises(ConfigError) as info:
         load(None, environ={"ASYNCGATE_UPSTREAM": "http://a:1"}, overrides={"shutdown.pre_stop_delay": value})
     assert info.value.key == "shutdown.pre_stop_delay"
+
+
+def test_broken_yaml_says_where_without_quoting_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream: http://a:1\nstore:\n  encryption_key: s3cr3t: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    assert str(caught.value) == f"{path}: not valid YAML at line 3, column 25: mapping values are not allowed here"
+    assert "s3cr3t" not in str(caught.value)

@@ -50,6 +50,16 @@ def test_configdoc_check_reports_a_stale_file_and_rewrites_it(tmp_path: Path) ->
     assert example.read_text() == (REPO / configdoc.EXAMPLE).read_text()
 
 
+def test_configdoc_outside_a_checkout_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "asyncgate.configdoc", "--check"]
+    outside = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert (outside.returncode, outside.stdout) == (2, "")
+    assert outside.stderr == (
+        f"python -m asyncgate.configdoc: {tmp_path} is not an asyncgate checkout (no config.example.yaml): "
+        "run it at the top of one, or give --root\n"
+    )
+
+
 def test_example_file_holds_every_key_with_its_default() -> None:
     data = yaml.safe_load((REPO / "config.example.yaml").read_text())
     defaults = load(None, environ={}, require_upstream=False)

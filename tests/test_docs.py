@@ -37,7 +37,7 @@ import httpx
 import pytest
 import yaml
 
-from asyncgate.config import Config
+from asyncgate.config import Config, declared_keys
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -340,3 +340,19 @@ def test_shell_quoting_of_the_docs_is_valid() -> None:
             if block.lang == "sh":
                 for command in commands(block.text):
                     shlex.split(command.line.split("\n")[0], comments=True)
+
+
+def test_a_curl_piped_to_another_command_is_silent() -> None:
+    """Without -s, curl draws its progress meter over the page's output when its own output is a pipe."""
+    for name in PAGES:
+        for block in blocks(name):
+            if block.lang == "sh":
+                for command in commands(block.text):
+                    for piped in re.findall(r"\bcurl\b([^|]*)\|(?!\|)", command.line):
+                        assert re.search(r"\s-[a-zA-Z]*s", piped), f"{name}: curl{piped}| shows a progress meter"
+
+
+def test_the_configuration_page_lists_every_flag_of_serve() -> None:
+    layers = (DOCS / "configuration.md").read_text().partition("3. the flags of `asyncgate serve`:")[2]
+    listed = re.findall(r"`(--[a-z-]+)`", layers.partition("\n\n")[0])
+    assert sorted(listed) == sorted(str(key.info.flag) for key in declared_keys().values() if key.info.flag)

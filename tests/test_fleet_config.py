@@ -172,7 +172,10 @@ def test_check_config_reads_the_environment_as_serve_does(tmp_path: Path) -> Non
     assert (ok.returncode, ok.stdout.strip()) == (0, f"{path}: ok")
     unknown = run_cli("check-config", str(path), env={**UPSTREAM, "ASYNCGATE_LIMITS_MAX_INFLITE": "3"})
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == "asyncgate: configuration error: limits.max_inflite: unknown key"
+    assert unknown.stderr.strip() == (
+        "asyncgate: configuration error: limits.max_inflite: unknown key"
+        " (from the variable ASYNCGATE_LIMITS_MAX_INFLITE)"
+    )
     stray = run_cli("check-config", str(path), env={**UPSTREAM, "ASYNCGATE_NOPE": "3"})
     assert stray.stderr.strip() == "asyncgate: configuration error: ASYNCGATE_NOPE: unknown environment variable"
     no_key = run_cli("check-config", str(path), env={**UPSTREAM, **REDIS})

@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "asyncgate.http1",
                 "asyncgate.tasks",
                 "asyncgate.logs",
+                "asyncgate.collector",
                 "asyncgate.wsframes",
                 "asyncgate.progress",
                 "asyncgate.lifecycle",

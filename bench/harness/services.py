@@ -16,7 +16,14 @@ from . import nginx
 from .procs import LOAD_CORE, SUT_CORE, BenchError, Child, Supervisor, free_port, wait_http
 
 PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
-GATEWAY_ENV = {"ASYNCGATE_SERVER_LOG_LEVEL": "warning"}
+GATEWAY_ENV = {
+    "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
+    # A gateway on Redis seals credentials at rest with a key, and needs a key prefix (or a
+    # deployment) when its upstream is on loopback; the bench's queue audit reads "{asyncgate}".
+    # A fixed key made for the bench, never a real deployment's.
+    "ASYNCGATE_STORE_ENCRYPTION_KEY": "3SCkBoXeoFoEEJeVeqhJ0UY5y7Ie5Ph35HZa0nvV3Yw=",
+    "ASYNCGATE_STORE_KEY_PREFIX": "asyncgate",
+}
 START_TIMEOUT_S = 30.0
 SNAPSHOT_TRIES = 6
 SNAPSHOT_RETRY_S = 10.0

@@ -171,7 +171,8 @@ class Gateway:
             return
         except Exception as exc:
             logger.error("startup failed: %s", exc)
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            # Said once, here: uvicorn logs a non-empty message again.
+            await send({"type": "lifespan.startup.failed", "message": ""})
             return
         await send({"type": "lifespan.startup.complete"})
         message = await receive()

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 
-from asyncgate import __version__, logs, workers
+from asyncgate import __version__, collector, logs, workers
 from asyncgate.app import Gateway, create_app
 from asyncgate.client.cli import add_runs_commands, run_runs_command
 from asyncgate.config import Config, declared_keys, load
@@ -41,14 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncgate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML configuration file")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Each key is read from the --config file, then its ASYNCGATE_* environment "
+        "variable, then the flag below, the later winning; every key and its variable: docs/configuration.md.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration file (config.example.yaml shows every key)")
     _add_config_flags(serve)
 
+    check_help = "validate a configuration file, with the ASYNCGATE_* variables, as serve would"
     check = commands.add_parser(
-        "check-config", help="validate a configuration file, with the ASYNCGATE_* variables, as serve would"
+        "check-config",
+        help=check_help,
+        description=f"{check_help[0].upper()}{check_help[1:]}: print 'FILE: ok' and exit 0, or the error on one line "
+        "and exit 2.",
     )
-    check.add_argument("file")
+    check.add_argument("file", help="the YAML configuration file")
     add_runs_commands(commands)
     return parser
 
@@ -78,11 +87,18 @@ def _plain(markdown: str) -> str:
 def serve(config: Config, tracing: Tracing = NO_TRACING) -> int:
     """Run the gateway until a signal drains it; the exit status. ConfigError if the store refused it at startup."""
     logs.configure(config.server.log_format, config.server.log_level)
+    # Bound before the gateway starts, so a port in use is one line, not a gateway that says it
+    # is ready and then fails to listen.
+    try:
+        sock = workers.bind(config.server.host, config.server.port)
+    except OSError as exc:
+        print(f"asyncgate: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
+        return 2
     if config.server.workers > 1:
         # OpenTelemetry's span processors restart their export thread in each forked worker.
         worker = functools.partial(_serve_worker, config, tracing)
-        return workers.supervise(config.server.workers, config.server.host, config.server.port, worker)
-    return _serve_on(config, tracing, None)
+        return workers.supervise(config.server.workers, sock, worker)
+    return _serve_on(config, tracing, sock)
 
 
 def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
@@ -94,9 +110,10 @@ def _serve_worker(config: Config, tracing: Tracing, sock: socket.socket) -> int:
         return 2
 
 
-def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> int:
-    """One gateway process, on its own listener or on ``sock``, bound by the workers' parent."""
+def _serve_on(config: Config, tracing: Tracing, sock: socket.socket) -> int:
+    """One gateway process, on ``sock``, bound by ``serve`` (with workers, by the parent)."""
     gateway = create_app(config, tracing)
+    collector.tune()
     server_config = uvicorn.Config(
         gateway,
         host=config.server.host,
@@ -113,7 +130,7 @@ def _serve_on(config: Config, tracing: Tracing, sock: socket.socket | None) -> i
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
     try:
-        DrainingServer(server_config, gateway).run(sockets=None if sock is None else [sock])
+        DrainingServer(server_config, gateway).run(sockets=[sock])
     except SystemExit:
         # uvicorn exits with status 3 when the app's startup fails.
         if gateway.refused is not None:
@@ -140,6 +157,11 @@ class DrainingServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and sockets:
+            # uvicorn says where it listens only on sockets it bound itself.
+            host, port = sockets[0].getsockname()[:2]
+            where = f"[{host}]" if ":" in host else host
+            logger.info("listening on http://%s:%d (Ctrl-C or SIGTERM drains and stops it)", where, port)
         # Everything alive now (modules, the app, its pools) lives as long as the process.
         # Freezing it keeps the collector's full passes from rescanning it all while
         # requests wait: under the S3 bench this halved the p99 of a 202 (about 48 ms

@@ -57,6 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the checkout (default: the current directory)")
     args = parser.parse_args(argv)
+    missing = [name for name in RENDERERS if not (args.root / name).is_file()]
+    if missing:
+        print(
+            f"{parser.prog}: {args.root} is not an asyncgate checkout (no {missing[0]}): run it at the top of "
+            "one, or give --root",
+            file=sys.stderr,
+        )
+        return 2
     stale = []
     for name, (current, new) in rendered(args.root).items():
         if current != new:

@@ -23,7 +23,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.output import HookLimits, Output
 from asyncgate.replay import replay
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
-from asyncgate.store.base import Execution, Lease
+from asyncgate.store.base import Execution, Liveness
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -37,8 +37,11 @@ T = TypeVar("T")
 STORE_RETRY_DELAY = 1.0
 #: Longest pause between renewal attempts while the store cannot be reached.
 RENEW_RETRY_DELAY = 0.25
-#: Expired runs handled per recovery pass.
+#: Expired runs handled per store call of a recovery pass.
 RECOVERY_BATCH = 100
+#: Batches per recovery pass, at most: a lost gateway's thousands of runs come back in one pass
+#: or a few, not one batch per recovery interval.
+RECOVERY_ROUNDS = 20
 
 
 class Phase(enum.Enum):
@@ -97,7 +100,12 @@ class Executor:
             config.upstream, config.server.host, config.server.port
         )
         self._progress_key: bytes | None = None
+        #: This gateway's name in the store, which its heartbeat keeps alive. A new one once the
+        #: store says the heartbeat ran out (its runs are anybody's to recover then).
         self.owner = owner_id()
+        #: Set once the store took a heartbeat under ``owner``: claims wait for it, so that every
+        #: run claimed is held under the heartbeat rather than a lease of its own.
+        self._alive = asyncio.Event()
         #: The attempt this gateway holds of each run. One per run: a newer claim of a run means
         #: the store took the older attempt back, so the older one is stale and is dropped (#22).
         self._held: dict[str, Held] = {}
@@ -204,6 +212,9 @@ class Executor:
 
     async def _claim_loop(self) -> None:
         while self._drain_started is None:
+            if not self._alive.is_set():
+                await self._alive.wait()
+                continue
             room = self.config.limits.max_inflight - len(self._held)
             if room <= 0:
                 self._room.clear()
@@ -325,8 +336,9 @@ class Executor:
         }
         if run.started_at is not None:
             extra["duration_ms"] = round((time.time() - run.started_at) * 1000, 1)
-        why = f" {code}" if code else ""
-        logger.info("run %s %s (upstream %s)%s", run.run_id, outcome.state, outcome.upstream_status, why, extra=extra)
+        upstream = "" if outcome.upstream_status is None else f" (upstream {outcome.upstream_status})"
+        why = f": {code}" if code else ""
+        logger.info("run %s %s%s%s", run.run_id, outcome.state, upstream, why, extra=extra)
         if run.request.webhook_url is not None:
             self.wake_webhooks()
 
@@ -348,11 +360,12 @@ class Executor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _renew_loop(self) -> None:
-        delay = self.config.runs.lease_renewal
+        """The heartbeat: one store call per renewal interval keeps every held run leased."""
+        delay = 0.0
         while not self._stopping:
             await asyncio.sleep(delay)
             try:
-                await self._renew_held()
+                await self._heartbeat()
             except StoreError as exc:
                 self.metrics.store_errors.inc()
                 self._store_failed = True
@@ -362,34 +375,43 @@ class Executor:
             else:
                 delay = self.config.runs.lease_renewal
 
-    async def _renew_held(self) -> None:
-        """Renew every held attempt in one store call (issue 18 will make it one heartbeat)."""
-        held = list(self._held.values())
-        leases = await self.store.renew_all([(h.run.run_id, h.run.attempt) for h in held], self.config.runs.lease)
-        await self._heartbeat()
-        for h, lease in zip(held, leases, strict=True):
-            if self._held.get(h.run.run_id) is not h or (lease is Lease.LOST and h.phase is Phase.RECORDING):
-                # It finished while the store renewed (or is finishing): "not running" is its own
-                # finish, not a lost lease. A stale attempt's finish is refused by the fence anyway.
-                continue
-            self.metrics.lease_renewals.labels(lease.value).inc()
-            if lease is Lease.CANCEL:
-                # The cancel message may have been missed (it is fire-and-forget); the flag is not.
-                self.cancel_local(h.run.run_id)
-            elif lease is Lease.LOST:
-                # Another gateway reclaimed the run: this attempt's answer would be refused.
-                extra = {"run_id": h.run.run_id}
-                logger.warning("run %s: lease lost, abandoning attempt %d", h.run.run_id, h.run.attempt, extra=extra)
-                h.task.cancel()
-
     async def _heartbeat(self) -> float:
-        """Tell the store this gateway reaches it; the time before which no lease may be judged expired."""
-        resume = await self.store.heartbeat(self._quiet, self._grace)
+        """Tell the store this gateway and every run it holds are alive; the time before which no
+        lease may be judged expired."""
+        runs = self.config.runs
+        liveness = await self.store.keep_alive(self.owner, runs.lease, self._quiet, self._grace)
+        self._heard(liveness)
         if self._store_failed:
             # This gateway saw the store fail: its holders (and maybe others') could not renew.
             self._store_failed = False
             self._resume_at = now() + self._grace
-        return max(resume, self._resume_at)
+        return max(liveness.resume, self._resume_at)
+
+    def _heard(self, liveness: Liveness) -> None:
+        if liveness.lost:
+            self._let_go()
+            return
+        self._alive.set()
+        self.metrics.lease_renewals.labels("held").inc(len(self._held))
+        for run_id in liveness.cancels:
+            # The cancel message may have been missed (it is fire-and-forget); the flag is not.
+            self.metrics.lease_renewals.labels("cancel").inc()
+            self.cancel_local(run_id)
+
+    def _let_go(self) -> None:
+        """The heartbeat ran out while other gateways reached the store (a pause past the lease, a
+        partition): every held run may have been recovered, so every call is dropped, and the
+        gateway beats again under a new name. An outcome being recorded is left to the fence."""
+        logger.warning("the heartbeat of %s ran out; letting go of %d runs", self.owner, len(self._held))
+        self._alive.clear()
+        self.owner = owner_id()
+        for held in list(self._held.values()):
+            if held.phase is Phase.RECORDING:
+                continue
+            self.metrics.lease_renewals.labels("lost").inc()
+            extra = {"run_id": held.run.run_id}
+            logger.warning("run %s: lease lost, abandoning attempt %d", held.run.run_id, held.run.attempt, extra=extra)
+            held.task.cancel()
 
     async def _cancel_loop(self) -> None:
         while not self._stopping:
@@ -422,12 +444,18 @@ class Executor:
                 self._grace_logged = resume
                 # After an outage, or the first start of a fleet: the store cannot tell them apart.
                 logger.info(
-                    "no gateway reached the store for a while: lost runs are looked for in %.1fs", resume - now()
+                    "lost runs are looked for in %.1fs: no gateway had reached the store for a while "
+                    "(a first start, or after an outage; live holders renew their leases meanwhile)",
+                    resume - now(),
                 )
             return
-        for run in await self.store.expired(RECOVERY_BATCH):
-            if run.state is RunState.RUNNING and not self._holds(run):
-                await self._recover(run)
+        for _ in range(RECOVERY_ROUNDS):
+            expired = [run for run in await self.store.expired(RECOVERY_BATCH) if not self._holds(run)]
+            for run in expired:
+                if run.state is RunState.RUNNING:
+                    await self._recover(run)
+            if len(expired) < RECOVERY_BATCH:
+                return
 
     def _holds(self, run: Run) -> bool:
         held = self._held.get(run.run_id)

@@ -1021,7 +1021,7 @@ def _shared_responses(config: Config) -> dict[str, Schema]:
         ),
         "CredentialsRequired": _error_response(
             f"The request has no `{config.access.header}` header, and runs must belong to a caller.",
-            ("credentials_required", f"send a {config.access.header} header: runs belong to the caller ..."),
+            ("credentials_required", f"send the {config.access.header} header: runs belong to the caller ..."),
         ),
         "StoreUnavailable": _error_response(
             "The run store does not answer; retry after `Retry-After`.",

@@ -74,7 +74,7 @@ class Access:
                 value = candidate
                 break
         if not value:
-            raise Unauthenticated(f"send a {self.config.header} header: runs belong to the caller that submits them")
+            raise Unauthenticated(f"send the {self.config.header} header: runs belong to the caller that submits them")
         if self._schemed:
             value = canonical_credentials(value)
         if self._admin is not None and hmac.compare_digest(value.removeprefix(b"Bearer "), self._admin):

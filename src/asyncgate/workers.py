@@ -135,7 +135,6 @@ class Supervisor:
                 pass
 
 
-def supervise(count: int, host: str, port: int, worker_main: WorkerMain) -> int:
-    """Serve ``host:port`` with ``count`` worker processes until a signal stops them; the exit status."""
-    sock = bind(host, port)
+def supervise(count: int, sock: socket.socket, worker_main: WorkerMain) -> int:
+    """Serve ``sock`` (from ``bind``) with ``count`` worker processes until a signal stops them; the exit status."""
     return Supervisor(count, sock, worker_main).run()

@@ -20,7 +20,7 @@ import pytest
 from asyncgate.client import Result, RunProgress, RunState, RunStatus, _render
 from asyncgate.client._render import Progress, answer_excerpt, describe
 from asyncgate.client.cli import main
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, Upstream
 from tests.support.redis_server import free_port
 from tests.support.wait import wait_until
 
@@ -76,8 +76,9 @@ def test_submit_wait_and_result(shell: Shell, gateway: Gateway, tmp_path: Path) 
     code, out, err = shell("wait", run_id, "--timeout", "15")
     assert code == 0
     assert re.fullmatch(rf"{run_id} succeeded \(upstream 200\) after \d+\.\ds\n", out), out
-    # Not a terminal: a plain line per state seen, no spinner, no carriage returns.
-    assert err.splitlines()[-1].startswith(f"{run_id} succeeded after ") and "\r" not in err
+    # Not a terminal: a plain line per state seen, no spinner, no carriage returns; the end is said once, on out.
+    assert err.splitlines()[-1].startswith(f"{run_id} running after ") and "\r" not in err
+    assert "succeeded" not in err
 
     code, out, err = shell("result", run_id)
     assert (code, err) == (0, "")
@@ -137,7 +138,10 @@ def test_the_gateway_and_the_caller_come_from_the_environment_and_flags_win(
     elsewhere = {**environ, "ASYNCGATE_URL": f"http://127.0.0.1:{free_port()}"}
     assert main(["runs", "status", *prefix, "--gateway", gateway.url, "--", run_id], elsewhere) == 0
     assert main(["runs", "status", *prefix, "--", run_id], elsewhere) == 4
-    assert "cannot reach the gateway at http://127.0.0.1:" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert refused.startswith("asyncgate: cannot reach the gateway at http://127.0.0.1:"), refused
+    # In words, with httpx's name for it; not the exception's repr.
+    assert refused.endswith(f"GET {gateway.prefix}/runs/{run_id}: [Errno 111] Connection refused (ConnectError)\n")
 
 
 def test_events_prints_each_event_to_the_end(shell: Shell) -> None:
@@ -177,10 +181,11 @@ def test_answer_excerpt_shows_the_first_lines() -> None:
 
 def test_wait_shows_each_state_change(shell: Shell) -> None:
     run_id = shell.submit("GET", "/sleep?seconds=1")
-    code, _, err = shell("wait", run_id)
+    code, out, err = shell("wait", run_id)
     assert code == 0
-    assert [line.split()[1] for line in err.splitlines()] == ["queued", "running", "succeeded"]
-    seconds = [float(line.split()[-1].rstrip("s")) for line in err.splitlines()]
+    # The states on err as they change; the end once, on out.
+    assert [line.split()[1] for line in err.splitlines()] == ["queued", "running"]
+    seconds = [float(line.split()[-1].rstrip("s")) for line in [*err.splitlines(), out]]
     assert seconds[0] == 0.0 and 1.0 <= seconds[2] - seconds[1] < 2.0, seconds
 
 
@@ -211,6 +216,22 @@ def test_binary_results_in_json_are_base64(shell: Shell) -> None:
     code, result = shell.json("result", run_id)
     assert code == 0 and "body" not in result
     assert base64.b64decode(result["body_base64"]) == bytes(range(256)) + bytes(range(44))
+
+
+def test_binary_result_is_not_written_to_a_terminal(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = shell.submit("GET", "/stream?size=300")
+    assert shell("wait", run_id)[0] == 0
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    gateway = ["--gateway", shell.gateway.url, "--prefix", shell.gateway.prefix]
+    assert main(["runs", "result", *gateway, "--", run_id]) == 2
+    assert screen.getvalue() == ""
+    assert capsys.readouterr().err == (
+        "asyncgate: the answer is 300 bytes that are not text; "
+        "write them with -o FILE, or pipe them to another command\n"
+    )
 
 
 def test_result_to_a_file(shell: Shell, tmp_path: Path) -> None:
@@ -308,11 +329,47 @@ def test_a_run_id_that_starts_with_a_dash_goes_after_a_double_dash(capsys: pytes
         ["runs", "list", "--status", "paused"],
         ["runs", "submit", "POST", "/x", "--json-body", "{not json"],
         ["runs", "submit", "POST", "/x", "-d", "x", "--json-body", "{}"],
+        ["runs", "submit", "POST", "predict"],
+        ["runs", "list", "--limit", "0"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_a_gateway_url_without_its_scheme_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "status", "r1"], {"ASYNCGATE_URL": "127.0.0.1:8080"}) == 2
+    assert capsys.readouterr().err == (
+        "asyncgate: the gateway's URL must start with http:// or https://, got '127.0.0.1:8080'\n"
+    )
+
+
+def test_an_answer_that_is_not_the_gateways_says_to_check_the_url(
+    upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runs", "status", "--gateway", upstream.url, "--", "r1"]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        "asyncgate: the gateway refused: http_404: Not Found (HTTP 404)",
+        f"asyncgate: that answer is not asyncgate's: is {upstream.url} a gateway, with its API at /_asyncgate "
+        "(--gateway, --prefix)?",
+    ]
+
+
+def test_result_to_a_file_that_cannot_be_written(shell: Shell, tmp_path: Path) -> None:
+    run_id = shell.submit("GET", "/echo")
+    shell("wait", run_id)
+    code, out, err = shell("result", run_id, "-o", str(tmp_path / "missing" / "out.json"))
+    assert (code, out) == (2, "")
+    assert err == f"asyncgate: cannot write {tmp_path / 'missing' / 'out.json'}: No such file or directory\n"
+
+
+def test_a_url_for_a_path_is_a_usage_error_naming_the_gateway_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", "submit", "POST", "http://127.0.0.1:8080/predict"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "asyncgate runs submit: error: argument path: expected a path that starts with /, as in /predict, "
+        "got 'http://127.0.0.1:8080/predict' (the gateway's URL is --gateway or $ASYNCGATE_URL)"
+    )
 
 
 def test_as_a_process(gateway: Gateway) -> None:
@@ -397,6 +454,7 @@ def test_progress_elsewhere_prints_a_line_per_change_and_json_mode_prints_nothin
     log = io.StringIO()
     progress = Progress(log, "r1", tty=False, clock=lambda: 50.0)
     changes = [(RunState.QUEUED, 10.0), (RunState.QUEUED, 10.5), (RunState.RUNNING, 11.25), (RunState.QUEUED, None)]
+    changes.append((RunState.SUCCEEDED, None))  # the report says how it ended, once
     for state, at in changes:
         progress.update(state, at)
         progress.tick()

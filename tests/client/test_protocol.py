@@ -137,6 +137,8 @@ def test_api_calls() -> None:
         ("cursor", "c2"),
     )
     assert protocol.list_call(ENDPOINTS).params == ()
+    # A limit of 0 goes to the gateway, which refuses it, rather than being dropped without a word.
+    assert protocol.list_call(ENDPOINTS, limit=0).params == (("limit", "0"),)
     events = protocol.events_call(ENDPOINTS, "r1", last_event_id="7")
     assert events.url == "/_asyncgate/runs/r1/events"
     assert ("Last-Event-ID", "7") in events.headers and ("Accept", "text/event-stream") in events.headers

@@ -79,7 +79,10 @@ def test_credentials_are_required_unless_access_is_open(make_gateway: GatewayFac
         gateway.client.get(f"{gateway.prefix}/runs"),
     ):
         assert response.status_code == 401
-        assert response.json()["error"]["code"] == "credentials_required"
+        assert response.json()["error"] == {
+            "code": "credentials_required",
+            "message": "send the Authorization header: runs belong to the caller that submits them",
+        }
     assert gateway.stored_run_count() == 0
     # Synchronous requests are the upstream's business: they pass without credentials.
     assert gateway.client.get("/echo").status_code == 200

@@ -38,3 +38,20 @@ def test_run_lines_carry_the_run_id_rounded_durations_and_why_a_delivery_failed(
     access = next(record for record in caplog.records if record.name == "asyncgate.access")
     for duration in (finished, access.__dict__["duration_ms"]):
         assert isinstance(duration, float) and duration == round(duration, 1) and duration >= 0
+
+
+def test_a_run_without_an_upstream_answer_says_why_and_no_upstream_status(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    gateway = make_gateway()
+    run_id = submit(gateway, "/sleep?seconds=30&async=true", b"")
+    wait_until(lambda: gateway.client.get(f"{gateway.prefix}/runs/{run_id}").json()["status"] == "running", timeout=10)
+    assert gateway.client.delete(f"{gateway.prefix}/runs/{run_id}").json()["status"] == "cancelled"
+
+    def finished() -> list[str]:
+        messages = [record.getMessage() for record in caplog.records if getattr(record, "run_id", None) == run_id]
+        return [message for message in messages if message.startswith(f"run {run_id} cancelled")]
+
+    wait_until(finished, timeout=10)
+    assert finished() == [f"run {run_id} cancelled: cancelled"]

@@ -274,3 +274,46 @@ def test_a_redelivery_moves_the_expiry_with_the_ttl(
 
     assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= UNFINISHED_TTL
     assert UNFINISHED_TTL - 60 < raw(client.ttl(redis_store.events_key(hooked.run_id))) <= UNFINISHED_TTL
+
+
+def test_a_heartbeat_that_ran_out_while_others_beat_is_refused_for_good(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    queued = new_run()
+    run(redis_store.create(queued, b""))
+    assert not run(redis_store.keep_alive("gw-a", 0.2, 10.0, 0.0)).lost
+    [claimed] = run(redis_store.claim("gw-a", 1, 0, LEASE))
+    assert raw(client.zrange(redis_store.held, 0, -1)) == [f"gw-a {queued.run_id}".encode()]
+    assert raw(client.zscore(redis_store.leases, queued.run_id)) is None  # no lease of its own
+
+    # Another gateway goes on beating while gw-a's heartbeat runs out: its run is anyone's.
+    def lapsed() -> bool:
+        run(redis_store.keep_alive("gw-b", LEASE, 10.0, 0.0))
+        return bool(run(redis_store.expired(10)))
+
+    wait_until(lapsed, message="gw-a's heartbeat to run out")
+    assert [r.run_id for r in run(redis_store.expired(10))] == [claimed.run_id]
+    assert run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
+    assert run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
+    # Nor can it claim under the heartbeat it lost: the entries read are taken by the next claim.
+    again = new_run()
+    run(redis_store.create(again, b""))
+    redis_store._beating.add("gw-a")  # as if its store had not heard "lost" yet (another process's)
+    assert run(redis_store.claim("gw-a", 1, 0, LEASE)) == []
+    assert [r.run_id for r in run(redis_store.claim("gw-a", 1, 0, LEASE))] == [again.run_id]
+    # Recovered, the lapsed owner's entries go, and so does the owner once none is left.
+    assert run(redis_store.requeue(claimed.run_id, 1))
+    assert run(redis_store.expired(10)) == []
+    assert raw(client.zscore(redis_store.gateways, "gw-a")) is None
+
+
+def test_after_a_silence_of_every_gateway_a_heartbeat_that_ran_out_is_taken_again(
+    redis_store: RedisRunStore, run: Runner
+) -> None:
+    assert not run(redis_store.keep_alive("gw-a", 0.1, 0.3, 2.0)).lost
+    # Nobody reached the store for longer than the quiet period (0.3 s): it was gone for all.
+    silence = time.time()
+    wait_until(lambda: time.time() - silence > 0.4, timeout=5)
+    liveness = run(redis_store.keep_alive("gw-a", 0.1, 0.3, 2.0))
+    assert not liveness.lost
+    assert liveness.resume > time.time()

@@ -150,14 +150,14 @@ class AsyncClient:
         try:
             return await self._http.send(self._request(call))
         except protocol.RESUMABLE_ERRORS as exc:
-            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+            raise protocol.transport_error(call, exc) from exc
 
     @contextlib.asynccontextmanager
     async def _stream(self, call: Call) -> AsyncIterator[httpx.Response]:
         try:
             response = await self._http.send(self._request(call), stream=True)
         except protocol.RESUMABLE_ERRORS as exc:
-            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+            raise protocol.transport_error(call, exc) from exc
         try:
             if response.status_code != 200:
                 await response.aread()  # an error body, for the error

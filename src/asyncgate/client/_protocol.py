@@ -231,7 +231,8 @@ def events_call(endpoints: Endpoints, run_id: str, last_event_id: str | None = N
 def list_call(
     endpoints: Endpoints, status: str | None = None, limit: int | None = None, cursor: str | None = None
 ) -> Call:
-    params = [(name, str(value)) for name, value in (("status", status), ("limit", limit), ("cursor", cursor)) if value]
+    pairs = (("status", status), ("limit", limit), ("cursor", cursor))
+    params = [(name, str(value)) for name, value in pairs if value is not None]
     return Call("GET", endpoints.runs, params=tuple(params))
 
 
@@ -250,6 +251,12 @@ def retry_after(response: httpx.Response, default: float = DEFAULT_RETRY_AFTER) 
     """The response's Retry-After in seconds (delta-seconds only), or ``default``."""
     value = response.headers.get(RETRY_AFTER, "").strip()
     return float(value) if value.isdigit() else default
+
+
+def transport_error(call: Call, exc: Exception) -> TransportError:
+    """The call could not be made: what happened in words, and httpx's name for it."""
+    what = str(exc) or "no detail"
+    return TransportError(f"{call.method} {call.url}: {what} ({type(exc).__name__})")
 
 
 def api_error(response: httpx.Response) -> APIError:

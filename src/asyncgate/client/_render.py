@@ -68,7 +68,7 @@ class Progress:
             return
         if self.tty:
             self._draw()
-        else:
+        elif not state.is_final:  # how the run ended is the report's line, which follows
             self.stream.write(f"{self.run_id} {state} after {self.elapsed(at):.1f}s\n")
             self.stream.flush()
 

@@ -149,14 +149,14 @@ class Client:
         try:
             return self._http.send(self._request(call))
         except protocol.RESUMABLE_ERRORS as exc:
-            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+            raise protocol.transport_error(call, exc) from exc
 
     @contextlib.contextmanager
     def _stream(self, call: Call) -> Iterator[httpx.Response]:
         try:
             response = self._http.send(self._request(call), stream=True)
         except protocol.RESUMABLE_ERRORS as exc:
-            raise TransportError(f"{call.method} {call.url}: {exc!r}") from exc
+            raise protocol.transport_error(call, exc) from exc
         try:
             if response.status_code != 200:
                 response.read()  # an error body, for the error

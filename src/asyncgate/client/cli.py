@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from asyncgate.client import (
     APIError,
@@ -50,6 +51,7 @@ EXIT_INTERRUPTED = 130
 
 #: How often the live progress line is redrawn on a terminal, in seconds.
 FRAME_INTERVAL = 0.1
+RUN_ID_HELP = "the run's id, as submit printed it (after -- if it starts with -)"
 
 
 # Arguments --------------------------------------------------------------------------------------
@@ -80,6 +82,19 @@ def _json_body(value: str) -> bytes:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
     return body
+
+
+def _path(value: str) -> str:
+    if value.startswith("/"):
+        return value
+    hint = " (the gateway's URL is --gateway or $ASYNCGATE_URL)" if "://" in value else ""
+    raise argparse.ArgumentTypeError(f"expected a path that starts with /, as in /predict, got {value!r}{hint}")
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {value!r}")
+    return int(value)
 
 
 def _positive(value: str) -> float:
@@ -123,9 +138,9 @@ def add_runs_commands(subparsers: Any) -> None:
     )
     commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
 
-    submit = commands.add_parser("submit", parents=[common], help="submit a request as a run; print its id")
-    submit.add_argument("method")
-    submit.add_argument("path", help="path and query on the gateway, e.g. /predict?x=1")
+    submit = _command(commands, "submit", common, "submit a request as a run; print its id")
+    submit.add_argument("method", help="the request's HTTP method, e.g. POST")
+    submit.add_argument("path", type=_path, help="path and query on the gateway, e.g. /predict?x=1")
     body = submit.add_mutually_exclusive_group()
     body.add_argument("-d", "--data", type=_data, help="the request body, sent as is: TEXT, @FILE, or - for stdin")
     body.add_argument(
@@ -141,7 +156,11 @@ def add_runs_commands(subparsers: Any) -> None:
         metavar="EVENTS",
         help="webhook deliveries wanted, comma-separated: start, output, progress, completed (default completed)",
     )
-    submit.add_argument("--idempotency-key", metavar="KEY")
+    submit.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="submitting the same request with the same KEY again gives the same run, not a second one",
+    )
     submit.add_argument("--timeout", type=_positive, metavar="SECONDS", help="the run's time limit on the gateway")
     submit.add_argument(
         "--follow",
@@ -151,27 +170,35 @@ def add_runs_commands(subparsers: Any) -> None:
     )
 
     for name, text in (("status", "show a run's status"), ("cancel", "cancel a run")):
-        command = commands.add_parser(name, parents=[common], help=text)
-        command.add_argument("run_id")
+        command = _command(commands, name, common, text)
+        command.add_argument("run_id", help=RUN_ID_HELP)
 
-    wait = commands.add_parser("wait", parents=[common], help="follow a run to its end; non-zero unless it succeeded")
-    wait.add_argument("run_id")
+    wait = _command(commands, "wait", common, "follow a run to its end; non-zero unless it succeeded")
+    wait.add_argument("run_id", help=RUN_ID_HELP)
     wait.add_argument("--timeout", type=_positive, metavar="SECONDS", help="give up after this long (exit 3)")
 
-    result = commands.add_parser("result", parents=[common], help="print the upstream's response to a run")
-    result.add_argument("run_id")
+    result = _command(commands, "result", common, "print the upstream's response to a run")
+    result.add_argument("run_id", help=RUN_ID_HELP)
     result.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     result.add_argument("-o", "--output", metavar="FILE", help="write the body to FILE")
 
-    events = commands.add_parser(
-        "events", parents=[common], help="print a run's events as they happen, to its end; non-zero unless it succeeded"
+    events = _command(
+        commands, "events", common, "print a run's events as they happen, to its end; non-zero unless it succeeded"
     )
-    events.add_argument("run_id")
+    events.add_argument("run_id", help=RUN_ID_HELP)
 
-    listing = commands.add_parser("list", parents=[common], help="list runs, newest first")
-    listing.add_argument("--status", choices=[state.value for state in RunState])
-    listing.add_argument("--limit", type=int, default=50)
+    listing = _command(commands, "list", common, "list runs, newest first")
+    listing.add_argument("--status", choices=[state.value for state in RunState], help="only runs in this state")
+    listing.add_argument("--limit", type=_count, default=50, help="runs a page (default 50)")
     listing.add_argument("--cursor", help="the next_cursor of a previous page")
+
+
+def _command(commands: Any, name: str, common: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
+    """A ``runs`` command whose one line shows in ``runs --help`` and heads its own ``--help``."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, parents=[common], help=text, description=text[0].upper() + text[1:] + "."
+    )
+    return parser
 
 
 # Commands ---------------------------------------------------------------------------------------
@@ -182,6 +209,9 @@ def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None
     out, err = sys.stdout, sys.stderr
     flags = args.gateway, args.token, list(args.header)
     args.gateway, args.header = connection(args.gateway, args.token, args.header, environ)
+    if urlsplit(args.gateway).scheme not in {"http", "https"}:
+        print(f"asyncgate: the gateway's URL must start with http:// or https://, got {args.gateway!r}", file=err)
+        return EXIT_USAGE
     try:
         return _COMMANDS[args.runs_command](args, out, err)
     except KeyboardInterrupt:
@@ -189,6 +219,12 @@ def run_runs_command(args: argparse.Namespace, environ: Mapping[str, str] | None
         return EXIT_INTERRUPTED
     except APIError as exc:
         print(f"asyncgate: the gateway refused: {exc.code}: {exc.message} (HTTP {exc.status_code})", file=err)
+        if exc.code == f"http_{exc.status_code}":  # the client's code for an answer without the gateway's error body
+            print(
+                f"asyncgate: that answer is not asyncgate's: is {args.gateway} a gateway, with its API at "
+                f"{args.prefix} (--gateway, --prefix)?",
+                file=err,
+            )
     except TransportError as exc:
         print(f"asyncgate: cannot reach the gateway at {args.gateway}: {exc}", file=err)
     except ProtocolError as exc:
@@ -290,7 +326,19 @@ def _result(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.writelines(f"{name}: {value}\n" for name, value in result.headers.multi_items())
         out.write("\n")
     if args.output:
-        Path(args.output).write_bytes(result.content)
+        try:
+            Path(args.output).write_bytes(result.content)
+        except OSError as exc:
+            print(f"asyncgate: cannot write {args.output}: {exc.strerror}", file=err)
+            return EXIT_USAGE
+    elif out.isatty() and not is_text(result.content):
+        # As curl does: raw bytes can leave a terminal in a state its user cannot read.
+        print(
+            f"asyncgate: the answer is {len(result.content)} bytes that are not text; "
+            "write them with -o FILE, or pipe them to another command",
+            file=err,
+        )
+        return EXIT_USAGE
     else:
         _write_bytes(out, result.content)
         if is_text(result.content) and not result.content.endswith(b"\n"):

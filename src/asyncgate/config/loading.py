@@ -87,7 +87,7 @@ def _flatten_environ(environ: Mapping[str, str]) -> dict[str, str]:
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
             raise ConfigError(name, "unknown environment variable")
-        raise ConfigError(f"{section}.{rest[len(section) + 1 :]}", "unknown key")
+        raise ConfigError(f"{section}.{rest[len(section) + 1 :]}", f"unknown key (from the variable {name})")
     return flat
 
 
@@ -154,7 +154,15 @@ def _read(path: str | Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(str(path), f"not valid YAML{_yaml_where(exc)}") from exc
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Where the YAML broke and what the parser expected there; never the file's text, which may hold secrets."""
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f" ({exc.__class__.__name__})"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
 
 
 def _build(raw: dict[str, Any]) -> Config:

@@ -17,6 +17,11 @@ of the part that calls it, with a test in that role's class marked ``@pytest.mar
 Fencing: every write made on behalf of an attempt names that attempt, and the store refuses
 it unless the run is still ``running`` under that very attempt. A holder that lost its run
 (paused past its lease, then reclaimed) can therefore never overwrite the newer attempt.
+
+Liveness: a gateway keeps the runs it holds alive with one heartbeat of its own (``keep_alive``),
+whatever their number; a run's lease is its own (from ``claim`` or ``renew``) or its holder's
+heartbeat, whichever runs out later. A holder whose heartbeat ran out while others went on is
+told so by its next one, and must let go of everything it holds (see docs/leases.md).
 """
 
 from __future__ import annotations
@@ -97,6 +102,19 @@ class Lease(StrEnum):
     LOST = "lost"
     #: The attempt holds the run and a client asked to cancel it.
     CANCEL = "cancel"
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """What a gateway's heartbeat learned from the store."""
+
+    #: The time before which no lease may be judged expired (see ``RunStore.heartbeat``).
+    resume: float
+    #: The gateway's heartbeat had run out while others reached the store: its runs may have been
+    #: recovered, so every attempt it holds must be let go, and it must beat under a new name.
+    lost: bool = False
+    #: Runs held by the gateway whose cancellation was asked since its last heartbeat.
+    cancels: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +272,16 @@ class Execution(Protocol):
         When no gateway reached the store for more than ``quiet`` s (it was down, restarted or
         unreachable), nobody could renew meanwhile: holders get ``grace`` s from now, for every
         gateway that asks, before their runs may be recovered. Else the time returned is past.
+        """
+
+    async def keep_alive(self, owner: str, lease: float, quiet: float, grace: float) -> Liveness:
+        """The heartbeat of the gateway ``owner``: every run it claims from now on stays leased to it
+        for ``lease`` s past its last heartbeat, at no cost per run. ``heartbeat(quiet, grace)``
+        is taken in the same step.
+
+        Once ``owner``'s heartbeat has run out while other gateways reached the store, its runs
+        may be recovered: the answer says ``lost``, the heartbeat is refused, and the name must
+        not be used again.
         """
 
     async def append_output(

@@ -51,6 +51,7 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
+    Liveness,
     delivery_event,
     state_event,
 )
@@ -406,6 +407,18 @@ def _renew(db: sqlite3.Connection, run_id: str, attempt: int, lease: float) -> L
 
 def _renew_all(db: sqlite3.Connection, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
     return [_renew(db, run_id, attempt, lease) for run_id, attempt in held]
+
+
+def _keep_alive(db: sqlite3.Connection, owner: str, lease: float) -> tuple[str, ...]:
+    """Extend every lease ``owner`` holds (one statement on local disk, where Redis needs one
+    heartbeat key); the ids of its runs whose cancellation was asked."""
+    with _transaction(db):
+        rows = db.execute(
+            "UPDATE runs SET lease_until = :lease_until WHERE owner = :owner AND state = 'running' "
+            "RETURNING run_id, cancel_requested",
+            {"owner": owner, "lease_until": now() + lease},
+        ).fetchall()
+    return tuple(run_id for run_id, cancel_requested in rows if cancel_requested)
 
 
 def _append_output(
@@ -932,6 +945,12 @@ class EmbeddedRunStore:
             self._resume = at + grace
         self._seen = max(at, self._seen or at)
         return self._resume
+
+    async def keep_alive(self, owner: str, lease: float, quiet: float, grace: float) -> Liveness:
+        # One process holds the store: its runs cannot be recovered behind its back while it
+        # lives, so it is never told "lost".
+        resume = await self.heartbeat(quiet, grace)
+        return Liveness(resume, cancels=await self._write(_keep_alive, owner, lease))
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:

@@ -49,6 +49,7 @@ from asyncgate.store.base import (
     Idempotency,
     Identity,
     Lease,
+    Liveness,
     delivery_event,
     load_hook,
     pending_delivery,
@@ -87,8 +88,21 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
-#   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
-#                             expired() need not scan. A hint only; the run hash is the truth.
+#   {P}:leases        zset    Index of runs leased on their own: member run id, score lease_until,
+#                             so that expired() need not scan. Runs claimed by an owner without a
+#                             heartbeat, or renewed one by one (renew). A hint only; the run hash
+#                             is the truth.
+#   {P}:gateways      zset    Heartbeats (keep_alive): member a gateway's owner name, score the time
+#                             until which every run it holds is leased to it. One write per gateway
+#                             per renewal interval, however many runs it holds. An entry that ran
+#                             out while other gateways went on is never renewed again (the gateway
+#                             takes a new name); it is dropped once none of its runs is left.
+#   {P}:held          zset    Runs held under a heartbeat: member "<owner> <run id>", score 0, so
+#                             that one owner's runs are one ZRANGEBYLEX. Written by the claim,
+#                             dropped by finish, requeue and recovery. A hint, like leases.
+#   {P}:cancels       zset    Cancellations asked while a run was running: member "<owner> <run id>",
+#                             score 0; taken by the owner's next heartbeat, since the cancel
+#                             message on P:cancel may be missed. Dropped by the run's finish too.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
 #                             same per caller. Entries of expired runs are dropped by purge().
 #   {P}:expiry        zset    Every run, member "<id> <caller>", score the time its hash expires
@@ -142,6 +156,11 @@ LEGACY_PREFIX = "asyncgate"
 _WRITES_REFUSED = frozenset({"OOM", "MISCONF", "READONLY", "NOREPLICAS"})
 #: Leases renewed per script call: Redis runs nothing else while a script runs.
 RENEW_BATCH = 500
+#: Runs claimed per script call, at most, for the same reason: each takes about 17 us (runs of
+#: 1 KiB bodies, on the development machine), so a batch stays well under a millisecond.
+CLAIM_BATCH = 32
+#: Owners of lapsed heartbeats looked at per recovery pass.
+LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
 
@@ -192,28 +211,73 @@ if idem then
   fields[#fields + 1] = 'idem_key'
   fields[#fields + 1] = idem
 end
+fields[#fields + 1] = 'entry'
+fields[#fields + 1] = redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1]))
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+-- A run without a caller is listed in the one index (its caller's index is that same key).
+if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
 if idem then redis.call('SET', idem, ARGV[16], 'EX', ARGV[3]) end
 return {'created'}
 """
 
-# Take a queued run: the check and the write are one step, so no two claimers get one run.
-# KEYS run, events; ARGV now, owner, lease_until, then the fields to return.
+# What a claim reads of each run: a status's fields, its sealed credentials and its request body,
+# so that the holder needs no read of its own before its call.
+_CLAIM_FIELDS = (*_RUN_FIELDS, "secrets", "body")
+
+# Take queued runs: the check and the write are one step, so no two claimers get one run; their
+# queue entries are acked and deleted in the same step (an entry taken is never read again, and a
+# script that did not run acked nothing). Under a heartbeat (ARGV[5] "1") the owner's heartbeat
+# must not have run out, and the runs are indexed by owner in {P}:held with no lease of their
+# own; else each gets lease_until, indexed in {P}:leases. KEYS queue, leases, held, gateways,
+# then run and events key per run; ARGV now, owner, lease_until, group, heartbeat, the number n
+# of entry ids, the n ids, then one run id per run. One reply per run: its fields, or nil.
 _CLAIM = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return false end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'owner', ARGV[2], 'lease_until', ARGV[3])
-local event = {event='running', status='running', attempt=attempt, at=tonumber(ARGV[1])}
-redis.call('XADD', KEYS[2], '*', 'data', cjson.encode(event))
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
-"""
+local now, owner, lease_until = ARGV[1], ARGV[2], ARGV[3]
+local heartbeat = ARGV[5] == '1'
+if heartbeat then
+  local alive = redis.call('ZSCORE', KEYS[4], owner)
+  if not alive or tonumber(alive) < tonumber(now) then return false end
+end
+local acked = tonumber(ARGV[6])
+local replies, index = {}, {}
+for i = 1, (#KEYS - 4) / 2 do
+  local run, run_id = KEYS[3 + 2 * i], ARGV[6 + acked + i]
+  local fields = redis.call('HMGET', run, FIELDS)
+  if fields[1] == 'queued' then
+    local attempt = (tonumber(fields[2]) or 0) + 1
+    fields[1], fields[2], fields[4] = 'running', tostring(attempt), now
+    if heartbeat then
+      redis.call('HSET', run, 'state', 'running', 'attempt', attempt, 'started_at', now, 'owner', owner)
+      index[#index + 1] = 0
+      index[#index + 1] = owner .. ' ' .. run_id
+    else
+      redis.call('HSET', run, 'state', 'running', 'attempt', attempt, 'started_at', now, 'owner', owner,
+        'lease_until', lease_until)
+      fields[LEASE_UNTIL] = lease_until
+      index[#index + 1] = lease_until
+      index[#index + 1] = run_id
+    end
+    local event = {event='running', status='running', attempt=attempt, at=tonumber(now)}
+    redis.call('XADD', KEYS[4 + 2 * i], '*', 'data', cjson.encode(event))
+    replies[i] = fields
+  else
+    replies[i] = false
+  end
+end
+if #index > 0 then redis.call('ZADD', heartbeat and KEYS[3] or KEYS[2], unpack(index)) end
+if acked > 0 then
+  redis.call('XACK', KEYS[1], ARGV[4], unpack(ARGV, 7, 6 + acked))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 7, 6 + acked))
+end
+return replies
+""".replace("FIELDS", ", ".join(f"'{name}'" for name in _CLAIM_FIELDS)).replace(
+    "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
+)
 
 # Every script that sets a run's TTL records when the hash will expire, so that purge() finds
 # the run's index entries without scanning: defines schedule(expiry key, now, ttl (ms), run id).
@@ -227,28 +291,27 @@ end
 
 # The end of a run (finished or cancelled): its event, its delivery if it has a webhook, and
 # its retention. KEYS run, events, deliveries, expiry; ARGV[1..5] event JSON, pending delivery
-# JSON, now, retention (ms), run id. A pending delivery keeps the run until it is final.
-_CLOSE = (
-    _SCHEDULE
-    + """
-local function close_run()
+# JSON, now, retention (ms), run id; the run's webhook, idem_key and caller fields, read by the
+# caller's own HMGET (one read per run, not one per field). A pending delivery keeps the run,
+# its event log and its key as long as they live already (the TTL from create, and its entry in
+# the expiry index with it), until the delivery is final.
+_CLOSE = """
+local function close_run(webhook, idem, caller)
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
-  local ttl = ARGV[4]
-  if redis.call('HGET', KEYS[1], 'webhook') == '1' then
+  if webhook == '1' then
     redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
-    ttl = redis.call('PTTL', KEYS[1])
+    return
   end
+  local ttl = ARGV[4]
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
-  local idem = redis.call('HGET', KEYS[1], 'idem_key')
-  -- The key a run names lives as long as it. Not in KEYS (it is read here), but it carries the
-  -- deployment's hash tag, so on a Cluster it is in the slot of the keys the script declares.
+  -- The key a run names lives as long as it. Not in KEYS (it is read by the caller's HMGET), but
+  -- it carries the deployment's hash tag, so on a Cluster it is in the slot of the declared keys.
   if idem then redis.call('PEXPIRE', idem, ttl) end
-  schedule(KEYS[4], ARGV[3], ttl, ARGV[5])
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + tonumber(ttl) / 1000, ARGV[5] .. ' ' .. (caller or ''))
 end
 """
-)
 
 # The fence of every write made for an attempt (see store/base.py). ARGV[1] is the attempt.
 _HOLDS = """
@@ -291,17 +354,69 @@ return codes
 # A silence of every gateway longer than ``quiet`` means the store was down or unreachable,
 # and nobody could renew: the check and the new grace are one step, so whichever gateway
 # comes back first sets the grace for all (#22). KEYS alive; ARGV now, quiet, grace.
-_HEARTBEAT = """
-local now = tonumber(ARGV[1])
-local seen, resume = unpack(redis.call('HMGET', KEYS[1], 'seen', 'resume'))
-resume = resume or '0'
-if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then
-  resume = ARGV[1] + ARGV[3]
-  resume = string.format('%.6f', resume)
-  redis.call('HSET', KEYS[1], 'resume', resume)
+_BEAT = """
+local function beat()
+  local now = tonumber(ARGV[1])
+  local seen, resume = unpack(redis.call('HMGET', KEYS[1], 'seen', 'resume'))
+  resume = resume or '0'
+  if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then
+    resume = ARGV[1] + ARGV[3]
+    resume = string.format('%.6f', resume)
+    redis.call('HSET', KEYS[1], 'resume', resume)
+  end
+  if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
+  return resume
 end
-if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
-return resume
+"""
+_HEARTBEAT = _BEAT + "return beat()"
+
+# One gateway's heartbeat, and the fleet's (see _HEARTBEAT) with it: one step per renewal
+# interval keeps every run the gateway holds, however many. An entry that ran out is renewed
+# only within the grace after a silence of every gateway (the store was gone for all, so nobody
+# could have judged it); otherwise its runs may be recovered already, and the answer is "lost".
+# Whether an entry the gateway had is missing (dropped as lapsed) is told by ARGV[6] "1".
+# KEYS alive, gateways, cancels; ARGV now, quiet, grace, owner, alive until, known. Replies
+# resume, "alive" or "lost", then the ids of the owner's runs asked to cancel.
+_KEEP_ALIVE = (
+    _BEAT
+    + """
+local resume = beat()
+local now, owner = tonumber(ARGV[1]), ARGV[4]
+local last = redis.call('ZSCORE', KEYS[2], owner)
+local lapsed
+if last then lapsed = tonumber(last) < now else lapsed = ARGV[6] == '1' end
+if lapsed and now >= tonumber(resume) then return {resume, 'lost'} end
+redis.call('ZADD', KEYS[2], ARGV[5], owner)
+local reply = {resume, 'alive'}
+local cancels = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. owner .. ' ', '(' .. owner .. '!')
+if #cancels > 0 then
+  redis.call('ZREM', KEYS[3], unpack(cancels))
+  for i, member in ipairs(cancels) do reply[i + 2] = string.sub(member, #owner + 2) end
+end
+return reply
+"""
+)
+
+# Drop the heartbeat of a lapsed owner none of whose runs is left. KEYS gateways, held; ARGV
+# owner, now.
+_BURY = """
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not last or tonumber(last) >= tonumber(ARGV[2]) then return 0 end
+local left = redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[1] .. ' ', '(' .. ARGV[1] .. '!', 'LIMIT', 0, 1)
+if #left > 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+# A run with a lease of its own that ran out while its owner's heartbeat went on: it moves
+# under the heartbeat. KEYS run, leases, held; ARGV run id, owner.
+_ADOPT = """
+if redis.call('HGET', KEYS[1], 'state') == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'lease_until')
+  redis.call('ZADD', KEYS[3], 0, ARGV[2] .. ' ' .. ARGV[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 # A batch of an attempt's output, fenced like finish so that a stale attempt's output never
@@ -425,51 +540,60 @@ end
 return 1
 """
 
-# KEYS run, events, deliveries, expiry; ARGV as _CLOSE, then attempt, then the outcome's field pairs.
+# KEYS run, events, deliveries, expiry, leases, held, cancels; ARGV as _CLOSE, then attempt,
+# then the outcome's field pairs. The run leaves the index that holds it in the same step.
 _FINISH = (
     _CLOSE
     + """
-local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
+local state, attempt, owner, lease_until, cancel, webhook, idem, caller = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'idem_key', 'caller'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel', 'secrets')
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-close_run()
+close_run(webhook, idem, caller)
+if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
+if owner and not lease_until then redis.call('ZREM', KEYS[6], owner .. ' ' .. ARGV[5]) end
+if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
 return 1
 """
 )
 
-# KEYS run, events, deliveries, expiry, queue; ARGV as _CLOSE, then the cancelled run's field
-# pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
+# KEYS run, events, deliveries, expiry, queue, cancels; ARGV as _CLOSE, then the cancelled run's
+# field pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
+# A running run's holder is told by its next heartbeat too (see {P}:cancels).
 _CANCEL = (
     _CLOSE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
+local state, owner, entry, webhook, idem, caller = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'owner', 'entry', 'webhook', 'idem_key', 'caller'))
 if not state then return 'missing' end
 if state == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
+  if owner then redis.call('ZADD', KEYS[6], 0, owner .. ' ' .. ARGV[5]) end
   return 'requested'
 end
 if state ~= 'queued' then return 'finished' end
-local entry = redis.call('HGET', KEYS[1], 'entry')
 if entry then redis.call('XDEL', KEYS[5], entry) end
 redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-close_run()
+close_run(webhook, idem, caller)
 return 'cancelled'
 """
 )
 
-# KEYS run, events, queue; ARGV attempt, event JSON, run id.
-_REQUEUE = (
-    _HOLDS
-    + """
-redis.call('HSET', KEYS[1], 'state', 'queued')
+# KEYS run, events, queue, held; ARGV attempt, event JSON, run id. A run held under a heartbeat
+# leaves its owner's index in the same step (one leased on its own stays in {P}:leases until
+# expired() finds it not running, or a new claim re-indexes it).
+_REQUEUE = """
+local state, attempt, owner, lease_until = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'attempt', 'owner', 'lease_until'))
+if state ~= 'running' or attempt ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
+redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
+if owner and not lease_until then redis.call('ZREM', KEYS[4], owner .. ' ' .. ARGV[3]) end
 return 1
 """
-)
 
 # Take a due delivery for one attempt. KEYS run, deliveries, hooks; ARGV now, lease_until, run id.
 # While lifecycle deliveries of the run wait, completed waits too (it is always the last): it is
@@ -679,6 +803,8 @@ class _Scripts:
     """
 
     create: AsyncScript
+    claim: AsyncScript
+    keep_alive: AsyncScript
     renew: AsyncScript
     renew_all: AsyncScript
     heartbeat: AsyncScript
@@ -698,6 +824,8 @@ class _Scripts:
         script = client.register_script
         return cls(
             create=script(_CREATE),
+            claim=script(_CLAIM),
+            keep_alive=script(_KEEP_ALIVE),
             renew=script(_RENEW),
             renew_all=script(_RENEW_ALL),
             heartbeat=script(_HEARTBEAT),
@@ -738,6 +866,9 @@ class RedisRunStore:
         self.tag = tag = f"{{{key_prefix}}}"
         self.queue = f"{tag}:queue"
         self.leases = f"{tag}:leases"
+        self.gateways = f"{tag}:gateways"
+        self.held = f"{tag}:held"
+        self.cancels = f"{tag}:cancels"
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
         self.deliveries = f"{tag}:deliveries"
@@ -765,6 +896,11 @@ class RedisRunStore:
         # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
         self._scripts = _Scripts.register(self._redis)
+        #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
+        self._beating: set[str] = set()
+        #: Request bodies read by claims, until their holder asks for them (request_body).
+        self._bodies: dict[str, bytes] = {}
+        self._refused: list[Entry] = []
 
     def run_key(self, run_id: str) -> str:
         return f"{self.tag}:run:{run_id}"
@@ -886,6 +1022,9 @@ class RedisRunStore:
         return _decode_run(run_id, fields)
 
     async def request_body(self, run_id: str) -> bytes | None:
+        body = self._bodies.pop(run_id, None)
+        if body is not None:
+            return body
         with _STORE_ERRORS:
             return cast(bytes | None, await self._redis.hget(self.run_key(run_id), "body"))
 
@@ -905,7 +1044,8 @@ class RedisRunStore:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
             try:
-                entries = await self._stale_entries(limit) or await self._read_queue(limit, wait)
+                entries = self._refused_entries(limit) or await self._stale_entries(limit)
+                entries = entries or await self._read_queue(limit, wait)
             except redis_errors.ResponseError as exc:
                 if _error_code(exc) != "NOGROUP":
                     raise
@@ -923,6 +1063,11 @@ class RedisRunStore:
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
 
+    def _refused_entries(self, limit: int) -> list[Entry]:
+        """Entries read by a claim its heartbeat refused: still this gateway's to take (unacked)."""
+        entries, self._refused = self._refused[:limit], self._refused[limit:]
+        return entries
+
     async def _stale_entries(self, limit: int) -> list[Entry]:
         """Entries whose reader died before acking them; looked for once per idle period."""
         if time.monotonic() < self._next_stale_check:
@@ -933,30 +1078,48 @@ class RedisRunStore:
         return cast(list[Entry], reply[1])
 
     async def _take(self, entries: list[Entry], owner: str, lease: float) -> list[Run]:
+        runs: list[Run] = []
+        for start in range(0, len(entries), CLAIM_BATCH):
+            runs += await self._take_batch(entries[start : start + CLAIM_BATCH], owner, lease)
+        return runs
+
+    async def _take_batch(self, entries: list[Entry], owner: str, lease: float) -> list[Run]:
+        """One claim script for a batch of entries read: one round trip, however many runs."""
         run_ids = [fields[b"run_id"].decode() for _, fields in entries if fields and b"run_id" in fields]
         started = now()
-        lease_until = started + lease
-        async with self._redis.pipeline(transaction=False) as pipe:
-            # Indexed before the claim so that no crash leaves a running run unindexed.
-            if run_ids:
-                pipe.zadd(self.leases, dict.fromkeys(run_ids, lease_until))
-            for run_id in run_ids:
-                keys = (self.run_key(run_id), self.events_key(run_id))
-                # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline, and elsewhere
-                # a NOSCRIPT here would come back after the entries below were acked and deleted.
-                pipe.eval(_CLAIM, 2, *keys, started, owner, lease_until, *_RUN_FIELDS, "secrets")
-            # Skipped entries (cancelled, expired or duplicate runs) are acked too.
-            ids = [entry_id for entry_id, _ in entries]
-            pipe.xack(self.queue, self.group, *ids)
-            pipe.xdel(self.queue, *ids)
-            replies = await pipe.execute()
-        claimed = replies[1 : 1 + len(run_ids)] if run_ids else []
+        beating = owner in self._beating
+        keys = [self.queue, self.leases, self.held, self.gateways]
+        for run_id in run_ids:
+            keys += (self.run_key(run_id), self.events_key(run_id))
+        # Skipped entries (cancelled, expired or duplicate runs) are acked too.
+        ids = [entry_id for entry_id, _ in entries]
+        args: list[Any] = [
+            started,
+            owner,
+            started + lease,
+            self.group,
+            "1" if beating else "0",
+            len(ids),
+            *ids,
+            *run_ids,
+        ]
+        replies = await self._scripts.claim(keys, args)
+        if replies is None:
+            # The owner's heartbeat ran out (or Redis lost it): nothing was written. The entries,
+            # unacked, are taken again by the next claim, with a lease of their own.
+            self._beating.discard(owner)
+            self._refused += entries
+            logger.warning("claims refused: the heartbeat of %s ran out", owner)
+            return []
         runs = []
-        for run_id, fields in zip(run_ids, claimed, strict=True):
-            run = _decode_run(run_id, fields[:-1]) if fields else None
-            if run is not None:
+        for run_id, fields in zip(run_ids, cast(list[Fields | None], replies), strict=True):
+            run = _decode_run(run_id, fields[: len(_RUN_FIELDS)]) if fields else None
+            if run is not None and fields is not None:
+                secrets, body = fields[len(_RUN_FIELDS) :]
+                if body is not None:
+                    self._bodies[run_id] = body
                 # Only the holder of a run ever sees its credentials, to replay them.
-                runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, fields[-1])))
+                runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, secrets)))
         return runs
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
@@ -985,24 +1148,42 @@ class RedisRunStore:
             resume = await self._scripts.heartbeat([self.alive], [now(), quiet, grace])
         return float(resume)
 
+    async def keep_alive(self, owner: str, lease: float, quiet: float, grace: float) -> Liveness:
+        at = now()
+        known = "1" if owner in self._beating else "0"
+        args: list[Any] = [at, quiet, grace, owner, at + lease, known]
+        with _STORE_ERRORS:
+            reply = await self._scripts.keep_alive([self.alive, self.gateways, self.cancels], args)
+        resume, status, *cancels = (_text(part) for part in reply)
+        if status == "lost":
+            self._beating.discard(owner)
+            return Liveness(float(resume), lost=True)
+        self._beating.add(owner)
+        return Liveness(float(resume), cancels=tuple(cancels))
+
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
         event = state_event(outcome.state, attempt, now(), outcome)
         args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
+        keys = (
+            self.run_key(run_id),
+            self.events_key(run_id),
+            self.deliveries,
+            self.expiry,
+            self.leases,
+            self.held,
+            self.cancels,
+        )
+        self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
-            finished = await self._scripts.finish(keys, args)
-            if finished:
-                # A finished run is never claimed again, so its entry can go unconditionally.
-                await self._redis.zrem(self.leases, run_id)
-        return bool(finished)
+            return bool(await self._scripts.finish(keys, args))
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
-            keys = (self.run_key(run_id), self.events_key(run_id), self.queue)
+            keys = (self.run_key(run_id), self.events_key(run_id), self.queue, self.held)
             requeued = await self._scripts.requeue(keys, [attempt, event, run_id])
         return bool(requeued)
 
@@ -1078,13 +1259,30 @@ class RedisRunStore:
             return []
         cutoff = now()
         with _STORE_ERRORS:
-            members = await self._redis.zrangebyscore(self.leases, "-inf", cutoff, start=0, num=limit)
-            run_ids = [member.decode() for member in cast(list[bytes], members)]
+            found = await self._lapsed_leases(cutoff, limit)
+            if len(found) < limit:
+                found += await self._lapsed_holders(cutoff, limit - len(found))
+        return found
+
+    async def _lapsed_leases(self, cutoff: float, limit: int) -> list[Run]:
+        """Runs leased on their own whose lease ran out (and whose owner has no live heartbeat)."""
+        members = await self._redis.zrangebyscore(self.leases, "-inf", cutoff, start=0, num=limit)
+        run_ids = [member.decode() for member in cast(list[bytes], members)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                pipe.hget(self.run_key(run_id), "owner")
+            replies = await pipe.execute()
+        owners = [_text(owner) if owner else "" for owner in replies[1::2]]
+        alive = await self._alive_owners(set(owners) - {""}, cutoff)
+        adopted = [(run_id, owner) for run_id, owner in zip(run_ids, owners, strict=True) if owner in alive]
+        if adopted:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id in run_ids:
-                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
-                replies = await pipe.execute()
-            return await self._sort_expired(cutoff, run_ids, replies)
+                for run_id, owner in adopted:
+                    pipe.eval(_ADOPT, 3, self.run_key(run_id), self.leases, self.held, run_id, owner)
+                await pipe.execute()
+        kept = [i for i, owner in enumerate(owners) if owner not in alive]
+        return await self._sort_expired(cutoff, [run_ids[i] for i in kept], [replies[2 * i] for i in kept])
 
     async def _sort_expired(self, cutoff: float, run_ids: list[str], replies: list[Fields]) -> list[Run]:
         """The runs whose lease did run out; the index is repaired for all the others."""
@@ -1109,12 +1307,47 @@ class RedisRunStore:
                 await pipe.execute()
         return expired
 
+    async def _alive_owners(self, owners: set[str], cutoff: float) -> set[str]:
+        if not owners:
+            return set()
+        ordered = sorted(owners)
+        scores = await self._redis.zmscore(self.gateways, ordered)
+        return {owner for owner, score in zip(ordered, scores, strict=True) if score is not None and score >= cutoff}
+
+    async def _lapsed_holders(self, cutoff: float, limit: int) -> list[Run]:
+        """Runs held under heartbeats that ran out; owners with none left are dropped."""
+        members = await self._redis.zrangebyscore(self.gateways, "-inf", f"({cutoff}", start=0, num=LAPSED_OWNERS)
+        found: list[Run] = []
+        for owner in (_text(member) for member in cast(list[bytes], members)):
+            if len(found) >= limit:
+                break
+            held = await self._redis.zrangebylex(self.held, f"[{owner} ", f"({owner}!", start=0, num=limit - len(found))
+            if not held:
+                await self._redis.eval(_BURY, 2, self.gateways, self.held, owner, cutoff)
+                continue
+            run_ids = [_text(member).partition(" ")[2] for member in cast(list[bytes], held)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    pipe.hmget(self.run_key(run_id), (*_RUN_FIELDS, "owner"))
+                replies = cast(list[Fields], await pipe.execute())
+            stale = []
+            for member, run_id, fields in zip(held, run_ids, replies, strict=True):
+                run = _decode_run(run_id, fields[:-1])
+                holder = fields[-1]
+                if run is None or run.state is not RunState.RUNNING or holder is None or _text(holder) != owner:
+                    stale.append(member)
+                elif (_float(fields[-2]) or 0.0) < cutoff:  # not renewed on its own meanwhile
+                    found.append(run)
+            if stale:
+                await self._redis.zrem(self.held, *stale)
+        return found
+
     async def cancel(self, run_id: str, retention: float) -> CancelResult:
         at = now()
         event = state_event(RunState.CANCELLED, 0, at)
         error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue)
+        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue, self.cancels)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
         with _STORE_ERRORS:
             result = CancelResult((await self._scripts.cancel(keys, args)).decode())

@@ -250,6 +250,34 @@ class TestExecution:
         assert silence + 2.0 - EPSILON <= later <= now() + 2.0
         assert run(store.heartbeat(0.5, 2.0)) == later
 
+    @pytest.mark.exercises("keep_alive", "claim", "expired")
+    def test_a_heartbeat_keeps_every_run_its_owner_holds(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        held, other = queue(), queue()
+        assert not run(store.keep_alive("gw-a", 0.6, 10.0, 0.0)).lost
+        claimed = claim_all(store, run, 1, lease=0.3)  # "me": no heartbeat
+        mine = run(store.claim("gw-a", 1, 0.1, 0.3))
+        assert {claimed[0].run_id, mine[0].run_id} == {held.run_id, other.run_id}
+        # Heartbeats past the claims' own leases: only the run of the owner without one lapses.
+        started = now()
+        while now() - started < 0.9:
+            assert not run(store.keep_alive("gw-a", 0.6, 10.0, 0.0)).lost
+            assert [r.run_id for r in run(store.expired(10))] in ([], [claimed[0].run_id])
+        assert [r.run_id for r in run(store.expired(10))] == [claimed[0].run_id]
+        # Once the heartbeat stops, its run lapses too.
+        lapsed = wait_until(lambda: len(run(store.expired(10))) == 2 and run(store.expired(10)), timeout=5)
+        assert {r.run_id for r in lapsed} == {held.run_id, other.run_id}
+
+    @pytest.mark.exercises("keep_alive", "finish")
+    def test_a_heartbeat_brings_the_cancellations_of_its_runs(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        asked, left = queue(), queue()
+        run(store.keep_alive("gw-a", LEASE, 10.0, 0.0))
+        assert len(run(store.claim("gw-a", 2, 0.1, LEASE))) == 2
+        assert run(store.cancel(asked.run_id, LEASE)).value == "requested"
+
+        assert run(store.keep_alive("gw-a", LEASE, 10.0, 0.0)).cancels == (asked.run_id,)
+        assert run(store.finish(asked.run_id, 1, Outcome(RunState.CANCELLED), LEASE))
+        assert left.run_id not in run(store.keep_alive("gw-a", LEASE, 10.0, 0.0)).cancels
+
     @pytest.mark.exercises("requeue", "claim", "request_body", "renew", "finish")
     def test_requeue_then_claim_gives_attempt_2_and_fences_attempt_1(
         self, store: RunStore, run: Runner, queue: Queue
