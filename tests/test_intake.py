@@ -5,8 +5,9 @@ from typing import Any
 import pytest
 
 from asyncgate.errors import BadRequest
-from asyncgate.intake import classify, split_query, validate_webhook_url
+from asyncgate.intake import Intent, Limits, classify, split_query, validate_webhook_url
 from asyncgate.netguard import Allowlist
+from asyncgate.policies import RoutePolicy
 
 
 def scope(query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
@@ -87,3 +88,45 @@ def test_internal_webhook_addresses_are_refused_unless_allowed(url: str) -> None
 def test_invalid_webhook_urls(url: str) -> None:
     with pytest.raises(BadRequest):
         validate_webhook_url(url)
+
+
+def test_a_caller_may_ask_a_priority_within_its_route_only() -> None:
+    route = RoutePolicy("work", "/w", priority=2, priority_max=5)
+    limits = Limits(route=route)
+    asked = [(b"prefer", b"respond-async")]
+    assert _intent(classify(scope(headers=asked), limits)).priority == 2
+    for value, expected in ((b"5", 5), (b"0", 0), (b" 3 ", 3)):
+        assert _intent(classify(scope(headers=[*asked, (b"asyncgate-priority", value)]), limits)).priority == expected
+    for value in (b"6", b"-1", b"high", b"2.5", b""):
+        with pytest.raises(BadRequest) as refused:
+            classify(scope(headers=[*asked, (b"asyncgate-priority", value)]), limits)
+        assert refused.value.code == "invalid_priority"
+    # Without a route, only the default: 0.
+    with pytest.raises(BadRequest):
+        classify(scope(headers=[*asked, (b"asyncgate-priority", b"1")]))
+
+
+def test_a_caller_may_shorten_the_queue_deadline_never_lengthen_it() -> None:
+    limits = Limits(route=RoutePolicy("work", "/w", queue_deadline=30.0))
+    asked = [(b"prefer", b"respond-async")]
+    assert _intent(classify(scope(headers=asked), limits)).queue_deadline == 30.0
+    assert (
+        _intent(classify(scope(headers=[*asked, (b"asyncgate-queue-deadline", b"2.5")]), limits)).queue_deadline == 2.5
+    )
+    for value in (b"31", b"0", b"-1", b"soon", b"nan"):
+        with pytest.raises(BadRequest) as refused:
+            classify(scope(headers=[*asked, (b"asyncgate-queue-deadline", value)]), limits)
+        assert refused.value.code == "invalid_queue_deadline"
+    assert _intent(classify(scope(headers=[*asked, (b"asyncgate-queue-deadline", b"60")]))).queue_deadline == 60.0
+
+
+def test_priority_and_deadline_headers_need_an_async_request() -> None:
+    for header in (b"asyncgate-priority", b"asyncgate-queue-deadline"):
+        with pytest.raises(BadRequest) as refused:
+            classify(scope(headers=[(header, b"1")]))
+        assert refused.value.code == "webhook_requires_async"
+
+
+def _intent(intent: Intent | None) -> Intent:
+    assert intent is not None
+    return intent

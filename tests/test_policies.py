@@ -18,7 +18,15 @@ from asyncgate.runs import Run, RunRequest, RunState, dump_request, load_request
 #: A dozen routes, one of each kind of setting: what a platform team's file looks like.
 DOZEN: list[dict[str, Any]] = [
     {"name": "health", "methods": ["GET"], "path": "/healthz/**", "async": "never"},
-    {"name": "batch", "methods": ["POST"], "path": "/v1/batch/*", "async": "always", "timeout": "2h"},
+    {
+        "name": "batch",
+        "methods": ["POST"],
+        "path": "/v1/batch/*",
+        "async": "always",
+        "timeout": "2h",
+        "queue_deadline": "10m",
+        "share": 100,
+    },
     {"name": "embed", "methods": "POST", "path": "/v1/embeddings", "idempotent": True, "max_attempts": 5},
     {"path": "/v1/charge/**", "idempotent": False},
     {"name": "small", "path": "/v1/small/**", "max_body_bytes": "64KiB"},
@@ -29,7 +37,7 @@ DOZEN: list[dict[str, Any]] = [
         "webhook": {"url": "https://hooks.example.com/events", "events": ["completed"]},
     },
     {"name": "put", "methods": ["put", "PATCH"], "path": "/v1/items/*", "async": "always"},
-    {"name": "deep", "path": "/v1/*/deep/**"},
+    {"name": "deep", "path": "/v1/*/deep/**", "priority": 5, "priority_max": 9},
     {"name": "short", "path": "/v1/short", "timeout": "500ms", "max_attempts": 1},
     {"name": "mixed", "methods": ["GET", "DELETE"], "path": "/v2/**"},
     {"name": "rest", "path": "/**"},
@@ -73,6 +81,9 @@ def test_a_dozen_routes_load_and_the_first_match_wins() -> None:
     assert config.routes[5].webhook_url == "https://hooks.example.com/done?token=s3cret"
     assert config.routes[6].webhook_events == ("completed",)
     assert config.routes[9].timeout == 0.5
+    assert (batch.priority, batch.highest_priority, batch.queue_deadline, batch.share) == (0, 0, 600.0, 100)
+    deep = config.routes[8]
+    assert (deep.priority, deep.highest_priority, deep.queue_deadline, deep.share) == (5, 9, None, None)
     assert RoutePolicies(config_with(None).routes).match("GET", "/") is None
 
 
@@ -80,7 +91,14 @@ def test_a_dozen_routes_load_and_the_first_match_wins() -> None:
     ("routes", "key", "message"),
     [
         ("/v1", "routes", "expected a list of routes"),
-        ([{"path": "/a", "priority": 5}], "routes[0].priority", "unknown key (a route takes name, methods, path,"),
+        ([{"path": "/a", "prio": 5}], "routes[0].prio", "unknown key (a route takes name, methods, path,"),
+        ([{"path": "/a", "priority": 10}], "routes[0].priority", "expected a priority from 0 (lowest) to 9"),
+        ([{"path": "/a", "priority": "high"}], "routes[0].priority", "expected a priority from 0"),
+        ([{"path": "/a", "priority": 5, "priority_max": 3}], "routes[0].priority_max", "must not be lower"),
+        ([{"path": "/a", "queue_deadline": "soon"}], "routes[0].queue_deadline", "expected a duration"),
+        ([{"path": "/a", "queue_deadline": 0}], "routes[0].queue_deadline", "must be greater than zero"),
+        ([{"path": "/a", "share": 0}], "routes[0].share", "must be greater than zero"),
+        ([{"path": "/a", "async": "never", "share": 2}], "routes[0].share", "has no effect on a route"),
         ([{"path": "/a"}, {"path": "/b", "deadline": "5s"}], "routes[1].deadline", "unknown key"),
         ([{"path": "/a", "max_share": 3}], "routes[0].max_share", "unknown key"),
         ([{"methods": ["GET"]}], "routes[0].path", "expected a path pattern starting with /"),
@@ -143,14 +161,13 @@ def test_check_config_passes_a_dozen_routes_and_names_the_bad_one(tmp_path: Path
     result = run_check(good)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{good}: ok\n", "")
     bad = tmp_path / "bad.yaml"
-    routes = [*DOZEN[:7], {**DOZEN[7], "priority": 9}, *DOZEN[8:]]
+    routes = [*DOZEN[:7], {**DOZEN[7], "priority": 10}, *DOZEN[8:]]
     bad.write_text(yaml.safe_dump({"upstream": "http://model:8000", "routes": routes}))
     result = run_check(bad)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "asyncgate: configuration error: routes[7].priority: unknown key (a route takes name, methods, path, "
-        "async, idempotent, timeout, max_attempts, max_body_bytes, webhook)"
+        "asyncgate: configuration error: routes[7].priority: expected a priority from 0 (lowest) to 9, got 10"
     ]
 
 

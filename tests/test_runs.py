@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import re
 
+from asyncgate.links import RunLinks
 from asyncgate.runs import (
     ErrorCode,
     Run,
@@ -11,9 +13,11 @@ from asyncgate.runs import (
     dump_request,
     load_request,
     new_run_id,
+    past_deadline,
     recovery_outcome,
     rfc3339,
 )
+from asyncgate.status import status_document
 
 
 def request(method: str = "POST", headers: tuple[tuple[str, str], ...] = ()) -> RunRequest:
@@ -62,3 +66,30 @@ def test_recovery_resends_only_what_is_safe() -> None:
     assert lost is not None and lost.error is not None and lost.error.code == ErrorCode.LOST
     exhausted = recovery_outcome(run("GET", attempt=3), 3)
     assert exhausted is not None and exhausted.error is not None and exhausted.error.code == ErrorCode.MAX_ATTEMPTS
+
+
+def test_expired_is_final_and_reached_only_before_anything_was_sent() -> None:
+    assert RunState.EXPIRED.is_final
+    assert can_transition(RunState.QUEUED, RunState.EXPIRED)
+    assert can_transition(RunState.RUNNING, RunState.EXPIRED)
+    assert not can_transition(RunState.EXPIRED, RunState.QUEUED)
+
+
+def test_a_claim_past_the_deadline_expires_only_a_first_attempt() -> None:
+    timed = dataclasses.replace(request(), queue_deadline=100.0)
+    first = Run("r", RunState.RUNNING, timed, created_at=90.0, attempt=1)
+    assert past_deadline(first, 100.5)
+    assert not past_deadline(first, 99.0)
+    assert not past_deadline(dataclasses.replace(first, attempt=2), 100.5)  # it started in time once
+    assert not past_deadline(Run("r", RunState.RUNNING, request(), created_at=90.0, attempt=1), 1e12)
+
+
+def test_priority_and_deadline_are_stored_only_when_set() -> None:
+    plain = request()
+    assert b"priority" not in dump_request(plain) and b"queue_deadline" not in dump_request(plain)
+    ranked = dataclasses.replace(plain, priority=7, queue_deadline=123.5)
+    assert load_request(dump_request(ranked)) == ranked
+    links = RunLinks("/_asyncgate")
+    public = status_document(Run("r", RunState.QUEUED, ranked, created_at=1.0), links)
+    assert (public["priority"], public["queue_deadline"]) == (7, "1970-01-01T00:02:03.500Z")
+    assert "priority" not in status_document(Run("r", RunState.QUEUED, plain, created_at=1.0), links)

@@ -29,7 +29,7 @@ from asyncgate.responses import JSONResponse, stored_response
 from asyncgate.runs import ErrorCode, Run, RunState, now
 from asyncgate.services import Services
 from asyncgate.status import status_document
-from asyncgate.store.base import CancelResult
+from asyncgate.store.base import CancelResult, QueuePosition
 from asyncgate.waiting import wait_until_final
 
 #: How long DELETE waits for the holder of a running run to confirm its cancellation.
@@ -84,12 +84,27 @@ def _poll_after(request: Request) -> int:
     return retry_after(services(request).config.runs.retry_after)
 
 
-def _status_response(request: Request, run: Run, status_code: int = 200) -> Response:
+def _status_response(
+    request: Request, run: Run, status_code: int = 200, queue: QueuePosition | None = None
+) -> Response:
     links = _links(request)
     headers: dict[str, str] = {LINK: links.header(run.run_id)}
     if not run.state.is_final:
         headers[RETRY_AFTER] = str(_poll_after(request))
-    return JSONResponse(status_document(run, links), status_code=status_code, headers=headers)
+    document = status_document(run, links)
+    if queue is not None:
+        document["queue"] = {"ahead": queue.ahead, "estimated_wait": queue.wait}
+    return JSONResponse(document, status_code=status_code, headers=headers)
+
+
+async def _queue_position(request: Request, run: Run) -> QueuePosition | None:
+    """Where a queued run stands; None for any other, or when the store cannot say right now."""
+    if run.state is not RunState.QUEUED:
+        return None
+    try:
+        return await services(request).records.queue_position(run)
+    except StoreError:
+        return None  # the status itself was read: a position is a nicety
 
 
 def _has_result(run: Run) -> bool:
@@ -137,7 +152,7 @@ async def run_status(request: Request) -> Response:
         links = _links(request)
         headers: dict[str, str] = {LOCATION: links.urls(run.run_id)[RESULT], LINK: links.header(run.run_id)}
         return JSONResponse(status_document(run, links), status_code=303, headers=headers)
-    return _status_response(request, run)
+    return _status_response(request, run, queue=await _queue_position(request, run))
 
 
 async def run_result(request: Request) -> Response:
@@ -358,6 +373,7 @@ def route_policies(config: Config) -> list[dict[str, Any]]:
         "max_attempts": config.runs.max_attempts,
         "max_body_bytes": config.limits.max_body_bytes,
         "webhook": config.webhooks.default_url,
+        "share": config.limits.max_per_caller,
     }
     return [effective(route, defaults) for route in config.routes]
 

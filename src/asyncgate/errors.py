@@ -6,6 +6,7 @@
     │   └── StoreUnavailable        the store cannot be reached or is too slow
     ├── StoreRefused                the store declined a change and holds what it held
     │   ├── QueueFull               limits.max_queued runs wait already
+    │   ├── ShareExceeded           the caller holds its whole share of runs queued or running
     │   └── WebhookUrlDeleted       a redelivery names no URL and the run's own is gone
     ├── UpstreamError               the exchange with the upstream (or a webhook receiver) failed
     │   ├── ConnectFailed           no connection could be made: nothing was sent
@@ -70,6 +71,16 @@ class StoreRefused(AsyncgateError):
 
 class QueueFull(StoreRefused):
     """Raised by ``create`` when limits.max_queued runs have not started yet; nothing was stored."""
+
+
+class ShareExceeded(StoreRefused):
+    """Raised by ``create`` when a share's counter (``limits.max_per_caller``, a route's ``share``) is
+    at its limit; nothing was stored. ``limit`` and ``where`` ("on route batch") describe the share."""
+
+    def __init__(self, key: str, limit: int, where: str = "") -> None:
+        super().__init__(key)
+        self.limit = limit
+        self.where = where
 
 
 class WebhookUrlDeleted(StoreRefused):

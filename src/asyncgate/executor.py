@@ -22,8 +22,18 @@ from asyncgate.lifecycle import queue_start
 from asyncgate.metrics import Metrics
 from asyncgate.output import HookLimits, Output
 from asyncgate.replay import replay
-from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState, now, recovery_outcome
-from asyncgate.store.base import Execution, Liveness
+from asyncgate.runs import (
+    EXPIRED_OUTCOME,
+    ErrorCode,
+    Outcome,
+    Run,
+    RunError,
+    RunState,
+    now,
+    past_deadline,
+    recovery_outcome,
+)
+from asyncgate.store.base import EXPIRE_BATCH, Execution, Liveness
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing
 from asyncgate.upstream import Upstream
@@ -284,6 +294,9 @@ class Executor:
             return  # the run expired or was removed while queued
         if held.cancelling:
             outcome = Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "cancelled by a client"))
+        elif run.started_at is not None and past_deadline(run, run.started_at):
+            # Claimed after its queue deadline, before the sweep found it: it is never sent.
+            outcome = EXPIRED_OUTCOME
         else:
             logger.info("run %s started (attempt %d)", run.run_id, run.attempt, extra={"run_id": run.run_id})
             started = time.perf_counter()
@@ -427,6 +440,7 @@ class Executor:
         while not self._stopping:
             try:
                 await self._recover_expired()
+                await self._expire_queued()
                 await self.store.purge()
                 self.metrics.runs_queued.set(await self.store.queued_count())
             except StoreError as exc:
@@ -455,6 +469,15 @@ class Executor:
                 if run.state is RunState.RUNNING:
                     await self._recover(run)
             if len(expired) < RECOVERY_BATCH:
+                return
+
+    async def _expire_queued(self) -> None:
+        """End the runs still queued past their queue deadline, in batches, whether or not any claim happens."""
+        while True:
+            runs = await self.store.expire_queued(EXPIRE_BATCH, self.config.runs.retention)
+            for run in runs:
+                self._finished(run, EXPIRED_OUTCOME)
+            if len(runs) < EXPIRE_BATCH:
                 return
 
     def _holds(self, run: Run) -> bool:

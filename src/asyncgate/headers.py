@@ -20,6 +20,8 @@ PREFERENCE_APPLIED = "Preference-Applied"
 WEBHOOK = "Asyncgate-Webhook"
 WEBHOOK_EVENTS = "Asyncgate-Webhook-Events"
 TIMEOUT = "Asyncgate-Timeout"
+PRIORITY = "Asyncgate-Priority"
+QUEUE_DEADLINE = "Asyncgate-Queue-Deadline"
 IDEMPOTENCY_KEY = "Idempotency-Key"
 #: Every Asyncgate-* field belongs to the gateway: never replayed to the upstream as a client sent it.
 GATEWAY_PREFIX = "asyncgate-"
@@ -86,6 +88,8 @@ PREFER_RAW = raw(PREFER)
 WEBHOOK_RAW = raw(WEBHOOK)
 WEBHOOK_EVENTS_RAW = raw(WEBHOOK_EVENTS)
 TIMEOUT_RAW = raw(TIMEOUT)
+PRIORITY_RAW = raw(PRIORITY)
+QUEUE_DEADLINE_RAW = raw(QUEUE_DEADLINE)
 IDEMPOTENCY_KEY_RAW = raw(IDEMPOTENCY_KEY)
 RUN_ID_RAW = raw(RUN_ID)
 RETRY_AFTER_RAW = raw(RETRY_AFTER)

@@ -22,6 +22,7 @@ from asyncgate.errors import (
     PayloadTooLarge,
     QueueFull,
     ServiceUnavailable,
+    ShareExceeded,
     StoreError,
     StoreUnavailable,
     TooManyRequests,
@@ -34,7 +35,7 @@ from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.responses import send_error, send_json, stored_response
 from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import Created, Idempotency, Records
+from asyncgate.store.base import UNFINISHED_TTL, Created, Idempotency, Records, Share
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
 
@@ -53,6 +54,8 @@ MAX_WEBHOOK_URL = 2048
 STORE_RETRY_AFTER = 1
 #: How long a client refused for a full queue should wait before trying again.
 QUEUE_RETRY_AFTER = 5
+#: How long a caller refused for holding its whole share should wait: about as long as one of its runs takes.
+SHARE_RETRY_AFTER = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,10 @@ class Intent:
     route: RoutePolicy | None = None
     #: The webhook events asked for (runs.WEBHOOK_EVENTS), in their order.
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+    #: The run's priority: the route's, or what the caller asked within the route's bounds.
+    priority: int = 0
+    #: Seconds the run may wait for its first start (the route's, or less if the caller asked).
+    queue_deadline: float | None = None
 
 
 def _flag(value: str) -> bool:
@@ -172,6 +179,34 @@ def _timeout(value: str | None, maximum: float) -> float | None:
     return seconds
 
 
+def _priority(value: str | None, route: RoutePolicy | None) -> int:
+    default = route.priority if route else 0
+    if value is None:
+        return default
+    highest = route.highest_priority if route else 0
+    if not (value.strip().isdigit() and int(value) <= highest):
+        raise BadRequest(
+            f"{h.PRIORITY} must be a whole number from 0 to {highest} on this path", code="invalid_priority"
+        )
+    return int(value)
+
+
+def _queue_deadline(value: str | None, route: RoutePolicy | None) -> float | None:
+    allowed = route.queue_deadline if route else None
+    if value is None:
+        return allowed
+    maximum = allowed or float(UNFINISHED_TTL)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= maximum:
+        raise BadRequest(
+            f"{h.QUEUE_DEADLINE} must be a number of seconds in (0, {maximum:g}]", code="invalid_queue_deadline"
+        )
+    return seconds
+
+
 def _idempotency_key(value: str | None) -> str | None:
     if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(
@@ -218,14 +253,17 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, h.TIMEOUT_RAW)
     events = webhook_events([*ours.get(WEBHOOK_EVENTS_PARAM, []), *headers.get(h.WEBHOOK_EVENTS_RAW, [])])
+    priority_header = _single(headers, h.PRIORITY_RAW)
+    deadline_header = _single(headers, h.QUEUE_DEADLINE_RAW)
     is_async = flags == {True} or (preferred and flags != {False})
     if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
         is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
-        if webhooks or timeout_header is not None or events is not None:
+        asked = (timeout_header, priority_header, deadline_header, events)
+        if webhooks or any(value is not None for value in asked):
             raise BadRequest(
-                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, {h.WEBHOOK} and {h.TIMEOUT} need an asynchronous "
-                f"request (add {ASYNC_PARAM}=true)",
+                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, {h.WEBHOOK}, {h.TIMEOUT}, {h.PRIORITY} and "
+                f"{h.QUEUE_DEADLINE} need an asynchronous request (add {ASYNC_PARAM}=true)",
                 code="webhook_requires_async",
             )
         return None
@@ -249,6 +287,8 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
         timeout=_timeout(timeout_header, limits.max_timeout),
         idempotency_key=_idempotency_key(_single(headers, h.IDEMPOTENCY_KEY_RAW)),
         route=limits.route,
+        priority=_priority(priority_header, limits.route),
+        queue_deadline=_queue_deadline(deadline_header, limits.route),
     )
 
 
@@ -304,9 +344,20 @@ _PREFER = h.PREFER.lower()
 _ASYNC_PARAM = ASYNC_PARAM.encode("ascii")
 #: Both webhookEndpoint and webhookEvents.
 _WEBHOOK = b"webhook"
-_GATEWAY_HEADERS = frozenset({h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW})
+_GATEWAY_HEADERS = frozenset(
+    {h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW, h.PRIORITY_RAW, h.QUEUE_DEADLINE_RAW}
+)
 _CLASSIFIED = frozenset(
-    {h.RUN_ID_RAW, h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW, h.IDEMPOTENCY_KEY_RAW}
+    {
+        h.RUN_ID_RAW,
+        h.PREFER_RAW,
+        h.WEBHOOK_RAW,
+        h.WEBHOOK_EVENTS_RAW,
+        h.TIMEOUT_RAW,
+        h.IDEMPOTENCY_KEY_RAW,
+        h.PRIORITY_RAW,
+        h.QUEUE_DEADLINE_RAW,
+    }
 )
 
 
@@ -369,6 +420,10 @@ class RouteLimits:
     def __call__(self, scope: Scope) -> Limits:
         route = self._policies.match(scope["method"], scope["path"]) if self._policies else None
         return self._default if route is None else self._by_route[route.name]
+
+    def route(self, name: str | None) -> RoutePolicy | None:
+        limits = self._by_route.get(name) if name is not None else None
+        return limits.route if limits is not None else None
 
 
 class Intake:
@@ -473,15 +528,25 @@ class Intake:
             request = dataclasses.replace(
                 request, route=route.name, idempotent=route.idempotent, max_attempts=route.max_attempts
             )
-        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now(), caller=caller)
+        created_at = now()
+        if intent.priority or intent.queue_deadline is not None:
+            deadline = None if intent.queue_deadline is None else created_at + intent.queue_deadline
+            request = dataclasses.replace(request, priority=intent.priority, queue_deadline=deadline)
+        run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=created_at, caller=caller)
         idempotency = None
         if intent.idempotency_key is not None:
             fingerprint = request_fingerprint(request.method, request.path, request.query, body)
             idempotency = Idempotency(idempotency_key(caller, intent.idempotency_key), fingerprint)
         try:
             created = await self.store.create(
-                run, body, idempotency=idempotency, max_queued=self.config.limits.max_queued
+                run, body, idempotency=idempotency, max_queued=self.config.limits.max_queued, shares=self._shares(run)
             )
+        except ShareExceeded as exc:
+            raise TooManyRequests(
+                f"this caller holds {exc.limit} runs queued or running{exc.where}; retry once one has ended",
+                code="share_exceeded",
+                retry_after=SHARE_RETRY_AFTER,
+            ) from None
         except QueueFull:
             raise TooManyRequests(
                 f"the gateway holds {self.config.limits.max_queued} queued runs; retry later",
@@ -503,6 +568,16 @@ class Intake:
             existing = await self.store.get(created.run_id)
             return created, existing.state.value if existing else RunState.QUEUED.value
         return created, run.state.value
+
+    def _shares(self, run: Run) -> tuple[Share, ...]:
+        """The caps on the caller's runs that this run counts against: the gateway's, its route's."""
+        route = self.limits_for.route(run.request.route)
+        shares = []
+        if self.config.limits.max_per_caller is not None:
+            shares.append(Share(run.caller, self.config.limits.max_per_caller))
+        if route is not None and route.share is not None:
+            shares.append(Share(f"{run.caller} {route.name}", route.share, f" on route {route.name}"))
+        return tuple(shares)
 
     async def _wait_for_result(self, run_id: str, wait: float) -> RunResult | None:
         """The run's upstream response if it finishes within ``wait`` s, else None (the 202 follows)."""

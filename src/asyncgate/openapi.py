@@ -37,6 +37,7 @@ from asyncgate.intake import (
     MAX_IDEMPOTENCY_KEY,
     MAX_WEBHOOK_URL,
     QUEUE_RETRY_AFTER,
+    SHARE_RETRY_AFTER,
     STORE_RETRY_AFTER,
     TRUE_WORDS,
     WEBHOOK_EVENTS_PARAM,
@@ -48,7 +49,7 @@ from asyncgate.output import CHUNKS, MAX_PIECE, NDJSON, SSE
 from asyncgate.policies import AsyncMode
 from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES
 from asyncgate.responses import JSONResponse
-from asyncgate.runs import WEBHOOK_EVENTS, DeliveryState, ErrorCode, RunState
+from asyncgate.runs import MAX_PRIORITY, WEBHOOK_EVENTS, DeliveryState, ErrorCode, RunState
 from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind
 
 Schema = dict[str, Any]
@@ -76,8 +77,9 @@ The workflow:
    `Retry-After: {retry_after}`, `{{"run_id": "...", "status": "queued"}}`.
 2. **Follow**: poll `GET {prefix}/runs/{{run_id}}` (`Retry-After` says when to ask again), long-poll
    it with `?wait=N`, or stream its state changes from `GET {prefix}/runs/{{run_id}}/events`.
-   A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`
-   or `cancelled`.
+   A run is `queued`, then `running`, and ends `succeeded` (the upstream answered 2xx), `failed`,
+   `cancelled`, or `expired` (still queued at its queue deadline: never sent). While queued, its
+   status shows `queue`: the runs ahead of it and a rough estimate of the wait.
 3. **Fetch the result**: `GET {prefix}/runs/{{run_id}}/result` answers exactly what the upstream
    answered (status, headers, body). Or ask the status to send you there: with
    `?{redirect}={to_result}`, a finished run's status answers `303 See Other` to its result.
@@ -133,7 +135,7 @@ an `event` name and a JSON `data` line:
 
 * `queued`, `running`: the run entered that state (`data` is a `StateEvent`); a run whose holder
   was lost goes back to `queued` and then `running` again with the next `attempt`;
-* `succeeded`, `failed`, `cancelled`: the final state, with `upstream_status` and `error`;
+* `succeeded`, `failed`, `cancelled`, `expired`: the final state, with `upstream_status` and `error`;
 * `webhook`: the webhook delivery changed (`data` is a `WebhookEvent`);
 * `output`: while the run works, what a streaming upstream answers (`text/event-stream`,
   `application/x-ndjson`, or a chunked body without a length), as it arrives: one event per
@@ -153,7 +155,7 @@ so by itself) or as `?after=`: the stream goes on after that event. Ids are opaq
 """
 
 _WEBHOOK = """\
-When a run with a webhook ends (`succeeded`, `failed` or `cancelled`), the gateway POSTs to the
+When a run with a webhook ends (`succeeded`, `failed`, `cancelled` or `expired`), the gateway POSTs to the
 webhook URL {body}
 
 The delivery is signed per Standard Webhooks v1 when `webhooks.signing_secrets` is set
@@ -386,6 +388,18 @@ def _submission_params(config: Config) -> list[Schema]:
             {"type": "number", "exclusiveMinimum": 0, "maximum": config.runs.timeout},
         ),
         _header_param(
+            h.PRIORITY,
+            "The run's priority, from 0 (lowest) to the route's `priority_max`: higher priorities are claimed first "
+            "(the route's `priority` when absent). Outside the route's bounds, 400 `invalid_priority`.",
+            {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        ),
+        _header_param(
+            h.QUEUE_DEADLINE,
+            "Seconds the run may wait in the queue; still queued after it, it ends `expired` and is never sent. "
+            "At most the route's `queue_deadline`.",
+            {"type": "number", "exclusiveMinimum": 0},
+        ),
+        _header_param(
             h.IDEMPOTENCY_KEY,
             "Submitting the same request again with the same key (per caller) returns the run it made "
             "instead of a new one, with `Asyncgate-Idempotent-Replay: true`; a different request with that "
@@ -424,6 +438,8 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("invalid_header", f"{h.WEBHOOK.lower()} is given more than once"),
             ("invalid_timeout", f"{h.TIMEOUT} must be a number of seconds in (0, {config.runs.timeout:g}]"),
             ("invalid_idempotency_key", f"{h.IDEMPOTENCY_KEY} must hold 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            ("invalid_priority", f"{h.PRIORITY} must be a whole number from 0 to 5 on this path"),
+            ("invalid_queue_deadline", f"{h.QUEUE_DEADLINE} must be a number of seconds in (0, 30]"),
             ("webhook_requires_async", f"{WEBHOOK_PARAM}, {h.WEBHOOK} and {h.TIMEOUT} need ..."),
             ("async_not_allowed", "requests to /health/** are never asynchronous (route health); ..."),
             ("sync_not_allowed", "requests to /v1/batch/** are always asynchronous (route batch); ..."),
@@ -437,9 +453,12 @@ def _submission_operation(config: Config, method: str) -> Schema:
             ("idempotency_key_reused", "this Idempotency-Key was used for a different request"),
         ),
         "429": _error_response(
-            f"`limits.max_queued` ({config.limits.max_queued}) runs are waiting already; retry after "
-            f"`Retry-After` ({QUEUE_RETRY_AFTER} s). Nothing was stored.",
+            f"`limits.max_queued` ({config.limits.max_queued}) runs are waiting already (retry after "
+            f"`Retry-After`, {QUEUE_RETRY_AFTER} s), or the caller holds its share of runs queued or running "
+            f"(`limits.max_per_caller`, a route's `share`; retry after `Retry-After`, {SHARE_RETRY_AFTER} s). "
+            "Nothing was stored.",
             ("queue_full", f"the gateway holds {config.limits.max_queued} queued runs; retry later"),
+            ("share_exceeded", "this caller holds 20 runs queued or running on route batch; retry once one has ended"),
             retry_after=True,
         ),
         "503": _error_response(
@@ -1037,7 +1056,8 @@ def _schemas(prefix: str) -> dict[str, Schema]:
         "RunState": {
             "type": "string",
             "enum": [state.value for state in RunState],
-            "description": "`queued` → `running` → `succeeded` | `failed` | `cancelled` (the last three are final).",
+            "description": "`queued` → `running` → `succeeded` | `failed` | `cancelled` | `expired` "
+            "(the last four are final).",
         },
         "RunError": {
             "type": "object",
@@ -1155,6 +1175,10 @@ def _route_policy_schema() -> Schema:
                 "description": "The default webhook (URL masked) and the events it gets.",
                 "properties": {"url": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}},
             },
+            "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+            "priority_max": {"type": "integer", "description": "The highest priority a caller may ask for."},
+            "queue_deadline": {"type": ["number", "null"], "description": "Seconds a run may wait queued."},
+            "share": {"type": ["integer", "null"], "description": "Runs one caller may hold queued or running."},
         },
     }
 
@@ -1205,7 +1229,34 @@ def _run_status_schema(prefix: str) -> Schema:
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
         "progress": {"value": 1.0, "message": "done", "attempt": 1, "at": "2026-11-23T10:05:40.870Z"},
     }
-    return {**_fields_schema(RUN_STATUS), "examples": [example]}
+    schema = _fields_schema(RUN_STATUS)
+    return {**schema, "properties": schema["properties"] | _OPTIONAL_STATUS, "examples": [example]}
+
+
+#: Status fields shown only when they apply (status.py adds them): a run without them reads as it always did.
+_OPTIONAL_STATUS: Schema = {
+    "priority": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_PRIORITY,
+        "description": "Only when not 0: higher priorities are claimed first.",
+    },
+    "queue_deadline": {
+        "type": "string",
+        "format": "date-time",
+        "description": "Only when the run has one: still queued then, it ends `expired` and is never sent.",
+    },
+    "queue": {
+        "type": "object",
+        "description": "Only while queued: the runs claimed before this one (higher priorities, then older), "
+        "and a rough wait in seconds (the runs ahead divided by the recent claim rate; null when unknown).",
+        "required": ["ahead", "estimated_wait"],
+        "properties": {
+            "ahead": {"type": "integer", "minimum": 0},
+            "estimated_wait": {"type": ["number", "null"]},
+        },
+    },
+}
 
 
 def _run_urls_schema() -> Schema:
@@ -1354,7 +1405,8 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
         },
         "StateEvent": {
             "type": "object",
-            "description": "The `data` of a `queued`, `running`, `succeeded`, `failed` or `cancelled` event.",
+            "description": "The `data` of a `queued`, `running`, `succeeded`, `failed`, `cancelled` or `expired` "
+            "event.",
             "required": ["event", "status", "attempt", "at", "run_id"],
             "properties": {
                 "event": _ref("schemas", "RunState"),

@@ -48,8 +48,21 @@ class RoutePolicy:
     max_body_bytes: int | None = None
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+    #: The priority of the route's runs (0 to runs.MAX_PRIORITY).
+    priority: int = 0
+    #: The highest priority a caller may ask for (Asyncgate-Priority); None: only ``priority`` or less.
+    priority_max: int | None = None
+    #: Seconds a run may wait for its first start before it ends expired; a caller may ask for less.
+    queue_deadline: float | None = None
+    #: Runs one caller may hold queued or running on this route at once; None: no cap of its own.
+    share: int | None = None
     #: The compiled ``path``.
     pattern: re.Pattern[str] = dataclasses.field(default=re.compile(""), compare=False, repr=False)
+
+    @property
+    def highest_priority(self) -> int:
+        """The highest priority a run on this route may get."""
+        return max(self.priority, self.priority_max or 0)
 
     def matches(self, method: str, path: str) -> bool:
         return (not self.methods or method in self.methods) and self.pattern.fullmatch(path) is not None
@@ -78,8 +91,8 @@ class RoutePolicies:
 def effective(route: RoutePolicy, defaults: dict[str, Any]) -> dict[str, Any]:
     """A route as readyz and the OpenAPI document show it: every setting, the gateway's where it sets none.
 
-    ``defaults`` holds the gateway-wide ``timeout``, ``max_attempts``, ``max_body_bytes`` and
-    ``webhook`` (a URL or None). Webhook URLs are masked: they often carry tokens.
+    ``defaults`` holds the gateway-wide ``timeout``, ``max_attempts``, ``max_body_bytes``,
+    ``webhook`` (a URL or None) and ``share`` (limits.max_per_caller). Webhook URLs are masked: they often carry tokens.
     """
     webhook = route.webhook_url or defaults["webhook"]
     return {
@@ -92,4 +105,8 @@ def effective(route: RoutePolicy, defaults: dict[str, Any]) -> dict[str, Any]:
         "max_attempts": route.max_attempts or defaults["max_attempts"],
         "max_body_bytes": route.max_body_bytes or defaults["max_body_bytes"],
         "webhook": None if webhook is None else {"url": mask_url(webhook), "events": list(route.webhook_events)},
+        "priority": route.priority,
+        "priority_max": route.highest_priority,
+        "queue_deadline": route.queue_deadline,
+        "share": route.share or defaults.get("share"),
     }

@@ -16,9 +16,12 @@ from asyncgate.headers import IDEMPOTENCY_KEY
 
 Headers = tuple[tuple[str, str], ...]
 
+#: Priorities run from 0 (the default, lowest) to this.
+MAX_PRIORITY = 9
+
 
 class RunState(StrEnum):
-    """Where a run is in its life; the three last are final."""
+    """Where a run is in its life; the four last are final."""
 
     #: Stored and waiting for an executor.
     QUEUED = "queued"
@@ -30,21 +33,25 @@ class RunState(StrEnum):
     FAILED = "failed"
     #: A client cancelled the run.
     CANCELLED = "cancelled"
+    #: The run was still queued past its queue deadline; the upstream never saw it.
+    EXPIRED = "expired"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.EXPIRED})
 
 _TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
-    # RUNNING -> QUEUED is a holder lost and its run handed back for another attempt.
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED, RunState.EXPIRED}),
+    # RUNNING -> QUEUED is a holder lost and its run handed back for another attempt; RUNNING ->
+    # EXPIRED a claim that found its deadline passed, before anything was sent.
     RunState.RUNNING: frozenset({RunState.QUEUED, *FINAL_STATES}),
     RunState.SUCCEEDED: frozenset(),
     RunState.FAILED: frozenset(),
     RunState.CANCELLED: frozenset(),
+    RunState.EXPIRED: frozenset(),
 }
 
 
@@ -70,6 +77,8 @@ class ErrorCode(StrEnum):
     MAX_ATTEMPTS = "max_attempts"
     #: A client cancelled the run.
     CANCELLED = "cancelled"
+    #: The run waited in the queue past its queue deadline (its route's, or the caller's).
+    QUEUE_DEADLINE_EXCEEDED = "queue_deadline_exceeded"
 
 
 class DeliveryState(StrEnum):
@@ -171,6 +180,11 @@ class RunRequest:
             return ()
         return tuple(event for event in self.webhook_events if event != COMPLETED)
 
+    #: Claimed before runs of lower priority (0, the default, to MAX_PRIORITY).
+    priority: int = 0
+    #: The time (Unix seconds) past which the run, still waiting for its first start, ends expired.
+    queue_deadline: float | None = None
+
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
@@ -265,6 +279,8 @@ def mask_url(url: str) -> str:
 #: RunRequest fields written only when a route policy set them: a request without one keeps the
 #: form older gateways read, and older records (without them) read as "no route".
 _POLICY_FIELDS = ("route", "idempotent", "max_attempts")
+#: Written only when they differ from their default, for the same reason.
+_QUEUE_FIELDS = {"priority": 0, "queue_deadline": None}
 
 
 # The stored form grows by optional fields only (as _POLICY_FIELDS did): every gateway of a rolling
@@ -283,6 +299,9 @@ def dump_request(request: RunRequest) -> bytes:
         data.update((name, getattr(request, name)) for name in _POLICY_FIELDS)
     if request.webhook_events != DEFAULT_WEBHOOK_EVENTS:
         data["webhook_events"] = request.webhook_events  # written only when asked: older gateways read the rest
+    data.update(
+        (name, value) for name, default in _QUEUE_FIELDS.items() if (value := getattr(request, name)) != default
+    )
     return orjson.dumps(data)
 
 
@@ -299,6 +318,8 @@ def load_request(data: bytes | str) -> RunRequest:
         idempotent=raw.get("idempotent"),
         max_attempts=raw.get("max_attempts"),
         webhook_events=tuple(raw.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS),
+        priority=raw.get("priority", 0),
+        queue_deadline=raw.get("queue_deadline"),
     )
 
 
@@ -353,6 +374,21 @@ def safe_to_resend(request: RunRequest) -> bool:
     if request.method.upper() in IDEMPOTENT_METHODS:
         return True
     return any(name.lower() == _IDEMPOTENCY_KEY for name, _ in request.headers)
+
+
+#: How a run still queued past its queue deadline ends.
+EXPIRED_OUTCOME = Outcome(
+    RunState.EXPIRED,
+    error=RunError(
+        ErrorCode.QUEUE_DEADLINE_EXCEEDED, "the run was still queued at its queue deadline; it was never sent"
+    ),
+)
+
+
+def past_deadline(run: Run, at: float) -> bool:
+    """Whether a run claimed at ``at`` must end expired rather than start: its first start came too late."""
+    deadline = run.request.queue_deadline
+    return deadline is not None and run.attempt <= 1 and at > deadline
 
 
 def recovery_outcome(run: Run, max_attempts: int) -> Outcome | None:

@@ -141,5 +141,14 @@ RUN_STATUS: tuple[Field[RunReader], ...] = (
 
 
 def status_document(run: Run, links: RunLinks) -> dict[str, Any]:
-    """The run's status resource: its public fields and the URLs of what can be done with it."""
-    return {field.name: field.read(run, links) for field in RUN_STATUS}
+    """The run's status resource: its public fields and the URLs of what can be done with it.
+
+    ``priority`` and ``queue_deadline`` follow only when set, so that a gateway without priorities
+    or deadlines shows what it always did (openapi.py describes them apart).
+    """
+    document = {field.name: field.read(run, links) for field in RUN_STATUS}
+    if run.request.priority:
+        document["priority"] = run.request.priority
+    if run.request.queue_deadline is not None:
+        document["queue_deadline"] = rfc3339(run.request.queue_deadline)
+    return document

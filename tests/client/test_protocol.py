@@ -257,6 +257,11 @@ def test_settle_raises_with_the_run_attached(client: Client) -> None:
         protocol.settle(run, cancelled)
     succeeded = protocol.run_status({**STATUS, "status": "succeeded", "error": None})
     assert protocol.settle(run, succeeded) is succeeded
+    expired = {"code": "queue_deadline_exceeded", "message": "the run was still queued at its queue deadline"}
+    late = protocol.run_status({**STATUS, "status": "expired", "upstream_status": None, "error": expired})
+    with pytest.raises(RunFailed) as never_sent:
+        protocol.settle(run, late)
+    assert (never_sent.value.upstream_status, never_sent.value.error_code) == (None, "queue_deadline_exceeded")
 
 
 def test_run_failed_carries_the_upstreams_status_headers_and_the_start_of_its_body(client: Client) -> None:

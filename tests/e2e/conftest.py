@@ -24,7 +24,7 @@ from tests.support.servers import ServerThread
 from tests.support.upstream import Calls, upstream_app
 from tests.support.wait import wait_until
 
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
 class Upstream:

@@ -57,6 +57,10 @@ def test_a_dozen_routes_are_served_and_reported(routed: Gateway) -> None:
         "max_attempts": routed.config.runs.max_attempts,
         "max_body_bytes": routed.config.limits.max_body_bytes,
         "webhook": None,
+        "priority": 0,
+        "priority_max": 0,
+        "queue_deadline": None,
+        "share": None,
     }
     assert reported[5]["timeout"] == 1.0 and reported[6]["max_attempts"] == 1 and reported[7]["max_body_bytes"] == 1024
     assert reported[8]["webhook"]["url"].endswith("/route-hook?token=***")  # the token never shows

@@ -254,6 +254,7 @@ def test_a_second_caller_sees_none_of_the_first_callers_runs(browser: Browser, h
         "succeeded": "1",
         "failed": "0",
         "cancelled": "0",
+        "expired": "0",
     }
 
     visit(browser, site, f"/runs/{theirs[0]}", TOKEN_B)

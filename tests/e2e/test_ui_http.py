@@ -17,7 +17,7 @@ from tests.e2e.test_access import ADMIN_TOKEN, HEADER_MODE, TENANT_A, TENANT_B, 
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
+STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 #: The issue's budget for the first view, everything the page loads included.
 FIRST_VIEW_BYTES = 100 * 1024
 

@@ -13,7 +13,7 @@ import pytest
 from starlette.datastructures import Secret
 
 from asyncgate.runs import Outcome, Run, RunRequest, RunResult, RunState, new_run_id, now
-from asyncgate.store.base import RunStore
+from asyncgate.store.base import RunStore, Share
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.store.sealing import Sealer
@@ -94,6 +94,26 @@ def finish_one(store: RunStore, run: Runner, queued: Run, retention: float = RET
     finished = run(store.get(queued.run_id))
     assert finished is not None
     return finished
+
+
+def queue_at(
+    store: RunStore,
+    run: Runner,
+    priority: int = 0,
+    *,
+    deadline: float | None = None,
+    shares: tuple[Share, ...] = (),
+    webhook: str | None = None,
+) -> Run:
+    plain = new_run("POST")
+    request = dataclasses.replace(plain.request, priority=priority, queue_deadline=deadline, webhook_url=webhook)
+    queued = dataclasses.replace(plain, request=request, caller="caller-a")
+    run(store.create(queued, b"body", shares=shares))
+    return queued
+
+
+def claim_ids(store: RunStore, run: Runner, limit: int = 1) -> list[str]:
+    return [claimed.run_id for claimed in run(store.claim("owner-a", limit, 0, LEASE))]
 
 
 @pytest.fixture

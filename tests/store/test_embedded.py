@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -316,3 +317,27 @@ def test_the_queue_length_is_counted_afresh_on_open(embedded: EmbeddedRunStore, 
             run(again.create(new_run(), b"", max_queued=4))
     finally:
         run(again.close())
+
+
+def test_a_file_from_before_priorities_opens_and_its_queued_runs_are_claimed(data_dir: Path, run: Runner) -> None:
+    # The file an older version made: no priority, deadline or share columns, the queue indexed by seq.
+    old_schema = embedded_module._SCHEMA
+    for column in ("priority INTEGER NOT NULL DEFAULT 0,", "queue_deadline REAL,", "share TEXT,", "route_share TEXT"):
+        old_schema = old_schema.replace(column, "")
+    old_schema = re.sub(r",\s*\)", "\n)", old_schema)  # the comma before the columns taken out
+    data_dir.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db:
+        db.executescript(old_schema + "CREATE INDEX runs_queue ON runs (seq) WHERE state = 'queued';")
+        assert "priority" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    store = EmbeddedRunStore(data_dir)
+    run(store.open())
+    try:
+        queued = new_run()
+        run(store.create(queued, b""))
+        (claimed,) = run(store.claim("owner", 5, 0, LEASE))
+        assert claimed.run_id == queued.run_id and run(store.share_counts()) == {}
+    finally:
+        run(store.close())
+    with contextlib.closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "runs_ranked" in indexes and "runs_queue" not in indexes

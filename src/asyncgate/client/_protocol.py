@@ -396,8 +396,11 @@ def has_failed_answer(status: RunStatus) -> bool:
 
 
 def settle(run: Run | AsyncRun, status: RunStatus, answer: Result | None = None) -> RunStatus:
-    """``status`` if the run succeeded; RunFailed (with the upstream's ``answer``) or RunCancelled if not."""
-    if status.state is RunState.FAILED:
+    """``status`` if the run succeeded; RunFailed (with the upstream's ``answer``) or RunCancelled if not.
+
+    A run ``expired`` in the queue failed too (``error_code`` ``queue_deadline_exceeded``), never sent.
+    """
+    if status.state in (RunState.FAILED, RunState.EXPIRED):
         raise RunFailed(run, status, answer)
     if status.state is RunState.CANCELLED:
         raise RunCancelled(run, status)

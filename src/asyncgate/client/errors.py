@@ -5,7 +5,7 @@
     ├── ProtocolError           the gateway answered something the protocol does not allow
     ├── APIError                the gateway's API refused the call: 4xx/5xx with a stable ``code``
     └── RunError                a run did not end as the caller needed; ``run`` is attached
-        ├── RunFailed           the run failed (``error_code``; the upstream's status, headers, body start)
+        ├── RunFailed           the run failed or expired (``error_code``; the upstream's status, headers, body start)
         ├── RunCancelled        the run was cancelled
         └── WaitTimeout         the run was not final within the caller's timeout
 
@@ -80,7 +80,7 @@ class RunError(AsyncgateClientError):
 
 
 class RunFailed(RunError):
-    """Raised by ``wait`` (and ``Client.run``) when the run ended ``failed``.
+    """Raised by ``wait`` (and ``Client.run``) when the run ended ``failed``, or ``expired`` in the queue.
 
     When the upstream answered, ``upstream_status``, ``upstream_headers`` and ``upstream_body``
     (its first ``BODY_PREVIEW`` bytes) say how; otherwise they are None, None and ``b""``, and

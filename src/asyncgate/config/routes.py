@@ -10,7 +10,7 @@ from asyncgate.config.values import check_webhook_url, parse_duration, parse_siz
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
-from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS
+from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, MAX_PRIORITY
 from asyncgate.runs import WEBHOOK_EVENTS as RUN_WEBHOOK_EVENTS
 
 _NAME = r"[A-Za-z0-9._~-]{1,64}"
@@ -105,6 +105,44 @@ ROUTE_DECLARATIONS = (
         {"type": ["string", "object"]},
         run_only=True,
     ),
+    RouteKey(
+        "priority",
+        "5",
+        "`0`",
+        "the priority of the route's runs, `0` (lowest) to `9`; higher priorities are claimed first "
+        "(see [Priorities](#priorities-queue-deadlines-and-shares))",
+        {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        run_only=True,
+    ),
+    RouteKey(
+        "priority_max",
+        "9",
+        "`priority`",
+        "the highest priority a caller may ask for with an `Asyncgate-Priority: N` header (`0` to this; 400 "
+        "`invalid_priority` otherwise)",
+        {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        run_only=True,
+    ),
+    RouteKey(
+        "queue_deadline",
+        "30s",
+        "none",
+        "how long a run may wait in the queue for its first start; still queued then, it ends `expired` (error "
+        "`queue_deadline_exceeded`) and is never sent. A caller may ask for less with "
+        "`Asyncgate-Queue-Deadline: SECONDS` (400 `invalid_queue_deadline` past the route's)",
+        {"type": ["string", "number"]},
+        run_only=True,
+    ),
+    RouteKey(
+        "share",
+        "20",
+        "none",
+        "runs one caller may hold queued or running on this route at once, across all gateways; past it, 429 "
+        "`share_exceeded` with `Retry-After` (other callers are still served). Counted besides "
+        "`limits.max_per_caller`",
+        {"type": "integer", "minimum": 1},
+        run_only=True,
+    ),
 )
 ROUTE_KEYS = tuple(key.name for key in ROUTE_DECLARATIONS)
 _RUN_ONLY_KEYS = tuple(key.name for key in ROUTE_DECLARATIONS if key.run_only)
@@ -158,6 +196,28 @@ def _checked(index: int, entry: Any) -> dict[str, Any]:
     return entry
 
 
+def _priority(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PRIORITY:
+        raise ConfigError(key, f"expected a priority from 0 (lowest) to {MAX_PRIORITY}, got {value!r}")
+    return value
+
+
+def _queue_settings(where: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A route's priority, priority_max, queue_deadline and share, as RoutePolicy fields."""
+    found: dict[str, Any] = {}
+    if "priority" in entry:
+        found["priority"] = _priority(f"{where}.priority", entry["priority"])
+    if "priority_max" in entry:
+        found["priority_max"] = _priority(f"{where}.priority_max", entry["priority_max"])
+        if found["priority_max"] < found.get("priority", 0):
+            raise ConfigError(f"{where}.priority_max", "must not be lower than the route's priority")
+    if "queue_deadline" in entry:
+        found["queue_deadline"] = parse_duration(f"{where}.queue_deadline", entry["queue_deadline"])
+    if "share" in entry:
+        found["share"] = positive_int(f"{where}.share", entry["share"])
+    return found
+
+
 def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
     where = f"routes[{index}]"
     entry = _checked(index, entry)
@@ -180,6 +240,7 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
         webhook_url=webhook_url,
         webhook_events=events,
         pattern=compile_pattern(entry["path"]),
+        **_queue_settings(where, entry),
     )
 
 

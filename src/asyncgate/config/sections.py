@@ -100,6 +100,12 @@ class LimitsConfig:
     max_inflight: int = setting(64, "async runs one gateway executes at once")
     max_connections: int = setting(1024, "upstream connections the synchronous pass-through may hold at once")
     max_queued: int = setting(10_000, "runs accepted and not started, across all gateways; past it 429 + Retry-After")
+    max_per_caller: int | None = setting(
+        None,
+        "runs one caller may hold queued or running, across all gateways; past it 429 `share_exceeded` + "
+        "Retry-After (null: no cap)",
+        see="configuration.md#priorities-queue-deadlines-and-shares",
+    )
     max_wait: float = duration(60.0, "longest ?wait=N or Prefer: wait=N a client may ask for")
     request_timeout: float = duration(
         30.0, "a request head must arrive within this; bodies must keep >= 500 B/s after it"

@@ -13,8 +13,8 @@
   const OPEN = meta("asyncgate-mode") === "open";
   const HEADER = meta("asyncgate-header");
   const TOKEN_KEY = "asyncgate.token";
-  const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
-  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const STATES = ["queued", "running", "succeeded", "failed", "cancelled", "expired"];
+  const FINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
   const DELIVERY_FINAL = new Set(["delivered", "failed", "gone"]);
   // SVG is left out on purpose: it can carry script, and is offered as a download instead.
   const RASTER = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp"]);
@@ -745,6 +745,11 @@
       definition(details, "Path", el("span", { class: "mono wrap", text: run.path }), "d-path");
       definition(details, "Status", run.status, "d-status");
       definition(details, "Attempt", run.attempt, "d-attempt");
+      if (run.priority) definition(details, "Priority", run.priority, "d-priority");
+      if (run.queue) {
+        const wait = run.queue.estimated_wait === null ? "" : `, about ${formatDuration(run.queue.estimated_wait * 1000)}`;
+        definition(details, "In the queue", `${run.queue.ahead} ahead${wait}`, "d-queue");
+      }
       definition(details, "Created", timeCell(run.created_at), "d-created");
       definition(details, "Started", timeCell(run.started_at), "d-started");
       definition(details, "Finished", timeCell(run.finished_at), "d-finished");

@@ -26,6 +26,7 @@ told so by its next one, and must let go of everything it holds (see docs/leases
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from enum import StrEnum
@@ -44,6 +45,64 @@ UNFINISHED_TTL = 7 * 24 * 3600
 PURGE_BATCH = 500
 #: Rounds of one purge() call, at most: 10,000 runs per recovery interval of each gateway.
 PURGE_ROUNDS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+    """A cap on the runs one caller holds queued or running: ``key`` names the counter, shared by
+    every gateway; each run counted is uncounted when it ends, whichever way it ends."""
+
+    key: str
+    limit: int
+    #: Where the cap applies, for the refusal's message (" on route batch"); empty for the gateway's own.
+    where: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuePosition:
+    """Where a queued run stands: runs claimed before it, and a rough wait in seconds (None: unknown)."""
+
+    ahead: int
+    wait: float | None
+
+
+#: Every this many claim batches, a gateway takes the oldest run of the lowest non-empty priority
+#: level first, so a flood of higher priorities delays lower ones but never stops them.
+STARVATION_ROUND = 4
+#: Queued runs past their deadline ended per sweep round, at most.
+EXPIRE_BATCH = 500
+
+
+class ClaimRate:
+    """Runs claimed per second, over the last ``window`` s, from samples of a running total of claims.
+
+    The rough wait a queued run's status shows is the runs ahead of it divided by this rate.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def observe(self, total: int, at: float) -> None:
+        samples = self._samples
+        if samples and at - samples[-1][0] < 1.0:
+            samples[-1] = (samples[-1][0], total)  # one sample a second is plenty, whatever the traffic
+        else:
+            samples.append((at, total))
+        while len(samples) > 2 and at - samples[1][0] >= self.window:
+            samples.popleft()
+
+    def per_second(self, at: float) -> float | None:
+        """The rate, or None before two samples a second apart exist (or when nothing was claimed)."""
+        if len(self._samples) < 2:
+            return None
+        (first, start), (_, end) = self._samples[0], self._samples[-1]
+        elapsed = at - first
+        return (end - start) / elapsed if elapsed >= 1.0 and end > start else None
+
+    def wait(self, ahead: int, at: float) -> float | None:
+        rate = self.per_second(at)
+        return None if rate is None else round((ahead + 1) / rate, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,13 +277,21 @@ class Records(Protocol):
     """Runs as callers see them: accepted by intake, read, listed, followed and cancelled by the API."""
 
     async def create(
-        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+        self,
+        run: Run,
+        body: bytes,
+        *,
+        idempotency: Idempotency | None = None,
+        max_queued: int = 0,
+        shares: Sequence[Share] = (),
     ) -> Created:
-        """Store a new ``queued`` run and its request body, and queue it, all or nothing.
+        """Store a new ``queued`` run and its request body, and queue it at its priority, all or nothing.
 
-        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not, and
-        ``QueueFull`` when ``max_queued`` (> 0) runs are waiting already. With an idempotency
-        key that already names a live run, stores nothing and says which run it names.
+        Returns only once the run is durable; raises ``StoreUnavailable`` if it is not,
+        ``QueueFull`` when ``max_queued`` (> 0) runs are waiting already, and ``ShareExceeded``
+        when a share's counter is at its limit (else every share's counter counts the run, until
+        it ends). With an idempotency key that already names a live run, stores nothing and says
+        which run it names.
         """
 
     async def get(self, run_id: str) -> Run | None:
@@ -244,6 +311,12 @@ class Records(Protocol):
     async def cancel(self, run_id: str, retention: float) -> CancelResult:
         """Cancel a queued run at once, or flag a running one for its holder to abort."""
 
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        """Where the queued ``run`` stands in the queue, or None if it is not queued."""
+
+    async def share_counts(self) -> dict[str, int]:
+        """Every share counter that is not zero, by its key (a run's end must bring its own back)."""
+
 
 class Execution(Protocol):
     """The queue of work and the attempts on it, as the executor uses them: claims, leases,
@@ -251,6 +324,9 @@ class Execution(Protocol):
 
     async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Take up to ``limit`` queued runs for ``owner``, waiting at most ``wait`` s for one.
+
+        Higher priorities first, oldest first within one; every STARVATION_ROUND-th call starts
+        with the oldest run of the lowest priority that has any.
 
         Each returned run is ``running``, its attempt incremented, ``started_at`` set, and
         leased to ``owner`` for ``lease`` seconds. Runs cancelled while queued are skipped.
@@ -309,6 +385,10 @@ class Execution(Protocol):
 
     async def expired(self, limit: int) -> list[Run]:
         """Up to ``limit`` running runs whose lease has run out (their holder is lost)."""
+
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        """End ``expired`` (kept ``retention`` s) up to ``limit`` runs still waiting for their first
+        start past their queue deadline, each with its webhook delivery like any end; return them."""
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         """Hand a running attempt back to the queue, fenced like ``finish``."""

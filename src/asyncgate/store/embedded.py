@@ -18,9 +18,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
+from asyncgate.errors import QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     COMPLETED,
+    EXPIRED_OUTCOME,
     Delivery,
     DeliveryState,
     ErrorCode,
@@ -41,8 +42,10 @@ from asyncgate.runs import (
 from asyncgate.store.base import (
     PURGE_BATCH,
     PURGE_ROUNDS,
+    STARVATION_ROUND,
     UNFINISHED_TTL,
     CancelResult,
+    ClaimRate,
     Created,
     DueDelivery,
     DueHook,
@@ -52,6 +55,8 @@ from asyncgate.store.base import (
     Identity,
     Lease,
     Liveness,
+    QueuePosition,
+    Share,
     delivery_event,
     state_event,
 )
@@ -107,7 +112,11 @@ CREATE TABLE IF NOT EXISTS runs (
     hook_seq INTEGER NOT NULL DEFAULT 0,
     hook_token INTEGER NOT NULL DEFAULT 0,
     hook_next_at REAL,
-    hook_dropped INTEGER NOT NULL DEFAULT 0
+    hook_dropped INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    queue_deadline REAL,
+    share TEXT,
+    route_share TEXT
 );
 -- Lifecycle webhook deliveries waiting (start, output, progress), sent in seq order per run.
 CREATE TABLE IF NOT EXISTS hooks (
@@ -136,7 +145,6 @@ CREATE INDEX IF NOT EXISTS idempotency_run ON idempotency (run_id);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE INDEX IF NOT EXISTS runs_caller ON runs (caller, created_at);
 CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state IN ('pending', 'delivering');
-CREATE INDEX IF NOT EXISTS runs_queue ON runs (seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS runs_leases ON runs (lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
 -- How many runs are queued, kept by triggers: counting the queue at each submission (for
@@ -153,19 +161,49 @@ BEGIN UPDATE queue_length SET runs = runs - 1; END;
 CREATE TRIGGER IF NOT EXISTS queue_delete AFTER DELETE ON runs WHEN OLD.state = 'queued'
 BEGIN UPDATE queue_length SET runs = runs - 1; END;
 """
+# Made after the columns a file from an older version lacks have been added (see _connect).
+_QUEUE_SCHEMA = """
+-- The queue, in claim order: higher priorities first, then oldest. It replaces the index on
+-- seq alone of the versions without priorities, so a queued run costs no more index to keep.
+CREATE INDEX IF NOT EXISTS runs_ranked ON runs (priority DESC, seq) WHERE state = 'queued';
+DROP INDEX IF EXISTS runs_queue;
+CREATE INDEX IF NOT EXISTS runs_deadlines ON runs (queue_deadline)
+WHERE state = 'queued' AND queue_deadline IS NOT NULL;
+-- Runs queued or running per share (store/base.py Share): counted at create, and uncounted by
+-- this trigger whichever way a run ends (finish, cancel, expiry, recovery) or is deleted, so a
+-- count cannot leak. A counter at zero is deleted.
+CREATE TABLE IF NOT EXISTS shares (name TEXT PRIMARY KEY, runs INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS share_end AFTER UPDATE OF state ON runs
+WHEN OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')
+    AND (OLD.share IS NOT NULL OR OLD.route_share IS NOT NULL)
+BEGIN
+    UPDATE shares SET runs = runs - 1 WHERE name IN (OLD.share, OLD.route_share);
+    DELETE FROM shares WHERE runs <= 0;
+END;
+CREATE TRIGGER IF NOT EXISTS share_delete AFTER DELETE ON runs
+WHEN OLD.state IN ('queued', 'running') AND (OLD.share IS NOT NULL OR OLD.route_share IS NOT NULL)
+BEGIN
+    UPDATE shares SET runs = runs - 1 WHERE name IN (OLD.share, OLD.route_share);
+    DELETE FROM shares WHERE runs <= 0;
+END;
+"""
+#: Columns added since the first version of the file, with their declarations.
+_ADDED_COLUMNS = {
+    "webhook_url": "BLOB",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "queue_deadline": "REAL",
+    "share": "TEXT",
+    "route_share": "TEXT",
+    "progress": "BLOB",
+    "progress_n": "INTEGER NOT NULL DEFAULT 0",
+    "progress_id": "INTEGER",
+    "hook_events": "TEXT",
+    "hook_seq": "INTEGER NOT NULL DEFAULT 0",
+    "hook_token": "INTEGER NOT NULL DEFAULT 0",
+    "hook_next_at": "REAL",
+    "hook_dropped": "INTEGER NOT NULL DEFAULT 0",
+}
 _QUEUE_LENGTH = "SELECT runs FROM queue_length"
-#: Columns added after the first release, with their declarations, for files made before.
-_ADDED_COLUMNS = (
-    ("webhook_url", "BLOB"),
-    ("progress", "BLOB"),
-    ("progress_n", "INTEGER NOT NULL DEFAULT 0"),
-    ("progress_id", "INTEGER"),
-    ("hook_events", "TEXT"),
-    ("hook_seq", "INTEGER NOT NULL DEFAULT 0"),
-    ("hook_token", "INTEGER NOT NULL DEFAULT 0"),
-    ("hook_next_at", "REAL"),
-    ("hook_dropped", "INTEGER NOT NULL DEFAULT 0"),
-)
 
 _COLUMNS = (
     "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
@@ -177,15 +215,37 @@ _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
 INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets,
-    webhook_url, hook_events)
+    webhook_url, hook_events, priority, queue_deadline, share, route_share)
 VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook,
-    :secrets, :webhook_url, :hook_events)
+    :secrets, :webhook_url, :hook_events, :priority, :queue_deadline, :share, :route_share)
 """
-# One statement, so one transaction: a queued run is taken by exactly one claim.
-_CLAIM = f"""
+# One statement, so one transaction: a queued run is taken by exactly one claim. Highest
+# priority first, then oldest: the order of the index runs_ranked, so no sort.
+_TAKE = """
 UPDATE runs SET state = 'running', attempt = attempt + 1, started_at = :now, owner = :owner, lease_until = :lease_until
-WHERE run_id IN (SELECT run_id FROM runs WHERE state = 'queued' ORDER BY seq LIMIT :limit)
-RETURNING seq, {_COLUMNS}, secrets
+WHERE run_id IN ({which})
+RETURNING -priority, seq, {columns}, secrets
+"""
+_CLAIM = _TAKE.format(
+    which="SELECT run_id FROM runs WHERE state = 'queued' ORDER BY priority DESC, seq LIMIT :limit", columns=_COLUMNS
+)
+# The starvation round's run: the oldest of the lowest priority that has queued runs.
+_CLAIM_BOTTOM = _TAKE.format(
+    which="SELECT run_id FROM runs WHERE state = 'queued' AND priority = "
+    "(SELECT min(priority) FROM runs WHERE state = 'queued') ORDER BY seq LIMIT 1",
+    columns=_COLUMNS,
+)
+_EXPIRE_QUEUED = f"""
+UPDATE runs SET state = 'expired', finished_at = :now, error = :error, body = NULL, secrets = NULL
+WHERE run_id IN (
+    SELECT run_id FROM runs WHERE state = 'queued' AND queue_deadline < :now AND attempt = 0
+    ORDER BY queue_deadline LIMIT :limit
+)
+RETURNING {_COLUMNS}
+"""
+_AHEAD = """
+SELECT count(*) FROM runs WHERE state = 'queued' AND (priority > :priority OR (priority = :priority AND seq < (
+    SELECT seq FROM runs WHERE run_id = :run_id)))
 """
 _RENEW = f"UPDATE runs SET lease_until = :lease_until WHERE {_FENCE} RETURNING cancel_requested"
 _FINISH = f"""
@@ -232,7 +292,7 @@ WHERE run_id = :run_id AND dlv_seq = :token
 _REDELIVER = f"""
 UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1, expires_at = :now + :unfinished,
     webhook_url = coalesce(:webhook_url, webhook_url)
-WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled') AND {_LIVE}
+WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled', 'expired') AND {_LIVE}
 RETURNING webhook_url IS NOT NULL
 """
 _EXPIRED = f"""
@@ -272,16 +332,17 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {synchronous}")
         db.executescript(_SCHEMA)
+        # A file made by an older version lacks the columns added since.
+        found = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        for column, declaration in _ADDED_COLUMNS.items():
+            if column not in found:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
+        db.executescript(_QUEUE_SCHEMA)
         # Counted afresh at each start: a file from a version without the triggers is right too.
         db.execute("INSERT OR REPLACE INTO queue_length SELECT 1, count(*) FROM runs WHERE state = 'queued'")
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
-        # A file made by an older version lacks the columns added since (sealed webhook URLs, progress).
-        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        for name, declaration in _ADDED_COLUMNS:
-            if name not in columns:
-                db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
         db.execute("CREATE INDEX IF NOT EXISTS runs_hooks ON runs (hook_next_at) WHERE hook_next_at IS NOT NULL")
     except BaseException:
         db.close()
@@ -357,8 +418,24 @@ def _close(db: sqlite3.Connection, run_id: str, event: dict[str, Any], retention
 _REMEMBER_KEY = "INSERT OR REPLACE INTO idempotency (key, run_id, fingerprint) VALUES (:key, :run_id, :fingerprint)"
 
 
+def _count_shares(db: sqlite3.Connection, shares: Sequence[Share]) -> None:
+    """Count the new run against each share, or raise ShareExceeded (the savepoint undoes the rest)."""
+    for share in shares:
+        row = db.execute("SELECT runs FROM shares WHERE name = :name", {"name": share.key}).fetchone()
+        if row is not None and row[0] >= share.limit:
+            raise ShareExceeded(share.key, share.limit, share.where)
+        db.execute(
+            "INSERT INTO shares (name, runs) VALUES (:name, 1) ON CONFLICT (name) DO UPDATE SET runs = runs + 1",
+            {"name": share.key},
+        )
+
+
 def _create(
-    db: sqlite3.Connection, params: dict[str, Any], idempotency: Idempotency | None, max_queued: int
+    db: sqlite3.Connection,
+    params: dict[str, Any],
+    idempotency: Idempotency | None,
+    max_queued: int,
+    shares: Sequence[Share],
 ) -> Created:
     run_id = params["run_id"]
     with _transaction(db):
@@ -375,6 +452,7 @@ def _create(
             (queued,) = db.execute(_QUEUE_LENGTH).fetchone()
             if queued >= max_queued:
                 raise QueueFull()
+        _count_shares(db, shares)
         db.execute(_INSERT, params)
         _log(db, run_id, state_event(RunState.QUEUED, 0, params["created_at"]))
         if idempotency is not None:
@@ -383,14 +461,19 @@ def _create(
     return Created(run_id)
 
 
-def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer) -> list[Run]:
+def _claim(db: sqlite3.Connection, owner: str, limit: int, lease: float, sealer: Sealer, lowest: bool) -> list[Run]:
     started = now()
-    params = {"now": started, "owner": owner, "lease_until": started + lease, "limit": limit}
+    params: dict[str, Any] = {"now": started, "owner": owner, "lease_until": started + lease, "limit": limit}
     with _transaction(db):
-        rows = db.execute(_CLAIM, params).fetchall()
+        bottom = []
+        if lowest:
+            bottom = db.execute(_CLAIM_BOTTOM, params).fetchall()
+            params["limit"] = limit - len(bottom)
+        rows = db.execute(_CLAIM, params).fetchall() if params["limit"] > 0 else []
         runs = []
-        for row in sorted(rows):
-            run = _decode_run(row[1:-1])
+        # In the order they were taken (RETURNING keeps none): the bottom's, then by priority and age.
+        for row in bottom + sorted(rows):
+            run = _decode_run(row[2:-1])
             # Only the holder of a run ever sees its credentials, to replay them.
             runs.append(dataclasses.replace(run, request=sealer.join(run.request, row[-1])))
         for run in runs:
@@ -575,6 +658,16 @@ def _cancel(db: sqlite3.Connection, run_id: str, retention: float) -> CancelResu
     return CancelResult.CANCELLED
 
 
+def _expire_queued(db: sqlite3.Connection, limit: int, retention: float) -> list[Run]:
+    at = now()
+    with _transaction(db):
+        params = {"now": at, "limit": limit, "error": dump_error(EXPIRED_OUTCOME.error)}
+        runs = [_decode_run(row) for row in db.execute(_EXPIRE_QUEUED, params).fetchall()]
+        for run in runs:
+            _close(db, run.run_id, state_event(RunState.EXPIRED, 0, at, EXPIRED_OUTCOME), retention)
+    return runs
+
+
 def _take_deliveries(db: sqlite3.Connection, limit: int, lease: float, sealer: Sealer) -> list[DueDelivery]:
     at = now()
     with _transaction(db):
@@ -754,6 +847,10 @@ class EmbeddedRunStore:
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._progress_key: bytes | None = None
+        #: Claim calls so far (for the starvation round), runs claimed so far, and their rate.
+        self._claims = 0
+        self._claimed = 0
+        self.claim_rate = ClaimRate()
 
     async def open(self) -> None:
         try:
@@ -862,7 +959,13 @@ class EmbeddedRunStore:
         self._changed = asyncio.Event()
 
     async def create(
-        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+        self,
+        run: Run,
+        body: bytes,
+        *,
+        idempotency: Idempotency | None = None,
+        max_queued: int = 0,
+        shares: Sequence[Share] = (),
     ) -> Created:
         request, secrets, webhook_url = self.sealer.split(run.request)
         params = {
@@ -878,8 +981,14 @@ class EmbeddedRunStore:
             "caller": run.caller,
             "webhook": 1 if run.request.hooks(COMPLETED) else 0,
             "hook_events": ",".join(run.request.lifecycle_events) or None,
+            "priority": run.request.priority,
+            "queue_deadline": run.request.queue_deadline,
+            "share": shares[0].key if shares else None,
+            "route_share": shares[1].key if len(shares) > 1 else None,
         }
-        created = await self._write(_create, params, idempotency, max_queued)
+        if len(shares) > 2:
+            raise ValueError("a run counts against two shares at most: its caller's and its route's")
+        created = await self._write(_create, params, idempotency, max_queued, shares)
         if not created.replayed:
             self._work.set()
             self._notify()
@@ -921,7 +1030,11 @@ class EmbeddedRunStore:
         while True:
             # Cleared before looking, so a run queued after the look sets it again.
             self._work.clear()
-            runs = await self._write(_claim, owner, limit, lease, self.sealer)
+            self._claims += 1
+            lowest = self._claims % STARVATION_ROUND == 0
+            runs = await self._write(_claim, owner, limit, lease, self.sealer, lowest)
+            self._claimed += len(runs)
+            self.claim_rate.observe(self._claimed, now())
             remaining = deadline - time.monotonic()
             if runs or remaining <= 0:
                 return runs
@@ -1079,6 +1192,30 @@ class EmbeddedRunStore:
         for _ in range(PURGE_ROUNDS):
             if await self._write(_purge, PURGE_BATCH) < PURGE_BATCH:
                 return
+
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        runs = await self._write(_expire_queued, limit, retention)
+        if runs:
+            self._notify()
+        return runs
+
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        def ahead(db: sqlite3.Connection) -> int | None:
+            params = {"run_id": run.run_id, "priority": run.request.priority}
+            if db.execute("SELECT 1 FROM runs WHERE run_id = :run_id AND state = 'queued'", params).fetchone() is None:
+                return None
+            return int(db.execute(_AHEAD, params).fetchone()[0])
+
+        found = await self._call(ahead)
+        return None if found is None else QueuePosition(found, self.claim_rate.wait(found, now()))
+
+    async def share_counts(self) -> dict[str, int]:
+        """Every share counter that is not zero (for tests and operators: they must return to zero)."""
+
+        def counts(db: sqlite3.Connection) -> dict[str, int]:
+            return dict(db.execute("SELECT name, runs FROM shares").fetchall())
+
+        return await self._call(counts)
 
     async def expired(self, limit: int) -> list[Run]:
         await self._purge_if_due()

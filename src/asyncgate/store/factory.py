@@ -24,7 +24,14 @@ def build_store(config: Config) -> RunStore:
         # A queue entry read and not claimed within a lease lost its reader (killed between the
         # two): its run waits no longer than a lost holder's would (#22).
         idle = min(STALE_ENTRY_IDLE, config.runs.lease)
+        ranked = any(route.highest_priority > 0 for route in config.routes)
         return RedisRunStore(
-            config.store.redis_url, prefix, sealer=sealer, strict=strict, identity=identity, stale_entry_idle=idle
+            config.store.redis_url,
+            prefix,
+            sealer=sealer,
+            strict=strict,
+            identity=identity,
+            stale_entry_idle=idle,
+            ranked=ranked,
         )
     return EmbeddedRunStore(config.store.data_dir, config.store.sqlite_synchronous, sealer=sealer, identity=identity)

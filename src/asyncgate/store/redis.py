@@ -16,9 +16,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from asyncgate.errors import ConfigError, QueueFull, StoreError, StoreUnavailable, WebhookUrlDeleted
+from asyncgate.errors import ConfigError, QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     COMPLETED,
+    EXPIRED_OUTCOME,
+    MAX_PRIORITY,
     Delivery,
     ErrorCode,
     Outcome,
@@ -40,8 +42,10 @@ from asyncgate.runs import (
 from asyncgate.store.base import (
     PURGE_BATCH,
     PURGE_ROUNDS,
+    STARVATION_ROUND,
     UNFINISHED_TTL,
     CancelResult,
+    ClaimRate,
     Created,
     DueDelivery,
     DueHook,
@@ -50,6 +54,8 @@ from asyncgate.store.base import (
     Identity,
     Lease,
     Liveness,
+    QueuePosition,
+    Share,
     delivery_event,
     load_hook,
     pending_delivery,
@@ -79,7 +85,10 @@ logger = logging.getLogger("asyncgate.store")
 #                             event id of the latest, deleted by the next past the kept bound),
 #                             hook_events (the lifecycle webhook events asked for, "start,output"),
 #                             hook_seq (lifecycle deliveries numbered so far), hook_token (fences
-#                             their attempts), hook_dropped (deliveries not queued, queue full).
+#                             their attempts), hook_dropped (deliveries not queued, queue full),
+#                             priority (when not 0), deadline (its queue deadline, when it has
+#                             one), shares (the {P}:shares fields counting it, newline-separated,
+#                             until it ends).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -88,6 +97,25 @@ logger = logging.getLogger("asyncgate.store")
 #   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
+#   {P}:ranked        zset    Queued runs of priority 1 and more (those of priority 0 are in
+#                             {P}:queue): member run id, score rank_band(priority) plus the
+#                             next number of {P}:counters ranked_seq: higher
+#                             priorities first, then first in. Taken by claim() through the claim script,
+#                             which removes the member; a member whose run is not queued is
+#                             dropped when met. {P}:queue is level 0, the lowest.
+#   {P}:wake          stream  One entry per run queued in {P}:ranked, read through the same
+#                             consumer group, only to wake a claim blocked on {P}:queue.
+#                             Capped (MAXLEN ~) at WAKE_MAXLEN.
+#   {P}:deadlines     zset    Queued runs with a queue deadline: member run id, score the
+#                             deadline. expire_queued() ends those past it (or drops the member
+#                             of a run that started meanwhile).
+#   {P}:shares        hash    Field a share's key (store/base.py Share), value the runs it
+#                             counts queued or running; counted by the create script,
+#                             uncounted by every script that ends a run; deleted at zero.
+#   {P}:counters      hash    claimed: runs claimed so far by every gateway (the queue's rate);
+#                             ranked_seq: see {P}:ranked. No TTL: one small key per deployment.
+#   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
+#                             expired() need not scan. A hint only; the run hash is the truth.
 #   {P}:leases        zset    Index of runs leased on their own: member run id, score lease_until,
 #                             so that expired() need not scan. Runs claimed by an owner without a
 #                             heartbeat, or renewed one by one (renew). A hint only; the run hash
@@ -163,6 +191,13 @@ CLAIM_BATCH = 32
 LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
 _QUEUE_ENTRY_LIFETIME_MS = UNFINISHED_TTL * 1000
+#: Wake entries kept at most: each only wakes a blocked claim, so old ones matter to nobody.
+WAKE_MAXLEN = 1000
+#: Entries of {P}:queue counted when showing a run's position; past it, the position is a lower bound.
+POSITION_SCAN = 1000
+#: A priority's band in {P}:ranked scores: more runs than a deployment will ever queue, and ten
+#: bands stay below 2**53, where a score (a double) is still exact.
+_RANK_BAND = 2**41
 
 # One consumer name for every replica: entries are acked within one round trip of being read,
 # so per-replica names would only pile up dead consumers in the group after each restart.
@@ -187,18 +222,28 @@ _RUN_FIELDS = (
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 
-# Store a new run unless its idempotency key names one already or the queue is full.
-# KEYS run, events, queue, index, caller index, expiry, [idem]; ARGV run_id, created_at, ttl (s),
-# max_queued, event JSON, state, attempt, started_at, caller, webhook, secrets, webhook_url,
-# hook_events, request JSON, body, [idem value]. The hash's field names are written here rather than sent
-# with each run; an empty optional field means the run has none, and it is not stored.
+# Store a new run unless its idempotency key names one already, the queue is full, or a share
+# is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
+# shares, counters, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
+# started_at, caller, webhook, secrets, webhook_url, hook_events, request JSON, body, priority, its
+# rank band, deadline, the number of shares n, n pairs of share key and limit, wake MAXLEN, [idem
+# value]. The hash's field names are written here rather than sent with each run; an empty optional
+# field means the run has none, and it is not stored. Priority 0 (every run when no route sets one)
+# is the one stream, as it always was; higher ones go to the ranked set, and wake a blocked claim.
 _CREATE = """
-local idem = KEYS[7]
+local idem = KEYS[12]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'replay', existing} end
 end
-if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[4]) then return {'full'} end
+if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) + redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[4]) then
+  return {'full'}
+end
+local shares = tonumber(ARGV[19])
+for i = 1, shares do
+  local held = redis.call('HGET', KEYS[10], ARGV[18 + 2 * i])
+  if held and tonumber(held) >= tonumber(ARGV[19 + 2 * i]) then return {'share', tostring(i)} end
+end
 local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[14], 'body', ARGV[15]}
 for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url', 'hook_events'}) do
   local value = ARGV[7 + i]
@@ -211,17 +256,41 @@ if idem then
   fields[#fields + 1] = 'idem_key'
   fields[#fields + 1] = idem
 end
-fields[#fields + 1] = 'entry'
-fields[#fields + 1] = redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
+if shares > 0 then
+  local keys = {}
+  for i = 1, shares do
+    keys[i] = ARGV[18 + 2 * i]
+    redis.call('HINCRBY', KEYS[10], keys[i], 1)
+  end
+  fields[#fields + 1] = 'shares'
+  fields[#fields + 1] = table.concat(keys, '\\n')
+end
+if ARGV[18] ~= '' then
+  fields[#fields + 1] = 'deadline'
+  fields[#fields + 1] = ARGV[18]
+  redis.call('ZADD', KEYS[9], ARGV[18], ARGV[1])
+end
+if ARGV[16] == '0' then
+  fields[#fields + 1] = 'entry'
+  fields[#fields + 1] = redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
+else
+  fields[#fields + 1] = 'priority'
+  fields[#fields + 1] = ARGV[16]
+end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[16] ~= '0' then
+  local seq = redis.call('HINCRBY', KEYS[11], 'ranked_seq', 1)
+  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[17] + seq), ARGV[1])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[20 + 2 * shares], '*', 'w', '1')
+end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 -- A run without a caller is listed in the one index (its caller's index is that same key).
 if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[16], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[21 + 2 * shares], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -233,9 +302,12 @@ _CLAIM_FIELDS = (*_RUN_FIELDS, "secrets", "body")
 # queue entries are acked and deleted in the same step (an entry taken is never read again, and a
 # script that did not run acked nothing). Under a heartbeat (ARGV[5] "1") the owner's heartbeat
 # must not have run out, and the runs are indexed by owner in {P}:held with no lease of their
-# own; else each gets lease_until, indexed in {P}:leases. KEYS queue, leases, held, gateways,
-# then run and events key per run; ARGV now, owner, lease_until, group, heartbeat, the number n
-# of entry ids, the n ids, then one run id per run. One reply per run: its fields, or nil.
+# own; else each gets lease_until, indexed in {P}:leases. Runs taken from {P}:ranked (ARGV[6]
+# "1") leave it, whether or not they are still queued (a cancelled or expired run's member is
+# dropped here). The claims count in {P}:counters (the queue's rate, for queue positions).
+# KEYS queue, leases, held, gateways, ranked, counters, then run and events key per run; ARGV
+# now, owner, lease_until, group, heartbeat, ranked, the number n of entry ids, the n ids, then
+# one run id per run. One reply per run (its fields, or nil), then the claims counted so far.
 _CLAIM = """
 local now, owner, lease_until = ARGV[1], ARGV[2], ARGV[3]
 local heartbeat = ARGV[5] == '1'
@@ -243,10 +315,11 @@ if heartbeat then
   local alive = redis.call('ZSCORE', KEYS[4], owner)
   if not alive or tonumber(alive) < tonumber(now) then return false end
 end
-local acked = tonumber(ARGV[6])
-local replies, index = {}, {}
-for i = 1, (#KEYS - 4) / 2 do
-  local run, run_id = KEYS[3 + 2 * i], ARGV[6 + acked + i]
+local acked = tonumber(ARGV[7])
+local count = (#KEYS - 6) / 2
+local replies, index, taken = {}, {}, 0
+for i = 1, count do
+  local run, run_id = KEYS[5 + 2 * i], ARGV[7 + acked + i]
   local fields = redis.call('HMGET', run, FIELDS)
   if fields[1] == 'queued' then
     local attempt = (tonumber(fields[2]) or 0) + 1
@@ -263,17 +336,20 @@ for i = 1, (#KEYS - 4) / 2 do
       index[#index + 1] = run_id
     end
     local event = {event='running', status='running', attempt=attempt, at=tonumber(now)}
-    redis.call('XADD', KEYS[4 + 2 * i], '*', 'data', cjson.encode(event))
+    redis.call('XADD', KEYS[6 + 2 * i], '*', 'data', cjson.encode(event))
     replies[i] = fields
+    taken = taken + 1
   else
     replies[i] = false
   end
 end
 if #index > 0 then redis.call('ZADD', heartbeat and KEYS[3] or KEYS[2], unpack(index)) end
 if acked > 0 then
-  redis.call('XACK', KEYS[1], ARGV[4], unpack(ARGV, 7, 6 + acked))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 7, 6 + acked))
+  redis.call('XACK', KEYS[1], ARGV[4], unpack(ARGV, 8, 7 + acked))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 8, 7 + acked))
 end
+if ARGV[6] == '1' and count > 0 then redis.call('ZREM', KEYS[5], unpack(ARGV, 8 + acked, 7 + acked + count)) end
+replies[count + 1] = redis.call('HINCRBY', KEYS[6], 'claimed', taken)
 return replies
 """.replace("FIELDS", ", ".join(f"'{name}'" for name in _CLAIM_FIELDS)).replace(
     "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
@@ -289,14 +365,21 @@ local function schedule(expiry, at, ttl, run_id)
 end
 """
 
-# The end of a run (finished or cancelled): its event, its delivery if it has a webhook, and
-# its retention. KEYS run, events, deliveries, expiry; ARGV[1..5] event JSON, pending delivery
-# JSON, now, retention (ms), run id; the run's webhook, idem_key and caller fields, read by the
-# caller's own HMGET (one read per run, not one per field). A pending delivery keeps the run,
-# its event log and its key as long as they live already (the TTL from create, and its entry in
-# the expiry index with it), until the delivery is final.
+# The end of a run (finished, cancelled or expired): its event, its delivery if it has a webhook,
+# its retention, and its shares uncounted. KEYS run, events, deliveries, expiry; ARGV[1..5] event
+# JSON, pending delivery JSON, now, retention (ms), run id; the run's webhook, idem_key, caller
+# and shares fields, read by the caller's own HMGET (one read per run, not one per field), and
+# ``shares_key`` the {P}:shares key. A pending delivery keeps the run, its event log and its key
+# as long as they live already (the TTL from create, and its entry in the expiry index with it),
+# until the delivery is final.
 _CLOSE = """
-local function close_run(webhook, idem, caller)
+local function close_run(webhook, idem, caller, counted, shares_key)
+  if counted then
+    for key in string.gmatch(counted, '[^\\n]+') do
+      if redis.call('HINCRBY', shares_key, key, -1) <= 0 then redis.call('HDEL', shares_key, key) end
+    end
+    redis.call('HDEL', KEYS[1], 'shares')
+  end
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
   if webhook == '1' then
     redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
@@ -540,17 +623,17 @@ end
 return 1
 """
 
-# KEYS run, events, deliveries, expiry, leases, held, cancels; ARGV as _CLOSE, then attempt,
-# then the outcome's field pairs. The run leaves the index that holds it in the same step.
+# KEYS run, events, deliveries, expiry, leases, held, cancels, shares; ARGV as _CLOSE, then
+# attempt, then the outcome's field pairs. The run leaves the index that holds it in the same step.
 _FINISH = (
     _CLOSE
     + """
-local state, attempt, owner, lease_until, cancel, webhook, idem, caller = unpack(redis.call('HMGET', KEYS[1],
-  'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'idem_key', 'caller'))
+local state, attempt, owner, lease_until, cancel, webhook, idem, caller, counted = unpack(redis.call('HMGET',
+  KEYS[1], 'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'idem_key', 'caller', 'shares'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel', 'secrets')
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-close_run(webhook, idem, caller)
+close_run(webhook, idem, caller, counted, KEYS[8])
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and not lease_until then redis.call('ZREM', KEYS[6], owner .. ' ' .. ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
@@ -558,14 +641,15 @@ return 1
 """
 )
 
-# KEYS run, events, deliveries, expiry, queue, cancels; ARGV as _CLOSE, then the cancelled run's
-# field pairs. The run's queue entry goes too: the queue's length is the number of runs waiting.
-# A running run's holder is told by its next heartbeat too (see {P}:cancels).
+# KEYS run, events, deliveries, expiry, queue, cancels, ranked, deadlines, shares; ARGV as
+# _CLOSE, then the cancelled run's field pairs. The run's queue entry goes too: the queue's length
+# is the number of runs waiting. A running run's holder is told by its next heartbeat too (see
+# {P}:cancels).
 _CANCEL = (
     _CLOSE
     + """
-local state, owner, entry, webhook, idem, caller = unpack(redis.call('HMGET', KEYS[1],
-  'state', 'owner', 'entry', 'webhook', 'idem_key', 'caller'))
+local state, owner, entry, webhook, idem, caller, counted = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'owner', 'entry', 'webhook', 'idem_key', 'caller', 'shares'))
 if not state then return 'missing' end
 if state == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -574,24 +658,56 @@ if state == 'running' then
 end
 if state ~= 'queued' then return 'finished' end
 if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('ZREM', KEYS[8], ARGV[5])
 redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-close_run(webhook, idem, caller)
+close_run(webhook, idem, caller, counted, KEYS[9])
 return 'cancelled'
 """
 )
 
-# KEYS run, events, queue, held; ARGV attempt, event JSON, run id. A run held under a heartbeat
-# leaves its owner's index in the same step (one leased on its own stays in {P}:leases until
-# expired() finds it not running, or a new claim re-indexes it).
+# End a run still waiting for its first start past its queue deadline. KEYS as _CANCEL; ARGV
+# as _CLOSE, then the deadline's cutoff (now), then the expired run's field pairs. Returns true
+# when it ended the run, false when it is not due (started, cancelled, gone, or its deadline
+# moved): its member is dropped then too.
+_EXPIRE = (
+    _CLOSE
+    + """
+redis.call('ZREM', KEYS[8], ARGV[5])
+local state, attempt, deadline, entry, webhook, idem, caller, counted = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'attempt', 'deadline', 'entry', 'webhook', 'idem_key', 'caller', 'shares'))
+if state ~= 'queued' or attempt ~= '0' or not deadline or tonumber(deadline) >= tonumber(ARGV[6]) then return false end
+if entry then redis.call('XDEL', KEYS[5], entry) end
+redis.call('ZREM', KEYS[7], ARGV[5])
+redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+close_run(webhook, idem, caller, counted, KEYS[9])
+return true
+"""
+)
+
+# KEYS run, events, queue, ranked, wake, counters, held; ARGV attempt, event JSON, run id, the
+# rank band of each priority (index 1 for priority 1, and so on), wake MAXLEN. A run keeps its
+# priority, and goes to the back of its level. A run held under a heartbeat leaves its owner's
+# index in the same step (one leased on its own stays in {P}:leases until expired() finds it not
+# running, or a new claim re-indexes it).
 _REQUEUE = """
-local state, attempt, owner, lease_until = unpack(redis.call('HMGET', KEYS[1],
-  'state', 'attempt', 'owner', 'lease_until'))
+local state, attempt, owner, lease_until, priority = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'attempt', 'owner', 'lease_until', 'priority'))
 if state ~= 'running' or attempt ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'started_at')
-redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-if owner and not lease_until then redis.call('ZREM', KEYS[4], owner .. ' ' .. ARGV[3]) end
+priority = tonumber(priority or '0')
+if priority > 0 then
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  local seq = redis.call('HINCRBY', KEYS[6], 'ranked_seq', 1)
+  redis.call('ZADD', KEYS[4], string.format('%.0f', ARGV[3 + priority] + seq), ARGV[3])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[#ARGV], '*', 'w', '1')
+else
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'entry', redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[3]))
+end
+if owner and not lease_until then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[3]) end
 return 1
 """
 
@@ -651,7 +767,9 @@ _REDELIVER = (
     _SCHEDULE
     + """
 local state, webhook = unpack(redis.call('HMGET', KEYS[1], 'state', 'webhook'))
-if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled') then return 0 end
+if webhook ~= '1' or (state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' and state ~= 'expired') then
+  return 0
+end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_url', ARGV[5])
 elseif redis.call('HEXISTS', KEYS[1], 'webhook_url') == 0 then
@@ -686,6 +804,12 @@ _PROBE = """
 redis.call('SET', KEYS[1], '1')
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+# How many entries of the queue come before one, counting at most ARGV[2]: Redis has no rank
+# for streams, and counting here spares sending the entries. KEYS queue; ARGV entry id, the cap.
+_ENTRIES_BEFORE = """
+return #redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', ARGV[2])
 """
 
 # Drop index entries of runs found not running, unless a claim re-indexed them meanwhile
@@ -775,6 +899,12 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
     )
 
 
+def rank_band(priority: int) -> int:
+    """Where a priority's scores in {P}:ranked start: higher priorities lower (taken first). The
+    scripts add the next number of a counter, so that a level is first in, first out."""
+    return (MAX_PRIORITY - priority) * _RANK_BAND
+
+
 def _pairs(fields: dict[str, Any]) -> list[Any]:
     """HSET arguments for the fields that have a value."""
     return [item for name, value in fields.items() if value is not None for item in (name, value)]
@@ -854,8 +984,14 @@ class RedisRunStore:
         sealer: Sealer | None = None,
         strict: bool = False,
         identity: Identity | None = None,
+        ranked: bool = False,
     ) -> None:
         self.prefix = key_prefix
+        #: Claims look at {P}:ranked (runs of priority 1 and more): some route gives priorities,
+        #: or some were found there. Otherwise the claim is the one stream read it always was.
+        self.ranked = ranked
+        self._claims = 0
+        self.claim_rate = ClaimRate()
         #: Checked and recorded at open (see _BIND); None for a gateway that executes no runs.
         self.identity = identity
         self._bound = identity is None
@@ -865,6 +1001,11 @@ class RedisRunStore:
         #: Every key starts with this hash tag: one slot, so every script may touch any key.
         self.tag = tag = f"{{{key_prefix}}}"
         self.queue = f"{tag}:queue"
+        self.ranked_key = f"{tag}:ranked"
+        self.counters = f"{tag}:counters"
+        self.wake = f"{tag}:wake"
+        self.deadlines = f"{tag}:deadlines"
+        self.shares = f"{tag}:shares"
         self.leases = f"{tag}:leases"
         self.gateways = f"{tag}:gateways"
         self.held = f"{tag}:held"
@@ -881,6 +1022,7 @@ class RedisRunStore:
         self._progress_key: bytes | None = None
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
+        self._next_ranked_check = 0.0
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
         # retried script whose first reply was lost would be refused by its own fence, so
         # callers decide (the executor retries StoreUnavailable, intake answers 503).
@@ -921,6 +1063,8 @@ class RedisRunStore:
     async def open(self) -> None:
         with _STORE_ERRORS:
             await self._create_group()
+            # Made at once, as the stream is: a deployment's standing keys are there from its start.
+            await self._redis.hsetnx(self.counters, "claimed", 0)
         await self._bind()
 
     async def _bind(self) -> None:
@@ -946,12 +1090,14 @@ class RedisRunStore:
             )
 
     async def _create_group(self) -> None:
-        # From id 0, so that entries added before the group existed are delivered too.
-        try:
-            await self._redis.xgroup_create(self.queue, self.group, id="0", mkstream=True)
-        except redis_errors.ResponseError as exc:
-            if _error_code(exc) != "BUSYGROUP":  # another replica made it first
-                raise
+        # From id 0, so that entries added before the group existed are delivered too. The wake
+        # stream only where priorities are in use: a deployment without them keeps the keys it had.
+        for stream in (self.queue, self.wake) if self.ranked else (self.queue,):
+            try:
+                await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis_errors.ResponseError as exc:
+                if _error_code(exc) != "BUSYGROUP":  # another replica made it first
+                    raise
 
     async def close(self) -> None:
         for client in (self._redis, self._blocking):
@@ -971,7 +1117,13 @@ class RedisRunStore:
             raise StoreError(str(exc)) from exc
 
     async def create(
-        self, run: Run, body: bytes, *, idempotency: Idempotency | None = None, max_queued: int = 0
+        self,
+        run: Run,
+        body: bytes,
+        *,
+        idempotency: Idempotency | None = None,
+        max_queued: int = 0,
+        shares: Sequence[Share] = (),
     ) -> Created:
         request, secrets, webhook_url = self.sealer.split(run.request)
         keys = [
@@ -981,7 +1133,13 @@ class RedisRunStore:
             self.index,
             self.caller_index(run.caller),
             self.expiry,
+            self.ranked_key,
+            self.wake,
+            self.deadlines,
+            self.shares,
+            self.counters,
         ]
+        priority = run.request.priority
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
         args: list[Any] = [
             run.run_id,
@@ -999,6 +1157,12 @@ class RedisRunStore:
             ",".join(run.request.lifecycle_events),
             dump_request(request),
             body,
+            priority,
+            rank_band(priority),
+            "" if run.request.queue_deadline is None else run.request.queue_deadline,
+            len(shares),
+            *(part for share in shares for part in (share.key, share.limit)),
+            WAKE_MAXLEN,
         ]
         if idempotency is not None:
             keys.append(f"{self.tag}:idem:{idempotency.key}")
@@ -1011,6 +1175,9 @@ class RedisRunStore:
                 raise StoreUnavailable("no replica confirmed the run in time (store.durability: strict)")
         if reply[0] == b"full":
             raise QueueFull()
+        if reply[0] == b"share":
+            share = shares[int(reply[1]) - 1]
+            raise ShareExceeded(share.key, share.limit, share.where)
         if reply[0] == b"replay" and idempotency is not None:
             run_id, _, fingerprint = reply[1].decode().partition(" ")
             return Created(run_id, replayed=True, same_request=fingerprint == idempotency.fingerprint)
@@ -1044,6 +1211,8 @@ class RedisRunStore:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
             try:
+                if self.ranked or await self._found_ranked():
+                    return await self._claim_ranked(owner, limit, wait, lease)
                 entries = self._refused_entries(limit) or await self._stale_entries(limit)
                 entries = entries or await self._read_queue(limit, wait)
             except redis_errors.ResponseError as exc:
@@ -1062,6 +1231,67 @@ class RedisRunStore:
         reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=limit, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
+
+    async def _found_ranked(self) -> bool:
+        """Whether runs of priority 1 and more wait although no route of this gateway gives any
+        (the routes changed with runs queued): then it claims them too, so none is stranded.
+        Looked for once per idle period, as stale entries are."""
+        if time.monotonic() < self._next_ranked_check:
+            return False
+        self._next_ranked_check = time.monotonic() + self.stale_entry_idle
+        if await self._redis.zcard(self.ranked_key):
+            self.ranked = True
+            await self._create_group()
+        return self.ranked
+
+    async def _claim_ranked(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        """Claim with priorities: {P}:ranked highest first, then {P}:queue (priority 0); every
+        STARVATION_ROUND-th call takes the oldest run of the lowest non-empty priority first."""
+        self._claims += 1
+        runs = await self._claim_bottom(owner, lease) if self._claims % STARVATION_ROUND == 0 else []
+        room = limit - len(runs)
+        if room > 0:
+            top = cast(list[bytes], await self._redis.zrange(self.ranked_key, 0, room - 1))
+            runs += await self._take_ranked([member.decode() for member in top], owner, lease)
+        room = limit - len(runs)
+        if room <= 0:
+            return runs
+        entries = await self._stale_entries(room)
+        if not entries:
+            # Blocks on both streams only when nothing was found: a wake entry means a ranked run
+            # arrived, taken by the next call (the executor calls again at once).
+            block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 and not runs else None
+            streams: dict[Any, Any] = {self.queue: ">", self.wake: ">"}
+            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, streams, count=room, block=block)
+            for stream, read in cast(list[tuple[bytes, list[Entry]]], reply or []):
+                if stream.decode() == self.wake:
+                    wakes = [entry_id for entry_id, _ in read]
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        pipe.xack(self.wake, self.group, *wakes)
+                        pipe.xdel(self.wake, *wakes)
+                        await pipe.execute()
+                else:
+                    entries = read
+        return runs + (await self._take(entries, owner, lease) if entries else [])
+
+    async def _claim_bottom(self, owner: str, lease: float) -> list[Run]:
+        """The oldest run of the lowest priority that has queued runs, claimed (the starvation round)."""
+        if await self._redis.xlen(self.queue):
+            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=1)
+            entries = [entry for _, read in cast(list[tuple[bytes, list[Entry]]], reply or []) for entry in read]
+            return await self._take(entries, owner, lease) if entries else []
+        last = cast(list[tuple[bytes, float]], await self._redis.zrange(self.ranked_key, -1, -1, withscores=True))
+        if not last:
+            return []
+        band = int(last[0][1]) // _RANK_BAND * _RANK_BAND
+        oldest = cast(list[bytes], await self._redis.zrangebyscore(self.ranked_key, band, "+inf", start=0, num=1))
+        return await self._take_ranked([member.decode() for member in oldest], owner, lease)
+
+    async def _take_ranked(self, run_ids: list[str], owner: str, lease: float) -> list[Run]:
+        runs: list[Run] = []
+        for start in range(0, len(run_ids), CLAIM_BATCH):
+            runs += await self._claim_script(run_ids[start : start + CLAIM_BATCH], [], owner, lease, ranked=True) or []
+        return runs
 
     def _refused_entries(self, limit: int) -> list[Entry]:
         """Entries read by a claim its heartbeat refused: still this gateway's to take (unacked)."""
@@ -1086,33 +1316,44 @@ class RedisRunStore:
     async def _take_batch(self, entries: list[Entry], owner: str, lease: float) -> list[Run]:
         """One claim script for a batch of entries read: one round trip, however many runs."""
         run_ids = [fields[b"run_id"].decode() for _, fields in entries if fields and b"run_id" in fields]
+        # Skipped entries (cancelled, expired or duplicate runs) are acked too.
+        runs = await self._claim_script(run_ids, [entry_id for entry_id, _ in entries], owner, lease)
+        if runs is None:
+            # The entries, unacked, are taken again by the next claim, with a lease of their own.
+            self._refused += entries
+            return []
+        return runs
+
+    async def _claim_script(
+        self, run_ids: list[str], ids: list[bytes], owner: str, lease: float, *, ranked: bool = False
+    ) -> list[Run] | None:
+        """The claim script for these runs (and queue entries, acked): None when the owner's
+        heartbeat ran out (or Redis lost it), and nothing was written."""
         started = now()
         beating = owner in self._beating
-        keys = [self.queue, self.leases, self.held, self.gateways]
+        keys = [self.queue, self.leases, self.held, self.gateways, self.ranked_key, self.counters]
         for run_id in run_ids:
             keys += (self.run_key(run_id), self.events_key(run_id))
-        # Skipped entries (cancelled, expired or duplicate runs) are acked too.
-        ids = [entry_id for entry_id, _ in entries]
         args: list[Any] = [
             started,
             owner,
             started + lease,
             self.group,
             "1" if beating else "0",
+            "1" if ranked else "0",
             len(ids),
             *ids,
             *run_ids,
         ]
         replies = await self._scripts.claim(keys, args)
         if replies is None:
-            # The owner's heartbeat ran out (or Redis lost it): nothing was written. The entries,
-            # unacked, are taken again by the next claim, with a lease of their own.
             self._beating.discard(owner)
-            self._refused += entries
             logger.warning("claims refused: the heartbeat of %s ran out", owner)
-            return []
+            return None
+        *claimed, total = cast(list[Any], replies)
+        self.claim_rate.observe(int(total), started)
         runs = []
-        for run_id, fields in zip(run_ids, cast(list[Fields | None], replies), strict=True):
+        for run_id, fields in zip(run_ids, cast(list[Fields | None], claimed), strict=True):
             run = _decode_run(run_id, fields[: len(_RUN_FIELDS)]) if fields else None
             if run is not None and fields is not None:
                 secrets, body = fields[len(_RUN_FIELDS) :]
@@ -1174,6 +1415,7 @@ class RedisRunStore:
             self.leases,
             self.held,
             self.cancels,
+            self.shares,
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
@@ -1183,8 +1425,17 @@ class RedisRunStore:
         with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
-            keys = (self.run_key(run_id), self.events_key(run_id), self.queue, self.held)
-            requeued = await self._scripts.requeue(keys, [attempt, event, run_id])
+            keys = (
+                self.run_key(run_id),
+                self.events_key(run_id),
+                self.queue,
+                self.ranked_key,
+                self.wake,
+                self.counters,
+                self.held,
+            )
+            bands = [rank_band(priority) for priority in range(1, MAX_PRIORITY + 1)]
+            requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *bands, WAKE_MAXLEN])
         return bool(requeued)
 
     async def append_output(
@@ -1347,13 +1598,73 @@ class RedisRunStore:
         event = state_event(RunState.CANCELLED, 0, at)
         error = dump_error(RunError(ErrorCode.CANCELLED, "cancelled by a client before it started"))
         fields = {"state": RunState.CANCELLED.value, "finished_at": at, "error": error}
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry, self.queue, self.cancels)
+        keys = self._ending_keys(run_id)
         args = [*self._close_args(run_id, event, retention), *_pairs(fields)]
         with _STORE_ERRORS:
             result = CancelResult((await self._scripts.cancel(keys, args)).decode())
             if result is CancelResult.REQUESTED:
                 await self._redis.publish(self.cancel_channel, run_id)
         return result
+
+    def _ending_keys(self, run_id: str) -> tuple[str, ...]:
+        """The keys of the scripts that end a queued run (cancel, expire)."""
+        return (
+            self.run_key(run_id),
+            self.events_key(run_id),
+            self.deliveries,
+            self.expiry,
+            self.queue,
+            self.cancels,
+            self.ranked_key,
+            self.deadlines,
+            self.shares,
+        )
+
+    async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        at = now()
+        with _STORE_ERRORS:
+            due = await self._redis.zrangebyscore(self.deadlines, "-inf", at, start=0, num=limit)
+            run_ids = [member.decode() for member in cast(list[bytes], due)]
+            if not run_ids:
+                return []
+            error = dump_error(EXPIRED_OUTCOME.error)
+            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    event = state_event(RunState.EXPIRED, 0, at, EXPIRED_OUTCOME)
+                    fields = {"state": RunState.EXPIRED.value, "finished_at": at, "error": error}
+                    args = [*self._close_args(run_id, event, retention), at, *_pairs(fields)]
+                    pipe.eval(_EXPIRE, len(self._ending_keys(run_id)), *self._ending_keys(run_id), *args)
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                replies = await pipe.execute()
+        pairs = zip(run_ids, replies[::2], replies[1::2], strict=True)
+        return [run for run_id, ended, fields in pairs if ended and (run := _decode_run(run_id, fields)) is not None]
+
+    async def queue_position(self, run: Run) -> QueuePosition | None:
+        with _STORE_ERRORS:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.run_key(run.run_id), "state", "entry")
+                pipe.zrank(self.ranked_key, run.run_id)
+                pipe.zcard(self.ranked_key)
+                pipe.hget(self.counters, "claimed")
+                (state, entry), rank, ranked, claimed = await pipe.execute()
+            if state != b"queued":
+                return None
+            if rank is not None:
+                ahead = int(rank)
+            else:
+                before = (
+                    0 if entry is None else await self._redis.eval(_ENTRIES_BEFORE, 1, self.queue, entry, POSITION_SCAN)
+                )
+                ahead = int(ranked) + int(before)
+        at = now()
+        self.claim_rate.observe(int(claimed or 0), at)
+        return QueuePosition(ahead, self.claim_rate.wait(ahead, at))
+
+    async def share_counts(self) -> dict[str, int]:
+        with _STORE_ERRORS:
+            counts = cast(dict[bytes, bytes], await self._redis.hgetall(self.shares))
+        return {key.decode(): int(value) for key, value in counts.items()}
 
     async def cancellations(self) -> AsyncGenerator[str, None]:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
@@ -1477,7 +1788,10 @@ class RedisRunStore:
         # Cancelling a queued run deletes its entry; entries of runs expired unclaimed
         # (UNFINISHED_TTL) stay until read or trimmed: an overcount that errs on the side of refusing work.
         with _STORE_ERRORS:
-            return int(await self._redis.xlen(self.queue))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(self.queue)
+                pipe.zcard(self.ranked_key)
+                return sum(int(count) for count in await pipe.execute())
 
     async def durability(self) -> dict[str, Any]:
         with _STORE_ERRORS:
@@ -1549,7 +1863,7 @@ class RedisRunStore:
                     pipe.zrem(self.caller_index(caller), *run_ids)
             every = [run_id for run_ids in gone.values() for run_id in run_ids]
             if every:
-                for key in (self.index, self.leases, self.deliveries):
+                for key in (self.index, self.leases, self.deliveries, self.ranked_key, self.deadlines):
                     pipe.zrem(key, *every)
                 pipe.zrem(self.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
             if alive:

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from asyncgate.errors import QueueFull
+from asyncgate.errors import QueueFull, ShareExceeded
 from asyncgate.runs import ErrorCode, Outcome, Run, RunError, RunState
-from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, Records, RunStore
-from tests.store.conftest import BINARY, LEASE, RETENTION, Queue, Runner, claim_one, new_run, ok
+from asyncgate.store.base import CancelResult, Created, Event, Idempotency, Lease, Records, RunStore, Share
+from tests.store.conftest import BINARY, LEASE, RETENTION, Queue, Runner, claim_ids, claim_one, new_run, ok, queue_at
 
 
 class TestRecords:
@@ -186,3 +186,45 @@ class TestRecords:
         queued_page, next_cursor = run(store.list_runs("bob", RunState.QUEUED, 1, None))
         assert [r.run_id for r in queued_page] == [made[3].run_id]
         assert run(store.list_runs("bob", RunState.QUEUED, 1, next_cursor))[0][0].run_id == made[1].run_id
+
+    @pytest.mark.exercises("create", "queue_position")
+    def test_queue_position_counts_the_runs_claimed_before(self, store: RunStore, run: Runner) -> None:
+        low = [queue_at(store, run, 0) for _ in range(3)]
+        high = [queue_at(store, run, 5) for _ in range(2)]
+
+        positions = [run(store.queue_position(queued)) for queued in (*low, *high)]
+
+        assert [position.ahead for position in positions if position is not None] == [2, 3, 4, 0, 1]
+        claim_ids(store, run, limit=2)
+        assert run(store.queue_position(high[0])) is None
+        after = run(store.queue_position(low[2]))
+        assert after is not None and after.ahead == 2
+
+    @pytest.mark.exercises("create", "share_counts", "cancel")
+    def test_a_share_refuses_a_run_past_its_limit_and_stores_nothing(self, store: RunStore, run: Runner) -> None:
+        share = Share("caller-a", 2)
+        first = queue_at(store, run, shares=(share,))
+        queue_at(store, run, shares=(share,))
+
+        with pytest.raises(ShareExceeded) as refused:
+            queue_at(store, run, shares=(share,))
+
+        assert refused.value.limit == 2
+        assert run(store.queued_count()) == 2
+        assert run(store.share_counts()) == {"caller-a": 2}
+        queue_at(store, run, shares=(Share("caller-b", 2),))  # another caller is served
+        assert run(store.cancel(first.run_id, RETENTION)) is CancelResult.CANCELLED
+        queue_at(store, run, shares=(share,))  # room again
+        assert run(store.share_counts()) == {"caller-a": 2, "caller-b": 1}
+
+    @pytest.mark.exercises("create", "share_counts")
+    def test_a_replayed_idempotency_key_is_not_counted_again(self, store: RunStore, run: Runner) -> None:
+        share = Share("caller-a", 1)
+        queued = new_run("POST")
+        key = Idempotency("k", "f")
+        run(store.create(queued, b"", idempotency=key, shares=(share,)))
+
+        again = run(store.create(new_run("POST"), b"", idempotency=key, shares=(share,)))
+
+        assert again.replayed and again.run_id == queued.run_id
+        assert run(store.share_counts()) == {"caller-a": 1}
