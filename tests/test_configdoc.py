@@ -145,6 +145,7 @@ def _plain_text(name: str) -> str:
         "server.prefix": "/_gate",
         "store.redis_url": "redis://127.0.0.1:1/0",
         "webhooks.default_url": "https://hooks.example.com/x",
+        "runs.progress_base_url": "http://asyncgate.models.svc:8080",
         "webhooks.allow": "10.0.0.0/8,hooks.internal",
     }
     if name in special:

@@ -39,6 +39,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "asyncgate.logs",
                 "asyncgate.collector",
                 "asyncgate.wsframes",
+                "asyncgate.progress",
+                "asyncgate.lifecycle",
             }
         ),
     ),

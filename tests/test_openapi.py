@@ -154,7 +154,11 @@ def test_webhook_delivery_is_described_in_the_webhooks_section() -> None:
         "Asyncgate-Run-Id": True,
         "Asyncgate-Status": True,
         "Asyncgate-Upstream-Status": True,
+        "Asyncgate-Webhook-Event": False,
+        "Asyncgate-Webhook-Sequence": False,
     }
+    lifecycle = openapi_document(signed)["webhooks"]["runLifecycle"]["post"]
+    assert {param["name"] for param in lifecycle["parameters"]} >= {"webhook-id", "Asyncgate-Webhook-Sequence"}
     envelope = openapi_document(config_for(**{"webhooks.format": "envelope"}))["webhooks"]["runFinished"]["post"]
     assert envelope["requestBody"]["content"] == {
         "application/json": {"schema": {"$ref": "#/components/schemas/WebhookEnvelope"}}

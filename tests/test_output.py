@@ -8,8 +8,10 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 import pytest
 
+from asyncgate import lifecycle
 from asyncgate.errors import StoreUnavailable
 from asyncgate.output import LIVE_WINDOW, MAX_PIECE, Output, OutputSink, stream_format
 
@@ -35,6 +37,8 @@ class MemoryLog:
         self.holding = True
         self.fail_next = False
         self._next = 0
+        self.hooks: list[tuple[str, Any]] = []
+        self.hook_added = asyncio.Event()
 
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
@@ -54,6 +58,23 @@ class MemoryLog:
         for entry_id in drop:
             del self.events[entry_id]
         return ids
+
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        ids = await self.append_output(run_id, attempt, [event], [])
+        return ids[0] if ids else None
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        self.hooks.append((event, orjson.loads(body)))
+        self.hook_added.set()
+        return self.holding
+
+    async def wait_hooks(self, count: int) -> None:
+        """Until ``count`` deliveries are queued (the test's own deadline bounds it)."""
+        while len(self.hooks) < count:
+            self.hook_added.clear()
+            await self.hook_added.wait()
 
 
 def sink(
@@ -240,3 +261,57 @@ async def test_abort_writes_nothing_more() -> None:
     log.gate.set()
     await asyncio.sleep(0)
     assert log.writes == []
+
+
+@in_loop
+async def test_an_asyncgate_progress_event_becomes_a_report_in_order_with_the_output() -> None:
+    log = MemoryLog()
+    out = sink(log, "sse", "text/event-stream")
+    stream = (
+        b"data: one\n\n"
+        b'event: asyncgate.progress\ndata: {"progress": 0.5, "message": "half"}\n\n'
+        b'event: asyncgate.progress\ndata: {"percent": 75}\n\n'
+        b"data: two\n\n"
+        b"event: asyncgate.progress\ndata: not json\n\n"
+    )
+    await out.feed(stream)
+    await out.close()
+    events = list(log.events.values())
+    assert [e["event"] for e in events] == ["output", "progress", "progress", "output", "output"]
+    assert {k: events[1][k] for k in ("attempt", "progress", "message")} == {
+        "attempt": 1,
+        "progress": 0.5,
+        "message": "half",
+    }
+    assert (events[2]["progress"], events[2]["message"]) == (0.75, None)
+    # Reports do not take output sequence numbers; a malformed one is relayed as output, not dropped.
+    assert [e["seq"] for e in events if e["event"] == "output"] == [0, 1, 2]
+    assert events[4]["sse_event"] == "asyncgate.progress" and events[4]["data"] == "not json"
+    # Each report is its own write, between the output written before and after it.
+    assert [[e["event"] for e in write] for write, _ in log.writes] == [
+        ["output"],
+        ["progress"],
+        ["progress"],
+        ["output", "output"],
+    ]
+
+
+@in_loop
+async def test_output_webhooks_are_cut_by_size_and_by_time() -> None:
+    log = MemoryLog()
+    hooks = lifecycle.OutputHooks(log, "run", 1, interval=0.2, max_bytes=10, max_hooks=100)
+    out = OutputSink(log, "run", 1, "ndjson", "application/x-ndjson", 100, 10_000, hooks)
+    await out.feed(b"aaaa\nbbbb\ncccc\n")  # 12 bytes: one delivery cut by size at once
+    await log.wait_hooks(1)
+    await out.feed(b"dd\n")
+    started = asyncio.get_running_loop().time()
+    await log.wait_hooks(2)  # cut by time
+    assert asyncio.get_running_loop().time() - started >= 0.15
+    await out.feed(b"ee\n")
+    await out.close()  # what is left goes at once
+    assert [event for event, _ in log.hooks] == ["output"] * 3
+    bodies = [body for _, body in log.hooks]
+    assert [[e["data"] for e in body["events"]] for body in bodies] == [["aaaa", "bbbb", "cccc"], ["dd"], ["ee"]]
+    assert [(b["from_seq"], b["to_seq"]) for b in bodies] == [(0, 2), (3, 3), (4, 4)]
+    assert bodies[0]["type"] == "run.output" and bodies[0]["run_id"] == "run" and bodies[0]["attempt"] == 1
+    assert bodies[0]["events"][0]["format"] == "ndjson" and bodies[0]["events"][0]["at"].endswith("Z")

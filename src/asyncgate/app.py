@@ -19,6 +19,7 @@ from asyncgate.intake import Intake
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
 from asyncgate.principal import Access
+from asyncgate.progress import redacted_path
 from asyncgate.proxy import Proxy
 from asyncgate.responses import error_body, error_response, send_error
 from asyncgate.services import Services
@@ -45,7 +46,8 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    # A progress URL's last segment is a capability: never logged.
+    logger.error("unhandled error in %s %s", request.method, redacted_path(request.url.path), exc_info=exc)
     return error_response(ServerError("the gateway failed to handle the request"))
 
 
@@ -79,7 +81,7 @@ class Gateway:
         metrics = Metrics()
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
-        executor = Executor(config, store, upstream, webhooks.wake, metrics, tracing)
+        executor = Executor(config, store, upstream, webhooks.wake, metrics, tracing, webhooks.wake_hooks)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)
@@ -121,6 +123,7 @@ class Gateway:
         await svc.upstream.open()
         svc.webhooks.start()
         if self.config.runs.execute:
+            await svc.executor.prepare()
             svc.executor.start()
         role = "" if self.config.runs.execute else " (runs.execute false: other replicas execute the runs)"
         store = self.config.store
@@ -134,6 +137,10 @@ class Gateway:
             svc.lifecycle.sealer.sealing,
             role,
         )
+
+    def listening(self, port: int) -> None:
+        """The server bound ``port``; for a server started on port 0 (tests, embedding)."""
+        self.services.executor.listening(port)
 
     def begin_drain(self) -> None:
         """SIGTERM arrived: report not-ready and take no new runs at once; held runs go on."""

@@ -16,15 +16,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from asyncgate import progress
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
+from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
 from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
 from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
+from asyncgate.lifecycle import progress_body
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
 from asyncgate.metrics import CONTENT_TYPE
 from asyncgate.policies import effective
 from asyncgate.responses import JSONResponse, stored_response
-from asyncgate.runs import ErrorCode, Run, RunState
+from asyncgate.runs import ErrorCode, Run, RunState, now
 from asyncgate.services import Services
 from asyncgate.status import status_document
 from asyncgate.store.base import CancelResult, QueuePosition
@@ -259,6 +261,45 @@ async def _event_stream(svc: Services, run_id: str, after: str | None) -> AsyncG
                 yield b": keep-alive\n\n"
 
 
+async def _body_up_to(request: Request, limit: int) -> bytes:
+    """The request's body, read no further than one byte past ``limit``."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)
+
+
+async def report_progress(request: Request) -> Response:
+    """An upstream's progress report, to the capability URL its attempt was given (progress.py).
+
+    No caller credentials: the upstream has none, and the URL's token is the capability. A wrong
+    token is told apart from nothing (404, as any unknown URL); a finished attempt gets 410.
+    """
+    svc = services(request)
+    run_id, attempt_text = request.path_params["run_id"], request.path_params["attempt"]
+    attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 10 else 0
+    try:
+        key = await svc.execution.progress_key()
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    if attempt < 1 or not progress.token_matches(key, run_id, attempt, request.path_params["token"]):
+        raise NotFound("no such progress URL", code="not_found")
+    report = progress.parse_report(await _body_up_to(request, progress.MAX_REPORT_BYTES))
+    event = progress.progress_event(report, attempt, now())
+    hook = progress_body(run_id, event)
+    try:
+        kept, max_hooks = progress.KEPT_REPORTS, svc.config.webhooks.max_pending_events
+        event_id = await svc.execution.report_progress(run_id, attempt, event, kept, hook, max_hooks)
+    except StoreError as exc:
+        raise _unavailable(exc) from exc
+    if event_id is None:
+        raise Gone("this attempt of the run is over: stop reporting its progress", code="attempt_over")
+    svc.webhooks.wake_hooks()  # in case the run's webhook asked for progress
+    return Response(status_code=204)
+
+
 def _is_cursor(value: str) -> bool:
     try:
         return math.isfinite(float(value))
@@ -392,4 +433,5 @@ def routes() -> list[Route]:
         Route("/runs/{run_id}/result", run_result, methods=["GET"]),
         Route("/runs/{run_id}/events", run_events, methods=["GET"]),
         Route("/runs/{run_id}/webhook", redeliver_webhook, methods=["POST"]),
+        Route("/runs/{run_id}/attempts/{attempt}/progress/{token}", report_progress, methods=["POST"]),
     ]

@@ -22,6 +22,7 @@
         │   ├── Unauthenticated     401 (no caller named where runs must belong to one)
         │   ├── NotFound            404 (unknown run, or not the caller's)
         │   ├── Conflict            409 (the run is not in a state that allows this)
+        │   ├── Gone                410 (a finished attempt's progress URL)
         │   ├── PayloadTooLarge     413
         │   ├── UnprocessableContent 422
         │   └── TooManyRequests     429 (with Retry-After)
@@ -192,6 +193,13 @@ class Conflict(ClientError):
 
     status_code = 409
     code = "conflict"
+
+
+class Gone(ClientError):
+    """What the request names existed and is over for good (a finished attempt's progress URL)."""
+
+    status_code = 410
+    code = "gone"
 
 
 class PayloadTooLarge(ClientError):

@@ -15,10 +15,12 @@ from typing import ParamSpec, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_random_exponential
 
+from asyncgate import progress
 from asyncgate.config import Config
 from asyncgate.errors import StoreError, StoreUnavailable
+from asyncgate.lifecycle import queue_start
 from asyncgate.metrics import Metrics
-from asyncgate.output import Output
+from asyncgate.output import HookLimits, Output
 from asyncgate.replay import replay
 from asyncgate.runs import (
     EXPIRED_OUTCOME,
@@ -88,8 +90,11 @@ class Executor:
         wake_webhooks: Callable[[], None],
         metrics: Metrics,
         tracing: Tracing = NO_TRACING,
+        on_hook: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        #: Called when a lifecycle webhook delivery was queued here, to send it without waiting.
+        self.on_hook = on_hook
         self.tracing = tracing
         self.metrics = metrics
         self.store = store
@@ -97,7 +102,14 @@ class Executor:
         #: Called when a run with a webhook has finished here, so its delivery goes now rather
         #: than at the dispatcher's next poll.
         self.wake_webhooks = wake_webhooks
-        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes)
+        hooks = config.webhooks
+        limits = HookLimits(hooks.output_batch_interval, hooks.output_batch_bytes, hooks.max_pending_events)
+        self.output = Output(store, config.runs.output_max_events, config.runs.output_max_bytes, limits, on_hook)
+        #: Where the upstream reaches this gateway to report progress; None announces no URL.
+        self.progress_base = config.runs.progress_base_url or progress.default_base_url(
+            config.upstream, config.server.host, config.server.port
+        )
+        self._progress_key: bytes | None = None
         #: This gateway's name in the store, which its heartbeat keeps alive. A new one once the
         #: store says the heartbeat ran out (its runs are anybody's to recover then).
         self.owner = owner_id()
@@ -134,6 +146,35 @@ class Executor:
             asyncio.create_task(self._recovery_loop(), name="asyncgate-recover"),
             asyncio.create_task(self._cancel_loop(), name="asyncgate-cancel"),
         ]
+
+    def listening(self, port: int) -> None:
+        """The server listens on ``port`` (one chosen at bind time, as with port 0): the default
+        progress URL names it. A configured ``runs.progress_base_url`` stays as it is."""
+        if self.config.runs.progress_base_url is None:
+            self.progress_base = progress.default_base_url(self.config.upstream, self.config.server.host, port)
+
+    async def prepare(self) -> None:
+        """Read (or make) the key of progress URLs before the first run needs it; a store that
+        cannot be reached now is asked again by the first run."""
+        if self.progress_base is not None and self._progress_key is None:
+            try:
+                self._progress_key = await self.store.progress_key()
+            except StoreError as exc:
+                logger.warning("the key of progress URLs is not read yet: %s", exc)
+
+    async def _progress_url(self, run: Run) -> str | None:
+        """The capability URL announced to this attempt, or None when none can be."""
+        if self.progress_base is None:
+            return None
+        if self._progress_key is None:
+            try:
+                self._progress_key = await self.store.progress_key()
+            except StoreError as exc:
+                # Progress is a convenience: the run goes on without a URL this time.
+                logger.warning("run %s: no progress URL: %s", run.run_id, exc, extra={"run_id": run.run_id})
+                return None
+        secret = progress.token(self._progress_key, run.run_id, run.attempt)
+        return self.progress_base + progress.callback_path(self.config.server.prefix, run.run_id, run.attempt, secret)
 
     def cancel_local(self, run_id: str) -> bool:
         """Abort the upstream call of a run this gateway holds; False if it holds none."""
@@ -274,9 +315,10 @@ class Executor:
         """
         held.phase = Phase.CALLING
         try:
-            return await replay(
-                self.upstream, held.run, body, self.config.limits.max_result_bytes, self.tracing, self.output
-            )
+            await queue_start(self.store, held.run, self.config.webhooks.max_pending_events, self.on_hook)
+            progress_url = await self._progress_url(held.run)
+            limit = self.config.limits.max_result_bytes
+            return await replay(self.upstream, held.run, body, limit, self.tracing, self.output, progress_url)
         except asyncio.CancelledError:
             if not held.cancelling or held.task.uncancel() > 0:
                 raise  # a shutdown or a lost lease, not (only) a client's cancel

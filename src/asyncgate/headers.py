@@ -18,6 +18,7 @@ RESPOND_ASYNC = "respond-async"
 WAIT_PREFERENCE = "wait"
 PREFERENCE_APPLIED = "Preference-Applied"
 WEBHOOK = "Asyncgate-Webhook"
+WEBHOOK_EVENTS = "Asyncgate-Webhook-Events"
 TIMEOUT = "Asyncgate-Timeout"
 PRIORITY = "Asyncgate-Priority"
 QUEUE_DEADLINE = "Asyncgate-Queue-Deadline"
@@ -29,9 +30,14 @@ GATEWAY_PREFIX = "asyncgate-"
 # request as a replay, which can never become async again), on an answer, on a webhook.
 RUN_ID = "Asyncgate-Run-Id"
 ATTEMPT = "Asyncgate-Attempt"
+#: The capability URL an attempt may POST its progress to (progress.py); a secret.
+PROGRESS_URL = "Asyncgate-Progress-Url"
 IDEMPOTENT_REPLAY = "Asyncgate-Idempotent-Replay"
 RUN_STATUS = "Asyncgate-Status"
 UPSTREAM_STATUS = "Asyncgate-Upstream-Status"
+#: A lifecycle webhook delivery's event and its place among the run's deliveries (lifecycle.py).
+WEBHOOK_EVENT = "Asyncgate-Webhook-Event"
+WEBHOOK_SEQUENCE = "Asyncgate-Webhook-Sequence"
 LOCATION = "Location"
 RETRY_AFTER = "Retry-After"
 LINK = "Link"
@@ -80,6 +86,7 @@ def raw(name: str) -> bytes:
 # The names the gateway looks for in raw (ASGI) headers, in that form.
 PREFER_RAW = raw(PREFER)
 WEBHOOK_RAW = raw(WEBHOOK)
+WEBHOOK_EVENTS_RAW = raw(WEBHOOK_EVENTS)
 TIMEOUT_RAW = raw(TIMEOUT)
 PRIORITY_RAW = raw(PRIORITY)
 QUEUE_DEADLINE_RAW = raw(QUEUE_DEADLINE)

@@ -34,7 +34,7 @@ from asyncgate.netguard import Allowlist, check_url_literal
 from asyncgate.policies import AsyncMode, RoutePolicies, RoutePolicy
 from asyncgate.principal import Access
 from asyncgate.responses import send_error, send_json, stored_response
-from asyncgate.runs import Run, RunRequest, RunResult, RunState, new_run_id, now
+from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Run, RunRequest, RunResult, RunState, new_run_id, now
 from asyncgate.store.base import UNFINISHED_TTL, Created, Idempotency, Records, Share
 from asyncgate.tracing import NO_TRACING, Span, Tracing, with_span
 from asyncgate.waiting import wait_until_final
@@ -43,6 +43,7 @@ logger = logging.getLogger("asyncgate.intake")
 
 ASYNC_PARAM = "async"
 WEBHOOK_PARAM = "webhookEndpoint"
+WEBHOOK_EVENTS_PARAM = "webhookEvents"
 MAX_IDEMPOTENCY_KEY = 255
 
 #: The values ?async= takes (any case), paired: true, false, 1, 0, yes, no.
@@ -75,6 +76,8 @@ class Intent:
     idempotency_key: str | None = None
     #: The route policy the request matched, if any.
     route: RoutePolicy | None = None
+    #: The webhook events asked for (runs.WEBHOOK_EVENTS), in their order.
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     #: The run's priority: the route's, or what the caller asked within the route's bounds.
     priority: int = 0
     #: Seconds the run may wait for its first start (the route's, or less if the caller asked).
@@ -97,7 +100,7 @@ def split_query(query: str) -> tuple[str, dict[str, list[str]]]:
     for part in query.split("&"):
         key, _, value = part.partition("=")
         name = unquote_plus(key)
-        if name in (ASYNC_PARAM, WEBHOOK_PARAM):
+        if name in (ASYNC_PARAM, WEBHOOK_PARAM, WEBHOOK_EVENTS_PARAM):
             ours.setdefault(name, []).append(unquote_plus(value))
         else:
             kept.append(part)
@@ -148,6 +151,20 @@ def _single(headers: dict[bytes, list[str]], name: bytes) -> str | None:
     if len(values) > 1:
         raise BadRequest(f"{name.decode()} is given more than once", code="invalid_header")
     return values[0]
+
+
+def webhook_events(values: list[str]) -> tuple[str, ...] | None:
+    """The events named by ``webhookEvents`` values (comma-separated), in their order; None if none
+    was given. BadRequest for an unknown name or an empty list."""
+    if not values:
+        return None
+    names = {name.strip() for value in values for name in value.split(",")} - {""}
+    unknown = sorted(names - set(WEBHOOK_EVENTS))
+    if unknown or not names:
+        known = ", ".join(WEBHOOK_EVENTS)
+        what = f"unknown webhook event {unknown[0]!r}" if unknown else "no webhook event named"
+        raise BadRequest(f"{what}: {WEBHOOK_EVENTS_PARAM} takes {known}", code="invalid_webhook_events")
+    return tuple(event for event in WEBHOOK_EVENTS if event in names)
 
 
 def _timeout(value: str | None, maximum: float) -> float | None:
@@ -235,24 +252,35 @@ def classify(scope: Scope, limits: Limits | None = None) -> Intent | None:
     if len(webhooks) > 1:
         raise BadRequest(f"{WEBHOOK_PARAM} is given more than once", code="invalid_webhook_url")
     timeout_header = _single(headers, h.TIMEOUT_RAW)
+    events = webhook_events([*ours.get(WEBHOOK_EVENTS_PARAM, []), *headers.get(h.WEBHOOK_EVENTS_RAW, [])])
     priority_header = _single(headers, h.PRIORITY_RAW)
     deadline_header = _single(headers, h.QUEUE_DEADLINE_RAW)
     is_async = flags == {True} or (preferred and flags != {False})
     if limits.route is not None and limits.route.mode is not AsyncMode.CLIENT:
         is_async = _route_mode(limits.route, is_async, flags)
     if not is_async:
-        if webhooks or timeout_header is not None or priority_header is not None or deadline_header is not None:
+        asked = (timeout_header, priority_header, deadline_header, events)
+        if webhooks or any(value is not None for value in asked):
             raise BadRequest(
-                f"{WEBHOOK_PARAM}, {h.WEBHOOK}, {h.TIMEOUT}, {h.PRIORITY} and {h.QUEUE_DEADLINE} need an "
-                f"asynchronous request (add {ASYNC_PARAM}=true)",
+                f"{WEBHOOK_PARAM}, {WEBHOOK_EVENTS_PARAM}, {h.WEBHOOK}, {h.TIMEOUT}, {h.PRIORITY} and "
+                f"{h.QUEUE_DEADLINE} need an asynchronous request (add {ASYNC_PARAM}=true)",
                 code="webhook_requires_async",
             )
         return None
     wait = _wait(prefs, limits.max_wait) if preferred else None
     honoured = frozenset({h.RESPOND_ASYNC, h.WAIT_PREFERENCE}) if wait is not None else frozenset({h.RESPOND_ASYNC})
+    webhook_url = validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook
+    if events is not None and webhook_url is None:
+        raise BadRequest(f"{WEBHOOK_EVENTS_PARAM} needs a webhook ({WEBHOOK_PARAM})", code="invalid_webhook_events")
+    if events is None:
+        # A route's default webhook comes with the events the route names; any other, completed alone.
+        route = limits.route
+        own_default = not webhooks and route is not None and route.webhook_url is not None
+        events = route.webhook_events if own_default and route is not None else DEFAULT_WEBHOOK_EVENTS
     return Intent(
         query=query,
-        webhook_url=validate_webhook_url(webhooks[0], limits.allow) if webhooks else limits.default_webhook,
+        webhook_url=webhook_url,
+        webhook_events=events,
         preferred=preferred,
         prefer=tuple(preferences.without(prefer_values, honoured)),
         wait=wait,
@@ -306,7 +334,7 @@ class Limits:
 def looks_async(scope: Scope) -> bool:
     """A cheap first look on the hot path: could this request concern the gateway at all?"""
     query: bytes = scope["query_string"]
-    if _ASYNC_PARAM in query or _WEBHOOK_PARAM in query:
+    if _ASYNC_PARAM in query or _WEBHOOK in query:
         return True
     return any(name in _GATEWAY_HEADERS for name, _ in scope["headers"])
 
@@ -314,13 +342,17 @@ def looks_async(scope: Scope) -> bool:
 _NOT_REPLAYED = frozenset(name.decode("ascii") for name in h.NOT_REPLAYED)
 _PREFER = h.PREFER.lower()
 _ASYNC_PARAM = ASYNC_PARAM.encode("ascii")
-_WEBHOOK_PARAM = WEBHOOK_PARAM.encode("ascii")
-_GATEWAY_HEADERS = frozenset({h.PREFER_RAW, h.WEBHOOK_RAW, h.TIMEOUT_RAW, h.PRIORITY_RAW, h.QUEUE_DEADLINE_RAW})
+#: Both webhookEndpoint and webhookEvents.
+_WEBHOOK = b"webhook"
+_GATEWAY_HEADERS = frozenset(
+    {h.PREFER_RAW, h.WEBHOOK_RAW, h.WEBHOOK_EVENTS_RAW, h.TIMEOUT_RAW, h.PRIORITY_RAW, h.QUEUE_DEADLINE_RAW}
+)
 _CLASSIFIED = frozenset(
     {
         h.RUN_ID_RAW,
         h.PREFER_RAW,
         h.WEBHOOK_RAW,
+        h.WEBHOOK_EVENTS_RAW,
         h.TIMEOUT_RAW,
         h.IDEMPOTENCY_KEY_RAW,
         h.PRIORITY_RAW,
@@ -489,6 +521,7 @@ class Intake:
             # Traced, the stored context names the intake span: the run's later spans nest under it.
             headers=with_span(replay_headers(scope, intent), span.headers),
             webhook_url=intent.webhook_url,
+            webhook_events=intent.webhook_events,
             timeout=intent.timeout or (route.timeout if route else None) or self.config.runs.timeout,
         )
         if route is not None:

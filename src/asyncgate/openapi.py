@@ -40,17 +40,22 @@ from asyncgate.intake import (
     SHARE_RETRY_AFTER,
     STORE_RETRY_AFTER,
     TRUE_WORDS,
+    WEBHOOK_EVENTS_PARAM,
     WEBHOOK_PARAM,
 )
 from asyncgate.links import CANCEL, EVENTS, REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, STATUS, retry_after
 from asyncgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asyncgate.output import CHUNKS, MAX_PIECE, NDJSON, SSE
 from asyncgate.policies import AsyncMode
+from asyncgate.progress import KEPT_REPORTS, MAX_MESSAGE_BYTES, MAX_REPORT_BYTES
 from asyncgate.responses import JSONResponse
-from asyncgate.runs import MAX_PRIORITY, DeliveryState, ErrorCode, RunState
+from asyncgate.runs import MAX_PRIORITY, WEBHOOK_EVENTS, DeliveryState, ErrorCode, RunState
 from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind
 
 Schema = dict[str, Any]
+
+_EVENT_NAMES = "|".join(WEBHOOK_EVENTS)
+_EVENT_LIST = ", ".join(WEBHOOK_EVENTS)
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -138,7 +143,10 @@ an `event` name and a JSON `data` line:
   does not stream has none; the result is always the whole response;
 * `output_dropped`: the run's output passed `runs.output_max_events` or `runs.output_max_bytes`;
   later `output` events are still sent live, marked `"kept": false`, but are not kept for a
-  stream resumed or opened later (`data` is an `OutputDroppedEvent`).
+  stream resumed or opened later (`data` is an `OutputDroppedEvent`);
+* `progress`: the upstream reported its progress, by an `asyncgate.progress` event in its SSE
+  answer or a POST to the URL its request announced (`data` is a `ProgressEvent`); the run's
+  status shows the latest report.
 
 The stream starts with `retry: {reconnect}`, sends a `: keep-alive` comment every {keep_alive:g} s while idle, and
 ends once the final state and the webhook events logged by then are sent. To resume after a
@@ -195,7 +203,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
             **_run_paths(config),
             **_operations_paths(prefix),
         },
-        "webhooks": {"runFinished": {"post": _webhook_operation(config)}},
+        "webhooks": {
+            "runFinished": {"post": _webhook_operation(config)},
+            "runLifecycle": {"post": _lifecycle_operation(config)},
+        },
         "components": _components(config),
     }
     if _access_required(config):
@@ -347,6 +358,13 @@ def _submission_params(config: Config) -> list[Schema]:
             "ends. Needs an asynchronous request.",
             {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL},
         ),
+        _query_param(
+            WEBHOOK_EVENTS_PARAM,
+            "The webhook events to deliver, comma-separated: `start` (an attempt sends its request), `output` "
+            "(a streaming answer, in batches), `progress` (the upstream's reports), `completed` (the run's end, "
+            "today's delivery). Default `completed` alone. Needs a webhook.",
+            {"type": "string", "pattern": f"^\\s*({_EVENT_NAMES})\\s*(,\\s*({_EVENT_NAMES})\\s*)*$"},
+        ),
         _header_param(
             h.PREFER,
             "`respond-async` makes the request asynchronous (RFC 7240); `wait=N` waits up to N seconds "
@@ -358,6 +376,11 @@ def _submission_params(config: Config) -> list[Schema]:
             h.WEBHOOK,
             f"The webhook URL, as a header instead of `{WEBHOOK_PARAM}` (one or the other).",
             {"type": "string", "format": "uri"},
+        ),
+        _header_param(
+            h.WEBHOOK_EVENTS,
+            f"The webhook events, as a header instead of (or besides) `{WEBHOOK_EVENTS_PARAM}`.",
+            {"type": "string"},
         ),
         _header_param(
             h.TIMEOUT,
@@ -409,6 +432,7 @@ def _submission_operation(config: Config, method: str) -> Schema:
         "400": _error_response(
             "The gateway's parameters or headers are malformed; nothing was stored.",
             ("invalid_parameter", f"{ASYNC_PARAM} must be true or false, got 'maybe'"),
+            ("invalid_webhook_events", f"unknown webhook event 'logs': {WEBHOOK_EVENTS_PARAM} takes {_EVENT_LIST}"),
             ("invalid_webhook_url", f"{WEBHOOK_PARAM} must be an absolute http or https URL"),
             ("blocked_destination", f"{WEBHOOK_PARAM} names a destination the gateway will not call (loopback)"),
             ("invalid_header", f"{h.WEBHOOK.lower()} is given more than once"),
@@ -476,7 +500,62 @@ def _run_paths(config: Config) -> dict[str, Schema]:
         f"{runs}/{{run_id}}/result": {**run_id, "get": _result_operation(config)},
         f"{runs}/{{run_id}}/events": {**run_id, "get": _events_operation(config)},
         f"{runs}/{{run_id}}/webhook": {**run_id, "post": _redeliver_operation(config)},
+        f"{runs}/{{run_id}}/attempts/{{attempt}}/progress/{{token}}": {
+            **run_id,
+            "post": _progress_operation(),
+        },
     }
+
+
+_PROGRESS = f"""\
+Where an upstream reports its progress while it works on a run: the executor announces this URL
+to each attempt in the `{h.PROGRESS_URL}` request header. The URL is a capability: its last
+segment is a signature of the run and the attempt, valid only while that attempt runs; it needs no
+caller credentials, and lets its holder do nothing but report. Any replica takes it.
+
+A report is `{{"progress": 0.42, "message": "step 3 of 7"}}` (`progress` from 0 to 1, or `percent`
+from 0 to 100; `message` at most {MAX_MESSAGE_BYTES} bytes; at least one of them). Each becomes a
+`progress` event of the run, and the latest its status's `progress`. A run's log keeps its first
+{KEPT_REPORTS} reports; past them each replaces the previous one.
+"""
+
+
+def _progress_operation() -> Schema:
+    params = [
+        {"name": "attempt", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}},
+        {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
+    responses = {
+        "204": {"description": "Reported."},
+        "400": _error_response(
+            "Not a progress report; nothing changed.",
+            ("invalid_progress", "progress must be between 0 and 1"),
+        ),
+        "404": _error_response(
+            "No such progress URL: the token does not match the run and attempt.",
+            ("not_found", "no such progress URL"),
+        ),
+        "410": _error_response(
+            "The attempt is over (finished, cancelled, or replaced by another): stop reporting.",
+            ("attempt_over", "this attempt of the run is over: stop reporting its progress"),
+        ),
+        "413": _error_response(
+            f"The report is longer than {MAX_REPORT_BYTES} bytes.",
+            ("progress_too_large", f"a progress report is at most {MAX_REPORT_BYTES} bytes"),
+        ),
+        "503": _ref("responses", "StoreUnavailable"),
+    }
+    body = {"required": True, "content": _json(_ref("schemas", "ProgressReport"))}
+    return _operation(
+        "reportProgress",
+        "runs",
+        "Report an attempt's progress (for the upstream)",
+        responses,
+        parameters=params,
+        requestBody=body,
+        description=_PROGRESS,
+        security=[],
+    )
 
 
 def _list_operation(config: Config) -> Schema:
@@ -755,6 +834,16 @@ def _webhook_operation(config: Config) -> Schema:
             {"type": "string", "pattern": "^([1-5][0-9][0-9])?$"},
             True,
         ),
+        _header_param(
+            h.WEBHOOK_EVENT,
+            f"`completed`; only when the run's `{WEBHOOK_EVENTS_PARAM}` asked for more than completed.",
+            {"const": "completed"},
+        ),
+        _header_param(
+            h.WEBHOOK_SEQUENCE,
+            "The delivery's place among the run's deliveries, the highest; only with `Asyncgate-Webhook-Event`.",
+            {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        ),
     ]
     retried = "Not delivered: retried on the schedule (a 3xx is not followed; Retry-After is honoured on 429 and 503)."
     responses = {
@@ -771,6 +860,110 @@ def _webhook_operation(config: Config) -> Schema:
         "parameters": params,
         "requestBody": {"required": False, "content": content},
         "responses": responses,
+    }
+
+
+_LIFECYCLE = """\
+A run whose request named `{param}` with `start`, `output` or `progress` gets a delivery for each
+such event while it works, to its webhook URL, before its `completed` one (if it asked for that):
+
+* `start`: an attempt sends its request upstream (once per attempt);
+* `output`: a streaming answer's output events, in batches cut after
+  `webhooks.output_batch_interval` ({interval:g} s) or at `webhooks.output_batch_bytes`
+  ({batch} bytes), whichever comes first;
+* `progress`: an upstream's progress report; a report waiting behind another delivery is replaced
+  by a later one (the latest wins).
+
+Deliveries of a run are sent one at a time, in order, each signed like the completed one, with a
+`webhook-id` of its own (`msg_<run_id>_<sequence>`, the same on every attempt) and
+`Asyncgate-Webhook-Sequence`: 1, 2, 3..., `completed` having the highest. Each is retried on
+`webhooks.schedule` like the completed delivery; the next waits for it. At most
+`webhooks.max_pending_events` ({pending}) wait per run; past them output and progress deliveries
+are dropped, and the next delivery's `dropped` says how many.
+"""
+
+
+def _lifecycle_operation(config: Config) -> Schema:
+    hooks = config.webhooks
+    params = [
+        _header_param(h.WEBHOOK_ID, "`msg_<run_id>_<sequence>`, the same on every attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_TIMESTAMP, "Unix seconds of this attempt.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_SIGNATURE, "One `v1,<base64>` per signing secret.", {"type": "string"}),
+        _header_param(h.RUN_ID, "The run.", {"type": "string"}, True),
+        _header_param(h.WEBHOOK_EVENT, "The event.", {"type": "string", "enum": ["start", "output", "progress"]}, True),
+        _header_param(
+            h.WEBHOOK_SEQUENCE,
+            "The delivery's place among the run's deliveries: order and de-duplicate by it.",
+            {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            True,
+        ),
+    ]
+    body = {
+        "oneOf": [
+            _ref("schemas", "WebhookStart"),
+            _ref("schemas", "WebhookOutput"),
+            _ref("schemas", "WebhookProgress"),
+        ]
+    }
+    responses = {
+        "2XX": {"description": "Delivered; the run's next delivery follows."},
+        "410": {"description": "Gone: this delivery is not tried again; the next follows."},
+        "default": {"description": "Not delivered: retried on the schedule; the run's next deliveries wait."},
+    }
+    return {
+        "operationId": "runLifecycle",
+        "summary": "A run started, streamed output or reported progress: the deliveries it asked for",
+        "description": _LIFECYCLE.format(
+            param=WEBHOOK_EVENTS_PARAM,
+            interval=hooks.output_batch_interval,
+            batch=hooks.output_batch_bytes,
+            pending=hooks.max_pending_events,
+        ),
+        "parameters": params,
+        "requestBody": {"required": True, "content": _json(body)},
+        "responses": responses,
+    }
+
+
+def _lifecycle_schemas() -> dict[str, Schema]:
+    common: Schema = {
+        "run_id": {"type": "string"},
+        "attempt": {"type": "integer", "minimum": 1},
+        "dropped": {"type": "integer", "description": "Deliveries dropped just before this one (queue full)."},
+    }
+    at: Schema = {"type": "string", "format": "date-time"}
+    return {
+        "WebhookStart": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "at"],
+            "properties": {"type": {"const": "run.start"}, **common, "at": at},
+        },
+        "WebhookOutput": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "from_seq", "to_seq", "events"],
+            "properties": {
+                "type": {"const": "run.output"},
+                **common,
+                "from_seq": {"type": "integer"},
+                "to_seq": {"type": "integer"},
+                "events": {
+                    "type": "array",
+                    "description": "Output events as the event stream has them, less `event`, `attempt` and `run_id`.",
+                    "items": {"type": "object"},
+                },
+            },
+        },
+        "WebhookProgress": {
+            "type": "object",
+            "required": ["type", "run_id", "attempt", "progress", "message", "at"],
+            "properties": {
+                "type": {"const": "run.progress"},
+                **common,
+                "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "message": {"type": ["string", "null"]},
+                "at": at,
+            },
+        },
     }
 
 
@@ -1004,6 +1197,8 @@ def _field_schema(kind: Kind) -> Schema:
         Kind.ERROR: _nullable(_ref("schemas", "RunError")),
         Kind.WEBHOOK: _nullable(_ref("schemas", "WebhookStatus")),
         Kind.URLS: _ref("schemas", "RunUrls"),
+        Kind.EVENTS: {"type": "array", "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)}},
+        Kind.PROGRESS: _nullable(_ref("schemas", "RunProgress")),
     }
     return schemas[kind]
 
@@ -1032,6 +1227,7 @@ def _run_status_schema(prefix: str) -> Schema:
         "webhook": None,
         "route": None,
         "urls": {STATUS: run, RESULT: f"{run}/result", EVENTS: f"{run}/events", CANCEL: run},
+        "progress": {"value": 1.0, "message": "done", "attempt": 1, "at": "2026-11-23T10:05:40.870Z"},
     }
     schema = _fields_schema(RUN_STATUS)
     return {**schema, "properties": schema["properties"] | _OPTIONAL_STATUS, "examples": [example]}
@@ -1130,6 +1326,48 @@ def _output_schemas() -> dict[str, Schema]:
     }
 
 
+def _progress_schemas() -> dict[str, Schema]:
+    fraction: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "The share done."}
+    message: Schema = {"type": ["string", "null"], "maxLength": MAX_MESSAGE_BYTES, "description": "What it does now."}
+    return {
+        "ProgressReport": {
+            "type": "object",
+            "description": "What an upstream reports: `progress` or `percent`, and/or `message`.",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "progress": {**fraction, "type": "number"},
+                "percent": {"type": "number", "minimum": 0, "maximum": 100, "description": "The share done, in %."},
+                "message": {**message, "type": "string"},
+            },
+        },
+        "RunProgress": {
+            "type": "object",
+            "description": "The latest progress reported for a run.",
+            "required": ["value", "message", "attempt", "at"],
+            "properties": {
+                "value": fraction,
+                "message": message,
+                "attempt": {"type": "integer", "description": "The attempt that reported it."},
+                "at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "ProgressEvent": {
+            "type": "object",
+            "description": "The `data` of a `progress` event: one report of the upstream.",
+            "required": ["event", "attempt", "progress", "message", "at", "run_id"],
+            "properties": {
+                "event": {"const": "progress"},
+                "attempt": {"type": "integer"},
+                "progress": fraction,
+                "message": message,
+                "at": {"type": "string", "format": "date-time"},
+                "run_id": {"type": "string"},
+            },
+        },
+    }
+
+
 def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
     delivery = {
         "type": "object",
@@ -1141,7 +1379,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
             "next_attempt_at": {"type": ["number", "null"], "description": "Unix seconds."},
         },
     }
-    names = [*(state.value for state in RunState), "webhook", "output", "output_dropped"]
+    names = [*(state.value for state in RunState), "webhook", "output", "output_dropped", "progress"]
     return {
         "ServerSentEvent": {
             "type": "object",
@@ -1159,6 +1397,7 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
                             _ref("schemas", "WebhookEvent"),
                             _ref("schemas", "OutputEvent"),
                             _ref("schemas", "OutputDroppedEvent"),
+                            _ref("schemas", "ProgressEvent"),
                         ]
                     },
                 },
@@ -1191,6 +1430,8 @@ def _event_schemas(timestamp: Schema) -> dict[str, Schema]:
             },
         },
         **_output_schemas(),
+        **_progress_schemas(),
+        **_lifecycle_schemas(),
         "WebhookEnvelope": {
             "type": "object",
             "description": "The webhook body with `webhooks.format: envelope`.",

@@ -16,11 +16,13 @@ import asyncio
 import base64
 import codecs
 import collections
+import dataclasses
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from asyncgate import lifecycle, progress
 from asyncgate.errors import StoreError
 from asyncgate.headers import CONTENT_LENGTH_RAW, CONTENT_TYPE_RAW, TRANSFER_ENCODING_RAW
 from asyncgate.runs import now
@@ -45,11 +47,17 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
 
 
 class OutputLog(Protocol):
-    """The part of the store output is written to (``store.base.Execution.append_output``)."""
+    """The part of the store output is written to (``store.base.Execution``: ``append_output``, ``report_progress``)."""
 
     async def append_output(
         self, run_id: str, attempt: int, events: list[dict[str, Any]], drop: list[str]
     ) -> list[str] | None: ...
+
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None: ...
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool: ...
 
 
 def _header(headers: RawHeaders, name: bytes) -> bytes | None:
@@ -208,9 +216,24 @@ class OutputSink:
     """One attempt's output: parses what the upstream streams and writes it to the store in batches."""
 
     def __init__(
-        self, log: OutputLog, run_id: str, attempt: int, form: str, content_type: str, max_events: int, max_bytes: int
+        self,
+        log: OutputLog,
+        run_id: str,
+        attempt: int,
+        form: str,
+        content_type: str,
+        max_events: int,
+        max_bytes: int,
+        hooks: lifecycle.OutputHooks | None = None,
+        max_hooks: int = 1000,
+        on_hook: Callable[[], None] | None = None,
     ) -> None:
         self.log = log
+        #: Output webhook deliveries, when the run's webhook asked for them.
+        self.hooks = hooks
+        self.max_hooks = max_hooks
+        #: Told when a report may have queued a progress delivery.
+        self.on_hook = on_hook
         self.run_id = run_id
         self.attempt = attempt
         self.max_events = max_events
@@ -245,12 +268,16 @@ class OutputSink:
         self._add(self._parser.end())
         if self._writer is not None:
             await asyncio.shield(self._writer)
+        if self.hooks is not None:
+            await self.hooks.close()
 
     def abort(self) -> None:
         """Stop writing (the call was cancelled): what is pending is not written."""
         self._pending.clear()
         if self._writer is not None:
             self._writer.cancel()
+        if self.hooks is not None:
+            self.hooks.abort()
 
     def _add(self, pieces: list[dict[str, Any]]) -> None:
         if not self.holding:
@@ -261,6 +288,11 @@ class OutputSink:
             self._writer = asyncio.create_task(self._write(), name=f"asyncgate-output-{self.run_id}")
 
     def _events(self, piece: dict[str, Any]) -> list[dict[str, Any]]:
+        if piece.get("sse_event") == progress.SSE_EVENT and not piece.get("partial"):
+            report = progress.report_in_stream(piece["data"])
+            if report is not None:
+                # A report in the stream, not output; a malformed one is relayed as output instead.
+                return [progress.progress_event(report, self.attempt, now())]
         event: dict[str, Any] = {"event": "output", "attempt": self.attempt, "seq": self._seq, "at": now()}
         if self._seq == 0:
             event["format"] = self._form
@@ -291,34 +323,97 @@ class OutputSink:
             while self._pending and self.holding:
                 batch, self._pending, self._pending_bytes = self._pending, [], 0
                 self._room.set()
-                drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
-                try:
-                    ids = await self.log.append_output(self.run_id, self.attempt, batch, drop)
-                except StoreError as exc:
-                    # Output is a convenience: the run and its result must not wait for it.
-                    logger.warning("run %s: output not written: %s", self.run_id, exc, extra={"run_id": self.run_id})
-                    continue
-                if ids is None:
-                    self.holding = False
-                    break
-                self._live.extend(i for i, event in zip(ids, batch, strict=True) if event.get("kept") is False)
+                for segment in _segments(batch):
+                    try:
+                        self.holding = await self._write_segment(segment)
+                    except StoreError as exc:
+                        # Output is a convenience: the run and its result must not wait for it.
+                        extra = {"run_id": self.run_id}
+                        logger.warning("run %s: output not written: %s", self.run_id, exc, extra=extra)
+                    if not self.holding:
+                        break
         finally:
             self._writer = None
             self._room.set()
+
+    async def _write_segment(self, segment: list[dict[str, Any]]) -> bool:
+        """Write output events, or one progress report; False once the store refuses (the attempt is over)."""
+        if segment[0]["event"] == "progress":
+            hook = lifecycle.progress_body(self.run_id, segment[0])
+            kept = progress.KEPT_REPORTS
+            event_id = await self.log.report_progress(self.run_id, self.attempt, segment[0], kept, hook, self.max_hooks)
+            if event_id is not None and self.on_hook is not None:
+                self.on_hook()
+            return event_id is not None
+        drop = [self._live.popleft() for _ in range(max(0, len(self._live) - LIVE_WINDOW))]
+        ids = await self.log.append_output(self.run_id, self.attempt, segment, drop)
+        if ids is None:
+            return False
+        self._live.extend(i for i, event in zip(ids, segment, strict=True) if event.get("kept") is False)
+        if self.hooks is not None:
+            self.hooks.add(segment)
+        return True
+
+
+def _segments(batch: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A batch cut in store writes, in order: runs of output events, and each progress report alone."""
+    segments: list[list[dict[str, Any]]] = []
+    for event in batch:
+        if event["event"] == "progress" or not segments or segments[-1][0]["event"] == "progress":
+            segments.append([event])
+        else:
+            segments[-1].append(event)
+    return segments
+
+
+@dataclasses.dataclass(frozen=True)
+class HookLimits:
+    """How output webhook deliveries are cut (webhooks.output_batch_*), and how many may wait."""
+
+    interval: float = 1.0
+    max_bytes: int = 64 * 1024
+    max_pending: int = 1000
 
 
 class Output:
     """Makes a sink for each attempt whose response streams; configured once per gateway."""
 
-    def __init__(self, log: OutputLog, max_events: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        log: OutputLog,
+        max_events: int,
+        max_bytes: int,
+        hooks: HookLimits | None = None,
+        on_hook: Callable[[], None] | None = None,
+    ) -> None:
         self.log = log
+        self.on_hook = on_hook
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.hook_limits = hooks or HookLimits()
 
-    def sink(self, run_id: str, attempt: int, headers: RawHeaders) -> OutputSink | None:
+    def sink(self, run_id: str, attempt: int, headers: RawHeaders, output_hooks: bool = False) -> OutputSink | None:
+        """A sink for a response that streams, else None; ``output_hooks``: the run's webhook asked for output."""
         headers = list(headers)
         form = stream_format(headers)
         if form is None:
             return None
         content_type = (_header(headers, CONTENT_TYPE_RAW) or b"").decode("latin-1")
-        return OutputSink(self.log, run_id, attempt, form, content_type, self.max_events, self.max_bytes)
+        limits = self.hook_limits
+        hooks = None
+        if output_hooks:
+            hooks = lifecycle.OutputHooks(
+                self.log, run_id, attempt, limits.interval, limits.max_bytes, limits.max_pending, self.on_hook
+            )
+        return OutputSink(
+            self.log,
+            run_id,
+            attempt,
+            form,
+            content_type,
+            self.max_events,
+            self.max_bytes,
+            hooks,
+            limits.max_pending,
+            self.on_hook,
+        )

@@ -12,7 +12,8 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from asyncgate.runs import mask_url
+from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, mask_url
+from asyncgate.runs import WEBHOOK_EVENTS as _EVENTS
 
 
 class AsyncMode(StrEnum):
@@ -26,8 +27,8 @@ class AsyncMode(StrEnum):
     NEVER = "never"
 
 
-#: Webhook events a route may subscribe its default webhook to: a run's end, the only one today.
-WEBHOOK_EVENTS = frozenset({"completed"})
+#: Webhook events a route may subscribe its default webhook to (runs.WEBHOOK_EVENTS).
+WEBHOOK_EVENTS = frozenset(_EVENTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class RoutePolicy:
     max_attempts: int | None = None
     max_body_bytes: int | None = None
     webhook_url: str | None = None
-    webhook_events: tuple[str, ...] = ("completed",)
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     #: The priority of the route's runs (0 to runs.MAX_PRIORITY).
     priority: int = 0
     #: The highest priority a caller may ask for (Asyncgate-Priority); None: only ``priority`` or less.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from asyncgate.errors import ResultTooLarge, UpstreamError, UpstreamTimeout
-from asyncgate.headers import ATTEMPT, CONTENT_LENGTH_RAW, NOT_REPLAYED, RUN_ID, encode, end_to_end
+from asyncgate.headers import ATTEMPT, CONTENT_LENGTH_RAW, NOT_REPLAYED, PROGRESS_URL, RUN_ID, encode, end_to_end, raw
 from asyncgate.output import Output, OutputSink
 from asyncgate.runs import ErrorCode, Headers, Outcome, Run, RunError, RunResult, RunState
 from asyncgate.tracing import NO_TRACING, Tracing, with_span
@@ -14,6 +14,9 @@ from asyncgate.upstream import Response, Upstream
 #: As the upstream sees them, on every request the executor replays.
 _RUN_ID = RUN_ID.encode("ascii")
 _ATTEMPT = ATTEMPT.encode("ascii")
+_PROGRESS_URL = PROGRESS_URL.encode("ascii")
+#: Never replayed as the client sent it: only the executor announces a progress URL.
+_DROPPED = NOT_REPLAYED | {raw(PROGRESS_URL)}
 
 
 def outcome_of(result: RunResult) -> Outcome:
@@ -63,25 +66,35 @@ async def replay(
     max_result_bytes: int,
     tracing: Tracing = NO_TRACING,
     output: Output | None = None,
+    progress_url: str | None = None,
 ) -> Outcome:
     """Send the run's request (marked with its id and attempt) and wait for the whole answer.
 
     Traced, the request names the attempt's span, so the upstream's own spans nest under it.
     With ``output``, a streaming answer is relayed as the run's output events as it arrives.
+    With ``progress_url``, the request announces where the upstream may report its progress.
     """
     with tracing.upstream_attempt(run) as span:
-        outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output)
+        announced = ((_PROGRESS_URL, progress_url.encode("ascii")),) if progress_url else ()
+        outcome = await _send(upstream, run, body, max_result_bytes, span.headers, output, announced)
         span.finish(outcome.upstream_status, outcome.error.code if outcome.error else None)
         return outcome
 
 
 async def _send(
-    upstream: Upstream, run: Run, body: bytes, max_result_bytes: int, trace: Headers, output: Output | None
+    upstream: Upstream,
+    run: Run,
+    body: bytes,
+    max_result_bytes: int,
+    trace: Headers,
+    output: Output | None,
+    announced: tuple[tuple[bytes, bytes], ...],
 ) -> Outcome:
     request = run.request
     # Runs stored by an earlier version may hold fields that are not replayed now: filtered again.
-    headers = end_to_end(encode(with_span(request.headers, trace)), drop=NOT_REPLAYED)
+    headers = end_to_end(encode(with_span(request.headers, trace)), drop=_DROPPED)
     headers += ((_RUN_ID, run.run_id.encode("ascii")), (_ATTEMPT, str(run.attempt).encode()))
+    headers += announced
     target = upstream.target(request.path.encode("latin-1"), request.query.encode("latin-1"))
     try:
         # The run's own timeout bounds the whole exchange, connect to last byte.
@@ -95,7 +108,9 @@ async def _send(
             )
             try:
                 status, result_headers = response.status, _result_headers(response)
-                sink = output.sink(run.run_id, run.attempt, response.raw_headers) if output else None
+                sink = None
+                if output is not None:
+                    sink = output.sink(run.run_id, run.attempt, response.raw_headers, run.request.hooks("output"))
                 try:
                     content = await _read_body(response, max_result_bytes, sink)
                 except ResultTooLarge:

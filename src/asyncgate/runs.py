@@ -140,6 +140,12 @@ class RunError:
     message: str
 
 
+#: Webhook events a run may ask for, in the order they happen; ``completed`` alone is the default.
+WEBHOOK_EVENTS = ("start", "output", "progress", "completed")
+COMPLETED = "completed"
+DEFAULT_WEBHOOK_EVENTS = (COMPLETED,)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """The request to replay against the upstream; its body is stored beside it."""
@@ -160,6 +166,20 @@ class RunRequest:
     idempotent: bool | None = None
     #: The route's attempt limit; None leaves it to runs.max_attempts.
     max_attempts: int | None = None
+    #: The webhook events the caller asked for (WEBHOOK_EVENTS), in their order.
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+
+    def hooks(self, event: str) -> bool:
+        """Whether the run's webhook is to get ``event`` deliveries."""
+        return self.webhook_url is not None and event in self.webhook_events
+
+    @property
+    def lifecycle_events(self) -> tuple[str, ...]:
+        """The events asked for besides ``completed``: deliveries queued while the run works."""
+        if self.webhook_url is None:
+            return ()
+        return tuple(event for event in self.webhook_events if event != COMPLETED)
+
     #: Claimed before runs of lower priority (0, the default, to MAX_PRIORITY).
     priority: int = 0
     #: The time (Unix seconds) past which the run, still waiting for its first start, ends expired.
@@ -195,6 +215,27 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """The latest progress an attempt reported (progress.py): a fraction done and/or a message."""
+
+    value: float | None
+    message: str | None
+    attempt: int
+    at: float
+
+    def to_public(self) -> dict[str, Any]:
+        return {"value": self.value, "message": self.message, "attempt": self.attempt, "at": rfc3339(self.at)}
+
+
+def load_progress(data: bytes | str | None) -> Progress | None:
+    """The latest report from its stored form, the JSON of its ``progress`` event."""
+    if not data:
+        return None
+    raw = orjson.loads(data)
+    return Progress(raw.get("progress"), raw.get("message"), int(raw["attempt"]), float(raw["at"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     run_id: str
     state: RunState
@@ -210,6 +251,10 @@ class Run:
     #: A client asked to cancel the run while it was running.
     cancel_requested: bool = False
     delivery: Delivery | None = None
+    #: The latest progress reported by an attempt, if any did.
+    progress: Progress | None = None
+    #: Lifecycle webhook deliveries queued for the run so far (each numbered in turn).
+    hook_seq: int = 0
 
     @property
     def webhook_id(self) -> str:
@@ -252,6 +297,8 @@ def dump_request(request: RunRequest) -> bytes:
     }
     if request.route is not None:
         data.update((name, getattr(request, name)) for name in _POLICY_FIELDS)
+    if request.webhook_events != DEFAULT_WEBHOOK_EVENTS:
+        data["webhook_events"] = request.webhook_events  # written only when asked: older gateways read the rest
     data.update(
         (name, value) for name, default in _QUEUE_FIELDS.items() if (value := getattr(request, name)) != default
     )
@@ -270,6 +317,7 @@ def load_request(data: bytes | str) -> RunRequest:
         route=raw.get("route"),
         idempotent=raw.get("idempotent"),
         max_attempts=raw.get("max_attempts"),
+        webhook_events=tuple(raw.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS),
         priority=raw.get("priority", 0),
         queue_deadline=raw.get("queue_deadline"),
     )

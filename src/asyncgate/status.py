@@ -40,6 +40,10 @@ class Kind(StrEnum):
     WEBHOOK = "webhook"
     #: The run's URLs by name (``links.RunLinks.urls``).
     URLS = "urls"
+    #: A list of webhook event names (runs.WEBHOOK_EVENTS).
+    EVENTS = "events"
+    #: The latest progress report, ``{"value", "message", "attempt", "at"}``, or null.
+    PROGRESS = "progress"
 
 
 Reader = TypeVar("Reader", bound=Callable[..., Any])
@@ -80,6 +84,12 @@ WEBHOOK_STATUS: tuple[Field[WebhookReader], ...] = (
     Field("last_status", Kind.OPTIONAL_INT, "", lambda run: _delivery(run).last_status),
     Field("last_error", Kind.OPTIONAL_TEXT, "", lambda run: _delivery(run).last_error),
     Field("next_attempt_at", Kind.OPTIONAL_TIME, "When the next attempt is due; null once final.", _next_attempt),
+    Field(
+        "events",
+        Kind.EVENTS,
+        "The webhook events asked for (`webhookEvents`); `completed` alone by default.",
+        lambda run: list(run.request.webhook_events),
+    ),
 )
 
 
@@ -121,6 +131,12 @@ RUN_STATUS: tuple[Field[RunReader], ...] = (
         lambda run, links: run.request.route,
     ),
     Field("urls", Kind.URLS, "", lambda run, links: links.urls(run.run_id)),
+    Field(
+        "progress",
+        Kind.PROGRESS,
+        "The latest progress the upstream reported; null before the first report.",
+        lambda run, links: run.progress.to_public() if run.progress else None,
+    ),
 )
 
 

@@ -13,7 +13,8 @@ import base64
 import dataclasses
 import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -28,7 +29,9 @@ from asyncgate.headers import (
     RUN_STATUS,
     UPSTREAM_STATUS,
     USER_AGENT,
+    WEBHOOK_EVENT,
     WEBHOOK_ID,
+    WEBHOOK_SEQUENCE,
     WEBHOOK_SIGNATURE,
     WEBHOOK_TIMESTAMP,
 )
@@ -37,7 +40,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
 from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
 from asyncgate.signing import signature_header
-from asyncgate.store.base import Deliveries, DueDelivery, Records
+from asyncgate.store.base import Deliveries, DueDelivery, DueHook, Hook, Records
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
@@ -167,6 +170,10 @@ class WebhookDispatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._client: WebhookClient | None = None
+        #: Lifecycle deliveries are looked for when one was queued here or delivered, when the last
+        #: look found some, and else once per IDLE_POLL: most rounds (a wave of completions) need none.
+        self._hooks_wanted = True
+        self._next_hook_look = 0.0
 
     def start(self) -> None:
         limit, timeout = self.config.webhooks.max_concurrency, self.config.webhooks.timeout
@@ -185,6 +192,24 @@ class WebhookDispatcher:
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll (a run with a webhook ended here)."""
         self._wake.set()
+
+    def wake_hooks(self) -> None:
+        """A lifecycle delivery was queued here: look for due ones now."""
+        self._hooks_wanted = True
+        self._wake.set()
+
+    async def _due_hooks(self, room: int, lease: float) -> list[DueHook]:
+        moment = time.monotonic()
+        if room <= 0 or not (self._hooks_wanted or moment >= self._next_hook_look):
+            return []
+        self._next_hook_look = moment + IDLE_POLL
+        try:
+            hooks = await self.store.due_hooks(room, lease)
+        except StoreError as exc:
+            logger.warning("cannot take lifecycle webhook deliveries: %s", exc)
+            return []
+        self._hooks_wanted = bool(hooks)
+        return hooks
 
     async def _dispatch(self) -> None:
         lease = self.config.webhooks.timeout + LEASE_MARGIN
@@ -205,16 +230,22 @@ class WebhookDispatcher:
                 logger.warning("cannot take webhook deliveries: %s", exc)
                 due = []
             for item in due:
-                task = asyncio.create_task(self._deliver(item), name=f"asyncgate-webhook-{item.run.run_id}")
-                self._sending.add(task)
-                task.add_done_callback(self._sent)
+                self._spawn(self._deliver(item), item.run.run_id)
+            hooks = await self._due_hooks(room - len(due), lease)
+            for hook in hooks:
+                self._spawn(self._deliver_hook(hook), hook.run.run_id)
             self.metrics.webhooks_sending.set(len(self._sending))
-            if len(due) < room:
+            if len(due) + len(hooks) < room:
                 try:
                     async with asyncio.timeout(IDLE_POLL):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+
+    def _spawn(self, delivery: Coroutine[Any, Any, None], run_id: str) -> None:
+        task = asyncio.create_task(delivery, name=f"asyncgate-webhook-{run_id}")
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
@@ -252,6 +283,64 @@ class WebhookDispatcher:
             if delivery.next_attempt_at <= now():
                 self._wake.set()
 
+    async def _deliver_hook(self, due: DueHook) -> None:
+        """One attempt at a run's first queued lifecycle delivery, retried on the same schedule as completed."""
+        run, hook = due.run, due.hook
+        attempts = hook.attempts + 1
+        url = run.request.webhook_url
+        if url is None:
+            attempt = Attempt(None, "the run's webhook URL is gone", final=True)
+        else:
+            body = hook.body
+            if hook.dropped:
+                body = orjson.dumps({**orjson.loads(body), "dropped": hook.dropped})
+            with self.tracing.delivery_attempt(run, attempts) as span:
+                headers = self.hook_headers(run, hook, body, span.headers)
+                attempt = await self._post(url, body, headers)
+                delivered = attempt.status is not None and 200 <= attempt.status < 300
+                span.finish(attempt.status, None if delivered else str(attempt.status or "transport_error"))
+        delivery = next_delivery(attempts, attempt, self.config.webhooks.schedule, now(), self._rng)
+        pending = delivery.state is DeliveryState.PENDING
+        next_at = delivery.next_attempt_at if pending else None
+        try:
+            recorded = await self.store.record_hook(run.run_id, due.token, hook.seq, attempts, next_at)
+        except StoreError as exc:
+            logger.warning("run %s: webhook attempt not recorded: %s", run.run_id, exc, extra={"run_id": run.run_id})
+            return
+        if not recorded:
+            return
+        self.metrics.webhook_attempts.labels("retry" if pending else delivery.state.value).inc()
+        extra = {"run_id": run.run_id, "status": delivery.last_status}
+        if delivery.state is DeliveryState.DELIVERED:
+            logger.info("run %s: %s webhook #%d delivered", run.run_id, hook.event, hook.seq, extra=extra)
+        else:
+            level = logging.INFO if pending else logging.WARNING
+            outcome = "failed, will retry" if pending else f"{delivery.state.value}, given up"
+            why = delivery.last_error
+            logger.log(
+                level, "run %s: %s webhook #%d %s: %s", run.run_id, hook.event, hook.seq, outcome, why, extra=extra
+            )
+        if next_at is None or next_at <= now():
+            self.wake_hooks()  # the run's next delivery (or its completed one) is due now
+
+    def hook_headers(self, run: Run, hook: Hook, body: bytes, trace: Headers = ()) -> dict[str, str]:
+        """A lifecycle delivery's headers: its own webhook-id, its event and its place in the run's order."""
+        timestamp = int(now())
+        message_id = f"{run.webhook_id}_{hook.seq}"
+        headers = {
+            WEBHOOK_ID: message_id,
+            WEBHOOK_TIMESTAMP: str(timestamp),
+            RUN_ID: run.run_id,
+            WEBHOOK_EVENT: hook.event,
+            WEBHOOK_SEQUENCE: str(hook.seq),
+            CONTENT_TYPE: "application/json",
+            USER_AGENT: f"asyncgate/{__version__}",
+        }
+        headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
+        if self._keys:
+            headers[WEBHOOK_SIGNATURE] = signature_header(self._keys, message_id, timestamp, body)
+        return headers
+
     def request_headers(self, run: Run, body: bytes, content_type: str | None, trace: Headers = ()) -> dict[str, str]:
         """The delivery's headers; ``trace`` names its span, else the submission's trace context goes on."""
         timestamp = int(now())
@@ -265,6 +354,10 @@ class WebhookDispatcher:
         }
         if content_type:
             headers[CONTENT_TYPE] = content_type
+        if run.request.lifecycle_events:
+            # Only a receiver that asked for more than completed sees these: it orders by them.
+            headers[WEBHOOK_EVENT] = "completed"
+            headers[WEBHOOK_SEQUENCE] = str(run.hook_seq + 1)
         # The receiver's spans belong to the submitter's trace (W3C Trace Context and Baggage).
         headers.update(with_span(tuple(trace_headers(run.request.headers)), trace))
         if self._keys:
@@ -279,9 +372,12 @@ class WebhookDispatcher:
         else:
             body = result.body if result is not None else b""
             content_type = result.header(CONTENT_TYPE) if result is not None else None
-        headers = self.request_headers(run, body, content_type, trace)
+        return await self._post(run.request.webhook_url, body, self.request_headers(run, body, content_type, trace))
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+        assert self._client is not None
         try:
-            answer = await self._client.post(run.request.webhook_url, body, headers)
+            answer = await self._client.post(url, body, headers)
         except BlockedDestination as exc:
             return Attempt(None, f"blocked_destination: {exc}", final=True)
         except (TimeoutError, UpstreamTimeout):

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from asyncgate.client import Result, RunState, _render
-from asyncgate.client._render import Progress, answer_excerpt
+from asyncgate.client import Result, RunProgress, RunState, RunStatus, _render
+from asyncgate.client._render import Progress, answer_excerpt, describe
 from asyncgate.client.cli import main
 from tests.e2e.conftest import Gateway, Upstream
 from tests.support.redis_server import free_port
@@ -466,6 +466,39 @@ def test_progress_elsewhere_prints_a_line_per_change_and_json_mode_prints_nothin
     silent.tick()
     silent.close()
     assert quiet.getvalue() == "" and silent.state is RunState.RUNNING
+
+
+def test_progress_reports_show_on_the_live_line_while_running_and_as_lines_elsewhere() -> None:
+    screen = Terminal()
+    live = Progress(screen, "r1", tty=True, clock=lambda: 10.0)
+    live.update(RunState.RUNNING, at=9.0)
+    live.progress(RunProgress(0.5, "half way"))
+    live.update(RunState.SUCCEEDED, at=10.0)
+    frames = screen.getvalue().split("\r\x1b[2K")
+    assert frames == ["", "⠋ r1 running 1.0s", "⠋ r1 running 50% half way 1.0s", "⠋ r1 succeeded 1.0s"]
+    log = io.StringIO()
+    lines = Progress(log, "r1", tty=False, clock=lambda: 10.0)
+    lines.update(RunState.RUNNING, at=9.0)
+    lines.progress(RunProgress(None, "loading"), at=9.5)
+    assert log.getvalue() == "r1 running after 0.0s\nr1 loading after 0.5s\n"
+
+
+def test_status_describes_the_latest_progress() -> None:
+    status = RunStatus(
+        run_id="r1",
+        state=RunState.RUNNING,
+        created_at=None,
+        started_at=None,
+        finished_at=None,
+        method="GET",
+        path="/p",
+        upstream_status=None,
+        error=None,
+        attempt=1,
+        webhook=None,
+        progress=RunProgress(0.25, "step 1"),
+    )
+    assert "progress  25% step 1\n" in describe(status)
 
 
 def test_the_ascii_spinner_where_the_stream_is_not_utf8() -> None:

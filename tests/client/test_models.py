@@ -11,7 +11,7 @@ import orjson
 from asyncgate.client import _protocol as protocol
 from asyncgate.client._models import RunStatus, WebhookStatus
 from asyncgate.links import RunLinks
-from asyncgate.runs import Delivery, DeliveryState, Run, RunError, RunRequest, RunState
+from asyncgate.runs import Delivery, DeliveryState, Progress, Run, RunError, RunRequest, RunState
 from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind, status_document
 
 #: Where the SDK names a field otherwise: RunStatus.state is the document's status (a RunState).
@@ -37,6 +37,7 @@ def every_field_set() -> Run:
         upstream_status=500,
         error=RunError("upstream_error", "the upstream answered 500"),
         delivery=Delivery(DeliveryState.PENDING, 1, 503, "the receiver answered 503", 1_795_000_010.0),
+        progress=Progress(0.5, "half way", 2, 1_795_000_002.5),
     )
 
 
@@ -50,6 +51,15 @@ def agrees(kind: Kind, parsed: Any, sent: Any) -> bool:
         return isinstance(parsed, RunState) and parsed.value == sent
     if kind is Kind.ERROR:
         return (parsed.code, parsed.message) == (sent["code"], sent["message"])
+    if kind is Kind.EVENTS:
+        return isinstance(parsed, tuple) and list(parsed) == sent
+    if kind is Kind.PROGRESS:
+        return (parsed.value, parsed.message, parsed.attempt, parsed.at) == (
+            sent["value"],
+            sent["message"],
+            sent["attempt"],
+            datetime.fromisoformat(sent["at"]),
+        )
     if kind is Kind.WEBHOOK:
         return isinstance(parsed, WebhookStatus) and all(
             agrees(field.kind, getattr(parsed, field.name), sent[field.name]) for field in WEBHOOK_STATUS

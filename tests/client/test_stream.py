@@ -131,3 +131,43 @@ def test_output_printer_writes_lines_for_events_and_bytes_for_chunks() -> None:
     printer.write(event({"event": "queued"}))
     printer.finish()
     assert stream.getvalue() == "partial\nline\n"
+
+
+def test_stream_yields_progress_reports_and_the_status_has_the_latest(client: Client) -> None:
+    run = client.submit("GET", "/progress-callback", params={"count": 2, "interval": 0.05})
+    reports = [e.progress for e in run.stream() if e.progress is not None]
+    assert [(r.value, r.message, r.attempt) for r in reports] == [(0.5, "step 1 of 2", 1), (1.0, "step 2 of 2", 1)]
+    assert all(r.at is not None for r in reports)
+    status = run.status()
+    assert status.progress is not None and (status.progress.value, status.progress.message) == (1.0, "step 2 of 2")
+    assert status.progress.percent == "100%" and status.progress.attempt == 1
+
+
+def test_async_stream_yields_progress_in_an_sse_answer(gateway: Gateway) -> None:
+    async def scenario() -> list[RunEvent]:
+        async with AsyncClient(gateway.url, prefix=gateway.prefix, trust_env=False) as sdk:
+            run = await sdk.submit("GET", "/progress-sse", params={"count": 2, "interval": 0.01})
+            return [event async for event in run.stream()]
+
+    events = asyncio.run(scenario())
+    assert [e.event for e in events] == ["queued", "running", "output", "progress", "output", "progress", "succeeded"]
+    assert [e.progress.percent for e in events if e.progress is not None] == ["50%", "100%"]
+    assert all(e.progress is None for e in events if e.event != "progress")
+
+
+def test_submit_follow_shows_progress_on_stderr_beside_the_output(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = shell(gateway, capsys, "submit", "GET", "/progress-sse?count=2&interval=0.01", "--follow")
+    assert code == 0
+    assert out == "token-0\ntoken-1\n"
+    reports = [line.split(" ", 1)[1] for line in err.splitlines() if "%" in line]
+    assert [line.rsplit(" after ", 1)[0] for line in reports] == ["50% token 1 of 2", "100% token 2 of 2"]
+
+
+def test_event_line_of_progress() -> None:
+    report = event({"event": "progress", "progress": 0.425, "message": "step 3\nof 7"})
+    assert event_line(report) == "-  progress  attempt 1  42% step 3 of 7\n"
+    assert event_line(event({"event": "progress", "progress": None, "message": "warming"})) == (
+        "-  progress  attempt 1  warming\n"
+    )

@@ -51,6 +51,7 @@ class Gateway:
         options = {**uvicorn_options(config), "timeout_graceful_shutdown": 5, **server_options}
         self.server = ServerThread(self.app, **options).start()
         self.url = self.server.url
+        self.app.listening(self.server.port)  # bound to port 0: progress URLs name the real one
         self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
 
     @property

@@ -24,6 +24,7 @@ RUN_FIELDS = {
     "attempt",
     "webhook",
     "route",
+    "progress",
     "urls",
 }
 

@@ -252,9 +252,10 @@ def test_finished_runs_expire_after_retention(make_gateway: GatewayFactory, stor
     wait_until(lambda: gateway.stored_run_count() == 0, timeout=10, message="purged")
     if store_kind == "redis":
         # What stays: the work queue, the deployment's identity record, the fleet's heartbeat, the
-        # gateways' heartbeats and the counters (claims, for the queue's rate): one small key each.
+        # gateways' heartbeats, the counters (claims, for the queue's rate) and the key signing
+        # progress URLs: one small key each per deployment.
         wait_until(
-            lambda: gateway.redis_keys() <= {"queue", "deployment", "alive", "gateways", "counters"},
+            lambda: gateway.redis_keys() <= {"queue", "deployment", "alive", "gateways", "counters", "progress_key"},
             timeout=10,
             message=f"keys left: {gateway.redis_keys()}",
         )

@@ -7,6 +7,7 @@ import hashlib
 import threading
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -165,6 +166,33 @@ def upstream_app(calls: Calls) -> Starlette:
 
         return StreamingResponse(tokens(count, interval, hold, line), media_type="application/x-ndjson")
 
+    async def progress_sse(request: Request) -> Response:
+        """SSE tokens, each followed by an ``asyncgate.progress`` report of the share done."""
+        count, interval, hold = token_params(request)
+        record(request)
+
+        def render(index: int) -> bytes:
+            report = b'{"progress": %.2f, "message": "token %d of %d"}' % ((index + 1) / count, index + 1, count)
+            return b"data: token-%d\n\nevent: asyncgate.progress\ndata: %s\n\n" % (index, report)
+
+        return StreamingResponse(tokens(count, interval, hold, render), media_type="text/event-stream")
+
+    async def progress_callback(request: Request) -> Response:
+        """A job answering one JSON document at the end, reporting its progress meanwhile by POSTing
+        to the URL announced in Asyncgate-Progress-Url; answers the statuses those POSTs got."""
+        count, interval, hold = token_params(request)
+        record(request)
+        url = request.headers.get("asyncgate-progress-url")
+        statuses: list[int] = []
+        if url is not None:
+            async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+                for index in range(count):
+                    report = {"percent": 100 * (index + 1) / count, "message": f"step {index + 1} of {count}"}
+                    statuses.append((await client.post(url, json=report)).status_code)
+                    await asyncio.sleep(interval)  # the behaviour under test: a job working
+        await asyncio.sleep(hold)
+        return JSONResponse({"announced": url is not None, "statuses": statuses})
+
     async def reset(request: Request) -> Response:
         """Starts an answer, then breaks the connection: an upstream that resets mid-response."""
         record(request)
@@ -202,6 +230,8 @@ def upstream_app(calls: Calls) -> Starlette:
             Route("/stream", stream, methods=["GET"]),
             Route("/sse-tokens", sse_tokens, methods=["GET", "POST"]),
             Route("/ndjson", ndjson, methods=["GET", "POST"]),
+            Route("/progress-sse", progress_sse, methods=["GET", "POST"]),
+            Route("/progress-callback", progress_callback, methods=["GET", "POST"]),
             Route("/cookies", cookies, methods=["GET"]),
             Route("/reset", reset, methods=["GET", "POST"]),
             Route("/hop", hop, methods=["GET"]),

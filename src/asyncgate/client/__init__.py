@@ -17,6 +17,7 @@ from asyncgate.client._models import (
     Result,
     RunEvent,
     RunPage,
+    RunProgress,
     RunStatus,
     WebhookStatus,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "RunEvent",
     "RunFailed",
     "RunPage",
+    "RunProgress",
     "RunState",
     "RunStatus",
     "TransportError",

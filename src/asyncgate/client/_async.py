@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -68,6 +68,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         # The run's time limit on the gateway, not a local deadline: asyncio.timeout cannot say it.
         timeout: float | None = None,  # noqa: ASYNC109
+        webhook_events: Sequence[str] | None = None,
     ) -> AsyncRun:
         """Submit ``method path`` as a run; ``timeout`` shortens the run's own time limit on the gateway."""
         call = protocol.submit_call(
@@ -80,6 +81,7 @@ class AsyncClient:
             webhook=webhook,
             idempotency_key=idempotency_key,
             timeout=timeout,
+            webhook_events=webhook_events,
         )
         submitted = protocol.parse_submitted(await self._send(call))
         return AsyncRun(self, submitted.run_id, location=submitted.location, replayed=submitted.replayed)

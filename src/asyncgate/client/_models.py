@@ -32,6 +32,23 @@ class WebhookStatus:
     last_status: int | None
     last_error: str | None
     next_attempt_at: datetime | None
+    #: The webhook events the run asked for (``start``, ``output``, ``progress``, ``completed``).
+    events: tuple[str, ...] = ("completed",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunProgress:
+    """Progress an upstream reported: ``value`` a fraction from 0 to 1, and/or a ``message``."""
+
+    value: float | None
+    message: str | None
+    attempt: int | None = None
+    at: datetime | None = None
+
+    @property
+    def percent(self) -> str | None:
+        """``value`` as ``"42%"``, or None without one."""
+        return None if self.value is None else f"{self.value * 100:.0f}%"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +73,8 @@ class RunStatus:
     #: ``routes:``); None for none, or from a gateway too old to send it.
     route: str | None = None
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
+    #: The latest progress the upstream reported; None before the first report (or from an older gateway).
+    progress: RunProgress | None = None
 
     @property
     def is_final(self) -> bool:
@@ -98,7 +117,7 @@ class RunPage:
 
 @dataclasses.dataclass(frozen=True)
 class RunEvent:
-    """An event of a run's stream: the state it entered, ``webhook``, or its live ``output``.
+    """An event of a run's stream: the state it entered, ``webhook``, its live ``output``, or ``progress``.
 
     State events carry the attempt, and final ones the upstream status and error; ``data`` is
     the event's JSON as sent.
@@ -124,6 +143,19 @@ class RunEvent:
     def is_final(self) -> bool:
         state = self.state
         return state is not None and state.is_final
+
+    @property
+    def progress(self) -> RunProgress | None:
+        """The report a ``progress`` event carries, or None for any other event."""
+        if self.event != "progress":
+            return None
+        value, message = self.data.get("progress"), self.data.get("message")
+        return RunProgress(
+            value=float(value) if isinstance(value, int | float) else None,
+            message=message if isinstance(message, str) else None,
+            attempt=self.attempt,
+            at=self.at,
+        )
 
     @property
     def output(self) -> bytes | None:

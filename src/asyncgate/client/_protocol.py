@@ -20,7 +20,16 @@ from urllib.parse import quote
 
 import httpx
 
-from asyncgate.client._models import ErrorDetail, Result, RunEvent, RunPage, RunStatus, Submitted, WebhookStatus
+from asyncgate.client._models import (
+    ErrorDetail,
+    Result,
+    RunEvent,
+    RunPage,
+    RunProgress,
+    RunStatus,
+    Submitted,
+    WebhookStatus,
+)
 from asyncgate.client._sse import ServerSentEvent, SSEDecoder
 from asyncgate.client.errors import APIError, ProtocolError, RunCancelled, RunFailed, TransportError
 from asyncgate.headers import (
@@ -37,6 +46,7 @@ from asyncgate.headers import (
     RETRY_AFTER,
     TIMEOUT,
     WEBHOOK,
+    WEBHOOK_EVENTS,
 )
 from asyncgate.runs import RunState
 
@@ -164,8 +174,10 @@ def submit_call(
     webhook: str | None = None,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    webhook_events: Sequence[str] | None = None,
 ) -> Call:
-    """The request that submits ``method path`` as a run (``Prefer: respond-async``)."""
+    """The request that submits ``method path`` as a run (``Prefer: respond-async``); ``webhook_events``
+    names the webhook deliveries wanted (``start``, ``output``, ``progress``, ``completed``)."""
     if not path.startswith("/"):
         raise ValueError(f"the path must start with /, got {path!r}")
     if json is not None and content is not None:
@@ -179,6 +191,8 @@ def submit_call(
     pairs.append((PREFER, RESPOND_ASYNC))
     if webhook is not None:
         pairs.append((WEBHOOK, webhook))
+    if webhook_events is not None:
+        pairs.append((WEBHOOK_EVENTS, ",".join(webhook_events)))
     if idempotency_key is not None:
         pairs.append((IDEMPOTENCY_KEY, idempotency_key))
     if timeout is not None:
@@ -290,6 +304,19 @@ def _webhook(data: Any) -> WebhookStatus | None:
         last_status=_optional_int(data.get("last_status")),
         last_error=data.get("last_error"),
         next_attempt_at=_time(data.get("next_attempt_at")),
+        events=tuple(str(event) for event in data.get("events") or ("completed",)),
+    )
+
+
+def _progress(data: Any) -> RunProgress | None:
+    if not data:
+        return None
+    value = data.get("value")
+    return RunProgress(
+        value=None if value is None else float(value),
+        message=data.get("message"),
+        attempt=_optional_int(data.get("attempt")),
+        at=_time(data.get("at")),
     )
 
 
@@ -312,6 +339,7 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             urls={str(name): str(url) for name, url in (data.get("urls") or {}).items()},
             route=None if data.get("route") is None else str(data["route"]),
             raw=dict(data),
+            progress=_progress(data.get("progress")),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"not a run status: {dict(data)!r:.300}") from exc

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from asyncgate.client._models import Result, RunEvent, RunStatus
+from asyncgate.client._models import Result, RunEvent, RunProgress, RunStatus
 from asyncgate.runs import RunState
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -44,6 +44,8 @@ class Progress:
         self.tty = tty
         self.quiet = quiet
         self.state: RunState | None = None
+        #: The latest progress reported, shown on the live line.
+        self.report: RunProgress | None = None
         self._clock = clock
         self._origin: float | None = None
         self._frame = 0
@@ -70,6 +72,17 @@ class Progress:
             self.stream.write(f"{self.run_id} {state} after {self.elapsed(at):.1f}s\n")
             self.stream.flush()
 
+    def progress(self, report: RunProgress, at: float | None = None) -> None:
+        """The upstream reported ``report`` at ``at`` (epoch seconds, default now)."""
+        self.report = report
+        if self.quiet:
+            return
+        if self.tty:
+            self._draw()
+        else:
+            self.stream.write(f"{self.run_id} {_report_text(report)} after {self.elapsed(at):.1f}s\n")
+            self.stream.flush()
+
     def tick(self) -> None:
         if self.tty and not self.quiet and self.state is not None:
             self._frame += 1
@@ -77,7 +90,8 @@ class Progress:
 
     def _draw(self) -> None:
         spin = self._spinner[self._frame % len(self._spinner)]
-        self.stream.write(f"\r\x1b[2K{spin} {self.run_id} {self.state} {self.elapsed():.1f}s")
+        report = f" {_report_text(self.report)}" if self.report is not None and self.state is RunState.RUNNING else ""
+        self.stream.write(f"\r\x1b[2K{spin} {self.run_id} {self.state}{report} {self.elapsed():.1f}s")
         self.stream.flush()
 
     def close(self) -> None:
@@ -130,6 +144,12 @@ class OutputPrinter:
             self.at_line_start = True
 
 
+def _report_text(report: RunProgress) -> str:
+    """A progress report in a few words: ``42% step 3 of 7``, its message on one line."""
+    message = " ".join((report.message or "").split())
+    return " ".join(part for part in (report.percent, message) if part) or "progress"
+
+
 def is_text(content: bytes) -> bool:
     try:
         content.decode()
@@ -157,6 +177,8 @@ def describe(status: RunStatus) -> str:
         ("started", _when(status.started_at)),
         ("finished", _when(status.finished_at)),
     ]
+    if status.progress is not None:
+        rows.append(("progress", _report_text(status.progress)))
     if webhook is not None:
         rows.append(("webhook", f"{webhook.state} after {webhook.attempts} attempt(s) to {webhook.url}"))
     return "".join(f"{name:<10}{value}\n" for name, value in rows)
@@ -186,6 +208,8 @@ def event_line(event: RunEvent) -> str:
     if event.event == "output":
         parts.append(f"#{event.data.get('seq')}")
         parts.append(_piece(event))
+    elif (report := event.progress) is not None:
+        parts.append(_report_text(report))
     elif event.event == "output_dropped":
         data = event.data
         kept = f"{data.get('kept_events')} events, {data.get('kept_bytes')} bytes kept"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -70,6 +70,7 @@ class Client:
         webhook: str | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        webhook_events: Sequence[str] | None = None,
     ) -> Run:
         """Submit ``method path`` as a run; ``timeout`` shortens the run's own time limit on the gateway."""
         call = protocol.submit_call(
@@ -82,6 +83,7 @@ class Client:
             webhook=webhook,
             idempotency_key=idempotency_key,
             timeout=timeout,
+            webhook_events=webhook_events,
         )
         submitted = protocol.parse_submitted(self._send(call))
         return Run(self, submitted.run_id, location=submitted.location, replayed=submitted.replayed)

@@ -152,6 +152,11 @@ def add_runs_commands(subparsers: Any) -> None:
     )
     submit.add_argument("--webhook", metavar="URL", help="POST the upstream's response here when the run ends")
     submit.add_argument(
+        "--webhook-events",
+        metavar="EVENTS",
+        help="webhook deliveries wanted, comma-separated: start, output, progress, completed (default completed)",
+    )
+    submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
         help="submitting the same request with the same KEY again gives the same run, not a second one",
@@ -269,6 +274,7 @@ def _submit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             content=args.data if args.json_body is None else args.json_body,
             headers=headers,
             webhook=args.webhook,
+            webhook_events=args.webhook_events.split(",") if args.webhook_events else None,
             idempotency_key=args.idempotency_key,
             timeout=args.timeout,
         )
@@ -464,8 +470,11 @@ async def _watch(run: AsyncRun, progress: Progress, on_event: Callable[[RunEvent
         async for event in run.stream():
             if on_event is not None:
                 on_event(event)
+            at = event.at.timestamp() if event.at else None
             if event.state is not None:
-                progress.update(event.state, event.at.timestamp() if event.at else None)
+                progress.update(event.state, at)
+            elif (report := event.progress) is not None:
+                progress.progress(report, at)
 
     task = asyncio.create_task(follow())
     try:

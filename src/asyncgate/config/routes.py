@@ -10,7 +10,8 @@ from asyncgate.config.values import check_webhook_url, parse_duration, parse_siz
 from asyncgate.errors import ConfigError
 from asyncgate.netguard import Allowlist
 from asyncgate.policies import WEBHOOK_EVENTS, AsyncMode, RoutePolicy, compile_pattern
-from asyncgate.runs import MAX_PRIORITY
+from asyncgate.runs import DEFAULT_WEBHOOK_EVENTS, MAX_PRIORITY
+from asyncgate.runs import WEBHOOK_EVENTS as RUN_WEBHOOK_EVENTS
 
 _NAME = r"[A-Za-z0-9._~-]{1,64}"
 
@@ -99,7 +100,8 @@ ROUTE_DECLARATIONS = (
         "https://hooks.example.com/done",
         "`webhooks.default_url`",
         "the route's default webhook: a URL (checked like a caller's, see `webhooks.allow`), or "
-        "`{url: ..., events: [completed]}`; `completed` (a run's end) is the only event",
+        "`{url: ..., events: [start, output, progress, completed]}`, the events that webhook gets unless the "
+        "caller names its own ([webhooks.md](webhooks.md#lifecycle-events)); default `[completed]`",
         {"type": ["string", "object"]},
         run_only=True,
     ),
@@ -162,7 +164,7 @@ def _route_webhook(key: str, value: Any, allow: Allowlist) -> tuple[str, tuple[s
     events = spec.get("events", ["completed"])
     if not isinstance(events, list) or not events or not all(e in WEBHOOK_EVENTS for e in events):
         raise ConfigError(f"{key}.events", f"expected a list of {', '.join(sorted(WEBHOOK_EVENTS))}")
-    return spec["url"], tuple(dict.fromkeys(events))
+    return spec["url"], tuple(event for event in RUN_WEBHOOK_EVENTS if event in events)
 
 
 def _mode(where: str, entry: dict[str, Any]) -> AsyncMode:
@@ -221,7 +223,7 @@ def _route(index: int, entry: Any, allow: Allowlist) -> RoutePolicy:
     entry = _checked(index, entry)
     mode = _mode(where, entry)
     webhook_url: str | None = None
-    events: tuple[str, ...] = ("completed",)
+    events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     if entry.get("webhook") is not None:
         webhook_url, events = _route_webhook(f"{where}.webhook", entry["webhook"], allow)
     return RoutePolicy(

@@ -145,6 +145,14 @@ class RunsConfig:
         see="async-flow.md#live-output",
     )
     output_max_bytes: int = size(1024 * 1024, "bytes of output data a run keeps for replay")
+    progress_base_url: str | None = setting(
+        None,
+        "where the upstream reaches the gateway to report progress, e.g. its Service URL; null: "
+        "http://127.0.0.1:{server.port}, and no progress URL for an upstream on another host",
+        see="progress.md",
+        pattern=r"https?://[^\s/?#]+(/\S*)?",
+        shape="an http:// or https:// URL",
+    )
     execute: bool = setting(True, "false: accept runs, answer for them, deliver webhooks, execute none (needs Redis)")
 
 
@@ -166,6 +174,17 @@ class WebhooksConfig:
     max_concurrency: int = setting(128, "deliveries in flight at once per gateway; the rest wait in the store")
     allow: Allowlist = strings(
         "networks (CIDR) or host names webhooks may reach although private", convert=Allowlist.parse
+    )
+    output_batch_interval: float = duration(
+        1.0,
+        "an output webhook delivery is cut this long after its first output event...",
+        see="webhooks.md#lifecycle-events",
+    )
+    output_batch_bytes: int = size(64 * 1024, "...or once it holds this much output data, whichever comes first")
+    max_pending_events: int = setting(
+        1000,
+        "lifecycle deliveries (start, output, progress) a run may have waiting; past it output and progress "
+        "deliveries are dropped, and the next says how many",
     )
 
 

@@ -32,6 +32,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
+import orjson
+
 from asyncgate.errors import ConfigError
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
 from asyncgate.store.sealing import Sealer
@@ -215,6 +217,43 @@ class DueDelivery:
     prefetched: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """A lifecycle webhook delivery (``start``, ``output``, ``progress``) queued for a run.
+
+    ``body`` is the delivery's JSON as it was queued; ``dropped`` counts deliveries not queued
+    just before it because the run's queue was full.
+    """
+
+    seq: int
+    event: str
+    body: bytes
+    attempts: int = 0
+    dropped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DueHook:
+    """The first queued lifecycle delivery of a run, taken for one attempt; ``token`` fences its report."""
+
+    run: Run
+    hook: Hook
+    token: int
+
+
+def load_hook(raw: bytes | str) -> Hook:
+    """A queued lifecycle delivery from its stored JSON (its body a JSON string inside)."""
+    data = orjson.loads(raw)
+    body = data["body"]
+    return Hook(
+        seq=int(data["seq"]),
+        event=str(data["event"]),
+        body=body.encode() if isinstance(body, str) else bytes(body),
+        attempts=int(data.get("attempts", 0)),
+        dropped=int(data.get("dropped", 0)),
+    )
+
+
 class Lifecycle(Protocol):
     """The store as a resource: opened and closed by the app, checked by readiness."""
 
@@ -368,6 +407,30 @@ class Execution(Protocol):
     async def purge(self) -> None:
         """Housekeeping: forget index entries and rows of runs past their retention."""
 
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        """Log a ``progress`` event of the attempt and make it the run's latest report, fenced.
+
+        Past ``kept`` reports of the run, each new one replaces the previous in the log (the
+        status keeps the latest in any case). A run whose webhook asked for ``progress`` gets
+        ``hook`` queued in the same step, as ``add_hook`` would. Returns the event's id, or None,
+        writing nothing, unless the run is ``running`` under ``attempt``.
+        """
+
+    async def progress_key(self) -> bytes:
+        """The key that signs progress URLs, the same for every gateway sharing the store; made
+        on first use."""
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        """Queue a lifecycle delivery of the run, numbered after the last, fenced like ``finish``.
+
+        A ``progress`` delivery replaces a progress delivery waiting last in the queue (the
+        latest report wins). With ``max_hooks`` waiting, the delivery is counted as dropped
+        instead, and the next one queued carries the count. False, queuing nothing, unless the
+        run is ``running`` under ``attempt``.
+        """
+
 
 class Deliveries(Protocol):
     """Webhook deliveries of finished runs: taken and recorded by the dispatcher, asked again by the API."""
@@ -382,6 +445,14 @@ class Deliveries(Protocol):
         """Make a finished run's delivery pending again (same webhook-id), to ``webhook_url`` if
         given, else to the run's own URL; False if it has no webhook. Raises WebhookUrlDeleted
         when the run's URL is gone (deleted once its last delivery ended) and none is given."""
+
+    async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
+        """Take the first queued lifecycle delivery of up to ``limit`` runs whose next attempt is
+        due, each for ``lease`` s; a run's ``completed`` delivery waits until its queue is empty."""
+
+    async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
+        """Report the attempt at delivery ``seq``, fenced by ``token``: with ``next_at`` None it is
+        over (delivered, or given up) and leaves the queue; else it is tried again then."""
 
 
 class RunStore(Lifecycle, Records, Execution, Deliveries, Protocol):

@@ -8,6 +8,7 @@ import dataclasses
 import fcntl
 import functools
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ import orjson
 
 from asyncgate.errors import QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
+    COMPLETED,
     EXPIRED_OUTCOME,
     Delivery,
     DeliveryState,
@@ -33,6 +35,7 @@ from asyncgate.runs import (
     dump_request,
     load_error,
     load_headers,
+    load_progress,
     load_request,
     now,
 )
@@ -45,7 +48,9 @@ from asyncgate.store.base import (
     ClaimRate,
     Created,
     DueDelivery,
+    DueHook,
     Event,
+    Hook,
     Idempotency,
     Identity,
     Lease,
@@ -100,10 +105,28 @@ CREATE TABLE IF NOT EXISTS runs (
     dlv_seq INTEGER NOT NULL DEFAULT 0,
     secrets BLOB,
     webhook_url BLOB,
+    progress BLOB,
+    progress_n INTEGER NOT NULL DEFAULT 0,
+    progress_id INTEGER,
+    hook_events TEXT,
+    hook_seq INTEGER NOT NULL DEFAULT 0,
+    hook_token INTEGER NOT NULL DEFAULT 0,
+    hook_next_at REAL,
+    hook_dropped INTEGER NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 0,
     queue_deadline REAL,
     share TEXT,
     route_share TEXT
+);
+-- Lifecycle webhook deliveries waiting (start, output, progress), sent in seq order per run.
+CREATE TABLE IF NOT EXISTS hooks (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, seq)
 );
 -- Whose runs these are: 'deployment', and 'upstream' (the URL the runs were accepted for).
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -171,12 +194,20 @@ _ADDED_COLUMNS = {
     "queue_deadline": "REAL",
     "share": "TEXT",
     "route_share": "TEXT",
+    "progress": "BLOB",
+    "progress_n": "INTEGER NOT NULL DEFAULT 0",
+    "progress_id": "INTEGER",
+    "hook_events": "TEXT",
+    "hook_seq": "INTEGER NOT NULL DEFAULT 0",
+    "hook_token": "INTEGER NOT NULL DEFAULT 0",
+    "hook_next_at": "REAL",
+    "hook_dropped": "INTEGER NOT NULL DEFAULT 0",
 }
 _QUEUE_LENGTH = "SELECT runs FROM queue_length"
 
 _COLUMNS = (
     "run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, caller, "
-    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at"
+    "cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, progress, hook_seq"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
 _NEXT_SEQ = "(SELECT coalesce(max(seq), 0) + 1 FROM runs)"
@@ -184,9 +215,9 @@ _FENCE = "run_id = :run_id AND state = 'running' AND attempt = :attempt"
 
 _INSERT = f"""
 INSERT INTO runs (run_id, seq, state, attempt, created_at, started_at, request, body, caller, webhook, secrets,
-    webhook_url, priority, queue_deadline, share, route_share)
+    webhook_url, hook_events, priority, queue_deadline, share, route_share)
 VALUES (:run_id, {_NEXT_SEQ}, :state, :attempt, :created_at, :started_at, :request, :body, :caller, :webhook,
-    :secrets, :webhook_url, :priority, :queue_deadline, :share, :route_share)
+    :secrets, :webhook_url, :hook_events, :priority, :queue_deadline, :share, :route_share)
 """
 # One statement, so one transaction: a queued run is taken by exactly one claim. Highest
 # priority first, then oldest: the order of the index runs_ranked, so no sort.
@@ -245,6 +276,7 @@ _TAKE_DELIVERIES = """
 UPDATE runs SET dlv_state = 'delivering', dlv_next_at = :lease_until, dlv_seq = dlv_seq + 1
 WHERE run_id IN (
     SELECT run_id FROM runs WHERE dlv_state IN ('pending', 'delivering') AND dlv_next_at <= :now
+        AND NOT EXISTS (SELECT 1 FROM hooks WHERE hooks.run_id = runs.run_id)
     ORDER BY dlv_next_at LIMIT :limit
 )
 RETURNING run_id, dlv_seq
@@ -270,7 +302,8 @@ SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER
 
 def _decode_run(row: tuple[Any, ...]) -> Run:
     run_id, state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = row
-    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at = rest
+    caller, cancel_requested, dlv_state, dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at, *more = rest
+    progress, hook_seq = more
     delivery = None
     if dlv_state is not None:
         delivery = Delivery(DeliveryState(dlv_state), dlv_attempts, dlv_last_status, dlv_last_error, dlv_next_at)
@@ -287,6 +320,8 @@ def _decode_run(row: tuple[Any, ...]) -> Run:
         caller=caller,
         cancel_requested=bool(cancel_requested),
         delivery=delivery,
+        progress=load_progress(progress),
+        hook_seq=hook_seq,
     )
 
 
@@ -308,6 +343,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_hooks ON runs (hook_next_at) WHERE hook_next_at IS NOT NULL")
     except BaseException:
         db.close()
         raise
@@ -483,6 +519,118 @@ def _append_output(
     return ids
 
 
+_REPORT_PROGRESS = f"""
+UPDATE runs SET progress = :data, progress_n = progress_n + 1 WHERE {_FENCE}
+RETURNING progress_n, progress_id, hook_events
+"""
+
+
+def _add_hook(db: sqlite3.Connection, run_id: str, event: str, body: bytes, max_hooks: int) -> None:
+    """Queue a lifecycle delivery of a run found holding (see RunStore.add_hook)."""
+    (waiting,) = db.execute("SELECT count(*) FROM hooks WHERE run_id = ?", (run_id,)).fetchone()
+    if event == "progress" and waiting >= 2:
+        last = db.execute("SELECT seq, event FROM hooks WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,))
+        seq, kind = last.fetchone()
+        if kind == "progress":
+            db.execute("UPDATE hooks SET body = ? WHERE run_id = ? AND seq = ?", (body, run_id, seq))
+            return
+    if waiting >= max_hooks:
+        db.execute("UPDATE runs SET hook_dropped = hook_dropped + 1 WHERE run_id = ?", (run_id,))
+        return
+    (dropped,) = db.execute("SELECT hook_dropped FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    (seq,) = db.execute(
+        "UPDATE runs SET hook_seq = hook_seq + 1, hook_dropped = 0, hook_next_at = coalesce(hook_next_at, ?) "
+        "WHERE run_id = ? RETURNING hook_seq",
+        (now(), run_id),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO hooks (run_id, seq, event, body, dropped) VALUES (?, ?, ?, ?, ?)",
+        (run_id, seq, event, body, dropped),
+    )
+
+
+def _queue_hook(db: sqlite3.Connection, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+    with _transaction(db):
+        if db.execute(f"SELECT 1 FROM runs WHERE {_FENCE}", {"run_id": run_id, "attempt": attempt}).fetchone() is None:
+            return False
+        _add_hook(db, run_id, event, body, max_hooks)
+    return True
+
+
+_TAKE_HOOKS = """
+UPDATE runs SET hook_next_at = :lease_until, hook_token = hook_token + 1
+WHERE run_id IN (SELECT run_id FROM runs WHERE hook_next_at <= :now ORDER BY hook_next_at LIMIT :limit)
+RETURNING run_id, hook_token
+"""
+
+
+def _hook_due(db: sqlite3.Connection, at: float) -> bool:
+    return db.execute("SELECT 1 FROM runs WHERE hook_next_at <= ? LIMIT 1", (at,)).fetchone() is not None
+
+
+def _take_hooks(db: sqlite3.Connection, limit: int, lease: float, sealer: Sealer) -> list[DueHook]:
+    at = now()
+    due = []
+    with _transaction(db):
+        for run_id, token in db.execute(_TAKE_HOOKS, {"now": at, "lease_until": at + lease, "limit": limit}).fetchall():
+            first = db.execute(
+                "SELECT seq, event, body, attempts, dropped FROM hooks WHERE run_id = ? ORDER BY seq LIMIT 1", (run_id,)
+            ).fetchone()
+            if first is None:
+                db.execute("UPDATE runs SET hook_next_at = NULL WHERE run_id = ?", (run_id,))
+                continue
+            row = db.execute(f"SELECT {_COLUMNS}, webhook_url FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            run = _decode_run(row[:-1])
+            run = dataclasses.replace(run, request=sealer.join_webhook(run.request, row[-1]))
+            seq, event, body, attempts, dropped = first
+            due.append(DueHook(run, Hook(seq, event, bytes(body), attempts, dropped), token))
+    return due
+
+
+def _record_hook(
+    db: sqlite3.Connection, run_id: str, token: int, seq: int, attempts: int, next_at: float | None
+) -> bool:
+    with _transaction(db):
+        held = db.execute("SELECT 1 FROM runs WHERE run_id = ? AND hook_token = ?", (run_id, token)).fetchone()
+        first = db.execute("SELECT min(seq) FROM hooks WHERE run_id = ?", (run_id,)).fetchone()
+        if held is None or first[0] != seq:
+            return False
+        if next_at is not None:
+            db.execute("UPDATE hooks SET attempts = ? WHERE run_id = ? AND seq = ?", (attempts, run_id, seq))
+            db.execute("UPDATE runs SET hook_next_at = ? WHERE run_id = ?", (next_at, run_id))
+            return True
+        db.execute("DELETE FROM hooks WHERE run_id = ? AND seq = ?", (run_id, seq))
+        more = db.execute("SELECT 1 FROM hooks WHERE run_id = ? LIMIT 1", (run_id,)).fetchone()
+        db.execute("UPDATE runs SET hook_next_at = ? WHERE run_id = ?", (now() if more else None, run_id))
+    return True
+
+
+def _report_progress(
+    db: sqlite3.Connection, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+) -> str | None:
+    data = orjson.dumps(event)
+    with _transaction(db):
+        found = db.execute(_REPORT_PROGRESS, {"run_id": run_id, "attempt": attempt, "data": data}).fetchone()
+        if found is None:
+            return None
+        count, previous, wanted = found
+        if "progress" in (wanted or "").split(","):
+            _add_hook(db, run_id, "progress", hook, max_hooks)
+        seq = db.execute(_EVENT, {"run_id": run_id, "data": data}).lastrowid
+        # Past the kept bound each report replaces the previous one in the log (as in Redis).
+        if count > kept + 1 and previous is not None:
+            db.execute("DELETE FROM events WHERE seq = ? AND run_id = ?", (previous, run_id))
+        db.execute("UPDATE runs SET progress_id = ? WHERE run_id = ?", (seq, run_id))
+    return str(seq)
+
+
+def _progress_key(db: sqlite3.Connection) -> bytes:
+    with _transaction(db):
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('progress_key', ?)", (secrets.token_hex(32),))
+        (value,) = db.execute("SELECT value FROM meta WHERE name = 'progress_key'").fetchone()
+    return bytes.fromhex(value)
+
+
 def _requeue(db: sqlite3.Connection, run_id: str, attempt: int) -> bool:
     with _transaction(db):
         if db.execute(_REQUEUE, {"run_id": run_id, "attempt": attempt}).rowcount != 1:
@@ -609,7 +757,7 @@ def _purge(db: sqlite3.Connection, limit: int) -> int:
     with _transaction(db):
         params = {"now": now(), "unfinished": UNFINISHED_TTL, "limit": limit}
         due = db.execute(_DUE, params).fetchall()
-        for table in ("events", "idempotency", "runs"):
+        for table in ("events", "idempotency", "hooks", "runs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", due)
     return len(due)
 
@@ -713,6 +861,7 @@ class EmbeddedRunStore:
         # Group commit: writes arriving while a commit is on disk wait to share the next one.
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._progress_key: bytes | None = None
         #: Claim calls so far (for the starvation round), runs claimed so far, and their rate.
         self._claims = 0
         self._claimed = 0
@@ -845,7 +994,8 @@ class EmbeddedRunStore:
             "webhook_url": webhook_url,
             "body": body,
             "caller": run.caller,
-            "webhook": 1 if run.request.webhook_url else 0,
+            "webhook": 1 if run.request.hooks(COMPLETED) else 0,
+            "hook_events": ",".join(run.request.lifecycle_events) or None,
             "priority": run.request.priority,
             "queue_deadline": run.request.queue_deadline,
             "share": shares[0].key if shares else None,
@@ -945,6 +1095,31 @@ class EmbeddedRunStore:
         if ids:
             self._notify()
         return ids
+
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        event_id = await self._write(_report_progress, run_id, attempt, event, kept, hook, max_hooks)
+        if event_id is not None:
+            self._notify()
+        return event_id
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        return await self._write(_queue_hook, run_id, attempt, event, body, max_hooks)
+
+    async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
+        # Looked at first with a read: the dispatcher asks at every round, and mostly none is due.
+        if limit <= 0 or not await self._call(_hook_due, now()):
+            return []
+        return await self._write(_take_hooks, limit, lease, self.sealer)
+
+    async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
+        return await self._write(_record_hook, run_id, token, seq, attempts, next_at)
+
+    async def progress_key(self) -> bytes:
+        if self._progress_key is None:
+            self._progress_key = await self._write(_progress_key)
+        return self._progress_key
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         requeued = await self._write(_requeue, run_id, attempt)

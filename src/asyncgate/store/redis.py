@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -18,6 +19,7 @@ from redis.commands.core import AsyncScript
 
 from asyncgate.errors import ConfigError, QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
+    COMPLETED,
     EXPIRED_OUTCOME,
     MAX_PRIORITY,
     Delivery,
@@ -34,6 +36,7 @@ from asyncgate.runs import (
     load_delivery,
     load_error,
     load_headers,
+    load_progress,
     load_request,
     now,
 )
@@ -46,6 +49,7 @@ from asyncgate.store.base import (
     ClaimRate,
     Created,
     DueDelivery,
+    DueHook,
     Event,
     Idempotency,
     Identity,
@@ -54,6 +58,7 @@ from asyncgate.store.base import (
     QueuePosition,
     Share,
     delivery_event,
+    load_hook,
     pending_delivery,
     state_event,
 )
@@ -76,9 +81,15 @@ logger = logging.getLogger("asyncgate.store")
 #                             final), cancel ("1" once asked while running), delivery (JSON of
 #                             runs.Delivery), dlv_seq (fences delivery attempts), idem_key (the
 #                             idempotency key naming the run), entry (the id of its last queue
-#                             entry, deleted if it is cancelled), priority (when not 0),
-#                             deadline (its queue deadline, when it has one), shares (the
-#                             {P}:shares fields counting it, newline-separated, until it ends).
+#                             entry, deleted if it is cancelled), progress (JSON of the latest
+#                             progress event), progress_n (reports made), progress_id (the
+#                             event id of the latest, deleted by the next past the kept bound),
+#                             hook_events (the lifecycle webhook events asked for, "start,output"),
+#                             hook_seq (lifecycle deliveries numbered so far), hook_token (fences
+#                             their attempts), hook_dropped (deliveries not queued, queue full),
+#                             priority (when not 0), deadline (its queue deadline, when it has
+#                             one), shares (the {P}:shares fields counting it, newline-separated,
+#                             until it ends).
 #                             TTL: UNFINISHED_TTL from create, then the retention from the end
 #                             (from the webhook delivery's end, when there is one).
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
@@ -128,9 +139,16 @@ logger = logging.getLogger("asyncgate.store")
 #                             each run found gone drops its entries from the indexes above.
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
+#   {P}:hooks:<id>    list    The run's lifecycle webhook deliveries waiting, first to send first:
+#                             JSON {seq, event, attempts, body[, dropped]}; TTL of the run when
+#                             last written.
+#   {P}:hookruns      zset    Runs with lifecycle deliveries waiting: member run id, score when the
+#                             first is due (or a taken attempt's lease runs out).
 #   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
 #   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
 #                             accepted for). Written by executing gateways at start; no TTL.
+#   {P}:progress_key  string  The key signing progress URLs (progress.py), random, made by the
+#                             first gateway needing it (SET NX); no TTL.
 #   {P}:probe         string  Written and deleted at once by each readiness check (never stays).
 #   {P}:alive         hash    When a gateway last reached the store (seen) and, after a silence
 #                             of every gateway, the time before which no lease is judged expired
@@ -205,6 +223,8 @@ _RUN_FIELDS = (
     "caller",
     "cancel",
     "delivery",
+    "progress",
+    "hook_seq",
     "lease_until",
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
@@ -212,11 +232,11 @@ _RESULT_FIELDS = ("result_status", "result_headers", "result_body")
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
 # is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
 # shares, counters, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
-# started_at, caller, webhook, secrets, webhook_url, request JSON, body, priority, its rank band,
-# deadline, the number of shares n, n pairs of share key and limit, [idem value]. The hash's
-# field names are written here rather than sent with each run; an empty optional field means
-# the run has none, and it is not stored. Priority 0 (every run when no route sets one) is the
-# one stream, as it always was; higher ones go to the ranked set, and wake a blocked claim.
+# started_at, caller, webhook, secrets, webhook_url, hook_events, request JSON, body, priority, its
+# rank band, deadline, the number of shares n, n pairs of share key and limit, wake MAXLEN, [idem
+# value]. The hash's field names are written here rather than sent with each run; an empty optional
+# field means the run has none, and it is not stored. Priority 0 (every run when no route sets one)
+# is the one stream, as it always was; higher ones go to the ranked set, and wake a blocked claim.
 _CREATE = """
 local idem = KEYS[12]
 if idem then
@@ -226,13 +246,13 @@ end
 if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) + redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[4]) then
   return {'full'}
 end
-local shares = tonumber(ARGV[18])
+local shares = tonumber(ARGV[19])
 for i = 1, shares do
-  local held = redis.call('HGET', KEYS[10], ARGV[17 + 2 * i])
-  if held and tonumber(held) >= tonumber(ARGV[18 + 2 * i]) then return {'share', tostring(i)} end
+  local held = redis.call('HGET', KEYS[10], ARGV[18 + 2 * i])
+  if held and tonumber(held) >= tonumber(ARGV[19 + 2 * i]) then return {'share', tostring(i)} end
 end
-local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[13], 'body', ARGV[14]}
-for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url'}) do
+local fields = {'state', ARGV[6], 'attempt', ARGV[7], 'created_at', ARGV[2], 'request', ARGV[14], 'body', ARGV[15]}
+for i, name in ipairs({'started_at', 'caller', 'webhook', 'secrets', 'webhook_url', 'hook_events'}) do
   local value = ARGV[7 + i]
   if value ~= '' then
     fields[#fields + 1] = name
@@ -246,38 +266,38 @@ end
 if shares > 0 then
   local keys = {}
   for i = 1, shares do
-    keys[i] = ARGV[17 + 2 * i]
+    keys[i] = ARGV[18 + 2 * i]
     redis.call('HINCRBY', KEYS[10], keys[i], 1)
   end
   fields[#fields + 1] = 'shares'
   fields[#fields + 1] = table.concat(keys, '\\n')
 end
-if ARGV[17] ~= '' then
+if ARGV[18] ~= '' then
   fields[#fields + 1] = 'deadline'
-  fields[#fields + 1] = ARGV[17]
-  redis.call('ZADD', KEYS[9], ARGV[17], ARGV[1])
+  fields[#fields + 1] = ARGV[18]
+  redis.call('ZADD', KEYS[9], ARGV[18], ARGV[1])
 end
-if ARGV[15] == '0' then
+if ARGV[16] == '0' then
   fields[#fields + 1] = 'entry'
   fields[#fields + 1] = redis.call('XADD', KEYS[3], '*', 'run_id', ARGV[1])
 else
   fields[#fields + 1] = 'priority'
-  fields[#fields + 1] = ARGV[15]
+  fields[#fields + 1] = ARGV[16]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-if ARGV[15] ~= '0' then
+if ARGV[16] ~= '0' then
   local seq = redis.call('HINCRBY', KEYS[11], 'ranked_seq', 1)
-  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[16] + seq), ARGV[1])
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[19 + 2 * shares], '*', 'w', '1')
+  redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[17] + seq), ARGV[1])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[20 + 2 * shares], '*', 'w', '1')
 end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 -- A run without a caller is listed in the one index (its caller's index is that same key).
 if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[20 + 2 * shares], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[21 + 2 * shares], 'EX', ARGV[3]) end
 return {'created'}
 """
 
@@ -318,7 +338,7 @@ for i = 1, count do
     else
       redis.call('HSET', run, 'state', 'running', 'attempt', attempt, 'started_at', now, 'owner', owner,
         'lease_until', lease_until)
-      fields[12] = lease_until
+      fields[LEASE_UNTIL] = lease_until
       index[#index + 1] = lease_until
       index[#index + 1] = run_id
     end
@@ -338,7 +358,9 @@ end
 if ARGV[6] == '1' and count > 0 then redis.call('ZREM', KEYS[5], unpack(ARGV, 8 + acked, 7 + acked + count)) end
 replies[count + 1] = redis.call('HINCRBY', KEYS[6], 'claimed', taken)
 return replies
-""".replace("FIELDS", ", ".join(f"'{name}'" for name in _CLAIM_FIELDS))
+""".replace("FIELDS", ", ".join(f"'{name}'" for name in _CLAIM_FIELDS)).replace(
+    "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
+)
 
 # Every script that sets a run's TTL records when the hash will expire, so that purge() finds
 # the run's index entries without scanning: defines schedule(expiry key, now, ttl (ms), run id).
@@ -502,6 +524,112 @@ return ids
 """
 )
 
+# Queue a lifecycle delivery of the run (see add_hook()): a progress delivery replaces one
+# waiting last, unless that one is the first (it may be being sent); with ``max`` waiting, it is
+# counted as dropped, and the next one queued carries the count. Defines add_hook(run, hooks,
+# hookruns, event, body, max, now, run id).
+_ADD_HOOK = """
+local function add_hook(run, hooks, hookruns, event, body, max, at, run_id)
+  local waiting = redis.call('LLEN', hooks)
+  if event == 'progress' and waiting >= 2 then
+    local last = cjson.decode(redis.call('LINDEX', hooks, -1))
+    if last.event == 'progress' then
+      last.body = body
+      redis.call('LSET', hooks, -1, cjson.encode(last))
+      return
+    end
+  end
+  if waiting >= tonumber(max) then
+    redis.call('HINCRBY', run, 'hook_dropped', 1)
+    return
+  end
+  local entry = {seq = redis.call('HINCRBY', run, 'hook_seq', 1), event = event, attempts = 0, body = body}
+  local dropped = tonumber(redis.call('HGET', run, 'hook_dropped') or '0')
+  if dropped > 0 then
+    entry.dropped = dropped
+    redis.call('HDEL', run, 'hook_dropped')
+  end
+  redis.call('RPUSH', hooks, cjson.encode(entry))
+  redis.call('PEXPIRE', hooks, redis.call('PTTL', run))
+  if waiting == 0 then redis.call('ZADD', hookruns, 'NX', at, run_id) end
+end
+"""
+
+# KEYS run, hooks, hookruns; ARGV attempt, event, body, max, now, run id.
+_QUEUE_HOOK = (
+    _HOLDS
+    + _ADD_HOOK
+    + """
+add_hook(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return 1
+"""
+)
+
+# A progress report, fenced like output; past the kept bound each report replaces the previous
+# one in the log, so a chatty upstream holds the log to that bound plus one. A run whose webhook
+# asked for progress gets its delivery queued in the same step.
+# KEYS run, events, hooks, hookruns; ARGV attempt, event JSON, kept bound, hook body, max hooks,
+# now, run id.
+_REPORT_PROGRESS = (
+    _HOLDS
+    + _ADD_HOOK
+    + """
+local wanted = redis.call('HGET', KEYS[1], 'hook_events')
+if wanted and string.find(',' .. wanted .. ',', ',progress,', 1, true) then
+  add_hook(KEYS[1], KEYS[3], KEYS[4], 'progress', ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+end
+local id = redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+local count = redis.call('HINCRBY', KEYS[1], 'progress_n', 1)
+if count > tonumber(ARGV[3]) + 1 then
+  local previous = redis.call('HGET', KEYS[1], 'progress_id')
+  if previous then redis.call('XDEL', KEYS[2], previous) end
+end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'progress_id', id)
+return id
+"""
+)
+
+# Take the first queued lifecycle delivery of a run for one attempt. KEYS run, hooks, hookruns;
+# ARGV now, lease_until, run id. Returns the token fencing the attempt and the delivery's JSON.
+_TAKE_HOOK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return false
+end
+local first = redis.call('LINDEX', KEYS[2], 0)
+if not first then redis.call('ZREM', KEYS[3], ARGV[3]) return false end
+local due = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if due and tonumber(due) > tonumber(ARGV[1]) then return false end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return {redis.call('HINCRBY', KEYS[1], 'hook_token', 1), first}
+"""
+
+# Report an attempt at the first queued lifecycle delivery. KEYS run, hooks, hookruns,
+# deliveries; ARGV token, seq, attempts, next attempt time ("" once over), now, run id. Once the
+# queue is empty, the run's completed delivery (waiting for it) is due at once.
+_RECORD_HOOK = """
+if redis.call('HGET', KEYS[1], 'hook_token') ~= ARGV[1] then return 0 end
+local raw = redis.call('LINDEX', KEYS[2], 0)
+if not raw then return 0 end
+local first = cjson.decode(raw)
+if string.format('%d', first.seq) ~= ARGV[2] then return 0 end
+if ARGV[4] ~= '' then
+  first.attempts = tonumber(ARGV[3])
+  redis.call('LSET', KEYS[2], 0, cjson.encode(first))
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+  return 1
+end
+redis.call('LPOP', KEYS[2])
+if redis.call('LLEN', KEYS[2]) > 0 then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+else
+  redis.call('ZREM', KEYS[3], ARGV[6])
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[5], ARGV[6])
+end
+return 1
+"""
+
 # KEYS run, events, deliveries, expiry, leases, held, cancels, shares; ARGV as _CLOSE, then
 # attempt, then the outcome's field pairs. The run leaves the index that holds it in the same step.
 _FINISH = (
@@ -590,8 +718,14 @@ if owner and not lease_until then redis.call('ZREM', KEYS[7], owner .. ' ' .. AR
 return 1
 """
 
-# Take a due delivery for one attempt. KEYS run, deliveries; ARGV now, lease_until, run id.
+# Take a due delivery for one attempt. KEYS run, deliveries, hooks; ARGV now, lease_until, run id.
+# While lifecycle deliveries of the run wait, completed waits too (it is always the last): it is
+# looked at again in a second, or as soon as the last of them is over (_RECORD_HOOK).
 _TAKE_DELIVERY = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + 1, ARGV[3])
+  return false
+end
 local raw = redis.call('HGET', KEYS[1], 'delivery')
 if not raw then redis.call('ZREM', KEYS[2], ARGV[3]) return false end
 local delivery = cjson.decode(raw)
@@ -751,7 +885,7 @@ def _decode_result(fields: Fields) -> RunResult | None:
 
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
-    caller, cancel, delivery, _ = rest
+    caller, cancel, delivery, progress, hook_seq, _ = rest
     if state is None or request is None or created_at is None:
         return None
     return Run(
@@ -767,6 +901,8 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
         caller=caller.decode() if caller else "",
         cancel_requested=cancel == b"1",
         delivery=load_delivery(delivery),
+        progress=load_progress(progress),
+        hook_seq=int(hook_seq or 0),
     )
 
 
@@ -814,6 +950,9 @@ class _Scripts:
     cancel: AsyncScript
     record_delivery: AsyncScript
     append_output: AsyncScript
+    report_progress: AsyncScript
+    queue_hook: AsyncScript
+    record_hook: AsyncScript
     redeliver: AsyncScript
     probe: AsyncScript
 
@@ -833,6 +972,9 @@ class _Scripts:
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
             append_output=script(_APPEND_OUTPUT),
+            report_progress=script(_REPORT_PROGRESS),
+            queue_hook=script(_QUEUE_HOOK),
+            record_hook=script(_RECORD_HOOK),
             probe=script(_PROBE),
         )
 
@@ -878,10 +1020,13 @@ class RedisRunStore:
         self.group = f"{key_prefix}:executors"
         self.index = f"{tag}:index"
         self.deliveries = f"{tag}:deliveries"
+        self.hookruns = f"{tag}:hookruns"
         self.alive = f"{tag}:alive"
         self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.deployment_key = f"{tag}:deployment"
+        self.progress_key_key = f"{tag}:progress_key"
+        self._progress_key: bytes | None = None
         self.stale_entry_idle = stale_entry_idle
         self._next_stale_check = 0.0
         self._next_ranked_check = 0.0
@@ -913,6 +1058,9 @@ class RedisRunStore:
 
     def events_key(self, run_id: str) -> str:
         return f"{self.tag}:events:{run_id}"
+
+    def hooks_key(self, run_id: str) -> str:
+        return f"{self.tag}:hooks:{run_id}"
 
     def caller_index(self, caller: str) -> str:
         return f"{self.index}:{caller}" if caller else self.index
@@ -1012,9 +1160,10 @@ class RedisRunStore:
             run.attempt,
             "" if run.started_at is None else run.started_at,
             run.caller,
-            "1" if run.request.webhook_url else "",
+            "1" if run.request.hooks(COMPLETED) else "",
             secrets or b"",
             webhook_url or b"",
+            ",".join(run.request.lifecycle_events),
             dump_request(request),
             body,
             priority,
@@ -1306,6 +1455,65 @@ class RedisRunStore:
             reply = await self._scripts.append_output([self.run_key(run_id), self.events_key(run_id)], args)
         return [entry_id.decode() for entry_id in reply] if isinstance(reply, list) else None
 
+    async def report_progress(
+        self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
+    ) -> str | None:
+        keys = (self.run_key(run_id), self.events_key(run_id), self.hooks_key(run_id), self.hookruns)
+        args: list[bytes | int | float | str] = [attempt, orjson.dumps(event), kept, hook, max_hooks, now(), run_id]
+        with _STORE_ERRORS:
+            reply = await self._scripts.report_progress(keys, args)
+        return reply.decode() if isinstance(reply, bytes) else None
+
+    async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
+        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+        with _STORE_ERRORS:
+            return bool(await self._scripts.queue_hook(keys, [attempt, event, body, max_hooks, now(), run_id]))
+
+    async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
+        if limit <= 0:
+            return []
+        at = now()
+        with _STORE_ERRORS:
+            members = await self._redis.zrangebyscore(self.hookruns, "-inf", at, start=0, num=limit)
+            run_ids = [member.decode() for member in cast(list[bytes], members)]
+            if not run_ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in run_ids:
+                    keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+                    pipe.eval(_TAKE_HOOK, 3, *keys, at, at + lease, run_id)
+                replies = await pipe.execute()
+            taken = [(run_id, reply) for run_id, reply in zip(run_ids, replies, strict=True) if reply]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, _ in taken:
+                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                    pipe.hget(self.run_key(run_id), "webhook_url")
+                runs = await pipe.execute() if taken else []
+        due = []
+        for index, (run_id, (token, raw)) in enumerate(taken):
+            run = _decode_run(run_id, runs[2 * index])
+            if run is not None:
+                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, runs[2 * index + 1]))
+                due.append(DueHook(run, load_hook(raw), int(token)))
+        return due
+
+    async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
+        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns, self.deliveries)
+        args = [token, seq, attempts, "" if next_at is None else next_at, now(), run_id]
+        with _STORE_ERRORS:
+            return bool(await self._scripts.record_hook(keys, args))
+
+    async def progress_key(self) -> bytes:
+        if self._progress_key is None:
+            with _STORE_ERRORS:
+                # Whichever gateway comes first makes the key; the others read it.
+                await self._redis.set(self.progress_key_key, secrets.token_bytes(32), nx=True)
+                key = await self._redis.get(self.progress_key_key)
+            if not isinstance(key, bytes) or not key:
+                raise StoreError("the progress key vanished as it was made")
+            self._progress_key = key
+        return self._progress_key
+
     async def expired(self, limit: int) -> list[Run]:
         if limit <= 0:
             return []
@@ -1569,7 +1777,8 @@ class RedisRunStore:
             # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in run_ids:
-                    pipe.eval(_TAKE_DELIVERY, 2, self.run_key(run_id), self.deliveries, at, at + lease, run_id)
+                    keys = (self.run_key(run_id), self.deliveries, self.hooks_key(run_id))
+                    pipe.eval(_TAKE_DELIVERY, 3, *keys, at, at + lease, run_id)
                 tokens = await pipe.execute() if run_ids else []
             taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
             # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
