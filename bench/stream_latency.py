@@ -2,11 +2,15 @@
 
     python bench/stream_latency.py --runs 1 --listeners 100 --seconds 10
     python bench/stream_latency.py --runs 100 --listeners 1 --seconds 10
+    python bench/stream_latency.py --runs 1000 --listeners 1 --seconds 10 --clients 8
+    python bench/stream_latency.py --runs 1 --listeners 1000 --interval 0.5      # memory per listener
+    python bench/stream_latency.py --runs 1000 --listeners 10 --interval 1 --clients 8
+    python bench/stream_latency.py ... --source /path/to/other/checkout            # the same, another version
 
 Starts a throwaway redis-server, a token-streaming upstream (one SSE event every --interval s,
 carrying the time it was written), a gateway that executes runs and one that executes none
 (``runs.execute: false``), submits --runs runs through the first and follows each with
---listeners event streams on the second. Prints the latency percentiles of every output event
+--listeners event streams on the second, from --clients processes. Prints the latency percentiles of every output event
 received, the gateways' resident memory before and after the listeners connected, and the CPU
 seconds each gateway spent per relayed event.
 """
@@ -15,16 +19,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import multiprocessing
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -80,45 +90,127 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def listen(client: httpx.AsyncClient, url: str, latencies: list[float], ready: asyncio.Event) -> None:
-    async with client.stream("GET", url, timeout=None) as response:
-        ready.set()
+def unix(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+async def listen(
+    client: httpx.AsyncClient,
+    url: str,
+    latencies: list[float],
+    stamped: list[float],
+    finals: list[str],
+    ready: asyncio.Event,
+    connecting: asyncio.Semaphore,
+) -> None:
+    try:
+        async with connecting:  # browsers do not all connect in the same millisecond either
+            response = await client.send(client.build_request("GET", url, timeout=None), stream=True)
+    except httpx.HTTPError as exc:
+        finals.append(f"not connected ({type(exc).__name__})")
+        return
+    finally:
+        ready.set()  # connected, or given up: the measurement must not wait for it
+    try:
+        since = time.time()
         async for line in response.aiter_lines():
             if line.startswith("data: ") and '"event":"output"' in line:
                 received = time.time()
-                data = json.loads(line[6:])["data"]
-                latencies.append(received - float(data.split()[1]))
-            elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled"):
+                event = json.loads(line[6:])
+                written = float(event["data"].split()[1])
+                if written < since:
+                    continue  # written before this listener connected: replayed from the log, not live
+                latencies.append(received - written)
+                # The holder stamps each event (ms precision) as it parses it: the split shows
+                # whether time goes reading the upstream or relaying through the store.
+                stamped.append(unix(event["at"]) - written)
+            elif line.startswith("event: ") and line[7:] in ("succeeded", "failed", "cancelled", "lost"):
+                finals.append(line[7:])
                 return
+        finals.append("stream ended before the run")
+    except httpx.HTTPError as exc:
+        finals.append(f"stream broken ({type(exc).__name__})")
+    finally:
+        await response.aclose()
 
 
-async def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int]) -> None:
-    count = int(args.seconds / args.interval)
+async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    latencies: list[float] = []
+    stamped: list[float] = []
+    finals: list[str] = []
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-        rss_before = [rss_kib(pid) for pid in pids]
-        submit = f"{holder}/tokens?count={count}&interval={args.interval}&async=true"
-        submitted = await asyncio.gather(*(client.get(submit) for _ in range(args.runs)))
-        run_ids = [response.json()["run_id"] for response in submitted]
-        latencies: list[float] = []
-        readies = [asyncio.Event() for _ in range(args.runs * args.listeners)]
-        cpu_before = [cpu_seconds(pid) for pid in pids]
+        readies = [asyncio.Event() for _ in urls]
+        connecting = asyncio.Semaphore(50)
         tasks = [
-            asyncio.create_task(listen(client, f"{other}/_asyncgate/runs/{run_id}/events", latencies, readies[n]))
-            for n, run_id in enumerate(run_id for run_id in run_ids for _ in range(args.listeners))
+            asyncio.create_task(listen(client, url, latencies, stamped, finals, readies[n], connecting))
+            for n, url in enumerate(urls)
         ]
-        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 60)
-        await asyncio.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
-        rss_during = [rss_kib(pid) for pid in pids]
-        await asyncio.wait_for(asyncio.gather(*tasks), args.seconds * 4 + 60)
-        cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
+        ready.set()
+        await asyncio.gather(*tasks)
+    results.put((latencies, stamped, finals))
+
+
+def listeners_main(urls: list[str], ready: Any, results: Any) -> None:
+    """One of --clients processes, so that the listeners' side of the bench is not the bottleneck."""
+    asyncio.run(listen_all(urls, ready, results))
+
+
+def submit_runs(holder: str, runs: int, count: int, interval: float) -> list[str]:
+    async def submit() -> list[str]:
+        async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+            url = f"{holder}/tokens?count={count}&interval={interval}&async=true"
+            responses = await asyncio.gather(*(client.get(url) for _ in range(runs)))
+            return [response.json()["run_id"] for response in responses]
+
+    return asyncio.run(submit())
+
+
+def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int]) -> None:
+    count = int(args.seconds / args.interval)
+    rss_before = [rss_kib(pid) for pid in pids]
+    run_ids = submit_runs(holder, args.runs, count, args.interval)
+    urls = [f"{other}/_asyncgate/runs/{run_id}/events" for run_id in run_ids for _ in range(args.listeners)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    clients = max(1, min(args.clients, len(urls)))
+    readies = [context.Event() for _ in range(clients)]
+    cpu_before = [cpu_seconds(pid) for pid in pids]
+    processes = [
+        context.Process(target=listeners_main, args=(urls[n::clients], readies[n], results), daemon=True)
+        for n in range(clients)
+    ]
+    for process in processes:
+        process.start()
+    for ready in readies:
+        if not ready.wait(600):
+            raise SystemExit("the listeners did not all connect")
+    time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
+    rss_during = [rss_kib(pid) for pid in pids]
+    latencies: list[float] = []
+    stamped: list[float] = []
+    finals: list[str] = []
+    for _ in processes:
+        got, holder_side, ends = results.get(timeout=args.seconds * 4 + 120)
+        latencies += got
+        stamped += holder_side
+        finals += ends
+    for process in processes:
+        process.join(30)
+    cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
     latencies.sort()
     listeners = args.runs * args.listeners
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
-    print(f"output events received: {len(latencies)}")
+    print(f"output events received: {len(latencies)}; runs ended {dict(collections.Counter(finals))}")
+    if not latencies or not stamped:
+        raise SystemExit("no output event was received live: raise --seconds (the listeners connect too late)")
     for quantile in (0.5, 0.9, 0.99):
         print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
     print(f"  max: {latencies[-1] * 1000:.1f} ms")
+    stamped.sort()
+    holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
+    print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
     for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
         per_listener = (during - before) / listeners
         print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
@@ -133,11 +225,21 @@ def main() -> None:
     parser.add_argument("--listeners", type=int, default=100, help="listeners per run")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument("--clients", type=int, default=4, help="processes the listeners are spread over")
+    parser.add_argument(
+        "--source", type=Path, help="run the gateways from this checkout's src/ (compare a branch with another)"
+    )
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
         upstream_main(args.upstream_server)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` stops the servers
+    # Each listener is a socket in a client process and one in the listening gateway.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.runs * args.listeners + 1000:
+        print(f"warning: at most {hard} open files per process (ulimit -Hn)", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="asyncgate-stream-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -154,6 +256,9 @@ def main() -> None:
         environ = {
             **os.environ,
             "ASYNCGATE_ACCESS_MODE": "open",
+            "ASYNCGATE_STORE_PLAINTEXT": "true",
+            **({"PYTHONPATH": str(args.source.resolve() / "src")} if args.source else {}),
+            "ASYNCGATE_DEPLOYMENT": "stream-bench",
             "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
             "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
         }
@@ -169,7 +274,7 @@ def main() -> None:
         holder, other = f"http://127.0.0.1:{holder_port}", f"http://127.0.0.1:{other_port}"
         for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
             wait_ready(url)
-        asyncio.run(measure(args, holder, other, (processes[2].pid, processes[3].pid)))
+        measure(args, holder, other, (processes[2].pid, processes[3].pid))
     finally:
         for process in reversed(processes):
             process.terminate()

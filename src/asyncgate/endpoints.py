@@ -8,17 +8,17 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from asyncgate import progress
 from asyncgate.config import Config
 from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
-from asyncgate.feeds import render_event
 from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
 from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.lifecycle import progress_body
@@ -222,21 +222,41 @@ async def redeliver_webhook(request: Request) -> Response:
     return JSONResponse(status_document(run, _links(request)), status_code=202)
 
 
-async def _event_stream(svc: Services, run: Run, after: str | None) -> AsyncIterator[bytes]:
-    # Starlette cancels this generator when the client disconnects, which also leaves the run's
-    # feed: no task and no blocking read outlive the client.
+class EventStreamResponse(StreamingResponse):
+    """An SSE stream without a task of its own watching for the client to leave.
+
+    A listener costs the request's task and nothing more (starlette's StreamingResponse adds a
+    task group and a task per response): a client gone is noticed by the next write failing,
+    which comes with the next event or within READ_WAIT s (the keep-alive), and ends the
+    stream, leaving its feed.
+    """
+
+    def __init__(self, stream: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=headers)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError:
+            raise ClientDisconnect() from None
+        finally:
+            await self.stream.aclose()  # leaves the run's feed now, not when collected
+
+
+async def _event_stream(svc: Services, run_id: str, after: str | None) -> AsyncGenerator[bytes, None]:
     yield b"retry: %d\n\n" % RECONNECT_MS
-    async with contextlib.aclosing(svc.feeds.follow(run.run_id, after)) as batches:
+    async with contextlib.aclosing(svc.feeds.follow(run_id, after)) as batches:
         async for batch in batches:
             for event, encoded in batch:
                 yield encoded
                 if event.is_final:
                     # What the log already holds after the final state (webhook changes), then the end.
-                    for later in await svc.records.events(run.run_id, event.id, 0):
-                        yield render_event(run.run_id, later)
+                    for _, later in await svc.feeds.after_final(run_id, event.id):
+                        yield later
                     return
             if not batch:
-                if await svc.records.get(run.run_id) is None:
+                if await svc.records.get(run_id) is None:
                     return
                 yield b": keep-alive\n\n"
 
@@ -297,8 +317,9 @@ async def run_events(request: Request) -> Response:
     if after is not None and not _EVENT_ID.fullmatch(after):
         raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
     headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
-    stream = _event_stream(services(request), run, after)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    # Only the id is kept while the stream lasts, not the run as read.
+    stream = _event_stream(services(request), run.run_id, after)
+    return EventStreamResponse(stream, headers)
 
 
 async def list_runs(request: Request) -> Response:

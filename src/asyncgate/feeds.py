@@ -1,11 +1,13 @@
-"""Event feeds: one reader of a run's event log per replica, shared by all its listeners there.
+"""Event feeds: one reader of the followed runs' event logs per replica, shared by all listeners.
 
 Without it, each SSE listener would hold its own blocking read of the store (a Redis connection
 each) and encode every event itself: a hundred listeners on a token stream cost a hundred reads
-and encodings per token. A feed reads once and encodes once; listeners take the encoded events
-from its buffer of recent ones, so what a replica holds grows with its runs being followed, not
-with their listeners. A listener behind the buffer (resuming from an old id, or too slow) reads
-the store itself until it catches up.
+and encodings per token. A feed per followed run encodes each event once; listeners take the
+encoded events from its buffer of recent ones, so what a replica holds grows with its runs being
+followed, not with their listeners. One task reads for every feed, with one blocking read of all
+their logs (``store.watch``, one XREAD on Redis), so a thousand runs streaming cost one
+connection and a round trip per batch of events, not one per run. A listener behind the buffer
+(resuming from an old id, or too slow) reads the store itself until it catches up.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ from asyncgate.store.base import Event, Records
 logger = logging.getLogger("asyncgate.feeds")
 
 #: Recent events a feed keeps for its listeners; a listener further behind reads the store.
-FEED_BUFFER = 512
+#: Listeners keeping up need the last one or two; 64 output events of a token every 50 ms
+#: are 3 s of lag, and cost a replica at most ~64 KiB per run followed.
+FEED_BUFFER = 64
 #: A listener's stream gets a keep-alive comment this often while idle, so proxies keep it open.
 READ_WAIT = 15.0
-#: Longest a feed's read of the store blocks. Short, because redis-py lets a cancelled command
-#: finish first: a feed stops (its last listener gone, the gateway stopping) within this long.
+#: Longest the feeds' read of the store blocks. Short, because redis-py lets a cancelled command
+#: finish first: the reader stops (its last feed gone, the gateway stopping) within this long.
 FEED_BLOCK = 1.0
+#: After a read that found events, the reader waits this long before the next, when it follows
+#: several runs: one read of all their logs returns as soon as any has news, so with many runs
+#: streaming, reading again at once would cost a read of every log per event, not per batch.
+FEED_GATHER = 0.005
 #: Pause before a feed reads again after the store failed.
 STORE_RETRY_DELAY = 1.0
 
@@ -64,8 +72,6 @@ class _Feed:
         self.buffer: collections.deque[Rendered] = collections.deque()
         self.changed = asyncio.Event()
         self.listeners = 0
-        self.ended = False
-        self.task: asyncio.Task[None] | None = None
 
     def covers(self, position: str | None) -> bool:
         if self.start is None:
@@ -93,18 +99,28 @@ class _Feed:
 
 
 class Feeds:
-    """The feeds of one replica, by run id; each lives while it has listeners."""
+    """The feeds of one replica, by run id, each living while it has listeners, and their reader."""
 
     def __init__(self, store: Records, render: Render = render_event) -> None:
         self.store = store
         self.render = render
         self._feeds: dict[str, _Feed] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        #: Readers not yet ended: the current one, and any cancelled one still finishing its read.
+        self._readers: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._interrupting = False
+        #: Reads of what follows a run's final event, shared by the listeners reaching it at once.
+        self._tails: dict[tuple[str, str], asyncio.Task[list[Rendered]]] = {}
+
+    @property
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return {task for task in self._readers if not task.done()}
 
     async def follow(self, run_id: str, after: str | None) -> AsyncGenerator[list[Rendered], None]:
         """The run's events after ``after``, in batches as they come; an empty batch after
         READ_WAIT s without one (time for a keep-alive). Never ends by itself."""
-        feed = self._join(run_id, after)
+        feed = await self._join(run_id, after)
         try:
             while True:
                 changed = feed.changed  # taken before looking, so no batch slips between
@@ -125,51 +141,86 @@ class Feeds:
         finally:
             self._leave(run_id, feed)
 
-    def _join(self, run_id: str, after: str | None) -> _Feed:
+    async def _join(self, run_id: str, after: str | None) -> _Feed:
         feed = self._feeds.get(run_id)
         if feed is None:
             feed = self._feeds[run_id] = _Feed(after)
-            feed.task = asyncio.create_task(self._read(run_id, feed), name=f"asyncgate-feed-{run_id}")
-            self._tasks.add(feed.task)
-            feed.task.add_done_callback(self._tasks.discard)
+            reader = self._reader
+            if reader is None or reader.done() or reader.cancelling():
+                if not self._closed:
+                    self._interrupting = False  # a wake asked of a reader now gone
+                    self._reader = asyncio.create_task(self._read(), name="asyncgate-feeds")
+                    self._readers.add(self._reader)
+                    self._reader.add_done_callback(self._readers.discard)
+            elif not self._interrupting:
+                self._interrupting = True  # one wake per read is enough, however many join meanwhile
+                await self._interrupt()  # the reader's read in progress lacks this run
         feed.listeners += 1
         return feed
 
-    def _leave(self, run_id: str, feed: _Feed) -> None:
-        feed.listeners -= 1
-        if feed.listeners == 0:
-            feed.ended = True
-            if self._feeds.get(run_id) is feed:
-                del self._feeds[run_id]
-            if feed.task is not None:
-                feed.task.cancel()  # awaited by close() if the gateway stops meanwhile
+    async def _interrupt(self) -> None:
+        try:
+            await self.store.interrupt_watch()
+        except StoreError as exc:
+            # The reader's next read includes the run anyway, within FEED_BLOCK.
+            logger.warning("cannot wake the event reader: %s", exc)
 
-    async def _read(self, run_id: str, feed: _Feed) -> None:
-        while not feed.ended:
+    def _leave(self, run_id: str, feed: _Feed) -> None:
+        # The reader stops reading the run's log with its next read.
+        feed.listeners -= 1
+        if feed.listeners == 0 and self._feeds.get(run_id) is feed:
+            del self._feeds[run_id]
+            if not self._feeds and self._reader is not None:
+                self._reader.cancel()  # no read outlives the last listener; close() awaits it
+
+    async def _read(self) -> None:
+        while self._feeds and not self._closed:
+            watched = dict(self._feeds)
             try:
-                events = await self.store.events(run_id, feed.last, FEED_BLOCK)
+                found = await self.store.watch({run_id: feed.last for run_id, feed in watched.items()}, FEED_BLOCK)
             except StoreError as exc:
                 task = asyncio.current_task()
-                if feed.ended or (task is not None and task.cancelling()):
+                if self._closed or (task is not None and task.cancelling()):
                     # redis-py turns a read cancelled mid-way into a connection error: the
                     # cancel is what happened, and must not be retried away.
                     raise asyncio.CancelledError() from exc
-                logger.warning("run %s: cannot read its events: %s", run_id, exc, extra={"run_id": run_id})
+                logger.warning("cannot read the followed runs' events: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
-            if events and not feed.ended:
+            if asyncio.current_task() is not self._reader:
+                return  # cancelled (its last feed left), but its read ended first: a new reader reads now
+            self._interrupting = False
+            for run_id, events in found.items():
+                feed = watched[run_id]
+                if self._feeds.get(run_id) is not feed:
+                    continue  # left meanwhile; a new feed for the run reads from its own start
                 feed.add([(event, self.render(run_id, event)) for event in events])
-                # After the final state only webhook changes follow, which listeners read on
-                # their own as they finish; the feed stops, and a later listener makes a new one.
-                feed.ended = any(event.is_final for event in events)
-        if self._feeds.get(run_id) is feed:
-            del self._feeds[run_id]
+                if any(event.is_final for event in events):
+                    # After the final state only webhook changes follow, which listeners read
+                    # on their own as they finish; a later listener makes a new feed.
+                    del self._feeds[run_id]
+            if found and len(watched) > 1:
+                await asyncio.sleep(FEED_GATHER)
+
+    async def after_final(self, run_id: str, final_id: str) -> list[Rendered]:
+        """What the run's log holds after its final event (webhook changes), read once for all
+        the listeners asking at the same time: a thousand listeners of a run end together."""
+        key = (run_id, final_id)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = asyncio.create_task(self._tail(run_id, final_id), name=f"asyncgate-tail-{run_id}")
+            tail.add_done_callback(lambda _: self._tails.pop(key, None))
+        return await asyncio.shield(tail)  # a listener leaving does not cancel the others' read
+
+    async def _tail(self, run_id: str, final_id: str) -> list[Rendered]:
+        return [(event, self.render(run_id, event)) for event in await self.store.events(run_id, final_id, 0)]
 
     async def close(self) -> None:
-        """Stop every feed's reading (the gateway is shutting down)."""
-        tasks = list(self._tasks)
-        for feed in self._feeds.values():
-            feed.ended = True  # in case the store's client swallows the cancel
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the reader (the gateway is shutting down)."""
+        self._closed = True  # in case the store's client swallows the cancel
+        for tail in self._tails.values():
+            tail.cancel()
+        readers = [*self._readers, *self._tails.values()]
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
@@ -12,7 +12,7 @@ import orjson
 from asyncgate import feeds
 from asyncgate.feeds import Feeds, Rendered
 from asyncgate.store.base import Event, RunStore
-from tests.store.conftest import Queue, Runner, claim_one
+from tests.store.conftest import RETENTION, Queue, Runner, claim_one, ok
 
 
 class CountingStore:
@@ -21,11 +21,20 @@ class CountingStore:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.blocking_reads = 0
+        self.reads = 0
+        self.watched: list[set[str]] = []
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         if wait > 0:
             self.blocking_reads += 1
+        else:
+            self.reads += 1
         return await self.store.events(run_id, after, wait)
+
+    async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
+        self.blocking_reads += 1
+        self.watched.append(set(positions))
+        return await self.store.watch(positions, wait)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -127,3 +136,48 @@ def test_close_stops_every_feed(store: RunStore, run: Runner, queue: Queue) -> N
         await listener.aclose()
 
     run(scenario())
+
+
+def test_one_read_serves_every_followed_run(store: RunStore, run: Runner, queue: Queue) -> None:
+    runs = [queue() for _ in range(3)]
+    for _ in runs:
+        claim_one(store, run)
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+
+    async def scenario() -> list[list[Rendered]]:
+        listeners = [shared.follow(queued.run_id, None) for queued in runs]
+        async with contextlib.AsyncExitStack() as stack:
+            for listener in listeners:
+                await stack.enter_async_context(contextlib.aclosing(listener))
+                await take(listener, 2)  # queued, running; the later runs joined a read in progress
+            reads = counting.blocking_reads
+            waiting = asyncio.gather(*(take(listener, 1) for listener in listeners))
+            for queued in runs:
+                await store.append_output(queued.run_id, 1, [output(0)], [])
+            got = await asyncio.wait_for(waiting, 10)
+            # Three runs' new events came in a handful of reads, each of all three logs.
+            assert counting.blocking_reads - reads <= 4
+            assert counting.watched[-1] == {queued.run_id for queued in runs}
+            return got
+
+    got = run(scenario())
+    assert [seqs(batch) for batch in got] == [[0], [0], [0]]
+    assert [orjson.loads(batch[0][1].split(b"data: ")[1])["run_id"] for batch in got] == [q.run_id for q in runs]
+
+
+def test_listeners_ending_together_read_the_rest_of_the_log_once(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    run(store.finish(queued.run_id, 1, ok(), RETENTION))
+    final = run(store.events(queued.run_id, None, 0))[-1]
+    assert final.is_final
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+
+    async def scenario() -> list[list[Rendered]]:
+        return await asyncio.gather(*(shared.after_final(queued.run_id, final.id) for _ in range(50)))
+
+    tails = run(scenario())
+    assert counting.reads == 1
+    assert all(tail == tails[0] for tail in tails)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -302,6 +302,14 @@ class Records(Protocol):
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         """The run's events after ``after`` (all if None), waiting up to ``wait`` s for one."""
+
+    async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
+        """The events of several runs after their positions, in one read, waiting up to ``wait``
+        s for any; returns sooner (maybe with nothing) once ``interrupt_watch()`` is called, so
+        the caller can read again with other runs. Runs without new events are left out."""
+
+    async def interrupt_watch(self) -> None:
+        """End the ``watch()`` waiting now, or the next one to start (the runs to watch changed)."""
 
     async def list_runs(
         self, caller: str | None, state: RunState | None, limit: int, cursor: str | None

@@ -11,7 +11,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -710,6 +710,20 @@ def _events(db: sqlite3.Connection, run_id: str, after: int) -> list[Event]:
     return [Event(str(seq), orjson.loads(data)) for seq, data in rows]
 
 
+def _events_of(db: sqlite3.Connection, positions: dict[str, int]) -> dict[str, list[Event]]:
+    found = {run_id: _events(db, run_id, after) for run_id, after in positions.items()}
+    return {run_id: events for run_id, events in found.items() if events}
+
+
+def _row(event_id: str | None) -> int:
+    """The row number an event id names; 0 (replay everything rather than miss anything) for
+    None or an id from elsewhere."""
+    try:
+        return int(event_id) if event_id else 0
+    except ValueError:
+        return 0
+
+
 def _list(
     db: sqlite3.Connection, caller: str | None, state: RunState | None, limit: int, cursor: float | None
 ) -> list[tuple[float, Run]]:
@@ -838,6 +852,7 @@ class EmbeddedRunStore:
         self._work = asyncio.Event()
         # Replaced (after being set) whenever an event is logged, to wake readers of events.
         self._changed = asyncio.Event()
+        self._interrupted = False  # interrupt_watch() was called since the last watch() ended
         self._cancel_listeners: list[asyncio.Queue[str]] = []
         self._next_purge = 0.0
         # See heartbeat().
@@ -1132,10 +1147,7 @@ class EmbeddedRunStore:
             self._cancel_listeners.remove(listener)
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
-        try:
-            position = int(after) if after else 0
-        except ValueError:
-            position = 0  # an id from elsewhere: replay everything rather than miss anything
+        position = _row(after)
         deadline = time.monotonic() + wait
         while True:
             changed = self._changed  # taken before reading, so no event slips between
@@ -1148,6 +1160,25 @@ class EmbeddedRunStore:
                     await changed.wait()
             except TimeoutError:
                 return []
+
+    async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
+        deadline = time.monotonic() + wait
+        while True:
+            changed = self._changed  # taken before reading, so no event slips between
+            found = await self._call(_events_of, {run_id: _row(after) for run_id, after in positions.items()})
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0 or self._interrupted:
+                self._interrupted = False
+                return found
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                return {}
+
+    async def interrupt_watch(self) -> None:
+        self._interrupted = True
+        self._notify()
 
     async def list_runs(
         self, caller: str | None, state: RunState | None, limit: int, cursor: str | None

@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Sequence
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -153,6 +154,10 @@ logger = logging.getLogger("asyncgate.store")
 #                             of every gateway, the time before which no lease is judged expired
 #                             (resume): see heartbeat(). No TTL: one small key per deployment.
 #   P:cancel          channel Run ids whose cancellation was asked, for the replica holding them.
+#   {P}:wake:<token>  stream  One per gateway process that follows event logs (feeds.py): added
+#                             to when the runs it follows change, so that its one blocking XREAD
+#                             over all their logs, which includes this key, returns and is made
+#                             again with the new set. MAXLEN 1; TTL WAKE_TTL from each addition.
 #
 # Why one slot: every change is one Lua script that checks and writes in one step, and many
 # touch a run and a shared key at once (the queue, an index, the deliveries), which Redis
@@ -162,6 +167,8 @@ logger = logging.getLogger("asyncgate.store")
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
 
+#: A wake stream (see the key schema) left by a gateway that stopped expires this long after its last use.
+WAKE_TTL = 3600
 #: Ordinary commands fail with StoreUnavailable after this long without an answer.
 SOCKET_TIMEOUT = 5.0
 #: The longest claim() blocks on the queue; longer waits are cut to this.
@@ -1043,6 +1050,8 @@ class RedisRunStore:
         #: Request bodies read by claims, until their holder asks for them (request_body).
         self._bodies: dict[str, bytes] = {}
         self._refused: list[Entry] = []
+        self.wake_key = f"{tag}:wake:{uuid.uuid4().hex}"
+        self._woken = "0-0"  # the newest entry of the wake stream watch() has seen
 
     def run_key(self, run_id: str) -> str:
         return f"{self.tag}:run:{run_id}"
@@ -1682,8 +1691,10 @@ class RedisRunStore:
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        # Only a read that waits holds a connection of its own; others share the bounded pool.
+        client = self._blocking if block else self._redis
         with _STORE_ERRORS:
-            reply = await self._blocking.xread({self.events_key(run_id): after or "0-0"}, block=block)
+            reply = await client.xread({self.events_key(run_id): after or "0-0"}, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [
             Event(entry_id.decode(), orjson.loads(fields[b"data"]))
@@ -1691,6 +1702,35 @@ class RedisRunStore:
             for entry_id, fields in entries
             if fields
         ]
+
+    async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
+        # One XREAD over every log (one slot: all share the hash tag) and this process's wake
+        # stream, whose id is the last one seen: a wake added before the read began ends it too.
+        block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        streams: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {
+            self.events_key(run_id): after or "0-0" for run_id, after in positions.items()
+        }
+        streams[self.wake_key] = self._woken
+        with _STORE_ERRORS:
+            reply = await self._blocking.xread(streams, block=block)
+        found: dict[str, list[Event]] = {}
+        skip = len(self.events_key(""))
+        for key, entries in cast(list[tuple[bytes, list[Entry]]], reply or []):
+            name = key.decode()
+            if name == self.wake_key:
+                self._woken = entries[-1][0].decode()
+                continue
+            events = [Event(entry_id.decode(), orjson.loads(fields[b"data"])) for entry_id, fields in entries if fields]
+            if events:
+                found[name[skip:]] = events
+        return found
+
+    async def interrupt_watch(self) -> None:
+        with _STORE_ERRORS:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.expire(self.wake_key, WAKE_TTL)
+                await pipe.execute()
 
     async def list_runs(
         self, caller: str | None, state: RunState | None, limit: int, cursor: str | None

@@ -152,6 +152,47 @@ class TestRecords:
         assert run(store.events(queued.run_id, events[-1].id, 0.3)) == []
         assert 0.2 < time.monotonic() - started < 3.0
 
+    @pytest.mark.exercises("watch")
+    def test_watch_reads_several_logs_at_once(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        first, second, quiet = queue(), queue(), queue()
+        seen = {q.run_id: run(store.events(q.run_id, None, 0))[-1].id for q in (first, second, quiet)}
+        assert run(store.watch({first.run_id: None, "no-such-run": None}, 0)) == {
+            first.run_id: run(store.events(first.run_id, None, 0))
+        }
+
+        async def scenario() -> tuple[dict[str, list[Event]], float]:
+            started = time.monotonic()
+            waiting = asyncio.create_task(store.watch(seen, 10.0))
+            await store.claim("owner-a", 1, 0, LEASE)  # the first run queued starts
+            return await waiting, time.monotonic() - started
+
+        found, elapsed = run(scenario())
+        assert elapsed < 5.0
+        assert list(found) == [first.run_id]
+        assert [e.data["event"] for e in found[first.run_id]] == ["running"]
+        started = time.monotonic()
+        assert run(store.watch(seen | {first.run_id: found[first.run_id][-1].id}, 0.3)) == {}
+        assert 0.2 < time.monotonic() - started < 3.0
+
+    @pytest.mark.exercises("interrupt_watch")
+    def test_interrupt_watch_ends_a_watch_now_or_the_next_one(self, store: RunStore, run: Runner, queue: Queue) -> None:
+        queued = queue()
+        (seen,) = run(store.events(queued.run_id, None, 0))
+
+        async def scenario() -> float:
+            started = time.monotonic()
+            waiting = asyncio.create_task(store.watch({queued.run_id: seen.id}, 10.0))
+            await asyncio.sleep(0)
+            await store.interrupt_watch()
+            assert await waiting == {}
+            return time.monotonic() - started
+
+        assert run(scenario()) < 5.0
+        run(store.interrupt_watch())  # before the watch starts: it ends at once too
+        started = time.monotonic()
+        assert run(store.watch({queued.run_id: seen.id}, 10.0)) == {}
+        assert time.monotonic() - started < 5.0
+
     @pytest.mark.exercises("list_runs", "create")
     def test_list_runs_newest_first_by_caller_and_state_in_pages(self, store: RunStore, run: Runner) -> None:
         made: list[Run] = []
