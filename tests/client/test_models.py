@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from asyncgate.client import _protocol as protocol
-from asyncgate.client._models import RunStatus, WebhookStatus
+from asyncgate.client._models import QueuePlace, RunStatus, WebhookStatus
 from asyncgate.links import RunLinks
 from asyncgate.runs import Delivery, DeliveryState, Progress, Run, RunError, RunRequest, RunState
 from asyncgate.status import RUN_STATUS, WEBHOOK_STATUS, Field, Kind, status_document
@@ -67,9 +67,35 @@ def agrees(kind: Kind, parsed: Any, sent: Any) -> bool:
     raise AssertionError(f"a field kind the SDK is not checked against: {kind}")
 
 
+#: Fields the status shows only when they apply (priorities, queue deadlines, a queued run's place).
+WHEN_SET = {"priority", "queue_deadline", "queue"}
+
+
 def test_run_status_has_an_attribute_for_every_field_of_the_document() -> None:
-    attributes = {field.name for field in dataclasses.fields(RunStatus)} - {"raw"}
+    attributes = {field.name for field in dataclasses.fields(RunStatus)} - {"raw"} - WHEN_SET
     assert attributes == {sdk_name(field) for field in RUN_STATUS}
+
+
+def test_the_sdk_reads_priority_deadline_and_queue_place_when_shown() -> None:
+    request = RunRequest("POST", "/predict", "", (), None, 30.0, priority=7, queue_deadline=1_795_000_060.5)
+    queued = Run("q3Jx0V2kS1uVw2yWb7m1bA", RunState.QUEUED, request, created_at=1_795_000_000.125)
+    sent = orjson.loads(orjson.dumps(status_document(queued, RunLinks("/_asyncgate"))))
+    sent["queue"] = {"ahead": 3, "estimated_wait": 1.5}  # added by the status endpoint while queued
+
+    parsed = protocol.run_status(sent)
+
+    assert parsed.priority == 7
+    assert parsed.queue_deadline == datetime.fromisoformat(sent["queue_deadline"])
+    assert parsed.queue == QueuePlace(ahead=3, estimated_wait=1.5)
+    unknown = protocol.run_status({**sent, "queue": {"ahead": 0, "estimated_wait": None}})
+    assert unknown.queue == QueuePlace(ahead=0, estimated_wait=None)
+
+
+def test_a_run_without_them_reads_as_before() -> None:
+    request = RunRequest("GET", "/", "", (), None, 30.0)
+    plain = Run("q3Jx0V2kS1uVw2yWb7m1bA", RunState.RUNNING, request, created_at=1_795_000_000.125)
+    parsed = protocol.run_status(orjson.loads(orjson.dumps(status_document(plain, RunLinks("/_asyncgate")))))
+    assert (parsed.priority, parsed.queue_deadline, parsed.queue) == (0, None, None)
 
 
 def test_webhook_status_has_an_attribute_for_every_field_of_the_delivery_document() -> None:

@@ -14,6 +14,7 @@
 from asyncgate.client._async import AsyncClient, AsyncRun
 from asyncgate.client._models import (
     ErrorDetail,
+    QueuePlace,
     Result,
     RunEvent,
     RunPage,
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidSecret",
     "InvalidSignature",
     "ProtocolError",
+    "QueuePlace",
     "Result",
     "Run",
     "RunCancelled",

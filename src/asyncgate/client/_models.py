@@ -52,6 +52,15 @@ class RunProgress:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued run stands: the runs claimed before it, and a rough wait in seconds."""
+
+    ahead: int
+    #: The runs ahead divided by the recent claim rate; None while the gateway cannot tell yet.
+    estimated_wait: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class RunStatus:
     """A run's status resource. ``state`` is the JSON's ``status``; ``raw`` is the JSON as sent."""
 
@@ -75,6 +84,12 @@ class RunStatus:
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
     #: The latest progress the upstream reported; None before the first report (or from an older gateway).
     progress: RunProgress | None = None
+    #: The run's priority (0, the lowest, unless its route or its caller set one).
+    priority: int = 0
+    #: When the run, still queued then, ends ``expired``; None when it has no queue deadline.
+    queue_deadline: datetime | None = None
+    #: Where the run stands while queued; None once it has started (or from an older gateway).
+    queue: QueuePlace | None = None
 
     @property
     def is_final(self) -> bool:

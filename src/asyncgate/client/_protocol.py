@@ -22,6 +22,7 @@ import httpx
 
 from asyncgate.client._models import (
     ErrorDetail,
+    QueuePlace,
     Result,
     RunEvent,
     RunPage,
@@ -320,6 +321,13 @@ def _progress(data: Any) -> RunProgress | None:
     )
 
 
+def _queue(data: Any) -> QueuePlace | None:
+    if not data:
+        return None
+    wait = data.get("estimated_wait")
+    return QueuePlace(ahead=int(data["ahead"]), estimated_wait=None if wait is None else float(wait))
+
+
 def run_status(data: Mapping[str, Any]) -> RunStatus:
     """A RunStatus from the status JSON; ProtocolError if it is not one."""
     try:
@@ -340,6 +348,9 @@ def run_status(data: Mapping[str, Any]) -> RunStatus:
             route=None if data.get("route") is None else str(data["route"]),
             raw=dict(data),
             progress=_progress(data.get("progress")),
+            priority=int(data.get("priority") or 0),
+            queue_deadline=_time(data.get("queue_deadline")),
+            queue=_queue(data.get("queue")),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"not a run status: {dict(data)!r:.300}") from exc
