@@ -119,8 +119,9 @@ def test_serve_with_an_unusable_data_dir_says_why_once(tmp_path: Path) -> None:
     result = run_cli(
         "serve", "--upstream", "http://127.0.0.1:1", "--port", str(free_port()), "--data-dir", str(data_dir)
     )
-    assert result.returncode == 3  # uvicorn's status for an application that failed to start
+    assert result.returncode == 2  # a configuration error, as every other
     assert result.stderr.count(f"cannot use {data_dir}") == 1, result.stderr
+    assert f"asyncgate: configuration error: store.data_dir: cannot use {data_dir}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -18,7 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from asyncgate.errors import QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
+from asyncgate.errors import ConfigError, QueueFull, ShareExceeded, StoreError, StoreUnavailable, WebhookUrlDeleted
 from asyncgate.runs import (
     COMPLETED,
     EXPIRED_OUTCOME,
@@ -879,7 +879,9 @@ class EmbeddedRunStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
-            raise StoreError(f"cannot use {self.data_dir}: {exc}") from exc
+            # A directory that cannot be made or written is the operator's to fix, and no retry
+            # would: refused as a configuration error (one line, exit status 2).
+            raise ConfigError("store.data_dir", f"cannot use {self.data_dir}: {exc}") from exc
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncgate-sqlite")
         path = self.data_dir / DATABASE_FILE
         try:
