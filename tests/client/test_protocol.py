@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from asyncgate.client import APIError, Client, ProtocolError, RunCancelled, RunFailed, RunState, errors
+from asyncgate.client import APIError, AsyncClient, Client, ProtocolError, RunCancelled, RunFailed, RunState, errors
 from asyncgate.client import _protocol as protocol
 from asyncgate.client._models import ErrorDetail, Result
 from asyncgate.client._protocol import Backoff, Call, Endpoints, EventsPlan, WaitPlan
@@ -500,3 +501,12 @@ def test_events_plan_opening_answers() -> None:
         plan.opened(response(200, content=b"<html>", headers={"Content-Type": "text/html"}))
     with pytest.raises(ProtocolError, match="not a run event"):
         plan.feed("event: queued\ndata: [1]\n\n")
+
+
+def test_idle_connections_are_dropped_before_the_gateway_closes_them() -> None:
+    """A pooled connection reused as uvicorn closes it is reset mid-request; the SDK never reuses one that old."""
+    server_idle = uvicorn.Config(app="unused:app").timeout_keep_alive
+    with Client("http://127.0.0.1:9") as client:
+        assert client._http._transport._pool._keepalive_expiry < server_idle  # type: ignore[attr-defined]
+    aclient = AsyncClient("http://127.0.0.1:9")
+    assert aclient._http._transport._pool._keepalive_expiry < server_idle  # type: ignore[attr-defined]

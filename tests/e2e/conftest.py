@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
@@ -16,6 +15,7 @@ from asyncgate.netguard import Resolver
 from asyncgate.server import uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
 from tests.support.browser import Browser
+from tests.support.clients import client_for
 from tests.support.gateway_process import Replicas
 from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisCluster, RedisSentinel, RedisServer
@@ -52,7 +52,7 @@ class Gateway:
         self.server = ServerThread(self.app, **options).start()
         self.url = self.server.url
         self.app.listening(self.server.port)  # bound to port 0: progress URLs name the real one
-        self.client = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        self.client = client_for(self.url)
 
     @property
     def prefix(self) -> str:

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from tests.support.clients import client_for
 from tests.support.gateway_process import FAST_LEASES, GatewayProcess, start_replica
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerThread
@@ -119,9 +120,7 @@ class Chaos:
 
     def submit_steadily(self) -> None:
         rng = random.Random(SEED + 1)
-        clients = {
-            slot.index: httpx.Client(base_url=slot.replica.url, timeout=2, trust_env=False) for slot in self.slots
-        }
+        clients = {slot.index: client_for(slot.replica.url, timeout=2) for slot in self.slots}
         try:
             while not self.done.wait(1 / RATE):
                 live = [slot for slot in self.slots if slot.up.is_set()]

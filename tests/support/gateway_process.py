@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.clients import client_for
 from tests.support.redis_server import RedisCluster, RedisServer, free_port
 from tests.support.sealing import ENCRYPTION_KEY_ENV
 from tests.support.wait import wait_until
@@ -35,7 +36,7 @@ class GatewayProcess:
         # A file rather than a pipe: nobody reads a pipe while the gateway runs, and a full one would stall it.
         with log.open("ab") as stderr:
             self.process = subprocess.Popen(command, env={**inherited, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
-        self.client = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
+        self.client = client_for(self.url, timeout=10)
         wait_until(self._ready, timeout=20, message="gateway process ready")
 
     def _ready(self) -> bool:

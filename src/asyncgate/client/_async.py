@@ -41,7 +41,12 @@ class AsyncClient:
         self.endpoints = protocol.Endpoints(prefix)
         base_url, headers = protocol.connection(base_url, token, headers, environ)
         self._http = httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=trust_env
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=protocol.DEFAULT_LIMITS,
+            transport=transport,
+            trust_env=trust_env,
         )
 
     async def __aenter__(self) -> AsyncClient:

@@ -62,6 +62,10 @@ URL_ENV = "ASYNCGATE_URL"
 #: The caller's token, sent as ``Authorization: Bearer <token>`` when no token is passed.
 TOKEN_ENV = "ASYNCGATE_TOKEN"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: The gateway (uvicorn) closes a connection idle for 5 s, and httpx keeps one for 5 s too: a call
+#: made at that moment reuses a connection being closed and is reset, with no retry. Dropping idle
+#: connections sooner than any common server does avoids that race, for one more handshake.
+DEFAULT_LIMITS = httpx.Limits(keepalive_expiry=2.0)
 
 #: The longest long poll asked for. The gateway allows 60 s; half that stays under the idle
 #: timeout of most load balancers between the client and the gateway.

@@ -44,7 +44,12 @@ class Client:
         self.endpoints = protocol.Endpoints(prefix)
         base_url, headers = protocol.connection(base_url, token, headers, environ)
         self._http = httpx.Client(
-            base_url=base_url, headers=headers, timeout=timeout, transport=transport, trust_env=trust_env
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=protocol.DEFAULT_LIMITS,
+            transport=transport,
+            trust_env=trust_env,
         )
 
     def __enter__(self) -> Client:
