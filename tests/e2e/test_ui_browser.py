@@ -158,6 +158,18 @@ def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: P
     assert browser.driver.find_element(By.ID, "d-upstream").text == "200"
 
 
+def test_a_run_asking_only_for_lifecycle_webhooks_settles_with_no_delivery(browser: Browser, site: Site) -> None:
+    hook = quote(f"{site.receiver.url}/lifecycle", safe="")
+    run_id = site.submit(f"/echo/lifecycle?async=true&webhookEndpoint={hook}&webhookEvents=start")
+    assert site.wait_final(run_id)["webhook"]["state"] is None
+    visit(browser, site, f"/runs/{run_id}", TOKEN_A)
+    # The page stops following the run: no delivery at its end is left to wait for.
+    wait_page(browser, "document.querySelector('#result-body') && document.body.dataset.live === 'closed'")
+    assert browser.driver.find_element(By.ID, "webhook").get_attribute("data-state") == "none"
+    assert browser.driver.find_element(By.ID, "w-events").text == "start"
+    assert browser.js("return document.querySelector('#redeliver').disabled") is True
+
+
 def test_cancel_a_running_run_from_its_page(browser: Browser, site: Site, shots: Path) -> None:
     run_id = site.submit("/sleep?seconds=60&async=true")
     visit(browser, site, f"/runs/{run_id}", TOKEN_A)
