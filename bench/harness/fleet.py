@@ -1,9 +1,10 @@
 """FLEET: S4 at scale, tens of thousands of runs held at once by several gateways on one Redis (#18).
 
-For each size of ``plan.fleet_runs``: a fresh redis-server with AOF, one upstream
-(peers/hold_upstream.py) listening on one loopback address per gateway, and ``runs /
-plan.fleet_per_gateway`` gateways, each sent to its own address so that no address pair runs out
-of ephemeral ports (about 28,000 on Linux's default range). Then, measured by the bench:
+For each size of ``plan.fleet_runs``: a fresh redis-server with AOF, ``runs /
+plan.fleet_per_gateway`` gateways, and one upstream (peers/hold_upstream.py) per gateway on a
+loopback address of its own (127.0.0.2, 127.0.0.3, ...), so that no address pair runs out of
+ephemeral ports (about 28,000 in Linux's default range) and no process needs more descriptors
+than one gateway's share (a container may cap ulimit -n, hard, at 20,000). Then, measured by the bench:
 
 1. idle: the gateways started and holding nothing, ``plan.fleet_window_s`` of Redis's counters;
 2. fill: harness/fleetload.py submits every run over the gateways' URLs; the time until the last
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from . import services
 from .cpu import OtherLoad, process_seconds
 from .memory import rss_mib
-from .procs import BenchError, Child, free_port, http_get, run_bounded, wait_http
+from .procs import BenchError, free_port, http_get, run_bounded, wait_http
 from .report import Check, Section, at_least, at_most
 from .services import Server
 
@@ -82,11 +83,12 @@ def _notes(bench: Bench) -> list[str]:
     plan = bench.plan
     return [
         "Every process unpinned (both cores). Redis: a fresh redis-server with AOF (appendfsync everysec). "
-        "Upstream: bench/peers/hold_upstream.py (raw asyncio + httptools), one process listening on 127.0.0.2, "
-        "127.0.0.3, ...: gateway i is sent to 127.0.0.(2+i), so no address pair needs more ephemeral ports than "
-        "one gateway holds; the gateways share one deployment (ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE=true, "
-        "their upstream URLs differing only by address). It holds every request until the bench releases them "
-        "all at once; held_at_once is its own peak of requests held.",
+        "Upstream: bench/peers/hold_upstream.py (raw asyncio + httptools), one process per gateway: gateway i is "
+        "sent to 127.0.0.(2+i), so no address pair needs more ephemeral ports than one gateway holds, and no "
+        "process more descriptors than one gateway's share (a hard ulimit -n may cap them); the gateways share "
+        "one deployment (ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE=true: their upstream URLs differ by address). "
+        "The upstreams hold every request until the bench releases them all at once; held_at_once is the "
+        "upstreams' own count of requests held at the release.",
         f"Each gateway: ASYNCGATE_LIMITS_MAX_INFLIGHT={plan.fleet_per_gateway:,} (runs / gateways), "
         "MAX_QUEUED 2 x runs, lease settings at their defaults. Submits: bench/harness/fleetload.py (raw asyncio, "
         f"64 at once, round robin over the gateways), {BODY_BYTES} B POST ?async=true each.",
@@ -120,21 +122,23 @@ def _checks(row: dict[str, Any]) -> list[Check]:
 
 @dataclass
 class Fleet:
-    """What one size runs on: Redis, the upstream on its addresses, the gateways."""
+    """What one size runs on: Redis, one upstream per gateway on an address of its own, the gateways."""
 
     redis: Server
-    upstream: Child
-    upstream_url: str
+    upstreams: list[Server] = field(default_factory=list)
     gateways: list[Server] = field(default_factory=list)
 
     @property
     def redis_port(self) -> int:
         return int(self.redis.url.rsplit(":", 1)[1].split("/")[0])
 
-    def stats(self) -> dict[str, int]:
-        _, body = http_get(self.upstream_url + "/__stats", timeout=10)
-        result: dict[str, int] = json.loads(body)
-        return result
+    def held(self) -> int:
+        """Requests the upstreams hold now, by their own count."""
+        return sum(json.loads(http_get(u.url + "/__stats", timeout=10)[1])["held"] for u in self.upstreams)
+
+    def release(self) -> None:
+        for upstream in self.upstreams:
+            http_get(upstream.url + "/__release", timeout=60)
 
     def info(self) -> dict[str, str]:
         return redis_info(self.redis_port)
@@ -212,10 +216,11 @@ def _size(bench: Bench, runs: int, gateways: int) -> dict[str, Any]:
     system = f"asyncgate redis x{gateways}"
     row: dict[str, Any] = {"system": system, "runs": runs, "gateways": gateways}
     per_gateway = math.ceil(runs / gateways)
-    limit = ensure_descriptors(runs + SPARE_FDS)
+    # One process holds at most per_gateway connections (a gateway, or the upstream sent its calls).
+    limit = ensure_descriptors(per_gateway + SPARE_FDS)
     try:
-        if limit < runs + SPARE_FDS:
-            raise BenchError(f"ulimit -n is {limit}: the upstream needs {runs + SPARE_FDS:,} descriptors")
+        if limit < per_gateway + SPARE_FDS:
+            raise BenchError(f"ulimit -n is {limit}: {per_gateway:,} runs per gateway need {per_gateway + SPARE_FDS:,}")
         if per_gateway > _ephemeral_ports() - SPARE_FDS:
             raise BenchError(f"{per_gateway:,} connections per gateway exceed the ephemeral port range")
         with _fleet(bench, runs, gateways, per_gateway) as running, OtherLoad() as other:
@@ -232,27 +237,30 @@ def _size(bench: Bench, runs: int, gateways: int) -> dict[str, Any]:
 def _fleet(bench: Bench, runs: int, gateways: int, per_gateway: int) -> Iterator[Fleet]:
     data = bench.workdir / f"fleet-{runs}-redis"
     data.mkdir()
-    redis = services.start_redis(bench.sup, data, durable=True, core=None)
-    port = free_port()
-    hosts = [f"127.0.0.{2 + i}" for i in range(gateways)]
+    running = Fleet(services.start_redis(bench.sup, data, durable=True, core=None))
     max_hold = _fill_deadline(runs) + 4 * bench.plan.fleet_window_s + 300
-    argv = [sys.executable, str(UPSTREAM), str(port), ",".join(hosts), str(max_hold)]
-    upstream = bench.sup.spawn("hold-upstream", argv, core=None)
-    running = Fleet(redis, upstream, f"http://{hosts[0]}:{port}")
     env = {"ASYNCGATE_LIMITS_MAX_INFLIGHT": str(per_gateway), "ASYNCGATE_LIMITS_MAX_QUEUED": str(2 * runs),
            "ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE": "true"}  # fmt: skip
     try:
-        wait_http(running.upstream_url + "/__stats", upstream, services.START_TIMEOUT_S)
-        for i, host in enumerate(hosts):
-            target = Server("hold-upstream", f"http://{host}:{port}", upstream)
-            running.gateways.append(bench.start_gateway(target, redis=redis, core=None, env=env, name=f"gateway-{i}"))
+        for i in range(gateways):
+            upstream = _start_upstream(bench, f"127.0.0.{2 + i}", max_hold)
+            running.upstreams.append(upstream)
+            running.gateways.append(bench.start_gateway(upstream, redis=running.redis, core=None, env=env,
+                                                        name=f"gateway-{i}"))  # fmt: skip
         yield running
     finally:
-        for gateway in running.gateways:
-            bench.sup.stop(gateway.child)
-        bench.sup.stop(upstream)
-        bench.sup.stop(redis.child)
+        for server in (*running.gateways, *running.upstreams, running.redis):
+            bench.sup.stop(server.child)
         shutil.rmtree(data, ignore_errors=True)  # the AOF: hundreds of MiB at 50,000 runs
+
+
+def _start_upstream(bench: Bench, host: str, max_hold: float) -> Server:
+    port = free_port()
+    argv = [sys.executable, str(UPSTREAM), str(port), host, str(max_hold)]
+    child = bench.sup.spawn(f"hold-upstream-{host}", argv, core=None)
+    url = f"http://{host}:{port}"
+    wait_http(url + "/__stats", child, services.START_TIMEOUT_S)
+    return Server(child.name, url, child)
 
 
 def _fill_deadline(runs: int) -> float:
@@ -283,13 +291,13 @@ def _measure(bench: Bench, fleet: Fleet, runs: int) -> dict[str, Any]:
     if accepted["accepted"] != runs:
         problems.append(f"{runs - accepted['accepted']} submits refused {accepted['refused']}")
     if held_s is None:
-        problems.append(f"held {fleet.stats()['held']:,} at most within {_fill_deadline(runs):g} s")
+        problems.append(f"held {fleet.held():,} within {_fill_deadline(runs):g} s")
     bench.log(f"  accepted {accepted['accepted']:,} in {accepted['seconds']} s, all held after {held_s} s")
     time.sleep(SETTLE_S)
     held = _window(fleet, window_s)
     used1, rss1 = int(fleet.info()["used_memory"]), fleet.gateway_rss_mib()
     figures.update(
-        held_at_once=fleet.stats()["peak"],
+        held_at_once=fleet.held(),
         gw_kib_per_run=round((rss1 - rss0) * 1024 / runs, 1),
         redis_kib_per_run=round((used1 - used0) / 1024 / runs, 2),
         cmds_s_idle=round(idle.commands_s, 1),
@@ -299,7 +307,7 @@ def _measure(bench: Bench, fleet: Fleet, runs: int) -> dict[str, Any]:
     )
     bench.log(f"  held: {held}")
     released = time.monotonic()
-    http_get(fleet.upstream_url + "/__release", timeout=60)
+    fleet.release()
     finish_s = _wait_finished(fleet, accepted["accepted"], released + _fill_deadline(runs))
     total1, cpu1 = _counters(fleet.info())
     life = time.monotonic() - started
@@ -334,7 +342,7 @@ def _wait_held(
 ) -> float | None:
     """Seconds from ``started`` until the upstream holds ``runs``; None past the deadline or short of runs."""
     while time.monotonic() < deadline:
-        if fleet.stats()["held"] >= runs:
+        if fleet.held() >= runs:
             return time.monotonic() - started
         if submitted.done() and (submitted.exception() or submitted.result()["accepted"] < runs):
             return None
