@@ -56,7 +56,8 @@ CMDS_PER_RUN = 15.0
 
 COLUMNS = ["system", "runs", "gateways", "held_at_once", "succeeded", "accept_s", "accept_rps", "held_s",
            "finish_s", "gw_kib_per_run", "redis_kib_per_run", "cmds_s_idle", "cmds_s_held", "redis_cpu_held_pct",
-           "gw_cpu_held_pct", "cmds_per_run", "redis_us_per_run", "other_cpu_pct", "note"]  # fmt: skip
+           "gw_cpu_held_pct", "cmds_per_run", "redis_us_per_run", "gw_ms_per_run", "redis_kib_per_done",
+           "gw_idle_mib", "other_cpu_pct", "note"]  # fmt: skip
 
 
 def fleet(bench: Bench) -> None:
@@ -100,8 +101,11 @@ def _notes(bench: Bench) -> list[str]:
         "INFO total_commands_processed (commands inside scripts included) per second over "
         f"{plan.fleet_window_s:g} s, idle and then holding; redis_cpu_held_pct / gw_cpu_held_pct: CPU Redis / "
         "all gateways used in the holding window, % of one core.",
-        "cmds_per_run / redis_us_per_run: commands Redis executed and CPU it used from the first submit until "
-        "every run finished, the idle rate taken off, per run (no webhooks).",
+        "cmds_per_run / redis_us_per_run / gw_ms_per_run: commands Redis executed, CPU it used and CPU the "
+        "gateways used (intake, claim, the call, finish) from the first submit until every run finished, the "
+        "idle rates taken off, per run (no webhooks). redis_kib_per_done: used_memory once every run finished, "
+        "against idle, per run: what a finished run keeps until runs.retention. gw_idle_mib: one idle gateway's "
+        "RSS.",
     ]
 
 
@@ -149,13 +153,21 @@ class Fleet:
     def gateway_cpu_s(self) -> float:
         return sum(process_seconds(g.child.pid) for g in self.gateways)
 
-    def finished(self) -> int:
+    def finished(self) -> int | None:
+        """Runs the gateways finished, by their metrics; None when one is too busy to answer."""
         total = 0.0
         for gateway in self.gateways:
-            _, body = http_get(gateway.url + "/_asyncgate/metrics", timeout=10)
+            try:
+                _, body = http_get(gateway.url + "/_asyncgate/metrics", timeout=30)
+            except OSError:
+                return None
             found = re.findall(rb"^asyncgate_runs_finished_total\{[^}]*\} ([\d.e+]+)$", body, re.M)
             total += sum(float(v) for v in found)
         return int(total)
+
+    def warnings(self, text: str) -> int:
+        """Lines of the gateways' logs that contain ``text``."""
+        return sum(g.child.log.read_text(errors="replace").count(text) for g in self.gateways)
 
 
 def redis_info(port: int) -> dict[str, str]:
@@ -274,6 +286,7 @@ def _measure(bench: Bench, fleet: Fleet, runs: int) -> dict[str, Any]:
     idle = _window(fleet, window_s)
     used0, rss0 = int(fleet.info()["used_memory"]), fleet.gateway_rss_mib()
     total0, cpu0 = _counters(fleet.info())
+    gw0 = fleet.gateway_cpu_s()
     bench.log(f"  idle: {idle}; submitting {runs:,} runs")
     ids = bench.workdir / f"fleet-{runs}-ids.txt"
     urls = ",".join(g.url for g in fleet.gateways)
@@ -292,7 +305,7 @@ def _measure(bench: Bench, fleet: Fleet, runs: int) -> dict[str, Any]:
         problems.append(f"{runs - accepted['accepted']} submits refused {accepted['refused']}")
     if held_s is None:
         problems.append(f"held {fleet.held():,} within {_fill_deadline(runs):g} s")
-    bench.log(f"  accepted {accepted['accepted']:,} in {accepted['seconds']} s, all held after {held_s} s")
+    bench.log(f"  submitted: {accepted}; all held after {held_s} s")
     time.sleep(SETTLE_S)
     held = _window(fleet, window_s)
     used1, rss1 = int(fleet.info()["used_memory"]), fleet.gateway_rss_mib()
@@ -310,19 +323,27 @@ def _measure(bench: Bench, fleet: Fleet, runs: int) -> dict[str, Any]:
     fleet.release()
     finish_s = _wait_finished(fleet, accepted["accepted"], released + _fill_deadline(runs))
     total1, cpu1 = _counters(fleet.info())
-    life = time.monotonic() - started
+    gw1, life = fleet.gateway_cpu_s(), time.monotonic() - started
+    figures["gw_idle_mib"] = round(rss0 / len(fleet.gateways))
     if accepted["accepted"]:
         count = accepted["accepted"]
         figures["cmds_per_run"] = round((total1 - total0 - idle.commands_s * life) / count, 1)
         figures["redis_us_per_run"] = round((cpu1 - cpu0 - idle.redis_cpu_pct / 100 * life) / count * 1e6)
+        figures["gw_ms_per_run"] = round((gw1 - gw0 - idle.gateway_cpu_pct / 100 * life) / count * 1e3, 2)
+        # What a finished run leaves in Redis until runs.retention: its record, result and event log.
+        figures["redis_kib_per_done"] = round((int(fleet.info()["used_memory"]) - used0) / 1024 / count, 2)
     figures["finish_s"] = round(finish_s, 1) if finish_s is not None else None
     if finish_s is None:
-        problems.append(f"{fleet.finished():,} finished within {_fill_deadline(runs):g} s of the release")
+        problems.append(f"{fleet.finished()} finished within {_fill_deadline(runs):g} s of the release")
     states = _fleetload("verify", urls, ids, runs, _fill_deadline(runs))["states"]
     figures["succeeded"] = states.get("succeeded", 0)
     others = {state: n for state, n in states.items() if state != "succeeded"}
     if others:
         problems.append(f"not succeeded: {others}")
+    # A gateway whose heartbeat cannot reach Redis for runs.lease loses its runs to recovery.
+    late = fleet.warnings("cannot renew leases")
+    if late:
+        problems.append(f"{late} heartbeats failed (gateway logs: cannot renew leases)")
     figures["note"] = "; ".join(problems)
     return figures
 
@@ -342,10 +363,11 @@ def _wait_held(
 ) -> float | None:
     """Seconds from ``started`` until the upstream holds ``runs``; None past the deadline or short of runs."""
     while time.monotonic() < deadline:
-        if fleet.held() >= runs:
+        held = fleet.held()
+        if held >= runs:
             return time.monotonic() - started
-        if submitted.done() and (submitted.exception() or submitted.result()["accepted"] < runs):
-            return None
+        if submitted.done() and (submitted.exception() or held >= submitted.result()["accepted"]):
+            return None  # some submits were refused: every accepted run is held, not every run
         time.sleep(0.25)
     return None
 
@@ -353,7 +375,7 @@ def _wait_held(
 def _wait_finished(fleet: Fleet, runs: int, deadline: float) -> float | None:
     started = time.monotonic()
     while time.monotonic() < deadline:
-        if fleet.finished() >= runs:
+        if (fleet.finished() or 0) >= runs:
             return time.monotonic() - started
         time.sleep(0.5)
     return None
