@@ -55,6 +55,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--fleet-runs", help="FLEET: runs held at once, comma-separated (default 10000,50000; --quick 2000)"
     )
     parser.add_argument("--fleet-per-gateway", type=int, help="FLEET: runs each gateway holds (default 10000)")
+    parser.add_argument(
+        "--fleet-wave",
+        action="store_true",
+        help="FLEET: answer every held run at once (default: at the pace they arrived)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip().upper() for n in args.only.split(",")] if args.only else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -70,6 +75,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         plan = dataclasses.replace(plan, fleet_runs=tuple(int(n) for n in args.fleet_runs.split(",")))
     if args.fleet_per_gateway:
         plan = dataclasses.replace(plan, fleet_per_gateway=args.fleet_per_gateway)
+    if args.fleet_wave:
+        plan = dataclasses.replace(plan, fleet_wave=True)
     return plan
 
 

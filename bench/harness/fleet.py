@@ -88,14 +88,20 @@ def _notes(bench: Bench) -> list[str]:
         "sent to 127.0.0.(2+i), so no address pair needs more ephemeral ports than one gateway holds, and no "
         "process more descriptors than one gateway's share (a hard ulimit -n may cap them); the gateways share "
         "one deployment (ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE=true: their upstream URLs differ by address). "
-        "The upstreams hold every request until the bench releases them all at once; held_at_once is the "
-        "upstreams' own count of requests held at the release.",
+        "The upstreams hold every request until the bench releases them, then answer them "
+        + (
+            "all at once (--fleet-wave)"
+            if plan.fleet_wave
+            else "in the order and at the pace they arrived, so that every run is held for the same time"
+        )
+        + "; held_at_once is the upstreams' own count of requests held at the release.",
         f"Each gateway: ASYNCGATE_LIMITS_MAX_INFLIGHT={plan.fleet_per_gateway:,} (runs / gateways), "
         "MAX_QUEUED 2 x runs, lease settings at their defaults. Submits: bench/harness/fleetload.py (raw asyncio, "
         f"64 at once, round robin over the gateways), {BODY_BYTES} B POST ?async=true each.",
         "accept_s: first submit to last 202 (accept_rps: runs / accept_s); held_s: first submit until the "
         "upstream holds every run; finish_s: the release until the gateways' asyncgate_runs_finished_total "
-        "sum to the runs; succeeded: runs whose status, read back one by one afterwards, is succeeded.",
+        "sum to the runs (answered at the pace they came, the last run's answer leaves about held_s after the "
+        "release); succeeded: runs whose status, read back one by one afterwards, is succeeded.",
         f"gw_kib_per_run: the gateways' summed VmRSS while holding minus idle, per run; redis_kib_per_run: INFO "
         f"used_memory likewise (each run carries its {BODY_BYTES} B body while held). cmds_s_idle / cmds_s_held: "
         "INFO total_commands_processed (commands inside scripts included) per second over "
@@ -255,7 +261,7 @@ def _fleet(bench: Bench, runs: int, gateways: int, per_gateway: int) -> Iterator
            "ASYNCGATE_STORE_ALLOW_UPSTREAM_CHANGE": "true"}  # fmt: skip
     try:
         for i in range(gateways):
-            upstream = _start_upstream(bench, f"127.0.0.{2 + i}", max_hold)
+            upstream = _start_upstream(bench, f"127.0.0.{2 + i}", max_hold, bench.plan.fleet_wave)
             running.upstreams.append(upstream)
             running.gateways.append(bench.start_gateway(upstream, redis=running.redis, core=None, env=env,
                                                         name=f"gateway-{i}"))  # fmt: skip
@@ -266,9 +272,9 @@ def _fleet(bench: Bench, runs: int, gateways: int, per_gateway: int) -> Iterator
         shutil.rmtree(data, ignore_errors=True)  # the AOF: hundreds of MiB at 50,000 runs
 
 
-def _start_upstream(bench: Bench, host: str, max_hold: float) -> Server:
+def _start_upstream(bench: Bench, host: str, max_hold: float, wave: bool) -> Server:
     port = free_port()
-    argv = [sys.executable, str(UPSTREAM), str(port), host, str(max_hold)]
+    argv = [sys.executable, str(UPSTREAM), str(port), host, str(max_hold), "wave" if wave else "replay"]
     child = bench.sup.spawn(f"hold-upstream-{host}", argv, core=None)
     url = f"http://{host}:{port}"
     wait_http(url + "/__stats", child, services.START_TIMEOUT_S)

@@ -49,8 +49,11 @@ class Plan:
     #: FLEET: the numbers of runs held at once, each by runs / fleet_per_gateway gateways...
     fleet_runs: tuple[int, ...] = (10_000, 50_000)
     fleet_per_gateway: int = 10_000
-    #: ...and how long Redis's counters are read, idle and then holding.
+    #: ...and how long Redis's counters are read, idle and then holding...
     fleet_window_s: float = 30
+    #: ...and whether the upstreams answer every held run at once (a wave), rather than in the
+    #: order and at the pace the runs arrived.
+    fleet_wave: bool = False
 
     @classmethod
     def full(cls) -> Plan:

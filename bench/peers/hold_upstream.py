@@ -1,15 +1,18 @@
 """An upstream that holds tens of thousands of requests cheaply, then answers them on a word.
 
-    python hold_upstream.py PORT HOST[,HOST...] MAX_HOLD_S
+    python hold_upstream.py PORT HOST[,HOST...] MAX_HOLD_S [replay|wave]
 
 Raw asyncio (uvloop when installed) and httptools, one small protocol object and one timer per
 connection: 50,000 held requests cost it about what their sockets do. It listens on PORT of every
 HOST given (loopback addresses: 127.0.0.2, 127.0.0.3, ...), so that the gateways, each sent to
 an address of its own, do not share one address pair's ephemeral ports.
 
-Every request is held until ``POST /__release`` (then it and every later one is answered at
-once) or until MAX_HOLD_S after it arrived, whichever comes first; the answer is 200 with a small
-JSON body. ``GET /__stats``: requests held now, the peak, the total received and answered.
+Every request is held until ``POST /__release`` or until MAX_HOLD_S after it arrived, whichever
+comes first; the answer is 200 with a small JSON body. At the release, ``replay`` (the default)
+answers the held requests in the order and at the pace they arrived, so that every one is held
+for the same time, as runs of one length are; ``wave`` answers them all at once. Requests that
+arrive after the release are answered at once. ``GET /__stats``: requests held now, the peak,
+the total received and answered.
 """
 
 from __future__ import annotations
@@ -34,16 +37,23 @@ class Counts:
 class Hold:
     """The server's state: what is held, and whether the release was given."""
 
-    def __init__(self, max_hold: float) -> None:
+    def __init__(self, max_hold: float, wave: bool) -> None:
         self.max_hold = max_hold
+        self.wave = wave
         self.counts = Counts()
         self.released = False
-        self.waiting: set[Connection] = set()
+        #: Held requests in the order they arrived (dicts keep it), with their arrival times.
+        self.waiting: dict[Connection, float] = {}
 
     def release(self) -> None:
         self.released = True
-        for connection in list(self.waiting):
-            connection.answer()
+        loop = asyncio.get_running_loop()
+        first = min(self.waiting.values(), default=0.0)
+        for connection, arrived in list(self.waiting.items()):
+            if self.wave:
+                connection.answer()
+            else:
+                loop.call_later(arrived - first, connection.answer)
 
 
 ANSWER = b'{"ok":true}'
@@ -93,8 +103,9 @@ class Connection(asyncio.Protocol):
         counts.total += 1
         counts.held += 1
         counts.peak = max(counts.peak, counts.held)
-        self.hold.waiting.add(self)
-        self.timer = asyncio.get_running_loop().call_later(self.hold.max_hold, self.answer)
+        loop = asyncio.get_running_loop()
+        self.hold.waiting[self] = loop.time()
+        self.timer = loop.call_later(self.hold.max_hold, self.answer)
 
     def answer(self) -> None:
         if self in self.hold.waiting:
@@ -103,8 +114,7 @@ class Connection(asyncio.Protocol):
             self._send(ANSWER)
 
     def _drop(self) -> None:
-        if self in self.hold.waiting:
-            self.hold.waiting.discard(self)
+        if self.hold.waiting.pop(self, None) is not None:
             self.hold.counts.held -= 1
         if self.timer is not None:
             self.timer.cancel()
@@ -120,8 +130,8 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(port: int, hosts: list[str], max_hold: float) -> None:
-    hold = Hold(max_hold)
+async def serve(port: int, hosts: list[str], max_hold: float, wave: bool) -> None:
+    hold = Hold(max_hold, wave)
     loop = asyncio.get_running_loop()
     servers = [await loop.create_server(lambda: Connection(hold), host, port, backlog=16384) for host in hosts]
     print(f"holding on {', '.join(hosts)} port {port}", flush=True)
@@ -130,12 +140,13 @@ async def serve(port: int, hosts: list[str], max_hold: float) -> None:
 
 def main() -> None:
     port, hosts, max_hold = int(sys.argv[1]), sys.argv[2].split(","), float(sys.argv[3])
+    wave = sys.argv[4:5] == ["wave"]
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(port, hosts, max_hold))
+        asyncio.run(serve(port, hosts, max_hold, wave))
     else:
-        uvloop.run(serve(port, hosts, max_hold))
+        uvloop.run(serve(port, hosts, max_hold, wave))
 
 
 if __name__ == "__main__":
