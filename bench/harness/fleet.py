@@ -4,15 +4,17 @@ For each size of ``plan.fleet_runs``: a fresh redis-server with AOF, ``runs /
 plan.fleet_per_gateway`` gateways, and one upstream (peers/hold_upstream.py) per gateway on a
 loopback address of its own (127.0.0.2, 127.0.0.3, ...), so that no address pair runs out of
 ephemeral ports (about 28,000 in Linux's default range) and no process needs more descriptors
-than one gateway's share (a container may cap ulimit -n, hard, at 20,000). Then, measured by the bench:
+than one gateway's share (a container may cap ulimit -n, hard, at 20,000). Then, measured by
+the bench:
 
 1. idle: the gateways started and holding nothing, ``plan.fleet_window_s`` of Redis's counters;
 2. fill: harness/fleetload.py submits every run over the gateways' URLs; the time until the last
    202 (accept) and until the upstream holds them all (held);
 3. held: the same window while every run is held: Redis commands/s and CPU, the gateways' CPU,
    and memory per held run (gateways' RSS and Redis's used_memory, against idle);
-4. finish: the upstream answers every run at once; the time until the gateways have finished
-   them all, the commands Redis executed per run over its life, and every run's status read back.
+4. finish: the upstreams answer the runs in the order and at the pace they came (or all at once,
+   ``plan.fleet_wave``); the time until the gateways have finished them all, the commands Redis
+   executed per run over its life, and every run's status read back.
 """
 
 from __future__ import annotations
