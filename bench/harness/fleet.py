@@ -369,13 +369,15 @@ def _fleetload(command: str, urls: str, ids: Path, runs: int, timeout: float) ->
 def _wait_held(
     fleet: Fleet, runs: int, submitted: Future[dict[str, Any]], started: float, deadline: float
 ) -> float | None:
-    """Seconds from ``started`` until the upstream holds ``runs``; None past the deadline or short of runs."""
+    """Seconds from ``started`` until the upstreams hold every run accepted; None past the deadline."""
     while time.monotonic() < deadline:
         held = fleet.held()
         if held >= runs:
             return time.monotonic() - started
-        if submitted.done() and (submitted.exception() or held >= submitted.result()["accepted"]):
-            return None  # some submits were refused: every accepted run is held, not every run
+        if submitted.done() and submitted.exception():
+            return None
+        if submitted.done() and held >= submitted.result()["accepted"]:
+            return time.monotonic() - started  # some submits were refused (the row's note says so)
         time.sleep(0.25)
     return None
 
