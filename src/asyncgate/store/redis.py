@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import orjson
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -62,6 +63,7 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
+from asyncgate.store.batching import ScriptBatch
 from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
 
@@ -179,6 +181,8 @@ STALE_ENTRY_IDLE = 60.0
 #: SOCKET_TIMEOUT) for one. Each holds a connection for one round trip, so a few hundred serve
 #: thousands of requests and runs, and a fleet of replicas stays far below Redis's maxclients.
 POOL_SIZE = 256
+#: The name of the heartbeat's own connection, as CLIENT LIST shows it.
+LIFELINE_NAME = "asyncgate-heartbeat"
 #: How long create() waits for a replica's confirmation under store.durability: strict.
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
@@ -1044,7 +1048,16 @@ class RedisRunStore:
         # Blocking reads (the queue, event logs followed by SSE clients and long-polls) hold a
         # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
+        # The heartbeat keeps every held run's lease: it must never wait behind the runs' own
+        # traffic for a pooled connection (a wave of finishes once held it past the lease), so
+        # it has a connection of its own, named so that CLIENT LIST tells it apart.
+        self._lifeline = connect(url, socket_timeout=SOCKET_TIMEOUT, client_name=LIFELINE_NAME, **options)
         self._scripts = _Scripts.register(self._redis)
+        # A wave of completions goes to Redis in a few pipelines (batching.py). A Cluster's
+        # client routes each call to its slot's primary itself: there, each call is sent alone.
+        self._finishes = (
+            ScriptBatch(self._redis, self._scripts.finish) if isinstance(self._redis, aioredis.Redis) else None
+        )
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
         self._beating: set[str] = set()
         #: Request bodies read by claims, until their holder asks for them (request_body).
@@ -1109,7 +1122,9 @@ class RedisRunStore:
                     raise
 
     async def close(self) -> None:
-        for client in (self._redis, self._blocking):
+        if self._finishes is not None:
+            await self._finishes.close()
+        for client in (self._redis, self._blocking, self._lifeline):
             await client.aclose()
             # A Sentinel-managed client does not close its connections to the Sentinels.
             manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
@@ -1403,7 +1418,8 @@ class RedisRunStore:
         known = "1" if owner in self._beating else "0"
         args: list[Any] = [at, quiet, grace, owner, at + lease, known]
         with _STORE_ERRORS:
-            reply = await self._scripts.keep_alive([self.alive, self.gateways, self.cancels], args)
+            keys = [self.alive, self.gateways, self.cancels]
+            reply = await self._scripts.keep_alive(keys, args, client=self._lifeline)
         resume, status, *cancels = (_text(part) for part in reply)
         if status == "lost":
             self._beating.discard(owner)
@@ -1428,7 +1444,9 @@ class RedisRunStore:
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
-            return bool(await self._scripts.finish(keys, args))
+            if self._finishes is None:
+                return bool(await self._scripts.finish(keys, args))
+            return bool(await self._finishes(keys, args))
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:
