@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
+
+#: A script's call: ``await call(keys, args)``, alone (an AsyncScript) or batched (a ScriptBatch).
+ScriptCall = Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]
 
 #: Calls sent in one pipeline at most: a batch's scripts run back to back in Redis, each well
 #: under a millisecond, so a batch never holds Redis for long.
