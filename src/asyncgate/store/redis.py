@@ -165,8 +165,12 @@ logger = logging.getLogger("asyncgate.store")
 #
 # Why one slot: every change is one Lua script that checks and writes in one step, and many
 # touch a run and a shared key at once (the queue, an index, the deliveries), which Redis
-# Cluster allows only within a slot. On a Cluster, a deployment therefore lives on one shard
-# (it gets the Cluster's failover, not its sharding); deployments with other prefixes spread.
+# Cluster allows only within a slot. By default (store.slots: 1) a deployment therefore lives on
+# one shard (it gets the Cluster's failover, not its sharding); deployments with other prefixes
+# spread. With store.slots: N, the tag {P} above is one of N tags {P:k.j} (store/slots.py),
+# spread over the Cluster's slot ranges: each run lives wholly under one of them (chosen by its
+# id), and each tag has its own copy of every key above but {P}:deployment and
+# {P}:progress_key, which stay under {P}. See docs/scaling.md#slots.
 #
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
@@ -849,6 +853,18 @@ Fields = Sequence[bytes | None]
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    # uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
+    # which redis-py 8.1 lets through: "unable to perform operation on <TCPTransport closed=True>".
+    RuntimeError,
+)
+
+
 class _StoreErrors:
     """Redis's errors as the store's: StoreUnavailable when it cannot be reached, else StoreError.
 
@@ -859,8 +875,9 @@ class _StoreErrors:
         pass
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        # BusyLoadingError (Redis still loading its data) is a ConnectionError.
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+        # BusyLoadingError (Redis still loading its data) is a ConnectionError. A Cluster missing a
+        # master (CLUSTERDOWN, TRYAGAIN, retries spent while a replica takes over) passes too.
+        if isinstance(exc, _UNAVAILABLE):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
         refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
         if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
@@ -1075,6 +1092,8 @@ class RedisRunStore:
         self._bodies: dict[str, bytes] = {}
         #: Per slot: queue entries read by a claim its heartbeat refused (see _refused_entries).
         self._refused: list[list[Entry]] = [[] for _ in self.slot_keys]
+        #: (owner, run id) of claims whose reply was lost: taken or not, the next claim looks.
+        self._unsure: list[tuple[str, str]] = []
         token = uuid.uuid4().hex
         #: Per slot: this process's wake stream for watch() (see the key schema).
         self.wake_keys = tuple(f"{keys.tag}:wake:{token}" for keys in self.slot_keys)
@@ -1298,9 +1317,35 @@ class RedisRunStore:
             except ConfigError as exc:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
+            if self._unsure and (found := await self._claimed_unseen(owner)):
+                return found
             if len(self.slot_keys) == 1:
                 return await self._claim_slot(0, owner, limit, wait, lease)
             return await self._claim_spread(owner, limit, wait, lease)
+
+    async def _read_streams(
+        self, client: RedisClient, streams: Mapping[Any, Any], *, group: bool, count: int | None, block: int | None
+    ) -> Any:
+        """XREADGROUP (``group``) or XREAD of streams of one slot.
+
+        On a Cluster, sent to the node holding the slot: redis-py finds the keys of these commands
+        by asking its default node (COMMAND GETKEYS), and, without retries (see __init__), keeps
+        asking it after a failover took it away, so the reads failed for good (redis-py 8.1).
+        """
+        if not self._cluster:
+            if group:
+                return await client.xreadgroup(self.group, _CONSUMER, dict(streams), count=count, block=block)
+            return await client.xread(dict(streams), count=count, block=block)
+        pieces: list[Any] = [b"GROUP", self.group, _CONSUMER] if group else []
+        if count is not None:
+            pieces += [b"COUNT", count]
+        if block is not None:
+            pieces += [b"BLOCK", block]
+        pieces += [b"STREAMS", *streams.keys(), *streams.values()]
+        cluster = cast(RedisCluster, client)
+        await cluster.initialize()  # a failed command asks for the nodes to be learned anew
+        node = cluster.get_node_from_key(next(iter(streams)))
+        return await cluster.execute_command("XREADGROUP" if group else "XREAD", *pieces, target_nodes=node)
 
     async def _claim_spread(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Claim from the slots in the order of what waits in them, highest priority first, then
@@ -1326,12 +1371,16 @@ class RedisRunStore:
         """The slots with work waiting, ordered by the first run each would give: its priority
         (its band in {P}:ranked), then the age of the oldest entry of its queue (the stream holds
         only work not yet taken, and its ids are times), then the rotation. One round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for _, slot in rotated:
-                pipe.xrange(slot.queue, count=1)
-                if self.ranked:
-                    pipe.zrange(slot.ranked, 0, 0, withscores=True)
-            replies = await pipe.execute()
+        if self._cluster:
+            # Commands of their own, all at once: a Cluster client that finds a master gone learns
+            # the new one from a failed command, but not from a failed pipeline (redis-py 8.1).
+            reads = [self._heads(cast(Any, self._redis), slot) for _, slot in rotated]
+            replies = await asyncio.gather(*(read for pair in reads for read in pair))
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _, slot in rotated:
+                    self._heads(pipe, slot)
+                replies = await pipe.execute()
         step = 2 if self.ranked else 1
         order: list[tuple[int, tuple[int, ...], int]] = []
         for position, (index, _) in enumerate(rotated):
@@ -1343,6 +1392,13 @@ class RedisRunStore:
             age = tuple(int(part) for part in queued[0][0].split(b"-")) if queued else (2**63,)
             order.append((band, age, position))
         return [rotated[position][0] for _, _, position in sorted(order)]
+
+    def _heads(self, client: Any, slot: SlotKeys) -> list[Any]:
+        """The first entry of the slot's queue and, with priorities, its highest ranked run."""
+        heads = [client.xrange(slot.queue, count=1)]
+        if self.ranked:
+            heads.append(client.zrange(slot.ranked, 0, 0, withscores=True))
+        return heads
 
     async def _claim_slot(self, index: int, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         keys = self.slot_keys[index]
@@ -1364,7 +1420,7 @@ class RedisRunStore:
     async def _read_queue(self, keys: SlotKeys, limit: int, wait: float) -> list[Entry]:
         # BLOCK 0 would mean forever, so "do not wait" is no BLOCK at all.
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
-        reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {keys.queue: ">"}, count=limit, block=block)
+        reply = await self._read_streams(self._blocking, {keys.queue: ">"}, group=True, count=limit, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
 
@@ -1401,7 +1457,7 @@ class RedisRunStore:
             # arrived, taken by the next call (the executor calls again at once).
             block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 and not runs else None
             streams: dict[Any, Any] = {keys.queue: ">", keys.wake: ">"}
-            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, streams, count=room, block=block)
+            reply = await self._read_streams(self._blocking, streams, group=True, count=room, block=block)
             for stream, read in cast(list[tuple[bytes, list[Entry]]], reply or []):
                 if stream.decode() == keys.wake:
                     wakes = [entry_id for entry_id, _ in read]
@@ -1417,7 +1473,7 @@ class RedisRunStore:
         """The oldest run of the lowest priority that has queued runs, claimed (the starvation round)."""
         keys = self.slot_keys[index]
         if await self._redis.xlen(keys.queue):
-            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {keys.queue: ">"}, count=1)
+            reply = await self._read_streams(self._blocking, {keys.queue: ">"}, group=True, count=1, block=None)
             entries = [entry for _, read in cast(list[tuple[bytes, list[Entry]]], reply or []) for entry in read]
             return await self._take(index, entries, owner, lease) if entries else []
         last = cast(list[tuple[bytes, float]], await self._redis.zrange(keys.ranked, -1, -1, withscores=True))
@@ -1488,23 +1544,49 @@ class RedisRunStore:
             *ids,
             *run_ids,
         ]
-        replies = await self._scripts.claim(keys, args)
+        try:
+            replies = await self._scripts.claim(keys, args)
+        except _UNAVAILABLE:
+            # The script may have run, its reply lost: those runs would be running under this
+            # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
+            self._unsure += [(owner, run_id) for run_id in run_ids]
+            raise
         if replies is None:
             self._beating.discard(owner)
             logger.warning("claims refused: the heartbeat of %s ran out", owner)
             return None
         *claimed, total = cast(list[Any], replies)
         self.claim_rates[self.slot_keys.index(slot)].observe(int(total), started)
+        return self._claimed(run_ids, cast(list[Fields | None], claimed))
+
+    def _claimed(self, run_ids: list[str], replies: list[Fields | None]) -> list[Run]:
+        """The runs of claim replies (_CLAIM_FIELDS each, or None), their bodies kept for request_body."""
         runs = []
-        for run_id, fields in zip(run_ids, cast(list[Fields | None], claimed), strict=True):
+        for run_id, fields in zip(run_ids, replies, strict=True):
             run = _decode_run(run_id, fields[: len(_RUN_FIELDS)]) if fields else None
             if run is not None and fields is not None:
-                secrets, body = fields[len(_RUN_FIELDS) :]
+                secrets, body = fields[len(_RUN_FIELDS) : len(_CLAIM_FIELDS)]
                 if body is not None:
                     self._bodies[run_id] = body
                 # Only the holder of a run ever sees its credentials, to replay them.
                 runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, secrets)))
         return runs
+
+    async def _claimed_unseen(self, owner: str) -> list[Run]:
+        """The runs a claim whose reply was lost did take for ``owner``: running under it, at the
+        attempt that claim made. Without this, they stay running under a live heartbeat, held by
+        nobody (seen when a Cluster's master failed over in the middle of a claim)."""
+        unsure = list(self._unsure)
+        run_ids = [run_id for holder, run_id in unsure if holder == owner]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self.run_key(run_id), (*_CLAIM_FIELDS, "owner"))
+            replies = cast(list[Fields], await pipe.execute() if run_ids else [])
+        del self._unsure[: len(unsure)]  # looked at (a failed look leaves them for the next)
+        taken = [fields if fields[0] == b"running" and fields[-1] == owner.encode() else None for fields in replies]
+        if any(taken):
+            logger.warning("claims whose reply was lost took %d runs: held now", sum(1 for t in taken if t))
+        return self._claimed(run_ids, taken)
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease
@@ -1883,7 +1965,8 @@ class RedisRunStore:
         # Only a read that waits holds a connection of its own; others share the bounded pool.
         client = self._blocking if block else self._redis
         with _STORE_ERRORS:
-            reply = await client.xread({self.events_key(run_id): after or "0-0"}, block=block)
+            positions = {self.events_key(run_id): after or "0-0"}
+            reply = await self._read_streams(client, positions, group=False, count=None, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [
             Event(entry_id.decode(), orjson.loads(fields[b"data"]))
@@ -1932,7 +2015,7 @@ class RedisRunStore:
         wake_key = self.wake_keys[wake]
         streams[wake_key] = self._woken[wake]
         with _STORE_ERRORS:
-            reply = await self._blocking.xread(streams, block=block)
+            reply = await self._read_streams(self._blocking, streams, group=False, count=None, block=block)
         found: dict[str, list[Event]] = {}
         for key, entries in cast(list[tuple[bytes, list[Entry]]], reply or []):
             name = key.decode()
