@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.alert import Alert
@@ -127,9 +128,10 @@ def test_filters_narrow_the_list(browser: Browser, site: Site, shots: Path) -> N
     assert structure(browser)["rows"] == []
 
 
-def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: Path) -> None:
+def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: Path, upstream: Upstream) -> None:
     hook = quote(f"{site.receiver.url}/live", safe="")
-    run_id = site.submit(f"/echo/slow?delay=1.5&async=true&webhookEndpoint={hook}")
+    gate = f"live-{site.store}"
+    run_id = site.submit(f"/echo/slow?gate={gate}&async=true&webhookEndpoint={hook}")
     visit(browser, site, f"/runs/{run_id}", TOKEN_A)
     wait_page(browser, "document.querySelector('#run-status')?.dataset.status === 'running'")
     browser.js("window.__samePage = true")
@@ -138,6 +140,7 @@ def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: P
     assert shown["buttons"] == {"sign-out": True, "cancel": True, "redeliver": False, "copy-curl": True}
     assert shown["events"] == ["queued", "running"]
 
+    assert httpx.post(f"{upstream.url}/gates/{gate}").status_code == 204
     wait_page(browser, "document.querySelector('#result-body') && document.body.dataset.live === 'closed'")
     assert browser.js("return window.__samePage") is True, "the page reloaded instead of updating live"
     shown = screenshot(browser, shots, "run-succeeded")
