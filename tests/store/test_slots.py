@@ -7,13 +7,14 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from starlette.datastructures import Secret
 
-from asyncgate.errors import ConfigError, QueueFull
+from asyncgate.errors import ConfigError, QueueFull, StoreUnavailable
 from asyncgate.runs import new_run_id
 from asyncgate.store.base import Idempotency, Identity, Share
 from asyncgate.store.redis import RedisRunStore
@@ -151,3 +152,28 @@ def test_a_gateway_with_another_number_of_slots_is_refused(redis_server: RedisSe
     with pytest.raises(ConfigError, match=r"store.slots.*is 3.*spread over 1 slots"):
         run(other.open())
     run(other.close())
+
+
+@pytest.mark.parametrize("slots", [1, SLOTS])
+def test_runs_a_claim_took_whose_reply_was_lost_come_with_the_next_claim(
+    redis_server: RedisServer, run: Runner, slots: int
+) -> None:
+    store = open_spread(redis_server, f"test-{uuid.uuid4().hex}", slots=slots)
+    run(store.open())
+    queued = queue_at(store, run)
+    script = store._scripts.claim
+
+    async def lost_reply(*args: Any, **kwargs: Any) -> Any:
+        await script(*args, **kwargs)  # it ran: the run is the owner's
+        raise redis.ConnectionError("Connection closed by server.")
+
+    object.__setattr__(store._scripts, "claim", lost_reply)
+    with pytest.raises(StoreUnavailable):
+        run(store.claim("owner-a", 1, 0, LEASE))
+    object.__setattr__(store._scripts, "claim", script)
+
+    taken = run(store.claim("owner-a", 1, 0, LEASE))
+    assert [(r.run_id, r.state.value, r.attempt) for r in taken] == [(queued.run_id, "running", 1)]
+    assert run(store.request_body(queued.run_id)) == b"body"
+    assert run(store.claim("owner-a", 1, 0, LEASE)) == []
+    run(store.close())
