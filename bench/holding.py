@@ -3,6 +3,7 @@
     python bench/holding.py                                  # idle, 1,000 and 10,000 held; 500 runs' lives
     python bench/holding.py --held 1000 --lives 200          # smaller
     python bench/holding.py --src /other/src                 # the same against another checkout
+    python bench/holding.py --slots 3                        # runs spread over 3 hash tags (store.slots)
 
 Everything is real: a redis-server, one gateway as ``python -m asyncgate serve`` with its default
 settings (lease 30 s, renewal 5 s, recovery 10 s), an upstream in this process. Redis counts every
@@ -146,7 +147,9 @@ def slowlog(redis: RedisServer) -> str:
 
 
 def held(redis: RedisServer) -> int:
-    reply = redis.command(b"ZCARD", PREFIX + b":held") + redis.command(b"ZCARD", PREFIX + b":leases")
+    # Every slot's index (store.slots: the tags are {bench}, or {bench:k.j} with several).
+    names = re.findall(rb"\r\n([^$*\r][^\r]*:(?:held|leases))\r\n", redis.command(b"KEYS", b"{bench*}:[hl]e*"))
+    reply = b"".join(redis.command(b"ZCARD", name) for name in names)
     return sum(int(n) for n in re.findall(rb":(\d+)\r\n", reply))
 
 
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--lives", type=int, default=500, help="runs taken from submit to their end")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--src", default=str(ROOT / "src"), help="the asyncgate sources to measure")
+    parser.add_argument("--slots", type=int, default=1, help="store.slots: hash tags the runs are spread over")
     args = parser.parse_args()
     counts = [int(n) for n in args.held.split(",") if n]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -190,6 +194,7 @@ def main() -> None:
         "ASYNCGATE_ACCESS_MODE": "open",
         "ASYNCGATE_SERVER_LOG_LEVEL": "warning",
         "ASYNCGATE_STORE_KEY_PREFIX": "bench",
+        **({"ASYNCGATE_STORE_SLOTS": str(args.slots)} if args.slots > 1 else {}),
     }
     serve = [
         "serve",

@@ -17,6 +17,7 @@ from asyncgate.store.base import RunStore, Share
 from asyncgate.store.embedded import EmbeddedRunStore
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.store.sealing import Sealer
+from asyncgate.store.slots import slot_of
 from tests.support.sealing import ENCRYPTION_KEY
 
 T = TypeVar("T")
@@ -24,6 +25,8 @@ T = TypeVar("T")
 LEASE = 30.0
 RETENTION = 3600.0
 BINARY = bytes(range(256)) * 4
+#: The slots of the "redis-slots" store: runs spread over three hash tags, as over a three-master Cluster.
+SLOTS = 3
 
 
 class Runner(Protocol):
@@ -42,11 +45,13 @@ def run() -> Iterator[Runner]:
 
 
 def open_store(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> RunStore:
-    if kind == "redis":
+    if kind.startswith("redis"):
         server = request.getfixturevalue("redis_server")
         # Sealed, as every default setup is (the embedded store makes its own key).
         sealer = Sealer([Secret(ENCRYPTION_KEY)])
-        return RedisRunStore(server.url, key_prefix=f"test-{uuid.uuid4().hex}", sealer=sealer)
+        # "redis-slots": the deployment's runs spread over several hash tags (store.slots).
+        slots = SLOTS if kind == "redis-slots" else 1
+        return RedisRunStore(server.url, key_prefix=f"test-{uuid.uuid4().hex}", sealer=sealer, slots=slots)
     return EmbeddedRunStore(data_dir)
 
 
@@ -108,8 +113,25 @@ def queue_at(
     plain = new_run("POST")
     request = dataclasses.replace(plain.request, priority=priority, queue_deadline=deadline, webhook_url=webhook)
     queued = dataclasses.replace(plain, request=request, caller="caller-a")
-    run(store.create(queued, b"body", shares=shares))
-    return queued
+    # A store spreading runs over slots may give a run counted against shares another id (its caller's slot).
+    created = run(store.create(queued, b"body", shares=shares))
+    return dataclasses.replace(queued, run_id=created.run_id)
+
+
+def spread(store: RunStore) -> bool:
+    """Whether the store spreads runs over several slots (store.slots), where claims keep the
+    order of runs within a slot, and take the slots in turn."""
+    return len(getattr(store, "slot_keys", ())) > 1
+
+
+def fitting(store: RunStore, queued: Run, placement: str) -> Run:
+    """The run with an id the store keeps: on a store spreading runs over slots, one in the slot
+    of ``placement`` (an idempotency key), as the store would otherwise give it."""
+    count = len(getattr(store, "slot_keys", ())) or 1
+    run_id = queued.run_id
+    while slot_of(run_id, count) != slot_of(placement, count):
+        run_id = new_run_id()
+    return dataclasses.replace(queued, run_id=run_id)
 
 
 def claim_ids(store: RunStore, run: Runner, limit: int = 1) -> list[str]:

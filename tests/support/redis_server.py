@@ -98,15 +98,20 @@ def cluster_port(taken: set[int]) -> int:
 
 
 class RedisCluster:
-    """A real three-node Redis Cluster (no replicas), made with redis-cli --cluster create."""
+    """A real Redis Cluster of three masters, made with redis-cli --cluster create; with
+    ``replicas``, that many replicas of each master, and with ``node_timeout_ms`` a failure
+    detection that short (a failover in seconds; Redis's default is 15 s)."""
 
-    def __init__(self, nodes: int = 3) -> None:
-        self.nodes = [RedisServer() for _ in range(nodes)]
+    def __init__(self, nodes: int = 3, replicas: int = 0, node_timeout_ms: int | None = None) -> None:
+        self.replicas = replicas
+        self.nodes = [RedisServer() for _ in range(nodes * (1 + replicas))]
         taken: set[int] = set()
         for node in self.nodes:
             node.port = cluster_port(taken)
             taken.add(node.port)
             node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf")]
+            if node_timeout_ms is not None:
+                node.extra += ["--cluster-node-timeout", str(node_timeout_ms)]
 
     @property
     def url(self) -> str:
@@ -116,17 +121,30 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        replicas = str(self.replicas)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", replicas, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        wait_until(
-            lambda: all(b"cluster_state:ok" in node.command(b"CLUSTER", b"INFO") for node in self.nodes),
-            timeout=30,
-            message="cluster state ok",
-        )
+        wait_until(self._ready, timeout=30, message="cluster state ok, every replica in sync")
+
+    def _ready(self) -> bool:
+        if not all(b"cluster_state:ok" in node.command(b"CLUSTER", b"INFO") for node in self.live()):
+            return False
+        # A replica that never finished its first sync would not stand for election.
+        roles = [node.command(b"INFO", b"replication") for node in self.nodes]
+        replicas = [role for role in roles if b"role:slave" in role]
+        expected = len(self.nodes) * self.replicas // (1 + self.replicas)
+        return len(replicas) == expected and all(b"master_link_status:up" in role for role in replicas)
+
+    def live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes that are masters now (a failover changes which)."""
+        return [node for node in self.live() if b"role:master" in node.command(b"INFO", b"replication")]
 
     def cleanup(self) -> None:
         for node in self.nodes:

@@ -20,6 +20,8 @@ from asyncgate.config.values import check_webhook_url, coerce
 from asyncgate.errors import ConfigError
 
 #: Redis URL schemes: one server, Redis Cluster, a Sentinel-managed primary (store/connect.py).
+#: The most hash tags a deployment's runs may be spread over: far more than a Cluster has masters.
+MAX_STORE_SLOTS = 256
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel"})
 
 # Kubernetes injects <SERVICE>_PORT* and <SERVICE>_SERVICE_* variables for a Service named
@@ -121,6 +123,8 @@ def _validate_store(config: Config, complete: bool) -> None:
         if redis.scheme not in REDIS_SCHEMES:
             expected = ", ".join(f"{scheme}://" for scheme in sorted(REDIS_SCHEMES))
             raise ConfigError("store.redis_url", f"expected one of {expected}, got {redis.scheme!r}")
+    if store.slots > MAX_STORE_SLOTS:
+        raise ConfigError("store.slots", f"must be at most {MAX_STORE_SLOTS}, got {store.slots}")
     if store.key_prefix is not None and ("{" in store.key_prefix or "}" in store.key_prefix):
         raise ConfigError("store.key_prefix", "must not contain { or } (it becomes a Redis Cluster hash tag)")
     if complete and store.redis_url is not None and not store.encryption_key and not store.plaintext:

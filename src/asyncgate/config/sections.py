@@ -66,6 +66,12 @@ class StoreConfig:
         "prefix of every Redis key; null = `asyncgate:<deployment>` (it used to be `asyncgate`)",
         see="fleets.md#upgrading",
     )
+    slots: int = setting(
+        1,
+        "Redis hash tags one deployment's runs are spread over, so that a Redis Cluster's masters share them "
+        "(at most 256); 1 keeps every key under `{<key_prefix>}`; set it before the first run and leave it",
+        see="scaling.md#slots",
+    )
     sqlite_synchronous: SqliteSynchronous = setting(
         "full", "embedded store: full survives power loss, normal only process crashes"
     )

@@ -33,5 +33,6 @@ def build_store(config: Config) -> RunStore:
             identity=identity,
             stale_entry_idle=idle,
             ranked=ranked,
+            slots=config.store.slots,
         )
     return EmbeddedRunStore(config.store.data_dir, config.store.sqlite_synchronous, sealer=sealer, identity=identity)

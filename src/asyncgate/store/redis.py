@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
@@ -14,6 +15,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -39,6 +41,7 @@ from asyncgate.runs import (
     load_headers,
     load_progress,
     load_request,
+    new_run_id,
     now,
 )
 from asyncgate.store.base import (
@@ -66,6 +69,7 @@ from asyncgate.store.base import (
 from asyncgate.store.batching import ScriptBatch, ScriptCall
 from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
+from asyncgate.store.slots import SlotKeys, slot_of, slot_tags
 
 logger = logging.getLogger("asyncgate.store")
 
@@ -163,8 +167,12 @@ logger = logging.getLogger("asyncgate.store")
 #
 # Why one slot: every change is one Lua script that checks and writes in one step, and many
 # touch a run and a shared key at once (the queue, an index, the deliveries), which Redis
-# Cluster allows only within a slot. On a Cluster, a deployment therefore lives on one shard
-# (it gets the Cluster's failover, not its sharding); deployments with other prefixes spread.
+# Cluster allows only within a slot. By default (store.slots: 1) a deployment therefore lives on
+# one shard (it gets the Cluster's failover, not its sharding); deployments with other prefixes
+# spread. With store.slots: N, the tag {P} above is one of N tags {P:k.j} (store/slots.py),
+# spread over the Cluster's slot ranges: each run lives wholly under one of them (chosen by its
+# id), and each tag has its own copy of every key above but {P}:deployment and
+# {P}:progress_key, which stay under {P}. See docs/scaling.md#slots.
 #
 # Times are the caller's clock (time.time()), so replicas need synchronised clocks (NTP);
 # a skew shows up as leases expiring that much early or late.
@@ -198,6 +206,10 @@ RENEW_BATCH = 500
 #: Runs claimed per script call, at most, for the same reason: each takes about 17 us (runs of
 #: 1 KiB bodies, on the development machine), so a batch stays well under a millisecond.
 CLAIM_BATCH = 32
+#: The longest a claim over several slots blocks on one of them (see _claim_spread): how late,
+#: at most, an idle gateway finds a run queued in another slot, at the cost of a look at each
+#: slot that often.
+SPREAD_WAIT = 0.25
 #: Owners of lapsed heartbeats looked at per recovery pass.
 LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
@@ -797,14 +809,18 @@ return 1
 )
 
 # Claim the keys for a deployment and its upstream, unless they are another upstream's and the
-# change was not asked for. KEYS deployment; ARGV upstream, deployment, "1" to allow a change.
-# Returns the upstream and deployment found when it refuses.
+# change was not asked for, or its runs are spread over another number of slots (store.slots; no
+# field: 1, the layout before there was a choice). KEYS deployment; ARGV upstream, deployment,
+# "1" to allow a change, slots. Returns the upstream and deployment found when it refuses, or
+# "slots" and their number.
 _BIND = """
-local current = redis.call('HGET', KEYS[1], 'upstream')
+local current, slots = unpack(redis.call('HMGET', KEYS[1], 'upstream', 'slots'))
+if current and (slots or '1') ~= ARGV[4] then return {'slots', slots or '1'} end
 if current and current ~= ARGV[1] and ARGV[3] ~= '1' then
   return {current, redis.call('HGET', KEYS[1], 'deployment') or ''}
 end
 redis.call('HSET', KEYS[1], 'upstream', ARGV[1], 'deployment', ARGV[2])
+if ARGV[4] ~= '1' then redis.call('HSET', KEYS[1], 'slots', ARGV[4]) end
 return false
 """
 
@@ -841,6 +857,18 @@ Fields = Sequence[bytes | None]
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    redis_errors.ClusterError,
+    redis_errors.TryAgainError,
+    # uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
+    # which redis-py 8.1 lets through: "unable to perform operation on <TCPTransport closed=True>".
+    RuntimeError,
+)
+
+
 class _StoreErrors:
     """Redis's errors as the store's: StoreUnavailable when it cannot be reached, else StoreError.
 
@@ -851,8 +879,9 @@ class _StoreErrors:
         pass
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        # BusyLoadingError (Redis still loading its data) is a ConnectionError.
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+        # BusyLoadingError (Redis still loading its data) is a ConnectionError. A Cluster missing a
+        # master (CLUSTERDOWN, TRYAGAIN, retries spent while a replica takes over) passes too.
+        if isinstance(exc, _UNAVAILABLE):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
         refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
         if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
@@ -996,44 +1025,54 @@ class RedisRunStore:
         strict: bool = False,
         identity: Identity | None = None,
         ranked: bool = False,
+        slots: int = 1,
     ) -> None:
         self.prefix = key_prefix
         #: Claims look at {P}:ranked (runs of priority 1 and more): some route gives priorities,
         #: or some were found there. Otherwise the claim is the one stream read it always was.
         self.ranked = ranked
         self._claims = 0
-        self.claim_rate = ClaimRate()
+        #: Per slot: each counts its own claims (its {P}:counters), the pace of its own queue.
+        self.claim_rates = tuple(ClaimRate() for _ in range(slots))
+        self.claim_rate = self.claim_rates[0]
         #: Checked and recorded at open (see _BIND); None for a gateway that executes no runs.
         self.identity = identity
         self._bound = identity is None
         #: Wait for a replica to have each new run before create() returns (WAIT 1).
         self.strict = strict
         self.sealer = sealer or Sealer()
-        #: Every key starts with this hash tag: one slot, so every script may touch any key.
+        #: The hash tags the runs live under (store.slots): ``{P}`` alone by default; each run in
+        #: one of them (slot_of its id), with the shared keys its scripts touch (see store/slots.py).
+        self.slot_keys = tuple(SlotKeys(tag) for tag in slot_tags(key_prefix, slots))
+        #: Keys of the deployment as a whole (deployment, progress_key) keep the tag ``{P}``.
         self.tag = tag = f"{{{key_prefix}}}"
-        self.queue = f"{tag}:queue"
-        self.ranked_key = f"{tag}:ranked"
-        self.counters = f"{tag}:counters"
-        self.wake = f"{tag}:wake"
-        self.deadlines = f"{tag}:deadlines"
-        self.shares = f"{tag}:shares"
-        self.leases = f"{tag}:leases"
-        self.gateways = f"{tag}:gateways"
-        self.held = f"{tag}:held"
-        self.cancels = f"{tag}:cancels"
+        first = self.slot_keys[0]
+        # The first slot's names, by their old names: with one slot, these are all the keys there are.
+        self.queue = first.queue
+        self.ranked_key = first.ranked
+        self.counters = first.counters
+        self.wake = first.wake
+        self.deadlines = first.deadlines
+        self.shares = first.shares
+        self.leases = first.leases
+        self.gateways = first.gateways
+        self.held = first.held
+        self.cancels = first.cancels
+        self.index = first.index
+        self.deliveries = first.deliveries
+        self.hookruns = first.hookruns
+        self.alive = first.alive
+        self.expiry = first.expiry
         self.group = f"{key_prefix}:executors"
-        self.index = f"{tag}:index"
-        self.deliveries = f"{tag}:deliveries"
-        self.hookruns = f"{tag}:hookruns"
-        self.alive = f"{tag}:alive"
-        self.expiry = f"{tag}:expiry"
         self.cancel_channel = f"{key_prefix}:cancel"
         self.deployment_key = f"{tag}:deployment"
         self.progress_key_key = f"{tag}:progress_key"
         self._progress_key: bytes | None = None
         self.stale_entry_idle = stale_entry_idle
-        self._next_stale_check = 0.0
+        self._next_stale_check = [0.0] * slots
         self._next_ranked_check = 0.0
+        #: Per kind of work, the slot looked at first by the next call (see _rotated).
+        self._rotation: dict[str, int] = {}
         # RESP2 keeps reply shapes the same across redis-py versions. No hidden retries: a
         # retried script whose first reply was lost would be refused by its own fence, so
         # callers decide (the executor retries StoreUnavailable, intake answers 503).
@@ -1061,13 +1100,26 @@ class RedisRunStore:
         self._create = self._batched(self._scripts.create)
         self._finish = self._batched(self._scripts.finish)
         self._record_delivery = self._batched(self._scripts.record_delivery)
+        #: Whether the client is a Cluster's: one command may then name keys of one slot only.
+        self._cluster = isinstance(self._redis, RedisCluster)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
         self._beating: set[str] = set()
         #: Request bodies read by claims, until their holder asks for them (request_body).
         self._bodies: dict[str, bytes] = {}
-        self._refused: list[Entry] = []
-        self.wake_key = f"{tag}:wake:{uuid.uuid4().hex}"
-        self._woken = "0-0"  # the newest entry of the wake stream watch() has seen
+        #: Per slot: queue entries read by a claim its heartbeat refused (see _refused_entries).
+        self._refused: list[list[Entry]] = [[] for _ in self.slot_keys]
+        #: (owner, run id) of claims whose reply was lost: taken or not, the next claim looks.
+        self._unsure: list[tuple[str, str]] = []
+        token = uuid.uuid4().hex
+        #: Per slot: this process's wake stream for watch() (see the key schema).
+        self.wake_keys = tuple(f"{keys.tag}:wake:{token}" for keys in self.slot_keys)
+        self.wake_key = self.wake_keys[0]
+        self._woken = ["0-0"] * slots  # per slot, the newest entry of its wake stream watch() has seen
+        self._watching: tuple[int, ...] = ()  # the slots whose wake streams the current watch() waits on
+
+    def keys_of(self, run_id: str) -> SlotKeys:
+        """The keys of the slot a run lives in, found from its id alone (store/slots.py)."""
+        return self.slot_keys[slot_of(run_id, len(self.slot_keys))]
 
     def _batched(self, script: AsyncScript) -> ScriptCall:
         if not isinstance(self._redis, aioredis.Redis):
@@ -1077,16 +1129,25 @@ class RedisRunStore:
         return batch
 
     def run_key(self, run_id: str) -> str:
-        return f"{self.tag}:run:{run_id}"
+        return self.keys_of(run_id).run(run_id)
 
     def events_key(self, run_id: str) -> str:
-        return f"{self.tag}:events:{run_id}"
+        return self.keys_of(run_id).events(run_id)
 
     def hooks_key(self, run_id: str) -> str:
-        return f"{self.tag}:hooks:{run_id}"
+        return self.keys_of(run_id).hooks(run_id)
 
     def caller_index(self, caller: str) -> str:
-        return f"{self.index}:{caller}" if caller else self.index
+        """The first slot's index of a caller's runs (with one slot, the only one)."""
+        return self.slot_keys[0].caller_index(caller)
+
+    def _rotated(self, work: str) -> list[tuple[int, SlotKeys]]:
+        """Every slot, starting at the next in turn for this kind of work: work taken slot by slot
+        starves none."""
+        start = self._rotation.get(work, 0)
+        self._rotation[work] = (start + 1) % len(self.slot_keys)
+        ordered = list(enumerate(self.slot_keys))
+        return ordered[start:] + ordered[:start]
 
     def _close_args(self, run_id: str, event: dict[str, Any], retention: float) -> list[Any]:
         at = now()
@@ -1096,7 +1157,8 @@ class RedisRunStore:
         with _STORE_ERRORS:
             await self._create_group()
             # Made at once, as the stream is: a deployment's standing keys are there from its start.
-            await self._redis.hsetnx(self.counters, "claimed", 0)
+            for keys in self.slot_keys:
+                await self._redis.hsetnx(keys.counters, "claimed", 0)
         await self._bind()
 
     async def _bind(self) -> None:
@@ -1104,10 +1166,17 @@ class RedisRunStore:
         if self._bound or self.identity is None:
             return
         identity = self.identity
-        args = [identity.upstream, identity.deployment, "1" if identity.allow_upstream_change else "0"]
+        slots = len(self.slot_keys)
+        args = [identity.upstream, identity.deployment, "1" if identity.allow_upstream_change else "0", slots]
         with _STORE_ERRORS:
             found = await self._redis.eval(_BIND, 1, self.deployment_key, *args)
             legacy = self.prefix != LEGACY_PREFIX and await self._redis.exists(f"{{{LEGACY_PREFIX}}}:index")
+        if found is not None and found[0] == b"slots":
+            raise ConfigError(
+                "store.slots",
+                f"is {slots}, but the runs under key prefix {self.prefix!r} are spread over {_text(found[1])} slots; "
+                "changing it strands runs (see docs/scaling.md#slots)",
+            )
         if found is not None:
             upstream, deployment = (_text(value) for value in found)
             raise identity.conflict(f"Redis key prefix {self.prefix!r}", deployment, upstream)
@@ -1124,7 +1193,11 @@ class RedisRunStore:
     async def _create_group(self) -> None:
         # From id 0, so that entries added before the group existed are delivered too. The wake
         # stream only where priorities are in use: a deployment without them keeps the keys it had.
-        for stream in (self.queue, self.wake) if self.ranked else (self.queue,):
+        for keys in self.slot_keys:
+            await self._create_groups(keys)
+
+    async def _create_groups(self, keys: SlotKeys) -> None:
+        for stream in (keys.queue, keys.wake) if self.ranked else (keys.queue,):
             try:
                 await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
             except redis_errors.ResponseError as exc:
@@ -1143,7 +1216,9 @@ class RedisRunStore:
 
     async def ping(self) -> None:
         with _STORE_ERRORS:
-            await self._scripts.probe([f"{self.tag}:probe"], [])
+            # Every slot: on a Cluster, each may be on another master, and all must take writes.
+            for keys in self.slot_keys:
+                await self._scripts.probe([keys.probe], [])
         try:
             # Redis may have been down when the gateway started: the check is made once it is up.
             await self._bind()
@@ -1159,21 +1234,27 @@ class RedisRunStore:
         max_queued: int = 0,
         shares: Sequence[Share] = (),
     ) -> Created:
+        if len(self.slot_keys) > 1:
+            run = self._placed(run, idempotency, shares)
         request, secrets, webhook_url = self.sealer.split(run.request)
+        slot = self.keys_of(run.run_id)
         keys = [
-            self.run_key(run.run_id),
-            self.events_key(run.run_id),
-            self.queue,
-            self.index,
-            self.caller_index(run.caller),
-            self.expiry,
-            self.ranked_key,
-            self.wake,
-            self.deadlines,
-            self.shares,
-            self.counters,
+            slot.run(run.run_id),
+            slot.events(run.run_id),
+            slot.queue,
+            slot.index,
+            slot.caller_index(run.caller),
+            slot.expiry,
+            slot.ranked,
+            slot.wake,
+            slot.deadlines,
+            slot.shares,
+            slot.counters,
         ]
         priority = run.request.priority
+        if max_queued > 0 and len(self.slot_keys) > 1:
+            # The check is one slot's queue, in the step that adds to it: each takes its part.
+            max_queued = -(-max_queued // len(self.slot_keys))
         event = orjson.dumps(state_event(RunState.QUEUED, 0, run.created_at))
         args: list[Any] = [
             run.run_id,
@@ -1199,7 +1280,7 @@ class RedisRunStore:
             WAKE_MAXLEN,
         ]
         if idempotency is not None:
-            keys.append(f"{self.tag}:idem:{idempotency.key}")
+            keys.append(slot.idem(idempotency.key))
             args.append(f"{run.run_id} {idempotency.fingerprint}".encode())
         with _STORE_ERRORS:
             if self.strict:
@@ -1232,6 +1313,23 @@ class RedisRunStore:
         reply, confirmed = await pipe.execute()
         return cast(list[bytes], reply), int(confirmed)
 
+    def _placed(self, run: Run, idempotency: Idempotency | None, shares: Sequence[Share]) -> Run:
+        """The run, with a new id if need be, so that it lives in the slot whose keys its create
+        script must check in the same step: its caller's when it counts against shares (a share's
+        count is one key), else its idempotency key's (the key's replays must find it). Any other
+        run stays where its id puts it."""
+        count = len(self.slot_keys)
+        if shares:
+            wanted = slot_of(run.caller, count)
+        elif idempotency is not None:
+            wanted = slot_of(idempotency.key, count)
+        else:
+            return run
+        run_id = run.run_id
+        while slot_of(run_id, count) != wanted:  # 1 in ``count`` ids fits: a few tries
+            run_id = new_run_id()
+        return dataclasses.replace(run, run_id=run_id)
+
     async def get(self, run_id: str) -> Run | None:
         with _STORE_ERRORS:
             fields = cast(Fields, await self._redis.hmget(self.run_key(run_id), _RUN_FIELDS))
@@ -1259,25 +1357,110 @@ class RedisRunStore:
             except ConfigError as exc:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
-            try:
-                if self.ranked or await self._found_ranked():
-                    return await self._claim_ranked(owner, limit, wait, lease)
-                entries = self._refused_entries(limit) or await self._stale_entries(limit)
-                entries = entries or await self._read_queue(limit, wait)
-            except redis_errors.ResponseError as exc:
-                if _error_code(exc) != "NOGROUP":
-                    raise
-                # Redis lost its data (restarted without persistence, flushed): start again.
-                await self._create_group()
-                return []
-            if not entries:
-                return []
-            return await self._take(entries, owner, lease)
+            if self._unsure and (found := await self._claimed_unseen(owner)):
+                return found
+            if len(self.slot_keys) == 1:
+                return await self._claim_slot(0, owner, limit, wait, lease)
+            return await self._claim_spread(owner, limit, wait, lease)
 
-    async def _read_queue(self, limit: int, wait: float) -> list[Entry]:
+    async def _read_streams(
+        self, client: RedisClient, streams: Mapping[Any, Any], *, group: bool, count: int | None, block: int | None
+    ) -> Any:
+        """XREADGROUP (``group``) or XREAD of streams of one slot.
+
+        On a Cluster, sent to the node holding the slot: redis-py finds the keys of these commands
+        by asking its default node (COMMAND GETKEYS), and, without retries (see __init__), keeps
+        asking it after a failover took it away, so the reads failed for good (redis-py 8.1).
+        """
+        if not self._cluster:
+            if group:
+                return await client.xreadgroup(self.group, _CONSUMER, dict(streams), count=count, block=block)
+            return await client.xread(dict(streams), count=count, block=block)
+        pieces: list[Any] = [b"GROUP", self.group, _CONSUMER] if group else []
+        if count is not None:
+            pieces += [b"COUNT", count]
+        if block is not None:
+            pieces += [b"BLOCK", block]
+        pieces += [b"STREAMS", *streams.keys(), *streams.values()]
+        cluster = cast(RedisCluster, client)
+        await cluster.initialize()  # a failed command asks for the nodes to be learned anew
+        node = cluster.get_node_from_key(next(iter(streams)))
+        return await cluster.execute_command("XREADGROUP" if group else "XREAD", *pieces, target_nodes=node)
+
+    async def _claim_spread(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        """Claim from the slots in the order of what waits in them, highest priority first, then
+        oldest first; with none found, wait on one, a different one each call.
+
+        A blocking read names one slot's queue (on a Cluster a command names one slot's keys), so
+        it waits at most SPREAD_WAIT: a run queued meanwhile in another slot is found by the next
+        call's look at each.
+        """
+        rotated = self._rotated("claim")
+        if not self.ranked:
+            await self._found_ranked()  # before the order: a slot may hold ranked runs alone
+        runs: list[Run] = []
+        for index in await self._waiting_order(rotated):
+            runs += await self._claim_slot(index, owner, limit - len(runs), 0, lease)
+            if len(runs) >= limit:
+                return runs
+        if runs or wait <= 0:
+            return runs
+        return await self._claim_slot(rotated[0][0], owner, limit, min(wait, SPREAD_WAIT), lease)
+
+    async def _waiting_order(self, rotated: list[tuple[int, SlotKeys]]) -> list[int]:
+        """The slots with work waiting, ordered by the first run each would give: its priority
+        (its band in {P}:ranked), then the age of the oldest entry of its queue (the stream holds
+        only work not yet taken, and its ids are times), then the rotation. One round trip."""
+        if self._cluster:
+            # Commands of their own, all at once: a Cluster client that finds a master gone learns
+            # the new one from a failed command, but not from a failed pipeline (redis-py 8.1).
+            reads = [self._heads(cast(Any, self._redis), slot) for _, slot in rotated]
+            replies = await asyncio.gather(*(read for pair in reads for read in pair))
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _, slot in rotated:
+                    self._heads(pipe, slot)
+                replies = await pipe.execute()
+        step = 2 if self.ranked else 1
+        order: list[tuple[int, tuple[int, ...], int]] = []
+        for position, (index, _) in enumerate(rotated):
+            queued = cast(list[Entry], replies[step * position])
+            head = cast(list[tuple[bytes, float]], replies[step * position + 1]) if self.ranked else []
+            if not queued and not head and not self._refused[index]:
+                continue
+            band = int(head[0][1]) // _RANK_BAND if head else MAX_PRIORITY + 1
+            age = tuple(int(part) for part in queued[0][0].split(b"-")) if queued else (2**63,)
+            order.append((band, age, position))
+        return [rotated[position][0] for _, _, position in sorted(order)]
+
+    def _heads(self, client: Any, slot: SlotKeys) -> list[Any]:
+        """The first entry of the slot's queue and, with priorities, its highest ranked run."""
+        heads = [client.xrange(slot.queue, count=1)]
+        if self.ranked:
+            heads.append(client.zrange(slot.ranked, 0, 0, withscores=True))
+        return heads
+
+    async def _claim_slot(self, index: int, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        keys = self.slot_keys[index]
+        try:
+            if self.ranked or await self._found_ranked():
+                return await self._claim_ranked(index, owner, limit, wait, lease)
+            entries = self._refused_entries(index, limit) or await self._stale_entries(index, limit)
+            entries = entries or await self._read_queue(keys, limit, wait)
+        except redis_errors.ResponseError as exc:
+            if _error_code(exc) != "NOGROUP":
+                raise
+            # Redis lost its data (restarted without persistence, flushed): start again.
+            await self._create_groups(keys)
+            return []
+        if not entries:
+            return []
+        return await self._take(index, entries, owner, lease)
+
+    async def _read_queue(self, keys: SlotKeys, limit: int, wait: float) -> list[Entry]:
         # BLOCK 0 would mean forever, so "do not wait" is no BLOCK at all.
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
-        reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=limit, block=block)
+        reply = await self._read_streams(self._blocking, {keys.queue: ">"}, group=True, count=limit, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [entry for _, entries in streams for entry in entries]
 
@@ -1288,101 +1471,108 @@ class RedisRunStore:
         if time.monotonic() < self._next_ranked_check:
             return False
         self._next_ranked_check = time.monotonic() + self.stale_entry_idle
-        if await self._redis.zcard(self.ranked_key):
-            self.ranked = True
-            await self._create_group()
+        for keys in self.slot_keys:
+            if await self._redis.zcard(keys.ranked):
+                self.ranked = True
+                await self._create_group()
+                break
         return self.ranked
 
-    async def _claim_ranked(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+    async def _claim_ranked(self, index: int, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Claim with priorities: {P}:ranked highest first, then {P}:queue (priority 0); every
         STARVATION_ROUND-th call takes the oldest run of the lowest non-empty priority first."""
+        keys = self.slot_keys[index]
         self._claims += 1
-        runs = await self._claim_bottom(owner, lease) if self._claims % STARVATION_ROUND == 0 else []
+        runs = await self._claim_bottom(index, owner, lease) if self._claims % STARVATION_ROUND == 0 else []
         room = limit - len(runs)
         if room > 0:
-            top = cast(list[bytes], await self._redis.zrange(self.ranked_key, 0, room - 1))
-            runs += await self._take_ranked([member.decode() for member in top], owner, lease)
+            top = cast(list[bytes], await self._redis.zrange(keys.ranked, 0, room - 1))
+            runs += await self._take_ranked(keys, [member.decode() for member in top], owner, lease)
         room = limit - len(runs)
         if room <= 0:
             return runs
-        entries = await self._stale_entries(room)
+        entries = await self._stale_entries(index, room)
         if not entries:
             # Blocks on both streams only when nothing was found: a wake entry means a ranked run
             # arrived, taken by the next call (the executor calls again at once).
             block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 and not runs else None
-            streams: dict[Any, Any] = {self.queue: ">", self.wake: ">"}
-            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, streams, count=room, block=block)
+            streams: dict[Any, Any] = {keys.queue: ">", keys.wake: ">"}
+            reply = await self._read_streams(self._blocking, streams, group=True, count=room, block=block)
             for stream, read in cast(list[tuple[bytes, list[Entry]]], reply or []):
-                if stream.decode() == self.wake:
+                if stream.decode() == keys.wake:
                     wakes = [entry_id for entry_id, _ in read]
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        pipe.xack(self.wake, self.group, *wakes)
-                        pipe.xdel(self.wake, *wakes)
+                        pipe.xack(keys.wake, self.group, *wakes)
+                        pipe.xdel(keys.wake, *wakes)
                         await pipe.execute()
                 else:
                     entries = read
-        return runs + (await self._take(entries, owner, lease) if entries else [])
+        return runs + (await self._take(index, entries, owner, lease) if entries else [])
 
-    async def _claim_bottom(self, owner: str, lease: float) -> list[Run]:
+    async def _claim_bottom(self, index: int, owner: str, lease: float) -> list[Run]:
         """The oldest run of the lowest priority that has queued runs, claimed (the starvation round)."""
-        if await self._redis.xlen(self.queue):
-            reply = await self._blocking.xreadgroup(self.group, _CONSUMER, {self.queue: ">"}, count=1)
+        keys = self.slot_keys[index]
+        if await self._redis.xlen(keys.queue):
+            reply = await self._read_streams(self._blocking, {keys.queue: ">"}, group=True, count=1, block=None)
             entries = [entry for _, read in cast(list[tuple[bytes, list[Entry]]], reply or []) for entry in read]
-            return await self._take(entries, owner, lease) if entries else []
-        last = cast(list[tuple[bytes, float]], await self._redis.zrange(self.ranked_key, -1, -1, withscores=True))
+            return await self._take(index, entries, owner, lease) if entries else []
+        last = cast(list[tuple[bytes, float]], await self._redis.zrange(keys.ranked, -1, -1, withscores=True))
         if not last:
             return []
         band = int(last[0][1]) // _RANK_BAND * _RANK_BAND
-        oldest = cast(list[bytes], await self._redis.zrangebyscore(self.ranked_key, band, "+inf", start=0, num=1))
-        return await self._take_ranked([member.decode() for member in oldest], owner, lease)
+        oldest = cast(list[bytes], await self._redis.zrangebyscore(keys.ranked, band, "+inf", start=0, num=1))
+        return await self._take_ranked(keys, [member.decode() for member in oldest], owner, lease)
 
-    async def _take_ranked(self, run_ids: list[str], owner: str, lease: float) -> list[Run]:
+    async def _take_ranked(self, keys: SlotKeys, run_ids: list[str], owner: str, lease: float) -> list[Run]:
         runs: list[Run] = []
         for start in range(0, len(run_ids), CLAIM_BATCH):
-            runs += await self._claim_script(run_ids[start : start + CLAIM_BATCH], [], owner, lease, ranked=True) or []
+            batch = run_ids[start : start + CLAIM_BATCH]
+            runs += await self._claim_script(keys, batch, [], owner, lease, ranked=True) or []
         return runs
 
-    def _refused_entries(self, limit: int) -> list[Entry]:
+    def _refused_entries(self, index: int, limit: int) -> list[Entry]:
         """Entries read by a claim its heartbeat refused: still this gateway's to take (unacked)."""
-        entries, self._refused = self._refused[:limit], self._refused[limit:]
+        entries, self._refused[index] = self._refused[index][:limit], self._refused[index][limit:]
         return entries
 
-    async def _stale_entries(self, limit: int) -> list[Entry]:
+    async def _stale_entries(self, index: int, limit: int) -> list[Entry]:
         """Entries whose reader died before acking them; looked for once per idle period."""
-        if time.monotonic() < self._next_stale_check:
+        if time.monotonic() < self._next_stale_check[index]:
             return []
-        self._next_stale_check = time.monotonic() + self.stale_entry_idle
+        self._next_stale_check[index] = time.monotonic() + self.stale_entry_idle
         idle_ms = int(self.stale_entry_idle * 1000)
-        reply = await self._redis.xautoclaim(self.queue, self.group, _CONSUMER, idle_ms, "0-0", count=limit)
+        queue = self.slot_keys[index].queue
+        reply = await self._redis.xautoclaim(queue, self.group, _CONSUMER, idle_ms, "0-0", count=limit)
         return cast(list[Entry], reply[1])
 
-    async def _take(self, entries: list[Entry], owner: str, lease: float) -> list[Run]:
+    async def _take(self, index: int, entries: list[Entry], owner: str, lease: float) -> list[Run]:
         runs: list[Run] = []
         for start in range(0, len(entries), CLAIM_BATCH):
-            runs += await self._take_batch(entries[start : start + CLAIM_BATCH], owner, lease)
+            runs += await self._take_batch(index, entries[start : start + CLAIM_BATCH], owner, lease)
         return runs
 
-    async def _take_batch(self, entries: list[Entry], owner: str, lease: float) -> list[Run]:
+    async def _take_batch(self, index: int, entries: list[Entry], owner: str, lease: float) -> list[Run]:
         """One claim script for a batch of entries read: one round trip, however many runs."""
         run_ids = [fields[b"run_id"].decode() for _, fields in entries if fields and b"run_id" in fields]
         # Skipped entries (cancelled, expired or duplicate runs) are acked too.
-        runs = await self._claim_script(run_ids, [entry_id for entry_id, _ in entries], owner, lease)
+        ids = [entry_id for entry_id, _ in entries]
+        runs = await self._claim_script(self.slot_keys[index], run_ids, ids, owner, lease)
         if runs is None:
             # The entries, unacked, are taken again by the next claim, with a lease of their own.
-            self._refused += entries
+            self._refused[index] += entries
             return []
         return runs
 
     async def _claim_script(
-        self, run_ids: list[str], ids: list[bytes], owner: str, lease: float, *, ranked: bool = False
+        self, slot: SlotKeys, run_ids: list[str], ids: list[bytes], owner: str, lease: float, *, ranked: bool = False
     ) -> list[Run] | None:
-        """The claim script for these runs (and queue entries, acked): None when the owner's
-        heartbeat ran out (or Redis lost it), and nothing was written."""
+        """The claim script for these runs of one slot (and its queue entries, acked): None when
+        the owner's heartbeat ran out (or Redis lost it), and nothing was written."""
         started = now()
         beating = owner in self._beating
-        keys = [self.queue, self.leases, self.held, self.gateways, self.ranked_key, self.counters]
+        keys = [slot.queue, slot.leases, slot.held, slot.gateways, slot.ranked, slot.counters]
         for run_id in run_ids:
-            keys += (self.run_key(run_id), self.events_key(run_id))
+            keys += (slot.run(run_id), slot.events(run_id))
         args: list[Any] = [
             started,
             owner,
@@ -1394,78 +1584,126 @@ class RedisRunStore:
             *ids,
             *run_ids,
         ]
-        replies = await self._scripts.claim(keys, args)
+        try:
+            replies = await self._scripts.claim(keys, args)
+        except _UNAVAILABLE:
+            # The script may have run, its reply lost: those runs would be running under this
+            # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
+            self._unsure += [(owner, run_id) for run_id in run_ids]
+            raise
         if replies is None:
             self._beating.discard(owner)
             logger.warning("claims refused: the heartbeat of %s ran out", owner)
             return None
         *claimed, total = cast(list[Any], replies)
-        self.claim_rate.observe(int(total), started)
+        self.claim_rates[self.slot_keys.index(slot)].observe(int(total), started)
+        return self._claimed(run_ids, cast(list[Fields | None], claimed))
+
+    def _claimed(self, run_ids: list[str], replies: list[Fields | None]) -> list[Run]:
+        """The runs of claim replies (_CLAIM_FIELDS each, or None), their bodies kept for request_body."""
         runs = []
-        for run_id, fields in zip(run_ids, cast(list[Fields | None], claimed), strict=True):
+        for run_id, fields in zip(run_ids, replies, strict=True):
             run = _decode_run(run_id, fields[: len(_RUN_FIELDS)]) if fields else None
             if run is not None and fields is not None:
-                secrets, body = fields[len(_RUN_FIELDS) :]
+                secrets, body = fields[len(_RUN_FIELDS) : len(_CLAIM_FIELDS)]
                 if body is not None:
                     self._bodies[run_id] = body
                 # Only the holder of a run ever sees its credentials, to replay them.
                 runs.append(dataclasses.replace(run, request=self.sealer.join(run.request, secrets)))
         return runs
 
+    async def _claimed_unseen(self, owner: str) -> list[Run]:
+        """The runs a claim whose reply was lost did take for ``owner``: running under it, at the
+        attempt that claim made. Without this, they stay running under a live heartbeat, held by
+        nobody (seen when a Cluster's master failed over in the middle of a claim)."""
+        unsure = list(self._unsure)
+        run_ids = [run_id for holder, run_id in unsure if holder == owner]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hmget(self.run_key(run_id), (*_CLAIM_FIELDS, "owner"))
+            replies = cast(list[Fields], await pipe.execute() if run_ids else [])
+        del self._unsure[: len(unsure)]  # looked at (a failed look leaves them for the next)
+        taken = [fields if fields[0] == b"running" and fields[-1] == owner.encode() else None for fields in replies]
+        if any(taken):
+            logger.warning("claims whose reply was lost took %d runs: held now", sum(1 for t in taken if t))
+        return self._claimed(run_ids, taken)
+
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
         lease_until = now() + lease
         with _STORE_ERRORS:
-            renewed = await self._scripts.renew([self.run_key(run_id)], [attempt, lease_until])
+            slot = self.keys_of(run_id)
+            renewed = await self._scripts.renew([slot.run(run_id)], [attempt, lease_until])
             if renewed:
                 # Only after the fence held: a refused, stale attempt must not move the index
                 # entry of the attempt that now holds the run.
-                await self._redis.zadd(self.leases, {run_id: lease_until})
+                await self._redis.zadd(slot.leases, {run_id: lease_until})
         return _LEASES[int(renewed)]
 
     async def renew_all(self, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
         lease_until = now() + lease
-        codes: list[int] = []
+        # One script per slot (and batch): a script names the keys of one slot.
+        by_slot: dict[int, list[int]] = {}
+        for position, (run_id, _) in enumerate(held):
+            by_slot.setdefault(slot_of(run_id, len(self.slot_keys)), []).append(position)
+        codes: list[int] = [0] * len(held)
         with _STORE_ERRORS:
-            for start in range(0, len(held), RENEW_BATCH):
-                batch = held[start : start + RENEW_BATCH]
-                keys = [self.leases, *(self.run_key(run_id) for run_id, _ in batch)]
-                args = [lease_until, *(part for run_id, attempt in batch for part in (run_id, attempt))]
-                codes += cast(list[int], await self._scripts.renew_all(keys, args))
-        return [_LEASES[int(code)] for code in codes]
+            for index, positions in by_slot.items():
+                slot = self.slot_keys[index]
+                for start in range(0, len(positions), RENEW_BATCH):
+                    batch = [held[position] for position in positions[start : start + RENEW_BATCH]]
+                    keys = [slot.leases, *(slot.run(run_id) for run_id, _ in batch)]
+                    args = [lease_until, *(part for run_id, attempt in batch for part in (run_id, attempt))]
+                    replies = cast(list[int], await self._scripts.renew_all(keys, args))
+                    for position, code in zip(positions[start : start + RENEW_BATCH], replies, strict=True):
+                        codes[position] = int(code)
+        return [_LEASES[code] for code in codes]
 
     async def heartbeat(self, quiet: float, grace: float) -> float:
+        args = [now(), quiet, grace]
         with _STORE_ERRORS:
-            resume = await self._scripts.heartbeat([self.alive], [now(), quiet, grace])
-        return float(resume)
+            # Each slot keeps its own (its scripts judge leases by it); the latest grace holds.
+            resumes = [await self._scripts.heartbeat([slot.alive], args) for slot in self.slot_keys]
+        return max(float(resume) for resume in resumes)
 
     async def keep_alive(self, owner: str, lease: float, quiet: float, grace: float) -> Liveness:
         at = now()
         known = "1" if owner in self._beating else "0"
         args: list[Any] = [at, quiet, grace, owner, at + lease, known]
+        resumes: list[float] = []
+        lost = False
+        cancels: list[str] = []
         with _STORE_ERRORS:
-            keys = [self.alive, self.gateways, self.cancels]
-            reply = await self._scripts.keep_alive(keys, args, client=self._lifeline)
-        resume, status, *cancels = (_text(part) for part in reply)
-        if status == "lost":
+            # One script per slot, each a heartbeat in that slot's {P}:gateways: N writes per
+            # interval, however many runs are held. Lost in one slot is lost: the executor lets
+            # go of every run, and those in other slots are recovered once this name lapses there.
+            for slot in self.slot_keys:
+                keys = [slot.alive, slot.gateways, slot.cancels]
+                reply = await self._scripts.keep_alive(keys, args, client=self._lifeline)
+                resume, status, *asked = (_text(part) for part in reply)
+                resumes.append(float(resume))
+                lost = lost or status == "lost"
+                cancels += asked
+        if lost:
             self._beating.discard(owner)
-            return Liveness(float(resume), lost=True)
+            return Liveness(max(resumes), lost=True)
         self._beating.add(owner)
-        return Liveness(float(resume), cancels=tuple(cancels))
+        return Liveness(max(resumes), cancels=tuple(cancels))
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
         event = state_event(outcome.state, attempt, now(), outcome)
         args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
+        slot = self.keys_of(run_id)
         keys = (
-            self.run_key(run_id),
-            self.events_key(run_id),
-            self.deliveries,
-            self.expiry,
-            self.leases,
-            self.held,
-            self.cancels,
-            self.shares,
+            slot.run(run_id),
+            slot.events(run_id),
+            slot.deliveries,
+            slot.expiry,
+            slot.leases,
+            slot.held,
+            slot.cancels,
+            slot.shares,
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
@@ -1475,14 +1713,15 @@ class RedisRunStore:
         with _STORE_ERRORS:
             # Its index entry stays: expired() drops it unless a new claim re-indexed it.
             event = orjson.dumps(state_event(RunState.QUEUED, attempt, now()))
+            slot = self.keys_of(run_id)
             keys = (
-                self.run_key(run_id),
-                self.events_key(run_id),
-                self.queue,
-                self.ranked_key,
-                self.wake,
-                self.counters,
-                self.held,
+                slot.run(run_id),
+                slot.events(run_id),
+                slot.queue,
+                slot.ranked,
+                slot.wake,
+                slot.counters,
+                slot.held,
             )
             bands = [rank_band(priority) for priority in range(1, MAX_PRIORITY + 1)]
             requeued = await self._scripts.requeue(keys, [attempt, event, run_id, *bands, WAKE_MAXLEN])
@@ -1499,36 +1738,44 @@ class RedisRunStore:
     async def report_progress(
         self, run_id: str, attempt: int, event: dict[str, Any], kept: int, hook: bytes, max_hooks: int
     ) -> str | None:
-        keys = (self.run_key(run_id), self.events_key(run_id), self.hooks_key(run_id), self.hookruns)
+        slot = self.keys_of(run_id)
+        keys = (slot.run(run_id), slot.events(run_id), slot.hooks(run_id), slot.hookruns)
         args: list[bytes | int | float | str] = [attempt, orjson.dumps(event), kept, hook, max_hooks, now(), run_id]
         with _STORE_ERRORS:
             reply = await self._scripts.report_progress(keys, args)
         return reply.decode() if isinstance(reply, bytes) else None
 
     async def add_hook(self, run_id: str, attempt: int, event: str, body: bytes, max_hooks: int) -> bool:
-        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+        slot = self.keys_of(run_id)
+        keys = (slot.run(run_id), slot.hooks(run_id), slot.hookruns)
         with _STORE_ERRORS:
             return bool(await self._scripts.queue_hook(keys, [attempt, event, body, max_hooks, now(), run_id]))
 
     async def due_hooks(self, limit: int, lease: float) -> list[DueHook]:
-        if limit <= 0:
-            return []
+        due: list[DueHook] = []
+        for _, slot in self._rotated("hooks"):
+            if len(due) >= limit:
+                break
+            due += await self._due_hooks(slot, limit - len(due), lease)
+        return due
+
+    async def _due_hooks(self, slot: SlotKeys, limit: int, lease: float) -> list[DueHook]:
         at = now()
         with _STORE_ERRORS:
-            members = await self._redis.zrangebyscore(self.hookruns, "-inf", at, start=0, num=limit)
+            members = await self._redis.zrangebyscore(slot.hookruns, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
             if not run_ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in run_ids:
-                    keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns)
+                    keys = (slot.run(run_id), slot.hooks(run_id), slot.hookruns)
                     pipe.eval(_TAKE_HOOK, 3, *keys, at, at + lease, run_id)
                 replies = await pipe.execute()
             taken = [(run_id, reply) for run_id, reply in zip(run_ids, replies, strict=True) if reply]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, _ in taken:
-                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
-                    pipe.hget(self.run_key(run_id), "webhook_url")
+                    pipe.hmget(slot.run(run_id), _RUN_FIELDS)
+                    pipe.hget(slot.run(run_id), "webhook_url")
                 runs = await pipe.execute() if taken else []
         due = []
         for index, (run_id, (token, raw)) in enumerate(taken):
@@ -1539,7 +1786,8 @@ class RedisRunStore:
         return due
 
     async def record_hook(self, run_id: str, token: int, seq: int, attempts: int, next_at: float | None) -> bool:
-        keys = (self.run_key(run_id), self.hooks_key(run_id), self.hookruns, self.deliveries)
+        slot = self.keys_of(run_id)
+        keys = (slot.run(run_id), slot.hooks(run_id), slot.hookruns, slot.deliveries)
         args = [token, seq, attempts, "" if next_at is None else next_at, now(), run_id]
         with _STORE_ERRORS:
             return bool(await self._scripts.record_hook(keys, args))
@@ -1559,33 +1807,38 @@ class RedisRunStore:
         if limit <= 0:
             return []
         cutoff = now()
+        found: list[Run] = []
         with _STORE_ERRORS:
-            found = await self._lapsed_leases(cutoff, limit)
-            if len(found) < limit:
-                found += await self._lapsed_holders(cutoff, limit - len(found))
+            for _, slot in self._rotated("expired"):
+                if len(found) < limit:
+                    found += await self._lapsed_leases(slot, cutoff, limit - len(found))
+                if len(found) < limit:
+                    found += await self._lapsed_holders(slot, cutoff, limit - len(found))
         return found
 
-    async def _lapsed_leases(self, cutoff: float, limit: int) -> list[Run]:
+    async def _lapsed_leases(self, slot: SlotKeys, cutoff: float, limit: int) -> list[Run]:
         """Runs leased on their own whose lease ran out (and whose owner has no live heartbeat)."""
-        members = await self._redis.zrangebyscore(self.leases, "-inf", cutoff, start=0, num=limit)
+        members = await self._redis.zrangebyscore(slot.leases, "-inf", cutoff, start=0, num=limit)
         run_ids = [member.decode() for member in cast(list[bytes], members)]
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
-                pipe.hget(self.run_key(run_id), "owner")
+                pipe.hmget(slot.run(run_id), _RUN_FIELDS)
+                pipe.hget(slot.run(run_id), "owner")
             replies = await pipe.execute()
         owners = [_text(owner) if owner else "" for owner in replies[1::2]]
-        alive = await self._alive_owners(set(owners) - {""}, cutoff)
+        alive = await self._alive_owners(slot, set(owners) - {""}, cutoff)
         adopted = [(run_id, owner) for run_id, owner in zip(run_ids, owners, strict=True) if owner in alive]
         if adopted:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, owner in adopted:
-                    pipe.eval(_ADOPT, 3, self.run_key(run_id), self.leases, self.held, run_id, owner)
+                    pipe.eval(_ADOPT, 3, slot.run(run_id), slot.leases, slot.held, run_id, owner)
                 await pipe.execute()
         kept = [i for i, owner in enumerate(owners) if owner not in alive]
-        return await self._sort_expired(cutoff, [run_ids[i] for i in kept], [replies[2 * i] for i in kept])
+        return await self._sort_expired(slot, cutoff, [run_ids[i] for i in kept], [replies[2 * i] for i in kept])
 
-    async def _sort_expired(self, cutoff: float, run_ids: list[str], replies: list[Fields]) -> list[Run]:
+    async def _sort_expired(
+        self, slot: SlotKeys, cutoff: float, run_ids: list[str], replies: list[Fields]
+    ) -> list[Run]:
         """The runs whose lease did run out; the index is repaired for all the others."""
         expired: list[Run] = []
         stale: list[str] = []
@@ -1602,34 +1855,34 @@ class RedisRunStore:
         if stale or renewed:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if stale:
-                    pipe.eval(_FORGET, 1, self.leases, cutoff, *stale)
+                    pipe.eval(_FORGET, 1, slot.leases, cutoff, *stale)
                 if renewed:
-                    pipe.zadd(self.leases, renewed, xx=True)
+                    pipe.zadd(slot.leases, renewed, xx=True)
                 await pipe.execute()
         return expired
 
-    async def _alive_owners(self, owners: set[str], cutoff: float) -> set[str]:
+    async def _alive_owners(self, slot: SlotKeys, owners: set[str], cutoff: float) -> set[str]:
         if not owners:
             return set()
         ordered = sorted(owners)
-        scores = await self._redis.zmscore(self.gateways, ordered)
+        scores = await self._redis.zmscore(slot.gateways, ordered)
         return {owner for owner, score in zip(ordered, scores, strict=True) if score is not None and score >= cutoff}
 
-    async def _lapsed_holders(self, cutoff: float, limit: int) -> list[Run]:
+    async def _lapsed_holders(self, slot: SlotKeys, cutoff: float, limit: int) -> list[Run]:
         """Runs held under heartbeats that ran out; owners with none left are dropped."""
-        members = await self._redis.zrangebyscore(self.gateways, "-inf", f"({cutoff}", start=0, num=LAPSED_OWNERS)
+        members = await self._redis.zrangebyscore(slot.gateways, "-inf", f"({cutoff}", start=0, num=LAPSED_OWNERS)
         found: list[Run] = []
         for owner in (_text(member) for member in cast(list[bytes], members)):
             if len(found) >= limit:
                 break
-            held = await self._redis.zrangebylex(self.held, f"[{owner} ", f"({owner}!", start=0, num=limit - len(found))
+            held = await self._redis.zrangebylex(slot.held, f"[{owner} ", f"({owner}!", start=0, num=limit - len(found))
             if not held:
-                await self._redis.eval(_BURY, 2, self.gateways, self.held, owner, cutoff)
+                await self._redis.eval(_BURY, 2, slot.gateways, slot.held, owner, cutoff)
                 continue
             run_ids = [_text(member).partition(" ")[2] for member in cast(list[bytes], held)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in run_ids:
-                    pipe.hmget(self.run_key(run_id), (*_RUN_FIELDS, "owner"))
+                    pipe.hmget(slot.run(run_id), (*_RUN_FIELDS, "owner"))
                 replies = cast(list[Fields], await pipe.execute())
             stale = []
             for member, run_id, fields in zip(held, run_ids, replies, strict=True):
@@ -1640,7 +1893,7 @@ class RedisRunStore:
                 elif (_float(fields[-2]) or 0.0) < cutoff:  # not renewed on its own meanwhile
                     found.append(run)
             if stale:
-                await self._redis.zrem(self.held, *stale)
+                await self._redis.zrem(slot.held, *stale)
         return found
 
     async def cancel(self, run_id: str, retention: float) -> CancelResult:
@@ -1658,22 +1911,31 @@ class RedisRunStore:
 
     def _ending_keys(self, run_id: str) -> tuple[str, ...]:
         """The keys of the scripts that end a queued run (cancel, expire)."""
+        slot = self.keys_of(run_id)
         return (
-            self.run_key(run_id),
-            self.events_key(run_id),
-            self.deliveries,
-            self.expiry,
-            self.queue,
-            self.cancels,
-            self.ranked_key,
-            self.deadlines,
-            self.shares,
+            slot.run(run_id),
+            slot.events(run_id),
+            slot.deliveries,
+            slot.expiry,
+            slot.queue,
+            slot.cancels,
+            slot.ranked,
+            slot.deadlines,
+            slot.shares,
         )
 
     async def expire_queued(self, limit: int, retention: float) -> list[Run]:
+        ended: list[Run] = []
+        for _, slot in self._rotated("deadlines"):
+            if len(ended) >= limit:
+                break
+            ended += await self._expire_queued(slot, limit - len(ended), retention)
+        return ended
+
+    async def _expire_queued(self, slot: SlotKeys, limit: int, retention: float) -> list[Run]:
         at = now()
         with _STORE_ERRORS:
-            due = await self._redis.zrangebyscore(self.deadlines, "-inf", at, start=0, num=limit)
+            due = await self._redis.zrangebyscore(slot.deadlines, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], due)]
             if not run_ids:
                 return []
@@ -1685,18 +1947,22 @@ class RedisRunStore:
                     fields = {"state": RunState.EXPIRED.value, "finished_at": at, "error": error}
                     args = [*self._close_args(run_id, event, retention), at, *_pairs(fields)]
                     pipe.eval(_EXPIRE, len(self._ending_keys(run_id)), *self._ending_keys(run_id), *args)
-                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
+                    pipe.hmget(slot.run(run_id), _RUN_FIELDS)
                 replies = await pipe.execute()
         pairs = zip(run_ids, replies[::2], replies[1::2], strict=True)
         return [run for run_id, ended, fields in pairs if ended and (run := _decode_run(run_id, fields)) is not None]
 
     async def queue_position(self, run: Run) -> QueuePosition | None:
+        # Within the run's slot: its queue, and the pace of that queue's claims. Claims take from
+        # every slot in turn, so the one slot's wait stands for the whole deployment's.
+        index = slot_of(run.run_id, len(self.slot_keys))
+        slot = self.slot_keys[index]
         with _STORE_ERRORS:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(self.run_key(run.run_id), "state", "entry")
-                pipe.zrank(self.ranked_key, run.run_id)
-                pipe.zcard(self.ranked_key)
-                pipe.hget(self.counters, "claimed")
+                pipe.hmget(slot.run(run.run_id), "state", "entry")
+                pipe.zrank(slot.ranked, run.run_id)
+                pipe.zcard(slot.ranked)
+                pipe.hget(slot.counters, "claimed")
                 (state, entry), rank, ranked, claimed = await pipe.execute()
             if state != b"queued":
                 return None
@@ -1704,17 +1970,22 @@ class RedisRunStore:
                 ahead = int(rank)
             else:
                 before = (
-                    0 if entry is None else await self._redis.eval(_ENTRIES_BEFORE, 1, self.queue, entry, POSITION_SCAN)
+                    0 if entry is None else await self._redis.eval(_ENTRIES_BEFORE, 1, slot.queue, entry, POSITION_SCAN)
                 )
                 ahead = int(ranked) + int(before)
         at = now()
-        self.claim_rate.observe(int(claimed or 0), at)
-        return QueuePosition(ahead, self.claim_rate.wait(ahead, at))
+        rate = self.claim_rates[index]
+        rate.observe(int(claimed or 0), at)
+        return QueuePosition(ahead, rate.wait(ahead, at))
 
     async def share_counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
         with _STORE_ERRORS:
-            counts = cast(dict[bytes, bytes], await self._redis.hgetall(self.shares))
-        return {key.decode(): int(value) for key, value in counts.items()}
+            for slot in self.slot_keys:
+                counts = cast(dict[bytes, bytes], await self._redis.hgetall(slot.shares))
+                for key, value in counts.items():
+                    found[key.decode()] = found.get(key.decode(), 0) + int(value)
+        return found
 
     async def cancellations(self) -> AsyncGenerator[str, None]:
         # A dedicated connection without a read timeout: a quiet channel is not a dead one.
@@ -1735,7 +2006,8 @@ class RedisRunStore:
         # Only a read that waits holds a connection of its own; others share the bounded pool.
         client = self._blocking if block else self._redis
         with _STORE_ERRORS:
-            reply = await client.xread({self.events_key(run_id): after or "0-0"}, block=block)
+            positions = {self.events_key(run_id): after or "0-0"}
+            reply = await self._read_streams(client, positions, group=False, count=None, block=block)
         streams = cast(list[tuple[bytes, list[Entry]]], reply or [])
         return [
             Event(entry_id.decode(), orjson.loads(fields[b"data"]))
@@ -1745,61 +2017,119 @@ class RedisRunStore:
         ]
 
     async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
-        # One XREAD over every log (one slot: all share the hash tag) and this process's wake
-        # stream, whose id is the last one seen: a wake added before the read began ends it too.
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        count = len(self.slot_keys)
+        if count == 1 or not self._cluster:
+            # One XREAD over every log and one wake stream: a single server takes keys of any slot.
+            return await self._watch_slot(0, positions, block)
+        groups: dict[int, dict[str, str | None]] = {}
+        for run_id, after in positions.items():
+            groups.setdefault(slot_of(run_id, count), {})[run_id] = after
+        if len(groups) <= 1:
+            index, group = next(iter(groups.items()), (0, {}))
+            return await self._watch_slot(index, group, block)
+        # A Cluster's XREAD names one slot's keys: one per slot, at once; the first to answer ends
+        # the others through their wake streams, so that no read is cut off with its reply unread.
+        reads = {index: asyncio.ensure_future(self._watch_slot(index, group, block)) for index, group in groups.items()}
+        try:
+            await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
+            waiting = [index for index, read in reads.items() if not read.done()]
+            if waiting:
+                await self._wake([self.wake_keys[index] for index in waiting])
+            found: dict[str, list[Event]] = {}
+            for read in reads.values():
+                found |= await read
+            return found
+        finally:
+            for read in reads.values():
+                read.cancel()
+
+    async def _watch_slot(
+        self, wake: int, positions: Mapping[str, str | None], block: int | None
+    ) -> dict[str, list[Event]]:
+        # One XREAD over the logs and this process's wake stream of slot ``wake``, whose id is the
+        # last one seen: a wake added before the read began ends it too.
+        names = {self.events_key(run_id): run_id for run_id in positions}
         streams: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {
-            self.events_key(run_id): after or "0-0" for run_id, after in positions.items()
+            key: positions[run_id] or "0-0" for key, run_id in names.items()
         }
-        streams[self.wake_key] = self._woken
+        wake_key = self.wake_keys[wake]
+        streams[wake_key] = self._woken[wake]
         with _STORE_ERRORS:
-            reply = await self._blocking.xread(streams, block=block)
+            reply = await self._read_streams(self._blocking, streams, group=False, count=None, block=block)
         found: dict[str, list[Event]] = {}
-        skip = len(self.events_key(""))
         for key, entries in cast(list[tuple[bytes, list[Entry]]], reply or []):
             name = key.decode()
-            if name == self.wake_key:
-                self._woken = entries[-1][0].decode()
+            if name == wake_key:
+                self._woken[wake] = entries[-1][0].decode()
                 continue
             events = [Event(entry_id.decode(), orjson.loads(fields[b"data"])) for entry_id, fields in entries if fields]
             if events:
-                found[name[skip:]] = events
+                found[names[name]] = events
         return found
 
     async def interrupt_watch(self) -> None:
+        # On a Cluster with several slots, watch() waits on the wake stream of each slot it reads.
+        spread = len(self.slot_keys) > 1 and self._cluster
+        await self._wake(list(self.wake_keys) if spread else [self.wake_key])
+
+    async def _wake(self, keys: list[str]) -> None:
         with _STORE_ERRORS:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.expire(self.wake_key, WAKE_TTL)
+                for key in keys:
+                    pipe.xadd(key, {"w": "1"}, maxlen=1, approximate=False)
+                    pipe.expire(key, WAKE_TTL)
                 await pipe.execute()
 
     async def list_runs(
         self, caller: str | None, state: RunState | None, limit: int, cursor: str | None
     ) -> tuple[list[Run], str | None]:
-        index = self.caller_index(caller or "")
-        found: list[Run] = []
         top = f"({cursor}" if cursor else "+inf"
-        examined = 0
         with _STORE_ERRORS:
-            while len(found) < limit and examined < LIST_SCAN_BUDGET:
-                batch = min(LIST_SCAN_BUDGET - examined, max(limit * 2, 20))
-                reply = await self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
-                members = cast(list[tuple[bytes, float]], reply)
-                if not members:
-                    return found, None
-                examined += len(members)
-                runs = await self._runs([member.decode() for member, _ in members])
-                gone = [member for (member, _), run in zip(members, runs, strict=True) if run is None]
-                if gone:
-                    await self._redis.zrem(index, *gone)
-                for (_, score), run in zip(members, runs, strict=True):
-                    top = f"({score!r}"
-                    if run is not None and (state is None or run.state is state):
-                        found.append(run)
-                        if len(found) == limit:
-                            return found, repr(score)
-                if len(members) < batch:
-                    return found, None
+            if len(self.slot_keys) == 1:
+                found, stop = await self._list_slot(self.slot_keys[0], caller or "", state, limit, top)
+                return [run for _, run in found], stop
+            pages = [await self._list_slot(slot, caller or "", state, limit, top) for slot in self.slot_keys]
+        # Merged newest first. Each slot looked at every entry above where it stopped, so the runs
+        # above the highest of those stops are all there are above it; the rest wait for the next page.
+        stops = [float(stop) for _, stop in pages if stop is not None]
+        bound = max(stops) if stops else None
+        merged = sorted(
+            (item for found, _ in pages for item in found if bound is None or item[0] >= bound),
+            key=lambda item: item[0],
+            reverse=True,
+        )
+        if len(merged) >= limit:
+            return [run for _, run in merged[:limit]], repr(merged[limit - 1][0])
+        return [run for _, run in merged], None if bound is None else repr(bound)
+
+    async def _list_slot(
+        self, slot: SlotKeys, caller: str, state: RunState | None, limit: int, top: str
+    ) -> tuple[list[tuple[float, Run]], str | None]:
+        """Up to ``limit`` runs of the slot below ``top``, newest first, with their scores; and the
+        score below which the next page starts (None: no entry is left)."""
+        index = slot.caller_index(caller)
+        found: list[tuple[float, Run]] = []
+        examined = 0
+        while len(found) < limit and examined < LIST_SCAN_BUDGET:
+            batch = min(LIST_SCAN_BUDGET - examined, max(limit * 2, 20))
+            reply = await self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=batch, withscores=True)
+            members = cast(list[tuple[bytes, float]], reply)
+            if not members:
+                return found, None
+            examined += len(members)
+            runs = await self._runs([member.decode() for member, _ in members])
+            gone = [member for (member, _), run in zip(members, runs, strict=True) if run is None]
+            if gone:
+                await self._redis.zrem(index, *gone)
+            for (_, score), run in zip(members, runs, strict=True):
+                top = f"({score!r}"
+                if run is not None and (state is None or run.state is state):
+                    found.append((score, run))
+                    if len(found) == limit:
+                        return found, repr(score)
+            if len(members) < batch:
+                return found, None
         return found, top[1:]
 
     async def _runs(self, run_ids: list[str]) -> list[Run | None]:
@@ -1810,24 +2140,32 @@ class RedisRunStore:
         return [_decode_run(run_id, fields) for run_id, fields in zip(run_ids, replies, strict=True)]
 
     async def due_deliveries(self, limit: int, lease: float) -> list[DueDelivery]:
+        due: list[DueDelivery] = []
+        for _, slot in self._rotated("deliveries"):
+            if len(due) >= limit:
+                break
+            due += await self._due_deliveries(slot, limit - len(due), lease)
+        return due
+
+    async def _due_deliveries(self, slot: SlotKeys, limit: int, lease: float) -> list[DueDelivery]:
         at = now()
         with _STORE_ERRORS:
-            members = await self._redis.zrangebyscore(self.deliveries, "-inf", at, start=0, num=limit)
+            members = await self._redis.zrangebyscore(slot.deliveries, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
             # One round trip for the batch, not one per delivery (bench S6: a wave of completions).
             # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id in run_ids:
-                    keys = (self.run_key(run_id), self.deliveries, self.hooks_key(run_id))
+                    keys = (slot.run(run_id), slot.deliveries, slot.hooks(run_id))
                     pipe.eval(_TAKE_DELIVERY, 3, *keys, at, at + lease, run_id)
                 tokens = await pipe.execute() if run_ids else []
             taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
             # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, _ in taken:
-                    pipe.hmget(self.run_key(run_id), _RUN_FIELDS)
-                    pipe.hmget(self.run_key(run_id), _RESULT_FIELDS)
-                    pipe.hget(self.run_key(run_id), "webhook_url")
+                    pipe.hmget(slot.run(run_id), _RUN_FIELDS)
+                    pipe.hmget(slot.run(run_id), _RESULT_FIELDS)
+                    pipe.hget(slot.run(run_id), "webhook_url")
                 replies = await pipe.execute() if taken else []
         due = []
         for index, (run_id, token) in enumerate(taken):
@@ -1850,7 +2188,8 @@ class RedisRunStore:
             orjson.dumps(delivery_event(delivery, now())),
             now(),
         ]
-        keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
+        slot = self.keys_of(run_id)
+        keys = (slot.run(run_id), slot.events(run_id), slot.deliveries, slot.expiry)
         with _STORE_ERRORS:
             return bool(await self._record_delivery(keys, args))
 
@@ -1859,7 +2198,8 @@ class RedisRunStore:
         sealed = self.sealer.seal_url(webhook_url) if webhook_url is not None else b""
         args: list[Any] = [at, dump_delivery(pending_delivery(at)), run_id, UNFINISHED_TTL, sealed]
         with _STORE_ERRORS:
-            keys = [self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry]
+            slot = self.keys_of(run_id)
+            keys = [slot.run(run_id), slot.events(run_id), slot.deliveries, slot.expiry]
             answer = await self._scripts.redeliver(keys, args)
         if answer == 2:
             raise WebhookUrlDeleted()
@@ -1870,8 +2210,9 @@ class RedisRunStore:
         # (UNFINISHED_TTL) stay until read or trimmed: an overcount that errs on the side of refusing work.
         with _STORE_ERRORS:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xlen(self.queue)
-                pipe.zcard(self.ranked_key)
+                for slot in self.slot_keys:
+                    pipe.xlen(slot.queue)
+                    pipe.zcard(slot.ranked)
                 return sum(int(count) for count in await pipe.execute())
 
     async def durability(self) -> dict[str, Any]:
@@ -1907,28 +2248,31 @@ class RedisRunStore:
 
     async def purge(self) -> None:
         # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
-        for _ in range(PURGE_ROUNDS):
-            if await self._purge_batch() < PURGE_BATCH:
-                return
+        for slot in self.slot_keys:
+            for _ in range(PURGE_ROUNDS):
+                if await self._purge_batch(slot) < PURGE_BATCH:
+                    break
 
-    async def _purge_batch(self) -> int:
+    async def _purge_batch(self, slot: SlotKeys) -> int:
         """Forget up to PURGE_BATCH runs past their expiry; say how many entries were due."""
         at = now()
         with _STORE_ERRORS:
-            due = await self._redis.zrangebyscore(self.expiry, "-inf", at, start=0, num=PURGE_BATCH)
+            due = await self._redis.zrangebyscore(slot.expiry, "-inf", at, start=0, num=PURGE_BATCH)
             members = [member.decode() for member in cast(list[bytes], due)]
             runs = [member.partition(" ") for member in members]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for run_id, _, _ in runs:
-                    pipe.pttl(self.run_key(run_id))
+                    pipe.pttl(slot.run(run_id))
                 # The queue's entries of runs gone unclaimed: their hashes expired, nobody reads them.
-                pipe.xtrim(self.queue, minid=int(at * 1000) - _QUEUE_ENTRY_LIFETIME_MS, approximate=True)
+                pipe.xtrim(slot.queue, minid=int(at * 1000) - _QUEUE_ENTRY_LIFETIME_MS, approximate=True)
                 ttls = cast(list[int], (await pipe.execute())[:-1])
             if runs:
-                await self._forget(at, members, runs, ttls)
+                await self._forget(slot, at, members, runs, ttls)
         return len(members)
 
-    async def _forget(self, at: float, members: list[str], runs: list[tuple[str, str, str]], ttls: list[int]) -> None:
+    async def _forget(
+        self, slot: SlotKeys, at: float, members: list[str], runs: list[tuple[str, str, str]], ttls: list[int]
+    ) -> None:
         """Drop every index entry of the runs gone; reschedule those still there (a TTL extended)."""
         gone: dict[str, list[str]] = {}
         alive: dict[str, float] = {}
@@ -1941,13 +2285,13 @@ class RedisRunStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for caller, run_ids in gone.items():
                 if caller:
-                    pipe.zrem(self.caller_index(caller), *run_ids)
+                    pipe.zrem(slot.caller_index(caller), *run_ids)
             every = [run_id for run_ids in gone.values() for run_id in run_ids]
             if every:
-                for key in (self.index, self.leases, self.deliveries, self.ranked_key, self.deadlines):
+                for key in (slot.index, slot.leases, slot.deliveries, slot.ranked, slot.deadlines):
                     pipe.zrem(key, *every)
-                pipe.zrem(self.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
+                pipe.zrem(slot.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
             if alive:
                 # GT: a TTL extended meanwhile (a redelivery) keeps its later time.
-                pipe.zadd(self.expiry, alive, gt=True)
+                pipe.zadd(slot.expiry, alive, gt=True)
             await pipe.execute()

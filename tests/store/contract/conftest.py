@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncgate.store.base import Deliveries, Execution, Lifecycle, Records, RunStore
+from tests.store.conftest import Runner, open_store
 
 ROLES: tuple[type, ...] = (Lifecycle, Records, Execution, Deliveries)
 MARKER = "exercises"
@@ -53,11 +55,15 @@ def called() -> set[str]:
     return set()
 
 
-@pytest.fixture
-def store(store: RunStore, called: set[str]) -> RunStore:
-    """Each store of tests/store/conftest.py, noting the methods the test calls on it."""
+@pytest.fixture(params=["redis", "redis-slots", "embedded"])
+def store(request: pytest.FixtureRequest, run: Runner, tmp_path: Path, called: set[str]) -> Iterator[RunStore]:
+    """Each store of tests/store/conftest.py, and Redis with runs spread over several slots
+    (store.slots), noting the methods the test calls on it."""
+    store = open_store(request.param, request, tmp_path / "data")
+    run(store.open())
     noting(store, called)
-    return store
+    yield store
+    run(store.close())
 
 
 @pytest.hookimpl(wrapper=True)
