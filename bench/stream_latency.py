@@ -38,6 +38,19 @@ from typing import Any
 
 import httpx
 
+#: The gateway under cProfile counting CPU time, not wall time: idle waits and the time other
+#: processes hold the shared cores do not count (``--profile-listener``).
+PROFILE = """
+import cProfile, sys, time
+from asyncgate.cli import main
+out = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(main)
+finally:
+    profile.dump_stats(out)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -229,6 +242,9 @@ def main() -> None:
     parser.add_argument(
         "--source", type=Path, help="run the gateways from this checkout's src/ (compare a branch with another)"
     )
+    parser.add_argument(
+        "--profile-listener", type=Path, help="run the listening gateway under cProfile, its stats written to this file"
+    )
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
@@ -263,7 +279,9 @@ def main() -> None:
             "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
         }
         for port, execute in ((holder_port, "true"), (other_port, "false")):
-            command = [sys.executable, "-m", "asyncgate", "serve", "--port", str(port)]
+            profile = args.profile_listener if execute == "false" else None
+            command = [sys.executable, *(["-c", PROFILE, str(profile)] if profile else ["-m", "asyncgate"])]
+            command += ["serve", "--port", str(port)]
             command += [
                 "--upstream",
                 f"http://127.0.0.1:{upstream_port}",

@@ -8,9 +8,10 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
+import pytest
 
 from asyncgate import feeds
-from asyncgate.feeds import Feeds, Rendered
+from asyncgate.feeds import Batch, Feeds, Rendered
 from asyncgate.store.base import Event, RunStore
 from tests.store.conftest import RETENTION, Queue, Runner, claim_one, ok
 
@@ -44,10 +45,10 @@ def output(seq: int) -> dict[str, object]:
     return {"event": "output", "attempt": 1, "seq": seq, "at": 1.0, "data": f"token-{seq}"}
 
 
-async def take(batches: AsyncGenerator[list[Rendered], None], count: int) -> list[Rendered]:
+async def take(batches: AsyncGenerator[Batch, None], count: int) -> list[Rendered]:
     taken: list[Rendered] = []
     while len(taken) < count:
-        taken += await anext(batches)
+        taken += (await anext(batches)).events
     return taken
 
 
@@ -175,9 +176,74 @@ def test_listeners_ending_together_read_the_rest_of_the_log_once(store: RunStore
     counting = CountingStore(store)
     shared = Feeds(counting)
 
-    async def scenario() -> list[list[Rendered]]:
+    async def scenario() -> list[Batch]:
         return await asyncio.gather(*(shared.after_final(queued.run_id, final.id) for _ in range(50)))
 
     tails = run(scenario())
     assert counting.reads == 1
-    assert all(tail == tails[0] for tail in tails)
+    assert all(tail is tails[0] for tail in tails)
+
+
+def test_listeners_keeping_up_share_each_batch_and_its_one_write(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    shared = Feeds(store)
+
+    async def scenario() -> tuple[Batch, Batch]:
+        first, second = shared.follow(queued.run_id, None), shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(first), contextlib.aclosing(second):
+            await take(first, 2), await take(second, 2)
+            # Three events written at once reach the feed in one read: one batch, one chunk of bytes.
+            waiting = asyncio.gather(anext(first), anext(second))
+            await store.append_output(queued.run_id, 1, [output(seq) for seq in range(3)], [])
+            return await asyncio.wait_for(waiting, 10)
+
+    got_first, got_second = run(scenario())
+    assert got_first is got_second
+    assert seqs(got_first.events) == [0, 1, 2] and got_first.final is None
+    assert got_first.data == b"".join(encoded for _, encoded in got_first.events)
+
+
+def test_a_listener_caught_up_from_the_store_reads_the_feed_again(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+    total = feeds.FEED_BUFFER + 20
+
+    async def scenario() -> list[Rendered]:
+        ahead = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(ahead):
+            await take(ahead, 2)
+            late = shared.follow(queued.run_id, None)
+            async with contextlib.aclosing(late):
+                await take(late, 2)
+                await store.append_output(queued.run_id, 1, [output(seq) for seq in range(total)], [])
+                await take(ahead, total)  # the late listener has not looked: the buffer moved past it
+                caught_up = await take(late, total)
+                reads = counting.reads
+                for seq in range(total, total + 5):
+                    await store.append_output(queued.run_id, 1, [output(seq)], [])
+                    await take(ahead, 1)
+                    caught_up += await take(late, 1)
+                assert counting.reads == reads  # served from the feed's buffer again, not the store
+                return caught_up
+
+    assert seqs(run(scenario())) == list(range(total + 5))
+
+
+def test_a_quiet_feed_gives_its_listeners_a_keep_alive(
+    store: RunStore, run: Runner, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds, "READ_WAIT", 0.2)
+    queued = queue()
+    shared = Feeds(store)
+
+    async def scenario() -> list[Batch]:
+        listeners = [shared.follow(queued.run_id, None) for _ in range(2)]
+        async with contextlib.aclosing(listeners[0]), contextlib.aclosing(listeners[1]):
+            for listener in listeners:
+                await take(listener, 1)  # queued
+            return await asyncio.wait_for(asyncio.gather(*(anext(listener) for listener in listeners)), 10)
+
+    assert run(scenario()) == [feeds.KEEP_ALIVE, feeds.KEEP_ALIVE]
