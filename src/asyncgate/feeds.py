@@ -138,10 +138,11 @@ class _Feed:
         return shared[1]
 
     def add(self, events: list[Rendered], now: float) -> None:
-        for item in events:
-            if len(self.buffer) == FEED_BUFFER:
-                self.start = self.buffer.popleft()[0].id
-            self.buffer.append(item)
+        # The newest read is kept whole, however long: listeners that had everything before it
+        # (the first ones, when the feed's first read brings a long log) need all of it.
+        self.buffer.extend(events)
+        while len(self.buffer) > max(FEED_BUFFER, len(events)):
+            self.start = self.buffer.popleft()[0].id
         self.end += len(events)
         self.last = events[-1][0].id
         self.active = now

@@ -52,6 +52,14 @@ async def take(batches: AsyncGenerator[Batch, None], count: int) -> list[Rendere
     return taken
 
 
+async def write(store: RunStore, run_id: str, listener: AsyncGenerator[Batch, None], outputs: range) -> None:
+    """Output events, ten at a time, each ten taken by ``listener`` (so read by its feed) before the next."""
+    for start in range(outputs.start, outputs.stop, 10):
+        chunk = range(start, min(outputs.stop, start + 10))
+        await store.append_output(run_id, 1, [output(seq) for seq in chunk], [])
+        await take(listener, len(chunk))
+
+
 def seqs(items: list[Rendered]) -> list[object]:
     return [event.data.get("seq", event.data["event"]) for event, _ in items]
 
@@ -93,11 +101,7 @@ def test_a_listener_behind_the_feed_catches_up_from_the_store(store: RunStore, r
         ahead = shared.follow(queued.run_id, None)
         async with contextlib.aclosing(ahead):
             await take(ahead, 2)
-            for start in range(0, total, 100):
-                await store.append_output(
-                    queued.run_id, 1, [output(seq) for seq in range(start, min(total, start + 100))], []
-                )
-            await take(ahead, total)  # the feed's buffer has dropped the oldest by now
+            await write(store, queued.run_id, ahead, range(total))  # the feed's buffer drops the oldest
             late = shared.follow(queued.run_id, None)
             async with contextlib.aclosing(late):
                 return await take(late, total + 2)
@@ -218,9 +222,10 @@ def test_a_listener_caught_up_from_the_store_reads_the_feed_again(store: RunStor
             late = shared.follow(queued.run_id, None)
             async with contextlib.aclosing(late):
                 await take(late, 2)
-                await store.append_output(queued.run_id, 1, [output(seq) for seq in range(total)], [])
-                await take(ahead, total)  # the late listener has not looked: the buffer moved past it
+                await write(store, queued.run_id, ahead, range(total))  # late has not looked meanwhile
+                reads = counting.reads
                 caught_up = await take(late, total)
+                assert counting.reads > reads  # the buffer had moved past it
                 reads = counting.reads
                 for seq in range(total, total + 5):
                     await store.append_output(queued.run_id, 1, [output(seq)], [])
@@ -247,3 +252,20 @@ def test_a_quiet_feed_gives_its_listeners_a_keep_alive(
             return await asyncio.wait_for(asyncio.gather(*(anext(listener) for listener in listeners)), 10)
 
     assert run(scenario()) == [feeds.KEEP_ALIVE, feeds.KEEP_ALIVE]
+
+
+def test_a_first_read_longer_than_the_buffer_is_kept_whole(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    total = feeds.FEED_BUFFER + 20
+    run(store.append_output(queued.run_id, 1, [output(seq) for seq in range(total)], []))
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+
+    async def scenario() -> list[Rendered]:
+        listener = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(listener):
+            return await take(listener, total + 2)
+
+    assert seqs(run(scenario())) == ["queued", "running", *range(total)]
+    assert counting.reads == 0  # all from the feed's one read, none of the listener's own
