@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 
 #: The gateway under cProfile counting CPU time, not wall time: idle waits and the time other
-#: processes hold the shared cores do not count (``--profile-listener``).
+#: processes hold the shared cores do not count (``--profile-listener``, ``--profile-holder``).
 PROFILE = """
 import cProfile, sys, time
 from asyncgate.cli import main
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument(
         "--profile-listener", type=Path, help="run the listening gateway under cProfile, its stats written to this file"
     )
+    parser.add_argument("--profile-holder", type=Path, help="the same for the gateway holding the runs")
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
@@ -286,7 +287,7 @@ def main() -> None:
             "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
         }
         for port, execute in ((holder_port, "true"), (other_port, "false")):
-            profile = args.profile_listener if execute == "false" else None
+            profile = args.profile_listener if execute == "false" else args.profile_holder
             command = [sys.executable, *(["-c", PROFILE, str(profile)] if profile else ["-m", "asyncgate"])]
             command += ["serve", "--port", str(port)]
             command += [
