@@ -222,14 +222,15 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
     ends = dict(collections.Counter(finals))
     print(f"output events received: {len(latencies)} live, {replayed} replayed; runs ended {ends}")
-    if not latencies or not stamped:
-        raise SystemExit("no output event was received live: raise --seconds (the listeners connect too late)")
-    for quantile in (0.5, 0.9, 0.99):
-        print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
-    print(f"  max: {latencies[-1] * 1000:.1f} ms")
-    stamped.sort()
-    holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
-    print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
+    if latencies and stamped:
+        for quantile in (0.5, 0.9, 0.99):
+            print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
+        print(f"  max: {latencies[-1] * 1000:.1f} ms")
+        stamped.sort()
+        holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
+        print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
+    else:
+        print("no output event was received live (the listeners connected too late): raise --seconds for latencies")
     for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
         per_listener = (during - before) / listeners
         print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
