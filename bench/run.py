@@ -10,6 +10,7 @@ bench/README.md explains the scenarios, the peers and the pinning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -50,6 +51,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "installed: the `asyncgate` command on PATH",
     )
     parser.add_argument("--redis-durable", action="store_true", help="Redis with AOF, appendfsync everysec")
+    parser.add_argument(
+        "--fleet-runs", help="FLEET: runs held at once, comma-separated (default 10000,50000; --quick 2000)"
+    )
+    parser.add_argument("--fleet-per-gateway", type=int, help="FLEET: runs each gateway holds (default 10000)")
+    parser.add_argument(
+        "--fleet-wave",
+        action="store_true",
+        help="FLEET: answer every held run at once (default: at the pace they arrived)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip().upper() for n in args.only.split(",")] if args.only else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -57,6 +67,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose among {', '.join(SCENARIOS)}")
     args.scenarios = names
     return args
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    plan = Plan.quick() if args.quick else Plan.full()
+    if args.fleet_runs:
+        plan = dataclasses.replace(plan, fleet_runs=tuple(int(n) for n in args.fleet_runs.split(",")))
+    if args.fleet_per_gateway:
+        plan = dataclasses.replace(plan, fleet_per_gateway=args.fleet_per_gateway)
+    if args.fleet_wave:
+        plan = dataclasses.replace(plan, fleet_wave=True)
+    return plan
 
 
 def _log(message: str) -> None:
@@ -111,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway, origin = _gateway(args, workdir)
     missing = None if gateway else origin
     _log(f"gateway: {origin}" if gateway else f"gateway not measured: {origin}")
-    plan = Plan.quick() if args.quick else Plan.full()
+    plan = _plan(args)
     sup = Supervisor(workdir / "logs")
     bench = Bench(sup, workdir, plan, args.redis_durable, gateway, missing)
     started = time.monotonic()

@@ -92,7 +92,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "cli",
         # configdoc: ``python -m asyncgate.configdoc`` writes the configuration reference.
-        frozenset({"asyncgate.cli", "asyncgate.__main__", "asyncgate.workers", "asyncgate.configdoc"}),
+        frozenset(
+            {"asyncgate.cli", "asyncgate.serving", "asyncgate.__main__", "asyncgate.workers", "asyncgate.configdoc"}
+        ),
     ),
 )
 #: The SDK and its command line ship with the gateway but stand apart from it: besides its own
@@ -199,3 +201,20 @@ def test_the_sdk_imports_without_the_servers_dependencies() -> None:
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_runs_command_starts_without_the_server() -> None:
+    """``asyncgate runs`` is a client: importing the gateway made its start and exit three times slower."""
+    probe = (
+        "import sys\n"
+        "from asyncgate.cli import main\n"
+        "try:\n"
+        "    main(['runs', 'status', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(name for name in ('asyncgate.app', 'asyncgate.serving', 'asyncgate.store', 'uvicorn', 'redis')"
+        " if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

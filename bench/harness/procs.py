@@ -91,7 +91,10 @@ class Child:
 
 
 def pinned(core: int | None, argv: Sequence[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *argv] if core is not None else list(argv)
+    """``argv`` on one core, or on every core for None: the harness pins itself to LOAD_CORE and a
+    child inherits its parent's affinity, so an unpinned child must be given every core."""
+    cores = str(core) if core is not None else f"0-{(os.cpu_count() or 1) - 1}"
+    return ["taskset", "-c", cores, *argv]
 
 
 class Supervisor:

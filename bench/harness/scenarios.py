@@ -1,4 +1,4 @@
-"""The scenarios S1-S5 and scale-out: which systems run, under which load, checked against what."""
+"""The scenarios (FLEET apart, in fleet.py): which systems run, under which load, checked against what."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ class Plan:
     quiet_wait_s: float = 60
     #: Throughput measurements per system (S1-S3); the least disturbed one is kept.
     rounds: int = 2
+    #: FLEET: the numbers of runs held at once, each by runs / fleet_per_gateway gateways...
+    fleet_runs: tuple[int, ...] = (10_000, 50_000)
+    fleet_per_gateway: int = 10_000
+    #: ...and how long Redis's counters are read, idle and then holding...
+    fleet_window_s: float = 30
+    #: ...and whether the upstreams answer every held run at once (a wave), rather than in the
+    #: order and at the pace the runs arrived.
+    fleet_wave: bool = False
 
     @classmethod
     def full(cls) -> Plan:
@@ -54,7 +62,8 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(measure_s=3, warm_s=1, capacity_runs=1_000, capacity_delay_s=10, rate_duration_s=5,
-                   celery_hold_runs=50, quiet_wait_s=5, rounds=1)  # fmt: skip
+                   celery_hold_runs=50, quiet_wait_s=5, rounds=1, fleet_runs=(2_000,), fleet_per_gateway=1_000,
+                   fleet_window_s=10)  # fmt: skip
 
 
 @dataclass
@@ -1067,11 +1076,14 @@ def _ws_measure(bench: Bench, url: str) -> dict[str, Any]:
     return {"msgs_per_s": out["msgs_per_s"], "messages": out["messages"], "other_cpu_pct": other.mean_pct}
 
 
+from .fleet import fleet  # noqa: E402  (fleet.py takes Bench from this module)
+
 SCENARIOS: dict[str, Callable[[Bench], None]] = {
     "S1": s1,
     "S2": s2,
     "S3": s3,
     "S4": s4,
+    "FLEET": fleet,
     "S5": s5,
     "S6": s6,
     "SCALE": scale_out,

@@ -49,14 +49,17 @@ def _uvicorn(module: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def start_redis(sup: Supervisor, workdir: Path, *, durable: bool) -> Server:
+def start_redis(sup: Supervisor, workdir: Path, *, durable: bool, core: int | None = LOAD_CORE) -> Server:
     port = free_port()
     persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
+    # A directory of its own: with AOF, a Redis started where another left its file would load
+    # that one's runs (S4 would find S3's queue).
+    data = tempfile.mkdtemp(prefix="redis-", dir=workdir)
     argv = [
         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--dir", str(workdir), "--maxclients", "20000", "--protected-mode", "no", *persistence,
+        "--dir", data, "--maxclients", "20000", "--protected-mode", "no", *persistence,
     ]  # fmt: skip
-    child = sup.spawn("redis", argv, core=LOAD_CORE)
+    child = sup.spawn("redis", argv, core=core)
     _wait_tcp(port, child)
     return Server("redis", f"redis://127.0.0.1:{port}/0", child)
 

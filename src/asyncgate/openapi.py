@@ -1193,7 +1193,10 @@ def _field_schema(kind: Kind) -> Schema:
         Kind.TIME: {"type": "string", "format": "date-time"},
         Kind.OPTIONAL_TIME: {"type": ["string", "null"], "format": "date-time"},
         Kind.STATE: _ref("schemas", "RunState"),
-        Kind.DELIVERY_STATE: {"type": "string", "enum": [state.value for state in DeliveryState]},
+        Kind.OPTIONAL_DELIVERY_STATE: {
+            "type": ["string", "null"],
+            "enum": [*(state.value for state in DeliveryState), None],
+        },
         Kind.ERROR: _nullable(_ref("schemas", "RunError")),
         Kind.WEBHOOK: _nullable(_ref("schemas", "WebhookStatus")),
         Kind.URLS: _ref("schemas", "RunUrls"),

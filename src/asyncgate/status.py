@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from asyncgate.links import RunLinks
-from asyncgate.runs import Delivery, DeliveryState, Run, mask_url, rfc3339
+from asyncgate.runs import COMPLETED, Delivery, DeliveryState, Run, mask_url, rfc3339
 
 
 class Kind(StrEnum):
@@ -32,8 +32,8 @@ class Kind(StrEnum):
     OPTIONAL_TIME = "optional_time"
     #: A RunState value.
     STATE = "state"
-    #: A DeliveryState value.
-    DELIVERY_STATE = "delivery_state"
+    #: A DeliveryState value, or null.
+    OPTIONAL_DELIVERY_STATE = "optional_delivery_state"
     #: ``{"code", "message"}`` or null.
     ERROR = "error"
     #: The webhook delivery's own document (WEBHOOK_STATUS) or null.
@@ -62,13 +62,36 @@ RunReader = Callable[[Run, RunLinks], Any]
 WebhookReader = Callable[[Run], Any]
 
 
-def _delivery(run: Run) -> Delivery:
+def _delivery(run: Run) -> Delivery | None:
+    """The delivery of ``completed``; None for a run that asked only for other events (none is made)."""
+    if not run.request.hooks(COMPLETED):
+        return None
     return run.delivery or Delivery(DeliveryState.PENDING)
+
+
+def _state(run: Run) -> str | None:
+    delivery = _delivery(run)
+    return None if delivery is None else delivery.state.value
+
+
+def _attempts(run: Run) -> int:
+    delivery = _delivery(run)
+    return 0 if delivery is None else delivery.attempts
+
+
+def _last_status(run: Run) -> int | None:
+    delivery = _delivery(run)
+    return None if delivery is None else delivery.last_status
+
+
+def _last_error(run: Run) -> str | None:
+    delivery = _delivery(run)
+    return None if delivery is None else delivery.last_error
 
 
 def _next_attempt(run: Run) -> str | None:
     delivery = _delivery(run)
-    return None if delivery.state.is_final else rfc3339(delivery.next_attempt_at)
+    return None if delivery is None or delivery.state.is_final else rfc3339(delivery.next_attempt_at)
 
 
 #: The webhook delivery's document, for a run that has a webhook URL.
@@ -79,10 +102,16 @@ WEBHOOK_STATUS: tuple[Field[WebhookReader], ...] = (
         "The webhook URL, credentials and query values masked.",
         lambda run: mask_url(run.request.webhook_url or ""),
     ),
-    Field("state", Kind.DELIVERY_STATE, "", lambda run: _delivery(run).state.value),
-    Field("attempts", Kind.COUNT, "", lambda run: _delivery(run).attempts),
-    Field("last_status", Kind.OPTIONAL_INT, "", lambda run: _delivery(run).last_status),
-    Field("last_error", Kind.OPTIONAL_TEXT, "", lambda run: _delivery(run).last_error),
+    Field(
+        "state",
+        Kind.OPTIONAL_DELIVERY_STATE,
+        "The delivery of `completed`: null when the run asked only for other events, which are "
+        "delivered apart and shown in its event stream.",
+        _state,
+    ),
+    Field("attempts", Kind.COUNT, "", _attempts),
+    Field("last_status", Kind.OPTIONAL_INT, "", _last_status),
+    Field("last_error", Kind.OPTIONAL_TEXT, "", _last_error),
     Field("next_attempt_at", Kind.OPTIONAL_TIME, "When the next attempt is due; null once final.", _next_attempt),
     Field(
         "events",

@@ -43,7 +43,7 @@ def every_field_set() -> Run:
 
 def agrees(kind: Kind, parsed: Any, sent: Any) -> bool:
     """Whether the SDK's value is what the gateway sent for a field of this kind."""
-    if kind in (Kind.TEXT, Kind.OPTIONAL_TEXT, Kind.COUNT, Kind.OPTIONAL_INT, Kind.DELIVERY_STATE, Kind.URLS):
+    if kind in (Kind.TEXT, Kind.OPTIONAL_TEXT, Kind.COUNT, Kind.OPTIONAL_INT, Kind.OPTIONAL_DELIVERY_STATE, Kind.URLS):
         return bool(parsed == sent)
     if kind in (Kind.TIME, Kind.OPTIONAL_TIME):
         return isinstance(parsed, datetime) and parsed == datetime.fromisoformat(sent)
@@ -111,3 +111,18 @@ def test_the_sdk_reads_every_field_the_gateway_writes() -> None:
         field.name for field in RUN_STATUS if not agrees(field.kind, getattr(parsed, sdk_name(field)), sent[field.name])
     ]
     assert wrong == []
+
+
+def test_a_run_asking_only_for_lifecycle_events_shows_no_completed_delivery() -> None:
+    request = RunRequest("POST", "/", "", (), "http://hooks.example/x", 30.0, webhook_events=("start", "output"))
+    ended = Run("q3Jx0V2kS1uVw2yWb7m1bA", RunState.SUCCEEDED, request, created_at=1_795_000_000.125)
+    sent = orjson.loads(orjson.dumps(status_document(ended, RunLinks("/_asyncgate"))))
+    # Not "pending" for good: no delivery is made at its end, so none is waiting.
+    assert {key: sent["webhook"][key] for key in ("state", "attempts", "next_attempt_at", "events")} == {
+        "state": None,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "events": ["start", "output"],
+    }
+    webhook = protocol.run_status(sent).webhook
+    assert webhook is not None and webhook.state is None and webhook.events == ("start", "output")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.e2e.conftest import GatewayFactory
@@ -95,6 +97,29 @@ def test_gateway_starts_while_redis_is_down_and_serves_once_it_is_up(make_gatewa
         assert gateway.wait_final(run_id, timeout=20)["status"] == "succeeded"
     finally:
         private.cleanup()
+
+
+def test_strict_durability_is_refused_while_the_replica_has_not_taken_the_run(make_gateway: GatewayFactory) -> None:
+    """A replica still connected but confirming nothing (stopped) is not a confirmation: no 202."""
+    primary, replica = RedisServer(), RedisServer()
+    primary.start()
+    replica.extra = ["--replicaof", "127.0.0.1", str(primary.port)]
+    try:
+        replica.start()
+        wait_until(lambda: b"master_link_status:up" in replica.command(b"INFO", b"replication"), timeout=20)
+        gateway = make_gateway({"store.redis_url": primary.url, "store.durability": "strict"})
+        submit(gateway, "/echo?async=true")
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)  # connected, but takes and confirms nothing
+        try:
+            refused = gateway.client.post("/echo?async=true", content=b"x")
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "store_unavailable"
+    finally:
+        replica.cleanup()
+        primary.cleanup()
 
 
 def test_strict_durability_waits_for_a_replica(make_gateway: GatewayFactory) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.alert import Alert
@@ -127,9 +128,10 @@ def test_filters_narrow_the_list(browser: Browser, site: Site, shots: Path) -> N
     assert structure(browser)["rows"] == []
 
 
-def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: Path) -> None:
+def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: Path, upstream: Upstream) -> None:
     hook = quote(f"{site.receiver.url}/live", safe="")
-    run_id = site.submit(f"/echo/slow?delay=1.5&async=true&webhookEndpoint={hook}")
+    gate = f"live-{site.store}"
+    run_id = site.submit(f"/echo/slow?gate={gate}&async=true&webhookEndpoint={hook}")
     visit(browser, site, f"/runs/{run_id}", TOKEN_A)
     wait_page(browser, "document.querySelector('#run-status')?.dataset.status === 'running'")
     browser.js("window.__samePage = true")
@@ -138,6 +140,7 @@ def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: P
     assert shown["buttons"] == {"sign-out": True, "cancel": True, "redeliver": False, "copy-curl": True}
     assert shown["events"] == ["queued", "running"]
 
+    assert httpx.post(f"{upstream.url}/gates/{gate}").status_code == 204
     wait_page(browser, "document.querySelector('#result-body') && document.body.dataset.live === 'closed'")
     assert browser.js("return window.__samePage") is True, "the page reloaded instead of updating live"
     shown = screenshot(browser, shots, "run-succeeded")
@@ -153,6 +156,18 @@ def test_a_run_is_watched_to_its_end_live(browser: Browser, site: Site, shots: P
     details = {key: browser.driver.find_element(By.ID, f"d-{key}").text for key in ("method", "path", "attempt")}
     assert details == {"method": "POST", "path": "/echo/slow", "attempt": "1"}
     assert browser.driver.find_element(By.ID, "d-upstream").text == "200"
+
+
+def test_a_run_asking_only_for_lifecycle_webhooks_settles_with_no_delivery(browser: Browser, site: Site) -> None:
+    hook = quote(f"{site.receiver.url}/lifecycle", safe="")
+    run_id = site.submit(f"/echo/lifecycle?async=true&webhookEndpoint={hook}&webhookEvents=start")
+    assert site.wait_final(run_id)["webhook"]["state"] is None
+    visit(browser, site, f"/runs/{run_id}", TOKEN_A)
+    # The page stops following the run: no delivery at its end is left to wait for.
+    wait_page(browser, "document.querySelector('#result-body') && document.body.dataset.live === 'closed'")
+    assert browser.driver.find_element(By.ID, "webhook").get_attribute("data-state") == "none"
+    assert browser.driver.find_element(By.ID, "w-events").text == "start"
+    assert browser.js("return document.querySelector('#redeliver').disabled") is True
 
 
 def test_cancel_a_running_run_from_its_page(browser: Browser, site: Site, shots: Path) -> None:

@@ -42,7 +42,15 @@ class Calls:
             self._items.clear()
 
 
+#: The longest an echo waits on its gate: a test that forgets to open it fails rather than hangs.
+GATE_TIMEOUT = 60.0
+
+
 def upstream_app(calls: Calls) -> Starlette:
+    # ``?gate=NAME`` holds an echo until ``POST /gates/NAME`` opens it: a run that stays running
+    # exactly as long as a test needs, however slow the machine.
+    gates: dict[str, asyncio.Event] = {}
+
     def record(request: Request, **extra: Any) -> dict[str, Any]:
         item = {
             "method": request.method,
@@ -61,8 +69,15 @@ def upstream_app(calls: Calls) -> Starlette:
             attempt = request.headers.get("asyncgate-attempt")
             calls.add({"event": "arrived", "query": request.url.query, "attempt": attempt})
             await asyncio.sleep(float(request.query_params["delay"]))  # a slow upstream, on purpose
+        if "gate" in request.query_params:
+            gate = gates.setdefault(request.query_params["gate"], asyncio.Event())
+            await asyncio.wait_for(gate.wait(), GATE_TIMEOUT)
         item = record(request, body=body.decode("utf-8", "replace"), body_sha256=hashlib.sha256(body).hexdigest())
         return JSONResponse(item)
+
+    async def open_gate(request: Request) -> Response:
+        gates.setdefault(request.path_params["name"], asyncio.Event()).set()
+        return Response(status_code=204)
 
     async def mirror(request: Request) -> Response:
         """The request body back, with the request's content type."""
@@ -222,6 +237,7 @@ def upstream_app(calls: Calls) -> Starlette:
         routes=[
             Route("/echo", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
             Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            Route("/gates/{name}", open_gate, methods=["POST"]),
             Route("/mirror", mirror, methods=["POST", "PUT"]),
             Route("/upload", upload, methods=["POST", "PUT"]),
             Route("/sleep", sleep, methods=["GET", "POST"]),

@@ -24,10 +24,14 @@ class ErrorDetail:
 
 @dataclasses.dataclass(frozen=True)
 class WebhookStatus:
-    """Where the run's webhook delivery is (``pending``, ``delivering``, ``delivered``, ``failed``, ``gone``)."""
+    """Where the run's webhook delivery is (``pending``, ``delivering``, ``delivered``, ``failed``, ``gone``).
+
+    ``state`` is None for a run that asked only for events other than ``completed``: there is no
+    delivery at its end to be in any state.
+    """
 
     url: str
-    state: str
+    state: str | None
     attempts: int
     last_status: int | None
     last_error: str | None

@@ -304,7 +304,7 @@ def _webhook(data: Any) -> WebhookStatus | None:
         return None
     return WebhookStatus(
         url=str(data.get("url", "")),
-        state=str(data.get("state", "")),
+        state=None if data.get("state") is None else str(data["state"]),
         attempts=int(data.get("attempts", 0)),
         last_status=_optional_int(data.get("last_status")),
         last_error=data.get("last_error"),

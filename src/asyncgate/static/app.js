@@ -759,7 +759,7 @@
       definition(details, "Error", run.error ? `${run.error.code}: ${run.error.message}` : "—", "d-error");
       renderWebhook();
       cancel.disabled = FINAL.has(run.status);
-      redeliver.disabled = !(run.webhook && FINAL.has(run.status));
+      redeliver.disabled = !(run.webhook && run.webhook.state !== null && FINAL.has(run.status));
       document.body.dataset.status = run.status;
     }
 
@@ -772,13 +772,16 @@
       }
       const list = el("dl", { class: "facts" });
       definition(list, "URL", el("span", { class: "mono wrap", text: w.url }), "w-url");
-      definition(list, "State", badge(w.state), "w-state");
+      // null: the run asked only for other events (start, output, progress), none at its end.
+      const state = w.state === null ? el("span", { class: "muted", text: "none: completed not asked for" }) : badge(w.state);
+      definition(list, "State", state, "w-state");
+      definition(list, "Events", w.events.join(", "), "w-events");
       definition(list, "Attempts", w.attempts, "w-attempts");
       definition(list, "Last status", w.last_status ?? "—", "w-last-status");
       definition(list, "Last error", w.last_error ?? "—", "w-last-error");
       definition(list, "Next attempt", timeCell(w.next_attempt_at), "w-next");
       webhook.replaceChildren(list);
-      webhook.dataset.state = w.state;
+      webhook.dataset.state = w.state ?? "none";
     }
 
     async function refresh() {
@@ -834,7 +837,8 @@
     // its webhook's delivery. Judged by the events, not the status, so that the timeline gets
     // every change, and a reopened stream (which would wait for more) is closed.
     function settled() {
-      return FINAL.has(seenState) && (!run?.webhook || DELIVERY_FINAL.has(seenDelivery));
+      const delivery = run?.webhook?.state;
+      return FINAL.has(seenState) && (!run?.webhook || delivery === null || DELIVERY_FINAL.has(seenDelivery));
     }
 
     // The stream ends after the final state; it is opened again (from the last event) while a

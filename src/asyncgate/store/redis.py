@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import orjson
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -62,6 +63,7 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
+from asyncgate.store.batching import ScriptBatch, ScriptCall
 from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
 
@@ -179,6 +181,8 @@ STALE_ENTRY_IDLE = 60.0
 #: SOCKET_TIMEOUT) for one. Each holds a connection for one round trip, so a few hundred serve
 #: thousands of requests and runs, and a fleet of replicas stays far below Redis's maxclients.
 POOL_SIZE = 256
+#: The name of the heartbeat's own connection, as CLIENT LIST shows it.
+LIFELINE_NAME = "asyncgate-heartbeat"
 #: How long create() waits for a replica's confirmation under store.durability: strict.
 STRICT_WAIT_MS = 2000
 #: Index entries examined per listing page before it returns what it found (and a cursor).
@@ -1044,7 +1048,19 @@ class RedisRunStore:
         # Blocking reads (the queue, event logs followed by SSE clients and long-polls) hold a
         # connection each while they wait, so they get their own pool, and a longer timeout.
         self._blocking = connect(url, socket_timeout=MAX_CLAIM_WAIT + SOCKET_TIMEOUT, **options)
+        # The heartbeat keeps every held run's lease: it must never wait behind the runs' own
+        # traffic for a pooled connection (a wave of finishes once held it past the lease), so
+        # it has a connection of its own, named so that CLIENT LIST tells it apart.
+        self._lifeline = connect(url, socket_timeout=SOCKET_TIMEOUT, client_name=LIFELINE_NAME, **options)
         self._scripts = _Scripts.register(self._redis)
+        # The scripts called once per run go to Redis in a few pipelines when many tasks call
+        # them at once (batching.py): a burst of submissions, a wave of completions and of their
+        # deliveries. A Cluster's client routes each call to its slot's primary itself: there,
+        # each call is sent alone.
+        self._batches: list[ScriptBatch] = []
+        self._create = self._batched(self._scripts.create)
+        self._finish = self._batched(self._scripts.finish)
+        self._record_delivery = self._batched(self._scripts.record_delivery)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
         self._beating: set[str] = set()
         #: Request bodies read by claims, until their holder asks for them (request_body).
@@ -1052,6 +1068,13 @@ class RedisRunStore:
         self._refused: list[Entry] = []
         self.wake_key = f"{tag}:wake:{uuid.uuid4().hex}"
         self._woken = "0-0"  # the newest entry of the wake stream watch() has seen
+
+    def _batched(self, script: AsyncScript) -> ScriptCall:
+        if not isinstance(self._redis, aioredis.Redis):
+            return script
+        batch = ScriptBatch(self._redis, script)
+        self._batches.append(batch)
+        return batch
 
     def run_key(self, run_id: str) -> str:
         return f"{self.tag}:run:{run_id}"
@@ -1109,7 +1132,9 @@ class RedisRunStore:
                     raise
 
     async def close(self) -> None:
-        for client in (self._redis, self._blocking):
+        for batch in self._batches:
+            await batch.close()
+        for client in (self._redis, self._blocking, self._lifeline):
             await client.aclose()
             # A Sentinel-managed client does not close its connections to the Sentinels.
             manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
@@ -1177,8 +1202,11 @@ class RedisRunStore:
             keys.append(f"{self.tag}:idem:{idempotency.key}")
             args.append(f"{run.run_id} {idempotency.fingerprint}".encode())
         with _STORE_ERRORS:
-            reply = cast(list[bytes], await self._scripts.create(keys, args))
-            if self.strict and reply[0] == b"created" and await self._redis.wait(1, STRICT_WAIT_MS) < 1:
+            if self.strict:
+                reply, confirmed = await self._create_confirmed(keys, args)
+            else:
+                reply, confirmed = cast(list[bytes], await self._create(keys, args)), 0
+            if self.strict and reply[0] == b"created" and confirmed < 1:
                 # The run is on the primary but no replica confirmed it: not the promised
                 # durability, so no 202. A client retrying with its Idempotency-Key is safe.
                 raise StoreUnavailable("no replica confirmed the run in time (store.durability: strict)")
@@ -1191,6 +1219,18 @@ class RedisRunStore:
             run_id, _, fingerprint = reply[1].decode().partition(" ")
             return Created(run_id, replayed=True, same_request=fingerprint == idempotency.fingerprint)
         return Created(run.run_id)
+
+    async def _create_confirmed(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[list[bytes], int]:
+        """The create script and a WAIT for one replica, on one connection: WAIT counts only the
+        writes of the connection it is sent on, so on any other it would confirm nothing."""
+        if not isinstance(self._redis, aioredis.Redis):
+            reply = cast(list[bytes], await self._scripts.create(keys, args))
+            return reply, int(await self._redis.wait(1, STRICT_WAIT_MS))
+        pipe = self._redis.pipeline(transaction=False)
+        await self._scripts.create(keys, args, client=pipe)  # queued; loaded first if Redis lacks it
+        pipe.wait(1, STRICT_WAIT_MS)
+        reply, confirmed = await pipe.execute()
+        return cast(list[bytes], reply), int(confirmed)
 
     async def get(self, run_id: str) -> Run | None:
         with _STORE_ERRORS:
@@ -1403,7 +1443,8 @@ class RedisRunStore:
         known = "1" if owner in self._beating else "0"
         args: list[Any] = [at, quiet, grace, owner, at + lease, known]
         with _STORE_ERRORS:
-            reply = await self._scripts.keep_alive([self.alive, self.gateways, self.cancels], args)
+            keys = [self.alive, self.gateways, self.cancels]
+            reply = await self._scripts.keep_alive(keys, args, client=self._lifeline)
         resume, status, *cancels = (_text(part) for part in reply)
         if status == "lost":
             self._beating.discard(owner)
@@ -1428,7 +1469,7 @@ class RedisRunStore:
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
-            return bool(await self._scripts.finish(keys, args))
+            return bool(await self._finish(keys, args))
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:
@@ -1811,7 +1852,7 @@ class RedisRunStore:
         ]
         keys = (self.run_key(run_id), self.events_key(run_id), self.deliveries, self.expiry)
         with _STORE_ERRORS:
-            return bool(await self._scripts.record_delivery(keys, args))
+            return bool(await self._record_delivery(keys, args))
 
     async def redeliver(self, run_id: str, webhook_url: str | None = None) -> bool:
         at = now()
