@@ -41,8 +41,8 @@ ENV PATH=/opt/asyncgate/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# A regular (not editable) install; the speed extra brings uvloop, which uvicorn
-# picks up by itself. The cache mount keeps downloads between builds without storing them in a layer.
+# A regular (not editable) install; the speed extra brings uvloop and hiredis, which uvicorn and redis-py
+# pick up by themselves. The cache mount keeps downloads between builds without storing them in a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ".[speed]" \
     && pip uninstall -y pip setuptools wheel \

@@ -38,6 +38,19 @@ from typing import Any
 
 import httpx
 
+#: The gateway under cProfile counting CPU time, not wall time: idle waits and the time other
+#: processes hold the shared cores do not count (``--profile-listener``, ``--profile-holder``).
+PROFILE = """
+import cProfile, sys, time
+from asyncgate.cli import main
+out = sys.argv.pop(1)
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(main)
+finally:
+    profile.dump_stats(out)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -99,6 +112,7 @@ async def listen(
     url: str,
     latencies: list[float],
     stamped: list[float],
+    replayed: list[float],
     finals: list[str],
     ready: asyncio.Event,
     connecting: asyncio.Semaphore,
@@ -119,6 +133,7 @@ async def listen(
                 event = json.loads(line[6:])
                 written = float(event["data"].split()[1])
                 if written < since:
+                    replayed.append(written)
                     continue  # written before this listener connected: replayed from the log, not live
                 latencies.append(received - written)
                 # The holder stamps each event (ms precision) as it parses it: the split shows
@@ -138,18 +153,19 @@ async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     latencies: list[float] = []
     stamped: list[float] = []
+    replayed: list[float] = []
     finals: list[str] = []
     async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
         readies = [asyncio.Event() for _ in urls]
         connecting = asyncio.Semaphore(50)
         tasks = [
-            asyncio.create_task(listen(client, url, latencies, stamped, finals, readies[n], connecting))
+            asyncio.create_task(listen(client, url, latencies, stamped, replayed, finals, readies[n], connecting))
             for n, url in enumerate(urls)
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
         ready.set()
         await asyncio.gather(*tasks)
-    results.put((latencies, stamped, finals))
+    results.put((latencies, stamped, len(replayed), finals))
 
 
 def listeners_main(urls: list[str], ready: Any, results: Any) -> None:
@@ -191,8 +207,10 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     latencies: list[float] = []
     stamped: list[float] = []
     finals: list[str] = []
+    replayed = 0
     for _ in processes:
-        got, holder_side, ends = results.get(timeout=args.seconds * 4 + 120)
+        got, holder_side, old, ends = results.get(timeout=args.seconds * 4 + 120)
+        replayed += old
         latencies += got
         stamped += holder_side
         finals += ends
@@ -202,21 +220,24 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     latencies.sort()
     listeners = args.runs * args.listeners
     print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
-    print(f"output events received: {len(latencies)}; runs ended {dict(collections.Counter(finals))}")
-    if not latencies or not stamped:
-        raise SystemExit("no output event was received live: raise --seconds (the listeners connect too late)")
-    for quantile in (0.5, 0.9, 0.99):
-        print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
-    print(f"  max: {latencies[-1] * 1000:.1f} ms")
-    stamped.sort()
-    holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
-    print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
+    ends = dict(collections.Counter(finals))
+    print(f"output events received: {len(latencies)} live, {replayed} replayed; runs ended {ends}")
+    if latencies and stamped:
+        for quantile in (0.5, 0.9, 0.99):
+            print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
+        print(f"  max: {latencies[-1] * 1000:.1f} ms")
+        stamped.sort()
+        holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
+        print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
+    else:
+        print("no output event was received live (the listeners connected too late): raise --seconds for latencies")
     for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
         per_listener = (during - before) / listeners
         print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
     relayed = args.runs * count
     print(f"CPU per relayed output event (holder, writes): {cpu[0] / relayed * 1e6:.0f} us")
-    print(f"CPU per delivered output event (listener replica): {cpu[1] / max(1, len(latencies)) * 1e6:.0f} us")
+    delivered = max(1, len(latencies) + replayed)
+    print(f"CPU per delivered output event, live or replayed (listener replica): {cpu[1] / delivered * 1e6:.0f} us")
 
 
 def main() -> None:
@@ -229,6 +250,10 @@ def main() -> None:
     parser.add_argument(
         "--source", type=Path, help="run the gateways from this checkout's src/ (compare a branch with another)"
     )
+    parser.add_argument(
+        "--profile-listener", type=Path, help="run the listening gateway under cProfile, its stats written to this file"
+    )
+    parser.add_argument("--profile-holder", type=Path, help="the same for the gateway holding the runs")
     parser.add_argument("--upstream-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream_server:
@@ -263,7 +288,9 @@ def main() -> None:
             "ASYNCGATE_LIMITS_MAX_INFLIGHT": str(max(64, args.runs)),
         }
         for port, execute in ((holder_port, "true"), (other_port, "false")):
-            command = [sys.executable, "-m", "asyncgate", "serve", "--port", str(port)]
+            profile = args.profile_listener if execute == "false" else args.profile_holder
+            command = [sys.executable, *(["-c", PROFILE, str(profile)] if profile else ["-m", "asyncgate"])]
+            command += ["serve", "--port", str(port)]
             command += [
                 "--upstream",
                 f"http://127.0.0.1:{upstream_port}",

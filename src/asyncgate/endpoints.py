@@ -248,14 +248,15 @@ async def _event_stream(svc: Services, run_id: str, after: str | None) -> AsyncG
     yield b"retry: %d\n\n" % RECONNECT_MS
     async with contextlib.aclosing(svc.feeds.follow(run_id, after)) as batches:
         async for batch in batches:
-            for event, encoded in batch:
-                yield encoded
-                if event.is_final:
-                    # What the log already holds after the final state (webhook changes), then the end.
-                    for _, later in await svc.feeds.after_final(run_id, event.id):
-                        yield later
-                    return
-            if not batch:
+            if batch.data:
+                yield batch.data  # shared by the run's listeners keeping up, not copied
+            if batch.final is not None:
+                # What the log already holds after the final state (webhook changes), then the end.
+                later = await svc.feeds.after_final(run_id, batch.final.id)
+                if later.data:
+                    yield later.data
+                return
+            if not batch.events:
                 if await svc.records.get(run_id) is None:
                     return
                 yield b": keep-alive\n\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from collections.abc import AsyncGenerator, Callable
 
@@ -51,8 +52,8 @@ def render_event(run_id: str, event: Event) -> bytes:
     data = dict(event.data)
     data["at"] = rfc3339(data.get("at"))
     data["run_id"] = run_id
-    body = orjson.dumps(data).decode()
-    return f"id: {event.id}\nevent: {event.data.get('event', 'message')}\ndata: {body}\n\n".encode()
+    name = str(event.data.get("event", "message")).encode()
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), name, orjson.dumps(data))
 
 
 def event_order(event_id: str) -> tuple[int, ...]:
@@ -64,38 +65,98 @@ def _after(event_id: str, position: str | None) -> bool:
     return position is None or event_order(event_id) > event_order(position)
 
 
+class Batch:
+    """Events of one run for a listener, in order, with their encodings joined up to the run's
+    final event: one write per listener and batch. Listeners at the same place share one."""
+
+    __slots__ = ("data", "events", "final")
+
+    def __init__(self, events: list[Rendered], to_final: bool = True) -> None:
+        self.events = events
+        #: The run's final event, if the batch holds it; ``data`` ends with it (unless ``to_final``
+        #: is False: what follows the final event, read once the stream reached it).
+        self.final: Event | None = None
+        for n, (event, _) in enumerate(events if to_final else ()):
+            if event.is_final:
+                self.final, events = event, events[: n + 1]
+                break
+        self.data = b"".join([encoded for _, encoded in events])
+
+
+#: What a listener gets after READ_WAIT s without events: time for a keep-alive.
+KEEP_ALIVE = Batch([])
+
+
 class _Feed:
-    def __init__(self, start: str | None) -> None:
+    """A run's recent events, numbered from 0 as they are added: listeners keeping up hold a
+    number, not an id, so taking what is new costs no id comparison."""
+
+    __slots__ = ("_shared", "active", "buffer", "changed", "end", "last", "listeners", "start", "ticks", "timer")
+
+    def __init__(self, start: str | None, now: float) -> None:
         #: The buffer holds every event after this id (None: from the first).
         self.start = start
         self.last = start
         self.buffer: collections.deque[Rendered] = collections.deque()
+        #: The number of events added so far, the newest being ``end - 1``.
+        self.end = 0
         self.changed = asyncio.Event()
         self.listeners = 0
+        #: When events last came (loop time), and keep-alive times passed since the feed began.
+        self.active = now
+        self.ticks = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self._shared: tuple[int, Batch] | None = None
 
     def covers(self, position: str | None) -> bool:
         if self.start is None:
             return True
         return position is not None and not _after(self.start, position)
 
-    def since(self, position: str | None) -> list[Rendered]:
-        # From the newest back: a listener keeping up wants the last one or two.
-        newer: list[Rendered] = []
-        for item in reversed(self.buffer):
-            if not _after(item[0].id, position):
+    def place(self, position: str | None) -> int | None:
+        """The number of the first event after ``position``, or None if the buffer lacks some."""
+        if not self.covers(position):
+            return None
+        place = self.end
+        for event, _ in reversed(self.buffer):  # from the newest back: a listener joining live wants none
+            if not _after(event.id, position):
                 break
-            newer.append(item)
-        newer.reverse()
-        return newer
+            place -= 1
+        return place
 
-    def add(self, events: list[Rendered]) -> None:
-        for item in events:
-            if len(self.buffer) == FEED_BUFFER:
-                self.start = self.buffer.popleft()[0].id
-            self.buffer.append(item)
+    def since(self, place: int) -> Batch | None:
+        """Events from number ``place`` on, or None if the buffer no longer holds them all."""
+        held = len(self.buffer)
+        if place < self.end - held:
+            return None
+        if place == self.end:
+            return KEEP_ALIVE
+        shared = self._shared
+        if shared is None or shared[0] != place:
+            events = list(itertools.islice(self.buffer, held - (self.end - place), held))
+            shared = self._shared = (place, Batch(events))
+        return shared[1]
+
+    def add(self, events: list[Rendered], now: float) -> None:
+        # The newest read is kept whole, however long: listeners that had everything before it
+        # (the first ones, when the feed's first read brings a long log) need all of it.
+        self.buffer.extend(events)
+        while len(self.buffer) > max(FEED_BUFFER, len(events)):
+            self.start = self.buffer.popleft()[0].id
+        self.end += len(events)
         self.last = events[-1][0].id
+        self.active = now
+        self._shared = None
+        self.wake()
+
+    def wake(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Feeds:
@@ -111,40 +172,46 @@ class Feeds:
         self._closed = False
         self._interrupting = False
         #: Reads of what follows a run's final event, shared by the listeners reaching it at once.
-        self._tails: dict[tuple[str, str], asyncio.Task[list[Rendered]]] = {}
+        self._tails: dict[tuple[str, str], asyncio.Task[Batch]] = {}
 
     @property
     def _tasks(self) -> set[asyncio.Task[None]]:
         return {task for task in self._readers if not task.done()}
 
-    async def follow(self, run_id: str, after: str | None) -> AsyncGenerator[list[Rendered], None]:
-        """The run's events after ``after``, in batches as they come; an empty batch after
-        READ_WAIT s without one (time for a keep-alive). Never ends by itself."""
+    async def follow(self, run_id: str, after: str | None) -> AsyncGenerator[Batch, None]:
+        """The run's events after ``after``, in batches as they come; KEEP_ALIVE (no events) after
+        READ_WAIT s without any. Never ends by itself."""
         feed = await self._join(run_id, after)
+        place = feed.place(after)  # None while reading the store, behind the feed's buffer
+        ticks = feed.ticks
         try:
             while True:
                 changed = feed.changed  # taken before looking, so no batch slips between
-                if feed.covers(after):
-                    batch = feed.since(after)
+                batch = None if place is None else feed.since(place)
+                if batch is not None:
+                    place = feed.end
                 else:
                     events = await self.store.events(run_id, after, 0)
-                    batch = [(event, self.render(run_id, event)) for event in events]
-                if batch:
-                    after = batch[-1][0].id
+                    batch = Batch([(event, self.render(run_id, event)) for event in events])
+                    place = feed.place(events[-1].id if events else after)  # caught up, most often
+                if batch.events:
+                    after = batch.events[-1][0].id
                     yield batch
                     continue
-                try:
-                    async with asyncio.timeout(READ_WAIT):
-                        await changed.wait()
-                except TimeoutError:
-                    yield []
+                if feed.ticks != ticks:
+                    ticks = feed.ticks
+                    yield KEEP_ALIVE
+                    continue
+                await changed.wait()
         finally:
             self._leave(run_id, feed)
 
     async def _join(self, run_id: str, after: str | None) -> _Feed:
         feed = self._feeds.get(run_id)
         if feed is None:
-            feed = self._feeds[run_id] = _Feed(after)
+            loop = asyncio.get_running_loop()
+            feed = self._feeds[run_id] = _Feed(after, loop.time())
+            feed.timer = loop.call_later(READ_WAIT, self._quiet, feed)
             reader = self._reader
             if reader is None or reader.done() or reader.cancelling():
                 if not self._closed:
@@ -158,6 +225,18 @@ class Feeds:
         feed.listeners += 1
         return feed
 
+    def _quiet(self, feed: _Feed) -> None:
+        # One timer per feed, not one per listener and wait: after READ_WAIT s without events,
+        # every listener of the feed is woken to send a keep-alive.
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - feed.active
+        if idle >= READ_WAIT:
+            feed.ticks += 1
+            feed.active = loop.time()
+            feed.wake()
+            idle = 0
+        feed.timer = loop.call_later(READ_WAIT - idle, self._quiet, feed)
+
     async def _interrupt(self) -> None:
         try:
             await self.store.interrupt_watch()
@@ -168,6 +247,8 @@ class Feeds:
     def _leave(self, run_id: str, feed: _Feed) -> None:
         # The reader stops reading the run's log with its next read.
         feed.listeners -= 1
+        if feed.listeners == 0:
+            feed.stop()
         if feed.listeners == 0 and self._feeds.get(run_id) is feed:
             del self._feeds[run_id]
             if not self._feeds and self._reader is not None:
@@ -190,11 +271,12 @@ class Feeds:
             if asyncio.current_task() is not self._reader:
                 return  # cancelled (its last feed left), but its read ended first: a new reader reads now
             self._interrupting = False
+            now = asyncio.get_running_loop().time()
             for run_id, events in found.items():
                 feed = watched[run_id]
                 if self._feeds.get(run_id) is not feed:
                     continue  # left meanwhile; a new feed for the run reads from its own start
-                feed.add([(event, self.render(run_id, event)) for event in events])
+                feed.add([(event, self.render(run_id, event)) for event in events], now)
                 if any(event.is_final for event in events):
                     # After the final state only webhook changes follow, which listeners read
                     # on their own as they finish; a later listener makes a new feed.
@@ -202,7 +284,7 @@ class Feeds:
             if found and len(watched) > 1:
                 await asyncio.sleep(FEED_GATHER)
 
-    async def after_final(self, run_id: str, final_id: str) -> list[Rendered]:
+    async def after_final(self, run_id: str, final_id: str) -> Batch:
         """What the run's log holds after its final event (webhook changes), read once for all
         the listeners asking at the same time: a thousand listeners of a run end together."""
         key = (run_id, final_id)
@@ -212,8 +294,9 @@ class Feeds:
             tail.add_done_callback(lambda _: self._tails.pop(key, None))
         return await asyncio.shield(tail)  # a listener leaving does not cancel the others' read
 
-    async def _tail(self, run_id: str, final_id: str) -> list[Rendered]:
-        return [(event, self.render(run_id, event)) for event in await self.store.events(run_id, final_id, 0)]
+    async def _tail(self, run_id: str, final_id: str) -> Batch:
+        events = await self.store.events(run_id, final_id, 0)
+        return Batch([(event, self.render(run_id, event)) for event in events], to_final=False)
 
     async def close(self) -> None:
         """Stop the reader (the gateway is shutting down)."""

@@ -8,9 +8,10 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
+import pytest
 
 from asyncgate import feeds
-from asyncgate.feeds import Feeds, Rendered
+from asyncgate.feeds import Batch, Feeds, Rendered
 from asyncgate.store.base import Event, RunStore
 from tests.store.conftest import RETENTION, Queue, Runner, claim_one, ok
 
@@ -44,11 +45,19 @@ def output(seq: int) -> dict[str, object]:
     return {"event": "output", "attempt": 1, "seq": seq, "at": 1.0, "data": f"token-{seq}"}
 
 
-async def take(batches: AsyncGenerator[list[Rendered], None], count: int) -> list[Rendered]:
+async def take(batches: AsyncGenerator[Batch, None], count: int) -> list[Rendered]:
     taken: list[Rendered] = []
     while len(taken) < count:
-        taken += await anext(batches)
+        taken += (await anext(batches)).events
     return taken
+
+
+async def write(store: RunStore, run_id: str, listener: AsyncGenerator[Batch, None], outputs: range) -> None:
+    """Output events, ten at a time, each ten taken by ``listener`` (so read by its feed) before the next."""
+    for start in range(outputs.start, outputs.stop, 10):
+        chunk = range(start, min(outputs.stop, start + 10))
+        await store.append_output(run_id, 1, [output(seq) for seq in chunk], [])
+        await take(listener, len(chunk))
 
 
 def seqs(items: list[Rendered]) -> list[object]:
@@ -92,11 +101,7 @@ def test_a_listener_behind_the_feed_catches_up_from_the_store(store: RunStore, r
         ahead = shared.follow(queued.run_id, None)
         async with contextlib.aclosing(ahead):
             await take(ahead, 2)
-            for start in range(0, total, 100):
-                await store.append_output(
-                    queued.run_id, 1, [output(seq) for seq in range(start, min(total, start + 100))], []
-                )
-            await take(ahead, total)  # the feed's buffer has dropped the oldest by now
+            await write(store, queued.run_id, ahead, range(total))  # the feed's buffer drops the oldest
             late = shared.follow(queued.run_id, None)
             async with contextlib.aclosing(late):
                 return await take(late, total + 2)
@@ -175,9 +180,92 @@ def test_listeners_ending_together_read_the_rest_of_the_log_once(store: RunStore
     counting = CountingStore(store)
     shared = Feeds(counting)
 
-    async def scenario() -> list[list[Rendered]]:
+    async def scenario() -> list[Batch]:
         return await asyncio.gather(*(shared.after_final(queued.run_id, final.id) for _ in range(50)))
 
     tails = run(scenario())
     assert counting.reads == 1
-    assert all(tail == tails[0] for tail in tails)
+    assert all(tail is tails[0] for tail in tails)
+
+
+def test_listeners_keeping_up_share_each_batch_and_its_one_write(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    shared = Feeds(store)
+
+    async def scenario() -> tuple[Batch, Batch]:
+        first, second = shared.follow(queued.run_id, None), shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(first), contextlib.aclosing(second):
+            await take(first, 2), await take(second, 2)
+            # Three events written at once reach the feed in one read: one batch, one chunk of bytes.
+            waiting = asyncio.gather(anext(first), anext(second))
+            await store.append_output(queued.run_id, 1, [output(seq) for seq in range(3)], [])
+            return await asyncio.wait_for(waiting, 10)
+
+    got_first, got_second = run(scenario())
+    assert got_first is got_second
+    assert seqs(got_first.events) == [0, 1, 2] and got_first.final is None
+    assert got_first.data == b"".join(encoded for _, encoded in got_first.events)
+
+
+def test_a_listener_caught_up_from_the_store_reads_the_feed_again(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+    total = feeds.FEED_BUFFER + 20
+
+    async def scenario() -> list[Rendered]:
+        ahead = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(ahead):
+            await take(ahead, 2)
+            late = shared.follow(queued.run_id, None)
+            async with contextlib.aclosing(late):
+                await take(late, 2)
+                await write(store, queued.run_id, ahead, range(total))  # late has not looked meanwhile
+                reads = counting.reads
+                caught_up = await take(late, total)
+                assert counting.reads > reads  # the buffer had moved past it
+                reads = counting.reads
+                for seq in range(total, total + 5):
+                    await store.append_output(queued.run_id, 1, [output(seq)], [])
+                    await take(ahead, 1)
+                    caught_up += await take(late, 1)
+                assert counting.reads == reads  # served from the feed's buffer again, not the store
+                return caught_up
+
+    assert seqs(run(scenario())) == list(range(total + 5))
+
+
+def test_a_quiet_feed_gives_its_listeners_a_keep_alive(
+    store: RunStore, run: Runner, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feeds, "READ_WAIT", 0.2)
+    queued = queue()
+    shared = Feeds(store)
+
+    async def scenario() -> list[Batch]:
+        listeners = [shared.follow(queued.run_id, None) for _ in range(2)]
+        async with contextlib.aclosing(listeners[0]), contextlib.aclosing(listeners[1]):
+            for listener in listeners:
+                await take(listener, 1)  # queued
+            return await asyncio.wait_for(asyncio.gather(*(anext(listener) for listener in listeners)), 10)
+
+    assert run(scenario()) == [feeds.KEEP_ALIVE, feeds.KEEP_ALIVE]
+
+
+def test_a_first_read_longer_than_the_buffer_is_kept_whole(store: RunStore, run: Runner, queue: Queue) -> None:
+    queued = queue()
+    claim_one(store, run)
+    total = feeds.FEED_BUFFER + 20
+    run(store.append_output(queued.run_id, 1, [output(seq) for seq in range(total)], []))
+    counting = CountingStore(store)
+    shared = Feeds(counting)
+
+    async def scenario() -> list[Rendered]:
+        listener = shared.follow(queued.run_id, None)
+        async with contextlib.aclosing(listener):
+            return await take(listener, total + 2)
+
+    assert seqs(run(scenario())) == ["queued", "running", *range(total)]
+    assert counting.reads == 0  # all from the feed's one read, none of the listener's own

@@ -176,7 +176,11 @@ class Liveness:
     cancels: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+#: The events that end a run's life: its final states (a listener checks every event it sends).
+_FINAL_EVENTS = frozenset(state.value for state in RunState if state.is_final)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """A change in a run's life, as kept in its event log. ``id`` orders events of one run."""
 
@@ -185,7 +189,7 @@ class Event:
 
     @property
     def is_final(self) -> bool:
-        return self.data.get("event") in {state.value for state in RunState if state.is_final}
+        return self.data.get("event") in _FINAL_EVENTS
 
 
 def state_event(state: RunState, attempt: int, at: float, outcome: Outcome | None = None) -> dict[str, Any]:
