@@ -388,6 +388,13 @@ def test_as_a_process(gateway: Gateway) -> None:
     assert json.loads(waited.stdout)["upstream_status"] == 502
 
 
+def _as_in_a_terminal() -> None:
+    # A command started in the background (``cmd &`` in a script, pytest-xdist's workers) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler; Ctrl-C in a terminal
+    # reaches a process whose SIGINT is the default one.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("command", ["wait", "events"])
 def test_ctrl_c_leaves_the_run_going_and_says_how_to_follow_it_again(gateway: Gateway, command: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -396,7 +403,11 @@ def test_ctrl_c_leaves_the_run_going_and_says_how_to_follow_it_again(gateway: Ga
     argv = ["runs", command, "--gateway", gateway.url, "--prefix", gateway.prefix, "--", run_id]
     seen: list[bytes] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "asyncgate", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-m", "asyncgate", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_as_in_a_terminal,
     ) as process:
         assert process.stdout is not None and process.stderr is not None
         following, other = (process.stdout, process.stderr) if command == "events" else (process.stderr, None)
