@@ -1389,23 +1389,28 @@ class RedisRunStore:
 
     async def _claim_spread(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
         """Claim from the slots in the order of what waits in them, highest priority first, then
-        oldest first; with none found, wait on one, a different one each call.
+        oldest first; with none found, wait on one, a different one each time, until ``wait``.
 
         A blocking read names one slot's queue (on a Cluster a command names one slot's keys), so
-        it waits at most SPREAD_WAIT: a run queued meanwhile in another slot is found by the next
-        call's look at each.
+        each wait lasts at most SPREAD_WAIT: a run queued meanwhile in another slot is found by the
+        next look at each.
         """
-        rotated = self._rotated("claim")
+        deadline = time.monotonic() + wait
         if not self.ranked:
             await self._found_ranked()  # before the order: a slot may hold ranked runs alone
-        runs: list[Run] = []
-        for index in await self._waiting_order(rotated):
-            runs += await self._claim_slot(index, owner, limit - len(runs), 0, lease)
-            if len(runs) >= limit:
+        while True:
+            rotated = self._rotated("claim")
+            runs: list[Run] = []
+            for index in await self._waiting_order(rotated):
+                runs += await self._claim_slot(index, owner, limit - len(runs), 0, lease)
+                if len(runs) >= limit:
+                    return runs
+            left = deadline - time.monotonic()
+            if runs or left <= 0:
                 return runs
-        if runs or wait <= 0:
-            return runs
-        return await self._claim_slot(rotated[0][0], owner, limit, min(wait, SPREAD_WAIT), lease)
+            runs = await self._claim_slot(rotated[0][0], owner, limit, min(left, SPREAD_WAIT), lease)
+            if runs:
+                return runs
 
     async def _waiting_order(self, rotated: list[tuple[int, SlotKeys]]) -> list[int]:
         """The slots with work waiting, ordered by the first run each would give: its priority
