@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
-from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL
+from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, Idempotency, Share
 from asyncgate.store.factory import build_store
 from asyncgate.store.redis import RedisRunStore
 from tests.store.conftest import Runner, new_run
@@ -80,20 +80,23 @@ def test_a_run_is_one_hash_under_a_hash_tag(
     assert (stored[b"state"], stored[b"attempt"], stored[b"body"]) == (b"queued", b"0", b"\x00body")
 
 
-def test_unfinished_runs_carry_the_safety_ttl_and_finished_ones_the_retention(
+def test_unfinished_runs_are_scheduled_for_the_safety_bound_and_finished_ones_for_the_retention(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
+    # No key of a run has a TTL: the expiry index alone says when purge() deletes it (#18).
     queued = new_run()
     run(redis_store.create(queued, b""))
-    key = redis_store.run_key(queued.run_id)
-    assert UNFINISHED_TTL - 60 < raw(client.ttl(key)) <= UNFINISHED_TTL
+    key, member = redis_store.run_key(queued.run_id), f"{queued.run_id} "
+    assert raw(client.ttl(key)) == raw(client.ttl(redis_store.events_key(queued.run_id))) == -1
+    assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= UNFINISHED_TTL
 
     run(redis_store.claim("owner-a", 1, 0, LEASE))
     assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is True
 
-    assert 110_000 < raw(client.pttl(key)) <= 120_000
-    assert raw(client.hget(key, "body")) is None
-    assert raw(client.hget(key, "owner")) is None
+    assert raw(client.ttl(key)) == raw(client.ttl(redis_store.events_key(queued.run_id))) == -1
+    assert 110 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= 120
+    assert not raw(client.hget(key, "body"))
+    assert not raw(client.hget(key, "secrets"))
 
 
 def test_claimed_entries_are_acked_and_removed_from_the_stream(
@@ -213,46 +216,71 @@ def test_claim_recreates_the_consumer_group_after_redis_lost_its_data(
     assert [c.run_id for c in run(redis_store.claim("owner-a", 1, 0, LEASE))] == [queued.run_id]
 
 
-def test_purge_drops_a_gone_run_from_every_index_the_callers_included(
+def test_purge_deletes_a_run_past_its_retention_and_every_index_entry_the_callers_included(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
-    mine, kept = dataclasses.replace(new_run(), caller="c" * 32), dataclasses.replace(new_run(), caller="c" * 32)
-    for queued in (mine, kept):
-        run(redis_store.create(queued, b""))
+    caller = "c" * 32
+    mine, kept = dataclasses.replace(new_run(), caller=caller), dataclasses.replace(new_run(), caller=caller)
+    run(redis_store.create(mine, b"", idempotency=Idempotency("key", "fp")))
+    run(redis_store.create(kept, b""))
     claimed = run(redis_store.claim("owner-a", 2, 0, LEASE))
     assert {c.run_id for c in claimed} == {mine.run_id, kept.run_id}
     run(redis_store.finish(mine.run_id, 1, DONE, 0.2))
-    member = f"{mine.run_id} {'c' * 32}"
-    assert 0 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= 0.2
+    member = f"{mine.run_id} {caller}"
+    due = raw(client.zscore(redis_store.expiry, member))
+    assert 0 < due - time.time() <= 0.2
 
-    wait_until(lambda: not raw(client.exists(redis_store.run_key(mine.run_id))), timeout=5, message="expiry")
+    wait_until(lambda: time.time() > due, timeout=5, message="past the retention")
     run(redis_store.purge())
 
-    caller_index = redis_store.caller_index("c" * 32)
-    assert raw(client.zrange(caller_index, 0, -1)) == [kept.run_id.encode()]
+    keys = (redis_store.run_key(mine.run_id), redis_store.events_key(mine.run_id), redis_store.keys_of("").idem("key"))
+    assert raw(client.exists(*keys)) == 0
+    assert raw(client.zrange(redis_store.caller_index(caller), 0, -1)) == [kept.run_id.encode()]
     assert raw(client.zrange(redis_store.index, 0, -1)) == [kept.run_id.encode()]
-    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{kept.run_id} {'c' * 32}".encode()]
+    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{kept.run_id} {caller}".encode()]
     assert raw(client.zrange(redis_store.leases, 0, -1)) == [kept.run_id.encode()]
 
 
-def test_purge_reschedules_a_run_still_there_and_its_work_per_call_is_bounded(
+def test_purge_forgets_a_run_an_earlier_version_left_to_its_ttl(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
-    alive = new_run()
-    run(redis_store.create(alive, b""))
-    # As if its TTL had been extended behind the schedule's back.
-    raw(client.zadd(redis_store.expiry, {f"{alive.run_id} ": 1.0}))
+    # Runs written before #18 carry TTLs: a hash gone by its TTL leaves index entries behind,
+    # and the idempotency key, expired and taken again, names another run now.
+    old, other = new_run(), new_run()
+    run(redis_store.create(old, b"", idempotency=Idempotency("key", "fp")))
+    idem = redis_store.keys_of("").idem("key")
+    raw(client.delete(redis_store.run_key(old.run_id)))
+    raw(client.set(idem, f"{other.run_id} fp"))
+    raw(client.zadd(redis_store.expiry, {f"{old.run_id} ": 1.0}))
+
+    run(redis_store.purge())
+
+    assert raw(client.zcard(redis_store.expiry)) == raw(client.zcard(redis_store.index)) == 0
+    assert raw(client.exists(redis_store.events_key(old.run_id))) == 0
+    assert raw(client.xlen(redis_store.queue)) == 1  # the entry of a hash already gone: left to XTRIM
+    assert raw(client.get(idem)) == f"{other.run_id} fp".encode()
+
+
+def test_purge_deletes_a_run_never_finished_and_its_work_per_call_is_bounded(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    share = Share("caller:c", 5, "caller")
+    stuck = dataclasses.replace(new_run(), caller="c")
+    run(redis_store.create(stuck, b"", shares=[share]))
+    # As if its UNFINISHED_TTL had run out.
+    raw(client.zadd(redis_store.expiry, {f"{stuck.run_id} c": 1.0}))
     most = PURGE_BATCH * PURGE_ROUNDS
     raw(client.zadd(redis_store.expiry, {f"gone-{n} caller-{n % 3}": 2.0 + n for n in range(most + 5)}))
 
     run(redis_store.purge())
 
-    # The live run took one place in the first batch: 6 of the gone are left for the next call.
-    assert raw(client.zcard(redis_store.expiry)) == 1 + 6
-    assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, f"{alive.run_id} ")) - time.time()
+    # The stuck run took one place in the first batch: 6 of the gone are left for the next call.
+    assert raw(client.zcard(redis_store.expiry)) == 6
+    assert raw(client.exists(redis_store.run_key(stuck.run_id))) == 0
+    assert raw(client.xlen(redis_store.queue)) == 0  # its queue entry went with it
+    assert run(redis_store.share_counts()) == {}  # and it no longer counts against its share
     run(redis_store.purge())
-    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{alive.run_id} ".encode()]
-    assert raw(client.zrange(redis_store.index, 0, -1)) == [alive.run_id.encode()]
+    assert raw(client.zcard(redis_store.expiry)) == raw(client.zcard(redis_store.index)) == 0
 
 
 def test_a_redelivery_moves_the_expiry_with_the_ttl(
@@ -273,7 +301,7 @@ def test_a_redelivery_moves_the_expiry_with_the_ttl(
     assert run(redis_store.redeliver(hooked.run_id, "http://h/x")) is True
 
     assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= UNFINISHED_TTL
-    assert UNFINISHED_TTL - 60 < raw(client.ttl(redis_store.events_key(hooked.run_id))) <= UNFINISHED_TTL
+    assert raw(client.ttl(redis_store.events_key(hooked.run_id))) == -1
 
 
 def test_a_heartbeat_that_ran_out_while_others_beat_is_refused_for_good(

@@ -95,12 +95,14 @@ logger = logging.getLogger("asyncgate.store")
 #                             their attempts), hook_dropped (deliveries not queued, queue full),
 #                             priority (when not 0), deadline (its queue deadline, when it has
 #                             one), shares (the {P}:shares fields counting it, newline-separated,
-#                             until it ends).
-#                             TTL: UNFINISHED_TTL from create, then the retention from the end
-#                             (from the webhook delivery's end, when there is one).
+#                             until it ends), expires_at (when its retention ends: set at its
+#                             end, or at its webhook delivery's end; past it, reads find no run).
+#                             No TTL (#18): purge() deletes the run and all its keys once its
+#                             {P}:expiry entry is due. Runs written before #18 carry TTLs; purge()
+#                             deletes them the same way, whether or not their TTL came first.
 #   {P}:events:<id>   stream  The run's event log (state changes, webhook changes), written by
 #                             the same script as the change, and its output (output.py), past
-#                             its kept bound written and deleted again (XDEL); same TTL as the run.
+#                             its kept bound written and deleted again (XDEL); deleted with the run.
 #   {P}:queue         stream  The work queue. An entry is {run_id: <id>} and nothing else; it is
 #                             read through the consumer group "P:executors", then acked and
 #                             deleted, so the stream holds only work not yet taken.
@@ -139,18 +141,19 @@ logger = logging.getLogger("asyncgate.store")
 #                             score 0; taken by the owner's next heartbeat, since the cancel
 #                             message on P:cancel may be missed. Dropped by the run's finish too.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
-#                             same per caller. Entries of expired runs are dropped by purge().
-#   {P}:expiry        zset    Every run, member "<id> <caller>", score the time its hash expires
-#                             (updated with each TTL). purge() takes the entries now due, and for
-#                             each run found gone drops its entries from the indexes above.
+#                             same per caller. Entries of deleted runs are dropped by purge().
+#   {P}:expiry        zset    Every run, member "<id> <caller>", score the time purge() deletes it:
+#                             UNFINISHED_TTL from create, then its expires_at (or UNFINISHED_TTL
+#                             from a redelivery). purge() takes the entries now due and deletes
+#                             each run, its keys and its entries in the indexes above, in one step.
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
 #   {P}:hooks:<id>    list    The run's lifecycle webhook deliveries waiting, first to send first:
-#                             JSON {seq, event, attempts, body[, dropped]}; TTL of the run when
-#                             last written.
+#                             JSON {seq, event, attempts, body[, dropped]}; deleted with the run.
 #   {P}:hookruns      zset    Runs with lifecycle deliveries waiting: member run id, score when the
 #                             first is due (or a taken attempt's lease runs out).
-#   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; TTL of its run.
+#   {P}:idem:<hash>   string  "<run_id> <fingerprint>" for an Idempotency-Key; deleted with its run
+#                             (one naming a run past its expires_at is taken by a new run).
 #   {P}:deployment    hash    Whose keys these are: deployment, upstream (the URL the runs were
 #                             accepted for). Written by executing gateways at start; no TTL.
 #   {P}:progress_key  string  The key signing progress URLs (progress.py), random, made by the
@@ -210,6 +213,8 @@ CLAIM_BATCH = 32
 #: at most, an idle gateway finds a run queued in another slot, at the cost of a look at each
 #: slot that often.
 SPREAD_WAIT = 0.25
+#: Runs one purge script deletes, at most: Redis runs nothing else while a script runs.
+PURGE_SCRIPT_RUNS = 100
 #: Owners of lapsed heartbeats looked at per recovery pass.
 LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
@@ -241,9 +246,10 @@ _RUN_FIELDS = (
     "delivery",
     "progress",
     "hook_seq",
+    "expires_at",
     "lease_until",
 )
-_RESULT_FIELDS = ("result_status", "result_headers", "result_body")
+_RESULT_FIELDS = ("result_status", "result_headers", "result_body", "expires_at")
 
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
 # is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
@@ -257,7 +263,12 @@ _CREATE = """
 local idem = KEYS[12]
 if idem then
   local existing = redis.call('GET', idem)
-  if existing then return {'replay', existing} end
+  if existing then
+    -- The run it names may be past its retention, gone to readers though not purged yet.
+    local named = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1]) .. string.match(existing, '^%S+')
+    local expires = redis.call('HGET', named, 'expires_at')
+    if not expires or tonumber(expires) > tonumber(ARGV[2]) then return {'replay', existing} end
+  end
 end
 if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) + redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[4]) then
   return {'full'}
@@ -301,9 +312,7 @@ else
   fields[#fields + 1] = ARGV[16]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
 if ARGV[16] ~= '0' then
   local seq = redis.call('HINCRBY', KEYS[11], 'ranked_seq', 1)
   redis.call('ZADD', KEYS[7], string.format('%.0f', ARGV[17] + seq), ARGV[1])
@@ -313,7 +322,7 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 -- A run without a caller is listed in the one index (its caller's index is that same key).
 if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
 redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
-if idem then redis.call('SET', idem, ARGV[21 + 2 * shares], 'EX', ARGV[3]) end
+if idem then redis.call('SET', idem, ARGV[21 + 2 * shares]) end
 return {'created'}
 """
 
@@ -378,25 +387,28 @@ return replies
     "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
 )
 
-# Every script that sets a run's TTL records when the hash will expire, so that purge() finds
-# the run's index entries without scanning: defines schedule(expiry key, now, ttl (ms), run id).
-# The caller is read from the hash, as the member names the caller's index too.
+# Every script that moves a run's retention records it in the hash (expires_at) and in the
+# expiry index, so that purge() finds the run without scanning: defines schedule(expiry key, now,
+# ttl (ms), run id). The caller is read from the hash, as the member names the caller's index too.
 _SCHEDULE = """
 local function schedule(expiry, at, ttl, run_id)
   local caller = redis.call('HGET', KEYS[1], 'caller') or ''
-  redis.call('ZADD', expiry, tonumber(at) + tonumber(ttl) / 1000, run_id .. ' ' .. caller)
+  local expires = string.format('%.6f', tonumber(at) + tonumber(ttl) / 1000)
+  redis.call('HSET', KEYS[1], 'expires_at', expires)
+  redis.call('ZADD', expiry, expires, run_id .. ' ' .. caller)
 end
 """
 
 # The end of a run (finished, cancelled or expired): its event, its delivery if it has a webhook,
 # its retention, and its shares uncounted. KEYS run, events, deliveries, expiry; ARGV[1..5] event
-# JSON, pending delivery JSON, now, retention (ms), run id; the run's webhook, idem_key, caller
-# and shares fields, read by the caller's own HMGET (one read per run, not one per field), and
-# ``shares_key`` the {P}:shares key. A pending delivery keeps the run, its event log and its key
-# as long as they live already (the TTL from create, and its entry in the expiry index with it),
-# until the delivery is final.
+# JSON, pending delivery JSON, now, retention (ms), run id; the run's webhook, caller and shares
+# fields, read by the caller's own HMGET (one read per run, not one per field), ``shares_key``
+# the {P}:shares key, and ``fields`` the caller's own field pairs, written by the same HSET.
+# No key of a run has a TTL (#18): expires_at and the run's entry in {P}:expiry say when purge()
+# deletes it, and reads treat a run past its expires_at as gone. A pending delivery leaves both
+# as create wrote them (no expires_at; the entry UNFINISHED_TTL after create) until it is final.
 _CLOSE = """
-local function close_run(webhook, idem, caller, counted, shares_key)
+local function close_run(webhook, caller, counted, shares_key, fields)
   if counted then
     for key in string.gmatch(counted, '[^\\n]+') do
       if redis.call('HINCRBY', shares_key, key, -1) <= 0 then redis.call('HDEL', shares_key, key) end
@@ -405,17 +417,16 @@ local function close_run(webhook, idem, caller, counted, shares_key)
   end
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
   if webhook == '1' then
-    redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
+    fields[#fields + 1] = 'delivery'
+    fields[#fields + 1] = ARGV[2]
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
-    return
+  else
+    local expires = string.format('%.6f', tonumber(ARGV[3]) + tonumber(ARGV[4]) / 1000)
+    fields[#fields + 1] = 'expires_at'
+    fields[#fields + 1] = expires
+    redis.call('ZADD', KEYS[4], expires, ARGV[5] .. ' ' .. (caller or ''))
   end
-  local ttl = ARGV[4]
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  -- The key a run names lives as long as it. Not in KEYS (it is read by the caller's HMGET), but
-  -- it carries the deployment's hash tag, so on a Cluster it is in the slot of the declared keys.
-  if idem then redis.call('PEXPIRE', idem, ttl) end
-  redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + tonumber(ttl) / 1000, ARGV[5] .. ' ' .. (caller or ''))
+  redis.call('HSET', KEYS[1], unpack(fields))
 end
 """
 
@@ -566,7 +577,6 @@ local function add_hook(run, hooks, hookruns, event, body, max, at, run_id)
     redis.call('HDEL', run, 'hook_dropped')
   end
   redis.call('RPUSH', hooks, cjson.encode(entry))
-  redis.call('PEXPIRE', hooks, redis.call('PTTL', run))
   if waiting == 0 then redis.call('ZADD', hookruns, 'NX', at, run_id) end
 end
 """
@@ -651,12 +661,13 @@ return 1
 _FINISH = (
     _CLOSE
     + """
-local state, attempt, owner, lease_until, cancel, webhook, idem, caller, counted = unpack(redis.call('HMGET',
-  KEYS[1], 'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'idem_key', 'caller', 'shares'))
+local state, attempt, owner, lease_until, cancel, webhook, caller, counted = unpack(redis.call('HMGET',
+  KEYS[1], 'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'caller', 'shares'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'body', 'cancel', 'secrets')
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-close_run(webhook, idem, caller, counted, KEYS[8])
+-- The body and the credentials are emptied by the outcome's own HSET rather than deleted by a
+-- command of their own (#18); the owner stays, read by nothing once the run is over.
+if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel') end
+close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)})
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and not lease_until then redis.call('ZREM', KEYS[6], owner .. ' ' .. ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
@@ -671,8 +682,8 @@ return 1
 _CANCEL = (
     _CLOSE
     + """
-local state, owner, entry, webhook, idem, caller, counted = unpack(redis.call('HMGET', KEYS[1],
-  'state', 'owner', 'entry', 'webhook', 'idem_key', 'caller', 'shares'))
+local state, owner, entry, webhook, caller, counted = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'owner', 'entry', 'webhook', 'caller', 'shares'))
 if not state then return 'missing' end
 if state == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -684,8 +695,7 @@ if entry then redis.call('XDEL', KEYS[5], entry) end
 redis.call('ZREM', KEYS[7], ARGV[5])
 redis.call('ZREM', KEYS[8], ARGV[5])
 redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-close_run(webhook, idem, caller, counted, KEYS[9])
+close_run(webhook, caller, counted, KEYS[9], {unpack(ARGV, 6)})
 return 'cancelled'
 """
 )
@@ -698,14 +708,13 @@ _EXPIRE = (
     _CLOSE
     + """
 redis.call('ZREM', KEYS[8], ARGV[5])
-local state, attempt, deadline, entry, webhook, idem, caller, counted = unpack(redis.call('HMGET', KEYS[1],
-  'state', 'attempt', 'deadline', 'entry', 'webhook', 'idem_key', 'caller', 'shares'))
+local state, attempt, deadline, entry, webhook, caller, counted = unpack(redis.call('HMGET', KEYS[1],
+  'state', 'attempt', 'deadline', 'entry', 'webhook', 'caller', 'shares'))
 if state ~= 'queued' or attempt ~= '0' or not deadline or tonumber(deadline) >= tonumber(ARGV[6]) then return false end
 if entry then redis.call('XDEL', KEYS[5], entry) end
 redis.call('ZREM', KEYS[7], ARGV[5])
 redis.call('HDEL', KEYS[1], 'body', 'secrets', 'entry')
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-close_run(webhook, idem, caller, counted, KEYS[9])
+close_run(webhook, caller, counted, KEYS[9], {unpack(ARGV, 7)})
 return true
 """
 )
@@ -758,9 +767,8 @@ return redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
 """
 
 # Report an attempt. KEYS run, events, deliveries, expiry; ARGV token, delivery JSON, final
-# ("1"/"0"), next attempt time, run id, retention (ms), event JSON, now. The event log gets the
-# run's TTL each time: after a redelivery it may have expired, and XADD would make it anew
-# without one. A final delivery needs its URL no more.
+# ("1"/"0"), next attempt time, run id, retention (ms), event JSON, now. A final delivery starts
+# the run's retention, and needs its URL no more.
 _RECORD_DELIVERY = (
     _SCHEDULE
     + """
@@ -770,21 +778,16 @@ redis.call('XADD', KEYS[2], '*', 'data', ARGV[7])
 if ARGV[3] == '1' then
   redis.call('HDEL', KEYS[1], 'webhook_url')
   redis.call('ZREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  local idem = redis.call('HGET', KEYS[1], 'idem_key')
-  if idem then redis.call('PEXPIRE', idem, ARGV[6]) end
   schedule(KEYS[4], ARGV[8], ARGV[6], ARGV[5])
 else
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 end
 return 1
 """
 )
 
 # KEYS run, events, deliveries, expiry; ARGV now, pending delivery JSON, run id, ttl (s), sealed
-# URL or "". The event log lives as long as the run again, as it does from create on.
+# URL or "". The run is kept UNFINISHED_TTL from now, at most, while the delivery is pending.
 # 2: no URL given and the run's own was deleted when its last delivery ended.
 _REDELIVER = (
     _SCHEDULE
@@ -801,8 +804,6 @@ end
 redis.call('HSET', KEYS[1], 'delivery', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
 schedule(KEYS[4], ARGV[1], tonumber(ARGV[4]) * 1000, ARGV[3])
 return 1
 """
@@ -847,6 +848,54 @@ for i = 2, #ARGV do
   if score and tonumber(score) <= tonumber(ARGV[1]) then redis.call('ZREM', KEYS[1], ARGV[i]) end
 end
 return 0
+"""
+
+# Delete the runs whose time in {P}:expiry has come, and every trace of them: the hash, the event
+# log, the lifecycle deliveries, the idempotency key (unless it names another run now: one written
+# with a TTL by an earlier version may have expired and been taken again), every index entry, the
+# queue entry and the shares of a run that never finished. A member rescheduled meanwhile (a
+# redelivery) is left alone. The keys built here are not in KEYS, but they carry the slot's hash
+# tag, so on a Cluster they are in the slot of the declared keys. KEYS expiry, index, queue,
+# shares, held, cancels, then the indexes of run ids; ARGV now, the slot's tag, then the members.
+_PURGE = """
+local now, tag = tonumber(ARGV[1]), ARGV[2]
+local ids, members, doomed, owned, entries = {}, {}, {}, {}, {}
+for i = 3, #ARGV do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) <= now then
+    local run_id, caller = string.match(ARGV[i], '^(%S+) ?(.*)$')
+    local run = tag .. ':run:' .. run_id
+    local idem, owner, entry, counted = unpack(redis.call('HMGET', run, 'idem_key', 'owner', 'entry', 'shares'))
+    if counted then
+      for key in string.gmatch(counted, '[^\\n]+') do
+        if redis.call('HINCRBY', KEYS[4], key, -1) <= 0 then redis.call('HDEL', KEYS[4], key) end
+      end
+    end
+    if idem then
+      local named = redis.call('GET', idem)
+      if named and string.sub(named, 1, #run_id + 1) == run_id .. ' ' then doomed[#doomed + 1] = idem end
+    end
+    if owner then owned[#owned + 1] = owner .. ' ' .. run_id end
+    if entry then entries[#entries + 1] = entry end
+    if caller ~= '' then redis.call('ZREM', KEYS[2] .. ':' .. caller, run_id) end
+    doomed[#doomed + 1] = run
+    doomed[#doomed + 1] = tag .. ':events:' .. run_id
+    doomed[#doomed + 1] = tag .. ':hooks:' .. run_id
+    ids[#ids + 1] = run_id
+    members[#members + 1] = ARGV[i]
+  end
+end
+if #ids == 0 then return 0 end
+redis.call('DEL', unpack(doomed))
+if #entries > 0 then redis.call('XDEL', KEYS[3], unpack(entries)) end
+if #owned > 0 then
+  redis.call('ZREM', KEYS[5], unpack(owned))
+  redis.call('ZREM', KEYS[6], unpack(owned))
+end
+redis.call('ZREM', KEYS[2], unpack(ids))
+for k = 7, #KEYS do redis.call('ZREM', KEYS[k], unpack(ids)) end
+redis.call('ZREM', KEYS[1], unpack(members))
+return #ids
 """
 
 #: What the renewal scripts' codes mean.
@@ -909,17 +958,22 @@ def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _gone(expires_at: bytes | None) -> bool:
+    """Whether a run is past its retention: gone to readers, though purge() may not have run yet."""
+    return expires_at is not None and float(expires_at) <= now()
+
+
 def _decode_result(fields: Fields) -> RunResult | None:
-    status, headers, body = fields
-    if status is None or headers is None:
+    status, headers, body, expires_at = fields
+    if status is None or headers is None or _gone(expires_at):
         return None
     return RunResult(status=int(status), headers=load_headers(headers), body=body or b"")
 
 
 def _decode_run(run_id: str, fields: Fields) -> Run | None:
     state, attempt, created_at, started_at, finished_at, upstream_status, error, request, *rest = fields
-    caller, cancel, delivery, progress, hook_seq, _ = rest
-    if state is None or request is None or created_at is None:
+    caller, cancel, delivery, progress, hook_seq, expires_at, _ = rest
+    if state is None or request is None or created_at is None or _gone(expires_at):
         return None
     return Run(
         run_id=run_id,
@@ -1340,7 +1394,9 @@ class RedisRunStore:
         if body is not None:
             return body
         with _STORE_ERRORS:
-            return cast(bytes | None, await self._redis.hget(self.run_key(run_id), "body"))
+            state, body = cast(Fields, await self._redis.hmget(self.run_key(run_id), ("state", "body")))
+        # A finished run's body is emptied rather than deleted (see _FINISH): it has none.
+        return body if state is not None and not RunState(state.decode()).is_final else None
 
     async def result(self, run_id: str) -> RunResult | None:
         with _STORE_ERRORS:
@@ -2258,45 +2314,24 @@ class RedisRunStore:
                 if await self._purge_batch(slot) < PURGE_BATCH:
                     break
 
+    @staticmethod
+    def _run_indexes(slot: SlotKeys) -> tuple[str, ...]:
+        """The sorted sets whose members are run ids, besides the listing index."""
+        return (slot.leases, slot.deliveries, slot.ranked, slot.deadlines, slot.hookruns)
+
     async def _purge_batch(self, slot: SlotKeys) -> int:
-        """Forget up to PURGE_BATCH runs past their expiry; say how many entries were due."""
+        """Delete up to PURGE_BATCH runs past their expiry; say how many entries were due."""
         at = now()
+        keys = (slot.expiry, slot.index, slot.queue, slot.shares, slot.held, slot.cancels, *self._run_indexes(slot))
         with _STORE_ERRORS:
             due = await self._redis.zrangebyscore(slot.expiry, "-inf", at, start=0, num=PURGE_BATCH)
-            members = [member.decode() for member in cast(list[bytes], due)]
-            runs = [member.partition(" ") for member in members]
+            members = cast(list[bytes], due)
             async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id, _, _ in runs:
-                    pipe.pttl(slot.run(run_id))
-                # The queue's entries of runs gone unclaimed: their hashes expired, nobody reads them.
+                # Cut in parts, so that no script holds Redis for long (about 10 us per run).
+                for start in range(0, len(members), PURGE_SCRIPT_RUNS):
+                    part = members[start : start + PURGE_SCRIPT_RUNS]
+                    pipe.eval(_PURGE, len(keys), *keys, at, slot.tag, *part)
+                # Entries of runs deleted by their TTL under an earlier version, never claimed.
                 pipe.xtrim(slot.queue, minid=int(at * 1000) - _QUEUE_ENTRY_LIFETIME_MS, approximate=True)
-                ttls = cast(list[int], (await pipe.execute())[:-1])
-            if runs:
-                await self._forget(slot, at, members, runs, ttls)
+                await pipe.execute()
         return len(members)
-
-    async def _forget(
-        self, slot: SlotKeys, at: float, members: list[str], runs: list[tuple[str, str, str]], ttls: list[int]
-    ) -> None:
-        """Drop every index entry of the runs gone; reschedule those still there (a TTL extended)."""
-        gone: dict[str, list[str]] = {}
-        alive: dict[str, float] = {}
-        for member, (run_id, _, caller), ttl in zip(members, runs, ttls, strict=True):
-            if ttl == -2:  # no such key
-                gone.setdefault(caller, []).append(run_id)
-            else:
-                alive[member] = at + (ttl / 1000 if ttl >= 0 else UNFINISHED_TTL)
-        # A run id is never used again, so a run found gone stays gone: no script needed.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for caller, run_ids in gone.items():
-                if caller:
-                    pipe.zrem(slot.caller_index(caller), *run_ids)
-            every = [run_id for run_ids in gone.values() for run_id in run_ids]
-            if every:
-                for key in (slot.index, slot.leases, slot.deliveries, slot.ranked, slot.deadlines):
-                    pipe.zrem(key, *every)
-                pipe.zrem(slot.expiry, *[m for m, ttl in zip(members, ttls, strict=True) if ttl == -2])
-            if alive:
-                # GT: a TTL extended meanwhile (a redelivery) keeps its later time.
-                pipe.zadd(slot.expiry, alive, gt=True)
-            await pipe.execute()
