@@ -345,3 +345,22 @@ def test_after_a_silence_of_every_gateway_a_heartbeat_that_ran_out_is_taken_agai
     liveness = run(redis_store.keep_alive("gw-a", 0.1, 0.3, 2.0))
     assert not liveness.lost
     assert liveness.resume > time.time()
+
+
+def test_a_finished_run_leaves_its_owners_index_with_the_next_heartbeat(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    # One ZREM per heartbeat for every run finished in the interval, not one per run (#18).
+    runs = [new_run() for _ in range(3)]
+    for queued in runs:
+        run(redis_store.create(queued, b""))
+    assert not run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
+    assert len(run(redis_store.claim("gw-a", 3, 0, LEASE))) == 3
+    for queued in runs[:2]:
+        assert run(redis_store.finish(queued.run_id, 1, DONE, 60.0)) is True
+    assert raw(client.zcard(redis_store.held)) == 3  # until the heartbeat
+
+    assert not run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
+
+    assert raw(client.zrange(redis_store.held, 0, -1)) == [f"gw-a {runs[2].run_id}".encode()]
+    assert run(redis_store.finish(runs[0].run_id, 1, DONE, 60.0)) is False  # fenced as ever

@@ -215,6 +215,9 @@ CLAIM_BATCH = 32
 SPREAD_WAIT = 0.25
 #: Runs one purge script deletes, at most: Redis runs nothing else while a script runs.
 PURGE_SCRIPT_RUNS = 100
+#: {P}:held entries of finished runs dropped per ZREM by a heartbeat (a ZREM of 1,000 members
+#: holds Redis well under a millisecond).
+HELD_DROP_BATCH = 1000
 #: Owners of lapsed heartbeats looked at per recovery pass.
 LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
@@ -657,7 +660,10 @@ return 1
 """
 
 # KEYS run, events, deliveries, expiry, leases, held, cancels, shares; ARGV as _CLOSE, then
-# attempt, then the outcome's field pairs. The run leaves the index that holds it in the same step.
+# attempt, then the outcome's field pairs. A run leased on its own leaves {P}:leases in the same
+# step; a run held under a heartbeat leaves {P}:held with its owner's next heartbeat instead, one
+# ZREM for every run finished in an interval (#18): the reply is then the owner. Until then its
+# entry names a run no longer running, which recovery drops as it always did for such entries.
 _FINISH = (
     _CLOSE
     + """
@@ -669,8 +675,8 @@ if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
 if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel') end
 close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)})
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
-if owner and not lease_until then redis.call('ZREM', KEYS[6], owner .. ' ' .. ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
+if owner and not lease_until then return owner end
 return 1
 """
 )
@@ -1158,6 +1164,8 @@ class RedisRunStore:
         self._cluster = isinstance(self._redis, RedisCluster)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
         self._beating: set[str] = set()
+        #: Per slot: {P}:held members of runs finished since the last heartbeat, which drops them.
+        self._finished_held: list[list[str]] = [[] for _ in self.slot_keys]
         #: Request bodies read by claims, until their holder asks for them (request_body).
         self._bodies: dict[str, bytes] = {}
         #: Per slot: queue entries read by a claim its heartbeat refused (see _refused_entries).
@@ -1748,7 +1756,17 @@ class RedisRunStore:
             self._beating.discard(owner)
             return Liveness(max(resumes), lost=True)
         self._beating.add(owner)
+        await self._drop_finished_held()
         return Liveness(max(resumes), cancels=tuple(cancels))
+
+    async def _drop_finished_held(self) -> None:
+        """Drop the {P}:held entries of the runs finished since the last heartbeat (see _FINISH)."""
+        for slot, members in zip(self.slot_keys, self._finished_held, strict=True):
+            while members:
+                taken = members[:HELD_DROP_BATCH]
+                with _STORE_ERRORS:
+                    await self._redis.zrem(slot.held, *taken)
+                del members[: len(taken)]  # a failed drop leaves them for the next heartbeat
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
@@ -1768,7 +1786,10 @@ class RedisRunStore:
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
-            return bool(await self._finish(keys, args))
+            reply = await self._finish(keys, args)
+        if isinstance(reply, bytes):  # its owner: held under a heartbeat, its entry left to the next one
+            self._finished_held[slot_of(run_id, len(self.slot_keys))].append(f"{reply.decode()} {run_id}")
+        return bool(reply)
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:
