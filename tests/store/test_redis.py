@@ -17,7 +17,7 @@ from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
 from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, Idempotency, Share
 from asyncgate.store.factory import build_store
 from asyncgate.store.redis import RedisRunStore
-from tests.store.conftest import Runner, new_run
+from tests.store.conftest import Runner, new_run, with_webhook
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
 
@@ -80,15 +80,15 @@ def test_a_run_is_one_hash_under_a_hash_tag(
     assert (stored[b"state"], stored[b"attempt"], stored[b"body"]) == (b"queued", b"0", b"\x00body")
 
 
-def test_unfinished_runs_are_scheduled_for_the_safety_bound_and_finished_ones_for_the_retention(
+def test_no_key_of_a_run_has_a_ttl_and_a_finished_run_is_scheduled_for_its_retention(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
-    # No key of a run has a TTL: the expiry index alone says when purge() deletes it (#18).
+    # The expiry index and the listing index say when purge() deletes a run (#18).
     queued = new_run()
     run(redis_store.create(queued, b""))
     key, member = redis_store.run_key(queued.run_id), f"{queued.run_id} "
     assert raw(client.ttl(key)) == raw(client.ttl(redis_store.events_key(queued.run_id))) == -1
-    assert UNFINISHED_TTL - 60 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= UNFINISHED_TTL
+    assert raw(client.zscore(redis_store.expiry, member)) is None  # found through {P}:index once old
 
     run(redis_store.claim("owner-a", 1, 0, LEASE))
     assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is True
@@ -237,7 +237,7 @@ def test_purge_deletes_a_run_past_its_retention_and_every_index_entry_the_caller
     assert raw(client.exists(*keys)) == 0
     assert raw(client.zrange(redis_store.caller_index(caller), 0, -1)) == [kept.run_id.encode()]
     assert raw(client.zrange(redis_store.index, 0, -1)) == [kept.run_id.encode()]
-    assert raw(client.zrange(redis_store.expiry, 0, -1)) == [f"{kept.run_id} {caller}".encode()]
+    assert raw(client.zrange(redis_store.expiry, 0, -1)) == []  # the running one has no entry yet
     assert raw(client.zrange(redis_store.leases, 0, -1)) == [kept.run_id.encode()]
 
 
@@ -265,22 +265,45 @@ def test_purge_deletes_a_run_never_finished_and_its_work_per_call_is_bounded(
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
     share = Share("caller:c", 5, "caller")
-    stuck = dataclasses.replace(new_run(), caller="c")
+    stuck = dataclasses.replace(new_run(), caller="c", created_at=time.time() - UNFINISHED_TTL - 1)
     run(redis_store.create(stuck, b"", shares=[share]))
-    # As if its UNFINISHED_TTL had run out.
-    raw(client.zadd(redis_store.expiry, {f"{stuck.run_id} c": 1.0}))
     most = PURGE_BATCH * PURGE_ROUNDS
     raw(client.zadd(redis_store.expiry, {f"gone-{n} caller-{n % 3}": 2.0 + n for n in range(most + 5)}))
 
     run(redis_store.purge())
 
-    # The stuck run took one place in the first batch: 6 of the gone are left for the next call.
+    # The stuck run is due now, after the others: it and 5 of the gone are left for the next call.
     assert raw(client.zcard(redis_store.expiry)) == 6
-    assert raw(client.exists(redis_store.run_key(stuck.run_id))) == 0
-    assert raw(client.xlen(redis_store.queue)) == 0  # its queue entry went with it
-    assert run(redis_store.share_counts()) == {}  # and it no longer counts against its share
     run(redis_store.purge())
     assert raw(client.zcard(redis_store.expiry)) == raw(client.zcard(redis_store.index)) == 0
+    assert raw(client.exists(redis_store.run_key(stuck.run_id), redis_store.events_key(stuck.run_id))) == 0
+    assert raw(client.xlen(redis_store.queue)) == 0  # its queue entry went with it
+    assert run(redis_store.share_counts()) == {}  # and it no longer counts against its share
+
+
+def test_the_sweep_of_old_runs_deletes_those_never_closed_and_leaves_those_kept_longer(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    old = time.time() - UNFINISHED_TTL - 10
+    kept, hooked = (
+        dataclasses.replace(new_run(), created_at=old),
+        with_webhook(dataclasses.replace(new_run(), created_at=old + 1)),
+    )
+    for queued in (kept, hooked):
+        run(redis_store.create(queued, b""))
+    assert len(run(redis_store.claim("owner-a", 2, 0, LEASE))) == 2
+    run(redis_store.finish(kept.run_id, 1, DONE, 30 * 24 * 3600.0))  # kept 30 days
+    run(redis_store.finish(hooked.run_id, 1, DONE, 60.0))  # its delivery never ends
+
+    run(redis_store.purge())
+
+    assert run(redis_store.get(kept.run_id)) is not None
+    assert raw(client.exists(redis_store.run_key(hooked.run_id))) == 0
+    # The next sweep starts where this one stopped: the kept run is not looked at again.
+    assert (
+        float(raw(client.hget(redis_store.counters, "swept"))) == raw(client.zscore(redis_store.index, kept.run_id)) + 1
+    )
+    assert raw(client.zrange(redis_store.index, 0, -1)) == [kept.run_id.encode()]
 
 
 def test_a_redelivery_moves_the_expiry_with_the_ttl(

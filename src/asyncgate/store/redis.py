@@ -255,8 +255,10 @@ _RUN_FIELDS = (
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body", "expires_at")
 
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
-# is used up. KEYS run, events, queue, index, caller index, expiry, ranked, wake, deadlines,
-# shares, counters, [idem]; ARGV run_id, created_at, ttl (s), max_queued, event JSON, state, attempt,
+# is used up. KEYS run, events, queue, index, caller index, expiry (not written since #18: a run
+# that never ends is found through the index, see _SWEEP), ranked, wake, deadlines, shares,
+# counters, [idem]; ARGV run_id, created_at, "1" when {P}:ranked may hold runs (the queue's length
+# counts them then; else it is empty, and one command is spared), max_queued, event JSON, state, attempt,
 # started_at, caller, webhook, secrets, webhook_url, hook_events, request JSON, body, priority, its
 # rank band, deadline, the number of shares n, n pairs of share key and limit, wake MAXLEN, [idem
 # value]. The hash's field names are written here rather than sent with each run; an empty optional
@@ -273,8 +275,10 @@ if idem then
     if not expires or tonumber(expires) > tonumber(ARGV[2]) then return {'replay', existing} end
   end
 end
-if tonumber(ARGV[4]) > 0 and redis.call('XLEN', KEYS[3]) + redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[4]) then
-  return {'full'}
+if tonumber(ARGV[4]) > 0 then
+  local waiting = redis.call('XLEN', KEYS[3])
+  if ARGV[3] == '1' then waiting = waiting + redis.call('ZCARD', KEYS[7]) end
+  if waiting >= tonumber(ARGV[4]) then return {'full'} end
 end
 local shares = tonumber(ARGV[19])
 for i = 1, shares do
@@ -324,7 +328,6 @@ end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 -- A run without a caller is listed in the one index (its caller's index is that same key).
 if KEYS[5] ~= KEYS[4] then redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1]) end
-redis.call('ZADD', KEYS[6], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[9])
 if idem then redis.call('SET', idem, ARGV[21 + 2 * shares]) end
 return {'created'}
 """
@@ -904,6 +907,24 @@ redis.call('ZREM', KEYS[1], unpack(members))
 return #ids
 """
 
+# Schedule for deletion, now, the runs created UNFINISHED_TTL ago or more that have no
+# expires_at: never finished, or finished with a webhook delivery still pending. The listing index
+# orders every run by creation, so create needs no expiry entry of its own (#18); the sweep goes
+# forward from where the last one stopped ({P}:counters swept), so the runs it leaves (finished,
+# kept longer than UNFINISHED_TTL) are not looked at again. A hash gone already (a TTL of an earlier
+# version) is left to the expiry entry that version wrote. KEYS expiry, counters; ARGV now, the
+# slot's tag, the score the sweep reached, then run ids.
+_SWEEP = """
+local tag = ARGV[2]
+for i = 4, #ARGV do
+  local run = tag .. ':run:' .. ARGV[i]
+  local created, expires, caller = unpack(redis.call('HMGET', run, 'created_at', 'expires_at', 'caller'))
+  if created and not expires then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ' .. (caller or '')) end
+end
+redis.call('HSET', KEYS[2], 'swept', ARGV[3])
+return 0
+"""
+
 #: What the renewal scripts' codes mean.
 _LEASES = {0: Lease.LOST, 1: Lease.HELD, 2: Lease.CANCEL}
 
@@ -1321,7 +1342,7 @@ class RedisRunStore:
         args: list[Any] = [
             run.run_id,
             run.created_at,
-            UNFINISHED_TTL,
+            "1" if self.ranked or priority > 0 else "0",
             max_queued,
             event,
             run.state.value,
@@ -2332,8 +2353,27 @@ class RedisRunStore:
         # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
         for slot in self.slot_keys:
             for _ in range(PURGE_ROUNDS):
+                if await self._sweep_unfinished(slot) < PURGE_BATCH:
+                    break
+            for _ in range(PURGE_ROUNDS):
                 if await self._purge_batch(slot) < PURGE_BATCH:
                     break
+
+    async def _sweep_unfinished(self, slot: SlotKeys) -> int:
+        """Schedule up to PURGE_BATCH runs created UNFINISHED_TTL ago and never closed (see _SWEEP);
+        say how many the index held past the last sweep."""
+        at = now()
+        with _STORE_ERRORS:
+            swept = await self._redis.hget(slot.counters, "swept")
+            # Inclusive: runs created at the very score the last sweep reached are looked at again.
+            found = await self._redis.zrangebyscore(
+                slot.index, float(swept or "-inf"), at - UNFINISHED_TTL, start=0, num=PURGE_BATCH, withscores=True
+            )
+            pairs = cast(list[tuple[bytes, float]], found)
+            if pairs:
+                keys, reached = (slot.expiry, slot.counters), repr(pairs[-1][1])
+                await self._redis.eval(_SWEEP, 2, *keys, at, slot.tag, reached, *(run_id for run_id, _ in pairs))
+        return len(pairs)
 
     @staticmethod
     def _run_indexes(slot: SlotKeys) -> tuple[str, ...]:
