@@ -10,7 +10,7 @@ import redis
 
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store.base import CancelResult, Idempotency, Lease
-from asyncgate.store.redis import RedisRunStore
+from asyncgate.store.redis import CLAIM_BATCH, RedisRunStore
 from tests.store.conftest import Runner, new_run
 from tests.support.redis_server import RedisServer
 
@@ -73,3 +73,34 @@ def test_a_redis_that_forgot_its_scripts_gets_them_again(
     stored = run(redis_store.get(first.run_id))
     assert stored is not None and stored.state is RunState.SUCCEEDED
     assert run(redis_store.result(first.run_id)) == DONE.result
+
+
+def test_one_runs_life_costs_redis_at_most_15_commands(
+    redis_store: RedisRunStore, admin: redis.Redis, run: Runner
+) -> None:
+    # Issue #18: from create to the final state, counted by Redis itself (the commands inside
+    # scripts included), for runs claimed together as a burst of submissions is (CLAIM_BATCH),
+    # with the heartbeat that drops their {P}:held entries. A caller index adds one per run.
+    def life(count: int) -> None:
+        runs = [new_run() for _ in range(count)]
+        for queued in runs:
+            run(redis_store.create(queued, b"x" * 1024, max_queued=10_000))
+        claimed = run(redis_store.claim("gw-a", count, 0, 30.0))
+        assert len(claimed) == count
+        for taken in claimed:
+            assert run(redis_store.finish(taken.run_id, taken.attempt, DONE, 60.0))
+        assert not run(redis_store.keep_alive("gw-a", 30.0, 10.0, 0.0)).lost
+
+    assert not run(redis_store.keep_alive("gw-a", 30.0, 10.0, 0.0)).lost
+    life(2)  # loads the scripts and opens the connections: not a run's cost
+    before = admin.info("commandstats")
+    total = int(admin.info("stats")["total_commands_processed"])
+
+    life(CLAIM_BATCH)
+
+    executed = int(admin.info("stats")["total_commands_processed"]) - total - 1  # the first INFO
+    after = admin.info("commandstats")
+    spent = {name: after[name]["calls"] - before.get(name, {}).get("calls", 0) for name in after}
+    spent = {name: calls for name, calls in spent.items() if calls and name != "cmdstat_info"}
+    assert executed / CLAIM_BATCH <= 15, spent
+    assert executed == sum(spent.values())
