@@ -122,7 +122,8 @@ logger = logging.getLogger("asyncgate.store")
 #                             counts queued or running; counted by the create script,
 #                             uncounted by every script that ends a run; deleted at zero.
 #   {P}:counters      hash    claimed: runs claimed so far by every gateway (the queue's rate);
-#                             ranked_seq: see {P}:ranked. No TTL: one small key per deployment.
+#                             ranked_seq: see {P}:ranked; swept: the creation time purge() has
+#                             looked at runs up to (see _SWEEP). No TTL: one small key per deployment.
 #   {P}:leases        zset    Index of running runs: member run id, score lease_until, so that
 #                             expired() need not scan. A hint only; the run hash is the truth.
 #   {P}:leases        zset    Index of runs leased on their own: member run id, score lease_until,
@@ -136,7 +137,8 @@ logger = logging.getLogger("asyncgate.store")
 #                             takes a new name); it is dropped once none of its runs is left.
 #   {P}:held          zset    Runs held under a heartbeat: member "<owner> <run id>", score 0, so
 #                             that one owner's runs are one ZRANGEBYLEX. Written by the claim,
-#                             dropped by finish, requeue and recovery. A hint, like leases.
+#                             dropped by requeue, recovery and purge(), and for a finished run by
+#                             the owner's next heartbeat (see _FINISH). A hint, like leases.
 #   {P}:cancels       zset    Cancellations asked while a run was running: member "<owner> <run id>",
 #                             score 0; taken by the owner's next heartbeat, since the cancel
 #                             message on P:cancel may be missed. Dropped by the run's finish too.
