@@ -285,25 +285,24 @@ def test_the_sweep_of_old_runs_deletes_those_never_closed_and_leaves_those_kept_
     redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
 ) -> None:
     old = time.time() - UNFINISHED_TTL - 10
-    kept, hooked = (
-        dataclasses.replace(new_run(), created_at=old),
-        with_webhook(dataclasses.replace(new_run(), created_at=old + 1)),
-    )
-    for queued in (kept, hooked):
+    kept = dataclasses.replace(new_run(), created_at=old)
+    hooked = with_webhook(dataclasses.replace(new_run(), created_at=old + 1))
+    evicted = dataclasses.replace(new_run(), created_at=old + 2)
+    for queued in (kept, hooked, evicted):
         run(redis_store.create(queued, b""))
     assert len(run(redis_store.claim("owner-a", 2, 0, LEASE))) == 2
     run(redis_store.finish(kept.run_id, 1, DONE, 30 * 24 * 3600.0))  # kept 30 days
     run(redis_store.finish(hooked.run_id, 1, DONE, 60.0))  # its delivery never ends
+    raw(client.delete(redis_store.run_key(evicted.run_id)))  # gone without purge (maxmemory)
 
     run(redis_store.purge())
 
     assert run(redis_store.get(kept.run_id)) is not None
-    assert raw(client.exists(redis_store.run_key(hooked.run_id))) == 0
-    # The next sweep starts where this one stopped: the kept run is not looked at again.
-    assert (
-        float(raw(client.hget(redis_store.counters, "swept"))) == raw(client.zscore(redis_store.index, kept.run_id)) + 1
-    )
+    assert raw(client.exists(redis_store.run_key(hooked.run_id), redis_store.events_key(evicted.run_id))) == 0
     assert raw(client.zrange(redis_store.index, 0, -1)) == [kept.run_id.encode()]
+    assert raw(client.zcard(redis_store.deliveries)) == 0
+    # The next sweep starts where this one stopped: the kept run is not looked at again.
+    assert float(raw(client.hget(redis_store.counters, "swept"))) == pytest.approx(old + 2)
 
 
 def test_a_redelivery_moves_the_expiry_with_the_ttl(

@@ -914,14 +914,19 @@ return #ids
 # orders every run by creation, so create needs no expiry entry of its own (#18); the sweep goes
 # forward from where the last one stopped ({P}:counters swept), so the runs it leaves (finished,
 # kept longer than UNFINISHED_TTL) are not looked at again. A hash gone already (a TTL of an earlier
-# version) is left to the expiry entry that version wrote. KEYS expiry, counters; ARGV now, the
-# slot's tag, the score the sweep reached, then run ids.
+# version, an eviction) is scheduled too, with no caller: its keys and index entries go, and its
+# caller's index entry with the member an earlier version wrote. KEYS expiry, counters; ARGV now,
+# the slot's tag, the score the sweep reached, then run ids.
 _SWEEP = """
 local tag = ARGV[2]
 for i = 4, #ARGV do
   local run = tag .. ':run:' .. ARGV[i]
   local created, expires, caller = unpack(redis.call('HMGET', run, 'created_at', 'expires_at', 'caller'))
-  if created and not expires then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ' .. (caller or '')) end
+  if not created then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ')
+  elseif not expires then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ' .. (caller or ''))
+  end
 end
 redis.call('HSET', KEYS[2], 'swept', ARGV[3])
 return 0
@@ -1787,9 +1792,14 @@ class RedisRunStore:
         for slot, members in zip(self.slot_keys, self._finished_held, strict=True):
             while members:
                 taken = members[:HELD_DROP_BATCH]
-                with _STORE_ERRORS:
-                    await self._redis.zrem(slot.held, *taken)
-                del members[: len(taken)]  # a failed drop leaves them for the next heartbeat
+                try:
+                    with _STORE_ERRORS:
+                        await self._redis.zrem(slot.held, *taken)
+                except StoreError as exc:
+                    # The heartbeat itself went through: a failed drop waits for the next one.
+                    logger.warning("cannot drop finished runs from %s: %s", slot.held, exc)
+                    return
+                del members[: len(taken)]
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
