@@ -256,6 +256,9 @@ def main() -> None:
             per_name = {n: (names1.get(n, 0) - names0.get(n, 0)) / args.lives for n in names1}
             print("  per run: " + ", ".join(f"{n} {c:.2f}" for n, c in sorted(per_name.items()) if c))
 
+            # A finished run leaves {P}:held with the gateway's next heartbeat (runs.lease_renewal):
+            # until then the lives' runs would count as held.
+            wait_until(lambda: held(redis) == 0, timeout=30, message="the finished runs out of the held index")
             for count in counts:
                 more = count - held(redis)
                 submit(base, "/sleep?seconds=3600&async=true", more)
