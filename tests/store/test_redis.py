@@ -94,7 +94,11 @@ def test_no_key_of_a_run_has_a_ttl_and_a_finished_run_is_scheduled_for_its_reten
     assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is True
 
     assert raw(client.ttl(key)) == raw(client.ttl(redis_store.events_key(queued.run_id))) == -1
-    assert 110 < raw(client.zscore(redis_store.expiry, member)) - time.time() <= 120
+    assert 110 < float(raw(client.hget(key, "expires_at"))) - time.time() <= 120
+    # Its expiry entry is written with the store's next heartbeat (or purge), one ZADD for all.
+    assert raw(client.zscore(redis_store.expiry, member)) is None
+    assert not run(redis_store.keep_alive("owner-a", LEASE, 10.0, 0.0)).lost
+    assert raw(client.zscore(redis_store.expiry, member)) == float(raw(client.hget(key, "expires_at")))
     assert not raw(client.hget(key, "body"))
     assert not raw(client.hget(key, "secrets"))
 
@@ -226,6 +230,7 @@ def test_purge_deletes_a_run_past_its_retention_and_every_index_entry_the_caller
     claimed = run(redis_store.claim("owner-a", 2, 0, LEASE))
     assert {c.run_id for c in claimed} == {mine.run_id, kept.run_id}
     run(redis_store.finish(mine.run_id, 1, DONE, 0.2))
+    run(redis_store.purge())  # writes the finished run's expiry entry; not due yet
     member = f"{mine.run_id} {caller}"
     due = raw(client.zscore(redis_store.expiry, member))
     assert 0 < due - time.time() <= 0.2
@@ -386,3 +391,23 @@ def test_a_finished_run_leaves_its_owners_index_with_the_next_heartbeat(
 
     assert raw(client.zrange(redis_store.held, 0, -1)) == [f"gw-a {runs[2].run_id}".encode()]
     assert run(redis_store.finish(runs[0].run_id, 1, DONE, 60.0)) is False  # fenced as ever
+
+
+def test_a_finished_run_whose_expiry_entry_was_never_written_is_found_by_the_sweep(
+    redis_store: RedisRunStore, client: aioredis.Redis, raw: Command, run: Runner
+) -> None:
+    # Its gateway was killed between the finish and the heartbeat that writes the entry.
+    lost = dataclasses.replace(new_run(), created_at=time.time() - UNFINISHED_TTL - 10)
+    run(redis_store.create(lost, b""))
+    run(redis_store.claim("owner-a", 1, 0, LEASE))
+    run(redis_store.finish(lost.run_id, 1, DONE, 0.2))
+    redis_store._finished_expiry[0].clear()  # as if killed there
+    expires_at = float(raw(client.hget(redis_store.run_key(lost.run_id), "expires_at")))
+    wait_until(lambda: time.time() > expires_at, timeout=5, message="past the retention")
+    assert run(redis_store.get(lost.run_id)) is None  # gone to readers at once
+
+    run(redis_store.purge())  # the sweep writes its entry
+    run(redis_store.purge())  # and it is due
+
+    assert raw(client.exists(redis_store.run_key(lost.run_id))) == 0
+    assert raw(client.zcard(redis_store.index)) == raw(client.zcard(redis_store.expiry)) == 0

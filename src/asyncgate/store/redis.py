@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import secrets
 import time
@@ -144,10 +145,12 @@ logger = logging.getLogger("asyncgate.store")
 #                             message on P:cancel may be missed. Dropped by the run's finish too.
 #   {P}:index         zset    Every run, score created_at, for listing; {P}:index:<caller> the
 #                             same per caller. Entries of deleted runs are dropped by purge().
-#   {P}:expiry        zset    Every run, member "<id> <caller>", score the time purge() deletes it:
-#                             UNFINISHED_TTL from create, then its expires_at (or UNFINISHED_TTL
-#                             from a redelivery). purge() takes the entries now due and deletes
-#                             each run, its keys and its entries in the indexes above, in one step.
+#   {P}:expiry        zset    Runs ended, member "<id> <caller>", score the time purge() deletes
+#                             it: its expires_at (UNFINISHED_TTL from a redelivery), written by the
+#                             finishing gateway after its next heartbeat (see _FINISH), or by the
+#                             step that ended it; a run that never ends is given one by the sweep of
+#                             {P}:index (_SWEEP). purge() takes the entries now due and deletes each
+#                             run, its keys and its entries in the indexes above, in one step.
 #   {P}:deliveries    zset    Webhook deliveries not yet final: member run id, score the time
 #                             the next attempt is due (or a taken attempt's lease runs out).
 #   {P}:hooks:<id>    list    The run's lifecycle webhook deliveries waiting, first to send first:
@@ -217,9 +220,9 @@ CLAIM_BATCH = 32
 SPREAD_WAIT = 0.25
 #: Runs one purge script deletes, at most: Redis runs nothing else while a script runs.
 PURGE_SCRIPT_RUNS = 100
-#: {P}:held entries of finished runs dropped per ZREM by a heartbeat (a ZREM of 1,000 members
-#: holds Redis well under a millisecond).
-HELD_DROP_BATCH = 1000
+#: Index entries of finished runs written per command by a heartbeat (see _FINISH): a ZREM or a
+#: ZADD of 1,000 members holds Redis well under a millisecond.
+FINISHED_BATCH = 1000
 #: Owners of lapsed heartbeats looked at per recovery pass.
 LAPSED_OWNERS = 10
 #: Ids of the queue stream are milliseconds; an entry older than a run can live names no run.
@@ -411,12 +414,14 @@ end
 # its retention, and its shares uncounted. KEYS run, events, deliveries, expiry; ARGV[1..5] event
 # JSON, pending delivery JSON, now, retention (ms), run id; the run's webhook, caller and shares
 # fields, read by the caller's own HMGET (one read per run, not one per field), ``shares_key``
-# the {P}:shares key, and ``fields`` the caller's own field pairs, written by the same HSET.
+# the {P}:shares key, ``fields`` the caller's own field pairs, written by the same HSET, and
+# ``defer`` true when the caller leaves the {P}:expiry entry to the store (see _FINISH): the
+# function returns the time the run expires then.
 # No key of a run has a TTL (#18): expires_at and the run's entry in {P}:expiry say when purge()
 # deletes it, and reads treat a run past its expires_at as gone. A pending delivery leaves both
-# as create wrote them (no expires_at; the entry UNFINISHED_TTL after create) until it is final.
+# unset until it is final (the sweep of {P}:index deletes the run UNFINISHED_TTL after create).
 _CLOSE = """
-local function close_run(webhook, caller, counted, shares_key, fields)
+local function close_run(webhook, caller, counted, shares_key, fields, defer)
   if counted then
     for key in string.gmatch(counted, '[^\\n]+') do
       if redis.call('HINCRBY', shares_key, key, -1) <= 0 then redis.call('HDEL', shares_key, key) end
@@ -432,7 +437,9 @@ local function close_run(webhook, caller, counted, shares_key, fields)
     local expires = string.format('%.6f', tonumber(ARGV[3]) + tonumber(ARGV[4]) / 1000)
     fields[#fields + 1] = 'expires_at'
     fields[#fields + 1] = expires
-    redis.call('ZADD', KEYS[4], expires, ARGV[5] .. ' ' .. (caller or ''))
+    if not defer then redis.call('ZADD', KEYS[4], expires, ARGV[5] .. ' ' .. (caller or '')) end
+    redis.call('HSET', KEYS[1], unpack(fields))
+    return expires
   end
   redis.call('HSET', KEYS[1], unpack(fields))
 end
@@ -666,9 +673,13 @@ return 1
 
 # KEYS run, events, deliveries, expiry, leases, held, cancels, shares; ARGV as _CLOSE, then
 # attempt, then the outcome's field pairs. A run leased on its own leaves {P}:leases in the same
-# step; a run held under a heartbeat leaves {P}:held with its owner's next heartbeat instead, one
-# ZREM for every run finished in an interval (#18): the reply is then the owner. Until then its
-# entry names a run no longer running, which recovery drops as it always did for such entries.
+# step. Two index writes are left to the store, which makes them for every run it finished with
+# its next heartbeat or purge (#18): one ZREM of {P}:held for the runs held under a heartbeat, one
+# ZADD of {P}:expiry (the run's expires_at is in its hash already, and reads honour it). Until
+# then, a {P}:held entry names a run no longer running, which recovery drops as it always did; a
+# run whose entry is never written (its gateway killed first) is found by the sweep of old runs
+# (_SWEEP). Replies 0 when the attempt does not hold the run, else its owner when it was held
+# under a heartbeat (or ''), its expires_at (or '' while a delivery is pending) and its caller.
 _FINISH = (
     _CLOSE
     + """
@@ -678,11 +689,10 @@ if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
 -- The body and the credentials are emptied by the outcome's own HSET rather than deleted by a
 -- command of their own (#18); the owner stays, read by nothing once the run is over.
 if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel') end
-close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)})
+local expires = close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)}, true)
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
-if owner and not lease_until then return owner end
-return 1
+return {(owner and not lease_until) and owner or '', expires or '', caller or ''}
 """
 )
 
@@ -910,7 +920,8 @@ return #ids
 """
 
 # Schedule for deletion, now, the runs created UNFINISHED_TTL ago or more that have no
-# expires_at: never finished, or finished with a webhook delivery still pending. The listing index
+# expires_at: never finished, or finished with a webhook delivery still pending; a run with one
+# but no {P}:expiry entry (its gateway killed before writing it, see _FINISH) gets its entry. The listing index
 # orders every run by creation, so create needs no expiry entry of its own (#18); the sweep goes
 # forward from where the last one stopped ({P}:counters swept), so the runs it leaves (finished,
 # kept longer than UNFINISHED_TTL) are not looked at again. A hash gone already (a TTL of an earlier
@@ -926,6 +937,8 @@ for i = 4, #ARGV do
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ')
   elseif not expires then
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i] .. ' ' .. (caller or ''))
+  else
+    redis.call('ZADD', KEYS[1], 'NX', expires, ARGV[i] .. ' ' .. (caller or ''))
   end
 end
 redis.call('HSET', KEYS[2], 'swept', ARGV[3])
@@ -1192,8 +1205,10 @@ class RedisRunStore:
         self._cluster = isinstance(self._redis, RedisCluster)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
         self._beating: set[str] = set()
-        #: Per slot: {P}:held members of runs finished since the last heartbeat, which drops them.
+        #: Per slot: {P}:held members of runs finished since the last heartbeat, which drops them,
+        #: and their {P}:expiry entries, which it (or purge, whichever comes first) writes (_FINISH).
         self._finished_held: list[list[str]] = [[] for _ in self.slot_keys]
+        self._finished_expiry: list[dict[str, float]] = [{} for _ in self.slot_keys]
         #: Request bodies read by claims, until their holder asks for them (request_body).
         self._bodies: dict[str, bytes] = {}
         #: Per slot: queue entries read by a claim its heartbeat refused (see _refused_entries).
@@ -1297,6 +1312,7 @@ class RedisRunStore:
     async def close(self) -> None:
         for batch in self._batches:
             await batch.close()
+        await self._index_finished()
         for client in (self._redis, self._blocking, self._lifeline):
             await client.aclose()
             # A Sentinel-managed client does not close its connections to the Sentinels.
@@ -1780,26 +1796,32 @@ class RedisRunStore:
                 resumes.append(float(resume))
                 lost = lost or status == "lost"
                 cancels += asked
+        await self._index_finished()
         if lost:
             self._beating.discard(owner)
             return Liveness(max(resumes), lost=True)
         self._beating.add(owner)
-        await self._drop_finished_held()
         return Liveness(max(resumes), cancels=tuple(cancels))
 
-    async def _drop_finished_held(self) -> None:
-        """Drop the {P}:held entries of the runs finished since the last heartbeat (see _FINISH)."""
-        for slot, members in zip(self.slot_keys, self._finished_held, strict=True):
-            while members:
-                taken = members[:HELD_DROP_BATCH]
-                try:
+    async def _index_finished(self) -> None:
+        """The index writes of the runs finished since the last call (see _FINISH): their {P}:held
+        entries dropped, their {P}:expiry entries written, FINISHED_BATCH members per command."""
+        for slot, members, expiries in zip(self.slot_keys, self._finished_held, self._finished_expiry, strict=True):
+            try:
+                while members:
                     with _STORE_ERRORS:
-                        await self._redis.zrem(slot.held, *taken)
-                except StoreError as exc:
-                    # The heartbeat itself went through: a failed drop waits for the next one.
-                    logger.warning("cannot drop finished runs from %s: %s", slot.held, exc)
-                    return
-                del members[: len(taken)]
+                        await self._redis.zrem(slot.held, *members[:FINISHED_BATCH])
+                    del members[:FINISHED_BATCH]
+                while expiries:
+                    taken = dict(itertools.islice(expiries.items(), FINISHED_BATCH))
+                    with _STORE_ERRORS:
+                        await self._redis.zadd(slot.expiry, taken)
+                    for member in taken:
+                        del expiries[member]
+            except StoreError as exc:
+                # The heartbeat itself went through: what is left waits for the next call.
+                logger.warning("cannot index the runs finished lately: %s", exc)
+                return
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
         if not outcome.state.is_final:
@@ -1820,9 +1842,15 @@ class RedisRunStore:
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
             reply = await self._finish(keys, args)
-        if isinstance(reply, bytes):  # its owner: held under a heartbeat, its entry left to the next one
-            self._finished_held[slot_of(run_id, len(self.slot_keys))].append(f"{reply.decode()} {run_id}")
-        return bool(reply)
+        if not reply:
+            return False
+        owner, expires, caller = (_text(part) for part in cast(list[bytes], reply))
+        index = slot_of(run_id, len(self.slot_keys))
+        if owner:
+            self._finished_held[index].append(f"{owner} {run_id}")
+        if expires:
+            self._finished_expiry[index][f"{run_id} {caller}"] = float(expires)
+        return True
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:
@@ -2362,6 +2390,7 @@ class RedisRunStore:
         return {"durability": promise, "warnings": warnings, "sealing": self.sealer.sealing}
 
     async def purge(self) -> None:
+        await self._index_finished()
         # Rounds, so that a busy deployment's expiries do not outpace one batch per call.
         for slot in self.slot_keys:
             for _ in range(PURGE_ROUNDS):
