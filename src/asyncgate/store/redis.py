@@ -1305,13 +1305,38 @@ class RedisRunStore:
         """The create script and a WAIT for one replica, on one connection: WAIT counts only the
         writes of the connection it is sent on, so on any other it would confirm nothing."""
         if not isinstance(self._redis, aioredis.Redis):
-            reply = cast(list[bytes], await self._scripts.create(keys, args))
-            return reply, int(await self._redis.wait(1, STRICT_WAIT_MS))
+            return await self._create_confirmed_on_cluster(keys, args)
         pipe = self._redis.pipeline(transaction=False)
         await self._scripts.create(keys, args, client=pipe)  # queued; loaded first if Redis lacks it
         pipe.wait(1, STRICT_WAIT_MS)
         reply, confirmed = await pipe.execute()
         return cast(list[bytes], reply), int(confirmed)
+
+    async def _create_confirmed_on_cluster(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[list[bytes], int]:
+        """The same on a Cluster: one pipeline, both commands sent to the master of the run's slot,
+        which the client sends on one connection of that node. Without redirections: a pipeline
+        that follows a MOVED sends each command alone, the WAIT on any connection."""
+        cluster = cast(RedisCluster, self._redis)
+        await cluster.initialize()  # a failed command asks for the nodes to be learned anew
+        node = cluster.get_node_from_key(keys[0])
+        script = self._scripts.create
+        for _ in range(2):
+            pipe = cluster.pipeline()
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, STRICT_WAIT_MS, target_nodes=node)
+            reply, confirmed = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            if isinstance(reply, redis_errors.NoScriptError):
+                await cluster.script_load(script.script)  # on every primary; the WAIT ran alone
+                continue
+            if isinstance(reply, redis_errors.MovedError | redis_errors.AskError):
+                # The slot moved (a failover, a resharding): learn where, and let the client retry.
+                await cluster.nodes_manager.initialize()
+                raise StoreUnavailable(f"the run's slot moved: {reply}")
+            for result in (reply, confirmed):
+                if isinstance(result, Exception):
+                    raise result
+            return cast(list[bytes], reply), int(confirmed)
+        raise StoreUnavailable("the create script could not be loaded")
 
     def _placed(self, run: Run, idempotency: Idempotency | None, shares: Sequence[Share]) -> Run:
         """The run, with a new id if need be, so that it lives in the slot whose keys its create
