@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
-from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, Idempotency, Share
+from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, Idempotency, Lease, Share
 from asyncgate.store.factory import build_store
 from asyncgate.store.redis import RedisRunStore
 from tests.store.conftest import Runner, new_run, with_webhook
@@ -383,6 +383,8 @@ def test_a_finished_run_leaves_its_owners_index_with_the_next_heartbeat(
         run(redis_store.create(queued, b""))
     assert not run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
     assert len(run(redis_store.claim("gw-a", 3, 0, LEASE))) == 3
+    # Renewed one by one as well: a lease of its own, and its member in {P}:held still.
+    assert run(redis_store.renew(runs[1].run_id, 1, LEASE)) is Lease.HELD
     for queued in runs[:2]:
         assert run(redis_store.finish(queued.run_id, 1, DONE, 60.0)) is True
     assert raw(client.zcard(redis_store.held)) == 3  # until the heartbeat

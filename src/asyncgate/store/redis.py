@@ -713,8 +713,10 @@ return 1
 # ZADD of {P}:expiry (the run's expires_at is in its hash already, and reads honour it). Until
 # then, a {P}:held entry names a run no longer running, which recovery drops as it always did; a
 # run whose entry is never written (its gateway killed first) is found by the sweep of old runs
-# (_SWEEP). Replies 0 when the attempt does not hold the run, else its owner when it was held
-# under a heartbeat (or ''), its expires_at (or '' while a delivery is pending) and its caller.
+# (_SWEEP). Replies 0 when the attempt does not hold the run, else its owner (its {P}:held member
+# is dropped whether or not it was leased on its own as well: a run renewed one by one after a
+# claim under a heartbeat is in both), its expires_at (or '' while a delivery is pending) and its
+# caller.
 _FINISH = (
     _CLOSE
     + """
@@ -727,7 +729,7 @@ if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel
 local expires = close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)}, true)
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
-return {(owner and not lease_until) and owner or '', expires or '', caller or ''}
+return {owner or '', expires or '', caller or ''}
 """
 )
 
