@@ -1871,7 +1871,11 @@ class RedisRunStore:
     async def _index_finished(self) -> None:
         """The index writes of the runs finished since the last call (see _FINISH): their {P}:held
         entries dropped, their {P}:expiry entries written, FINISHED_BATCH members per command."""
-        for slot, members, expiries in zip(self.slot_keys, self._finished_held, self._finished_expiry, strict=True):
+        for index, slot in enumerate(self.slot_keys):
+            # Taken out before the first await: runs finishing meanwhile, and a heartbeat and a
+            # purge writing at once, each find only what nobody has taken.
+            members, self._finished_held[index] = self._finished_held[index], []
+            expiries, self._finished_expiry[index] = self._finished_expiry[index], {}
             try:
                 while members:
                     with _STORE_ERRORS:
@@ -1886,6 +1890,8 @@ class RedisRunStore:
             except StoreError as exc:
                 # The heartbeat itself went through: what is left waits for the next call.
                 logger.warning("cannot index the runs finished lately: %s", exc)
+                self._finished_held[index] += members
+                self._finished_expiry[index] |= expiries
                 return
 
     async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
