@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -863,10 +864,24 @@ _UNAVAILABLE = (
     OSError,
     redis_errors.ClusterError,
     redis_errors.TryAgainError,
-    # uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
-    # which redis-py 8.1 lets through: "unable to perform operation on <TCPTransport closed=True>".
-    RuntimeError,
+    # A Cluster whose map, learned anew during a failover, has no master for the key's slot yet
+    # (raised by _read_streams' own look-up of the node, and by redis-py once its retries are
+    # spent). Not a RedisError, so it passed through as no StoreError at all.
+    redis_errors.SlotNotCoveredError,
 )
+
+# uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
+# which redis-py 8.1 lets through: RuntimeError("unable to perform operation on <TCPTransport
+# closed=True ...>; the handler is closed") (uvloop/handles/handle.pyx, _ensure_alive). It has no
+# class of its own, so its text is all that tells it from a RuntimeError that is a bug.
+_CLOSED_HANDLE = re.compile(r"unable to perform operation on <\w+ closed=True\b.*; the handler is closed")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached (StoreUnavailable), not that a command failed."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return type(exc) is RuntimeError and _CLOSED_HANDLE.fullmatch(str(exc)) is not None
 
 
 class _StoreErrors:
@@ -881,7 +896,7 @@ class _StoreErrors:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         # BusyLoadingError (Redis still loading its data) is a ConnectionError. A Cluster missing a
         # master (CLUSTERDOWN, TRYAGAIN, retries spent while a replica takes over) passes too.
-        if isinstance(exc, _UNAVAILABLE):
+        if exc is not None and _unreachable(exc):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
         refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
         if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
@@ -1591,10 +1606,11 @@ class RedisRunStore:
         ]
         try:
             replies = await self._scripts.claim(keys, args)
-        except _UNAVAILABLE:
-            # The script may have run, its reply lost: those runs would be running under this
-            # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
-            self._unsure += [(owner, run_id) for run_id in run_ids]
+        except Exception as exc:
+            if _unreachable(exc):
+                # The script may have run, its reply lost: those runs would be running under this
+                # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
+                self._unsure += [(owner, run_id) for run_id in run_ids]
             raise
         if replies is None:
             self._beating.discard(owner)
