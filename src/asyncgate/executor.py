@@ -238,6 +238,15 @@ class Executor:
                 logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
+            except Exception:
+                # A bug, or redis-py failing in a way of its own (in a Cluster's failover it was
+                # seen to raise AttributeError on a connection closed under a command): loud, and
+                # the loop goes on. Ended, it left every run queued under a gateway whose
+                # heartbeat, answers and readiness all went on as if it were taking them.
+                self.metrics.store_errors.inc()
+                logger.exception("claiming runs failed; trying again")
+                await asyncio.sleep(STORE_RETRY_DELAY)
+                continue
             for run in runs:
                 self._start(run)
 
@@ -434,6 +443,10 @@ class Executor:
                         logger.info("run %s: cancelling its upstream call", run_id, extra={"run_id": run_id})
             except StoreError as exc:
                 logger.warning("cancel messages interrupted: %s", exc)
+            except Exception:
+                # As for claims: a loop that ended would hear no cancel until the gateway restarted
+                # (redis-py 8.1's Cluster pub/sub raised KeyError for a slot a failover left uncovered).
+                logger.exception("cancel messages interrupted; listening again")
             await asyncio.sleep(STORE_RETRY_DELAY)
 
     async def _recovery_loop(self) -> None:

@@ -167,3 +167,56 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
 
     assert asyncio.run(scenario()) == [RunState.SUCCEEDED, RunState.SUCCEEDED]
     assert woken == ["webhooks"]
+
+
+class FailsOnce(RedisRunStore):
+    """A store whose first claim fails with an error that is no StoreError, as redis-py 8.1's
+    Cluster client did in a failover (a connection closed under a command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        if not self.failed:
+            self.failed = True
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await super().claim(owner, limit, wait, lease)
+
+
+def test_a_claim_failing_on_an_unexpected_error_is_logged_and_claiming_goes_on(
+    redis_server: RedisServer, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(
+        None, environ={}, overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open"}
+    )
+    request = RunRequest("GET", "/echo", f"tag={uuid.uuid4().hex[:8]}", (), webhook_url=None, timeout=60)
+    queued = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+    async def scenario() -> RunState | None:
+        store = FailsOnce(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        pool = UpstreamPool(config)
+        await store.open()
+        await pool.open()
+        try:
+            await store.create(queued, b"")
+            executor = Executor(config, store, pool, lambda: None, Metrics())
+            executor.start()
+            stored = None
+            try:
+                async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
+                    while stored is None or not stored.state.is_final:
+                        await asyncio.sleep(0.01)
+                        stored = await store.get(queued.run_id)
+            finally:
+                await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+            return stored.state
+        finally:
+            await pool.close()
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
+        assert asyncio.run(scenario()) is RunState.SUCCEEDED
+    failures = [r for r in caplog.records if r.getMessage() == "claiming runs failed; trying again"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], AttributeError)
