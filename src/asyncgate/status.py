@@ -69,29 +69,14 @@ def _delivery(run: Run) -> Delivery | None:
     return run.delivery or Delivery(DeliveryState.PENDING)
 
 
-def _state(run: Run) -> str | None:
-    delivery = _delivery(run)
-    return None if delivery is None else delivery.state.value
+def _of_delivery(read: Callable[[Delivery], Any], absent: Any = None) -> WebhookReader:
+    """A reader of the ``completed`` delivery's field; ``absent`` when no delivery is made."""
 
+    def reader(run: Run) -> Any:
+        delivery = _delivery(run)
+        return absent if delivery is None else read(delivery)
 
-def _attempts(run: Run) -> int:
-    delivery = _delivery(run)
-    return 0 if delivery is None else delivery.attempts
-
-
-def _last_status(run: Run) -> int | None:
-    delivery = _delivery(run)
-    return None if delivery is None else delivery.last_status
-
-
-def _last_error(run: Run) -> str | None:
-    delivery = _delivery(run)
-    return None if delivery is None else delivery.last_error
-
-
-def _next_attempt(run: Run) -> str | None:
-    delivery = _delivery(run)
-    return None if delivery is None or delivery.state.is_final else rfc3339(delivery.next_attempt_at)
+    return reader
 
 
 #: The webhook delivery's document, for a run that has a webhook URL.
@@ -107,12 +92,17 @@ WEBHOOK_STATUS: tuple[Field[WebhookReader], ...] = (
         Kind.OPTIONAL_DELIVERY_STATE,
         "The delivery of `completed`: null when the run asked only for other events, which are "
         "delivered apart and shown in its event stream.",
-        _state,
+        _of_delivery(lambda delivery: delivery.state.value),
     ),
-    Field("attempts", Kind.COUNT, "", _attempts),
-    Field("last_status", Kind.OPTIONAL_INT, "", _last_status),
-    Field("last_error", Kind.OPTIONAL_TEXT, "", _last_error),
-    Field("next_attempt_at", Kind.OPTIONAL_TIME, "When the next attempt is due; null once final.", _next_attempt),
+    Field("attempts", Kind.COUNT, "", _of_delivery(lambda delivery: delivery.attempts, absent=0)),
+    Field("last_status", Kind.OPTIONAL_INT, "", _of_delivery(lambda delivery: delivery.last_status)),
+    Field("last_error", Kind.OPTIONAL_TEXT, "", _of_delivery(lambda delivery: delivery.last_error)),
+    Field(
+        "next_attempt_at",
+        Kind.OPTIONAL_TIME,
+        "When the next attempt is due; null once final.",
+        _of_delivery(lambda delivery: None if delivery.state.is_final else rfc3339(delivery.next_attempt_at)),
+    ),
     Field(
         "events",
         Kind.EVENTS,

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import orjson
 
 from tests.e2e.conftest import Gateway, GatewayFactory, Upstream
@@ -133,7 +134,10 @@ def test_a_holder_killed_mid_stream_shows_and_the_next_attempt_streams_again(
 ) -> None:
     holder = replicas()
     tag = uuid.uuid4().hex[:8]
-    run_id = holder.client.get(f"/sse-tokens?count=50&interval=0.1&tag={tag}&async=true").json()["run_id"]
+    # The first attempt stops before token 3 until the gate opens: the holder is killed while it
+    # streams, however long the other replica takes to start on a loaded machine.
+    gate = f"gate={tag}&gate_at=3"
+    run_id = holder.client.get(f"/sse-tokens?count=50&interval=0.02&{gate}&tag={tag}&async=true").json()["run_id"]
     wait_until(lambda: any(tag in c.get("query", "") for c in upstream.calls.all()), message="the holder called")
     other = replicas()  # started after the claim: the run is the holder's
     events: list[dict[str, Any]] = []
@@ -142,6 +146,8 @@ def test_a_holder_killed_mid_stream_shows_and_the_next_attempt_streams_again(
             events.append(event)
             if event["event"] == "output" and event["data"]["seq"] == 2 and event["data"]["attempt"] == 1:
                 holder.process.kill()
+                opened = httpx.post(f"{upstream.url}/gates/{tag}")  # the next attempt streams on, unstopped
+                assert opened.status_code == 204
     names = [e["event"] for e in events]
     assert names[:2] == ["queued", "running"] and names[-1] == "succeeded"
     requeued = names.index("queued", 1)

@@ -151,10 +151,21 @@ def upstream_app(calls: Calls) -> Starlette:
         query = request.query_params
         return int(query.get("count", "5")), float(query.get("interval", "0.05")), float(query.get("hold", "0"))
 
-    async def tokens(count: int, interval: float, hold: float, render: Any) -> Any:
+    def token_gate(request: Request) -> tuple[asyncio.Event | None, int]:
+        """``?gate=NAME&gate_at=I``: the stream stops before token I until the gate is opened."""
+        name = request.query_params.get("gate")
+        gate = gates.setdefault(name, asyncio.Event()) if name else None
+        return gate, int(request.query_params.get("gate_at", "0"))
+
+    async def tokens(
+        count: int, interval: float, hold: float, render: Any, gate: tuple[asyncio.Event | None, int] = (None, 0)
+    ) -> Any:
         # The behaviour under test: a model emitting a token every ``interval`` s, then
         # holding the response open ``hold`` s more before it ends.
+        event, gate_at = gate
         for index in range(count):
+            if event is not None and index == gate_at:
+                await asyncio.wait_for(event.wait(), GATE_TIMEOUT)
             yield render(index)
             await asyncio.sleep(interval)
         await asyncio.sleep(hold)
@@ -162,10 +173,12 @@ def upstream_app(calls: Calls) -> Starlette:
     async def sse_tokens(request: Request) -> Response:
         """Server-Sent Events, one per token (``data: token-<i>``), ending with ``event: done``."""
         count, interval, hold = token_params(request)
+        gate = token_gate(request)
         record(request)
 
         async def body() -> Any:
-            async for piece in tokens(count, interval, hold, lambda i: f"id: {i}\ndata: token-{i}\n\n".encode()):
+            render = lambda i: f"id: {i}\ndata: token-{i}\n\n".encode()  # noqa: E731
+            async for piece in tokens(count, interval, hold, render, gate):
                 yield piece
             yield b"event: done\ndata: [DONE]\n\n"
 

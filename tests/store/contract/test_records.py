@@ -211,13 +211,18 @@ class TestRecords:
     @pytest.mark.exercises("list_runs", "create")
     def test_list_runs_newest_first_by_caller_and_state_in_pages(self, store: RunStore, run: Runner) -> None:
         made: list[Run] = []
+        claimed: list[Run] = []
         for index in range(5):
             queued = dataclasses.replace(
                 new_run(), caller="alice" if index % 2 == 0 else "bob", created_at=1000.0 + index
             )
             run(store.create(queued, b""))
             made.append(queued)
-        claimed = run(store.claim("owner-a", 1, 0, LEASE))  # the oldest, alice's
+            if index == 0:
+                # Claimed while it is the only one queued: over several slots, runs queued in the
+                # same millisecond are claimed in either order.
+                claimed = run(store.claim("owner-a", 1, 0, LEASE))
+        assert [r.run_id for r in claimed] == [made[0].run_id]
         newest_first = made[::-1]
 
         everyone, cursor = run(store.list_runs(None, None, 10, None))
