@@ -1125,10 +1125,11 @@ class RedisRunStore:
         self._refused: list[list[Entry]] = [[] for _ in self.slot_keys]
         #: (owner, run id) of claims whose reply was lost: taken or not, the next claim looks.
         self._unsure: list[tuple[str, str]] = []
-        #: (owner, run) of every claim script that ran and answered, until claim() hands them over.
-        #: One claim runs several scripts (slot after slot, batch after batch): one failing must not
-        #: lose the runs the others took, running under a live heartbeat with no task (see claim).
-        self._taken: list[tuple[str, Run]] = []
+        #: Per claim() in progress (by its task: claims may run concurrently), the runs its claim
+        #: scripts took so far. One claim runs several scripts (slot after slot, batch after batch):
+        #: one failing must not lose the runs the others took, running under a live heartbeat
+        #: with no task (see claim).
+        self._taking: dict[asyncio.Task[Any] | None, list[Run]] = {}
         token = uuid.uuid4().hex
         #: Per slot: this process's wake stream for watch() (see the key schema).
         self.wake_keys = tuple(f"{keys.tag}:wake:{token}" for keys in self.slot_keys)
@@ -1376,23 +1377,30 @@ class RedisRunStore:
             except ConfigError as exc:
                 raise StoreError(str(exc)) from exc
         with _STORE_ERRORS:
-            if self._taken and (found := self._handed_over(owner)):
-                return found  # taken by a claim that then failed on something other than the network
             if self._unsure and (found := await self._claimed_unseen(owner)):
                 return found
+            task = asyncio.current_task()
+            taken: list[Run] = []
+            self._taking[task] = taken
             try:
                 if len(self.slot_keys) == 1:
                     await self._claim_slot(0, owner, limit, wait, lease)
                 else:
                     await self._claim_spread(owner, limit, wait, lease)
             except Exception as exc:
-                # A Cluster master gone after the claim took runs on the others (the blocking
-                # read on its slot failed): those runs are running under this owner, so they go
-                # to the executor now. Any other error surfaces; the next claim hands them over.
-                if not (self._taken and _unreachable(exc)):
-                    raise
-                logger.warning("a claim failed after it took %d runs, held all the same: %s", len(self._taken), exc)
-            return self._handed_over(owner)
+                if taken and _unreachable(exc):
+                    # A Cluster master gone after the claim took runs on the others (the read
+                    # of its slot failed): those runs are running under this owner, so they go
+                    # to the executor now; the failure is met again by the next call.
+                    logger.warning("a claim failed after it took %d runs, held all the same: %s", len(taken), exc)
+                    return taken
+                # Any other error surfaces; the next claim looks at what this one took, as after
+                # a lost reply (_claimed_unseen).
+                self._unsure += [(owner, run.run_id) for run in taken]
+                raise
+            finally:
+                del self._taking[task]
+            return taken
 
     async def _read_streams(
         self, client: RedisClient, streams: Mapping[Any, Any], *, group: bool, count: int | None, block: int | None
@@ -1635,15 +1643,8 @@ class RedisRunStore:
         *claimed, total = cast(list[Any], replies)
         self.claim_rates[self.slot_keys.index(slot)].observe(int(total), started)
         runs = self._claimed(run_ids, cast(list[Fields | None], claimed))
-        self._taken += [(owner, run) for run in runs]
+        self._taking[asyncio.current_task()] += runs
         return runs
-
-    def _handed_over(self, owner: str) -> list[Run]:
-        """The runs claim scripts took for ``owner`` since claim() last returned, in the order
-        taken. Those taken under an earlier name of this gateway are left: that name's heartbeat
-        was lost, so it lapses, and recovery takes them."""
-        taken, self._taken = self._taken, []
-        return [run for holder, run in taken if holder == owner]
 
     def _claimed(self, run_ids: list[str], replies: list[Fields | None]) -> list[Run]:
         """The runs of claim replies (_CLAIM_FIELDS each, or None), their bodies kept for request_body."""
