@@ -47,6 +47,8 @@ T = TypeVar("T")
 STORE_RETRY_DELAY = 1.0
 #: Longest pause between renewal attempts while the store cannot be reached.
 RENEW_RETRY_DELAY = 0.25
+#: How far apart two graces' ends must be to be two graces (logged each), not one seen twice.
+GRACE_JITTER = 0.5
 #: Expired runs handled per store call of a recovery pass.
 RECOVERY_BATCH = 100
 #: Batches per recovery pass, at most: a lost gateway's thousands of runs come back in one pass
@@ -467,7 +469,9 @@ class Executor:
         # first, or their runs would be declared lost while still being served (#22).
         resume = await self._heartbeat()
         if now() < resume:
-            if resume != self._grace_logged:
+            # Once per grace: its end, converted from the store's clock, moves by the round
+            # trip's jitter from one heartbeat to the next.
+            if abs(resume - self._grace_logged) > GRACE_JITTER:
                 self._grace_logged = resume
                 # After an outage, or the first start of a fleet: the store cannot tell them apart.
                 logger.info(

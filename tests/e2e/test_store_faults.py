@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.conftest import GatewayFactory
 from tests.e2e.test_async import submit
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisCluster, RedisServer
 from tests.support.wait import wait_until
 
 
@@ -140,3 +141,37 @@ def test_strict_durability_waits_for_a_replica(make_gateway: GatewayFactory) -> 
     finally:
         replica.cleanup()
         primary.cleanup()
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[RedisCluster]:
+    """Three masters with a replica each, and Redis's own 15 s failure detection: a replica
+    stopped for a few seconds stays a replica. Stopped after the gateway (fixtures end in reverse)."""
+    cluster = RedisCluster(replicas=1)
+    cluster.start()
+    yield cluster
+    cluster.cleanup()
+
+
+def test_strict_durability_on_a_cluster_waits_for_the_replica_of_the_runs_master(
+    replicated_cluster: RedisCluster, make_gateway: GatewayFactory
+) -> None:
+    """The create script and its WAIT go to the master of the run's slot on one connection: WAIT
+    counts only its own connection's writes, so anywhere else it would confirm nothing."""
+    cluster = replicated_cluster
+    gateway = make_gateway({"store.redis_url": cluster.url, "store.durability": "strict"})
+    accepted = submit(gateway, "/echo?async=true")
+    assert gateway.wait_final(accepted)["status"] == "succeeded"
+    replicas = [node for node in cluster.live() if node not in cluster.masters()]
+    for replica in replicas:
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)  # connected, but takes and confirms nothing
+    try:
+        refused = [gateway.client.post("/echo?async=true", content=b"x") for _ in range(3)]
+    finally:
+        for replica in replicas:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGCONT)
+    assert [response.status_code for response in refused] == [503] * 3, [r.text for r in refused]
+    assert {response.json()["error"]["code"] for response in refused} == {"store_unavailable"}
+    assert gateway.wait_final(submit(gateway, "/echo?async=true"))["status"] == "succeeded"

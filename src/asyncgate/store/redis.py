@@ -318,6 +318,20 @@ if idem then redis.call('SET', idem, ARGV[21 + 2 * shares], 'EX', ARGV[3]) end
 return {'created'}
 """
 
+# Redis's own clock, in seconds: every time that says whether a heartbeat or a lease ran out is
+# written and judged by it, one clock for the whole fleet, so that a gateway's wall clock jumping
+# (a VM resumed, an NTP step) makes no live holder look lost, nor a dead one alive (docs/leases.md).
+# Scripts may call TIME: Redis replicates their effects, not the scripts (the default since 5.0).
+_CLOCK = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# Redis's time (KEYS[1] only names the slot whose node answers).
+_NOW = _CLOCK + "return string.format('%.6f', clock())"
+
 # What a claim reads of each run: a status's fields, its sealed credentials and its request body,
 # so that the holder needs no read of its own before its call.
 _CLAIM_FIELDS = (*_RUN_FIELDS, "secrets", "body")
@@ -326,18 +340,24 @@ _CLAIM_FIELDS = (*_RUN_FIELDS, "secrets", "body")
 # queue entries are acked and deleted in the same step (an entry taken is never read again, and a
 # script that did not run acked nothing). Under a heartbeat (ARGV[5] "1") the owner's heartbeat
 # must not have run out, and the runs are indexed by owner in {P}:held with no lease of their
-# own; else each gets lease_until, indexed in {P}:leases. Runs taken from {P}:ranked (ARGV[6]
-# "1") leave it, whether or not they are still queued (a cancelled or expired run's member is
-# dropped here). The claims count in {P}:counters (the queue's rate, for queue positions).
+# own; else each gets a lease of its own, until Redis's clock plus ARGV[3], indexed in
+# {P}:leases. Runs taken from {P}:ranked (ARGV[6] "1") leave it, whether or not they are still
+# queued (a cancelled or expired run's member is dropped here). The claims count in
+# {P}:counters (the queue's rate, for queue positions).
 # KEYS queue, leases, held, gateways, ranked, counters, then run and events key per run; ARGV
-# now, owner, lease_until, group, heartbeat, ranked, the number n of entry ids, the n ids, then
-# one run id per run. One reply per run (its fields, or nil), then the claims counted so far.
-_CLAIM = """
-local now, owner, lease_until = ARGV[1], ARGV[2], ARGV[3]
+# now (the runs' started_at), owner, lease (s), group, heartbeat, ranked, the number n of entry
+# ids, the n ids, then one run id per run. One reply per run (its fields, or nil), then the
+# claims counted so far.
+_CLAIM = (
+    _CLOCK
+    + """
+local now, owner = ARGV[1], ARGV[2]
+local at = clock()
+local lease_until = string.format('%.6f', at + tonumber(ARGV[3]))
 local heartbeat = ARGV[5] == '1'
 if heartbeat then
   local alive = redis.call('ZSCORE', KEYS[4], owner)
-  if not alive or tonumber(alive) < tonumber(now) then return false end
+  if not alive or tonumber(alive) < at then return false end
 end
 local acked = tonumber(ARGV[7])
 local count = (#KEYS - 6) / 2
@@ -376,7 +396,8 @@ if ARGV[6] == '1' and count > 0 then redis.call('ZREM', KEYS[5], unpack(ARGV, 8 
 replies[count + 1] = redis.call('HINCRBY', KEYS[6], 'claimed', taken)
 return replies
 """.replace("FIELDS", ", ".join(f"'{name}'" for name in _CLAIM_FIELDS)).replace(
-    "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
+        "LEASE_UNTIL", str(_CLAIM_FIELDS.index("lease_until") + 1)
+    )
 )
 
 # Every script that sets a run's TTL records when the hash will expire, so that purge() finds
@@ -426,27 +447,35 @@ local state, attempt = unpack(redis.call('HMGET', KEYS[1], 'state', 'attempt'))
 if state ~= 'running' or attempt ~= ARGV[1] then return 0 end
 """
 
-# ARGV attempt, lease_until. 2 when a client asked to cancel the run.
+# KEYS run, leases; ARGV attempt, lease (s), run id. 2 when a client asked to cancel the run.
+# Only when the fence holds is the index entry moved: a refused, stale attempt must not move
+# the entry of the attempt that now holds the run.
 _RENEW = (
-    _HOLDS
+    _CLOCK
+    + _HOLDS
     + """
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+local lease_until = string.format('%.6f', clock() + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'lease_until', lease_until)
+redis.call('ZADD', KEYS[2], lease_until, ARGV[3])
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 2 end
 return 1
 """
 )
 
 # Renew every lease one gateway holds in one step: one round trip per renewal interval, where
-# renew() takes two per run. KEYS leases, then each run; ARGV lease_until, then run id and
+# renew() takes two per run. KEYS leases, then each run; ARGV lease (s), then run id and
 # attempt per run. One code per run: 0 lost, 1 held, 2 held and asked to cancel.
-_RENEW_ALL = """
+_RENEW_ALL = (
+    _CLOCK
+    + """
+local lease_until = string.format('%.6f', clock() + tonumber(ARGV[1]))
 local codes, index = {}, {}
 for i = 2, #KEYS do
   local run_id, held = ARGV[2 * i - 2], ARGV[2 * i - 1]
   local state, attempt, cancel = unpack(redis.call('HMGET', KEYS[i], 'state', 'attempt', 'cancel'))
   if state == 'running' and attempt == held then
-    redis.call('HSET', KEYS[i], 'lease_until', ARGV[1])
-    index[#index + 1] = ARGV[1]
+    redis.call('HSET', KEYS[i], 'lease_until', lease_until)
+    index[#index + 1] = lease_until
     index[#index + 1] = run_id
     codes[i - 1] = cancel == '1' and 2 or 1
   else
@@ -457,48 +486,54 @@ end
 if #index > 0 then redis.call('ZADD', KEYS[1], unpack(index)) end
 return codes
 """
+)
 
 # A silence of every gateway longer than ``quiet`` means the store was down or unreachable,
 # and nobody could renew: the check and the new grace are one step, so whichever gateway
-# comes back first sets the grace for all (#22). KEYS alive; ARGV now, quiet, grace.
-_BEAT = """
+# comes back first sets the grace for all (#22). KEYS alive; ARGV quiet, grace. beat() returns
+# Redis's time, and the time until which no lease may be judged expired.
+_BEAT = (
+    _CLOCK
+    + """
 local function beat()
-  local now = tonumber(ARGV[1])
+  local now = clock()
   local seen, resume = unpack(redis.call('HMGET', KEYS[1], 'seen', 'resume'))
   resume = resume or '0'
-  if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then
-    resume = ARGV[1] + ARGV[3]
-    resume = string.format('%.6f', resume)
+  if not seen or now - tonumber(seen) > tonumber(ARGV[1]) then
+    resume = string.format('%.6f', now + tonumber(ARGV[2]))
     redis.call('HSET', KEYS[1], 'resume', resume)
   end
-  if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
-  return resume
+  if not seen or now > tonumber(seen) then redis.call('HSET', KEYS[1], 'seen', string.format('%.6f', now)) end
+  return now, resume
 end
 """
-_HEARTBEAT = _BEAT + "return beat()"
+)
+# Replies Redis's time and the grace's end (by that clock).
+_HEARTBEAT = _BEAT + "local now, resume = beat() return {string.format('%.6f', now), resume}"
 
 # One gateway's heartbeat, and the fleet's (see _HEARTBEAT) with it: one step per renewal
 # interval keeps every run the gateway holds, however many. An entry that ran out is renewed
 # only within the grace after a silence of every gateway (the store was gone for all, so nobody
 # could have judged it); otherwise its runs may be recovered already, and the answer is "lost".
 # Whether an entry the gateway had is missing (dropped as lapsed) is told by ARGV[6] "1".
-# KEYS alive, gateways, cancels; ARGV now, quiet, grace, owner, alive until, known. Replies
-# resume, "alive" or "lost", then the ids of the owner's runs asked to cancel.
+# KEYS alive, gateways, cancels; ARGV quiet, grace, owner, lease (s), known. Replies Redis's
+# time, the grace's end, "alive" or "lost", then the ids of the owner's runs asked to cancel.
 _KEEP_ALIVE = (
     _BEAT
     + """
-local resume = beat()
-local now, owner = tonumber(ARGV[1]), ARGV[4]
+local now, resume = beat()
+local owner = ARGV[3]
 local last = redis.call('ZSCORE', KEYS[2], owner)
 local lapsed
-if last then lapsed = tonumber(last) < now else lapsed = ARGV[6] == '1' end
-if lapsed and now >= tonumber(resume) then return {resume, 'lost'} end
-redis.call('ZADD', KEYS[2], ARGV[5], owner)
-local reply = {resume, 'alive'}
+if last then lapsed = tonumber(last) < now else lapsed = ARGV[5] == '1' end
+local at = string.format('%.6f', now)
+if lapsed and now >= tonumber(resume) then return {at, resume, 'lost'} end
+redis.call('ZADD', KEYS[2], string.format('%.6f', now + tonumber(ARGV[4])), owner)
+local reply = {at, resume, 'alive'}
 local cancels = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. owner .. ' ', '(' .. owner .. '!')
 if #cancels > 0 then
   redis.call('ZREM', KEYS[3], unpack(cancels))
-  for i, member in ipairs(cancels) do reply[i + 2] = string.sub(member, #owner + 2) end
+  for i, member in ipairs(cancels) do reply[i + 3] = string.sub(member, #owner + 2) end
 end
 return reply
 """
@@ -954,6 +989,12 @@ def _decode_run(run_id: str, fields: Fields) -> Run | None:
     )
 
 
+def _local_time(at: float, redis_now: float) -> float:
+    """A time of Redis's clock (``at``), on this gateway's: the gateway times its own waits by
+    it, while Redis's clock alone judges leases and heartbeats."""
+    return now() + (at - redis_now)
+
+
 def rank_band(priority: int) -> int:
     """Where a priority's scores in {P}:ranked start: higher priorities lower (taken first). The
     scripts add the next number of a counter, so that a level is first in, first out."""
@@ -1003,6 +1044,7 @@ class _Scripts:
     record_hook: AsyncScript
     redeliver: AsyncScript
     probe: AsyncScript
+    clock: AsyncScript
 
     @classmethod
     def register(cls, client: RedisClient) -> _Scripts:
@@ -1024,6 +1066,7 @@ class _Scripts:
             queue_hook=script(_QUEUE_HOOK),
             record_hook=script(_RECORD_HOOK),
             probe=script(_PROBE),
+            clock=script(_NOW),
         )
 
 
@@ -1325,13 +1368,38 @@ class RedisRunStore:
         """The create script and a WAIT for one replica, on one connection: WAIT counts only the
         writes of the connection it is sent on, so on any other it would confirm nothing."""
         if not isinstance(self._redis, aioredis.Redis):
-            reply = cast(list[bytes], await self._scripts.create(keys, args))
-            return reply, int(await self._redis.wait(1, STRICT_WAIT_MS))
+            return await self._create_confirmed_on_cluster(keys, args)
         pipe = self._redis.pipeline(transaction=False)
         await self._scripts.create(keys, args, client=pipe)  # queued; loaded first if Redis lacks it
         pipe.wait(1, STRICT_WAIT_MS)
         reply, confirmed = await pipe.execute()
         return cast(list[bytes], reply), int(confirmed)
+
+    async def _create_confirmed_on_cluster(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[list[bytes], int]:
+        """The same on a Cluster: one pipeline, both commands sent to the master of the run's slot,
+        which the client sends on one connection of that node. Without redirections: a pipeline
+        that follows a MOVED sends each command alone, the WAIT on any connection."""
+        cluster = cast(RedisCluster, self._redis)
+        await cluster.initialize()  # a failed command asks for the nodes to be learned anew
+        node = cluster.get_node_from_key(keys[0])
+        script = self._scripts.create
+        for _ in range(2):
+            pipe = cluster.pipeline()
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, STRICT_WAIT_MS, target_nodes=node)
+            reply, confirmed = await pipe.execute(raise_on_error=False, allow_redirections=False)
+            if isinstance(reply, redis_errors.NoScriptError):
+                await cluster.script_load(script.script)  # on every primary; the WAIT ran alone
+                continue
+            if isinstance(reply, redis_errors.MovedError | redis_errors.AskError):
+                # The slot moved (a failover, a resharding): learn where, and let the client retry.
+                await cluster.nodes_manager.initialize()
+                raise StoreUnavailable(f"the run's slot moved: {reply}")
+            for result in (reply, confirmed):
+                if isinstance(result, Exception):
+                    raise result
+            return cast(list[bytes], reply), int(confirmed)
+        raise StoreUnavailable("the create script could not be loaded")
 
     def _placed(self, run: Run, idempotency: Idempotency | None, shares: Sequence[Share]) -> Run:
         """The run, with a new id if need be, so that it lives in the slot whose keys its create
@@ -1620,7 +1688,7 @@ class RedisRunStore:
         args: list[Any] = [
             started,
             owner,
-            started + lease,
+            lease,
             self.group,
             "1" if beating else "0",
             "1" if ranked else "0",
@@ -1676,18 +1744,12 @@ class RedisRunStore:
         return self._claimed(run_ids, taken)
 
     async def renew(self, run_id: str, attempt: int, lease: float) -> Lease:
-        lease_until = now() + lease
         with _STORE_ERRORS:
             slot = self.keys_of(run_id)
-            renewed = await self._scripts.renew([slot.run(run_id)], [attempt, lease_until])
-            if renewed:
-                # Only after the fence held: a refused, stale attempt must not move the index
-                # entry of the attempt that now holds the run.
-                await self._redis.zadd(slot.leases, {run_id: lease_until})
+            renewed = await self._scripts.renew([slot.run(run_id), slot.leases], [attempt, lease, run_id])
         return _LEASES[int(renewed)]
 
     async def renew_all(self, held: Sequence[tuple[str, int]], lease: float) -> list[Lease]:
-        lease_until = now() + lease
         # One script per slot (and batch): a script names the keys of one slot.
         by_slot: dict[int, list[int]] = {}
         for position, (run_id, _) in enumerate(held):
@@ -1699,23 +1761,24 @@ class RedisRunStore:
                 for start in range(0, len(positions), RENEW_BATCH):
                     batch = [held[position] for position in positions[start : start + RENEW_BATCH]]
                     keys = [slot.leases, *(slot.run(run_id) for run_id, _ in batch)]
-                    args = [lease_until, *(part for run_id, attempt in batch for part in (run_id, attempt))]
+                    args = [lease, *(part for run_id, attempt in batch for part in (run_id, attempt))]
                     replies = cast(list[int], await self._scripts.renew_all(keys, args))
                     for position, code in zip(positions[start : start + RENEW_BATCH], replies, strict=True):
                         codes[position] = int(code)
         return [_LEASES[code] for code in codes]
 
     async def heartbeat(self, quiet: float, grace: float) -> float:
-        args = [now(), quiet, grace]
+        resumes: list[float] = []
         with _STORE_ERRORS:
             # Each slot keeps its own (its scripts judge leases by it); the latest grace holds.
-            resumes = [await self._scripts.heartbeat([slot.alive], args) for slot in self.slot_keys]
-        return max(float(resume) for resume in resumes)
+            for slot in self.slot_keys:
+                redis_now, resume = await self._scripts.heartbeat([slot.alive], [quiet, grace])
+                resumes.append(_local_time(float(resume), float(redis_now)))
+        return max(resumes)
 
     async def keep_alive(self, owner: str, lease: float, quiet: float, grace: float) -> Liveness:
-        at = now()
         known = "1" if owner in self._beating else "0"
-        args: list[Any] = [at, quiet, grace, owner, at + lease, known]
+        args: list[Any] = [quiet, grace, owner, lease, known]
         resumes: list[float] = []
         lost = False
         cancels: list[str] = []
@@ -1726,8 +1789,8 @@ class RedisRunStore:
             for slot in self.slot_keys:
                 keys = [slot.alive, slot.gateways, slot.cancels]
                 reply = await self._scripts.keep_alive(keys, args, client=self._lifeline)
-                resume, status, *asked = (_text(part) for part in reply)
-                resumes.append(float(resume))
+                redis_now, resume, status, *asked = (_text(part) for part in reply)
+                resumes.append(_local_time(float(resume), float(redis_now)))
                 lost = lost or status == "lost"
                 cancels += asked
         if lost:
@@ -1853,10 +1916,12 @@ class RedisRunStore:
     async def expired(self, limit: int) -> list[Run]:
         if limit <= 0:
             return []
-        cutoff = now()
         found: list[Run] = []
         with _STORE_ERRORS:
             for _, slot in self._rotated("expired"):
+                # Judged by Redis's clock, which wrote them (_CLOCK): a script, so that on a
+                # Cluster it is the clock of the node holding the slot.
+                cutoff = float(await self._scripts.clock([slot.alive], []))
                 if len(found) < limit:
                     found += await self._lapsed_leases(slot, cutoff, limit - len(found))
                 if len(found) < limit:

@@ -29,6 +29,9 @@ from tests.support.wait import wait_until
 
 #: Clock readings travel as text through Redis: equal to a microsecond.
 EPSILON = 1e-5
+#: A store that judges leases by its own clock (Redis's) answers times of that clock converted
+#: to the caller's, which move by the round trip's jitter from one call to the next.
+CLOCKS = 0.05
 
 
 def claim_all(store: RunStore, run: Runner, count: int, lease: float) -> list[Run]:
@@ -258,15 +261,15 @@ class TestExecution:
         # The first heartbeat ever follows an unknown silence: a grace.
         before = now()
         resume = run(store.heartbeat(0.5, 2.0))
-        assert before + 2.0 - EPSILON <= resume <= now() + 2.0
+        assert before + 2.0 - CLOCKS <= resume <= now() + 2.0 + CLOCKS
         # Heartbeats closer together than the quiet period keep that grace, and add none.
-        assert run(store.heartbeat(0.5, 2.0)) == resume
-        assert run(store.heartbeat(10.0, 2.0)) == resume
+        assert run(store.heartbeat(0.5, 2.0)) == pytest.approx(resume, abs=CLOCKS)
+        assert run(store.heartbeat(10.0, 2.0)) == pytest.approx(resume, abs=CLOCKS)
         # A silence longer than the quiet period: a new grace, from now, for every caller.
         silence = wait_until(lambda: now() - before > 0.6 and now(), timeout=5)
         later = run(store.heartbeat(0.5, 2.0))
-        assert silence + 2.0 - EPSILON <= later <= now() + 2.0
-        assert run(store.heartbeat(0.5, 2.0)) == later
+        assert silence + 2.0 - CLOCKS <= later <= now() + 2.0 + CLOCKS
+        assert run(store.heartbeat(0.5, 2.0)) == pytest.approx(later, abs=CLOCKS)
 
     @pytest.mark.exercises("keep_alive", "claim", "expired")
     def test_a_heartbeat_keeps_every_run_its_owner_holds(self, store: RunStore, run: Runner, queue: Queue) -> None:
