@@ -396,6 +396,13 @@ class Executor:
                 logger.warning("cannot renew leases: %s", exc)
                 # Soon again: once the store is back, renewals must come before any recovery.
                 delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
+            except Exception:
+                # As for claims: a heartbeat that stopped would let the others take every run
+                # this gateway still calls. Loud, counted as a store failure, and tried again.
+                self.metrics.store_errors.inc()
+                self._store_failed = True
+                logger.exception("renewing leases failed; trying again")
+                delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
             else:
                 delay = self.config.runs.lease_renewal
 
@@ -462,6 +469,10 @@ class Executor:
                 self.metrics.store_errors.inc()
                 self._store_failed = True
                 logger.warning("cannot look for lost runs: %s", exc)
+            except Exception:
+                # Lost runs, overdue queued runs and old runs would wait for a restart otherwise.
+                self.metrics.store_errors.inc()
+                logger.exception("looking for lost runs failed; trying again")
             await asyncio.sleep(self.config.runs.recovery_interval)
 
     async def _recover_expired(self) -> None:
