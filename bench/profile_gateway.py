@@ -3,6 +3,7 @@
     python bench/profile_gateway.py S1 [--seconds 15]
     python bench/profile_gateway.py S3        # an intake-only gateway (runs.execute false)
     python bench/profile_gateway.py S3-all    # the default role: it also executes every run
+    python bench/profile_gateway.py S3-hold   # the default role while it holds 5,000 runs (S3's held variant)
 
 Writes collapsed stacks (for speedscope or flamegraph.pl) to bench/out/profile-*/ and prints where the
 gateway's time goes: the functions with the most samples of their own, and by module.
@@ -25,7 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import services
 from harness.loadgen import CLIENT_AUTH
 from harness.procs import LOAD_CORE, BenchError, Supervisor, pin_self, raise_nofile_limit, run_bounded
-from harness.scenarios import ASYNC_PATH, CONNECTIONS, INTAKE_ENV, INTAKE_ONLY_ENV
+from harness.scenarios import (
+    ASYNC_PATH,
+    CONNECTIONS,
+    HELD_ENV,
+    HELD_RUNS,
+    HOLD_FILL_S,
+    INTAKE_ENV,
+    INTAKE_ONLY_ENV,
+    in_flight,
+)
 from harness.wrk import Load, run_wrk
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -36,7 +46,7 @@ _LINE_NO = re.compile(r":\d+\)")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["S1", "S3", "S3-all"])
+    parser.add_argument("scenario", choices=["S1", "S3", "S3-all", "S3-hold"])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -62,18 +72,26 @@ def _py_spy() -> str:
 
 
 def _profile(sup: Supervisor, workdir: Path, scenario: str, seconds: float) -> Path:
-    upstream = services.start_nginx_upstream(sup, workdir)
+    if scenario == "S3-hold":
+        upstream = services.start_py_upstream(sup, delay=3600)  # every run claimed stays held
+    else:
+        upstream = services.start_nginx_upstream(sup, workdir)
     redis = services.start_redis(sup, workdir, durable=False) if scenario != "S1" else None
     command, origin = services.snapshot_gateway(REPO / "src", workdir)
     if command is None:
         raise BenchError(origin)
-    env = {"S1": {}, "S3": INTAKE_ONLY_ENV, "S3-all": INTAKE_ENV}[scenario]
+    env = {"S1": {}, "S3": INTAKE_ONLY_ENV, "S3-all": INTAKE_ENV, "S3-hold": HELD_ENV}[scenario]
     gateway = services.start_gateway(sup, command, upstream, redis=redis, env=env)
     if scenario == "S1":
         path, load = "/1k", Load(CONNECTIONS, seconds + 4)
     else:
         path, load = ASYNC_PATH, Load(CONNECTIONS, seconds + 4, method="POST", body_bytes=1024, auth=CLIENT_AUTH)
     run_wrk(gateway.url + path, dataclasses.replace(load, duration=3))  # warm-up
+    deadline = time.monotonic() + HOLD_FILL_S
+    while scenario == "S3-hold" and in_flight(upstream) < HELD_RUNS:
+        if time.monotonic() > deadline:
+            raise BenchError(f"held {in_flight(upstream)} runs after {HOLD_FILL_S:g} s, not {HELD_RUNS}")
+        run_wrk(gateway.url + path, dataclasses.replace(load, duration=2))
     result: dict[str, object] = {}
     driver = threading.Thread(target=lambda: result.update(wrk=run_wrk(gateway.url + path, load)))
     driver.start()

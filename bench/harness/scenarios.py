@@ -356,14 +356,14 @@ def _holding(bench: Bench, start: Callable[[], Server], upstream: Server, path: 
     """The measurement of a gateway that first takes runs until it holds HELD_RUNS of them."""
     with bench.serving(start) as server:
         deadline = time.monotonic() + HOLD_FILL_S
-        while _in_flight(upstream) < HELD_RUNS:
+        while in_flight(upstream) < HELD_RUNS:
             if time.monotonic() > deadline:
-                raise BenchError(f"held {_in_flight(upstream)} runs after {HOLD_FILL_S:g} s, not {HELD_RUNS}")
+                raise BenchError(f"held {in_flight(upstream)} runs after {HOLD_FILL_S:g} s, not {HELD_RUNS}")
             run_wrk(server.url + path, dataclasses.replace(load, duration=2.0), core=LOAD_CORE)
         return bench.measure(server.url + path, load)
 
 
-def _in_flight(upstream: Server) -> int:
+def in_flight(upstream: Server) -> int:
     _, stats = http_get(upstream.url + "/__stats")
     return int(json.loads(stats)["inflight"])
 

@@ -240,6 +240,15 @@ class Executor:
                 logger.warning("cannot claim runs: %s", exc)
                 await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
+            except Exception:
+                # A bug, or redis-py failing in a way of its own (in a Cluster's failover it was
+                # seen to raise AttributeError on a connection closed under a command): loud, and
+                # the loop goes on. Ended, it left every run queued under a gateway whose
+                # heartbeat, answers and readiness all went on as if it were taking them.
+                self.metrics.store_errors.inc()
+                logger.exception("claiming runs failed; trying again")
+                await asyncio.sleep(STORE_RETRY_DELAY)
+                continue
             for run in runs:
                 self._start(run)
 
@@ -387,6 +396,13 @@ class Executor:
                 logger.warning("cannot renew leases: %s", exc)
                 # Soon again: once the store is back, renewals must come before any recovery.
                 delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
+            except Exception:
+                # As for claims: a heartbeat that stopped would let the others take every run
+                # this gateway still calls. Loud, counted as a store failure, and tried again.
+                self.metrics.store_errors.inc()
+                self._store_failed = True
+                logger.exception("renewing leases failed; trying again")
+                delay = min(self.config.runs.lease_renewal, RENEW_RETRY_DELAY)
             else:
                 delay = self.config.runs.lease_renewal
 
@@ -436,6 +452,10 @@ class Executor:
                         logger.info("run %s: cancelling its upstream call", run_id, extra={"run_id": run_id})
             except StoreError as exc:
                 logger.warning("cancel messages interrupted: %s", exc)
+            except Exception:
+                # As for claims: a loop that ended would hear no cancel until the gateway restarted
+                # (redis-py 8.1's Cluster pub/sub raised KeyError for a slot a failover left uncovered).
+                logger.exception("cancel messages interrupted; listening again")
             await asyncio.sleep(STORE_RETRY_DELAY)
 
     async def _recovery_loop(self) -> None:
@@ -449,6 +469,10 @@ class Executor:
                 self.metrics.store_errors.inc()
                 self._store_failed = True
                 logger.warning("cannot look for lost runs: %s", exc)
+            except Exception:
+                # Lost runs, overdue queued runs and old runs would wait for a restart otherwise.
+                self.metrics.store_errors.inc()
+                logger.exception("looking for lost runs failed; trying again")
             await asyncio.sleep(self.config.runs.recovery_interval)
 
     async def _recover_expired(self) -> None:

@@ -133,10 +133,6 @@ def test_a_killed_gateways_runs_in_every_slot_are_recovered(
             replica.stop()
 
 
-@pytest.mark.skip(
-    reason="in about 1 run of 3, runs accepted after the failover stay running under the gateway's live heartbeat, "
-    "held by no task (a claim's outcome lost as the blocking read on the killed master failed): found, not fixed"
-)
 def test_runs_go_on_through_a_masters_failover(
     make_gateway: GatewayFactory, upstream: Upstream, slotted_server: RedisCluster
 ) -> None:

@@ -167,3 +167,119 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
 
     assert asyncio.run(scenario()) == [RunState.SUCCEEDED, RunState.SUCCEEDED]
     assert woken == ["webhooks"]
+
+
+class FailsOnce(RedisRunStore):
+    """A store whose first claim fails with an error that is no StoreError, as redis-py 8.1's
+    Cluster client did in a failover (a connection closed under a command)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
+        if not self.failed:
+            self.failed = True
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await super().claim(owner, limit, wait, lease)
+
+
+def test_a_claim_failing_on_an_unexpected_error_is_logged_and_claiming_goes_on(
+    redis_server: RedisServer, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(
+        None, environ={}, overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open"}
+    )
+    request = RunRequest("GET", "/echo", f"tag={uuid.uuid4().hex[:8]}", (), webhook_url=None, timeout=60)
+    queued = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+    async def scenario() -> RunState | None:
+        store = FailsOnce(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        pool = UpstreamPool(config)
+        await store.open()
+        await pool.open()
+        try:
+            await store.create(queued, b"")
+            executor = Executor(config, store, pool, lambda: None, Metrics())
+            executor.start()
+            stored = None
+            try:
+                async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
+                    while stored is None or not stored.state.is_final:
+                        await asyncio.sleep(0.01)
+                        stored = await store.get(queued.run_id)
+            finally:
+                await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+            return stored.state
+        finally:
+            await pool.close()
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
+        assert asyncio.run(scenario()) is RunState.SUCCEEDED
+    failures = [r for r in caplog.records if r.getMessage() == "claiming runs failed; trying again"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], AttributeError)
+
+
+class FailsFirstCall(RedisRunStore):
+    """A store whose first call of one method fails with an error that is no StoreError; counts
+    the calls of that method."""
+
+    def __init__(self, method: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.called_thrice = asyncio.Event()
+        real = getattr(self, method)
+
+        async def failing_once(*call_args: Any, **call_kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls >= 3:
+                self.called_thrice.set()
+            if self.calls == 1:
+                raise AttributeError("'NoneType' object has no attribute 'writelines'")
+            return await real(*call_args, **call_kwargs)
+
+        setattr(self, method, failing_once)
+
+
+RENEWING = "renewing leases failed; trying again"
+RECOVERING = "looking for lost runs failed; trying again"
+
+
+# A recovery pass beats first (keep_alive), so a failing heartbeat is met by either loop.
+@pytest.mark.parametrize(("method", "messages"), [("keep_alive", {RENEWING, RECOVERING}), ("expired", {RECOVERING})])
+def test_the_heartbeat_and_recovery_go_on_after_an_unexpected_error(
+    redis_server: RedisServer, upstream: Upstream, caplog: pytest.LogCaptureFixture, method: str, messages: set[str]
+) -> None:
+    overrides = {
+        "upstream": upstream.url,
+        "access.mode": "open",
+        "runs.lease": 1.5,
+        "runs.lease_renewal": 0.1,
+        "runs.recovery_interval": 0.1,
+    }
+    config = load(None, environ={}, overrides=overrides)
+
+    async def scenario() -> int:
+        store = FailsFirstCall(method, redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        pool = UpstreamPool(config)
+        await store.open()
+        await pool.open()
+        try:
+            executor = Executor(config, store, pool, lambda: None, Metrics())
+            executor.start()
+            try:
+                await asyncio.wait_for(store.called_thrice.wait(), timeout=10)
+            finally:
+                await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+            return store.calls
+        finally:
+            await pool.close()
+            await store.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
+        assert asyncio.run(scenario()) >= 3
+    failures = [r for r in caplog.records if r.getMessage() in messages]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], AttributeError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -9,14 +10,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from asyncgate.config import Config, StoreConfig
-from asyncgate.errors import StoreUnavailable
+from asyncgate.errors import StoreError, StoreUnavailable
 from asyncgate.runs import Delivery, DeliveryState, Outcome, RunResult, RunState
 from asyncgate.store.base import PURGE_BATCH, PURGE_ROUNDS, UNFINISHED_TTL, Idempotency, Lease, Share
 from asyncgate.store.factory import build_store
-from asyncgate.store.redis import RedisRunStore
+from asyncgate.store.redis import _STORE_ERRORS, RedisRunStore
 from tests.store.conftest import Runner, new_run, with_webhook
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import wait_until
@@ -198,6 +200,52 @@ def test_a_closed_port_raises_store_unavailable(run: Runner) -> None:
             run(store.claim("owner-a", 1, 0, LEASE))
     finally:
         run(store.close())
+
+
+def closed_transport_error() -> RuntimeError:
+    """What uvloop raises on a write to a transport it closed, as redis-py meets it when the
+    server went away (a Cluster master killed): a bare RuntimeError."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        await writer.wait_closed()
+
+    async def write_after_close() -> RuntimeError:
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            assert await reader.read() == b""  # the server hung up: its side is closed too
+            writer.close()
+            await writer.wait_closed()
+            with pytest.raises(RuntimeError) as raised:
+                writer.write(b"PING\r\n")
+            return raised.value
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(write_after_close())
+
+
+def test_only_uvloops_closed_transport_error_is_taken_for_an_unreachable_redis() -> None:
+    closed = closed_transport_error()
+    with pytest.raises(StoreUnavailable, match="redis is unavailable: unable to perform operation on <TCPTransport"):
+        with _STORE_ERRORS:
+            raise closed
+
+    # A Cluster with no master for a slot (mid-failover) answers so before any command is sent.
+    with pytest.raises(StoreUnavailable, match="not covered"):
+        with _STORE_ERRORS:
+            raise redis.exceptions.SlotNotCoveredError('Slot "12" is not covered by the cluster.')
+
+    # Any other RuntimeError is a bug: it surfaces as it is, not as "retry later".
+    for bug in (RuntimeError("Event loop is closed"), RuntimeError("unable to perform operation on <x>; it is busy")):
+        with pytest.raises(RuntimeError) as raised:
+            with _STORE_ERRORS:
+                raise bug
+        assert raised.value is bug and not isinstance(raised.value, StoreError)
 
 
 def test_a_redis_url_selects_the_redis_store(redis_server: RedisServer, run: Runner) -> None:

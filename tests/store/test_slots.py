@@ -177,3 +177,70 @@ def test_runs_a_claim_took_whose_reply_was_lost_come_with_the_next_claim(
     assert run(store.request_body(queued.run_id)) == b"body"
     assert run(store.claim("owner-a", 1, 0, LEASE)) == []
     run(store.close())
+
+
+def fail_reads_of(store: RedisRunStore, slot: int, error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue reads of one slot fail with ``error``, as a blocking read on a Cluster master
+    just killed does ("Connection closed by server"); the other slots answer."""
+    read = store._read_streams
+    queue = store.slot_keys[slot].queue
+
+    async def failing(client: Any, streams: Any, **options: Any) -> Any:
+        if queue in streams:
+            raise error
+        return await read(client, streams, **options)
+
+    monkeypatch.setattr(store, "_read_streams", failing)
+
+
+def test_a_claim_cut_short_by_an_unreachable_slot_hands_over_the_runs_it_took(
+    spread: RedisRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = [queued_in(spread, run, slot) for slot in (0, 1)]
+    cut = queued_in(spread, run, 2)
+    fail_reads_of(spread, 2, redis.ConnectionError("Connection closed by server."), monkeypatch)
+
+    # Slots 0 and 1 were claimed before the read of slot 2 failed: running under owner-a, so
+    # they must reach its executor (they were dropped with the error, held by nobody for good).
+    claimed = run(spread.claim("owner-a", 3, 0, LEASE))
+    assert [(r.run_id, r.state.value, r.attempt) for r in claimed] == [(run_id, "running", 1) for run_id in taken]
+    assert all(run(spread.request_body(run_id)) == b"body" for run_id in taken)
+
+    monkeypatch.undo()
+    assert [r.run_id for r in run(spread.claim("owner-a", 3, 0, LEASE))] == [cut]
+    assert run(spread.claim("owner-a", 3, 0, LEASE)) == []
+
+
+def test_runs_taken_by_a_claim_that_failed_on_a_bug_come_with_the_next_claim(
+    spread: RedisRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = [queued_in(spread, run, slot) for slot in (0, 1)]
+    cut = queued_in(spread, run, 2)
+    fail_reads_of(spread, 2, RuntimeError("a bug"), monkeypatch)
+
+    with pytest.raises(RuntimeError, match="^a bug$"):  # surfaces as it is: not "redis is unavailable"
+        run(spread.claim("owner-a", 3, 0, LEASE))
+
+    monkeypatch.undo()
+    assert [r.run_id for r in run(spread.claim("owner-a", 3, 0, LEASE))] == taken
+    assert [r.run_id for r in run(spread.claim("owner-a", 3, 0, LEASE))] == [cut]
+
+
+def test_runs_taken_under_a_name_the_gateway_gave_up_are_left_to_recovery(
+    spread: RedisRunStore, run: Runner, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    taken = queued_in(spread, run, 0)
+    other = queued_in(spread, run, 2)
+    fail_reads_of(spread, 2, RuntimeError("a bug"), monkeypatch)
+    with pytest.raises(RuntimeError):
+        run(spread.claim("owner-a", 3, 0, LEASE))
+    monkeypatch.undo()
+
+    # owner-a's heartbeat was lost meanwhile (the executor took a new name): its run is not
+    # handed to owner-b, whose claim goes on to the queue; recovery takes it once owner-a lapses.
+    assert [r.run_id for r in run(spread.claim("owner-b", 3, 0, LEASE))] == [other]
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.hmget(spread.run_key(taken), ["state", "owner"]) == [b"running", b"owner-a"]
+    finally:
+        client.close()

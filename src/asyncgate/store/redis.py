@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -996,10 +997,24 @@ _UNAVAILABLE = (
     OSError,
     redis_errors.ClusterError,
     redis_errors.TryAgainError,
-    # uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
-    # which redis-py 8.1 lets through: "unable to perform operation on <TCPTransport closed=True>".
-    RuntimeError,
+    # A Cluster whose map, learned anew during a failover, has no master for the key's slot yet
+    # (raised by _read_streams' own look-up of the node, and by redis-py once its retries are
+    # spent). Not a RedisError, so it passed through as no StoreError at all.
+    redis_errors.SlotNotCoveredError,
 )
+
+# uvloop's answer to a write on a connection whose server is gone (a Cluster master killed),
+# which redis-py 8.1 lets through: RuntimeError("unable to perform operation on <TCPTransport
+# closed=True ...>; the handler is closed") (uvloop/handles/handle.pyx, _ensure_alive). It has no
+# class of its own, so its text is all that tells it from a RuntimeError that is a bug.
+_CLOSED_HANDLE = re.compile(r"unable to perform operation on <\w+ closed=True\b.*; the handler is closed")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached (StoreUnavailable), not that a command failed."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return type(exc) is RuntimeError and _CLOSED_HANDLE.fullmatch(str(exc)) is not None
 
 
 class _StoreErrors:
@@ -1014,7 +1029,7 @@ class _StoreErrors:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         # BusyLoadingError (Redis still loading its data) is a ConnectionError. A Cluster missing a
         # master (CLUSTERDOWN, TRYAGAIN, retries spent while a replica takes over) passes too.
-        if isinstance(exc, _UNAVAILABLE):
+        if exc is not None and _unreachable(exc):
             raise StoreUnavailable(f"redis is unavailable: {exc}") from exc
         refused = isinstance(exc, redis_errors.OutOfMemoryError | redis_errors.ReadOnlyError)
         if refused or (isinstance(exc, redis_errors.ResponseError) and _error_code(exc) in _WRITES_REFUSED):
@@ -1260,6 +1275,11 @@ class RedisRunStore:
         self._refused: list[list[Entry]] = [[] for _ in self.slot_keys]
         #: (owner, run id) of claims whose reply was lost: taken or not, the next claim looks.
         self._unsure: list[tuple[str, str]] = []
+        #: Per claim() in progress (by its task: claims may run concurrently), the runs its claim
+        #: scripts took so far. One claim runs several scripts (slot after slot, batch after batch):
+        #: one failing must not lose the runs the others took, running under a live heartbeat
+        #: with no task (see claim).
+        self._taking: dict[asyncio.Task[Any] | None, list[Run]] = {}
         token = uuid.uuid4().hex
         #: Per slot: this process's wake stream for watch() (see the key schema).
         self.wake_keys = tuple(f"{keys.tag}:wake:{token}" for keys in self.slot_keys)
@@ -1537,9 +1557,28 @@ class RedisRunStore:
         with _STORE_ERRORS:
             if self._unsure and (found := await self._claimed_unseen(owner)):
                 return found
-            if len(self.slot_keys) == 1:
-                return await self._claim_slot(0, owner, limit, wait, lease)
-            return await self._claim_spread(owner, limit, wait, lease)
+            task = asyncio.current_task()
+            taken: list[Run] = []
+            self._taking[task] = taken
+            try:
+                if len(self.slot_keys) == 1:
+                    await self._claim_slot(0, owner, limit, wait, lease)
+                else:
+                    await self._claim_spread(owner, limit, wait, lease)
+            except Exception as exc:
+                if taken and _unreachable(exc):
+                    # A Cluster master gone after the claim took runs on the others (the read
+                    # of its slot failed): those runs are running under this owner, so they go
+                    # to the executor now; the failure is met again by the next call.
+                    logger.warning("a claim failed after it took %d runs, held all the same: %s", len(taken), exc)
+                    return taken
+                # Any other error surfaces; the next claim looks at what this one took, as after
+                # a lost reply (_claimed_unseen).
+                self._unsure += [(owner, run.run_id) for run in taken]
+                raise
+            finally:
+                del self._taking[task]
+            return taken
 
     async def _read_streams(
         self, client: RedisClient, streams: Mapping[Any, Any], *, group: bool, count: int | None, block: int | None
@@ -1769,10 +1808,11 @@ class RedisRunStore:
         ]
         try:
             replies = await self._scripts.claim(keys, args)
-        except _UNAVAILABLE:
-            # The script may have run, its reply lost: those runs would be running under this
-            # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
-            self._unsure += [(owner, run_id) for run_id in run_ids]
+        except Exception as exc:
+            if _unreachable(exc):
+                # The script may have run, its reply lost: those runs would be running under this
+                # owner, whose heartbeat goes on, and held by nobody. The next claim looks (_unsure).
+                self._unsure += [(owner, run_id) for run_id in run_ids]
             raise
         if replies is None:
             self._beating.discard(owner)
@@ -1780,7 +1820,9 @@ class RedisRunStore:
             return None
         *claimed, total = cast(list[Any], replies)
         self.claim_rates[self.slot_keys.index(slot)].observe(int(total), started)
-        return self._claimed(run_ids, cast(list[Fields | None], claimed))
+        runs = self._claimed(run_ids, cast(list[Fields | None], claimed))
+        self._taking[asyncio.current_task()] += runs
+        return runs
 
     def _claimed(self, run_ids: list[str], replies: list[Fields | None]) -> list[Run]:
         """The runs of claim replies (_CLAIM_FIELDS each, or None), their bodies kept for request_body."""
@@ -2208,7 +2250,7 @@ class RedisRunStore:
         pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
         try:
             with _STORE_ERRORS:
-                await pubsub.subscribe(self.cancel_channel)
+                await self._subscribe(pubsub)
             while True:
                 with _STORE_ERRORS:
                     message = await pubsub.get_message(timeout=SOCKET_TIMEOUT)
@@ -2216,6 +2258,18 @@ class RedisRunStore:
                     yield message["data"].decode()
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        try:
+            await pubsub.subscribe(self.cancel_channel)
+        except KeyError as exc:
+            if not self._cluster:
+                raise
+            # redis-py 8.1's Cluster pub/sub looks the channel's slot up in its map of the
+            # Cluster, which a failover leaves without it for a moment, and lets KeyError out
+            # (get_node_from_slot turns only IndexError and TypeError into SlotNotCoveredError).
+            # Seen at every master's failover in tests/e2e/test_cluster_slots.py.
+            raise redis_errors.SlotNotCoveredError(f"no node known for the slot of {self.cancel_channel}") from exc
 
     async def events(self, run_id: str, after: str | None, wait: float) -> list[Event]:
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
