@@ -80,6 +80,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "asyncgate.intake",
                 "asyncgate.proxy",
                 "asyncgate.endpoints",
+                "asyncgate.eventstream",
                 "asyncgate.websocket",
                 "asyncgate.openapi",
                 "asyncgate.responses",

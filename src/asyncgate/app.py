@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from asyncgate import endpoints, openapi, ui
 from asyncgate.config import Config
 from asyncgate.errors import BadRequest, ConfigError, HTTPError, ServerError, StoreUnavailable
+from asyncgate.eventstream import RunEvents
 from asyncgate.executor import Executor
 from asyncgate.intake import Intake
 from asyncgate.metrics import Metrics
@@ -87,6 +88,7 @@ class Gateway:
         self.proxy = Proxy(upstream, metrics)
         self.intake = Intake(config, store, access, metrics, self.proxy, tracing)
         self.control = control_app(config, self.services)
+        self.run_events = RunEvents(self.services)
         self._prefix = config.server.prefix
         self._prefix_slash = config.server.prefix + "/"
         #: Why the store refused this gateway at startup (its deployment's runs are another
@@ -102,7 +104,11 @@ class Gateway:
                 # by configuration, so such a target names nothing this gateway serves.
                 await send_error(send, BadRequest("the request target must be a path", code="invalid_target"))
             elif path == self._prefix or path.startswith(self._prefix_slash):
-                await self.control(scope, receive, send)
+                # A run's event stream skips starlette: its listeners stay, and so would its layers.
+                if (run_id := self.run_events.run_id(scope)) is not None:
+                    await self.run_events(scope, receive, send, run_id)
+                else:
+                    await self.control(scope, receive, send)
             else:
                 await self.intake(scope, receive, send)
         elif scope["type"] == "lifespan":

@@ -5,21 +5,25 @@ Thin handlers: parse, call the store or a service, answer.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import re
-from collections.abc import AsyncGenerator
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from asyncgate import progress
 from asyncgate.config import Config
-from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, ServiceUnavailable, StoreError, WebhookUrlDeleted
-from asyncgate.headers import CACHE_CONTROL, LAST_EVENT_ID, LINK, LOCATION, RETRY_AFTER, WEBHOOK, X_ACCEL_BUFFERING
+from asyncgate.errors import BadRequest, Conflict, Gone, NotFound, StoreError, WebhookUrlDeleted
+from asyncgate.eventstream import (
+    EventStreamResponse,
+    event_stream,
+    resume_after,
+    run_not_found,
+    store_unavailable,
+    visible_run,
+)
+from asyncgate.headers import LINK, LOCATION, RETRY_AFTER, WEBHOOK
 from asyncgate.intake import WEBHOOK_PARAM, validate_webhook_url
 from asyncgate.lifecycle import progress_body
 from asyncgate.links import REDIRECT_PARAM, REDIRECT_TO_RESULT, RESULT, RunLinks, retry_after
@@ -40,12 +44,9 @@ MAX_PAGE = 200
 COUNT_LIMIT = 10_000
 #: Query parameters: the status's long poll, an event stream's resumption, the listing's filter and pages.
 WAIT_PARAM = "wait"
-AFTER_PARAM = "after"
 STATUS_PARAM = "status"
 LIMIT_PARAM = "limit"
 CURSOR_PARAM = "cursor"
-#: How long an EventSource waits before reconnecting, sent as the stream's first line.
-RECONNECT_MS = 1000
 
 
 def services(request: Request) -> Services:
@@ -53,26 +54,8 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _unavailable(exc: StoreError) -> ServiceUnavailable:
-    return ServiceUnavailable("the run store is unavailable", code="store_unavailable", retry_after=1)
-
-
-def _not_found() -> NotFound:
-    # One answer for "no such run" and "not yours", so that existence does not leak.
-    return NotFound("no run with this id", code="run_not_found")
-
-
 async def _run_or_404(request: Request) -> Run:
-    svc = services(request)
-    principal = svc.access.principal(request.scope)
-    try:
-        run = await svc.records.get(request.path_params["run_id"])
-    except StoreError as exc:
-        raise _unavailable(exc) from exc
-    if run is None or not principal.can_see(run):
-        svc.access.missed(principal)
-        raise _not_found()
-    return run
+    return await visible_run(services(request), request.scope, request.path_params["run_id"])
 
 
 def _links(request: Request) -> RunLinks:
@@ -144,7 +127,7 @@ async def run_status(request: Request) -> Response:
         try:
             run = await wait_until_final(services(request).records, run.run_id, wait) or run
         except StoreError as exc:
-            raise _unavailable(exc) from exc
+            raise store_unavailable() from exc
     if redirect and _has_result(run):
         # Opt-in only: a client that follows redirects blindly would otherwise fetch a result,
         # perhaps a large one, when it asked for a status. 303 makes the follow-up a GET.
@@ -160,7 +143,7 @@ async def run_result(request: Request) -> Response:
     try:
         result = await services(request).records.result(run.run_id)
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     if result is not None:
         return stored_response(result)
     if not run.state.is_final:
@@ -180,9 +163,9 @@ async def cancel_run(request: Request) -> Response:
         else:
             run = await svc.records.get(run_id)
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     if outcome is CancelResult.MISSING or run is None:
-        raise _not_found()
+        raise run_not_found()
     if outcome is CancelResult.FINISHED:
         raise Conflict(f"the run has already finished ({run.state})", code="run_finished")
     if outcome is CancelResult.CANCELLED:
@@ -209,7 +192,7 @@ async def redeliver_webhook(request: Request) -> Response:
     url = _webhook_url(request)
     try:
         if not await svc.deliveries.redeliver(run.run_id, url):
-            raise _not_found()
+            raise run_not_found()
         run = await svc.records.get(run.run_id) or run
     except WebhookUrlDeleted:
         raise Conflict(
@@ -217,49 +200,9 @@ async def redeliver_webhook(request: Request) -> Response:
             code="webhook_url_deleted",
         ) from None
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     svc.webhooks.wake()
     return JSONResponse(status_document(run, _links(request)), status_code=202)
-
-
-class EventStreamResponse(StreamingResponse):
-    """An SSE stream without a task of its own watching for the client to leave.
-
-    A listener costs the request's task and nothing more (starlette's StreamingResponse adds a
-    task group and a task per response): a client gone is noticed by the next write failing,
-    which comes with the next event or within READ_WAIT s (the keep-alive), and ends the
-    stream, leaving its feed.
-    """
-
-    def __init__(self, stream: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
-        super().__init__(stream, media_type="text/event-stream", headers=headers)
-        self.stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.stream_response(send)
-        except OSError:
-            raise ClientDisconnect() from None
-        finally:
-            await self.stream.aclose()  # leaves the run's feed now, not when collected
-
-
-async def _event_stream(svc: Services, run_id: str, after: str | None) -> AsyncGenerator[bytes, None]:
-    yield b"retry: %d\n\n" % RECONNECT_MS
-    async with contextlib.aclosing(svc.feeds.follow(run_id, after)) as batches:
-        async for batch in batches:
-            if batch.data:
-                yield batch.data  # shared by the run's listeners keeping up, not copied
-            if batch.final is not None:
-                # What the log already holds after the final state (webhook changes), then the end.
-                later = await svc.feeds.after_final(run_id, batch.final.id)
-                if later.data:
-                    yield later.data
-                return
-            if not batch.events:
-                if await svc.records.get(run_id) is None:
-                    return
-                yield b": keep-alive\n\n"
 
 
 async def _body_up_to(request: Request, limit: int) -> bytes:
@@ -284,7 +227,7 @@ async def report_progress(request: Request) -> Response:
     try:
         key = await svc.execution.progress_key()
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     if attempt < 1 or not progress.token_matches(key, run_id, attempt, request.path_params["token"]):
         raise NotFound("no such progress URL", code="not_found")
     report = progress.parse_report(await _body_up_to(request, progress.MAX_REPORT_BYTES))
@@ -294,7 +237,7 @@ async def report_progress(request: Request) -> Response:
         kept, max_hooks = progress.KEPT_REPORTS, svc.config.webhooks.max_pending_events
         event_id = await svc.execution.report_progress(run_id, attempt, event, kept, hook, max_hooks)
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     if event_id is None:
         raise Gone("this attempt of the run is over: stop reporting its progress", code="attempt_over")
     svc.webhooks.wake_hooks()  # in case the run's webhook asked for progress
@@ -308,19 +251,10 @@ def _is_cursor(value: str) -> bool:
         return False
 
 
-#: Event ids as the stores write them: a Redis stream id, or an SQLite row number.
-_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
-
-
 async def run_events(request: Request) -> Response:
+    """Reached only by what RunEvents leaves to starlette (HEAD): the same stream."""
     run = await _run_or_404(request)
-    after = request.headers.get(LAST_EVENT_ID) or request.query_params.get(AFTER_PARAM)
-    if after is not None and not _EVENT_ID.fullmatch(after):
-        raise BadRequest(f"{LAST_EVENT_ID} must be the id of an event of this stream", code="invalid_parameter")
-    headers: dict[str, str] = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
-    # Only the id is kept while the stream lasts, not the run as read.
-    stream = _event_stream(services(request), run.run_id, after)
-    return EventStreamResponse(stream, headers)
+    return EventStreamResponse(event_stream(services(request), run.run_id, resume_after(request.scope)))
 
 
 async def list_runs(request: Request) -> Response:
@@ -347,7 +281,7 @@ async def list_runs(request: Request) -> Response:
     try:
         runs, cursor = await svc.records.list_runs(caller, state, limit, cursor)
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     links = _links(request)
     return JSONResponse({"runs": [status_document(run, links) for run in runs], "next_cursor": cursor})
 
@@ -371,7 +305,7 @@ async def count_runs(request: Request) -> Response:
             if cursor is None:
                 break
     except StoreError as exc:
-        raise _unavailable(exc) from exc
+        raise store_unavailable() from exc
     body = {"counts": {state.value: n for state, n in counts.items()}, "total": examined, "complete": cursor is None}
     return JSONResponse(body)
 

@@ -18,18 +18,17 @@ from asyncgate import __version__
 from asyncgate import headers as h
 from asyncgate.config import Config
 from asyncgate.endpoints import (
-    AFTER_PARAM,
     CANCEL_CONFIRM_SECONDS,
     COUNT_LIMIT,
     CURSOR_PARAM,
     DEFAULT_PAGE,
     LIMIT_PARAM,
     MAX_PAGE,
-    RECONNECT_MS,
     STATUS_PARAM,
     WAIT_PARAM,
     route_policies,
 )
+from asyncgate.eventstream import AFTER_PARAM, RECONNECT_MS
 from asyncgate.feeds import READ_WAIT
 from asyncgate.intake import (
     ASYNC_PARAM,
