@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 
-from asyncgate.config import load
+from asyncgate.config import Config, load
 from asyncgate.executor import Executor
 from asyncgate.metrics import Metrics
 from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
@@ -169,62 +170,10 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
     assert woken == ["webhooks"]
 
 
-class FailsOnce(RedisRunStore):
-    """A store whose first claim fails with an error that is no StoreError, as redis-py 8.1's
-    Cluster client did in a failover (a connection closed under a command)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.failed = False
-
-    async def claim(self, owner: str, limit: int, wait: float, lease: float) -> list[Run]:
-        if not self.failed:
-            self.failed = True
-            raise AttributeError("'NoneType' object has no attribute 'writelines'")
-        return await super().claim(owner, limit, wait, lease)
-
-
-def test_a_claim_failing_on_an_unexpected_error_is_logged_and_claiming_goes_on(
-    redis_server: RedisServer, upstream: Upstream, caplog: pytest.LogCaptureFixture
-) -> None:
-    config = load(
-        None, environ={}, overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open"}
-    )
-    request = RunRequest("GET", "/echo", f"tag={uuid.uuid4().hex[:8]}", (), webhook_url=None, timeout=60)
-    queued = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
-
-    async def scenario() -> RunState | None:
-        store = FailsOnce(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
-        pool = UpstreamPool(config)
-        await store.open()
-        await pool.open()
-        try:
-            await store.create(queued, b"")
-            executor = Executor(config, store, pool, lambda: None, Metrics())
-            executor.start()
-            stored = None
-            try:
-                async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
-                    while stored is None or not stored.state.is_final:
-                        await asyncio.sleep(0.01)
-                        stored = await store.get(queued.run_id)
-            finally:
-                await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
-            return stored.state
-        finally:
-            await pool.close()
-            await store.close()
-
-    with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
-        assert asyncio.run(scenario()) is RunState.SUCCEEDED
-    failures = [r for r in caplog.records if r.getMessage() == "claiming runs failed; trying again"]
-    assert len(failures) == 1 and failures[0].exc_info is not None
-    assert isinstance(failures[0].exc_info[1], AttributeError)
-
-
 class FailsFirstCall(RedisRunStore):
-    """A store whose first call of one method fails with an error that is no StoreError; counts
-    the calls of that method."""
+    """A store whose first call of one method fails with an error that is no StoreError, as
+    redis-py 8.1's Cluster client raised in a failover (a connection closed under a command);
+    counts the calls of that method."""
 
     def __init__(self, method: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -241,6 +190,56 @@ class FailsFirstCall(RedisRunStore):
             return await real(*call_args, **call_kwargs)
 
         setattr(self, method, failing_once)
+
+
+@contextlib.asynccontextmanager
+async def executing(store: RedisRunStore, config: Config) -> AsyncIterator[RedisRunStore]:
+    """An executor running over ``store`` (opened, then closed with its upstream pool)."""
+    pool = UpstreamPool(config)
+    await store.open()
+    await pool.open()
+    try:
+        executor = Executor(config, store, pool, lambda: None, Metrics())
+        executor.start()
+        try:
+            yield store
+        finally:
+            await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
+    finally:
+        await pool.close()
+        await store.close()
+
+
+def logged_failures(caplog: pytest.LogCaptureFixture, messages: set[str]) -> list[logging.LogRecord]:
+    """The executor's records of the injected failure: one, with its traceback."""
+    failures = [r for r in caplog.records if r.getMessage() in messages]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], AttributeError)
+    return failures
+
+
+def test_a_claim_failing_on_an_unexpected_error_is_logged_and_claiming_goes_on(
+    redis_server: RedisServer, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(
+        None, environ={}, overrides={"upstream": upstream.url, "runs.poll_interval": 0.2, "access.mode": "open"}
+    )
+    request = RunRequest("GET", "/echo", f"tag={uuid.uuid4().hex[:8]}", (), webhook_url=None, timeout=60)
+    queued = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
+
+    async def scenario() -> RunState | None:
+        async with executing(FailsFirstCall("claim", redis_server.url, f"t{uuid.uuid4().hex[:12]}"), config) as store:
+            await store.create(queued, b"")
+            stored = None
+            async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
+                while stored is None or not stored.state.is_final:
+                    await asyncio.sleep(0.01)
+                    stored = await store.get(queued.run_id)
+            return stored.state
+
+    with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
+        assert asyncio.run(scenario()) is RunState.SUCCEEDED
+    logged_failures(caplog, {"claiming runs failed; trying again"})
 
 
 RENEWING = "renewing leases failed; trying again"
@@ -262,24 +261,11 @@ def test_the_heartbeat_and_recovery_go_on_after_an_unexpected_error(
     config = load(None, environ={}, overrides=overrides)
 
     async def scenario() -> int:
-        store = FailsFirstCall(method, redis_server.url, f"t{uuid.uuid4().hex[:12]}")
-        pool = UpstreamPool(config)
-        await store.open()
-        await pool.open()
-        try:
-            executor = Executor(config, store, pool, lambda: None, Metrics())
-            executor.start()
-            try:
-                await asyncio.wait_for(store.called_thrice.wait(), timeout=10)
-            finally:
-                await asyncio.wait_for(executor.stop(drain_timeout=1), timeout=10)
-            return store.calls
-        finally:
-            await pool.close()
-            await store.close()
+        failing = FailsFirstCall(method, redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        async with executing(failing, config):
+            await asyncio.wait_for(failing.called_thrice.wait(), timeout=10)
+        return failing.calls
 
     with caplog.at_level(logging.ERROR, logger="asyncgate.executor"):
         assert asyncio.run(scenario()) >= 3
-    failures = [r for r in caplog.records if r.getMessage() in messages]
-    assert len(failures) == 1 and failures[0].exc_info is not None
-    assert isinstance(failures[0].exc_info[1], AttributeError)
+    logged_failures(caplog, messages)
