@@ -62,6 +62,37 @@ def test_a_wave_of_finishes_takes_a_few_connections_and_every_run_finishes(
     assert {run(redis_store.get(r.run_id)).state for r in runs} == {DONE.state}  # type: ignore[union-attr]
 
 
+def test_many_runs_streaming_at_once_write_their_output_in_a_few_pipelines(
+    redis_store: RedisRunStore, run: Runner
+) -> None:
+    runs = [new_run() for _ in range(500)]
+
+    async def held() -> None:
+        for queued in runs:
+            await redis_store.create(queued, b"")
+        taken = 0
+        while taken < len(runs):
+            taken += len(await redis_store.claim("gw", 100, 0, LEASE))
+
+    run(held())
+    before = _opened(redis_store)
+
+    async def tokens(run_id: str) -> None:
+        for seq in range(3):
+            event = {"event": "output", "attempt": 1, "seq": seq, "at": 1.0, "data": f"token-{seq}"}
+            assert await redis_store.append_output(run_id, 1, [event], []) is not None
+
+    async def streaming() -> None:
+        await asyncio.gather(*(tokens(queued.run_id) for queued in runs))
+
+    run(streaming())
+    # Each run's output took a pooled connection of its own before: the pool's 256 for this wave.
+    assert _opened(redis_store) <= before + MAX_SENDS
+    for queued in runs:
+        logged = [event.data for event in run(redis_store.events(queued.run_id, None, 0))]
+        assert [event["data"] for event in logged if event["event"] == "output"] == ["token-0", "token-1", "token-2"]
+
+
 def test_the_heartbeat_has_a_connection_of_its_own(
     redis_store: RedisRunStore, redis_server: RedisServer, run: Runner
 ) -> None:

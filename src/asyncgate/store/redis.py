@@ -1255,12 +1255,13 @@ class RedisRunStore:
         self._scripts = _Scripts.register(self._redis)
         # The scripts called once per run go to Redis in a few pipelines when many tasks call
         # them at once (batching.py): a burst of submissions, a wave of completions and of their
-        # deliveries. A Cluster's client routes each call to its slot's primary itself: there,
-        # each call is sent alone.
+        # deliveries, and the output of many runs streaming at once. A Cluster's client routes
+        # each call to its slot's primary itself: there, each call is sent alone.
         self._batches: list[ScriptBatch] = []
         self._create = self._batched(self._scripts.create)
         self._finish = self._batched(self._scripts.finish)
         self._record_delivery = self._batched(self._scripts.record_delivery)
+        self._append_output = self._batched(self._scripts.append_output)
         #: Whether the client is a Cluster's: one command may then name keys of one slot only.
         self._cluster = isinstance(self._redis, RedisCluster)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
@@ -1988,7 +1989,7 @@ class RedisRunStore:
     ) -> list[str] | None:
         args: list[bytes | str | int] = [attempt, len(events), *(orjson.dumps(event) for event in events), *drop]
         with _STORE_ERRORS:
-            reply = await self._scripts.append_output([self.run_key(run_id), self.events_key(run_id)], args)
+            reply = await self._append_output([self.run_key(run_id), self.events_key(run_id)], args)
         return [entry_id.decode() for entry_id in reply] if isinstance(reply, list) else None
 
     async def report_progress(
