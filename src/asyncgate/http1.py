@@ -331,6 +331,9 @@ class Response:
             writer.cancel()
         connection = self._connection
         connection.response = None
+        # The parser holds this answer's callbacks and the answer its parser: a cycle per upstream
+        # call that only the garbage collector would free. Nothing feeds a released answer.
+        del self._parser
         if self.complete and self.keep_alive and body_sent and not self._chunks and not connection.closed:
             if self._reading_paused and connection.transport is not None:
                 # Paused by a large body taken whole (buffered()): the next answer must be read.

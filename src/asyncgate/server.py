@@ -30,6 +30,8 @@ import asyncio
 import importlib.util
 import logging
 import re
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal, cast
 from urllib.parse import unquote
 
@@ -406,35 +408,46 @@ class FramedSend:
     ``expected_content_length`` set to what may still be sent lets each piece through as it is.
     """
 
-    __slots__ = ("cycle", "send", "until_close")
+    __slots__ = ("_cycle", "_send", "until_close")
 
     def __init__(self, cycle: Any) -> None:
-        self.cycle = cycle
-        self.send: Send = cycle.send
+        # The cycle holds this as its ``send``: with the cycle (or its bound ``send``) held here
+        # too, every request left a reference cycle, a dozen objects that only the collector
+        # frees. Under intake load that was ~40,000 objects per young collection, each one
+        # pausing the event loop 25-70 ms (bench S3, holding 5,000 runs).
+        self._cycle = weakref.ref(cycle)
+        self._send: Callable[[Any, Message], Awaitable[None]] = type(cycle).send
         self.until_close = False
+
+    @property
+    def cycle(self) -> Any:
+        cycle = self._cycle()
+        if cycle is None:  # only reachable through its cycle: someone kept the send past the request
+            raise RuntimeError("this request's response is over")
+        return cycle
 
     async def __call__(self, message: Message) -> None:
         cycle = self.cycle
         if message["type"] == "http.response.start" and not cycle.response_started:
             status = message["status"]
             if status in _NO_BODY:
-                await self.send(message)
+                await self._send(cycle, message)
                 cycle.expected_content_length = 0  # whatever its Content-Length says
                 return
             if cycle.scope["http_version"] == "1.0":
-                message = self._close_delimited(message)
+                message = self._close_delimited(cycle, message)
         elif self.until_close and message["type"] == "http.response.body" and not cycle.response_complete:
             cycle.expected_content_length = len(message.get("body", b""))
-        await self.send(message)
+        await self._send(cycle, message)
 
-    def _close_delimited(self, message: Message) -> Message:
+    def _close_delimited(self, cycle: Any, message: Message) -> Message:
         """The head of a response to HTTP/1.0: without a length, its body runs until the close."""
         headers = list(message.get("headers", ()))
         names = {name.lower() for name, _ in headers}
-        if CONTENT_LENGTH_RAW in names or self.cycle.scope["method"] == "HEAD":
+        if CONTENT_LENGTH_RAW in names or cycle.scope["method"] == "HEAD":
             return message
         self.until_close = True
-        self.cycle.chunked_encoding = False
+        cycle.chunked_encoding = False
         if TRANSFER_ENCODING_RAW in names:
             message = {**message, "headers": [(n, v) for n, v in headers if n.lower() != TRANSFER_ENCODING_RAW]}
         return message
