@@ -12,7 +12,7 @@ import redis
 from asyncgate.app import Gateway as GatewayApp
 from asyncgate.config import Config, load
 from asyncgate.netguard import Resolver
-from asyncgate.server import uvicorn_options
+from asyncgate.server import HttpParser, protocol_class, uvicorn_options
 from asyncgate.tracing import NO_TRACING, Tracing
 from tests.support.browser import Browser
 from tests.support.clients import client_for
@@ -201,3 +201,13 @@ def make_gateway(
 @pytest.fixture
 def gateway(make_gateway: GatewayFactory) -> Gateway:
     return make_gateway()
+
+
+#: uvicorn's two HTTP/1.1 parsers, each served with the gateway's own corrections (asyncgate.server).
+HTTP_PARSERS: list[HttpParser] = ["h11", "httptools"]
+
+
+@pytest.fixture(params=HTTP_PARSERS)
+def parser_gateway(request: pytest.FixtureRequest, make_gateway: GatewayFactory) -> Gateway:
+    """A gateway over the parametrised store, served with each of uvicorn's parsers in turn."""
+    return make_gateway(http=protocol_class(request.param))

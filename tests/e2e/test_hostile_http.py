@@ -20,10 +20,9 @@ import pytest
 
 from asyncgate.config import load
 from asyncgate.server import HttpParser, head_problem, uvicorn_options
-from tests.e2e.conftest import Gateway, Upstream
+from tests.e2e.conftest import HTTP_PARSERS, Gateway, Upstream
 from tests.support.wait import wait_until
 
-PARSERS: list[HttpParser] = ["h11", "httptools"]
 #: Short enough to keep the slow-client tests quick, long enough for a loaded CI machine.
 REQUEST_TIMEOUT = 1.0
 MAX_HEADER_BYTES = 8 * 1024
@@ -32,7 +31,7 @@ EXCHANGE_DEADLINE = REQUEST_TIMEOUT + 4.0
 REFUSED_STATUSES = {400, 408, 431}
 
 
-@pytest.fixture(scope="module", params=PARSERS)
+@pytest.fixture(scope="module", params=HTTP_PARSERS)
 def parser(request: pytest.FixtureRequest) -> HttpParser:
     parser: HttpParser = request.param
     return parser

@@ -7,12 +7,9 @@ import json
 
 import pytest
 
-from asyncgate.server import protocol_class
-from tests.e2e.conftest import Gateway, GatewayFactory
+from tests.e2e.conftest import Gateway
 from tests.support.rawhttp import RawConnection, RawResponse, request
 from tests.support.upstream import pattern_bytes
-
-PARSERS = ["h11", "httptools"]
 
 
 @pytest.fixture
@@ -20,9 +17,9 @@ def store_kind() -> str:
     return "embedded"
 
 
-@pytest.fixture(params=PARSERS)
-def gateway(request: pytest.FixtureRequest, make_gateway: GatewayFactory) -> Gateway:
-    return make_gateway(http=protocol_class(request.param))
+@pytest.fixture
+def gateway(parser_gateway: Gateway) -> Gateway:
+    return parser_gateway
 
 
 def get10(

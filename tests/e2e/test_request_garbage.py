@@ -13,20 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from asyncgate.server import protocol_class
-from tests.e2e.conftest import Gateway, GatewayFactory
-
-PARSERS = ["h11", "httptools"]
+from tests.e2e.conftest import Gateway
 
 
 @pytest.fixture
 def store_kind() -> str:
     return "embedded"
-
-
-@pytest.fixture(params=PARSERS)
-def gateway(request: pytest.FixtureRequest, make_gateway: GatewayFactory) -> Gateway:
-    return make_gateway(http=protocol_class(request.param))
 
 
 @pytest.fixture
@@ -45,7 +37,10 @@ def saved_garbage() -> Iterator[list[object]]:
 SERVING = ("asyncgate", "uvicorn", "starlette", "httptools", "h11")
 
 
-def test_requests_and_upstream_calls_leave_no_reference_cycles(gateway: Gateway, saved_garbage: list[object]) -> None:
+def test_requests_and_upstream_calls_leave_no_reference_cycles(
+    parser_gateway: Gateway, saved_garbage: list[object]
+) -> None:
+    gateway = parser_gateway
     run_ids = []
     for n in range(20):
         assert gateway.client.get(f"/echo/{n}").status_code == 200  # passed through: an upstream call
