@@ -6,14 +6,22 @@
     python bench/stream_latency.py --runs 1 --listeners 1000 --interval 0.5      # memory per listener
     python bench/stream_latency.py --runs 1000 --listeners 10 --interval 1 --clients 8
     python bench/stream_latency.py ... --source /path/to/other/checkout            # the same, another version
+    python bench/stream_latency.py --runs 1000 --listeners 1 --clients 8 --direct  # the floor: no gateway
 
 Starts a throwaway redis-server, a token-streaming upstream (one SSE event every --interval s,
 carrying the time it was written), a gateway that executes runs and one that executes none
 (``runs.execute: false``), submits --runs runs through the first and follows each with
---listeners event streams on the second, from --clients processes. Prints the latency percentiles of every output event
-received, the gateways' resident memory before and after the listeners connected, the CPU
-seconds each gateway spent per relayed event, and the cores every process of the bench used:
-all of them share this machine's cores, so a latency that grows with the load says which held them.
+--listeners event streams on the second, from --clients processes. The upstream answers each
+call at once and holds its tokens until every listener is connected (``--join-late``: until
+the runs are submitted, so that listeners first replay what they missed); each stream then
+writes its tokens at a random phase of the interval (``--aligned``: all at the same moments).
+``--direct`` measures the floor: the same listeners reading the upstream's streams themselves.
+
+Prints the latency percentiles of every output event received, split at the moment the holder
+parsed it and the moment Redis added it, the gateways' resident memory before and after the
+listeners connected, the CPU seconds each gateway spent per relayed event, and the cores every
+process of the bench used: all of them share this machine's cores, so a latency that grows
+with the load says which held them.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import asyncio
 import collections
 import multiprocessing
 import os
+import random
 import resource
 import shutil
 import signal
@@ -31,15 +40,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
 import httpx
 import orjson
+import uvloop
 
 #: The gateway under cProfile counting CPU time, not wall time: idle waits and the time other
 #: processes hold the shared cores do not count (``--profile-listener``, ``--profile-holder``).
@@ -61,25 +70,63 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _TokenServer(asyncio.Protocol):
+    """One connection of the token-streaming upstream, on a bare asyncio socket: it shares the
+    machine's two cores with what it measures, and a starlette app under uvicorn took a quarter
+    of a core for 20,000 tokens a second. ``GET /tokens?count=N&interval=S`` answers a stream at
+    once and holds its tokens until ``POST /go``; each stream then starts at a random point of
+    its first interval (all at once with ``aligned=1``), as independent model servers do."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self._gate = gate
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head, found, rest = self._buffer.partition(b"\r\n\r\n")
+        if not found:
+            return
+        self._buffer = rest  # the gateway sends no body, and the next request only after this answer
+        method, target = head.split(b" ", 2)[:2]
+        path, _, query = target.decode().partition("?")
+        if path != "/tokens":
+            if method == b"POST" and path == "/go":
+                self._gate.set()
+            self._write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            return
+        params = dict(pair.split("=", 1) for pair in query.split("&") if "=" in pair)
+        self._write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        asyncio.get_running_loop().create_task(
+            self._stream(int(params["count"]), float(params["interval"]), params.get("aligned") == "1")
+        )
+
+    async def _stream(self, count: int, interval: float, aligned: bool) -> None:
+        await self._gate.wait()
+        if not aligned:
+            await asyncio.sleep(random.uniform(0, interval))
+        for index in range(count):
+            token = f"data: {index} {time.time():.6f}\n\n".encode()
+            self._write(b"%x\r\n%s\r\n" % (len(token), token))
+            await asyncio.sleep(interval)
+        self._write(b"0\r\n\r\n")
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
 def upstream_main(port: int) -> None:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import StreamingResponse
-    from starlette.routing import Route
+    async def serve() -> None:
+        gate = asyncio.Event()
+        server = await asyncio.get_running_loop().create_server(lambda: _TokenServer(gate), "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
 
-    async def tokens(request: Request) -> StreamingResponse:
-        count, interval = int(request.query_params["count"]), float(request.query_params["interval"])
-
-        async def body() -> AsyncIterator[bytes]:
-            for index in range(count):
-                yield f"data: {index} {time.time():.6f}\n\n".encode()
-                await asyncio.sleep(interval)
-
-        return StreamingResponse(body(), media_type="text/event-stream")
-
-    app = Starlette(routes=[Route("/tokens", tokens)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvloop.run(serve())
 
 
 def wait_ready(url: str, deadline: float = 30) -> None:
@@ -136,14 +183,17 @@ async def listen(
     url: str,
     latencies: list[float],
     stamped: list[float],
+    stored: list[float],
     replayed: list[float],
     finals: list[str],
     ready: asyncio.Event,
     connecting: asyncio.Semaphore,
+    direct: bool,
 ) -> None:
     """Follow one event stream on a bare socket, parsed by httptools: the listeners share the
     machine's cores with the gateways they measure, and with httpx's line iteration they took
-    more CPU than either gateway (0.69 of a core for 1,000 runs' 5,000 events/s; now 0.35)."""
+    more CPU than either gateway (0.69 of a core for 1,000 runs' 5,000 events/s; now 0.35).
+    ``direct``: the stream is the upstream's own, read without a gateway (``--direct``)."""
     target = urlsplit(url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
     response = _Response()
@@ -152,7 +202,8 @@ async def listen(
     try:
         async with connecting:  # browsers do not all connect in the same millisecond either
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(f"GET {target.path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            path = f"{target.path}?{target.query}" if target.query else target.path
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
             while not response.headers_done:  # connected once the stream's headers came
                 data = await reader.read(65536)
                 if not data:
@@ -171,6 +222,7 @@ async def listen(
         return
     since = time.time()
     pending = b""
+    event_id = b"0-0"
     try:
         while True:
             if response.body:
@@ -179,7 +231,9 @@ async def listen(
                 response.body.clear()
                 pending = lines.pop()
                 for line in lines:
-                    if line.startswith(b"data: ") and b'"event":"output"' in line:
+                    if line.startswith(b"id: "):
+                        event_id = line[4:]
+                    elif line.startswith(b"data: ") and b'"event":"output"' in line:
                         event = orjson.loads(line[6:])
                         written = float(event["data"].split()[1])
                         if written < since:
@@ -189,11 +243,15 @@ async def listen(
                         # The holder stamps each event (ms precision) as it parses it: the split
                         # shows whether time goes reading the upstream or relaying through the store.
                         stamped.append(unix(event["at"]) - written)
+                        # A Redis stream id begins with the time (ms) Redis added the event.
+                        stored.append(int(event_id.split(b"-")[0]) / 1000 - written)
                     elif line.startswith(b"event: ") and line[7:] in FINALS:
                         finals.append(line[7:].decode())
                         return
+                    elif line.startswith(b"data: ") and direct:  # the upstream's own token: "data: N TIME"
+                        latencies.append(received - float(line.split()[2]))
             if response.complete:
-                finals.append("stream ended before the run")
+                finals.append("ended" if direct else "stream ended before the run")
                 return
             data = await reader.read(65536)
             if not data:
@@ -206,44 +264,53 @@ async def listen(
         writer.close()
 
 
-async def listen_all(urls: list[str], ready: Any, results: Any) -> None:
+async def listen_all(urls: list[str], direct: bool, ready: Any, results: Any) -> None:
     latencies: list[float] = []
     stamped: list[float] = []
+    stored: list[float] = []
     replayed: list[float] = []
     finals: list[str] = []
     readies = [asyncio.Event() for _ in urls]
     connecting = asyncio.Semaphore(50)
     tasks = [
-        asyncio.create_task(listen(url, latencies, stamped, replayed, finals, readies[n], connecting))
+        asyncio.create_task(listen(url, latencies, stamped, stored, replayed, finals, readies[n], connecting, direct))
         for n, url in enumerate(urls)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
     ready.set()
     await asyncio.gather(*tasks)
-    results.put((latencies, stamped, len(replayed), finals, time.process_time()))
+    results.put((latencies, stamped, stored, len(replayed), finals, time.process_time()))
 
 
-def listeners_main(urls: list[str], ready: Any, results: Any) -> None:
+def listeners_main(urls: list[str], direct: bool, ready: Any, results: Any) -> None:
     """One of --clients processes, so that the listeners' side of the bench is not the bottleneck."""
-    asyncio.run(listen_all(urls, ready, results))
+    uvloop.run(listen_all(urls, direct, ready, results))
 
 
-def submit_runs(holder: str, runs: int, count: int, interval: float) -> list[str]:
+def submit_runs(holder: str, runs: int, count: int, interval: float, aligned: bool) -> list[str]:
     async def submit() -> list[str]:
         async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            url = f"{holder}/tokens?count={count}&interval={interval}&async=true"
+            url = f"{holder}/tokens?count={count}&interval={interval}&aligned={int(aligned)}&async=true"
             responses = await asyncio.gather(*(client.get(url) for _ in range(runs)))
             return [response.json()["run_id"] for response in responses]
 
     return asyncio.run(submit())
 
 
-def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, int], others: dict[str, int]) -> None:
+def measure(
+    args: argparse.Namespace, upstream: str, holder: str, other: str, pids: tuple[int, int], others: dict[str, int]
+) -> None:
     """``others``: the harness's own processes (name: pid), whose CPU is reported beside the gateways'."""
     count = int(args.seconds / args.interval)
     rss_before = [rss_kib(pid) for pid in pids]
-    run_ids = submit_runs(holder, args.runs, count, args.interval)
-    urls = [f"{other}/_asyncgate/runs/{run_id}/events" for run_id in run_ids for _ in range(args.listeners)]
+    if args.direct:  # the floor: each listener reads a stream of its own from the upstream, no gateway
+        stream = f"{upstream}/tokens?count={count}&interval={args.interval}&aligned={int(args.aligned)}"
+        urls = [stream] * (args.runs * args.listeners)
+    else:
+        run_ids = submit_runs(holder, args.runs, count, args.interval, args.aligned)
+        urls = [f"{other}/_asyncgate/runs/{run_id}/events" for run_id in run_ids for _ in range(args.listeners)]
+    if args.join_late:
+        httpx.post(f"{upstream}/go", trust_env=False).raise_for_status()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     clients = max(1, min(args.clients, len(urls)))
@@ -252,7 +319,7 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     others_before = {name: cpu_seconds(pid) for name, pid in others.items()}
     started = time.monotonic()
     processes = [
-        context.Process(target=listeners_main, args=(urls[n::clients], readies[n], results), daemon=True)
+        context.Process(target=listeners_main, args=(urls[n::clients], args.direct, readies[n], results), daemon=True)
         for n in range(clients)
     ]
     for process in processes:
@@ -260,19 +327,23 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     for ready in readies:
         if not ready.wait(600):
             raise SystemExit("the listeners did not all connect")
+    if not args.join_late:
+        httpx.post(f"{upstream}/go", trust_env=False).raise_for_status()  # every listener is there: tokens now
     time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
     rss_during = [rss_kib(pid) for pid in pids]
     latencies: list[float] = []
     stamped: list[float] = []
+    stored: list[float] = []
     finals: list[str] = []
     replayed = 0
     clients_cpu = 0.0
     for _ in processes:
-        got, holder_side, old, ends, spent = results.get(timeout=args.seconds * 4 + 120)
+        got, holder_side, in_store, old, ends, spent = results.get(timeout=args.seconds * 4 + 120)
         clients_cpu += spent
         replayed += old
         latencies += got
         stamped += holder_side
+        stored += in_store
         finals += ends
     for process in processes:
         process.join(30)
@@ -281,17 +352,25 @@ def measure(args: argparse.Namespace, holder: str, other: str, pids: tuple[int, 
     elapsed = time.monotonic() - started
     latencies.sort()
     listeners = args.runs * args.listeners
-    print(f"runs {args.runs}, listeners per run {args.listeners}, token every {args.interval * 1000:g} ms")
+    phases = "aligned" if args.aligned else "random phases"
+    phases += "; DIRECT from the upstream, no gateway" if args.direct else ""
+    joined = "listeners joined mid-stream" if args.join_late else "listeners connected before the first token"
+    print(
+        f"runs {args.runs}, listeners per run {args.listeners},",
+        f"token every {args.interval * 1000:g} ms ({phases}; {joined})",
+    )
     ends = dict(collections.Counter(finals))
     print(f"output events received: {len(latencies)} live, {replayed} replayed; runs ended {ends}")
-    if latencies and stamped:
+    if latencies:
         for quantile in (0.5, 0.9, 0.99):
             print(f"  p{quantile * 100:g}: {latencies[int(quantile * (len(latencies) - 1))] * 1000:.1f} ms")
         print(f"  max: {latencies[-1] * 1000:.1f} ms")
-        stamped.sort()
-        holder_p = ", ".join(f"p{q * 100:g} {stamped[int(q * (len(stamped) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
-        print(f"  of which upstream write -> holder parsed it (ms precision): {holder_p}")
-    else:
+    if stamped:
+        for name, part in (("holder parsed it", stamped), ("Redis added it", stored)):
+            part.sort()
+            split = ", ".join(f"p{q * 100:g} {part[int(q * (len(part) - 1))] * 1000:.0f} ms" for q in (0.5, 0.99))
+            print(f"  of which upstream write -> {name} (ms precision): {split}")
+    if not latencies:
         print("no output event was received live (the listeners connected too late): raise --seconds for latencies")
     for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
         per_listener = (during - before) / listeners
@@ -314,6 +393,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--clients", type=int, default=4, help="processes the listeners are spread over")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="the floor: listeners read the upstream's streams themselves, no gateway between (one stream each)",
+    )
+    parser.add_argument(
+        "--join-late",
+        action="store_true",
+        help="the streams start before the listeners connect: each listener first replays what it missed",
+    )
+    parser.add_argument(
+        "--aligned",
+        action="store_true",
+        help="every stream writes its tokens at the same moments (default: at random phases)",
+    )
     parser.add_argument(
         "--source", type=Path, help="run the gateways from this checkout's src/ (compare a branch with another)"
     )
@@ -369,7 +463,7 @@ def main() -> None:
         for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
             wait_ready(url)
         others = {"redis": processes[0].pid, "upstream": processes[1].pid}
-        measure(args, holder, other, (processes[2].pid, processes[3].pid), others)
+        measure(args, f"http://127.0.0.1:{upstream_port}", holder, other, (processes[2].pid, processes[3].pid), others)
     finally:
         for process in reversed(processes):
             process.terminate()
