@@ -136,6 +136,21 @@ def test_each_call_gets_its_own_reply_or_error_and_a_flushed_script_is_loaded_ag
     run(batch.close())
 
 
+def test_a_call_made_as_the_last_sender_stops_is_sent(client: aioredis.Redis, run: Runner) -> None:
+    # The caller answered last wakes before its sender's done callback runs: its next call must
+    # not take the stopping sender for a busy one, and wait for an answer that never comes.
+    key = f"test-{uuid.uuid4().hex}"
+    batch = ScriptBatch(client, client.register_script(COUNT), max_batch=8, max_sends=1)
+
+    async def one_after_another() -> list[object]:
+        async with asyncio.timeout(5):  # not wait_for: its own task's extra step would hide the race
+            answers = [await batch([key], ["x"]) for _ in range(20)]
+        await batch.close()
+        return answers
+
+    assert run(one_after_another()) == list(range(1, 21))
+
+
 def test_a_caller_cancelled_before_its_batch_is_sent_is_not_sent(client: aioredis.Redis, run: Runner) -> None:
     key = f"test-{uuid.uuid4().hex}"
     batch = ScriptBatch(client, client.register_script(COUNT), max_batch=1, max_sends=1)

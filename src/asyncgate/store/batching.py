@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 
 #: A script's call: ``await call(keys, args)``, alone (an AsyncScript) or batched (a ScriptBatch).
@@ -72,21 +74,26 @@ class ScriptBatch:
         self._waiting.clear()
 
     async def _send_waiting(self) -> None:
-        while self._waiting:
-            batch: list[_Call] = []
-            while self._waiting and len(batch) < self._max_batch:
-                call = self._waiting.popleft()
-                if not call.reply.done():
-                    batch.append(call)
-            if not batch:
-                continue
-            try:
-                await self._send(batch)
-            except asyncio.CancelledError:
-                self._fail(batch, redis_errors.ConnectionError("the store was closed"))
-                raise
-            except Exception as exc:  # the connection or the pipeline failed: every call of it did
-                self._fail(batch, exc)
+        try:
+            while self._waiting:
+                batch: list[_Call] = []
+                while self._waiting and len(batch) < self._max_batch:
+                    call = self._waiting.popleft()
+                    if not call.reply.done():
+                        batch.append(call)
+                if not batch:
+                    continue
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    self._fail(batch, redis_errors.ConnectionError("the store was closed"))
+                    raise
+                except Exception as exc:  # the connection or the pipeline failed: every call of it did
+                    self._fail(batch, exc)
+        finally:
+            # Out of the count as it stops, not a loop step later by its done callback: a call
+            # queued in between would count it as sending, start none, and wait for good.
+            self._senders.discard(cast("asyncio.Task[None]", asyncio.current_task()))
 
     async def _send(self, batch: list[_Call]) -> None:
         replies = await self._pipeline(batch)
@@ -105,11 +112,33 @@ class ScriptBatch:
                 call.reply.set_result(reply)
 
     async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for call in batch:
-            pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+        # The calls are written on one pooled connection and their replies read back in order:
+        # a pipeline without redis-py's Pipeline, whose command stack, per-command bookkeeping
+        # and a timeout per reply cost twice the CPU per call of this (50 against 22 us for
+        # calls four at a time). One deadline covers every reply, as one timeout per reply would.
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            sha, pack = self._script.sha, connection.pack_command
+            packed = [chunk for call in batch for chunk in pack("EVALSHA", sha, len(call.keys), *call.keys, *call.args)]
+            await connection.send_packed_command(packed)
+            async with asyncio.timeout(connection.socket_timeout):
+                return [await self._reply(connection) for _ in batch]
+        except BaseException as exc:
+            # A reply not read, a read cut off: what the connection carries next is unknown.
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise redis_errors.TimeoutError("timed out reading a batch's replies") from None
+            raise
+        finally:
+            await pool.release(connection)
+
+    @staticmethod
+    async def _reply(connection: AbstractConnection) -> Any:
+        try:
+            return await connection.read_response(timeout=math.inf)  # the batch's deadline applies
+        except redis_errors.ResponseError as exc:  # this call's error, read whole: the next reply follows
+            return exc
 
     @staticmethod
     def _fail(calls: list[_Call], exc: Exception) -> None:
