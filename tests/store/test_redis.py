@@ -461,3 +461,18 @@ def test_a_finished_run_whose_expiry_entry_was_never_written_is_found_by_the_swe
 
     assert raw(client.exists(redis_store.run_key(lost.run_id))) == 0
     assert raw(client.zcard(redis_store.index)) == raw(client.zcard(redis_store.expiry)) == 0
+
+
+def test_watching_run_after_run_keeps_names_only_for_the_runs_followed_now(
+    redis_store: RedisRunStore, run: Runner
+) -> None:
+    # The log keys of followed runs are kept between reads; a replica following runs one after
+    # another for days must not keep a name for every run it ever followed.
+    runs = [new_run() for _ in range(300)]
+    for queued in runs:
+        run(redis_store.create(queued, b""))
+    for queued in runs:
+        found = run(redis_store.watch({queued.run_id: None}, 0))
+        assert [event.data["event"] for event in found[queued.run_id]] == ["queued"]
+    assert len(redis_store._watched) <= 2 + 64
+    assert len(redis_store._watched_runs) == len(redis_store._watched)

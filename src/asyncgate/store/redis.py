@@ -68,7 +68,7 @@ from asyncgate.store.base import (
     pending_delivery,
     state_event,
 )
-from asyncgate.store.batching import ScriptBatch, ScriptCall
+from asyncgate.store.batching import MAX_SENDS, ScriptBatch, ScriptCall
 from asyncgate.store.connect import RedisClient, connect
 from asyncgate.store.sealing import Sealer
 from asyncgate.store.slots import SlotKeys, slot_of, slot_tags
@@ -1261,7 +1261,7 @@ class RedisRunStore:
         self._create = self._batched(self._scripts.create)
         self._finish = self._batched(self._scripts.finish)
         self._record_delivery = self._batched(self._scripts.record_delivery)
-        self._append_output = self._batched(self._scripts.append_output)
+        self._append_output = self._batched(self._scripts.append_output, max_sends=1)
         #: Whether the client is a Cluster's: one command may then name keys of one slot only.
         self._cluster = isinstance(self._redis, RedisCluster)
         #: Owners whose heartbeat this store sent and Redis took: their claims are held under it.
@@ -1286,16 +1286,21 @@ class RedisRunStore:
         self.wake_keys = tuple(f"{keys.tag}:wake:{token}" for keys in self.slot_keys)
         self.wake_key = self.wake_keys[0]
         self._woken = ["0-0"] * slots  # per slot, the newest entry of its wake stream watch() has seen
+        #: The log keys of the runs watch() last read, by run id, and the runs by key: a replica
+        #: following a thousand runs reads all their logs every few milliseconds, and naming
+        #: them anew each time cost more CPU than the read.
+        self._watched: dict[str, str] = {}
+        self._watched_runs: dict[str, str] = {}
         self._watching: tuple[int, ...] = ()  # the slots whose wake streams the current watch() waits on
 
     def keys_of(self, run_id: str) -> SlotKeys:
         """The keys of the slot a run lives in, found from its id alone (store/slots.py)."""
         return self.slot_keys[slot_of(run_id, len(self.slot_keys))]
 
-    def _batched(self, script: AsyncScript) -> ScriptCall:
+    def _batched(self, script: AsyncScript, max_sends: int = MAX_SENDS) -> ScriptCall:
         if not isinstance(self._redis, aioredis.Redis):
             return script
-        batch = ScriptBatch(self._redis, script)
+        batch = ScriptBatch(self._redis, script, max_sends=max_sends)
         self._batches.append(batch)
         return batch
 
@@ -2289,6 +2294,10 @@ class RedisRunStore:
 
     async def watch(self, positions: Mapping[str, str | None], wait: float) -> dict[str, list[Event]]:
         block = max(1, int(min(wait, MAX_CLAIM_WAIT) * 1000)) if wait > 0 else None
+        if len(self._watched) > 2 * len(positions) + 64:
+            # Bounded by the runs followed now, not by all those ever followed; renewed rather than
+            # emptied, since a read still finishing (cancelled, or another slot's) uses the old.
+            self._watched, self._watched_runs = {}, {}
         count = len(self.slot_keys)
         if count == 1 or not self._cluster:
             # One XREAD over every log and one wake stream: a single server takes keys of any slot.
@@ -2320,10 +2329,14 @@ class RedisRunStore:
     ) -> dict[str, list[Event]]:
         # One XREAD over the logs and this process's wake stream of slot ``wake``, whose id is the
         # last one seen: a wake added before the read began ends it too.
-        names = {self.events_key(run_id): run_id for run_id in positions}
-        streams: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {
-            key: positions[run_id] or "0-0" for key, run_id in names.items()
-        }
+        keys, names = self._watched, self._watched_runs  # this read's, should watch() renew them meanwhile
+        streams: dict[bytes | str | memoryview, int | bytes | str | memoryview] = {}
+        for run_id, after in positions.items():
+            log = keys.get(run_id)
+            if log is None:
+                log = keys[run_id] = self.events_key(run_id)
+                names[log] = run_id
+            streams[log] = after or "0-0"
         wake_key = self.wake_keys[wake]
         streams[wake_key] = self._woken[wake]
         with _STORE_ERRORS:
