@@ -277,9 +277,10 @@ async def listen_all(urls: list[str], direct: bool, ready: Any, results: Any) ->
         for n, url in enumerate(urls)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
+    connected = time.process_time()
     ready.set()
     await asyncio.gather(*tasks)
-    results.put((latencies, stamped, stored, len(replayed), finals, time.process_time()))
+    results.put((latencies, stamped, stored, len(replayed), finals, time.process_time() - connected))
 
 
 def listeners_main(urls: list[str], direct: bool, ready: Any, results: Any) -> None:
@@ -327,6 +328,11 @@ def measure(
     for ready in readies:
         if not ready.wait(600):
             raise SystemExit("the listeners did not all connect")
+    # CPU from here on is the streams': what connecting the listeners cost is reported apart.
+    cpu_connected = [cpu_seconds(pid) for pid in pids]
+    others_connected = {name: cpu_seconds(pid) for name, pid in others.items()}
+    connecting = time.monotonic() - started
+    started = time.monotonic()
     if not args.join_late:
         httpx.post(f"{upstream}/go", trust_env=False).raise_for_status()  # every listener is there: tokens now
     time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
@@ -347,8 +353,10 @@ def measure(
         finals += ends
     for process in processes:
         process.join(30)
-    cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_before, strict=True)]
-    others_cpu = {name: cpu_seconds(pid) - others_before[name] for name, pid in others.items()}
+    cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_connected, strict=True)]
+    others_cpu = {name: cpu_seconds(pid) - others_connected[name] for name, pid in others.items()}
+    joins = [after - before for after, before in zip(cpu_connected, cpu_before, strict=True)]
+    joins_others = {name: others_connected[name] - others_before[name] for name in others}
     elapsed = time.monotonic() - started
     latencies.sort()
     listeners = args.runs * args.listeners
@@ -375,7 +383,13 @@ def measure(
     for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
         per_listener = (during - before) / listeners
         print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
+    joined = ", ".join(
+        f"{name} {spent:.2f} s"
+        for name, spent in {"holder": joins[0], "listener replica": joins[1], **joins_others}.items()
+    )
+    print(f"connecting the listeners took {connecting:.1f} s; CPU meanwhile: {joined}")
     relayed = args.runs * count
+    print("once every listener was connected:")
     print(f"CPU per relayed output event (holder, writes): {cpu[0] / relayed * 1e6:.0f} us")
     delivered = max(1, len(latencies) + replayed)
     print(f"CPU per delivered output event, live or replayed (listener replica): {cpu[1] / delivered * 1e6:.0f} us")
