@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -161,6 +162,27 @@ def unix(rfc3339: str) -> float:
 FINALS = (b"succeeded", b"failed", b"cancelled", b"lost")
 
 
+@dataclasses.dataclass
+class Tally:
+    """What one client process of listeners measured (latencies in seconds, CPU once connected)."""
+
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    #: Upstream write to the holder's parse, and to Redis's add, of each live event.
+    stamped: list[float] = dataclasses.field(default_factory=list)
+    stored: list[float] = dataclasses.field(default_factory=list)
+    replayed: int = 0
+    finals: list[str] = dataclasses.field(default_factory=list)
+    cpu: float = 0.0
+
+    def add(self, other: Tally) -> None:
+        self.latencies += other.latencies
+        self.stamped += other.stamped
+        self.stored += other.stored
+        self.replayed += other.replayed
+        self.finals += other.finals
+        self.cpu += other.cpu
+
+
 class _Response:
     """httptools' callbacks for one event stream: the headers' end, then the body as it comes."""
 
@@ -179,17 +201,7 @@ class _Response:
         self.complete = True
 
 
-async def listen(
-    url: str,
-    latencies: list[float],
-    stamped: list[float],
-    stored: list[float],
-    replayed: list[float],
-    finals: list[str],
-    ready: asyncio.Event,
-    connecting: asyncio.Semaphore,
-    direct: bool,
-) -> None:
+async def listen(url: str, tally: Tally, ready: asyncio.Event, connecting: asyncio.Semaphore, direct: bool) -> None:
     """Follow one event stream on a bare socket, parsed by httptools: the listeners share the
     machine's cores with the gateways they measure, and with httpx's line iteration they took
     more CPU than either gateway (0.69 of a core for 1,000 runs' 5,000 events/s; now 0.35).
@@ -210,14 +222,14 @@ async def listen(
                     raise ConnectionResetError("closed before the headers")
                 parser.feed_data(data)
     except (OSError, httptools.HttpParserError) as exc:
-        finals.append(f"not connected ({type(exc).__name__})")
+        tally.finals.append(f"not connected ({type(exc).__name__})")
         if writer is not None:
             writer.close()
         return
     finally:
         ready.set()  # connected, or given up: the measurement must not wait for it
     if parser.get_status_code() != 200:
-        finals.append(f"refused ({parser.get_status_code()})")
+        tally.finals.append(f"refused ({parser.get_status_code()})")
         writer.close()
         return
     since = time.time()
@@ -237,50 +249,44 @@ async def listen(
                         event = orjson.loads(line[6:])
                         written = float(event["data"].split()[1])
                         if written < since:
-                            replayed.append(written)
+                            tally.replayed += 1
                             continue  # written before this listener connected: replayed from the log, not live
-                        latencies.append(received - written)
+                        tally.latencies.append(received - written)
                         # The holder stamps each event (ms precision) as it parses it: the split
                         # shows whether time goes reading the upstream or relaying through the store.
-                        stamped.append(unix(event["at"]) - written)
+                        tally.stamped.append(unix(event["at"]) - written)
                         # A Redis stream id begins with the time (ms) Redis added the event.
-                        stored.append(int(event_id.split(b"-")[0]) / 1000 - written)
+                        tally.stored.append(int(event_id.split(b"-")[0]) / 1000 - written)
                     elif line.startswith(b"event: ") and line[7:] in FINALS:
-                        finals.append(line[7:].decode())
+                        tally.finals.append(line[7:].decode())
                         return
                     elif line.startswith(b"data: ") and direct:  # the upstream's own token: "data: N TIME"
-                        latencies.append(received - float(line.split()[2]))
+                        tally.latencies.append(received - float(line.split()[2]))
             if response.complete:
-                finals.append("ended" if direct else "stream ended before the run")
+                tally.finals.append("ended" if direct else "stream ended before the run")
                 return
             data = await reader.read(65536)
             if not data:
-                finals.append("stream broken (closed)")
+                tally.finals.append("stream broken (closed)")
                 return
             parser.feed_data(data)
     except (OSError, httptools.HttpParserError) as exc:
-        finals.append(f"stream broken ({type(exc).__name__})")
+        tally.finals.append(f"stream broken ({type(exc).__name__})")
     finally:
         writer.close()
 
 
 async def listen_all(urls: list[str], direct: bool, ready: Any, results: Any) -> None:
-    latencies: list[float] = []
-    stamped: list[float] = []
-    stored: list[float] = []
-    replayed: list[float] = []
-    finals: list[str] = []
+    tally = Tally()
     readies = [asyncio.Event() for _ in urls]
     connecting = asyncio.Semaphore(50)
-    tasks = [
-        asyncio.create_task(listen(url, latencies, stamped, stored, replayed, finals, readies[n], connecting, direct))
-        for n, url in enumerate(urls)
-    ]
+    tasks = [asyncio.create_task(listen(url, tally, readies[n], connecting, direct)) for n, url in enumerate(urls)]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in readies)), 600)
     connected = time.process_time()
     ready.set()
     await asyncio.gather(*tasks)
-    results.put((latencies, stamped, stored, len(replayed), finals, time.process_time() - connected))
+    tally.cpu = time.process_time() - connected
+    results.put(dataclasses.asdict(tally))  # a dict: the class is this script's, named otherwise in its children
 
 
 def listeners_main(urls: list[str], direct: bool, ready: Any, results: Any) -> None:
@@ -298,12 +304,20 @@ def submit_runs(holder: str, runs: int, count: int, interval: float, aligned: bo
     return asyncio.run(submit())
 
 
-def measure(
-    args: argparse.Namespace, upstream: str, holder: str, other: str, pids: tuple[int, int], others: dict[str, int]
-) -> None:
-    """``others``: the harness's own processes (name: pid), whose CPU is reported beside the gateways'."""
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def spent(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in after}
+
+
+def measure(args: argparse.Namespace, upstream: str, holder: str, other: str, pids: dict[str, int]) -> None:
+    """``pids``: the gateways (``holder``, ``listener replica``) and the harness's own processes,
+    whose CPU is reported beside theirs."""
+    gateways = (pids["holder"], pids["listener replica"])
     count = int(args.seconds / args.interval)
-    rss_before = [rss_kib(pid) for pid in pids]
+    rss_before = [rss_kib(pid) for pid in gateways]
     if args.direct:  # the floor: each listener reads a stream of its own from the upstream, no gateway
         stream = f"{upstream}/tokens?count={count}&interval={args.interval}&aligned={int(args.aligned)}"
         urls = [stream] * (args.runs * args.listeners)
@@ -316,8 +330,7 @@ def measure(
     results = context.Queue()
     clients = max(1, min(args.clients, len(urls)))
     readies = [context.Event() for _ in range(clients)]
-    cpu_before = [cpu_seconds(pid) for pid in pids]
-    others_before = {name: cpu_seconds(pid) for name, pid in others.items()}
+    cpu_before = cpu_of(pids)
     started = time.monotonic()
     processes = [
         context.Process(target=listeners_main, args=(urls[n::clients], args.direct, readies[n], results), daemon=True)
@@ -329,34 +342,21 @@ def measure(
         if not ready.wait(600):
             raise SystemExit("the listeners did not all connect")
     # CPU from here on is the streams': what connecting the listeners cost is reported apart.
-    cpu_connected = [cpu_seconds(pid) for pid in pids]
-    others_connected = {name: cpu_seconds(pid) for name, pid in others.items()}
+    cpu_connected = cpu_of(pids)
     connecting = time.monotonic() - started
     started = time.monotonic()
     if not args.join_late:
         httpx.post(f"{upstream}/go", trust_env=False).raise_for_status()  # every listener is there: tokens now
     time.sleep(args.seconds / 2)  # the one sleep: the streams are mid-flight, measured now
-    rss_during = [rss_kib(pid) for pid in pids]
-    latencies: list[float] = []
-    stamped: list[float] = []
-    stored: list[float] = []
-    finals: list[str] = []
-    replayed = 0
-    clients_cpu = 0.0
+    rss_during = [rss_kib(pid) for pid in gateways]
+    tally = Tally()
     for _ in processes:
-        got, holder_side, in_store, old, ends, spent = results.get(timeout=args.seconds * 4 + 120)
-        clients_cpu += spent
-        replayed += old
-        latencies += got
-        stamped += holder_side
-        stored += in_store
-        finals += ends
+        tally.add(Tally(**results.get(timeout=args.seconds * 4 + 120)))
     for process in processes:
         process.join(30)
-    cpu = [after - before for after, before in zip((cpu_seconds(pid) for pid in pids), cpu_connected, strict=True)]
-    others_cpu = {name: cpu_seconds(pid) - others_connected[name] for name, pid in others.items()}
-    joins = [after - before for after, before in zip(cpu_connected, cpu_before, strict=True)]
-    joins_others = {name: others_connected[name] - others_before[name] for name in others}
+    cpu = spent(cpu_of(pids), cpu_connected)
+    joins = spent(cpu_connected, cpu_before)
+    latencies, stamped, stored, replayed = tally.latencies, tally.stamped, tally.stored, tally.replayed
     elapsed = time.monotonic() - started
     latencies.sort()
     listeners = args.runs * args.listeners
@@ -367,7 +367,7 @@ def measure(
         f"runs {args.runs}, listeners per run {args.listeners},",
         f"token every {args.interval * 1000:g} ms ({phases}; {joined})",
     )
-    ends = dict(collections.Counter(finals))
+    ends = dict(collections.Counter(tally.finals))
     print(f"output events received: {len(latencies)} live, {replayed} replayed; runs ended {ends}")
     if latencies:
         for quantile in (0.5, 0.9, 0.99):
@@ -380,22 +380,20 @@ def measure(
             print(f"  of which upstream write -> {name} (ms precision): {split}")
     if not latencies:
         print("no output event was received live (the listeners connected too late): raise --seconds for latencies")
-    for name, before, during, spent in zip(("holder", "listener replica"), rss_before, rss_during, cpu, strict=True):
+    for name, before, during in zip(("holder", "listener replica"), rss_before, rss_during, strict=True):
         per_listener = (during - before) / listeners
-        print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {spent:.2f} s")
-    joined = ", ".join(
-        f"{name} {spent:.2f} s"
-        for name, spent in {"holder": joins[0], "listener replica": joins[1], **joins_others}.items()
-    )
-    print(f"connecting the listeners took {connecting:.1f} s; CPU meanwhile: {joined}")
+        print(f"{name}: RSS {before} -> {during} KiB ({per_listener:.1f} KiB per listener), CPU {cpu[name]:.2f} s")
+    joining = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in joins.items())
+    print(f"connecting the listeners took {connecting:.1f} s; CPU meanwhile: {joining}")
     relayed = args.runs * count
     print("once every listener was connected:")
-    print(f"CPU per relayed output event (holder, writes): {cpu[0] / relayed * 1e6:.0f} us")
+    print(f"CPU per relayed output event (holder, writes): {cpu['holder'] / relayed * 1e6:.0f} us")
     delivered = max(1, len(latencies) + replayed)
-    print(f"CPU per delivered output event, live or replayed (listener replica): {cpu[1] / delivered * 1e6:.0f} us")
+    per_delivered = cpu["listener replica"] / delivered * 1e6
+    print(f"CPU per delivered output event, live or replayed (listener replica): {per_delivered:.0f} us")
     # Every process of the bench shares this machine's cores: where the latency grows with the
     # load, this says whether the gateways or the harness itself held the cores.
-    shares = {"holder": cpu[0], "listener replica": cpu[1], **others_cpu, "listener clients": clients_cpu}
+    shares = {**cpu, "listener clients": tally.cpu}
     used = ", ".join(f"{name} {spent / elapsed:.2f}" for name, spent in shares.items())
     print(f"cores used over {elapsed:.0f} s (of {os.cpu_count()}): {used}; total {sum(shares.values()) / elapsed:.2f}")
 
@@ -476,8 +474,9 @@ def main() -> None:
         holder, other = f"http://127.0.0.1:{holder_port}", f"http://127.0.0.1:{other_port}"
         for url in (f"http://127.0.0.1:{upstream_port}/", f"{holder}/_asyncgate/readyz", f"{other}/_asyncgate/readyz"):
             wait_ready(url)
-        others = {"redis": processes[0].pid, "upstream": processes[1].pid}
-        measure(args, f"http://127.0.0.1:{upstream_port}", holder, other, (processes[2].pid, processes[3].pid), others)
+        pids = {"holder": processes[2].pid, "listener replica": processes[3].pid}
+        pids |= {"redis": processes[0].pid, "upstream": processes[1].pid}
+        measure(args, f"http://127.0.0.1:{upstream_port}", holder, other, pids)
     finally:
         for process in reversed(processes):
             process.terminate()
