@@ -259,6 +259,8 @@ _RUN_FIELDS = (
     "lease_until",
 )
 _RESULT_FIELDS = ("result_status", "result_headers", "result_body", "expires_at")
+#: What a delivery attempt reads of its run as it takes it: the run, its result, its sealed webhook URL.
+_DELIVERY_FIELDS = (*_RUN_FIELDS, *_RESULT_FIELDS, "webhook_url")
 
 # Store a new run unless its idempotency key names one already, the queue is full, or a share
 # is used up. KEYS run, events, queue, index, caller index, expiry (not written since #18: a run
@@ -804,7 +806,10 @@ return 1
 
 # Take a due delivery for one attempt. KEYS run, deliveries, hooks; ARGV now, lease_until, run id.
 # While lifecycle deliveries of the run wait, completed waits too (it is always the last): it is
-# looked at again in a second, or as soon as the last of them is over (_RECORD_HOOK).
+# looked at again in a second, or as soon as the last of them is over (_RECORD_HOOK). Taken, the
+# reply is the attempt's token, then what the attempt needs of the run (_DELIVERY_FIELDS) read in
+# the same step: under a wave of deliveries, a script and three reads in two round trips cost
+# most of a delivery's store time (bench S6).
 _TAKE_DELIVERY = """
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + 1, ARGV[3])
@@ -822,8 +827,10 @@ delivery.state = 'delivering'
 delivery.next_attempt_at = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'delivery', cjson.encode(delivery))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1)
-"""
+local reply = redis.call('HMGET', KEYS[1], FIELDS)
+table.insert(reply, 1, redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1))
+return reply
+""".replace("FIELDS", ", ".join(f"'{name}'" for name in _DELIVERY_FIELDS))
 
 # Report an attempt. KEYS run, events, deliveries, expiry; ARGV token, delivery JSON, final
 # ("1"/"0"), next attempt time, run id, retention (ms), event JSON, now. A final delivery starts
@@ -1140,6 +1147,7 @@ class _Scripts:
     finish: AsyncScript
     requeue: AsyncScript
     cancel: AsyncScript
+    take_delivery: AsyncScript
     record_delivery: AsyncScript
     append_output: AsyncScript
     report_progress: AsyncScript
@@ -1162,6 +1170,7 @@ class _Scripts:
             finish=script(_FINISH),
             requeue=script(_REQUEUE),
             cancel=script(_CANCEL),
+            take_delivery=script(_TAKE_DELIVERY),
             record_delivery=script(_RECORD_DELIVERY),
             redeliver=script(_REDELIVER),
             append_output=script(_APPEND_OUTPUT),
@@ -1260,6 +1269,7 @@ class RedisRunStore:
         self._batches: list[ScriptBatch] = []
         self._create = self._batched(self._scripts.create)
         self._finish = self._batched(self._scripts.finish)
+        self._take_delivery = self._batched(self._scripts.take_delivery)
         self._record_delivery = self._batched(self._scripts.record_delivery)
         self._append_output = self._batched(self._scripts.append_output, max_sends=1)
         #: Whether the client is a Cluster's: one command may then name keys of one slot only.
@@ -2436,28 +2446,26 @@ class RedisRunStore:
         with _STORE_ERRORS:
             members = await self._redis.zrangebyscore(slot.deliveries, "-inf", at, start=0, num=limit)
             run_ids = [member.decode() for member in cast(list[bytes], members)]
-            # One round trip for the batch, not one per delivery (bench S6: a wave of completions).
-            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (see _take).
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id in run_ids:
-                    keys = (slot.run(run_id), slot.deliveries, slot.hooks(run_id))
-                    pipe.eval(_TAKE_DELIVERY, 3, *keys, at, at + lease, run_id)
-                tokens = await pipe.execute() if run_ids else []
-            taken = [(run_id, int(token)) for run_id, token in zip(run_ids, tokens, strict=True) if token]
-            # Each run with its result and sealed webhook URL, so that an attempt needs no read of its own.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id, _ in taken:
-                    pipe.hmget(slot.run(run_id), _RUN_FIELDS)
-                    pipe.hmget(slot.run(run_id), _RESULT_FIELDS)
-                    pipe.hget(slot.run(run_id), "webhook_url")
-                replies = await pipe.execute() if taken else []
+            # Each taken with all its attempt needs, the calls sent together (batching.py): one
+            # round trip for the batch, not one per delivery (bench S6: a wave of completions).
+            replies = await asyncio.gather(
+                *(
+                    self._take_delivery(
+                        (slot.run(run_id), slot.deliveries, slot.hooks(run_id)), (at, at + lease, run_id)
+                    )
+                    for run_id in run_ids
+                )
+            )
         due = []
-        for index, (run_id, token) in enumerate(taken):
-            fields, result, url = replies[3 * index : 3 * index + 3]
-            run = _decode_run(run_id, fields)
+        run_fields, result_end = len(_RUN_FIELDS), len(_RUN_FIELDS) + len(_RESULT_FIELDS)
+        for run_id, reply in zip(run_ids, replies, strict=True):
+            if not reply:
+                continue  # not due after all, or its delivery is over
+            token, fields = int(reply[0]), reply[1:]
+            run = _decode_run(run_id, fields[:run_fields])
             if run is not None:
-                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, url))
-                due.append(DueDelivery(run, token, _decode_result(result), prefetched=True))
+                run = dataclasses.replace(run, request=self.sealer.join_webhook(run.request, fields[result_end]))
+                due.append(DueDelivery(run, token, _decode_result(fields[run_fields:result_end]), prefetched=True))
         return due
 
     async def record_delivery(self, run_id: str, token: int, delivery: Delivery, retention: float) -> bool:
