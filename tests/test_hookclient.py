@@ -109,3 +109,30 @@ def test_loopback_is_refused_without_the_allowlist(receiver: ServerThread, deliv
         post_once(Allowlist(), resolve, f"http://hooks.test:{receiver.port}/done")
     assert caught.value.reason == "loopback"
     assert deliveries.all() == []
+
+
+def test_checked_urls_are_kept_parsed_up_to_a_bound_and_refused_ones_are_refused_again(
+    receiver: ServerThread, deliveries: Deliveries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("asyncgate.hookclient.MAX_TARGETS", 3)
+    urls = [f"http://127.0.0.1:{receiver.port}/in/{n}?token=t{n}" for n in range(5)]
+
+    async def go() -> tuple[list[int], list[str], int]:
+        client = WebhookClient(LOOPBACK, None, limit=4, timeout=5)
+        refusals = 0
+        try:
+            statuses = [(await client.post(url, b"x", {})).status for url in [*urls, urls[-1]]]
+            for _ in range(2):
+                with pytest.raises(BlockedDestination):
+                    await client.post("http://10.0.0.1/in", b"x", {})
+                refusals += 1
+            kept = list(client._targets)
+        finally:
+            await client.close()
+        return statuses, kept, refusals
+
+    statuses, kept, refusals = asyncio.run(go())
+    assert statuses == [200] * 6
+    assert kept == urls[2:]  # the three used last, the one used twice last of all
+    assert refusals == 2
+    assert [d["path"] for d in deliveries.all()] == [f"/in/{n}" for n in range(5)] + ["/in/4"]
