@@ -59,6 +59,8 @@ class TestDeliveries:
         stored = run(store.get(finished.run_id))
         assert stored is not None and stored.request.webhook_url == mask_url(str(due.run.request.webhook_url))
         assert dataclasses.replace(stored, request=due.run.request) == due.run
+        # Read with it, so that the attempt needs no read of its own.
+        assert due.prefetched and due.result == run(store.result(finished.run_id)) and due.result is not None
 
     @pytest.mark.exercises("record_delivery", "due_deliveries")
     def test_record_delivery_is_fenced_and_a_final_one_starts_retention(self, store: RunStore, run: Runner) -> None:
