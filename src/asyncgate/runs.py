@@ -332,7 +332,9 @@ def load_headers(data: bytes | str) -> Headers:
 
 
 def dump_delivery(delivery: Delivery) -> bytes:
-    return orjson.dumps(dataclasses.asdict(delivery))
+    # orjson writes a dataclass as dataclasses.asdict would, without asdict's deep copy: 0.5
+    # against 10 us, twice per delivery under a wave of completions (bench S6).
+    return orjson.dumps(delivery)
 
 
 def load_delivery(data: bytes | str | None) -> Delivery | None:
@@ -349,7 +351,7 @@ def load_delivery(data: bytes | str | None) -> Delivery | None:
 
 
 def dump_error(error: RunError | None) -> bytes:
-    return orjson.dumps(dataclasses.asdict(error) if error else None)
+    return orjson.dumps(error)  # None as null; see dump_delivery
 
 
 def load_error(data: bytes | str | None) -> RunError | None:

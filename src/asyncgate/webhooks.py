@@ -121,7 +121,7 @@ def envelope(run: Run, result: RunResult | None) -> bytes:
             "status": run.state.value,
             "upstream_status": run.upstream_status,
             "result": payload,
-            "error": dataclasses.asdict(run.error) if run.error else None,
+            "error": run.error,  # orjson writes it as asdict would
             "created_at": rfc3339(run.created_at),
             "finished_at": rfc3339(run.finished_at),
             "duration_seconds": round(duration, 3) if duration is not None else None,
