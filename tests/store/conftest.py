@@ -95,7 +95,7 @@ def finish_one(store: RunStore, run: Runner, queued: Run, retention: float = RET
     run(store.create(queued, b"payload"))
     claimed = claim_one(store, run)
     assert claimed.run_id == queued.run_id
-    assert run(store.finish(queued.run_id, 1, ok(), retention)) is True
+    assert run(store.finish(queued.run_id, 1, ok(), retention)) is not None
     finished = run(store.get(queued.run_id))
     assert finished is not None
     return finished

@@ -54,7 +54,8 @@ def test_a_wave_of_finishes_takes_a_few_connections_and_every_run_finishes(
     before = _opened(redis_store)
 
     async def wave() -> list[bool]:
-        return await asyncio.gather(*(redis_store.finish(run_id, 1, DONE, 60) for run_id in taken))
+        finished = await asyncio.gather(*(redis_store.finish(run_id, 1, DONE, 60) for run_id in taken))
+        return [end is not None for end in finished]
 
     assert run(wave()) == [True] * len(runs)
     # One pooled connection each would have opened the whole pool (256) for this wave.

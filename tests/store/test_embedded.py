@@ -17,7 +17,7 @@ from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import QueueFull, StoreError, StoreUnavailable
 from asyncgate.runs import Outcome, RunResult, RunState
 from asyncgate.store import embedded as embedded_module
-from asyncgate.store.base import CancelResult, Created, Idempotency
+from asyncgate.store.base import CancelResult, Created, Finished, Idempotency
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
 from asyncgate.store.factory import build_store
 from tests.store.conftest import Runner, new_run, stored
@@ -268,7 +268,7 @@ def test_claims_finishes_and_submissions_share_commits(
     sizes = _batches(monkeypatch)
     later = new_run()
 
-    async def together() -> tuple[bool, Created]:
+    async def together() -> tuple[Finished | None, Created]:
         return await asyncio.gather(
             embedded.finish(claimed.run_id, claimed.attempt, DONE, 60), embedded.create(later, b"")
         )

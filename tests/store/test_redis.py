@@ -93,7 +93,7 @@ def test_no_key_of_a_run_has_a_ttl_and_a_finished_run_is_scheduled_for_its_reten
     assert raw(client.zscore(redis_store.expiry, member)) is None  # found through {P}:index once old
 
     run(redis_store.claim("owner-a", 1, 0, LEASE))
-    assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is True
+    assert run(redis_store.finish(queued.run_id, 1, DONE, 120.0)) is not None
 
     assert raw(client.ttl(key)) == raw(client.ttl(redis_store.events_key(queued.run_id))) == -1
     assert 110 < float(raw(client.hget(key, "expires_at"))) - time.time() <= 120
@@ -434,13 +434,13 @@ def test_a_finished_run_leaves_its_owners_index_with_the_next_heartbeat(
     # Renewed one by one as well: a lease of its own, and its member in {P}:held still.
     assert run(redis_store.renew(runs[1].run_id, 1, LEASE)) is Lease.HELD
     for queued in runs[:2]:
-        assert run(redis_store.finish(queued.run_id, 1, DONE, 60.0)) is True
+        assert run(redis_store.finish(queued.run_id, 1, DONE, 60.0)) is not None
     assert raw(client.zcard(redis_store.held)) == 3  # until the heartbeat
 
     assert not run(redis_store.keep_alive("gw-a", LEASE, 10.0, 0.0)).lost
 
     assert raw(client.zrange(redis_store.held, 0, -1)) == [f"gw-a {runs[2].run_id}".encode()]
-    assert run(redis_store.finish(runs[0].run_id, 1, DONE, 60.0)) is False  # fenced as ever
+    assert run(redis_store.finish(runs[0].run_id, 1, DONE, 60.0)) is None  # fenced as ever
 
 
 def test_a_finished_run_whose_expiry_entry_was_never_written_is_found_by_the_sweep(

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from asyncgate.errors import ConfigError
+from asyncgate.errors import ConfigError, StoreError
 from asyncgate.runs import Delivery, DeliveryState, Outcome, Run, RunResult, RunState
 from asyncgate.store.sealing import Sealer
 
@@ -211,6 +211,27 @@ def pending_delivery(at: float) -> Delivery:
 
 
 @dataclasses.dataclass(frozen=True)
+class Finished:
+    """A run's end as ``finish`` recorded it: when, and its webhook delivery if it took it."""
+
+    at: float
+    #: The token of the run's delivery, taken for the ``take`` lease in the same step; None when
+    #: none was taken (none asked, no webhook, or lifecycle deliveries of the run wait first).
+    token: int | None = None
+    #: The run's webhook URL, opened, when its delivery was taken.
+    webhook_url: str | None = None
+
+
+def finished_taking(sealer: Sealer, at: float, token: int, sealed: bytes) -> Finished:
+    """A finish that took the run's delivery. A URL that cannot be opened (its key is gone)
+    leaves the delivery to its lease: the dispatcher then meets the error as it takes it."""
+    try:
+        return Finished(at, token, sealer.open_url(sealed))
+    except StoreError:
+        return Finished(at)
+
+
+@dataclasses.dataclass(frozen=True)
 class DueDelivery:
     """A webhook delivery taken for one attempt; ``token`` fences the attempt's report."""
 
@@ -381,11 +402,15 @@ class Execution(Protocol):
         under ``attempt``.
         """
 
-    async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
+    async def finish(
+        self, run_id: str, attempt: int, outcome: Outcome, retention: float, take: float | None = None
+    ) -> Finished | None:
         """Record the final outcome (and result) of the attempt, fenced; expire after ``retention``.
 
-        Returns False, changing nothing, unless the run is ``running`` under ``attempt``. A run
-        with a webhook gets a pending delivery in the same step, so no finished run can lose it.
+        Returns None, changing nothing, unless the run is ``running`` under ``attempt``. A run
+        with a webhook gets a pending delivery in the same step, so no finished run can lose it;
+        with ``take``, that delivery is taken for its first attempt for ``take`` s instead, as
+        ``due_deliveries`` would take it, unless lifecycle deliveries of the run wait first.
         """
 
     def cancellations(self) -> AsyncGenerator[str, None]:

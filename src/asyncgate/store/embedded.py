@@ -50,6 +50,7 @@ from asyncgate.store.base import (
     DueDelivery,
     DueHook,
     Event,
+    Finished,
     Hook,
     Idempotency,
     Identity,
@@ -58,6 +59,7 @@ from asyncgate.store.base import (
     QueuePosition,
     Share,
     delivery_event,
+    finished_taking,
     state_event,
 )
 from asyncgate.store.sealing import KEY_FILE, Sealer, own_key
@@ -281,6 +283,14 @@ WHERE run_id IN (
     ORDER BY dlv_next_at LIMIT :limit
 )
 RETURNING run_id, dlv_seq
+"""
+# The delivery of a run just finished, taken for its first attempt as _TAKE_DELIVERIES would
+# take it (see ``Execution.finish``): the finishing gateway sends it without a take of its own.
+_TAKE_FINISHED = """
+UPDATE runs SET dlv_state = 'delivering', dlv_next_at = :lease_until, dlv_seq = dlv_seq + 1
+WHERE run_id = :run_id AND dlv_state = 'pending' AND webhook_url IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM hooks WHERE hooks.run_id = :run_id)
+RETURNING dlv_seq, webhook_url
 """
 # A final delivery needs its URL no more.
 _RECORD_DELIVERY = """
@@ -771,7 +781,15 @@ def _purge(db: sqlite3.Connection, limit: int) -> int:
     return len(due)
 
 
-def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
+def _finish(
+    db: sqlite3.Connection,
+    run_id: str,
+    attempt: int,
+    outcome: Outcome,
+    retention: float,
+    take: float | None,
+    sealer: Sealer,
+) -> Finished | None:
     result = outcome.result
     at = now()
     params = {
@@ -788,9 +806,13 @@ def _finish(db: sqlite3.Connection, run_id: str, attempt: int, outcome: Outcome,
     }
     with _transaction(db):
         if db.execute(_FINISH, params).rowcount != 1:
-            return False
+            return None
         _close(db, run_id, state_event(outcome.state, attempt, at, outcome), retention)
-    return True
+        if take is not None:
+            taken = db.execute(_TAKE_FINISHED, {"run_id": run_id, "lease_until": at + take}).fetchone()
+            if taken is not None:
+                return finished_taking(sealer, at, *taken)
+    return Finished(at)
 
 
 def _redeliver(db: sqlite3.Connection, params: dict[str, Any]) -> bool:
@@ -1091,11 +1113,13 @@ class EmbeddedRunStore:
         resume = await self.heartbeat(quiet, grace)
         return Liveness(resume, cancels=await self._write(_keep_alive, owner, lease))
 
-    async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
+    async def finish(
+        self, run_id: str, attempt: int, outcome: Outcome, retention: float, take: float | None = None
+    ) -> Finished | None:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
-        finished = await self._write(_finish, run_id, attempt, outcome, retention)
-        if finished:
+        finished: Finished | None = await self._write(_finish, run_id, attempt, outcome, retention, take, self.sealer)
+        if finished is not None:
             self._notify()
         return finished
 

@@ -28,6 +28,7 @@ from asyncgate.runs import (
     EXPIRED_OUTCOME,
     MAX_PRIORITY,
     Delivery,
+    DeliveryState,
     ErrorCode,
     Outcome,
     Run,
@@ -57,6 +58,7 @@ from asyncgate.store.base import (
     DueDelivery,
     DueHook,
     Event,
+    Finished,
     Idempotency,
     Identity,
     Lease,
@@ -64,6 +66,7 @@ from asyncgate.store.base import (
     QueuePosition,
     Share,
     delivery_event,
+    finished_taking,
     load_hook,
     pending_delivery,
     state_event,
@@ -440,12 +443,13 @@ end
 # fields, read by the caller's own HMGET (one read per run, not one per field), ``shares_key``
 # the {P}:shares key, ``fields`` the caller's own field pairs, written by the same HSET, and
 # ``defer`` true when the caller leaves the {P}:expiry entry to the store (see _FINISH): the
-# function returns the time the run expires then.
+# function returns the time the run expires then. ``delivery`` and ``due``, when given, replace
+# the pending delivery and its due time (a delivery taken as the run finishes, see _FINISH).
 # No key of a run has a TTL (#18): expires_at and the run's entry in {P}:expiry say when purge()
 # deletes it, and reads treat a run past its expires_at as gone. A pending delivery leaves both
 # unset until it is final (the sweep of {P}:index deletes the run UNFINISHED_TTL after create).
 _CLOSE = """
-local function close_run(webhook, caller, counted, shares_key, fields, defer)
+local function close_run(webhook, caller, counted, shares_key, fields, defer, delivery, due)
   if counted then
     for key in string.gmatch(counted, '[^\\n]+') do
       if redis.call('HINCRBY', shares_key, key, -1) <= 0 then redis.call('HDEL', shares_key, key) end
@@ -455,8 +459,8 @@ local function close_run(webhook, caller, counted, shares_key, fields, defer)
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[1])
   if webhook == '1' then
     fields[#fields + 1] = 'delivery'
-    fields[#fields + 1] = ARGV[2]
-    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+    fields[#fields + 1] = delivery or ARGV[2]
+    redis.call('ZADD', KEYS[3], due or ARGV[3], ARGV[5])
   else
     local expires = string.format('%.6f', tonumber(ARGV[3]) + tonumber(ARGV[4]) / 1000)
     fields[#fields + 1] = 'expires_at'
@@ -709,29 +713,41 @@ end
 return 1
 """
 
-# KEYS run, events, deliveries, expiry, leases, held, cancels, shares; ARGV as _CLOSE, then
-# attempt, then the outcome's field pairs. A run leased on its own leaves {P}:leases in the same
-# step. Two index writes are left to the store, which makes them for every run it finished with
-# its next heartbeat or purge (#18): one ZREM of {P}:held for the runs held under a heartbeat, one
-# ZADD of {P}:expiry (the run's expires_at is in its hash already, and reads honour it). Until
-# then, a {P}:held entry names a run no longer running, which recovery drops as it always did; a
-# run whose entry is never written (its gateway killed first) is found by the sweep of old runs
+# KEYS run, events, deliveries, expiry, leases, held, cancels, shares, hooks; ARGV as _CLOSE, then
+# attempt, then the taken delivery's JSON and lease end ('' to leave the delivery pending), then
+# the outcome's field pairs. A run leased on its own leaves {P}:leases in the same step. Two
+# index writes are left to the store, which makes them for every run it finished with its next
+# heartbeat or purge (#18): one ZREM of {P}:held for the runs held under a heartbeat, one ZADD of
+# {P}:expiry (the run's expires_at is in its hash already, and reads honour it). Until then, a
+# {P}:held entry names a run no longer running, which recovery drops as it always did; a run
+# whose entry is never written (its gateway killed first) is found by the sweep of old runs
 # (_SWEEP). Replies 0 when the attempt does not hold the run, else its owner (its {P}:held member
 # is dropped whether or not it was leased on its own as well: a run renewed one by one after a
-# claim under a heartbeat is in both), its expires_at (or '' while a delivery is pending) and its
-# caller.
+# claim under a heartbeat is in both), its expires_at (or '' while a delivery is pending), its
+# caller, and, when it took the delivery, the delivery's token and sealed URL.
+# Taking the delivery here, as _TAKE_DELIVERY would, lets the finishing gateway send it at once,
+# without a take and a read of its own for each run (bench S6); lifecycle deliveries of the run
+# still waiting go first, so then it stays pending.
 _FINISH = (
     _CLOSE
     + """
-local state, attempt, owner, lease_until, cancel, webhook, caller, counted = unpack(redis.call('HMGET',
-  KEYS[1], 'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'caller', 'shares'))
+local state, attempt, owner, lease_until, cancel, webhook, caller, counted, url = unpack(redis.call('HMGET',
+  KEYS[1], 'state', 'attempt', 'owner', 'lease_until', 'cancel', 'webhook', 'caller', 'shares', 'webhook_url'))
 if state ~= 'running' or attempt ~= ARGV[6] then return 0 end
+local taken = ARGV[7] ~= '' and webhook == '1' and url and redis.call('EXISTS', KEYS[9]) == 0
 -- The body and the credentials are emptied by the outcome's own HSET rather than deleted by a
 -- command of their own (#18); the owner stays, read by nothing once the run is over.
 if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel') end
-local expires = close_run(webhook, caller, counted, KEYS[8], {'body', '', 'secrets', '', unpack(ARGV, 7)}, true)
+local fields = {'body', '', 'secrets', '', unpack(ARGV, 9)}
+local expires
+if taken then
+  expires = close_run(webhook, caller, counted, KEYS[8], fields, true, ARGV[7], ARGV[8])
+else
+  expires = close_run(webhook, caller, counted, KEYS[8], fields, true)
+end
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
+if taken then return {owner or '', '', caller or '', redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1), url} end
 return {owner or '', expires or '', caller or ''}
 """
 )
@@ -1116,11 +1132,11 @@ def _pairs(fields: dict[str, Any]) -> list[Any]:
     return [item for name, value in fields.items() if value is not None for item in (name, value)]
 
 
-def _outcome_fields(outcome: Outcome) -> dict[str, Any]:
+def _outcome_fields(outcome: Outcome, at: float) -> dict[str, Any]:
     result = outcome.result
     return {
         "state": outcome.state.value,
-        "finished_at": now(),
+        "finished_at": at,
         "upstream_status": outcome.upstream_status,
         "error": dump_error(outcome.error) if outcome.error else None,
         "result_status": result.status if result else None,
@@ -1335,8 +1351,8 @@ class RedisRunStore:
         ordered = list(enumerate(self.slot_keys))
         return ordered[start:] + ordered[:start]
 
-    def _close_args(self, run_id: str, event: dict[str, Any], retention: float) -> list[Any]:
-        at = now()
+    def _close_args(self, run_id: str, event: dict[str, Any], retention: float, at: float | None = None) -> list[Any]:
+        at = now() if at is None else at
         return [orjson.dumps(event), dump_delivery(pending_delivery(at)), at, max(1, int(retention * 1000)), run_id]
 
     async def open(self) -> None:
@@ -1952,11 +1968,18 @@ class RedisRunStore:
                 self._finished_expiry[index] |= expiries
                 return
 
-    async def finish(self, run_id: str, attempt: int, outcome: Outcome, retention: float) -> bool:
+    async def finish(
+        self, run_id: str, attempt: int, outcome: Outcome, retention: float, take: float | None = None
+    ) -> Finished | None:
         if not outcome.state.is_final:
             raise ValueError(f"a run cannot finish as {outcome.state}")
-        event = state_event(outcome.state, attempt, now(), outcome)
-        args = [*self._close_args(run_id, event, retention), attempt, *_pairs(_outcome_fields(outcome))]
+        at = now()
+        event = state_event(outcome.state, attempt, at, outcome)
+        taken: list[Any] = ["", ""]
+        if take is not None:
+            taken = [dump_delivery(Delivery(DeliveryState.DELIVERING, next_attempt_at=at + take)), at + take]
+        fields = _pairs(_outcome_fields(outcome, at))
+        args = [*self._close_args(run_id, event, retention, at), attempt, *taken, *fields]
         slot = self.keys_of(run_id)
         keys = (
             slot.run(run_id),
@@ -1967,19 +1990,23 @@ class RedisRunStore:
             slot.held,
             slot.cancels,
             slot.shares,
+            slot.hooks(run_id),
         )
         self._bodies.pop(run_id, None)
         with _STORE_ERRORS:
             reply = await self._finish(keys, args)
         if not reply:
-            return False
-        owner, expires, caller = (_text(part) for part in cast(list[bytes], reply))
+            return None
+        parts = cast(list[bytes], reply)
+        owner, expires, caller = (_text(part) for part in parts[:3])
         index = slot_of(run_id, len(self.slot_keys))
         if owner:
             self._finished_held[index].append(f"{owner} {run_id}")
         if expires:
             self._finished_expiry[index][f"{run_id} {caller}"] = float(expires)
-        return True
+        if len(parts) == 5:
+            return finished_taking(self.sealer, at, int(parts[3]), parts[4])
+        return Finished(at)
 
     async def requeue(self, run_id: str, attempt: int) -> bool:
         with _STORE_ERRORS:

@@ -83,10 +83,13 @@ class Sealer:
         URLs were sealed (no sealed field) keeps the URL its request holds."""
         if sealed is None:
             return request
-        return dataclasses.replace(request, webhook_url=self._open(sealed).decode())
+        return dataclasses.replace(request, webhook_url=self.open_url(sealed))
 
     def seal_url(self, url: str) -> bytes:
         return self._seal(url.encode())
+
+    def open_url(self, sealed: bytes) -> str:
+        return self._open(sealed).decode()
 
     def _seal(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data) if self._fernet is not None else data

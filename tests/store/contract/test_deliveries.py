@@ -95,6 +95,66 @@ class TestDeliveries:
         stale = Delivery(DeliveryState.DELIVERED, 1, 200)
         assert run(store.record_delivery(finished.run_id, first.token, stale, RETENTION)) is False
 
+    @pytest.mark.exercises("due_deliveries", "record_delivery")
+    def test_finish_can_take_the_delivery_for_its_first_attempt(self, store: RunStore, run: Runner) -> None:
+        queued = with_webhook(new_run())
+        run(store.create(queued, b""))
+        claimed = claim_one(store, run)
+
+        finished = run(store.finish(queued.run_id, claimed.attempt, ok(), RETENTION, take=LEASE))
+
+        assert finished is not None and finished.token is not None
+        # The URL as given, opened for the attempt; the stored run keeps it masked.
+        assert finished.webhook_url == queued.request.webhook_url
+        stored = run(store.get(queued.run_id))
+        assert stored is not None and stored.finished_at == finished.at
+        assert stored.request.webhook_url == mask_url(str(queued.request.webhook_url))
+        assert stored.delivery is not None and stored.delivery.state is DeliveryState.DELIVERING
+        assert stored.delivery.attempts == 0 and stored.delivery.next_attempt_at == pytest.approx(finished.at + LEASE)
+        # Taken: nobody else gets it while the lease runs, and the token fences its report.
+        assert run(store.due_deliveries(10, LEASE)) == []
+        delivered = Delivery(DeliveryState.DELIVERED, 1, 200)
+        assert run(store.record_delivery(queued.run_id, finished.token + 1, delivered, RETENTION)) is False
+        assert run(store.record_delivery(queued.run_id, finished.token, delivered, RETENTION)) is True
+        assert (run(store.get(queued.run_id)) or stored).delivery == delivered
+
+    @pytest.mark.exercises("due_deliveries", "record_delivery")
+    def test_a_delivery_taken_by_finish_is_due_again_once_its_lease_lapses(self, store: RunStore, run: Runner) -> None:
+        # The gateway that finished the run died before its attempt: any gateway sends it then.
+        queued = with_webhook(new_run())
+        run(store.create(queued, b""))
+        claimed = claim_one(store, run)
+        finished = run(store.finish(queued.run_id, claimed.attempt, ok(), RETENTION, take=0.2))
+        assert finished is not None and finished.token is not None
+
+        (again,) = wait_until(lambda: run(store.due_deliveries(10, LEASE)), timeout=5, message="the delivery due again")
+
+        assert again.run.run_id == queued.run_id and again.token != finished.token
+        assert again.run.delivery is not None and again.run.delivery.attempts == 0
+        assert again.run.request.webhook_url == queued.request.webhook_url
+        stale = Delivery(DeliveryState.DELIVERED, 1, 200)
+        assert run(store.record_delivery(queued.run_id, finished.token, stale, RETENTION)) is False
+        assert run(store.record_delivery(queued.run_id, again.token, stale, RETENTION)) is True
+
+    @pytest.mark.exercises("due_deliveries")
+    def test_finish_takes_no_delivery_without_a_webhook_or_while_lifecycle_deliveries_wait(
+        self, store: RunStore, run: Runner
+    ) -> None:
+        plain = new_run()
+        run(store.create(plain, b""))
+        claimed = claim_one(store, run)
+        finished = run(store.finish(plain.run_id, claimed.attempt, ok(), RETENTION, take=LEASE))
+        assert finished is not None and finished.token is None and finished.webhook_url is None
+
+        waiting = queued_with(store, run, ("output", "completed"))
+        claimed = claim_one(store, run)
+        assert run(store.add_hook(waiting.run_id, claimed.attempt, "output", body(1), 100))
+        finished = run(store.finish(waiting.run_id, claimed.attempt, ok(), RETENTION, take=LEASE))
+        assert finished is not None and finished.token is None
+        # Pending, after the lifecycle delivery, as without ``take``.
+        assert send_all(store, run) == [("output", 1, 1)]
+        assert [due.run.run_id for due in run(store.due_deliveries(10, LEASE))] == [waiting.run_id]
+
     @pytest.mark.exercises("redeliver", "due_deliveries", "record_delivery")
     def test_redeliver_makes_a_final_delivery_pending_again(self, store: RunStore, run: Runner) -> None:
         finished = finish_one(store, run, with_webhook(new_run()))

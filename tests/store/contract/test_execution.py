@@ -131,7 +131,7 @@ class TestExecution:
         claimed = claim_one(store, run)
         outcome = ok(body=BINARY)
 
-        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is True
+        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is not None
 
         finished = run(store.get(claimed.run_id))
         assert finished is not None
@@ -150,7 +150,7 @@ class TestExecution:
         error = RunError(ErrorCode.RESULT_TOO_LARGE, "the body was over 1 KiB")
         outcome = Outcome(RunState.FAILED, error=error, status=200)
 
-        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is True
+        assert run(store.finish(claimed.run_id, 1, outcome, RETENTION)) is not None
 
         finished = run(store.get(claimed.run_id))
         assert finished is not None
@@ -173,8 +173,8 @@ class TestExecution:
         queue(body=b"payload")
         claimed = claim_one(store, run)
 
-        assert run(store.finish(claimed.run_id, 2, ok(), RETENTION)) is False
-        assert run(store.finish(claimed.run_id, 0, ok(), RETENTION)) is False
+        assert run(store.finish(claimed.run_id, 2, ok(), RETENTION)) is None
+        assert run(store.finish(claimed.run_id, 0, ok(), RETENTION)) is None
 
         assert run(store.get(claimed.run_id)) == claimed
         assert run(store.result(claimed.run_id)) is None
@@ -184,8 +184,8 @@ class TestExecution:
     def test_finish_of_a_queued_run_is_refused(self, store: RunStore, run: Runner, queue: Queue) -> None:
         queued = queue()
 
-        assert run(store.finish(queued.run_id, 0, ok(), RETENTION)) is False
-        assert run(store.finish(queued.run_id, 1, ok(), RETENTION)) is False
+        assert run(store.finish(queued.run_id, 0, ok(), RETENTION)) is None
+        assert run(store.finish(queued.run_id, 1, ok(), RETENTION)) is None
 
         assert run(store.get(queued.run_id)) == queued
         assert claim_one(store, run).run_id == queued.run_id
@@ -200,14 +200,14 @@ class TestExecution:
         first = run(store.get(claimed.run_id))
 
         cancelled = Outcome(RunState.CANCELLED, error=RunError("cancelled", "too late"))
-        assert run(store.finish(claimed.run_id, 1, cancelled, RETENTION)) is False
+        assert run(store.finish(claimed.run_id, 1, cancelled, RETENTION)) is None
 
         assert run(store.get(claimed.run_id)) == first
         assert run(store.result(claimed.run_id)) == ok(b"first").result
 
     @pytest.mark.exercises("finish")
     def test_finish_of_an_unknown_run_is_refused(self, store: RunStore, run: Runner) -> None:
-        assert run(store.finish("no-such-run", 1, ok(), RETENTION)) is False
+        assert run(store.finish("no-such-run", 1, ok(), RETENTION)) is None
 
     @pytest.mark.exercises("finish", "request_body")
     def test_a_finished_run_expires_after_its_retention(self, store: RunStore, run: Runner, queue: Queue) -> None:
@@ -316,9 +316,9 @@ class TestExecution:
         again = claim_one(store, run, owner="owner-b")
         assert (again.run_id, again.attempt, again.state) == (queued.run_id, 2, RunState.RUNNING)
         assert run(store.request_body(queued.run_id)) == b"payload"
-        assert run(store.finish(queued.run_id, 1, ok(b"stale"), RETENTION)) is False
+        assert run(store.finish(queued.run_id, 1, ok(b"stale"), RETENTION)) is None
         assert run(store.renew(queued.run_id, 1, LEASE)) is Lease.LOST
-        assert run(store.finish(queued.run_id, 2, ok(b"fresh"), RETENTION)) is True
+        assert run(store.finish(queued.run_id, 2, ok(b"fresh"), RETENTION)) is not None
         assert run(store.result(queued.run_id)) == ok(b"fresh").result
 
     @pytest.mark.exercises("requeue")

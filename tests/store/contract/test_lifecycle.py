@@ -87,7 +87,7 @@ class TestLifecycle:
         for made in (finished, hooked):
             run(store.create(made, b""))
         for claimed in run(store.claim("owner-a", 2, 0, LEASE)):
-            assert run(store.finish(claimed.run_id, claimed.attempt, ok(BINARY), RETENTION)) is True
+            assert run(store.finish(claimed.run_id, claimed.attempt, ok(BINARY), RETENTION)) is not None
         queued = new_run("PUT", headers=(("x-tag", "kept"),))
         run(store.create(queued, BINARY, idempotency=key))
         before = {made.run_id: run(store.get(made.run_id)) for made in (finished, hooked, queued)}

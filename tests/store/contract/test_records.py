@@ -122,7 +122,7 @@ class TestRecords:
         assert run(store.renew(queued.run_id, 1, LEASE)) is Lease.CANCEL
         assert run(store.renew(queued.run_id, 2, LEASE)) is Lease.LOST
         cancelled = Outcome(RunState.CANCELLED, error=RunError(ErrorCode.CANCELLED, "asked"))
-        assert run(store.finish(queued.run_id, 1, cancelled, RETENTION)) is True
+        assert run(store.finish(queued.run_id, 1, cancelled, RETENTION)) is not None
         finished = run(store.get(queued.run_id))
         assert finished is not None
         assert (finished.state, finished.cancel_requested) == (RunState.CANCELLED, False)
