@@ -4,7 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.receiver import Deliveries, receiver_app
 from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerThread
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,16 @@ def private_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def deliveries() -> Deliveries:
+    """What the ``hook_server`` received, and the answers it is to give."""
+    return Deliveries()
+
+
+@pytest.fixture
+def hook_server(deliveries: Deliveries) -> Iterator[ServerThread]:
+    """A webhook receiver on a free port of its own, recording into ``deliveries``."""
+    with ServerThread(receiver_app(deliveries)) as server:
+        yield server

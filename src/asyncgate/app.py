@@ -82,7 +82,7 @@ class Gateway:
         metrics = Metrics()
         upstream = Upstream(config)
         webhooks = WebhookDispatcher(config, store, metrics, resolver, tracing)
-        executor = Executor(config, store, upstream, webhooks.wake, metrics, tracing, webhooks.wake_hooks)
+        executor = Executor(config, store, upstream, webhooks, metrics, tracing, webhooks.wake_hooks)
         access = Access(config.access)
         self.services = Services(config, store, upstream, webhooks, executor, access, metrics)
         self.proxy = Proxy(upstream, metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import logging
 import random
@@ -38,9 +39,9 @@ from asyncgate.headers import (
 from asyncgate.hookclient import WebhookClient
 from asyncgate.metrics import Metrics
 from asyncgate.netguard import Resolver
-from asyncgate.runs import Delivery, DeliveryState, Headers, Run, RunResult, now, rfc3339
+from asyncgate.runs import Delivery, DeliveryState, Headers, Outcome, Run, RunResult, now, rfc3339
 from asyncgate.signing import signature_header
-from asyncgate.store.base import Deliveries, DueDelivery, DueHook, Hook, Records
+from asyncgate.store.base import Deliveries, DueDelivery, DueHook, Finished, Hook, Records
 from asyncgate.tasks import settle
 from asyncgate.tracing import NO_TRACING, Tracing, trace_headers, with_span
 
@@ -56,6 +57,11 @@ BATCH_FRACTION = 4
 JITTER = 0.1
 #: A Retry-After longer than this is not believed.
 MAX_RETRY_AFTER = 86400.0
+#: Deliveries handed over as their runs ended here wait for room at most this many at once, with
+#: results of at most this many bytes in all; past either, a run's delivery stays pending in the
+#: store for any gateway to take, so a wave of large results is not held in memory twice.
+HANDED_RUNS = 4096
+HANDED_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +180,13 @@ class WebhookDispatcher:
         #: look found some, and else once per IDLE_POLL: most rounds (a wave of completions) need none.
         self._hooks_wanted = True
         self._next_hook_look = 0.0
+        #: Deliveries taken by the finish of runs that ended here (``hand``), oldest first, and
+        #: the bytes of their results.
+        self._handed: collections.deque[DueDelivery] = collections.deque()
+        self._handed_bytes = 0
+        #: While handed deliveries fill every free place, the store is still asked for due ones
+        #: (retries, runs other gateways left) once per IDLE_POLL.
+        self._next_store_look = 0.0
 
     def start(self) -> None:
         limit, timeout = self.config.webhooks.max_concurrency, self.config.webhooks.timeout
@@ -192,6 +205,58 @@ class WebhookDispatcher:
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll (a run with a webhook ended here)."""
         self._wake.set()
+
+    def take_lease(self, run: Run) -> float | None:
+        """The lease for which the finish of ``run``, ending here, takes its delivery to ``hand``
+        it over; None leaves it pending in the store.
+
+        Runs with lifecycle deliveries are left to the store, which orders them; so are runs
+        past the bounds of what waits here (HANDED_RUNS, HANDED_BYTES), and all runs while the
+        dispatcher is stopped.
+        """
+        if self._loop is None or self._loop.done() or run.request.lifecycle_events:
+            return None
+        if len(self._handed) >= HANDED_RUNS or self._handed_bytes >= HANDED_BYTES:
+            return None
+        return self.config.webhooks.timeout + LEASE_MARGIN
+
+    def hand(self, run: Run, outcome: Outcome, finished: Finished) -> None:
+        """Send the delivery that ``finish`` took (``finished.token``) as ``run`` ended here."""
+        assert finished.token is not None
+        lease_until = finished.at + self.config.webhooks.timeout + LEASE_MARGIN
+        ended = dataclasses.replace(
+            run,
+            state=outcome.state,
+            finished_at=finished.at,
+            upstream_status=outcome.upstream_status,
+            error=outcome.error,
+            cancel_requested=False,
+            request=dataclasses.replace(run.request, webhook_url=finished.webhook_url),
+            delivery=Delivery(DeliveryState.DELIVERING, next_attempt_at=lease_until),
+        )
+        self._handed.append(DueDelivery(ended, finished.token, outcome.result, prefetched=True))
+        self._handed_bytes += _result_bytes(outcome.result)
+        self._wake.set()
+
+    def _take_handed(self, limit: int) -> list[DueDelivery]:
+        """Up to ``limit`` handed deliveries, oldest first. One that waited here so long that its
+        lease would run out during the attempt is left to its lease: any gateway takes it then."""
+        taken: list[DueDelivery] = []
+        timeout = self.config.webhooks.timeout
+        while self._handed and len(taken) < limit:
+            due = self._handed.popleft()
+            self._handed_bytes -= _result_bytes(due.result)
+            assert due.run.delivery is not None and due.run.delivery.next_attempt_at is not None
+            if due.run.delivery.next_attempt_at - now() < timeout:
+                extra = {"run_id": due.run.run_id}
+                logger.warning(
+                    "run %s: webhook waited here past its lease's margin; it is sent once the lease ends",
+                    due.run.run_id,
+                    extra=extra,
+                )
+                continue
+            taken.append(due)
+        return taken
 
     def wake_hooks(self) -> None:
         """A lifecycle delivery was queued here: look for due ones now."""
@@ -224,18 +289,22 @@ class WebhookDispatcher:
                 await self._room.wait()
                 continue
             self._wake.clear()
-            try:
-                due = await self.store.due_deliveries(room, lease)
-            except StoreError as exc:
-                logger.warning("cannot take webhook deliveries: %s", exc)
-                due = []
+            moment = time.monotonic()
+            store_due = moment >= self._next_store_look
+            due = self._take_handed(room - batch if store_due and room > batch else room)
+            if len(due) < room:
+                self._next_store_look = moment + IDLE_POLL
+                try:
+                    due += await self.store.due_deliveries(room - len(due), lease)
+                except StoreError as exc:
+                    logger.warning("cannot take webhook deliveries: %s", exc)
             for item in due:
                 self._spawn(self._deliver(item), item.run.run_id)
             hooks = await self._due_hooks(room - len(due), lease)
             for hook in hooks:
                 self._spawn(self._deliver_hook(hook), hook.run.run_id)
             self.metrics.webhooks_sending.set(len(self._sending))
-            if len(due) + len(hooks) < room:
+            if len(due) + len(hooks) < room and not self._handed:
                 try:
                     async with asyncio.timeout(IDLE_POLL):
                         await self._wake.wait()
@@ -387,6 +456,10 @@ class WebhookDispatcher:
         except UpstreamError as exc:
             return Attempt(None, f"the receiver could not be reached ({_cause(exc)})")
         return Attempt(answer.status, retry_after=retry_after_seconds(answer.retry_after, now()))
+
+
+def _result_bytes(result: RunResult | None) -> int:
+    return len(result.body) if result is not None else 0
 
 
 def _cause(exc: BaseException) -> str:

@@ -14,7 +14,8 @@ import pytest
 from asyncgate.config import Config, load
 from asyncgate.executor import Executor
 from asyncgate.metrics import Metrics
-from asyncgate.runs import Run, RunRequest, RunState, new_run_id, now
+from asyncgate.runs import Outcome, Run, RunRequest, RunState, new_run_id, now
+from asyncgate.store.base import Finished
 from asyncgate.store.redis import RedisRunStore
 from asyncgate.upstream import Upstream as UpstreamPool
 from tests.e2e.conftest import GatewayFactory, Upstream
@@ -45,6 +46,22 @@ def behind_the_back(url: str, prefix: str | None, step: Callable[[RedisRunStore]
             await store.close()
 
     return asyncio.run(go())
+
+
+class Woken:
+    """The executor's dispatcher: it records each wake and takes no delivery with a finish."""
+
+    def __init__(self) -> None:
+        self.woken: list[str] = []
+
+    def wake(self) -> None:
+        self.woken.append("webhooks")
+
+    def take_lease(self, run: Run) -> float | None:
+        return None
+
+    def hand(self, run: Run, outcome: Outcome, finished: Finished) -> None:
+        raise AssertionError("no delivery was taken")
 
 
 def test_a_gateway_reclaiming_its_own_stale_attempt_records_the_newer_answer(
@@ -98,7 +115,7 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
     hook = "http://hooks.example/done"
     request = RunRequest(method="POST", path="/echo", query=f"tag={tag}", headers=(), webhook_url=hook, timeout=60)
     run = Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
-    woken: list[str] = []
+    webhooks = Woken()
 
     async def scenario() -> Run | None:
         store = SlowReply(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
@@ -107,7 +124,7 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
         await pool.open()
         try:
             await store.create(run, b"charge")
-            executor = Executor(config, store, pool, lambda: woken.append("webhooks"), Metrics())
+            executor = Executor(config, store, pool, webhooks, Metrics())
             executor.start()
             await asyncio.wait_for(store.claimed.wait(), timeout=10)
             # SIGTERM in the moment between the store's claim and its reply.
@@ -125,7 +142,7 @@ def test_a_claim_cut_by_a_drain_hands_its_runs_back_unsent(redis_server: RedisSe
     # this one was never sent.
     assert after.state is RunState.QUEUED
     assert after.attempt == 1
-    assert woken == []
+    assert webhooks.woken == []
     assert [c for c in upstream.calls.all() if tag in c.get("query", "")] == []
 
 
@@ -142,7 +159,7 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
         return Run(run_id=new_run_id(), state=RunState.QUEUED, request=request, created_at=now())
 
     with_hook, without = queued("http://hooks.example/done"), queued(None)
-    woken: list[str] = []
+    webhooks = Woken()
 
     async def scenario() -> list[RunState]:
         store = RedisRunStore(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
@@ -152,7 +169,7 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
         try:
             for run in (with_hook, without):
                 await store.create(run, b"")
-            executor = Executor(config, store, pool, lambda: woken.append("webhooks"), Metrics())
+            executor = Executor(config, store, pool, webhooks, Metrics())
             executor.start()
             states: list[RunState] = []
             async with asyncio.timeout(10):  # wait_until's deadline, for a loop that awaits
@@ -167,7 +184,7 @@ def test_a_finished_run_with_a_webhook_wakes_the_dispatcher_and_one_without_does
             await store.close()
 
     assert asyncio.run(scenario()) == [RunState.SUCCEEDED, RunState.SUCCEEDED]
-    assert woken == ["webhooks"]
+    assert webhooks.woken == ["webhooks"]
 
 
 class FailsFirstCall(RedisRunStore):
@@ -199,7 +216,7 @@ async def executing(store: RedisRunStore, config: Config) -> AsyncIterator[Redis
     await store.open()
     await pool.open()
     try:
-        executor = Executor(config, store, pool, lambda: None, Metrics())
+        executor = Executor(config, store, pool, Woken(), Metrics())
         executor.start()
         try:
             yield store
