@@ -251,11 +251,22 @@ SELECT count(*) FROM runs WHERE state = 'queued' AND (priority > :priority OR (p
     SELECT seq FROM runs WHERE run_id = :run_id)))
 """
 _RENEW = f"UPDATE runs SET lease_until = :lease_until WHERE {_FENCE} RETURNING cancel_requested"
+# The end of an attempt, fenced, and of the run (as _CLOSE, in the same row write): a webhook
+# makes its delivery pending and keeps the run until the delivery is final; without one,
+# retention starts now. With :take, the delivery is taken for its first attempt instead, as
+# _TAKE_DELIVERIES would take it (see ``Execution.finish``), unless lifecycle deliveries of the
+# run wait first; the reply says which.
+_TAKEN = "(:take IS NOT NULL AND webhook_url IS NOT NULL AND NOT EXISTS (SELECT 1 FROM hooks WHERE run_id = :run_id))"
 _FINISH = f"""
 UPDATE runs SET state = :state, finished_at = :now, upstream_status = :upstream_status, error = :error,
     result_status = :result_status, result_headers = :result_headers, result_body = :result_body,
-    owner = NULL, lease_until = NULL, body = NULL, cancel_requested = 0, secrets = NULL
+    owner = NULL, lease_until = NULL, body = NULL, cancel_requested = 0, secrets = NULL,
+    dlv_state = CASE WHEN webhook != 1 THEN NULL WHEN {_TAKEN} THEN 'delivering' ELSE 'pending' END,
+    dlv_next_at = CASE WHEN webhook != 1 THEN NULL WHEN {_TAKEN} THEN :now + :take ELSE :now END,
+    dlv_seq = dlv_seq + (webhook = 1 AND {_TAKEN}),
+    expires_at = CASE webhook WHEN 1 THEN NULL ELSE :now + :retention END
 WHERE {_FENCE}
+RETURNING dlv_state = 'delivering', dlv_seq, webhook_url
 """
 # The end of a run: a webhook makes its delivery pending and keeps the run until the delivery
 # is final; without one, retention starts now.
@@ -283,14 +294,6 @@ WHERE run_id IN (
     ORDER BY dlv_next_at LIMIT :limit
 )
 RETURNING run_id, dlv_seq
-"""
-# The delivery of a run just finished, taken for its first attempt as _TAKE_DELIVERIES would
-# take it (see ``Execution.finish``): the finishing gateway sends it without a take of its own.
-_TAKE_FINISHED = """
-UPDATE runs SET dlv_state = 'delivering', dlv_next_at = :lease_until, dlv_seq = dlv_seq + 1
-WHERE run_id = :run_id AND dlv_state = 'pending' AND webhook_url IS NOT NULL
-    AND NOT EXISTS (SELECT 1 FROM hooks WHERE hooks.run_id = :run_id)
-RETURNING dlv_seq, webhook_url
 """
 # A final delivery needs its URL no more.
 _RECORD_DELIVERY = """
@@ -803,16 +806,15 @@ def _finish(
         "result_status": result.status if result else None,
         "result_headers": dump_headers(result.headers) if result else None,
         "result_body": result.body if result else None,
+        "take": take,
     }
     with _transaction(db):
-        if db.execute(_FINISH, params).rowcount != 1:
+        row = db.execute(_FINISH, params).fetchone()
+        if row is None:
             return None
-        _close(db, run_id, state_event(outcome.state, attempt, at, outcome), retention)
-        if take is not None:
-            taken = db.execute(_TAKE_FINISHED, {"run_id": run_id, "lease_until": at + take}).fetchone()
-            if taken is not None:
-                return finished_taking(sealer, at, *taken)
-    return Finished(at)
+        _log(db, run_id, state_event(outcome.state, attempt, at, outcome))
+    taken, token, url = row
+    return finished_taking(sealer, at, token, url) if taken else Finished(at)
 
 
 def _redeliver(db: sqlite3.Connection, params: dict[str, Any]) -> bool:
