@@ -7,6 +7,7 @@ bytes, so framing on both sides is checked against something other than the clie
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -436,12 +437,17 @@ def test_early_answer_stops_the_upload_and_drops_the_connection() -> None:
     run(test)
 
 
-@pytest.mark.parametrize("field", [(b"x-a", b"1\r\nx-b: 2"), (b"x-a\r\n", b"1"), (b"x:a", b"1")])
-def test_header_injection_is_refused(field: tuple[bytes, bytes]) -> None:
+@pytest.mark.parametrize(
+    "field",
+    [(b"x-a", b"1\r\nx-b: 2"), (b"x-a", b"1\nx-b: 2"), (b"x-a", b"1\r"), (b"x-a\r\n", b"1"), (b"x:a", b"1")],
+)
+def test_header_injection_is_refused_naming_the_field(field: tuple[bytes, bytes]) -> None:
     async def test() -> None:
         pool = pool_for("http://127.0.0.1:9")
-        with pytest.raises(ValueError, match="invalid header"):
-            await pool.request(b"GET", b"/", [field])
+        # Among sound fields, before and after it.
+        headers = [(b"accept", b"*/*"), field, (b"x-z", b"a: b")]
+        with pytest.raises(ValueError, match=re.escape(f"invalid header field {field[0]!r}")):
+            await pool.request(b"GET", b"/", headers)
 
     run(test)
 

@@ -367,11 +367,23 @@ def _has_framing(headers: RawHeaders) -> bool:
     return length
 
 
-def _check_field(name: bytes, value: bytes) -> None:
-    # Headers come from a parsed request or from the gateway itself; a CR or LF here would split
-    # the request, so it is refused outright rather than trusted.
-    if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
-        raise ValueError(f"invalid header field {name!r}")
+def _check_fields(fields: list[bytes]) -> None:
+    """Refuse header fields that would split the request: ``fields`` is the head's header
+    section as ``name, b": ", value, b"\\r\\n"`` for each field.
+
+    Headers come from a parsed request or from the gateway itself; a CR or LF in one would split
+    the request, so it is refused outright rather than trusted. Checked for the whole section at
+    once (as many CRs and LFs as fields, no colon in a name) rather than field by field: every
+    header of every request passes here (bench S6).
+    """
+    count = len(fields) // 4
+    section = b"".join(fields)
+    names = fields[0::4]
+    if section.count(b"\n") == count and section.count(b"\r") == count and b":" not in b"".join(names):
+        return
+    for name, value in zip(names, fields[2::4], strict=True):
+        if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
+            raise ValueError(f"invalid header field {name!r}")
 
 
 class ConnectionPool:
@@ -536,11 +548,11 @@ class ConnectionPool:
         if not target.startswith(b"/") and target != b"*" or b" " in target or b"\r" in target or b"\n" in target:
             raise ValueError(f"invalid request target {target!r}")
         parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n"]
+        start = len(parts)
         for name, value in headers:
-            if name.lower() in _FRAMING:
-                continue
-            _check_field(name, value)
-            parts += (name, b": ", value, b"\r\n")
+            if name.lower() not in _FRAMING:
+                parts += (name, b": ", value, b"\r\n")
+        _check_fields(parts[start:])
         if isinstance(body, bytes):
             parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
         elif body is not None:
