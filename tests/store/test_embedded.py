@@ -15,7 +15,7 @@ import pytest
 
 from asyncgate.config import Config, StoreConfig
 from asyncgate.errors import QueueFull, StoreError, StoreUnavailable
-from asyncgate.runs import Outcome, RunResult, RunState
+from asyncgate.runs import Outcome, RunResult, RunState, now
 from asyncgate.store import embedded as embedded_module
 from asyncgate.store.base import CancelResult, Created, Finished, Idempotency
 from asyncgate.store.embedded import DATABASE_FILE, EmbeddedRunStore
@@ -88,6 +88,50 @@ def test_a_running_run_is_expired_at_once_after_reopen(embedded: EmbeddedRunStor
         assert [c.attempt for c in run(again.claim("owner-b", 1, 0, LEASE))] == [2]
     finally:
         run(again.close())
+
+
+def test_a_run_held_under_a_heartbeat_is_expired_at_once_after_reopen(embedded: EmbeddedRunStore, run: Runner) -> None:
+    queued = new_run()
+    run(embedded.create(queued, b""))
+    assert not run(embedded.keep_alive("owner-a", 3600, 10.0, 0.0)).lost
+    run(embedded.claim("owner-a", 1, 0, 0.01))
+    claimed_at = now()
+    wait_until(lambda: now() > claimed_at + 0.05, timeout=5)
+    assert run(embedded.expired(10)) == []  # its own lease ran out; its holder's heartbeat did not
+
+    again = reopen(embedded, run)
+    try:
+        # The process that beat is gone: its heartbeat in the file keeps nothing alive.
+        assert [r.run_id for r in run(again.expired(10))] == [queued.run_id]
+    finally:
+        run(again.close())
+
+
+def test_a_heartbeat_writes_one_row_whatever_the_runs_held(
+    embedded: EmbeddedRunStore, data_dir: Path, run: Runner
+) -> None:
+    for _ in range(300):
+        run(embedded.create(new_run(), b""))
+    assert not run(embedded.keep_alive("owner-a", LEASE, 10.0, 0.0)).lost
+    assert len(run(embedded.claim("owner-a", 300, 0, LEASE))) == 300
+
+    def read(sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(data_dir / DATABASE_FILE) as db:
+            rows = db.execute(sql).fetchall()
+        db.close()
+        return rows
+
+    leases = "SELECT run_id, lease_until FROM runs WHERE state = 'running' ORDER BY run_id"
+    heartbeat = "SELECT owner, alive_until FROM owners"
+    before, ((owner, alive_until),) = read(leases), read(heartbeat)
+    wait_until(lambda: now() > alive_until - LEASE, timeout=5)
+
+    assert not run(embedded.keep_alive("owner-a", LEASE, 10.0, 0.0)).lost
+
+    # The runs' rows are not written; the gateway's own row is.
+    assert read(leases) == before
+    ((owner, later),) = read(heartbeat)
+    assert owner == "owner-a" and later > alive_until
 
 
 def test_a_second_store_on_the_same_directory_is_refused(

@@ -148,6 +148,10 @@ CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
 CREATE INDEX IF NOT EXISTS runs_caller ON runs (caller, created_at);
 CREATE INDEX IF NOT EXISTS runs_deliveries ON runs (dlv_next_at) WHERE dlv_state IN ('pending', 'delivering');
 CREATE INDEX IF NOT EXISTS runs_leases ON runs (lease_until) WHERE state = 'running';
+-- Each gateway's heartbeat (keep_alive): while it lasts, every run the gateway holds is alive
+-- whatever its own lease_until, so a heartbeat writes one row, not one per held run (#18).
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, alive_until REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_cancels ON runs (owner) WHERE cancel_requested = 1 AND state = 'running';
 CREATE INDEX IF NOT EXISTS runs_expiry ON runs (expires_at) WHERE expires_at IS NOT NULL;
 -- How many runs are queued, kept by triggers: counting the queue at each submission (for
 -- limits.max_queued) cost time in proportion to its length, under the writer's lock.
@@ -309,8 +313,11 @@ UPDATE runs SET dlv_state = 'pending', dlv_next_at = :now, dlv_seq = dlv_seq + 1
 WHERE run_id = :run_id AND webhook = 1 AND state IN ('succeeded', 'failed', 'cancelled', 'expired') AND {_LIVE}
 RETURNING webhook_url IS NOT NULL
 """
+# A run's lease is its own (claim, renew) or its holder's heartbeat, whichever runs out later.
 _EXPIRED = f"""
-SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now ORDER BY lease_until LIMIT :limit
+SELECT {_COLUMNS} FROM runs WHERE state = 'running' AND lease_until < :now
+    AND NOT EXISTS (SELECT 1 FROM owners WHERE owners.owner = runs.owner AND owners.alive_until >= :now)
+ORDER BY lease_until LIMIT :limit
 """
 
 
@@ -357,6 +364,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         # Only this process uses the file (the lock says so), so whoever held a running run
         # before is gone: every lease is treated as run out, for recovery at once.
         db.execute("UPDATE runs SET lease_until = 0 WHERE state = 'running'")
+        db.execute("DELETE FROM owners")
         db.execute("CREATE INDEX IF NOT EXISTS runs_hooks ON runs (hook_next_at) WHERE hook_next_at IS NOT NULL")
     except BaseException:
         db.close()
@@ -507,15 +515,19 @@ def _renew_all(db: sqlite3.Connection, held: Sequence[tuple[str, int]], lease: f
 
 
 def _keep_alive(db: sqlite3.Connection, owner: str, lease: float) -> tuple[str, ...]:
-    """Extend every lease ``owner`` holds (one statement on local disk, where Redis needs one
-    heartbeat key); the ids of its runs whose cancellation was asked."""
+    """Keep every run ``owner`` holds alive for ``lease`` s with one row of its own, as the Redis
+    store does with one key; the ids of its runs whose cancellation was asked."""
     with _transaction(db):
+        db.execute(
+            "INSERT INTO owners (owner, alive_until) VALUES (:owner, :alive_until) "
+            "ON CONFLICT (owner) DO UPDATE SET alive_until = excluded.alive_until",
+            {"owner": owner, "alive_until": now() + lease},
+        )
         rows = db.execute(
-            "UPDATE runs SET lease_until = :lease_until WHERE owner = :owner AND state = 'running' "
-            "RETURNING run_id, cancel_requested",
-            {"owner": owner, "lease_until": now() + lease},
+            "SELECT run_id FROM runs WHERE owner = :owner AND cancel_requested = 1 AND state = 'running'",
+            {"owner": owner},
         ).fetchall()
-    return tuple(run_id for run_id, cancel_requested in rows if cancel_requested)
+    return tuple(run_id for (run_id,) in rows)
 
 
 def _append_output(
@@ -781,6 +793,8 @@ def _purge(db: sqlite3.Connection, limit: int) -> int:
         due = db.execute(_DUE, params).fetchall()
         for table in ("events", "idempotency", "hooks", "runs"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ?", due)
+        # A heartbeat that ran out keeps nothing alive: its row and no row mean the same.
+        db.execute("DELETE FROM owners WHERE alive_until < :now", params)
     return len(due)
 
 
