@@ -82,6 +82,11 @@ class Metrics:
         self.webhooks_sending = Gauge(
             "asyncgate_webhook_deliveries_in_flight", "Webhook attempts this gateway is making.", registry=registry
         )
+        self.webhooks_waiting = Gauge(
+            "asyncgate_webhook_deliveries_waiting",
+            "Deliveries of runs that ended here, taken with their end, waiting for a free place.",
+            registry=registry,
+        )
         self.sync_requests = Counter(
             "asyncgate_sync_requests",
             "Synchronous pass-through requests, by response status class.",

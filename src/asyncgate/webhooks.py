@@ -236,6 +236,7 @@ class WebhookDispatcher:
         )
         self._handed.append(DueDelivery(ended, finished.token, outcome.result, prefetched=True))
         self._handed_bytes += _result_bytes(outcome.result)
+        self.metrics.webhooks_waiting.inc()
         self._wake.set()
 
     def _take_handed(self, limit: int) -> list[DueDelivery]:
@@ -256,6 +257,7 @@ class WebhookDispatcher:
                 )
                 continue
             taken.append(due)
+        self.metrics.webhooks_waiting.set(len(self._handed))
         return taken
 
     def wake_hooks(self) -> None:

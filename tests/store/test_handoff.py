@@ -113,7 +113,8 @@ def test_a_delivery_taken_by_finish_is_sent_without_a_take_of_its_own(
 def test_runs_with_lifecycle_deliveries_and_runs_past_the_bounds_are_left_to_the_store(
     store: RunStore, run: Runner, hook_server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dispatcher = WebhookDispatcher(settings(), store, Metrics())
+    metrics = Metrics()
+    dispatcher = WebhookDispatcher(settings(), store, metrics)
     claimed = running(store, run, hook_server)
     with_events = running(store, run, hook_server, events=("start", "completed"))
     assert dispatcher.take_lease(claimed) is None  # not started: nothing could send it
@@ -128,7 +129,9 @@ def test_runs_with_lifecycle_deliveries_and_runs_past_the_bounds_are_left_to_the
             dispatcher.hand(claimed, ok(), finished)
             # One waits here (the loop has not run since): the next run's delivery stays in the store.
             leases.append(dispatcher.take_lease(claimed))
+            assert metrics.registry.get_sample_value("asyncgate_webhook_deliveries_waiting") == 1
             await delivered(store, claimed.run_id)
+            assert metrics.registry.get_sample_value("asyncgate_webhook_deliveries_waiting") == 0
             return leases
         finally:
             await dispatcher.stop()
