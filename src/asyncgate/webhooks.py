@@ -169,6 +169,8 @@ class WebhookDispatcher:
         #: Name resolution, injectable so tests can make a name answer any address.
         self.resolver = resolver
         self.store = store
+        #: How long a taken delivery is leased: its attempt's timeout and a margin.
+        self._lease = config.webhooks.timeout + LEASE_MARGIN
         self._keys = [secret.key for secret in config.webhooks.signing_secrets]
         self._rng = random.Random()
         self._wake = asyncio.Event()
@@ -218,12 +220,11 @@ class WebhookDispatcher:
             return None
         if len(self._handed) >= HANDED_RUNS or self._handed_bytes >= HANDED_BYTES:
             return None
-        return self.config.webhooks.timeout + LEASE_MARGIN
+        return self._lease
 
     def hand(self, run: Run, outcome: Outcome, finished: Finished) -> None:
         """Send the delivery that ``finish`` took (``finished.token``) as ``run`` ended here."""
-        assert finished.token is not None
-        lease_until = finished.at + self.config.webhooks.timeout + LEASE_MARGIN
+        assert finished.token is not None and finished.lease_until is not None
         ended = dataclasses.replace(
             run,
             state=outcome.state,
@@ -232,7 +233,7 @@ class WebhookDispatcher:
             error=outcome.error,
             cancel_requested=False,
             request=dataclasses.replace(run.request, webhook_url=finished.webhook_url),
-            delivery=Delivery(DeliveryState.DELIVERING, next_attempt_at=lease_until),
+            delivery=Delivery(DeliveryState.DELIVERING, next_attempt_at=finished.lease_until),
         )
         self._handed.append(DueDelivery(ended, finished.token, outcome.result, prefetched=True))
         self._handed_bytes += _result_bytes(outcome.result)
@@ -279,7 +280,6 @@ class WebhookDispatcher:
         return hooks
 
     async def _dispatch(self) -> None:
-        lease = self.config.webhooks.timeout + LEASE_MARGIN
         limit = self.config.webhooks.max_concurrency
         # Taking deliveries costs round trips whatever their number: under a wave, taking each
         # one as another ends spent them one delivery at a time (bench S6), so wait for a batch.
@@ -297,12 +297,12 @@ class WebhookDispatcher:
             if len(due) < room:
                 self._next_store_look = moment + IDLE_POLL
                 try:
-                    due += await self.store.due_deliveries(room - len(due), lease)
+                    due += await self.store.due_deliveries(room - len(due), self._lease)
                 except StoreError as exc:
                     logger.warning("cannot take webhook deliveries: %s", exc)
             for item in due:
                 self._spawn(self._deliver(item), item.run.run_id)
-            hooks = await self._due_hooks(room - len(due), lease)
+            hooks = await self._due_hooks(room - len(due), self._lease)
             for hook in hooks:
                 self._spawn(self._deliver_hook(hook), hook.run.run_id)
             self.metrics.webhooks_sending.set(len(self._sending))

@@ -72,18 +72,17 @@ async def delivered(store: RunStore, run_id: str) -> Run:
             await asyncio.sleep(0.02)
 
 
-def finish_and_hand(
-    dispatcher: WebhookDispatcher, store: RunStore, run: Runner, claimed: Run, take: float, waited: float = 0
-) -> Run:
-    """Finish ``claimed`` taking its delivery for ``take`` s, hand it over as if it had waited
-    ``waited`` s, and answer the run once its delivery is final."""
+def finish_and_hand(dispatcher: WebhookDispatcher, store: RunStore, run: Runner, claimed: Run, take: float) -> Run:
+    """Finish ``claimed`` taking its delivery for ``take`` s, hand it over, and answer the run
+    once its delivery is final."""
 
     async def scenario() -> Run:
         dispatcher.start()
         try:
             finished = await store.finish(claimed.run_id, claimed.attempt, ANSWER, RETENTION, take=take)
             assert finished is not None and finished.token is not None
-            dispatcher.hand(claimed, ANSWER, dataclasses.replace(finished, at=finished.at - waited))
+            assert finished.lease_until == pytest.approx(finished.at + take)
+            dispatcher.hand(claimed, ANSWER, finished)
             return await delivered(store, claimed.run_id)
         finally:
             await dispatcher.stop()
@@ -145,8 +144,8 @@ def test_a_handed_delivery_that_waited_past_its_margin_is_left_to_its_lease(
     claimed = running(store, run, hook_server)
     watched, dispatcher = watching(store)
 
-    # Taken for a short lease, and handed as if it had waited here most of its own.
-    stored = finish_and_hand(dispatcher, store, run, claimed, 0.5, waited=LEASE_MARGIN + 1)
+    # Taken for less than an attempt's timeout (2 s), as if it had waited here most of its lease.
+    stored = finish_and_hand(dispatcher, store, run, claimed, 0.5)
 
     # Sent once, by the store's path, after the lease lapsed: never twice.
     assert watched.taken == [claimed.run_id]

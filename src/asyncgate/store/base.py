@@ -220,13 +220,15 @@ class Finished:
     token: int | None = None
     #: The run's webhook URL, opened, when its delivery was taken.
     webhook_url: str | None = None
+    #: When the taken delivery's lease runs out.
+    lease_until: float | None = None
 
 
-def finished_taking(sealer: Sealer, at: float, token: int, sealed: bytes) -> Finished:
+def finished_taking(sealer: Sealer, at: float, token: int, sealed: bytes, lease_until: float) -> Finished:
     """A finish that took the run's delivery. A URL that cannot be opened (its key is gone)
     leaves the delivery to its lease: the dispatcher then meets the error as it takes it."""
     try:
-        return Finished(at, token, sealer.open_url(sealed))
+        return Finished(at, token, sealer.open_url(sealed), lease_until)
     except StoreError:
         return Finished(at)
 

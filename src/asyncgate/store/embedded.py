@@ -828,7 +828,7 @@ def _finish(
             return None
         _log(db, run_id, state_event(outcome.state, attempt, at, outcome))
     taken, token, url = row
-    return finished_taking(sealer, at, token, url) if taken else Finished(at)
+    return finished_taking(sealer, at, token, url, at + take) if taken and take is not None else Finished(at)
 
 
 def _redeliver(db: sqlite3.Connection, params: dict[str, Any]) -> bool:

@@ -739,12 +739,7 @@ local taken = ARGV[7] ~= '' and webhook == '1' and url and redis.call('EXISTS', 
 -- command of their own (#18); the owner stays, read by nothing once the run is over.
 if lease_until or cancel then redis.call('HDEL', KEYS[1], 'lease_until', 'cancel') end
 local fields = {'body', '', 'secrets', '', unpack(ARGV, 9)}
-local expires
-if taken then
-  expires = close_run(webhook, caller, counted, KEYS[8], fields, true, ARGV[7], ARGV[8])
-else
-  expires = close_run(webhook, caller, counted, KEYS[8], fields, true)
-end
+local expires = close_run(webhook, caller, counted, KEYS[8], fields, true, taken and ARGV[7], taken and ARGV[8])
 if lease_until then redis.call('ZREM', KEYS[5], ARGV[5]) end
 if owner and cancel == '1' then redis.call('ZREM', KEYS[7], owner .. ' ' .. ARGV[5]) end
 if taken then return {owner or '', '', caller or '', redis.call('HINCRBY', KEYS[1], 'dlv_seq', 1), url} end
@@ -1975,9 +1970,10 @@ class RedisRunStore:
             raise ValueError(f"a run cannot finish as {outcome.state}")
         at = now()
         event = state_event(outcome.state, attempt, at, outcome)
+        lease_until = None if take is None else at + take
         taken: list[Any] = ["", ""]
-        if take is not None:
-            taken = [dump_delivery(Delivery(DeliveryState.DELIVERING, next_attempt_at=at + take)), at + take]
+        if lease_until is not None:
+            taken = [dump_delivery(Delivery(DeliveryState.DELIVERING, next_attempt_at=lease_until)), lease_until]
         fields = _pairs(_outcome_fields(outcome, at))
         args = [*self._close_args(run_id, event, retention, at), attempt, *taken, *fields]
         slot = self.keys_of(run_id)
@@ -2004,8 +2000,8 @@ class RedisRunStore:
             self._finished_held[index].append(f"{owner} {run_id}")
         if expires:
             self._finished_expiry[index][f"{run_id} {caller}"] = float(expires)
-        if len(parts) == 5:
-            return finished_taking(self.sealer, at, int(parts[3]), parts[4])
+        if len(parts) == 5 and lease_until is not None:
+            return finished_taking(self.sealer, at, int(parts[3]), parts[4], lease_until)
         return Finished(at)
 
     async def requeue(self, run_id: str, attempt: int) -> bool:

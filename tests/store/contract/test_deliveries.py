@@ -111,6 +111,7 @@ class TestDeliveries:
         assert stored.request.webhook_url == mask_url(str(queued.request.webhook_url))
         assert stored.delivery is not None and stored.delivery.state is DeliveryState.DELIVERING
         assert stored.delivery.attempts == 0 and stored.delivery.next_attempt_at == pytest.approx(finished.at + LEASE)
+        assert finished.lease_until == pytest.approx(stored.delivery.next_attempt_at)
         # Taken: nobody else gets it while the lease runs, and the token fences its report.
         assert run(store.due_deliveries(10, LEASE)) == []
         delivered = Delivery(DeliveryState.DELIVERED, 1, 200)
