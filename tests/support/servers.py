@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import threading
+import traceback
 from types import TracebackType
 from typing import Any
 
@@ -52,15 +54,22 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
         if self.thread.is_alive():
-            raise RuntimeError(f"the server did not stop in time; its tasks:\n{self._tasks()}")
+            raise RuntimeError(f"the server did not stop in time; {self._whereabouts()}")
 
-    def _tasks(self) -> str:
-        """What the server's loop is still doing: the stack of every task, to explain a hang."""
-        if self.loop is None:
-            return "(no loop)"
+    def _whereabouts(self) -> str:
+        """Where the server's thread is and what its loop still does, to explain a hang.
+
+        The thread's own stack shows a hang outside any task (a blocking call in a callback, or
+        the loop's close waiting on its executor); the tasks' stacks show one inside them.
+        """
         out = io.StringIO()
-        for task in asyncio.all_tasks(self.loop):
-            task.print_stack(limit=8, file=out)
+        frame = sys._current_frames().get(self.thread.ident or -1)
+        out.write("its thread:\n")
+        out.write("".join(traceback.format_stack(frame, limit=16)) if frame is not None else "(gone)\n")
+        out.write("its tasks:\n")
+        if self.loop is not None:
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack(limit=8, file=out)
         return out.getvalue()
 
     def __enter__(self) -> ServerThread:
