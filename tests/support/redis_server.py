@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.wait import wait_until
+
+#: Starts that may find their freshly chosen port taken before one is given up.
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(Exception):
+    """redis-server could not bind its port: another process took it after it was chosen."""
 
 
 def free_port() -> int:
@@ -27,8 +37,11 @@ class RedisServer:
         self.binary = binary
         self.appendonly = appendonly
         self.dir = Path(tempfile.mkdtemp(prefix="asyncgate-redis-"))
-        self.port = free_port()
+        #: How a port is chosen, again if another process binds it between choice and start.
+        self.choose_port: Callable[[], int] = free_port
+        self.port = self.choose_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False
         #: More arguments (cluster mode), and a config file to start from (Sentinel).
         self.extra: list[str] = []
         self.config_file: Path | None = None
@@ -38,6 +51,22 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        # A port is free when chosen and bound by redis-server later: another test worker may
+        # take it between the two, so a first start that finds it taken chooses again. A restart
+        # keeps its port (clients know it), as does Sentinel (its port is in its config file).
+        for _ in range(PORT_ATTEMPTS):
+            self._spawn()
+            try:
+                wait_until(self._answers, timeout=10, message="redis-server answers PING")
+                self.started = True
+                return
+            except PortTaken:
+                if self.started or self.config_file is not None:
+                    raise
+                self.port = self.choose_port()
+        raise RuntimeError(f"redis-server found its port taken {PORT_ATTEMPTS} times")
+
+    def _spawn(self) -> None:
         if self.config_file is not None:
             # Sentinel takes its settings from a config file it may rewrite.
             args = [self.binary, str(self.config_file), "--sentinel"]
@@ -48,13 +77,20 @@ class RedisServer:
                 *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"),
                 *("--loglevel", "warning", *self.extra),
             ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, timeout=10, message="redis-server answers PING")
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "redis.log"
 
     def _answers(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            said = self.log.read_text(errors="replace")
+            if "Address already in use" in said:
+                raise PortTaken(self.port)
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}: {said[-2000:]}")
         try:
             return self.command(b"PING").startswith(b"+PONG")
         except OSError:
@@ -83,8 +119,13 @@ class RedisServer:
 
 
 def cluster_port(taken: set[int]) -> int:
-    """A free port, not in ``taken``, whose cluster bus port (port + 10000) is free and valid too."""
-    for candidate in range(20000, 45000, 37):
+    """A free port, not in ``taken``, whose cluster bus port (port + 10000) is free and valid too.
+
+    The search starts at a random place (from the OS's randomness, which no test seeds), so
+    that two test workers making clusters at once do not both choose the same ports.
+    """
+    first: int = random.SystemRandom().randrange(20000, 45000)
+    for candidate in itertools.chain(range(first, 45000), range(20000, first)):
         if candidate in taken:
             continue
         try:
@@ -106,9 +147,15 @@ class RedisCluster:
         self.replicas = replicas
         self.nodes = [RedisServer() for _ in range(nodes * (1 + replicas))]
         taken: set[int] = set()
+
+        def choose() -> int:
+            port = cluster_port(taken)
+            taken.add(port)
+            return port
+
         for node in self.nodes:
-            node.port = cluster_port(taken)
-            taken.add(node.port)
+            node.choose_port = choose
+            node.port = choose()
             node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf")]
             if node_timeout_ms is not None:
                 node.extra += ["--cluster-node-timeout", str(node_timeout_ms)]
