@@ -515,7 +515,7 @@ class Executor:
             expired = [run for run in await self.store.expired(RECOVERY_BATCH) if not self._holds(run)]
             for run in expired:
                 if run.state is RunState.RUNNING:
-                    await self._recover(run)
+                    await self._recover(run, "holder lost")
             if len(expired) < RECOVERY_BATCH:
                 return
 
@@ -532,15 +532,14 @@ class Executor:
         held = self._held.get(run.run_id)
         return held is not None and held.run.attempt == run.attempt
 
-    async def _recover(self, run: Run) -> None:
+    async def _recover(self, run: Run, why: str) -> None:
+        """Queue ``run`` again when its request is safe to send again, else end it ``lost``."""
         outcome = recovery_outcome(run, self.config.runs.max_attempts)
         if outcome is None:
             if await self.store.requeue(run.run_id, run.attempt):
                 self.metrics.runs_reclaimed.labels("requeued").inc()
                 extra = {"run_id": run.run_id}
-                logger.warning(
-                    "run %s: holder lost, queued again after attempt %d", run.run_id, run.attempt, extra=extra
-                )
+                logger.warning("run %s: %s, queued again after attempt %d", run.run_id, why, run.attempt, extra=extra)
             return
         if await self.store.finish(run.run_id, run.attempt, outcome, self.config.runs.retention):
             self.metrics.runs_reclaimed.labels("failed").inc()
@@ -551,7 +550,7 @@ class Executor:
             await self._give_back(held.run)
             return
         try:
-            await self._recover(held.run)
+            await self._recover(held.run, "handed back on shutdown")
         except StoreError:
             # The lease will expire and another gateway will recover the run.
             extra = {"run_id": held.run.run_id}

@@ -11,6 +11,7 @@ import signal
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Upstream
@@ -73,12 +74,13 @@ def test_a_paused_holder_cannot_overwrite_the_attempt_that_replaced_it(replicas:
 
 def test_sigterm_drains_and_hands_back_at_once(replicas: Replicas, upstream: Upstream) -> None:
     # A long lease proves the hand-back is immediate, not a lease expiring.
-    first = replicas(ASYNCGATE_RUNS_LEASE="60", ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT="1")
     second = replicas(ASYNCGATE_RUNS_LEASE="60", ASYNCGATE_LIMITS_MAX_INFLIGHT="1")
     tag = uuid.uuid4().hex[:8]
-    # Keep the second replica busy so the run lands on the first.
-    busy = second.client.get(f"/echo?delay=2&tag={tag}b&async=true").json()["run_id"]
+    # The second replica, alone, takes a run held at a gate: full, it leaves the next runs to the
+    # first, which starts only then (up together, either could have taken any of them).
+    busy = second.client.get(f"/echo?delay=0&gate={tag}&tag={tag}b&async=true").json()["run_id"]
     wait_until(lambda: arrivals(upstream, f"{tag}b"))
+    first = replicas(ASYNCGATE_RUNS_LEASE="60", ASYNCGATE_SHUTDOWN_DRAIN_TIMEOUT="1")
     quick = first.client.get(f"/echo?delay=0.2&tag={tag}q&async=true").json()["run_id"]
     slow = first.client.get(f"/echo?delay=30&tag={tag}s&async=true").json()["run_id"]
     wait_until(lambda: arrivals(upstream, f"{tag}s") and arrivals(upstream, f"{tag}q"))
@@ -89,10 +91,13 @@ def test_sigterm_drains_and_hands_back_at_once(replicas: Replicas, upstream: Ups
         first.process.send_signal(signal.SIGTERM)
         assert sync.result(timeout=15).status_code == 200
     assert first.process.wait(timeout=15) == 0
+    assert f"run {slow}: handed back on shutdown, queued again after attempt 1" in first.log_text()
     assert final(second, quick)["status"] == "succeeded"
+    assert second.run(slow)["status"] == "queued"  # handed back, waiting for room on the second
+    assert httpx.post(f"{upstream.url}/gates/{tag}").status_code == 204
+    assert final(second, busy)["status"] == "succeeded"
     handed_back = wait_until(lambda: (r := second.run(slow))["attempt"] == 2 and r, timeout=10)
     assert handed_back["status"] == "running"
-    assert final(second, busy)["status"] == "succeeded"
 
 
 def test_a_rolling_restart_under_steady_load_loses_nothing(replicas: Replicas, upstream: Upstream) -> None:
