@@ -26,20 +26,26 @@ class ServerThread:
         options.setdefault("timeout_graceful_shutdown", 3)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         # As uvicorn.Server.run does (uvloop when installed), keeping the loop to inspect a hang.
         factory = self.server.config.get_loop_factory() or asyncio.new_event_loop
-        with asyncio.Runner(loop_factory=factory) as runner:
-            self.loop = runner.get_loop()
-            runner.run(self.server.serve())
+        try:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                self.loop = runner.get_loop()
+                runner.run(self.server.serve())
+        except BaseException as exc:
+            # Raised by stop(), in the test that owns this server: escaping the thread, it would
+            # be reported in whichever test runs when the thread ends.
+            self.error = exc
 
     def start(self, timeout: float = 15.0) -> ServerThread:
         self.thread.start()
         wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout, message="server start")
         if not self.server.started:
-            raise RuntimeError("the server failed to start")
+            raise RuntimeError("the server failed to start") from self.error
         return self
 
     @property
@@ -55,6 +61,8 @@ class ServerThread:
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise RuntimeError(f"the server did not stop in time; {self._whereabouts()}")
+        if self.error is not None:
+            raise RuntimeError("the server's thread failed") from self.error
 
     def _whereabouts(self) -> str:
         """Where the server's thread is and what its loop still does, to explain a hang.
