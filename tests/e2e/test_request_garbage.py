@@ -9,6 +9,7 @@ upstream client's answer and its parser held each other too, once per upstream c
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,11 @@ def store_kind() -> str:
 @pytest.fixture
 def saved_garbage() -> Iterator[list[object]]:
     """What the collector finds unreachable from here on, kept (gc.DEBUG_SAVEALL) to be inspected."""
+    # pytest keeps the last failed test's traceback here until the next test's call begins; let
+    # go of it now, or its frames (a whole gateway) would become garbage during this test.
+    for name in ("last_type", "last_value", "last_traceback"):
+        if hasattr(sys, name):
+            delattr(sys, name)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
