@@ -23,8 +23,13 @@ CLIENT = {"Authorization": "Bearer workers-test-client"}
 
 
 @pytest.fixture
-def upstream() -> Iterator[ServerThread]:
-    with ServerThread(upstream_app(Calls())) as server:
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def upstream(calls: Calls) -> Iterator[ServerThread]:
+    with ServerThread(upstream_app(calls)) as server:
         yield server
 
 
@@ -62,7 +67,7 @@ def _owner_pid(redis: RedisServer, prefix: str, run_id: str) -> int | None:
 
 
 def test_two_workers_share_the_port_and_the_runs_and_drain_on_sigterm(
-    redis_server: RedisServer, upstream: ServerThread
+    redis_server: RedisServer, upstream: ServerThread, calls: Calls
 ) -> None:
     port, prefix = free_port(), f"workers-{uuid.uuid4().hex[:8]}"
     base = f"http://127.0.0.1:{port}"
@@ -71,9 +76,9 @@ def test_two_workers_share_the_port_and_the_runs_and_drain_on_sigterm(
             wait_until(lambda: _ready(base), timeout=30, message="gateway ready")
             workers = _workers(process.pid)
             assert len(workers) == 2
-            runs = []
-            for _ in range(2):
-                accepted = httpx.post(f"{base}/sleep?seconds=3&async=true", headers=CLIENT, timeout=5)
+            runs, tags = [], [uuid.uuid4().hex for _ in range(2)]
+            for tag in tags:
+                accepted = httpx.post(f"{base}/sleep?seconds=3&tag={tag}&async=true", headers=CLIENT, timeout=5)
                 assert accepted.status_code == 202
                 runs.append(accepted.json()["run_id"])
             owners = wait_until(
@@ -82,18 +87,25 @@ def test_two_workers_share_the_port_and_the_runs_and_drain_on_sigterm(
                 message="each worker holds one run",
             )
             assert owners == workers
+            # Sent, not only claimed: a run claimed but not sent when the drain begins is handed
+            # back unsent (docs/operations.md), and neither draining worker would take it again.
+            wait_until(
+                lambda: all(any(tag in call["query"] for call in calls.all()) for tag in tags),
+                timeout=15,
+                message="both runs sent upstream",
+            )
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
+            assert process.stderr is not None
+            log = process.stderr.read().decode()
             # Both drains let the held calls finish (drain_timeout 30 s > 3 s of sleep).
             for run in runs:
                 reply = redis_server.command(b"HGET", f"{{{prefix}}}:run:{run}".encode(), b"state")
-                assert reply.split(b"\r\n")[1] == b"succeeded"
+                assert reply.split(b"\r\n")[1] == b"succeeded", f"run {run}: {reply!r}\n{log}"
             assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
         finally:
             if process.poll() is None:
                 process.kill()
-        assert process.stderr is not None
-        log = process.stderr.read().decode()
     assert "serving with 2 worker processes" in log
     assert log.count("Application shutdown complete") == 2
     assert "Traceback" not in log
