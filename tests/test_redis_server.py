@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.support.redis_server import PortTaken, RedisServer
+from tests.support.redis_server import PortTaken, RedisSentinel, RedisServer
 
 
 def bound_socket(port: int = 0) -> socket.socket:
@@ -40,3 +40,15 @@ def test_a_restart_keeps_its_port_and_says_it_is_taken() -> None:
         assert server.port == port
     finally:
         server.cleanup()
+
+
+def test_a_sentinel_whose_port_was_taken_meanwhile_writes_another_in_its_config() -> None:
+    sentinel = RedisSentinel()
+    with bound_socket() as thief:
+        sentinel.sentinel.port = thief.getsockname()[1]
+        try:
+            sentinel.start()
+            assert sentinel.sentinel.port != thief.getsockname()[1]
+            assert sentinel.sentinel.command(b"PING").startswith(b"+PONG")
+        finally:
+            sentinel.cleanup()

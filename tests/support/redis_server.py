@@ -212,12 +212,19 @@ class RedisSentinel:
     def start(self) -> None:
         self.primary.start()
         config = self.sentinel.dir / "sentinel.conf"
-        config.write_text(
-            f"port {self.sentinel.port}\nbind 127.0.0.1\n"
-            f"sentinel monitor asyncgate-primary 127.0.0.1 {self.primary.port} 1\n"
-        )
         self.sentinel.config_file = config
-        self.sentinel.start()
+        for _ in range(PORT_ATTEMPTS):
+            config.write_text(
+                f"port {self.sentinel.port}\nbind 127.0.0.1\n"
+                f"sentinel monitor asyncgate-primary 127.0.0.1 {self.primary.port} 1\n"
+            )
+            try:
+                self.sentinel.start()
+                break
+            except PortTaken:
+                self.sentinel.port = free_port()  # its port is in the config file, written again
+        else:
+            raise RuntimeError(f"Sentinel found its port taken {PORT_ATTEMPTS} times")
         wait_until(
             lambda: (
                 str(self.primary.port).encode()
