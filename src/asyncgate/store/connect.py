@@ -86,3 +86,22 @@ def connect(url: str, *, pool_size: int | None = None, pool_wait: float = 5.0, *
     client = aioredis.Redis.from_url(url, **options)
     pack_with_hiredis(client.connection_pool)
     return client
+
+
+async def close_client(client: RedisClient) -> None:
+    """Close every connection ``client`` holds, whatever state redis-py left it in.
+
+    redis-py 8.1's ``RedisCluster.aclose()`` does nothing while the client is marked to read the
+    Cluster's layout again, which any connection error marks it (a failover, a master down): its
+    connections stayed open past the gateway's shutdown, and uvloop's close of the event loop
+    was seen to wait on them for more than 30 s.
+    """
+    await client.aclose()
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
+        return
+    # A Sentinel-managed client does not close its connections to the Sentinels.
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()

@@ -72,7 +72,7 @@ from asyncgate.store.base import (
     state_event,
 )
 from asyncgate.store.batching import MAX_SENDS, ScriptBatch, ScriptCall
-from asyncgate.store.connect import RedisClient, connect
+from asyncgate.store.connect import RedisClient, close_client, connect
 from asyncgate.store.sealing import Sealer
 from asyncgate.store.slots import SlotKeys, slot_of, slot_tags
 
@@ -1406,11 +1406,7 @@ class RedisRunStore:
             await batch.close()
         await self._index_finished()
         for client in (self._redis, self._blocking, self._lifeline):
-            await client.aclose()
-            # A Sentinel-managed client does not close its connections to the Sentinels.
-            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
-            for sentinel in getattr(manager, "sentinels", ()):
-                await sentinel.aclose()
+            await close_client(client)
 
     async def ping(self) -> None:
         with _STORE_ERRORS:
