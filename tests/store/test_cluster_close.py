@@ -49,7 +49,7 @@ def master_of(cluster: RedisCluster, key: bytes) -> RedisServer:
 
 
 def owns(node: RedisServer, slot: int) -> bool:
-    # CLUSTER SLOTS lists each range with its master's port; the node answering names itself too.
+    # CLUSTER NODES: the line marked "myself" ends with the slot ranges the answering node serves.
     reply = node.command(b"CLUSTER", b"NODES").decode()
     for line in reply.splitlines():
         fields = line.split()
